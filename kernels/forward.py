@@ -1,0 +1,449 @@
+"""BatchNorm forward kernels and their launcher.
+
+Training, when a channel block's whole reduction fits in one tile (single-pass path):
+    single_pass_forward_kernel reads x once, computes mean and variance, writes y.
+Training otherwise (split path), with no atomics so results are bitwise reproducible:
+    partial_moments_kernel   each program summarises its share of tiles as (count, mean, M2);
+    finalize_moments_kernel  merges the shares of a channel block in a fixed order;
+    apply_kernel             normalises x with the finished statistics.
+Eval with running statistics: apply_kernel alone, one elementwise pass.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from fusedbn.kernels.layout import accumulator_dtype, choose_launch, strided_views
+from fusedbn.kernels.tiles import (
+    channel_block,
+    load_affine,
+    merge_moments,
+    store_statistics,
+    sum_over_tile,
+    tile_count,
+    tile_offsets,
+)
+from torch import Tensor
+
+
+@triton.jit
+def single_pass_forward_kernel(
+    x_ptr,
+    y_ptr,
+    weight_ptr,
+    bias_ptr,
+    mean_ptr,
+    invstd_ptr,
+    running_mean_ptr,
+    running_var_ptr,
+    num_batches_tracked_ptr,
+    n_outer,
+    n_inner,
+    num_channels,
+    n_per_channel,
+    stride_x_outer,
+    stride_x_c,
+    stride_x_inner,
+    stride_y_outer,
+    stride_y_c,
+    stride_y_inner,
+    momentum,
+    eps,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """One program normalises BLOCK_C channels whose whole reduction fits in one tile."""
+    acc_dtype = mean_ptr.dtype.element_ty
+    tile = tl.program_id(1)  # always 0: the single-pass grid has one split of one tile
+    channels = channel_block(BLOCK_C)
+    channel_mask = channels < num_channels
+    x_offsets, mask = tile_offsets(
+        tile,
+        1,
+        channels,
+        n_outer,
+        n_inner,
+        num_channels,
+        stride_x_outer,
+        stride_x_c,
+        stride_x_inner,
+        BLOCK_N,
+        BLOCK_S,
+        BLOCK_C,
+    )
+    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(acc_dtype)
+
+    mean = sum_over_tile(x) / n_per_channel
+    centered = tl.where(mask, x - mean[None, None, :], 0.0)
+    var = sum_over_tile(centered * centered) / n_per_channel
+    invstd = store_statistics(
+        channels,
+        channel_mask,
+        mean,
+        var,
+        n_per_channel,
+        eps,
+        momentum,
+        mean_ptr,
+        invstd_ptr,
+        running_mean_ptr,
+        running_var_ptr,
+        num_batches_tracked_ptr,
+        UPDATE_RUNNING,
+        CUMULATIVE,
+    )
+
+    weight, bias = load_affine(
+        weight_ptr, bias_ptr, channels, channel_mask, HAS_WEIGHT, HAS_BIAS, acc_dtype
+    )
+    scale = invstd * weight
+    y = centered * scale[None, None, :] + bias[None, None, :]
+    y_offsets, _ = tile_offsets(
+        tile,
+        1,
+        channels,
+        n_outer,
+        n_inner,
+        num_channels,
+        stride_y_outer,
+        stride_y_c,
+        stride_y_inner,
+        BLOCK_N,
+        BLOCK_S,
+        BLOCK_C,
+    )
+    tl.store(y_ptr + y_offsets, y, mask=mask)
+
+
+@triton.jit
+def partial_moments_kernel(
+    x_ptr,
+    partial_ptr,
+    n_outer,
+    n_inner,
+    num_channels,
+    stride_x_outer,
+    stride_x_c,
+    stride_x_inner,
+    tiles_inner,
+    num_tiles,
+    tiles_per_split,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
+
+    Each tile's mean and M2 come from the tile itself (two passes over registers), and tiles are
+    merged with Chan's formula, so offset data such as 1000 + randn keeps full precision. The result
+    lands in partial[0..2, split, channels] as (count, mean, M2).
+    """
+    acc_dtype = partial_ptr.dtype.element_ty
+    split = tl.program_id(1)
+    channels = channel_block(BLOCK_C)
+    count = tl.zeros([BLOCK_C], acc_dtype)
+    mean = tl.zeros([BLOCK_C], acc_dtype)
+    m2 = tl.zeros([BLOCK_C], acc_dtype)
+    first_tile = split * tiles_per_split
+    last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
+    for tile in range(first_tile, last_tile):
+        offsets, mask = tile_offsets(
+            tile,
+            tiles_inner,
+            channels,
+            n_outer,
+            n_inner,
+            num_channels,
+            stride_x_outer,
+            stride_x_c,
+            stride_x_inner,
+            BLOCK_N,
+            BLOCK_S,
+            BLOCK_C,
+        )
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        n_tile = tile_count(tile, tiles_inner, n_outer, n_inner, BLOCK_N, BLOCK_S).to(acc_dtype)
+        tile_mean = sum_over_tile(x) / n_tile
+        centered = tl.where(mask, x - tile_mean[None, None, :], 0.0)
+        tile_m2 = sum_over_tile(centered * centered)
+        count, mean, m2 = merge_moments(count, mean, m2, n_tile, tile_mean, tile_m2)
+
+    num_splits = tl.num_programs(1)
+    out = partial_ptr + split * num_channels + channels
+    channel_mask = channels < num_channels
+    tl.store(out, count, mask=channel_mask)
+    tl.store(out + num_splits * num_channels, mean, mask=channel_mask)
+    tl.store(out + 2 * num_splits * num_channels, m2, mask=channel_mask)
+
+
+@triton.jit
+def finalize_moments_kernel(
+    partial_ptr,
+    mean_ptr,
+    invstd_ptr,
+    running_mean_ptr,
+    running_var_ptr,
+    num_batches_tracked_ptr,
+    num_splits,
+    num_channels,
+    n_per_channel,
+    momentum,
+    eps,
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """One program merges the per-split moments of BLOCK_C channels, in split order."""
+    acc_dtype = mean_ptr.dtype.element_ty
+    channels = channel_block(BLOCK_C)
+    channel_mask = channels < num_channels
+    count = tl.zeros([BLOCK_C], acc_dtype)
+    mean = tl.zeros([BLOCK_C], acc_dtype)
+    m2 = tl.zeros([BLOCK_C], acc_dtype)
+    for split in range(num_splits):
+        part = partial_ptr + split * num_channels + channels
+        count, mean, m2 = merge_moments(
+            count,
+            mean,
+            m2,
+            tl.load(part, mask=channel_mask, other=0.0),
+            tl.load(part + num_splits * num_channels, mask=channel_mask, other=0.0),
+            tl.load(part + 2 * num_splits * num_channels, mask=channel_mask, other=0.0),
+        )
+    store_statistics(
+        channels,
+        channel_mask,
+        mean,
+        m2 / n_per_channel,
+        n_per_channel,
+        eps,
+        momentum,
+        mean_ptr,
+        invstd_ptr,
+        running_mean_ptr,
+        running_var_ptr,
+        num_batches_tracked_ptr,
+        UPDATE_RUNNING,
+        CUMULATIVE,
+    )
+
+
+@triton.jit
+def apply_kernel(
+    x_ptr,
+    y_ptr,
+    weight_ptr,
+    bias_ptr,
+    mean_ptr,
+    invstd_ptr,
+    running_mean_ptr,
+    running_var_ptr,
+    n_outer,
+    n_inner,
+    num_channels,
+    stride_x_outer,
+    stride_x_c,
+    stride_x_inner,
+    stride_y_outer,
+    stride_y_c,
+    stride_y_inner,
+    tiles_inner,
+    num_tiles,
+    tiles_per_split,
+    eps,
+    FROM_RUNNING: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
+
+    With FROM_RUNNING the statistics are the running ones (eval): mean and invstd are derived here
+    and split 0 stores them for the backward pass; otherwise they are read from mean/invstd.
+    """
+    acc_dtype = mean_ptr.dtype.element_ty
+    split = tl.program_id(1)
+    channels = channel_block(BLOCK_C)
+    channel_mask = channels < num_channels
+    if FROM_RUNNING:
+        mean = tl.load(running_mean_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
+        var = tl.load(running_var_ptr + channels, mask=channel_mask, other=1.0).to(acc_dtype)
+        invstd = 1.0 / tl.sqrt_rn(var + eps)
+        if split == 0:
+            tl.store(mean_ptr + channels, mean, mask=channel_mask)
+            tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
+    else:
+        mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
+        invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
+    weight, bias = load_affine(
+        weight_ptr, bias_ptr, channels, channel_mask, HAS_WEIGHT, HAS_BIAS, acc_dtype
+    )
+    scale = (invstd * weight)[None, None, :]
+    mean = mean[None, None, :]
+    bias = bias[None, None, :]
+
+    first_tile = split * tiles_per_split
+    last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
+    for tile in range(first_tile, last_tile):
+        x_offsets, mask = tile_offsets(
+            tile,
+            tiles_inner,
+            channels,
+            n_outer,
+            n_inner,
+            num_channels,
+            stride_x_outer,
+            stride_x_c,
+            stride_x_inner,
+            BLOCK_N,
+            BLOCK_S,
+            BLOCK_C,
+        )
+        y_offsets, _ = tile_offsets(
+            tile,
+            tiles_inner,
+            channels,
+            n_outer,
+            n_inner,
+            num_channels,
+            stride_y_outer,
+            stride_y_c,
+            stride_y_inner,
+            BLOCK_N,
+            BLOCK_S,
+            BLOCK_C,
+        )
+        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(acc_dtype)
+        tl.store(y_ptr + y_offsets, (x - mean) * scale + bias, mask=mask)
+
+
+def batch_norm_forward(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    use_batch_stats: bool,
+    momentum: float,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the forward pass; returns (y, mean, invstd) with the statistics in float32/float64.
+
+    ``num_batches_tracked``, when given, selects the cumulative average (it must already count
+    this batch). Running statistics are updated in place when ``use_batch_stats`` and given.
+    """
+    y = torch.empty_like(x)
+    (x, y), view = strided_views(x, y)
+    acc_dtype = accumulator_dtype(x.dtype)
+    mean = torch.empty(view.num_channels, dtype=acc_dtype, device=x.device)
+    invstd = torch.empty_like(mean)
+    if x.numel() == 0:
+        return y, mean, invstd
+    launch = choose_launch(view, x.device)
+    update_running = use_batch_stats and running_mean is not None
+
+    # Kernels take a pointer for every optional tensor; constexpr flags keep unused ones untouched.
+    weight_arg = mean if weight is None else weight
+    bias_arg = mean if bias is None else bias
+    running_mean_arg = mean if running_mean is None else running_mean
+    running_var_arg = mean if running_var is None else running_var
+    nbt_arg = mean if num_batches_tracked is None else num_batches_tracked
+    common = dict(
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        BLOCK_N=launch.block_n,
+        BLOCK_S=launch.block_s,
+        BLOCK_C=launch.block_c,
+        num_warps=launch.num_warps,
+    )
+
+    if use_batch_stats and launch.single_pass:
+        single_pass_forward_kernel[(launch.channel_blocks, 1)](
+            x,
+            y,
+            weight_arg,
+            bias_arg,
+            mean,
+            invstd,
+            running_mean_arg,
+            running_var_arg,
+            nbt_arg,
+            view.n_outer,
+            view.n_inner,
+            view.num_channels,
+            view.n_per_channel,
+            *view.strides[0],
+            *view.strides[1],
+            momentum,
+            eps,
+            UPDATE_RUNNING=update_running,
+            CUMULATIVE=num_batches_tracked is not None,
+            **common,
+        )
+        return y, mean, invstd
+
+    grid = (launch.channel_blocks, launch.num_splits)
+    if use_batch_stats:
+        partial = torch.empty(
+            (3, launch.num_splits, view.num_channels), dtype=acc_dtype, device=x.device
+        )
+        partial_moments_kernel[grid](
+            x,
+            partial,
+            view.n_outer,
+            view.n_inner,
+            view.num_channels,
+            *view.strides[0],
+            launch.tiles_inner,
+            launch.num_tiles,
+            launch.tiles_per_split,
+            BLOCK_N=launch.block_n,
+            BLOCK_S=launch.block_s,
+            BLOCK_C=launch.block_c,
+            num_warps=launch.num_warps,
+        )
+        finalize_moments_kernel[(launch.channel_blocks,)](
+            partial,
+            mean,
+            invstd,
+            running_mean_arg,
+            running_var_arg,
+            nbt_arg,
+            launch.num_splits,
+            view.num_channels,
+            view.n_per_channel,
+            momentum,
+            eps,
+            UPDATE_RUNNING=update_running,
+            CUMULATIVE=num_batches_tracked is not None,
+            BLOCK_C=launch.block_c,
+        )
+    apply_kernel[grid](
+        x,
+        y,
+        weight_arg,
+        bias_arg,
+        mean,
+        invstd,
+        running_mean_arg,
+        running_var_arg,
+        view.n_outer,
+        view.n_inner,
+        view.num_channels,
+        *view.strides[0],
+        *view.strides[1],
+        launch.tiles_inner,
+        launch.num_tiles,
+        launch.tiles_per_split,
+        eps,
+        FROM_RUNNING=not use_batch_stats,
+        **common,
+    )
+    return y, mean, invstd

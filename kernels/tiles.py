@@ -1,0 +1,134 @@
+"""Device helpers shared by the forward and backward kernels.
+
+A tile is a [BLOCK_N, BLOCK_S, BLOCK_C] block of one tensor: BLOCK_N positions of the outer
+reduction dim, BLOCK_S positions of the inner reduction dim and BLOCK_C channels (see layout.py).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def channel_block(BLOCK_C: tl.constexpr):
+    """The channels of this program's channel block (program axis 0)."""
+    return tl.program_id(0).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+
+
+@triton.jit
+def tile_offsets(
+    tile,
+    tiles_inner,
+    channels,
+    n_outer,
+    n_inner,
+    num_channels,
+    stride_outer,
+    stride_c,
+    stride_inner,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Element offsets (int64) and in-bounds mask of tile number ``tile`` for ``channels``."""
+    tile_outer = tile // tiles_inner
+    tile_inner = tile % tiles_inner
+    outer = tile_outer.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    inner = tile_inner.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    offsets = (
+        outer[:, None, None] * stride_outer
+        + inner[None, :, None] * stride_inner
+        + channels[None, None, :] * stride_c
+    )
+    mask = (
+        (outer < n_outer)[:, None, None]
+        & (inner < n_inner)[None, :, None]
+        & (channels < num_channels)[None, None, :]
+    )
+    return offsets, mask
+
+
+@triton.jit
+def tile_count(tile, tiles_inner, n_outer, n_inner, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Number of in-bounds reduction positions in tile number ``tile`` (the same for every channel)."""
+    rows = tl.minimum(n_outer - (tile // tiles_inner) * BLOCK_N, BLOCK_N)
+    cols = tl.minimum(n_inner - (tile % tiles_inner) * BLOCK_S, BLOCK_S)
+    return rows * cols
+
+
+@triton.jit
+def sum_over_tile(values):
+    """Per-channel sum of a [BLOCK_N, BLOCK_S, BLOCK_C] tile."""
+    return tl.sum(tl.sum(values, axis=0), axis=0)
+
+
+@triton.jit
+def merge_moments(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
+    """Chan's merge of two (count, mean, sum of squared deviations) summaries of disjoint sets."""
+    count = count_a + count_b
+    share_b = tl.where(count > 0, count_b / tl.maximum(count, 1), 0.0)
+    delta = mean_b - mean_a
+    mean = mean_a + delta * share_b
+    m2 = m2_a + m2_b + delta * delta * count_a * share_b
+    return count, mean, m2
+
+
+@triton.jit
+def load_affine(
+    weight_ptr,
+    bias_ptr,
+    channels,
+    channel_mask,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    dtype: tl.constexpr,
+):
+    """Per-channel gamma and beta in ``dtype``; 1 and 0 where the module has none."""
+    if HAS_WEIGHT:
+        weight = tl.load(weight_ptr + channels, mask=channel_mask, other=1.0).to(dtype)
+    else:
+        weight = tl.full(channels.shape, 1.0, dtype)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0).to(dtype)
+    else:
+        bias = tl.full(channels.shape, 0.0, dtype)
+    return weight, bias
+
+
+@triton.jit
+def store_statistics(
+    channels,
+    channel_mask,
+    mean,
+    var,
+    n_per_channel,
+    eps,
+    momentum,
+    mean_ptr,
+    invstd_ptr,
+    running_mean_ptr,
+    running_var_ptr,
+    num_batches_tracked_ptr,
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,
+):
+    """Store the batch mean and invstd, and fold the batch into the running statistics.
+
+    The running variance takes the unbiased batch variance. With CUMULATIVE the averaging factor is
+    1 / num_batches_tracked (already incremented for this batch), else ``momentum``.
+    """
+    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    tl.store(mean_ptr + channels, mean, mask=channel_mask)
+    tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
+    if UPDATE_RUNNING:
+        if CUMULATIVE:
+            factor = 1.0 / tl.load(num_batches_tracked_ptr).to(mean.dtype)
+        else:
+            factor = momentum
+        unbiased_var = var * n_per_channel / (n_per_channel - 1)
+        running_mean = tl.load(running_mean_ptr + channels, mask=channel_mask).to(mean.dtype)
+        running_var = tl.load(running_var_ptr + channels, mask=channel_mask).to(mean.dtype)
+        running_mean = (1.0 - factor) * running_mean + factor * mean
+        running_var = (1.0 - factor) * running_var + factor * unbiased_var
+        tl.store(running_mean_ptr + channels, running_mean, mask=channel_mask)
+        tl.store(running_var_ptr + channels, running_var, mask=channel_mask)
+    return invstd

@@ -1,0 +1,17 @@
+"""fusedbn: BatchNorm computed by fused Triton kernels, as a drop-in for torch.nn.BatchNorm*."""
+
+from fusedbn.backend import backend_for
+from fusedbn.convert import convert_model, revert_model
+from fusedbn.functional import fused_batch_norm
+from fusedbn.modules import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d
+
+__all__ = [
+    "FusedBatchNorm1d",
+    "FusedBatchNorm2d",
+    "FusedBatchNorm3d",
+    "backend_for",
+    "convert_model",
+    "fused_batch_norm",
+    "revert_model",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""The functional BatchNorm: torch.nn.functional.batch_norm's signature, run by fusedbn's kernels."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fusedbn.autograd import FusedBatchNormFunction
+from fusedbn.backend import TORCH, backend_for
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_batch_norm_args(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    eps: float,
+    num_batches_tracked: Tensor | None = None,
+) -> None:
+    """Raise the error torch would raise for a bad BatchNorm call, with a message naming the problem.
+
+    Everything is checked before any state is touched, so a rejected call changes nothing.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"batch_norm: input must be a Tensor, got {type(input).__name__}")
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"batch_norm: input must be float16, bfloat16, float32 or float64, got {input.dtype}"
+        )
+    if input.dim() < 2:
+        raise ValueError(
+            f"batch_norm: expected input of shape (N, C, ...) with at least 2 dims, "
+            f"got {input.dim()}D input of shape {tuple(input.shape)}"
+        )
+    num_channels = input.shape[1]
+    for name, tensor in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        if tensor is None:
+            continue
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"batch_norm: {name} must be a floating tensor, got {tensor.dtype}")
+        if tensor.numel() != num_channels:
+            raise RuntimeError(
+                f"batch_norm: {name} should contain {num_channels} elements (one per channel of "
+                f"input {tuple(input.shape)}), not {tensor.numel()}"
+            )
+        if tensor.device != input.device:
+            raise RuntimeError(
+                f"batch_norm: expected all tensors on one device, but input is on {input.device} "
+                f"and {name} is on {tensor.device}"
+            )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var must be given together")
+    if not training and running_mean is None:
+        raise ValueError(
+            "batch_norm: running_mean and running_var are required when training=False"
+        )
+    if num_batches_tracked is not None:
+        if num_batches_tracked.numel() != 1 or num_batches_tracked.device != input.device:
+            raise RuntimeError(
+                "batch_norm: num_batches_tracked must be a one-element tensor on the input's device"
+            )
+    if training:
+        if input.numel() <= num_channels:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size "
+                f"{input.shape}"
+            )
+        if eps <= 0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+
+
+def fused_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    *,
+    num_batches_tracked: Tensor | None = None,
+) -> Tensor:
+    """BatchNorm with the signature and results of ``torch.nn.functional.batch_norm``.
+
+    In training the batch statistics normalise ``input`` and, when running statistics are given,
+    update them in place: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
+    batch variance. If ``num_batches_tracked`` is given it is incremented in training, and
+    ``momentum=None`` then selects the cumulative average (factor ``1 / num_batches_tracked``), as
+    ``torch.nn.BatchNorm*`` does. Outside training the running statistics normalise ``input``.
+
+    The output has the input's dtype and memory format; statistics are computed in float32 (float64
+    for float64 input). :func:`fusedbn.backend_for` tells which implementation runs.
+    """
+    check_batch_norm_args(
+        input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked
+    )
+    update_running = training and running_mean is not None
+    if update_running and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    cumulative = momentum is None and num_batches_tracked is not None
+
+    if backend_for(input.device) == TORCH:
+        if cumulative:
+            factor = 1.0 / float(num_batches_tracked)
+        else:
+            factor = 0.0 if momentum is None else momentum
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, factor, eps)
+
+    return FusedBatchNormFunction.apply(
+        input,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked if cumulative else None,
+        training,
+        0.0 if momentum is None else momentum,
+        eps,
+    )

@@ -1,0 +1,62 @@
+"""Drop-in replacements for torch.nn.BatchNorm1d/2d/3d that run fusedbn's kernels."""
+
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from fusedbn.functional import fused_batch_norm
+
+
+class _FusedBatchNorm(_BatchNorm):
+    """torch's _BatchNorm with the forward routed through :func:`fusedbn.fused_batch_norm`.
+
+    Parameters, buffers, state_dict keys, old-checkpoint loading and repr are torch's own.
+    """
+
+    _expected_dims: tuple[int, ...] = ()
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in self._expected_dims:
+            expected = " or ".join(f"{d}D" for d in self._expected_dims)
+            raise ValueError(
+                f"{type(self).__name__}: expected {expected} input (got {input.dim()}D input)"
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        # Running statistics are passed when they normalise (eval) or are updated (training).
+        pass_running = not self.training or self.track_running_stats
+        running_mean = self.running_mean if pass_running else None
+        running_var = self.running_var if pass_running else None
+        num_batches_tracked = (
+            self.num_batches_tracked if self.training and self.track_running_stats else None
+        )
+        return fused_batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            self.momentum,
+            self.eps,
+            num_batches_tracked=num_batches_tracked,
+        )
+
+
+class FusedBatchNorm1d(_FusedBatchNorm):
+    """Drop-in for ``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L)."""
+
+    _expected_dims = (2, 3)
+
+
+class FusedBatchNorm2d(_FusedBatchNorm):
+    """Drop-in for ``torch.nn.BatchNorm2d``: input (N, C, H, W)."""
+
+    _expected_dims = (4,)
+
+
+class FusedBatchNorm3d(_FusedBatchNorm):
+    """Drop-in for ``torch.nn.BatchNorm3d``: input (N, C, D, H, W)."""
+
+    _expected_dims = (5,)
