@@ -1,6 +1,6 @@
 """Packaging for fusedbn: host code lives in src/fusedbn, Triton kernels in kernels/."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="fusedbn",
@@ -9,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fusedbn", "fusedbn.kernels", "fusedbn.tuning"],
+    packages=find_packages("src") + ["fusedbn.kernels"],
     package_dir={"fusedbn": "src/fusedbn", "fusedbn.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
