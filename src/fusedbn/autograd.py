@@ -1,12 +1,11 @@
-"""The autograd Function that connects the functional API to the Triton launchers."""
+"""The autograd Function that connects the functional API to the fused BatchNorm operators."""
 
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from fusedbn.kernels import batch_norm_backward, batch_norm_forward
+from fusedbn.ops import backward_op, forward_op
 
 
 class FusedBatchNormFunction(torch.autograd.Function):
@@ -25,7 +24,7 @@ class FusedBatchNormFunction(torch.autograd.Function):
         momentum: float,
         eps: float,
     ) -> Tensor:
-        output, mean, invstd = batch_norm_forward(
+        output, mean, invstd = forward_op(
             input,
             weight,
             bias,
@@ -43,11 +42,10 @@ class FusedBatchNormFunction(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, mean, invstd = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_input, grad_weight, grad_bias = batch_norm_backward(
+        grad_input, grad_weight, grad_bias = backward_op(
             grad_output,
             input,
             weight,

@@ -1,0 +1,91 @@
+"""The custom operators: schema and fake implementations, torch.compile without graph breaks, export."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import fusedbn
+from fusedbn.ops import backward_op, forward_op
+
+
+def _small_net(device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        fusedbn.FusedBatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 10, bias=False),
+        fusedbn.FusedBatchNorm1d(10, momentum=None),
+    )
+    with torch.no_grad():
+        for module in net:
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return net.to(device)
+
+
+@pytest.mark.parametrize("use_batch_stats", [True, False])
+def test_opcheck_forward_and_backward(device, use_batch_stats):
+    x = torch.randn(4, 3, 5, 7, device=device) + 3.0
+    weight = torch.rand(3, device=device) + 0.5
+    bias = torch.randn(3, device=device)
+    running_mean = torch.randn(3, device=device)
+    running_var = torch.rand(3, device=device) + 0.5
+    torch.library.opcheck(
+        forward_op,
+        (x, weight, bias, running_mean, running_var, None, use_batch_stats, 0.1, 1e-5),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    mean = x.mean(dim=(0, 2, 3))
+    invstd = torch.rsqrt(x.var(dim=(0, 2, 3), unbiased=False) + 1e-5)
+    grad_output = torch.randn_like(x)
+    torch.library.opcheck(
+        backward_op,
+        (grad_output, x, weight, mean, invstd, use_batch_stats, True),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_compile_fullgraph_matches_eager(device):
+    eager = _small_net(device)
+    compiled_net = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_net, fullgraph=True)
+    for step in range(2):
+        x = torch.randn(5, 3, 6, 6, device=device) + 2.0
+        grad = torch.randn(5, 10, device=device)
+        y_eager = eager(x)
+        y_compiled = compiled(x)
+        torch.testing.assert_close(y_compiled, y_eager, rtol=1e-4, atol=1e-4)
+        y_eager.backward(grad)
+        y_compiled.backward(grad)
+        for (name, p_eager), p_compiled in zip(
+            eager.named_parameters(), compiled_net.parameters(), strict=True
+        ):
+            torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-4,
+                                       msg=f"step {step}: gradient of {name}")
+    for (name, b_eager), b_compiled in zip(
+        eager.named_buffers(), compiled_net.buffers(), strict=True
+    ):
+        torch.testing.assert_close(b_compiled, b_eager, rtol=1e-5, atol=1e-6,
+                                   msg=f"buffer {name}")
+    assert int(compiled_net[5].num_batches_tracked) == 2
+
+    eager.eval()
+    compiled_net.eval()
+    x = torch.randn(5, 3, 6, 6, device=device)
+    torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-4)
+
+
+def test_export_eval_model_runs_the_fused_operator(device):
+    net = _small_net(device)
+    net.train()
+    net(torch.randn(6, 3, 6, 6, device=device))  # give the running statistics some history
+    net.eval()
+    x = torch.randn(2, 3, 6, 6, device=device)
+    exported = torch.export.export(net, (x,))
+    assert "fusedbn.batch_norm_forward" in exported.graph_module.code
+    torch.testing.assert_close(exported.module()(x), net(x), rtol=1e-5, atol=1e-5)
