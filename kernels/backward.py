@@ -7,6 +7,9 @@ With xhat = (x - mean) * invstd and n elements per channel, the gradients are
     grad_input  = weight * invstd * (dy - grad_bias / n - xhat * grad_weight / n)   (batch stats)
     grad_input  = weight * invstd * dy                                               (running stats)
 
+After a fused ReLU, dy is first zeroed where the forward's packed mask says y was not positive; that
+masked dy is also the gradient of a fused residual.
+
 Single-pass path: single_pass_backward_kernel reads x and dy once per channel block.
 Split path: partial_sums_kernel sums each split's tiles, finalize_sums_kernel adds the splits in a
 fixed order (no atomics), grad_input_kernel writes grad_input.
@@ -15,9 +18,33 @@ fixed order (no atomics), grad_input_kernel writes grad_input.
 import torch
 import triton
 import triton.language as tl
-from fusedbn.kernels.layout import accumulator_dtype, choose_launch, strided_views
-from fusedbn.kernels.tiles import channel_block, sum_over_tile, tile_offsets
 from torch import Tensor
+
+from fusedbn.kernels.layout import accumulator_dtype, choose_launch, conform, fold_input
+from fusedbn.kernels.tiles import channel_block, sum_over_tile, tile_offsets, unpack_bits
+
+
+@triton.jit
+def load_grad_output(
+    dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+    stride_dy_outer, stride_dy_c, stride_dy_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dy of one tile, zeroed where a fused ReLU's mask is off; and the tile's in-bounds mask."""
+    dy_offsets, in_bounds = tile_offsets(
+        tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+        stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
+    dy = tl.load(dy_ptr + dy_offsets, mask=in_bounds, other=0.0)
+    if RELU:
+        m_offsets, m_bounds = tile_offsets(
+            tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
+            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
+        )
+        packed = tl.load(mask_ptr + m_offsets, mask=m_bounds, other=0)
+        dy = tl.where(unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C), dy, 0.0)
+    return dy, in_bounds
 
 
 @triton.jit
@@ -28,32 +55,17 @@ def batch_stats_grad_input(dy, xhat, scale, sum_dy, sum_dy_xhat, n_per_channel):
 
 @triton.jit
 def single_pass_backward_kernel(
-    dy_ptr,
-    x_ptr,
-    dx_ptr,
-    weight_ptr,
-    mean_ptr,
-    invstd_ptr,
-    grad_weight_ptr,
-    grad_bias_ptr,
-    n_outer,
-    n_inner,
-    num_channels,
-    n_per_channel,
-    stride_dy_outer,
-    stride_dy_c,
-    stride_dy_inner,
-    stride_x_outer,
-    stride_x_c,
-    stride_x_inner,
-    stride_dx_outer,
-    stride_dx_c,
-    stride_dx_inner,
-    HAS_WEIGHT: tl.constexpr,
-    BATCH_STATS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    dy_ptr, mask_ptr, x_ptr, dx_ptr, grad_residual_ptr, weight_ptr, mean_ptr, invstd_ptr,
+    grad_weight_ptr, grad_bias_ptr,
+    n_outer, n_inner, num_channels, n_per_channel,
+    stride_dy_outer, stride_dy_c, stride_dy_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    stride_dx_outer, stride_dx_c, stride_dx_inner,
+    stride_dr_outer, stride_dr_c, stride_dr_inner,
+    HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
+    WRITE_GRAD_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One program computes all gradients of BLOCK_C channels whose reduction fits in one tile."""
     acc_dtype = mean_ptr.dtype.element_ty
@@ -63,37 +75,18 @@ def single_pass_backward_kernel(
     mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
     invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
 
-    dy_offsets, mask = tile_offsets(
-        tile,
-        1,
-        channels,
-        n_outer,
-        n_inner,
-        num_channels,
-        stride_dy_outer,
-        stride_dy_c,
-        stride_dy_inner,
-        BLOCK_N,
-        BLOCK_S,
-        BLOCK_C,
+    dy, in_bounds = load_grad_output(
+        dy_ptr, mask_ptr, tile, 1, channels, n_outer, n_inner, num_channels,
+        stride_dy_outer, stride_dy_c, stride_dy_inner, stride_m_outer, stride_m_c, stride_m_byte,
+        RELU, BLOCK_N, BLOCK_S, BLOCK_C,
     )
+    dy = dy.to(acc_dtype)
     x_offsets, _ = tile_offsets(
-        tile,
-        1,
-        channels,
-        n_outer,
-        n_inner,
-        num_channels,
-        stride_x_outer,
-        stride_x_c,
-        stride_x_inner,
-        BLOCK_N,
-        BLOCK_S,
-        BLOCK_C,
+        tile, 1, channels, n_outer, n_inner, num_channels,
+        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
     )
-    dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(acc_dtype)
-    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(acc_dtype)
-    xhat = tl.where(mask, (x - mean[None, None, :]) * invstd[None, None, :], 0.0)
+    x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
+    xhat = tl.where(in_bounds, (x - mean[None, None, :]) * invstd[None, None, :], 0.0)
     sum_dy = sum_over_tile(dy)
     sum_dy_xhat = sum_over_tile(dy * xhat)
     tl.store(grad_bias_ptr + channels, sum_dy, mask=channel_mask)
@@ -111,46 +104,29 @@ def single_pass_backward_kernel(
     else:
         dx = dy * scale
     dx_offsets, _ = tile_offsets(
-        tile,
-        1,
-        channels,
-        n_outer,
-        n_inner,
-        num_channels,
-        stride_dx_outer,
-        stride_dx_c,
-        stride_dx_inner,
-        BLOCK_N,
-        BLOCK_S,
-        BLOCK_C,
+        tile, 1, channels, n_outer, n_inner, num_channels,
+        stride_dx_outer, stride_dx_c, stride_dx_inner, BLOCK_N, BLOCK_S, BLOCK_C,
     )
-    tl.store(dx_ptr + dx_offsets, dx, mask=mask)
+    tl.store(dx_ptr + dx_offsets, dx, mask=in_bounds)
+    if WRITE_GRAD_RESIDUAL:
+        dr_offsets, _ = tile_offsets(
+            tile, 1, channels, n_outer, n_inner, num_channels,
+            stride_dr_outer, stride_dr_c, stride_dr_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        tl.store(grad_residual_ptr + dr_offsets, dy, mask=in_bounds)
 
 
 @triton.jit
 def partial_sums_kernel(
-    dy_ptr,
-    x_ptr,
-    mean_ptr,
-    invstd_ptr,
-    partial_ptr,
-    n_outer,
-    n_inner,
-    num_channels,
-    stride_dy_outer,
-    stride_dy_c,
-    stride_dy_inner,
-    stride_x_outer,
-    stride_x_c,
-    stride_x_inner,
-    tiles_inner,
-    num_tiles,
-    tiles_per_split,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    dy_ptr, mask_ptr, x_ptr, mean_ptr, invstd_ptr, partial_ptr,
+    n_outer, n_inner, num_channels,
+    stride_dy_outer, stride_dy_c, stride_dy_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    tiles_inner, num_tiles, tiles_per_split,
+    RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[0..1, split]."""
+    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split]."""
     acc_dtype = mean_ptr.dtype.element_ty
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
@@ -162,37 +138,18 @@ def partial_sums_kernel(
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     for tile in range(first_tile, last_tile):
-        dy_offsets, mask = tile_offsets(
-            tile,
-            tiles_inner,
-            channels,
-            n_outer,
-            n_inner,
-            num_channels,
-            stride_dy_outer,
-            stride_dy_c,
-            stride_dy_inner,
-            BLOCK_N,
-            BLOCK_S,
-            BLOCK_C,
+        dy, in_bounds = load_grad_output(
+            dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_dy_outer, stride_dy_c, stride_dy_inner,
+            stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
         )
+        dy = dy.to(acc_dtype)
         x_offsets, _ = tile_offsets(
-            tile,
-            tiles_inner,
-            channels,
-            n_outer,
-            n_inner,
-            num_channels,
-            stride_x_outer,
-            stride_x_c,
-            stride_x_inner,
-            BLOCK_N,
-            BLOCK_S,
-            BLOCK_C,
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
         )
-        dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(acc_dtype)
-        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(acc_dtype)
-        xhat = tl.where(mask, (x - mean) * invstd, 0.0)
+        x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
+        xhat = tl.where(in_bounds, (x - mean) * invstd, 0.0)
         sum_dy += sum_over_tile(dy)
         sum_dy_xhat += sum_over_tile(dy * xhat)
 
@@ -204,12 +161,7 @@ def partial_sums_kernel(
 
 @triton.jit
 def finalize_sums_kernel(
-    partial_ptr,
-    grad_weight_ptr,
-    grad_bias_ptr,
-    num_splits,
-    num_channels,
-    BLOCK_C: tl.constexpr,
+    partial_ptr, grad_weight_ptr, grad_bias_ptr, num_splits, num_channels, BLOCK_C: tl.constexpr
 ):
     """One program adds the per-split sums of BLOCK_C channels, in split order."""
     channels = channel_block(BLOCK_C)
@@ -226,35 +178,18 @@ def finalize_sums_kernel(
 
 @triton.jit
 def grad_input_kernel(
-    dy_ptr,
-    x_ptr,
-    dx_ptr,
-    weight_ptr,
-    mean_ptr,
-    invstd_ptr,
-    grad_weight_ptr,
-    grad_bias_ptr,
-    n_outer,
-    n_inner,
-    num_channels,
-    n_per_channel,
-    stride_dy_outer,
-    stride_dy_c,
-    stride_dy_inner,
-    stride_x_outer,
-    stride_x_c,
-    stride_x_inner,
-    stride_dx_outer,
-    stride_dx_c,
-    stride_dx_inner,
-    tiles_inner,
-    num_tiles,
-    tiles_per_split,
-    HAS_WEIGHT: tl.constexpr,
-    BATCH_STATS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    dy_ptr, mask_ptr, x_ptr, dx_ptr, grad_residual_ptr, weight_ptr, mean_ptr, invstd_ptr,
+    grad_weight_ptr, grad_bias_ptr,
+    n_outer, n_inner, num_channels, n_per_channel,
+    stride_dy_outer, stride_dy_c, stride_dy_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    stride_dx_outer, stride_dx_c, stride_dx_inner,
+    stride_dr_outer, stride_dr_c, stride_dr_inner,
+    tiles_inner, num_tiles, tiles_per_split,
+    HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
+    WRITE_GRAD_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program (channel block, split) writes grad_input on its tiles from the finished sums.
 
@@ -279,57 +214,34 @@ def grad_input_kernel(
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     for tile in range(first_tile, last_tile):
-        dy_offsets, mask = tile_offsets(
-            tile,
-            tiles_inner,
-            channels,
-            n_outer,
-            n_inner,
-            num_channels,
-            stride_dy_outer,
-            stride_dy_c,
-            stride_dy_inner,
-            BLOCK_N,
-            BLOCK_S,
-            BLOCK_C,
+        dy, in_bounds = load_grad_output(
+            dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_dy_outer, stride_dy_c, stride_dy_inner,
+            stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
         )
-        dx_offsets, _ = tile_offsets(
-            tile,
-            tiles_inner,
-            channels,
-            n_outer,
-            n_inner,
-            num_channels,
-            stride_dx_outer,
-            stride_dx_c,
-            stride_dx_inner,
-            BLOCK_N,
-            BLOCK_S,
-            BLOCK_C,
-        )
-        dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(acc_dtype)
+        dy = dy.to(acc_dtype)
         if BATCH_STATS:
             x_offsets, _ = tile_offsets(
-                tile,
-                tiles_inner,
-                channels,
-                n_outer,
-                n_inner,
-                num_channels,
-                stride_x_outer,
-                stride_x_c,
-                stride_x_inner,
-                BLOCK_N,
-                BLOCK_S,
-                BLOCK_C,
+                tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+                stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
             )
-            x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(acc_dtype)
+            x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
             dx = batch_stats_grad_input(
                 dy, (x - mean) * invstd, scale, sum_dy, sum_dy_xhat, n_per_channel
             )
         else:
             dx = dy * scale
-        tl.store(dx_ptr + dx_offsets, dx, mask=mask)
+        dx_offsets, _ = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_dx_outer, stride_dx_c, stride_dx_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        tl.store(dx_ptr + dx_offsets, dx, mask=in_bounds)
+        if WRITE_GRAD_RESIDUAL:
+            dr_offsets, _ = tile_offsets(
+                tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+                stride_dr_outer, stride_dr_c, stride_dr_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            )
+            tl.store(grad_residual_ptr + dr_offsets, dy, mask=in_bounds)
 
 
 def batch_norm_backward(
@@ -340,103 +252,72 @@ def batch_norm_backward(
     invstd: Tensor,
     use_batch_stats: bool,
     need_param_grads: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Launch the backward pass; returns (grad_input, grad_weight, grad_bias).
+    relu_mask: Tensor | None = None,
+    write_grad_residual: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Launch the backward pass; returns (grad_input, grad_weight, grad_bias, grad_residual).
 
     grad_weight and grad_bias are in the statistics' dtype (float32 or float64) and are only
     computed when ``use_batch_stats`` or ``need_param_grads`` (otherwise they hold garbage).
+    ``relu_mask`` is the forward's packed mask when a ReLU was fused; then ``write_grad_residual``
+    also returns the masked dy, the gradient of a fused residual (else grad_residual is None).
     """
+    x, view = fold_input(x)
+    dy = conform(dy, x, view)
+    relu = relu_mask is not None
+    write_grad_residual = write_grad_residual and relu
     dx = torch.empty_like(x)
-    (x, dy, dx), view = strided_views(x, dy, dx)
-    x_strides, dy_strides, dx_strides = view.strides
+    grad_residual = torch.empty_like(x) if write_grad_residual else None
     grad_weight = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
     grad_bias = torch.empty_like(grad_weight)
     if x.numel() == 0:
-        return dx, grad_weight.zero_(), grad_bias.zero_()
-    launch = choose_launch(view, x.device)
-    weight_arg = mean if weight is None else weight
+        return dx, grad_weight.zero_(), grad_bias.zero_(), grad_residual
+    launch = choose_launch(view, x, min_block_s=8 if relu else 1)
     need_sums = use_batch_stats or need_param_grads
-    common = dict(
-        HAS_WEIGHT=weight is not None,
-        BATCH_STATS=use_batch_stats,
-        BLOCK_N=launch.block_n,
-        BLOCK_S=launch.block_s,
-        BLOCK_C=launch.block_c,
+
+    mask_arg = relu_mask if relu else mean
+    mask_strides = relu_mask.stride() if relu else (0, 0, 0)
+    dr_arg = grad_residual if write_grad_residual else dx
+    dr_strides = view.strides(grad_residual) if write_grad_residual else (0, 0, 0)
+    weight_arg = mean if weight is None else weight
+    tensor_args = (
+        dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd, grad_weight, grad_bias,
+    )
+    stride_args = (
+        *view.strides(dy), *mask_strides, *view.strides(x), *view.strides(dx), *dr_strides,
+    )
+    flags = dict(
+        HAS_WEIGHT=weight is not None, BATCH_STATS=use_batch_stats, RELU=relu,
+        WRITE_GRAD_RESIDUAL=write_grad_residual,
+        BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
         num_warps=launch.num_warps,
     )
 
     if need_sums and launch.single_pass:
         single_pass_backward_kernel[(launch.channel_blocks, 1)](
-            dy,
-            x,
-            dx,
-            weight_arg,
-            mean,
-            invstd,
-            grad_weight,
-            grad_bias,
-            view.n_outer,
-            view.n_inner,
-            view.num_channels,
-            view.n_per_channel,
-            *dy_strides,
-            *x_strides,
-            *dx_strides,
-            **common,
+            *tensor_args, view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
+            *stride_args, **flags,
         )
-        return dx, grad_weight, grad_bias
+        return dx, grad_weight, grad_bias, grad_residual
 
     grid = (launch.channel_blocks, launch.num_splits)
+    tiling = (launch.tiles_inner, launch.num_tiles, launch.tiles_per_split)
     if need_sums:
         partial = torch.empty(
             (2, launch.num_splits, view.num_channels), dtype=grad_weight.dtype, device=x.device
         )
         partial_sums_kernel[grid](
-            dy,
-            x,
-            mean,
-            invstd,
-            partial,
-            view.n_outer,
-            view.n_inner,
-            view.num_channels,
-            *dy_strides,
-            *x_strides,
-            launch.tiles_inner,
-            launch.num_tiles,
-            launch.tiles_per_split,
-            BLOCK_N=launch.block_n,
-            BLOCK_S=launch.block_s,
-            BLOCK_C=launch.block_c,
+            dy, mask_arg, x, mean, invstd, partial, view.n_outer, view.n_inner, view.num_channels,
+            *view.strides(dy), *mask_strides, *view.strides(x), *tiling,
+            RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
         finalize_sums_kernel[(launch.channel_blocks,)](
-            partial,
-            grad_weight,
-            grad_bias,
-            launch.num_splits,
-            view.num_channels,
+            partial, grad_weight, grad_bias, launch.num_splits, view.num_channels,
             BLOCK_C=launch.block_c,
         )
     grad_input_kernel[grid](
-        dy,
-        x,
-        dx,
-        weight_arg,
-        mean,
-        invstd,
-        grad_weight,
-        grad_bias,
-        view.n_outer,
-        view.n_inner,
-        view.num_channels,
-        view.n_per_channel,
-        *dy_strides,
-        *x_strides,
-        *dx_strides,
-        launch.tiles_inner,
-        launch.num_tiles,
-        launch.tiles_per_split,
-        **common,
+        *tensor_args, view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
+        *stride_args, *tiling, **flags,
     )
-    return dx, grad_weight, grad_bias
+    return dx, grad_weight, grad_bias, grad_residual

@@ -7,134 +7,123 @@ Training otherwise (split path), with no atomics so results are bitwise reproduc
     finalize_moments_kernel  merges the shares of a channel block in a fixed order;
     apply_kernel             normalises x with the finished statistics.
 Eval with running statistics: apply_kernel alone, one elementwise pass.
+
+Both kernels that write y can finish with an epilogue: y = relu(bn(x) + residual), with the
+residual and the ReLU each optional. The ReLU stores a packed one-bit mask of y > 0 for backward.
 """
 
 import torch
 import triton
 import triton.language as tl
-from fusedbn.kernels.layout import accumulator_dtype, choose_launch, strided_views
+from torch import Tensor
+
+from fusedbn.kernels.layout import (
+    accumulator_dtype,
+    choose_launch,
+    conform,
+    fold_input,
+    relu_mask_like,
+)
 from fusedbn.kernels.tiles import (
     channel_block,
     load_affine,
     merge_moments,
+    pack_bits,
     store_statistics,
     sum_over_tile,
     tile_count,
     tile_offsets,
 )
-from torch import Tensor
+
+
+@triton.jit
+def store_output(
+    y, y_ptr, residual_ptr, mask_ptr, tile, tiles_inner, channels, in_bounds,
+    n_outer, n_inner, num_channels,
+    stride_y_outer, stride_y_c, stride_y_inner,
+    stride_r_outer, stride_r_c, stride_r_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Apply the epilogue to the normalised tile ``y`` and store it (and the ReLU mask)."""
+    if HAS_RESIDUAL:
+        r_offsets, _ = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_r_outer, stride_r_c, stride_r_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        y += tl.load(residual_ptr + r_offsets, mask=in_bounds, other=0.0).to(y.dtype)
+    if RELU:
+        # The mask is taken after rounding to the output dtype, as torch's ReLU backward sees it.
+        positive = y.to(y_ptr.dtype.element_ty) > 0
+        y = tl.where(positive, y, 0.0)
+        m_offsets, m_bounds = tile_offsets(
+            tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
+            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
+        )
+        tl.store(mask_ptr + m_offsets, pack_bits(positive, BLOCK_N, BLOCK_S, BLOCK_C), mask=m_bounds)
+    y_offsets, _ = tile_offsets(
+        tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+        stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
+    tl.store(y_ptr + y_offsets, y, mask=in_bounds)
 
 
 @triton.jit
 def single_pass_forward_kernel(
-    x_ptr,
-    y_ptr,
-    weight_ptr,
-    bias_ptr,
-    mean_ptr,
-    invstd_ptr,
-    running_mean_ptr,
-    running_var_ptr,
-    num_batches_tracked_ptr,
-    n_outer,
-    n_inner,
-    num_channels,
-    n_per_channel,
-    stride_x_outer,
-    stride_x_c,
-    stride_x_inner,
-    stride_y_outer,
-    stride_y_c,
-    stride_y_inner,
-    momentum,
-    eps,
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    UPDATE_RUNNING: tl.constexpr,
-    CUMULATIVE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    x_ptr, y_ptr, residual_ptr, mask_ptr, weight_ptr, bias_ptr, mean_ptr, invstd_ptr,
+    running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+    n_outer, n_inner, num_channels, n_per_channel,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    stride_y_outer, stride_y_c, stride_y_inner,
+    stride_r_outer, stride_r_c, stride_r_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    momentum, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    RELU: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One program normalises BLOCK_C channels whose whole reduction fits in one tile."""
     acc_dtype = mean_ptr.dtype.element_ty
     tile = tl.program_id(1)  # always 0: the single-pass grid has one split of one tile
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    x_offsets, mask = tile_offsets(
-        tile,
-        1,
-        channels,
-        n_outer,
-        n_inner,
-        num_channels,
-        stride_x_outer,
-        stride_x_c,
-        stride_x_inner,
-        BLOCK_N,
-        BLOCK_S,
-        BLOCK_C,
+    x_offsets, in_bounds = tile_offsets(
+        tile, 1, channels, n_outer, n_inner, num_channels,
+        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
     )
-    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(acc_dtype)
+    x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
 
     mean = sum_over_tile(x) / n_per_channel
-    centered = tl.where(mask, x - mean[None, None, :], 0.0)
+    centered = tl.where(in_bounds, x - mean[None, None, :], 0.0)
     var = sum_over_tile(centered * centered) / n_per_channel
     invstd = store_statistics(
-        channels,
-        channel_mask,
-        mean,
-        var,
-        n_per_channel,
-        eps,
-        momentum,
-        mean_ptr,
-        invstd_ptr,
-        running_mean_ptr,
-        running_var_ptr,
-        num_batches_tracked_ptr,
-        UPDATE_RUNNING,
-        CUMULATIVE,
+        channels, channel_mask, mean, var, n_per_channel, eps, momentum,
+        mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+        UPDATE_RUNNING, CUMULATIVE,
     )
 
     weight, bias = load_affine(
         weight_ptr, bias_ptr, channels, channel_mask, HAS_WEIGHT, HAS_BIAS, acc_dtype
     )
-    scale = invstd * weight
-    y = centered * scale[None, None, :] + bias[None, None, :]
-    y_offsets, _ = tile_offsets(
-        tile,
-        1,
-        channels,
-        n_outer,
-        n_inner,
-        num_channels,
-        stride_y_outer,
-        stride_y_c,
-        stride_y_inner,
-        BLOCK_N,
-        BLOCK_S,
-        BLOCK_C,
+    y = centered * (invstd * weight)[None, None, :] + bias[None, None, :]
+    store_output(
+        y, y_ptr, residual_ptr, mask_ptr, tile, 1, channels, in_bounds,
+        n_outer, n_inner, num_channels,
+        stride_y_outer, stride_y_c, stride_y_inner,
+        stride_r_outer, stride_r_c, stride_r_inner,
+        stride_m_outer, stride_m_c, stride_m_byte,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
     )
-    tl.store(y_ptr + y_offsets, y, mask=mask)
 
 
 @triton.jit
 def partial_moments_kernel(
-    x_ptr,
-    partial_ptr,
-    n_outer,
-    n_inner,
-    num_channels,
-    stride_x_outer,
-    stride_x_c,
-    stride_x_inner,
-    tiles_inner,
-    num_tiles,
-    tiles_per_split,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    x_ptr, partial_ptr,
+    n_outer, n_inner, num_channels,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    tiles_inner, num_tiles, tiles_per_split,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
 
@@ -151,24 +140,14 @@ def partial_moments_kernel(
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     for tile in range(first_tile, last_tile):
-        offsets, mask = tile_offsets(
-            tile,
-            tiles_inner,
-            channels,
-            n_outer,
-            n_inner,
-            num_channels,
-            stride_x_outer,
-            stride_x_c,
-            stride_x_inner,
-            BLOCK_N,
-            BLOCK_S,
-            BLOCK_C,
+        offsets, in_bounds = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
         )
-        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(acc_dtype)
+        x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
         n_tile = tile_count(tile, tiles_inner, n_outer, n_inner, BLOCK_N, BLOCK_S).to(acc_dtype)
         tile_mean = sum_over_tile(x) / n_tile
-        centered = tl.where(mask, x - tile_mean[None, None, :], 0.0)
+        centered = tl.where(in_bounds, x - tile_mean[None, None, :], 0.0)
         tile_m2 = sum_over_tile(centered * centered)
         count, mean, m2 = merge_moments(count, mean, m2, n_tile, tile_mean, tile_m2)
 
@@ -182,20 +161,9 @@ def partial_moments_kernel(
 
 @triton.jit
 def finalize_moments_kernel(
-    partial_ptr,
-    mean_ptr,
-    invstd_ptr,
-    running_mean_ptr,
-    running_var_ptr,
-    num_batches_tracked_ptr,
-    num_splits,
-    num_channels,
-    n_per_channel,
-    momentum,
-    eps,
-    UPDATE_RUNNING: tl.constexpr,
-    CUMULATIVE: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    partial_ptr, mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+    num_splits, num_channels, n_per_channel, momentum, eps,
+    UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """One program merges the per-split moments of BLOCK_C channels, in split order."""
     acc_dtype = mean_ptr.dtype.element_ty
@@ -207,60 +175,31 @@ def finalize_moments_kernel(
     for split in range(num_splits):
         part = partial_ptr + split * num_channels + channels
         count, mean, m2 = merge_moments(
-            count,
-            mean,
-            m2,
+            count, mean, m2,
             tl.load(part, mask=channel_mask, other=0.0),
             tl.load(part + num_splits * num_channels, mask=channel_mask, other=0.0),
             tl.load(part + 2 * num_splits * num_channels, mask=channel_mask, other=0.0),
         )
     store_statistics(
-        channels,
-        channel_mask,
-        mean,
-        m2 / n_per_channel,
-        n_per_channel,
-        eps,
-        momentum,
-        mean_ptr,
-        invstd_ptr,
-        running_mean_ptr,
-        running_var_ptr,
-        num_batches_tracked_ptr,
-        UPDATE_RUNNING,
-        CUMULATIVE,
+        channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
+        mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+        UPDATE_RUNNING, CUMULATIVE,
     )
 
 
 @triton.jit
 def apply_kernel(
-    x_ptr,
-    y_ptr,
-    weight_ptr,
-    bias_ptr,
-    mean_ptr,
-    invstd_ptr,
-    running_mean_ptr,
-    running_var_ptr,
-    n_outer,
-    n_inner,
-    num_channels,
-    stride_x_outer,
-    stride_x_c,
-    stride_x_inner,
-    stride_y_outer,
-    stride_y_c,
-    stride_y_inner,
-    tiles_inner,
-    num_tiles,
-    tiles_per_split,
-    eps,
-    FROM_RUNNING: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    x_ptr, y_ptr, residual_ptr, mask_ptr, weight_ptr, bias_ptr, mean_ptr, invstd_ptr,
+    running_mean_ptr, running_var_ptr,
+    n_outer, n_inner, num_channels,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    stride_y_outer, stride_y_c, stride_y_inner,
+    stride_r_outer, stride_r_c, stride_r_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    tiles_inner, num_tiles, tiles_per_split, eps,
+    FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
@@ -291,36 +230,19 @@ def apply_kernel(
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     for tile in range(first_tile, last_tile):
-        x_offsets, mask = tile_offsets(
-            tile,
-            tiles_inner,
-            channels,
-            n_outer,
-            n_inner,
-            num_channels,
-            stride_x_outer,
-            stride_x_c,
-            stride_x_inner,
-            BLOCK_N,
-            BLOCK_S,
-            BLOCK_C,
+        x_offsets, in_bounds = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
         )
-        y_offsets, _ = tile_offsets(
-            tile,
-            tiles_inner,
-            channels,
-            n_outer,
-            n_inner,
-            num_channels,
-            stride_y_outer,
-            stride_y_c,
-            stride_y_inner,
-            BLOCK_N,
-            BLOCK_S,
-            BLOCK_C,
+        x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
+        store_output(
+            (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr,
+            tile, tiles_inner, channels, in_bounds, n_outer, n_inner, num_channels,
+            stride_y_outer, stride_y_c, stride_y_inner,
+            stride_r_outer, stride_r_c, stride_r_inner,
+            stride_m_outer, stride_m_c, stride_m_byte,
+            HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
         )
-        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(acc_dtype)
-        tl.store(y_ptr + y_offsets, (x - mean) * scale + bias, mask=mask)
 
 
 def batch_norm_forward(
@@ -333,117 +255,79 @@ def batch_norm_forward(
     use_batch_stats: bool,
     momentum: float,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Launch the forward pass; returns (y, mean, invstd) with the statistics in float32/float64.
+    residual: Tensor | None = None,
+    relu: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Launch the forward pass; returns (y, mean, invstd, relu_mask).
 
-    ``num_batches_tracked``, when given, selects the cumulative average (it must already count
-    this batch). Running statistics are updated in place when ``use_batch_stats`` and given.
+    The statistics are float32 (float64 for float64 input); relu_mask is the packed mask that the
+    backward needs when ``relu`` is set (an empty tensor otherwise). ``num_batches_tracked``, when
+    given, selects the cumulative average and must already count this batch. Running statistics are
+    updated in place when ``use_batch_stats`` and given.
     """
+    x, view = fold_input(x)
     y = torch.empty_like(x)
-    (x, y), view = strided_views(x, y)
     acc_dtype = accumulator_dtype(x.dtype)
     mean = torch.empty(view.num_channels, dtype=acc_dtype, device=x.device)
     invstd = torch.empty_like(mean)
+    relu_mask = relu_mask_like(x, view) if relu else torch.empty(0, dtype=torch.uint8, device=x.device)
     if x.numel() == 0:
-        return y, mean, invstd
-    launch = choose_launch(view, x.device)
+        return y, mean, invstd, relu_mask
+    launch = choose_launch(view, x, min_block_s=8 if relu else 1)
     update_running = use_batch_stats and running_mean is not None
+    if residual is not None:
+        residual = conform(residual, x, view)
 
     # Kernels take a pointer for every optional tensor; constexpr flags keep unused ones untouched.
-    weight_arg = mean if weight is None else weight
-    bias_arg = mean if bias is None else bias
-    running_mean_arg = mean if running_mean is None else running_mean
-    running_var_arg = mean if running_var is None else running_var
-    nbt_arg = mean if num_batches_tracked is None else num_batches_tracked
-    common = dict(
-        HAS_WEIGHT=weight is not None,
-        HAS_BIAS=bias is not None,
-        BLOCK_N=launch.block_n,
-        BLOCK_S=launch.block_s,
-        BLOCK_C=launch.block_c,
+    def pointer(t: Tensor | None) -> Tensor:
+        return mean if t is None else t
+
+    def strides(t: Tensor | None) -> tuple[int, int, int]:
+        return (0, 0, 0) if t is None else view.strides(t)
+
+    tensor_args = (
+        x, y, pointer(residual), relu_mask, pointer(weight), pointer(bias),
+        mean, invstd, pointer(running_mean), pointer(running_var),
+    )
+    stride_args = (
+        *strides(x), *strides(y), *strides(residual), *(relu_mask.stride() if relu else (0, 0, 0)),
+    )
+    flags = dict(
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        HAS_RESIDUAL=residual is not None, RELU=relu,
+        BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
         num_warps=launch.num_warps,
+    )
+    statistics_flags = dict(
+        UPDATE_RUNNING=update_running, CUMULATIVE=num_batches_tracked is not None
     )
 
     if use_batch_stats and launch.single_pass:
         single_pass_forward_kernel[(launch.channel_blocks, 1)](
-            x,
-            y,
-            weight_arg,
-            bias_arg,
-            mean,
-            invstd,
-            running_mean_arg,
-            running_var_arg,
-            nbt_arg,
-            view.n_outer,
-            view.n_inner,
-            view.num_channels,
-            view.n_per_channel,
-            *view.strides[0],
-            *view.strides[1],
-            momentum,
-            eps,
-            UPDATE_RUNNING=update_running,
-            CUMULATIVE=num_batches_tracked is not None,
-            **common,
+            *tensor_args, pointer(num_batches_tracked),
+            view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
+            *stride_args, momentum, eps, **statistics_flags, **flags,
         )
-        return y, mean, invstd
+        return y, mean, invstd, relu_mask
 
     grid = (launch.channel_blocks, launch.num_splits)
+    tiling = (launch.tiles_inner, launch.num_tiles, launch.tiles_per_split)
     if use_batch_stats:
         partial = torch.empty(
             (3, launch.num_splits, view.num_channels), dtype=acc_dtype, device=x.device
         )
         partial_moments_kernel[grid](
-            x,
-            partial,
-            view.n_outer,
-            view.n_inner,
-            view.num_channels,
-            *view.strides[0],
-            launch.tiles_inner,
-            launch.num_tiles,
-            launch.tiles_per_split,
-            BLOCK_N=launch.block_n,
-            BLOCK_S=launch.block_s,
-            BLOCK_C=launch.block_c,
+            x, partial, view.n_outer, view.n_inner, view.num_channels, *strides(x), *tiling,
+            BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
         finalize_moments_kernel[(launch.channel_blocks,)](
-            partial,
-            mean,
-            invstd,
-            running_mean_arg,
-            running_var_arg,
-            nbt_arg,
-            launch.num_splits,
-            view.num_channels,
-            view.n_per_channel,
-            momentum,
-            eps,
-            UPDATE_RUNNING=update_running,
-            CUMULATIVE=num_batches_tracked is not None,
-            BLOCK_C=launch.block_c,
+            partial, mean, invstd, pointer(running_mean), pointer(running_var),
+            pointer(num_batches_tracked), launch.num_splits, view.num_channels,
+            view.n_per_channel, momentum, eps, **statistics_flags, BLOCK_C=launch.block_c,
         )
     apply_kernel[grid](
-        x,
-        y,
-        weight_arg,
-        bias_arg,
-        mean,
-        invstd,
-        running_mean_arg,
-        running_var_arg,
-        view.n_outer,
-        view.n_inner,
-        view.num_channels,
-        *view.strides[0],
-        *view.strides[1],
-        launch.tiles_inner,
-        launch.num_tiles,
-        launch.tiles_per_split,
-        eps,
-        FROM_RUNNING=not use_batch_stats,
-        **common,
+        *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling, eps,
+        FROM_RUNNING=not use_batch_stats, **flags,
     )
-    return y, mean, invstd
+    return y, mean, invstd, relu_mask

@@ -10,6 +10,7 @@ is outer=N, inner=H*W; a channels_last one folds N, H and W into a single inner 
 strided view whose reduction dims fold into two this way is read in place.
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -18,48 +19,49 @@ import torch
 
 @dataclass(frozen=True)
 class ChannelView:
-    """A tensor shape folded into (outer, channel, inner), with one stride triple per tensor."""
+    """A shape folded into (outer, channel, inner), and which original dims make up outer and inner."""
 
     n_outer: int
     num_channels: int
     n_inner: int
-    strides: tuple[tuple[int, int, int], ...]
+    outer_dims: tuple[int, ...]  # original dims folded into the outer dim, slowest first
+    inner_dims: tuple[int, ...]  # original dims folded into the inner dim, slowest first
 
     @property
     def n_per_channel(self) -> int:
         return self.n_outer * self.n_inner
 
+    def strides(self, t: torch.Tensor) -> tuple[int, int, int] | None:
+        """(stride_outer, stride_c, stride_inner) of ``t``, or None if its strides do not fold so."""
+        folded = []
+        for dims in (self.outer_dims, self.inner_dims):
+            for slow, fast in itertools.pairwise(dims):
+                if t.stride(slow) != t.stride(fast) * t.shape[fast]:
+                    return None
+            folded.append(t.stride(dims[-1]) if dims else 0)
+        return folded[0], t.stride(1), folded[1]
 
-def channel_view(*tensors: torch.Tensor) -> ChannelView | None:
-    """Fold tensors of one shape into a shared ChannelView, or None when two strides cannot do it.
 
-    Reduction order does not matter for BatchNorm, so the reduction dims are sorted by the first
-    tensor's strides (largest first) and neighbours are merged wherever every tensor allows it.
+def channel_view(x: torch.Tensor) -> ChannelView | None:
+    """Fold the reduction dims of ``x`` into at most two strided dims, or None if they need more.
+
+    Reduction order does not matter for BatchNorm, so the reduction dims are sorted by stride
+    (largest first) and a dim is merged into the previous one wherever memory allows it.
     """
-    shape = tensors[0].shape
-    reduction_dims = [d for d in range(len(shape)) if d != 1 and shape[d] != 1]
-    reduction_dims.sort(key=lambda d: tensors[0].stride(d), reverse=True)
-
-    # Each folded dim is (size, [stride in tensor 0, stride in tensor 1, ...]).
-    folded: list[tuple[int, list[int]]] = []
-    for d in reduction_dims:
-        size, strides = shape[d], [t.stride(d) for t in tensors]
-        if folded:
-            outer_size, outer_strides = folded[-1]
-            if all(so == s * size for so, s in zip(outer_strides, strides, strict=True)):
-                folded[-1] = (outer_size * size, strides)
-                continue
-        folded.append((size, strides))
-    if len(folded) > 2:
-        return None
-
-    while len(folded) < 2:
-        folded.insert(0, (1, [0] * len(tensors)))
-    (n_outer, outer_strides), (n_inner, inner_strides) = folded
-    strides = tuple(
-        (outer_strides[i], t.stride(1), inner_strides[i]) for i, t in enumerate(tensors)
+    reduction_dims = sorted(
+        (d for d in range(x.dim()) if d != 1 and x.shape[d] != 1), key=x.stride, reverse=True
     )
-    return ChannelView(n_outer, shape[1], n_inner, strides)
+    groups: list[list[int]] = []
+    for d in reduction_dims:
+        if groups and x.stride(groups[-1][-1]) == x.stride(d) * x.shape[d]:
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    if len(groups) > 2:
+        return None
+    groups = [[] for _ in range(2 - len(groups))] + groups
+    n_outer, n_inner = (math.prod(x.shape[d] for d in group) for group in groups)
+    return ChannelView(n_outer, x.shape[1], n_inner, tuple(groups[0]), tuple(groups[1]))
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -67,17 +69,43 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def strided_views(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], ChannelView]:
-    """Fold ``tensors`` into a ChannelView, copying them to contiguous memory only if they cannot be.
+def fold_input(x: torch.Tensor) -> tuple[torch.Tensor, ChannelView]:
+    """Fold ``x`` into a ChannelView that tensors allocated like it (``empty_like``) share.
 
-    Outputs allocated with ``empty_like`` always fold; only inputs that are non-dense views whose
-    reduction dims need more than two strides are copied.
+    The view depends on ``x`` alone, so the forward and backward of one call fold alike. ``x`` is
+    copied to contiguous memory only when it cannot be folded in place: a non-dense view whose
+    reduction dims need more than two strides, or whose ``empty_like`` would be laid out otherwise.
     """
-    view = channel_view(*tensors)
-    if view is None:
-        tensors = tuple(t.contiguous() for t in tensors)
-        view = channel_view(*tensors)
-    return list(tensors), view
+    view = channel_view(x)
+    if view is None or view.strides(torch.empty_like(x, device="meta")) is None:
+        x = x.contiguous()
+        view = channel_view(x)
+    return x, view
+
+
+def conform(t: torch.Tensor, x: torch.Tensor, view: ChannelView) -> torch.Tensor:
+    """``t`` itself when it folds like ``x`` in ``view``, else a copy of ``t`` laid out like ``x``."""
+    if view.strides(t) is not None:
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+def channels_contiguous(x: torch.Tensor) -> bool:
+    """True when channels are the contiguous dim of ``x`` (channels_last and (N, C) layouts)."""
+    return x.stride(1) == 1 and x.shape[1] > 1
+
+
+def relu_mask_like(x: torch.Tensor, view: ChannelView) -> torch.Tensor:
+    """An uninitialised packed ReLU mask for ``x``: one bit per element, 8 inner positions a byte.
+
+    Its shape is (n_outer, C, ceil(n_inner / 8)), laid out channels-contiguous when ``x`` is.
+    """
+    n_bytes = math.ceil(view.n_inner / 8)
+    if channels_contiguous(x):
+        shape = (view.n_outer, n_bytes, view.num_channels)
+        return torch.empty(shape, dtype=torch.uint8, device=x.device).permute(0, 2, 1)
+    shape = (view.n_outer, view.num_channels, n_bytes)
+    return torch.empty(shape, dtype=torch.uint8, device=x.device)
 
 
 @dataclass(frozen=True)
@@ -129,18 +157,20 @@ def _warps_for(tile: int) -> int:
 
 
 def choose_launch(
-    view: ChannelView, device: torch.device, limits: LaunchLimits | None = None
+    view: ChannelView, x: torch.Tensor, min_block_s: int = 1, limits: LaunchLimits | None = None
 ) -> Launch:
-    """Pick tile sizes, the single-pass or split path, and the number of splits for ``view``."""
+    """Pick tile sizes, the single-pass or split path, and the number of splits for ``x``.
+
+    ``min_block_s`` is the smallest inner tile allowed (8 when a packed ReLU mask is involved).
+    """
     limits = limits or LIMITS
-    x_stride_c = view.strides[0][1]
-    if x_stride_c == 1 and view.num_channels > 1:
+    if channels_contiguous(x):
         block_c = min(_pow2(view.num_channels), limits.max_channel_block)
     else:
         block_c = 1
     channel_blocks = math.ceil(view.num_channels / block_c)
 
-    whole_n, whole_s = _pow2(view.n_outer), _pow2(view.n_inner)
+    whole_n, whole_s = _pow2(view.n_outer), max(_pow2(view.n_inner), min_block_s)
     if whole_n * whole_s * block_c <= limits.single_pass_tile:
         return Launch(
             block_n=whole_n,
@@ -156,12 +186,12 @@ def choose_launch(
         )
 
     per_channel_tile = max(limits.stream_tile // block_c, 1)
-    block_s = min(whole_s, per_channel_tile)
+    block_s = max(min(whole_s, per_channel_tile), min_block_s)
     block_n = min(whole_n, max(per_channel_tile // block_s, 1))
     tiles_inner = math.ceil(view.n_inner / block_s)
     num_tiles = math.ceil(view.n_outer / block_n) * tiles_inner
 
-    target_programs = limits.programs_per_sm * _multiprocessors(device)
+    target_programs = limits.programs_per_sm * _multiprocessors(x.device)
     wanted_splits = min(max(target_programs // channel_blocks, 1), num_tiles)
     tiles_per_split = math.ceil(num_tiles / wanted_splits)
     return Launch(

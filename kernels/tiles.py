@@ -132,3 +132,22 @@ def store_statistics(
         tl.store(running_mean_ptr + channels, running_mean, mask=channel_mask)
         tl.store(running_var_ptr + channels, running_var, mask=channel_mask)
     return invstd
+
+
+@triton.jit
+def pack_bits(flags, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Pack a boolean [BLOCK_N, BLOCK_S, BLOCK_C] tile into bytes along the inner dim.
+
+    Bit i of byte b holds inner position 8 * b + i; the result is [BLOCK_N, BLOCK_S // 8, BLOCK_C].
+    """
+    bits = tl.reshape(flags.to(tl.uint8), [BLOCK_N, BLOCK_S // 8, 8, BLOCK_C])
+    shifts = tl.arange(0, 8).to(tl.uint8)[None, None, :, None]
+    return tl.sum(bits << shifts, axis=2).to(tl.uint8)
+
+
+@triton.jit
+def unpack_bits(packed, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The boolean [BLOCK_N, BLOCK_S, BLOCK_C] tile that pack_bits packed into ``packed``."""
+    shifts = tl.arange(0, 8).to(tl.uint8)[None, None, :, None]
+    bits = (packed[:, :, None, :] >> shifts) & 1
+    return tl.reshape(bits, [BLOCK_N, BLOCK_S, BLOCK_C]) != 0

@@ -10,18 +10,30 @@ import fusedbn
 from fusedbn.ops import backward_op, forward_op
 
 
+class _ResidualBlock(nn.Module):
+    """conv -> BN -> (+ input) -> ReLU, with the add and the ReLU fused into the BatchNorm."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = fusedbn.FusedBatchNorm2d(channels, activation="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x), x)
+
+
 def _small_net(device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False),
-        fusedbn.FusedBatchNorm2d(8),
+        _ResidualBlock(8),
         nn.ReLU(),
         nn.Flatten(),
         nn.Linear(8 * 6 * 6, 10, bias=False),
         fusedbn.FusedBatchNorm1d(10, momentum=None),
     )
     with torch.no_grad():
-        for module in net:
+        for module in net.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.5, 0.5)
@@ -29,23 +41,29 @@ def _small_net(device: torch.device) -> nn.Module:
 
 
 @pytest.mark.parametrize("use_batch_stats", [True, False])
-def test_opcheck_forward_and_backward(device, use_batch_stats):
+@pytest.mark.parametrize("fused_epilogue", [False, True], ids=["plain", "residual_relu"])
+def test_opcheck_forward_and_backward(device, use_batch_stats, fused_epilogue):
     x = torch.randn(4, 3, 5, 7, device=device) + 3.0
+    residual = torch.randn_like(x) if fused_epilogue else None
     weight = torch.rand(3, device=device) + 0.5
     bias = torch.randn(3, device=device)
     running_mean = torch.randn(3, device=device)
     running_var = torch.rand(3, device=device) + 0.5
     torch.library.opcheck(
         forward_op,
-        (x, weight, bias, running_mean, running_var, None, use_batch_stats, 0.1, 1e-5),
+        (x, weight, bias, running_mean, running_var, None, use_batch_stats, 0.1, 1e-5, residual,
+         fused_epilogue),
         test_utils=("test_schema", "test_faketensor"),
     )
+    relu_mask = forward_op(x, weight, bias, None, None, None, True, 0.1, 1e-5, residual,
+                           fused_epilogue)[3]
     mean = x.mean(dim=(0, 2, 3))
     invstd = torch.rsqrt(x.var(dim=(0, 2, 3), unbiased=False) + 1e-5)
     grad_output = torch.randn_like(x)
     torch.library.opcheck(
         backward_op,
-        (grad_output, x, weight, mean, invstd, use_batch_stats, True),
+        (grad_output, x, weight, mean, invstd, use_batch_stats, True,
+         relu_mask if fused_epilogue else None, fused_epilogue),
         test_utils=("test_schema", "test_faketensor"),
     )
 

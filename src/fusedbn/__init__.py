@@ -1,7 +1,7 @@
 """fusedbn: BatchNorm computed by fused Triton kernels, as a drop-in for torch.nn.BatchNorm*."""
 
 from fusedbn.backend import backend_for
-from fusedbn.convert import convert_model, revert_model
+from fusedbn.convert import convert_model, fuse_batchnorm_relu, revert_model
 from fusedbn.functional import fused_batch_norm
 from fusedbn.modules import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d
 
@@ -11,6 +11,7 @@ __all__ = [
     "FusedBatchNorm3d",
     "backend_for",
     "convert_model",
+    "fuse_batchnorm_relu",
     "fused_batch_norm",
     "revert_model",
 ]

@@ -9,7 +9,11 @@ from fusedbn.ops import backward_op, forward_op
 
 
 class FusedBatchNormFunction(torch.autograd.Function):
-    """BatchNorm forward and backward in Triton; arguments are checked by the caller."""
+    """BatchNorm (+ residual add, + ReLU) forward and backward in Triton.
+
+    Arguments are checked by the caller. For a fused ReLU only a packed one-bit mask is saved, so
+    backward keeps no full-size tensor beyond the input that BatchNorm itself needs.
+    """
 
     @staticmethod
     def forward(
@@ -23,39 +27,37 @@ class FusedBatchNormFunction(torch.autograd.Function):
         use_batch_stats: bool,
         momentum: float,
         eps: float,
+        residual: Tensor | None,
+        relu: bool,
     ) -> Tensor:
-        output, mean, invstd = forward_op(
-            input,
-            weight,
-            bias,
-            running_mean,
-            running_var,
-            num_batches_tracked,
-            use_batch_stats,
-            momentum,
-            eps,
+        output, mean, invstd, relu_mask = forward_op(
+            input, weight, bias, running_mean, running_var, num_batches_tracked,
+            use_batch_stats, momentum, eps, residual, relu,
         )
-        ctx.save_for_backward(input, weight, mean, invstd)
+        ctx.save_for_backward(input, weight, mean, invstd, relu_mask if relu else None)
         ctx.use_batch_stats = use_batch_stats
         ctx.weight_dtype = None if weight is None else weight.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.residual_dtype = None if residual is None else residual.dtype
         return output
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        input, weight, mean, invstd = ctx.saved_tensors
+        input, weight, mean, invstd, relu_mask = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-        grad_input, grad_weight, grad_bias = backward_op(
-            grad_output,
-            input,
-            weight,
-            mean,
-            invstd,
-            ctx.use_batch_stats,
-            need_param_grads=needs_weight or needs_bias,
+        needs_residual = ctx.needs_input_grad[9]
+        grad_input, grad_weight, grad_bias, grad_residual = backward_op(
+            grad_output, input, weight, mean, invstd, ctx.use_batch_stats,
+            needs_weight or needs_bias, relu_mask, needs_residual,
         )
         if not needs_input:
             grad_input = None
         grad_weight = grad_weight.to(ctx.weight_dtype) if needs_weight else None
         grad_bias = grad_bias.to(ctx.bias_dtype) if needs_bias else None
-        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+        if not needs_residual:
+            grad_residual = None
+        elif relu_mask is None:
+            grad_residual = grad_output  # without a ReLU the residual's gradient is dy itself
+        grad_residual = None if grad_residual is None else grad_residual.to(ctx.residual_dtype)
+        return (grad_input, grad_weight, grad_bias, None, None, None, None, None, None,
+                grad_residual, None)

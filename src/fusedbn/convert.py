@@ -56,5 +56,38 @@ def convert_model(model: nn.Module) -> nn.Module:
 
 
 def revert_model(model: nn.Module) -> nn.Module:
-    """Replace every fusedbn BatchNorm in ``model`` with torch's class; the inverse of convert_model."""
+    """Replace every fusedbn BatchNorm in ``model`` with torch's class; the inverse of convert_model.
+
+    Raises ValueError, changing nothing, if a module fuses an activation, which torch's BatchNorm
+    classes cannot express.
+    """
+    for name, module in model.named_modules():
+        if type(module) in TO_TORCH and module.activation is not None:
+            raise ValueError(
+                f"revert_model: module {name or type(module).__name__!r} fuses "
+                f"activation={module.activation!r}, which torch's BatchNorm classes cannot express"
+            )
     return _swap(model, TO_TORCH)
+
+
+def fuse_batchnorm_relu(model: nn.Module) -> nn.Module:
+    """Fuse each BatchNorm directly followed by a ReLU inside an ``nn.Sequential``.
+
+    The pair becomes one fused module with ``activation="relu"`` (converted from torch's class if
+    needed) followed by an ``nn.Identity`` in place of the ReLU, so indices and the state_dict keys
+    of the other modules stay the same and the results are unchanged. Only ``nn.Sequential``
+    containers are rewritten: there the order of the calls is known, whereas a custom ``forward``
+    may use a module in any way. Returns the model.
+    """
+    fusable = tuple(TO_FUSED) + tuple(TO_TORCH)
+    for container in model.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        for i in range(len(container) - 1):
+            bn, relu = container[i], container[i + 1]
+            if type(bn) in fusable and type(relu) is nn.ReLU and getattr(bn, "activation", None) is None:
+                fused = convert_model(bn)
+                fused.activation = "relu"
+                container[i] = fused
+                container[i + 1] = nn.Identity()
+    return model

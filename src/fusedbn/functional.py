@@ -8,6 +8,7 @@ from fusedbn.autograd import FusedBatchNormFunction
 from fusedbn.backend import TORCH, backend_for
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ACTIVATIONS = (None, "relu")
 
 
 def check_batch_norm_args(
@@ -19,6 +20,8 @@ def check_batch_norm_args(
     training: bool,
     eps: float,
     num_batches_tracked: Tensor | None = None,
+    residual: Tensor | None = None,
+    activation: str | None = None,
 ) -> None:
     """Raise the error torch would raise for a bad BatchNorm call, with a message naming the problem.
 
@@ -67,6 +70,21 @@ def check_batch_norm_args(
             raise RuntimeError(
                 "batch_norm: num_batches_tracked must be a one-element tensor on the input's device"
             )
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"batch_norm: activation must be one of {ACTIVATIONS}, got {activation!r}"
+        )
+    if residual is not None:
+        if residual.shape != input.shape:
+            raise RuntimeError(
+                f"batch_norm: residual must have the input's shape {tuple(input.shape)}, "
+                f"got {tuple(residual.shape)}"
+            )
+        if residual.dtype not in FLOAT_DTYPES or residual.device != input.device:
+            raise TypeError(
+                f"batch_norm: residual must be a floating tensor on {input.device}, got "
+                f"{residual.dtype} on {residual.device}"
+            )
     if training:
         if input.numel() <= num_channels:
             raise ValueError(
@@ -88,6 +106,8 @@ def fused_batch_norm(
     eps: float = 1e-5,
     *,
     num_batches_tracked: Tensor | None = None,
+    residual: Tensor | None = None,
+    activation: str | None = None,
 ) -> Tensor:
     """BatchNorm with the signature and results of ``torch.nn.functional.batch_norm``.
 
@@ -97,11 +117,15 @@ def fused_batch_norm(
     ``momentum=None`` then selects the cumulative average (factor ``1 / num_batches_tracked``), as
     ``torch.nn.BatchNorm*`` does. Outside training the running statistics normalise ``input``.
 
+    ``residual`` (same shape as input) is added to the normalised output and ``activation="relu"``
+    applies a ReLU after that, both inside the same kernels: relu(batch_norm(input) + residual).
+
     The output has the input's dtype and memory format; statistics are computed in float32 (float64
     for float64 input). :func:`fusedbn.backend_for` tells which implementation runs.
     """
     check_batch_norm_args(
-        input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked
+        input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked,
+        residual, activation,
     )
     update_running = training and running_mean is not None
     if update_running and num_batches_tracked is not None:
@@ -113,7 +137,12 @@ def fused_batch_norm(
             factor = 1.0 / float(num_batches_tracked)
         else:
             factor = 0.0 if momentum is None else momentum
-        return F.batch_norm(input, running_mean, running_var, weight, bias, training, factor, eps)
+        output = F.batch_norm(
+            input, running_mean, running_var, weight, bias, training, factor, eps
+        )
+        if residual is not None:
+            output = output + residual
+        return F.relu(output) if activation == "relu" else output
 
     return FusedBatchNormFunction.apply(
         input,
@@ -125,4 +154,6 @@ def fused_batch_norm(
         training,
         0.0 if momentum is None else momentum,
         eps,
+        residual,
+        activation == "relu",
     )

@@ -1,18 +1,34 @@
 """Drop-in replacements for torch.nn.BatchNorm1d/2d/3d that run fusedbn's kernels."""
 
+from typing import Any
+
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fusedbn.functional import fused_batch_norm
+from fusedbn.functional import ACTIVATIONS, fused_batch_norm
 
 
 class _FusedBatchNorm(_BatchNorm):
     """torch's _BatchNorm with the forward routed through :func:`fusedbn.fused_batch_norm`.
 
-    Parameters, buffers, state_dict keys, old-checkpoint loading and repr are torch's own.
+    Takes torch's constructor arguments, plus ``activation=None`` or ``"relu"`` to fuse a ReLU
+    after the normalisation; ``forward(input, residual=None)`` adds ``residual`` before it.
+    Parameters, buffers, state_dict keys and old-checkpoint loading are torch's own.
     """
 
     _expected_dims: tuple[int, ...] = ()
+
+    def __init__(self, *args: Any, activation: str | None = None, **kwargs: Any) -> None:
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"{type(self).__name__}: activation must be one of {ACTIVATIONS}, got {activation!r}"
+            )
+        super().__init__(*args, **kwargs)
+        self.activation = activation
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.activation is None else f"{text}, activation={self.activation!r}"
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in self._expected_dims:
@@ -21,7 +37,7 @@ class _FusedBatchNorm(_BatchNorm):
                 f"{type(self).__name__}: expected {expected} input (got {input.dim()}D input)"
             )
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         self._check_input_dim(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         # Running statistics are passed when they normalise (eval) or are updated (training).
@@ -41,6 +57,8 @@ class _FusedBatchNorm(_BatchNorm):
             self.momentum,
             self.eps,
             num_batches_tracked=num_batches_tracked,
+            residual=residual,
+            activation=self.activation,
         )
 
 
