@@ -1,0 +1,218 @@
+"""What the benchmark measures: shapes, dtypes, layouts, modes, providers, and the bytes each case moves.
+
+Shapes come in named groups. ``resnet50`` holds every distinct BatchNorm input of torchvision's
+ResNet-50 (v1.5, stride on the 3x3 conv) at batch 64 on 224x224 images, with the number of layers
+that see it:
+
+    stem    bn1 after the 7x7/2 conv                     64 x 112x112   1 layer
+    layer1  3 bottlenecks, width 64, out 256, at 56x56   64 x 56x56     6 layers
+                                                         256 x 56x56    4 (3 + downsample)
+    layer2  4 bottlenecks, width 128, out 512, to 28x28  128 x 56x56    1 (first conv1, before the stride)
+                                                         128 x 28x28    7
+                                                         512 x 28x28    5 (4 + downsample)
+    layer3  6 bottlenecks, width 256, out 1024, to 14x14 256 x 28x28    1
+                                                         256 x 14x14    11
+                                                         1024 x 14x14   7 (6 + downsample)
+    layer4  3 bottlenecks, width 512, out 2048, to 7x7   512 x 14x14    1
+                                                         512 x 7x7      5
+                                                         2048 x 7x7     4 (3 + downsample)
+
+53 BatchNorm layers in all. ``extra`` holds the cases peers get wrong, and ``smoke`` tiny shapes for
+the CPU harness check. Any other ``NxCx...`` string (2 to 5 dims) is accepted as a custom shape.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A BatchNorm input shape (N, C, ...), the group it belongs to, and its ResNet-50 layer count."""
+
+    dims: tuple[int, ...]
+    group: str
+    layers: int = 0
+
+    @property
+    def name(self) -> str:
+        return "x".join(str(d) for d in self.dims)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.dims)
+
+    @property
+    def num_channels(self) -> int:
+        return self.dims[1]
+
+
+RESNET50 = "resnet50"
+EXTRA = "extra"
+SMOKE = "smoke"
+CUSTOM = "custom"
+
+SHAPES: tuple[Shape, ...] = (
+    Shape((64, 64, 112, 112), RESNET50, 1),
+    Shape((64, 64, 56, 56), RESNET50, 6),
+    Shape((64, 256, 56, 56), RESNET50, 4),
+    Shape((64, 128, 56, 56), RESNET50, 1),
+    Shape((64, 128, 28, 28), RESNET50, 7),
+    Shape((64, 512, 28, 28), RESNET50, 5),
+    Shape((64, 256, 28, 28), RESNET50, 1),
+    Shape((64, 256, 14, 14), RESNET50, 11),
+    Shape((64, 1024, 14, 14), RESNET50, 7),
+    Shape((64, 512, 14, 14), RESNET50, 1),
+    Shape((64, 512, 7, 7), RESNET50, 5),
+    Shape((64, 2048, 7, 7), RESNET50, 4),
+    # Few channels, huge spatial size: one program per channel cannot fill the GPU.
+    Shape((32, 16, 256, 256), EXTRA),
+    # Many channels, tiny spatial size.
+    Shape((256, 2048, 7, 7), EXTRA),
+    # BatchNorm1d on (N, C) with a large N.
+    Shape((65536, 256), EXTRA),
+    # BatchNorm3d: a 3D ResNet's first stage, batch 8 of 16-frame 112x112 clips after the stride-2 stem.
+    Shape((8, 64, 16, 56, 56), EXTRA),
+    Shape((4, 8, 6, 6), SMOKE),
+    Shape((64, 16), SMOKE),
+    Shape((2, 4, 3, 4, 4), SMOKE),
+)
+
+# Group names usable in --shapes; "all" is every GPU shape.
+SHAPE_GROUPS: dict[str, tuple[str, ...]] = {
+    RESNET50: (RESNET50,),
+    EXTRA: (EXTRA,),
+    SMOKE: (SMOKE,),
+    "all": (RESNET50, EXTRA),
+}
+
+# Shapes with at least this many elements are "large": the bandwidth target applies to them.
+LARGE_NUMEL = 1 << 24
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+NCHW = "nchw"
+CHANNELS_LAST = "channels_last"
+# nchw: contiguous (N, C, ...); channels_last: channels are the innermost dim (torch.channels_last
+# for 4D, channels_last_3d for 5D). For 2D (N, C) input both are the same memory, so only nchw runs.
+LAYOUTS = (NCHW, CHANNELS_LAST)
+
+FWD = "fwd"
+BWD = "bwd"
+FWDBWD = "fwdbwd"
+EVAL = "eval"
+# fwd: training forward; bwd: backward of a training forward; fwdbwd: both; eval: forward with
+# running statistics.
+MODES = (FWD, BWD, FWDBWD, EVAL)
+TRAINING_MODES = (FWD, BWD, FWDBWD)
+
+FUSEDBN = "fusedbn"
+EAGER = "eager"
+COMPILE = "compile"
+# fusedbn's module; torch.nn.BatchNorm as torch runs it (cuDNN or native); torch.compile of it.
+PROVIDERS = (FUSEDBN, EAGER, COMPILE)
+
+# How many full passes over an input-sized tensor each mode needs at the least: forward reads x and
+# writes y; backward reads x and dy and writes dx. Per-channel parameters and statistics are left
+# out: they are C elements against N*C*H*W.
+TENSOR_PASSES = {FWD: 2, BWD: 3, FWDBWD: 5, EVAL: 2}
+
+
+def minimal_bytes(shape: Shape, dtype: str, mode: str) -> int:
+    """The fewest bytes of DRAM traffic a BatchNorm of ``shape`` in ``mode`` can move."""
+    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
+    return TENSOR_PASSES[mode] * shape.numel * itemsize
+
+
+def layout_applies(shape: Shape, layout: str) -> bool:
+    """Whether ``layout`` is a distinct memory layout for ``shape`` (channels_last needs spatial dims)."""
+    return layout == NCHW or len(shape.dims) > 2
+
+
+def random_tensor(
+    shape: Shape, dtype: str, layout: str, device: torch.device | str, seed: int, offset: float = 0.0
+) -> torch.Tensor:
+    """Normal random data (scaled by 2, shifted by ``offset``) of ``shape`` in ``layout`` on ``device``."""
+    dims = shape.dims
+    if layout == CHANNELS_LAST:
+        # Allocate with channels innermost, then view it back as (N, C, ...).
+        physical = (dims[0], *dims[2:], dims[1])
+        order = (0, len(dims) - 1, *range(1, len(dims) - 1))
+    else:
+        physical = dims
+        order = tuple(range(len(dims)))
+    generator = torch.Generator(device=device).manual_seed(seed)
+    data = torch.randn(physical, generator=generator, device=device, dtype=torch.float32)
+    return (data * 2.0 + offset).to(DTYPES[dtype]).permute(order)
+
+
+def _pick(text: str, allowed: tuple[str, ...], aliases: dict[str, str], what: str) -> list[str]:
+    chosen: list[str] = []
+    for raw in text.split(","):
+        name = aliases.get(raw.strip(), raw.strip())
+        if name not in allowed:
+            known = ", ".join(allowed + tuple(aliases))
+            raise ValueError(f"unknown {what} {raw.strip()!r}; choose from: {known}")
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def parse_dtypes(text: str) -> list[str]:
+    """Comma-separated dtype names (float32, float16, bfloat16 or fp32, fp16, bf16), checked."""
+    return _pick(text, tuple(DTYPES), DTYPE_ALIASES, "dtype")
+
+
+def parse_layouts(text: str) -> list[str]:
+    """Comma-separated layouts (nchw, channels_last), checked."""
+    return _pick(text, LAYOUTS, {}, "layout")
+
+
+def parse_modes(text: str) -> list[str]:
+    """Comma-separated modes (fwd, bwd, fwdbwd, eval), checked."""
+    return _pick(text, MODES, {}, "mode")
+
+
+def parse_providers(text: str) -> list[str]:
+    """Comma-separated providers (fusedbn, eager, compile), checked."""
+    return _pick(text, PROVIDERS, {}, "provider")
+
+
+def _custom_shape(token: str) -> Shape | None:
+    parts = token.split("x")
+    if not 2 <= len(parts) <= 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        return None
+    return Shape(tuple(int(p) for p in parts), CUSTOM)
+
+
+def shape_named(name: str) -> Shape:
+    """The registered shape called ``name``, or a custom one for an ``NxCx...`` name."""
+    return parse_shapes(name)[0]
+
+
+def parse_shapes(text: str) -> list[Shape]:
+    """Comma-separated shape groups (resnet50, extra, smoke, all) and NxCx... shapes, in order."""
+    by_name = {s.name: s for s in SHAPES}
+    chosen: list[Shape] = []
+    for raw in text.split(","):
+        token = raw.strip()
+        if token in SHAPE_GROUPS:
+            found = [s for s in SHAPES if s.group in SHAPE_GROUPS[token]]
+        elif token in by_name:
+            found = [by_name[token]]
+        else:
+            custom = _custom_shape(token)
+            if custom is None:
+                raise ValueError(
+                    f"unknown shape {token!r}; use a group ({', '.join(SHAPE_GROUPS)}) or "
+                    f"positive dims joined by 'x', 2 to 5 of them, such as 64x256x56x56"
+                )
+            found = [custom]
+        chosen.extend(s for s in found if s not in chosen)
+    return chosen

@@ -1,0 +1,329 @@
+"""Benchmark fusedbn's BatchNorm against torch eager and torch.compile, and against the copy bandwidth.
+
+Every case (shape x dtype x layout x mode x provider) is timed after a warm-up with
+triton.testing.do_bench (median, min and max; L2 flushed before each repetition) on random, offset
+data; the device-to-device copy bandwidth is measured in the same run. Each case's minimal bytes
+(forward and eval: read x, write y; backward: read x and dy, write dx; fwdbwd: both) over its median
+time is its effective bandwidth, reported as a share of the copy bandwidth. Outputs are compared with
+eager's. Rows are appended to OUT/results.csv as they are measured (with device, versions, date and
+commit); the table, the targets of issue 4 and any failures are printed and written to
+OUT/summary.txt, with plots OUT/speedup.png and OUT/bandwidth.png.
+
+Runs: the default (full) run times every shape, dtype, layout, mode and provider on CUDA. --quick
+is the GPU run's subset (fp16 and bf16, torch.compile for the training modes of the ResNet-50 shapes
+only, with time budgets); --smoke checks the harness on the CPU in seconds with tiny shapes, fusedbn
+and eager (not speed; torch.compile is left out since compiling on the CPU takes seconds per case,
+add it with --providers). --report re-renders the table, targets and plots from a result file.
+"""
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fusedbn.bench.cases import (
+    SHAPE_GROUPS,
+    SHAPES,
+    parse_dtypes,
+    parse_layouts,
+    parse_modes,
+    parse_providers,
+    parse_shapes,
+)
+from fusedbn.bench.metrics import mismatches
+from fusedbn.bench.plots import write_plots
+from fusedbn.bench.report import format_header, format_problems, format_table, format_targets
+from fusedbn.bench.results import ResultFile, RunInfo, collect_run_info, read_results
+from fusedbn.bench.runner import Plan, run_plan
+from fusedbn.bench.timing import TimingSettings, copy_bandwidth
+
+RESULTS_FILE = "results.csv"
+SUMMARY_FILE = "summary.txt"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults of one kind of run; every one can be overridden by its option."""
+
+    shapes: str
+    dtypes: str
+    layouts: str
+    modes: str
+    providers: str
+    compile_shapes: str | None  # None: the same as shapes
+    compile_modes: str | None  # None: the same as modes
+    settings: TimingSettings
+    copy_mib: int
+    time_budget: float
+    compile_budget: float
+
+
+PRESETS = {
+    "full": Preset(
+        "all", "float32,float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
+        "fusedbn,eager,compile", None, None, TimingSettings(warmup_ms=25, rep_ms=100), 1024,
+        math.inf, math.inf,
+    ),
+    "quick": Preset(
+        "all", "float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
+        "fusedbn,eager,compile", "resnet50", "fwd,bwd,fwdbwd", TimingSettings(warmup_ms=10, rep_ms=40),
+        1024, 240.0, 150.0,
+    ),
+    "smoke": Preset(
+        "smoke", "float32,float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
+        "fusedbn,eager", None, None, TimingSettings(warmup_calls=1, cpu_repeats=3), 4,
+        math.inf, math.inf,
+    ),
+}  # fmt: skip
+
+
+def _checked(parse):
+    """Wrap a parse function so argparse reports its ValueError message as the option's error."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _positive(kind):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return convert
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``fusedbn bench`` to ``parser``."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--smoke", action="store_true", help="CPU harness check in seconds: tiny shapes, no timing claims"
+    )
+    kind.add_argument(
+        "--quick", action="store_true", help="the GPU run's subset (about 4 minutes on an H100)"
+    )
+    kind.add_argument(
+        "--report", type=Path, metavar="CSV", help="render the table, targets and plots of a result file"
+    )
+    kind.add_argument("--list", action="store_true", help="list the shape groups and shapes, then exit")
+    parser.add_argument("--run-id", help="with --report: the run to render (default: the file's last run)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/bench"),
+        help="folder for results.csv, summary.txt and plots (default: runs/bench)",
+    )
+    parser.add_argument(
+        "--shapes",
+        type=_checked(parse_shapes),
+        help="comma-separated groups (resnet50, extra, smoke, all) or NxCx... shapes "
+        "(default: all; smoke: smoke)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        type=_checked(parse_dtypes),
+        help="float32, float16, bfloat16 (or fp32, fp16, bf16) (default: all three; quick: float16,bfloat16)",
+    )
+    parser.add_argument("--layouts", type=_checked(parse_layouts), help="nchw, channels_last (default: both)")
+    parser.add_argument(
+        "--modes",
+        type=_checked(parse_modes),
+        help="fwd (training forward), bwd (its backward), fwdbwd, eval (default: all four)",
+    )
+    parser.add_argument(
+        "--providers",
+        type=_checked(parse_providers),
+        help="fusedbn, eager (torch's nn.BatchNorm), compile (torch.compile of it) "
+        "(default: all three; smoke: fusedbn,eager)",
+    )
+    parser.add_argument(
+        "--compile-shapes",
+        type=_checked(parse_shapes),
+        help="shapes torch.compile is timed on, like --shapes (default: as --shapes; quick: resnet50)",
+    )
+    parser.add_argument(
+        "--compile-modes",
+        type=_checked(parse_modes),
+        help="modes torch.compile is timed in (default: as --modes; quick: fwd,bwd,fwdbwd)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        choices=("default", "max-autotune-no-cudagraphs"),
+        default="default",
+        help="torch.compile's mode (default: default)",
+    )
+    parser.add_argument(
+        "--warmup-ms", type=_positive(int), help="do_bench warm-up per case in ms (default: 25; quick: 10)"
+    )
+    parser.add_argument(
+        "--rep-ms",
+        type=_positive(int),
+        help="do_bench measuring time per case in ms (default: 100; quick: 40)",
+    )
+    parser.add_argument(
+        "--copy-mib", type=_positive(int), help="size of the copy-bandwidth buffer in MiB (default: 1024)"
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="stop measuring after this long and record the rest as skipped (default: none; quick: 240)",
+    )
+    parser.add_argument(
+        "--compile-budget",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="skip torch.compile once its first calls (compiling) took this long (default: none; quick: 150)",
+    )
+
+
+def _preset_name(args: argparse.Namespace) -> str:
+    return "smoke" if args.smoke else "quick" if args.quick else "full"
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    """The Plan that parsed options ask for: each option given, else its preset's default."""
+    preset = PRESETS[_preset_name(args)]
+    shapes = args.shapes or parse_shapes(preset.shapes)
+    modes = args.modes or parse_modes(preset.modes)
+    if args.compile_shapes is not None:
+        compile_shapes = {s.name for s in args.compile_shapes}
+    elif preset.compile_shapes is not None:
+        compile_shapes = {s.name for s in parse_shapes(preset.compile_shapes)}
+    else:
+        compile_shapes = None
+    if args.compile_modes is not None:
+        compile_modes = args.compile_modes
+    elif preset.compile_modes is not None:
+        compile_modes = parse_modes(preset.compile_modes)
+    else:
+        compile_modes = None
+    return Plan(
+        device=torch.device("cpu" if args.smoke else "cuda"),
+        shapes=shapes,
+        dtypes=args.dtypes or parse_dtypes(preset.dtypes),
+        layouts=args.layouts or parse_layouts(preset.layouts),
+        modes=modes,
+        providers=args.providers or parse_providers(preset.providers),
+        compile_shapes=compile_shapes,
+        compile_modes=compile_modes,
+        compile_mode=args.compile_mode,
+        settings=dataclasses.replace(
+            preset.settings,
+            warmup_ms=args.warmup_ms or preset.settings.warmup_ms,
+            rep_ms=args.rep_ms or preset.settings.rep_ms,
+        ),
+        copy_bytes=(args.copy_mib or preset.copy_mib) << 20,
+        time_budget_s=args.time_budget or preset.time_budget,
+        compile_budget_s=args.compile_budget or preset.compile_budget,
+    )
+
+
+def _list_shapes() -> str:
+    lines = []
+    for group, members in SHAPE_GROUPS.items():
+        names = [s.name for s in SHAPES if s.group in members]
+        lines.append(f"{group}: {', '.join(names)}")
+    lines.append("ResNet-50 BatchNorm layers per shape (batch 64, 224x224):")
+    lines += [f"  {s.name:<16} {s.layers}" for s in SHAPES if s.layers]
+    return "\n".join(lines)
+
+
+def _finish(info: RunInfo, results: list, out: Path) -> str:
+    """Print and save the report of one run; returns its text."""
+    problems = format_problems(results)
+    text = "\n\n".join(
+        part
+        for part in (format_header(info), format_table(results), format_targets(results), problems)
+        if part
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY_FILE).write_text(text + "\n")
+    paths = write_plots(results, out, info.device)
+    print(text)
+    print(f"\nwrote {out / SUMMARY_FILE}, {', '.join(str(p) for p in paths)}", flush=True)
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fusedbn bench`` with parsed options; returns the exit code.
+
+    0 when every case was measured (or skipped by a budget) and matched eager's output; 1 when a
+    case failed or its output differed; 2 when the run could not start.
+    """
+    if args.list:
+        print(_list_shapes())
+        return 0
+    if args.report is not None:
+        try:
+            info, results = read_results(args.report, args.run_id)
+        except (OSError, ValueError) as error:
+            print(f"fusedbn bench: error: {error}", file=sys.stderr)
+            return 2
+        _finish(info, results, args.out)
+        return 0
+
+    plan = build_plan(args)
+    if plan.device.type == "cuda" and not torch.cuda.is_available():
+        print(
+            "fusedbn bench: error: no CUDA device; the timed benchmark needs a GPU "
+            "(--smoke checks the harness on the CPU, --report renders a result file)",
+            file=sys.stderr,
+        )
+        return 2
+    copy_gbps = copy_bandwidth(plan.device, plan.copy_bytes, plan.settings)
+    info = collect_run_info(plan.device, copy_gbps)
+    try:
+        result_file = ResultFile(args.out / RESULTS_FILE, info)
+    except ValueError as error:
+        print(f"fusedbn bench: error: {error}", file=sys.stderr)
+        return 2
+    groups = plan.groups()
+    print(format_header(info), flush=True)
+    print(f"{plan.case_count()} cases in {len(groups)} groups; results go to {result_file.path}", flush=True)
+    start = time.perf_counter()
+
+    def progress(index, shape, dtype, layout, group_results) -> None:
+        failed = sum(r.status.startswith("error") for r in group_results)
+        measured = sum(r.ok for r in group_results)
+        print(
+            f"[{index + 1}/{len(groups)}] {shape.name} {dtype} {layout}: {measured}/{len(group_results)} "
+            f"measured{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+
+    results = []
+    for result in run_plan(plan, copy_gbps, progress):
+        result_file.append(result)
+        results.append(result)
+    print()
+    _finish(info, results, args.out)
+    failed = any(r.status.startswith("error") for r in results) or mismatches(results)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m fusedbn.bench.cli``: the same as ``fusedbn bench``, without the other subcommands."""
+    parser = argparse.ArgumentParser(prog="fusedbn bench", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Running a benchmark plan: every selected case, measured group by group, each result handed on at once.
+
+A group is one (shape, dtype, layout): its input and upstream gradient are made once, and so are the
+modules of the providers (torch.compile compiles once per group, for training and once more for
+eval). Within a group every mode is timed for every provider, eager first: its first output is the
+reference the other providers' outputs are compared with.
+"""
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from fusedbn.backend import backend_for
+from fusedbn.bench.cases import (
+    COMPILE,
+    EAGER,
+    FUSEDBN,
+    LAYOUTS,
+    MODES,
+    PROVIDERS,
+    Shape,
+    layout_applies,
+    minimal_bytes,
+    random_tensor,
+)
+from fusedbn.bench.providers import (
+    load_state,
+    mode_call,
+    provider_module,
+    reference_module,
+    relative_difference,
+)
+from fusedbn.bench.results import OK, Result
+from fusedbn.bench.timing import TimingSettings, gigabytes_per_second, measure
+
+# Providers in the order they are timed: eager first, since its output is the reference.
+PROVIDER_ORDER = (EAGER, FUSEDBN, COMPILE)
+X_SEED, GRAD_SEED, MODULE_SEED = 1, 2, 3
+# The input is offset from zero, as activations after a ReLU-free conv often are.
+X_OFFSET = 1.0
+
+
+@dataclass
+class Plan:
+    """Everything a benchmark run measures, and how.
+
+    The compile provider runs only on ``compile_shapes`` (names) and ``compile_modes``, since
+    compiling is slow. ``time_budget_s`` stops measuring (the rest is recorded as skipped) once the
+    run has taken that long; ``compile_budget_s`` does the same for compile once the first calls
+    of compiled modules (which compile) have taken that long in all.
+    """
+
+    device: torch.device
+    shapes: list[Shape]
+    dtypes: list[str]
+    layouts: list[str] = field(default_factory=lambda: list(LAYOUTS))
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    providers: list[str] = field(default_factory=lambda: list(PROVIDERS))
+    compile_shapes: set[str] | None = None  # None: every shape
+    compile_modes: list[str] | None = None  # None: every mode
+    compile_mode: str = "default"
+    settings: TimingSettings = field(default_factory=TimingSettings)
+    copy_bytes: int = 1 << 30
+    time_budget_s: float = math.inf
+    compile_budget_s: float = math.inf
+
+    def groups(self) -> list[tuple[Shape, str, str]]:
+        """The (shape, dtype, layout) groups, shapes first, skipping layouts a shape does not have."""
+        return [
+            (shape, dtype, layout)
+            for shape in self.shapes
+            for dtype in self.dtypes
+            for layout in self.layouts
+            if layout_applies(shape, layout)
+        ]
+
+    def providers_for(self, shape: Shape, mode: str) -> list[str]:
+        """The providers timed for ``shape`` in ``mode``, in timing order."""
+        chosen = []
+        for provider in PROVIDER_ORDER:
+            if provider not in self.providers:
+                continue
+            if provider == COMPILE and (
+                (self.compile_shapes is not None and shape.name not in self.compile_shapes)
+                or (self.compile_modes is not None and mode not in self.compile_modes)
+            ):
+                continue
+            chosen.append(provider)
+        return chosen
+
+    def case_count(self) -> int:
+        """How many results the plan produces."""
+        return sum(
+            len(self.providers_for(shape, mode)) for shape, _, _ in self.groups() for mode in self.modes
+        )
+
+
+def _status_of(error: Exception, where: str = "") -> str:
+    message = str(error).strip().splitlines()
+    return f"error: {where}{type(error).__name__}: {message[0] if message else ''}"[:300]
+
+
+class _Budgets:
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.start = time.perf_counter()
+        self.compile_s = 0.0
+
+    def skip_reason(self, provider: str) -> str | None:
+        if time.perf_counter() - self.start > self.plan.time_budget_s:
+            return f"skipped: time budget of {self.plan.time_budget_s:g} s spent"
+        if provider == COMPILE and self.compile_s > self.plan.compile_budget_s:
+            return f"skipped: compile budget of {self.plan.compile_budget_s:g} s spent"
+        return None
+
+
+def _run_group(
+    plan: Plan, shape: Shape, dtype: str, layout: str, copy_gbps: float, budgets: _Budgets
+) -> Iterator[Result]:
+    device = plan.device
+    reference = reference_module(shape, device, MODULE_SEED)
+    initial_state = {name: value.clone() for name, value in reference.state_dict().items()}
+    x = random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET)
+    grad_output = random_tensor(shape, dtype, layout, device, GRAD_SEED)
+    modules: dict[str, torch.nn.Module] = {}
+    backend = {FUSEDBN: backend_for(device), EAGER: "torch", COMPILE: "inductor"}
+
+    for mode in plan.modes:
+        nbytes = minimal_bytes(shape, dtype, mode)
+        try:
+            load_state(reference, initial_state)
+            expected = mode_call(reference, mode, x, grad_output)()
+            reference_error = None
+        except Exception as error:  # recorded on every provider's row of this mode
+            reference_error = error
+        for provider in plan.providers_for(shape, mode):
+            base = dict(
+                shape=shape.name,
+                dtype=dtype,
+                layout=layout,
+                mode=mode,
+                provider=provider,
+                backend=backend[provider],
+                bytes=nbytes,
+            )
+            reason = budgets.skip_reason(provider)
+            if reason is not None:
+                yield Result(status=reason, **base)
+                continue
+            if reference_error is not None:
+                yield Result(status=_status_of(reference_error, "in eager reference: "), **base)
+                continue
+            try:
+                if provider not in modules:
+                    modules[provider] = provider_module(provider, reference, plan.compile_mode)
+                module = modules[provider]
+                load_state(module, initial_state)
+                measured = measure(mode_call(module, mode, x, grad_output), device, plan.settings)
+            except Exception as error:  # one failing case must not end the run; its row says why
+                yield Result(status=_status_of(error), **base)
+                continue
+            if provider == COMPILE:
+                budgets.compile_s += measured.first_call_s
+            timing = measured.timing
+            gbps = gigabytes_per_second(nbytes, timing.median_ms)
+            yield Result(
+                status=OK,
+                median_ms=timing.median_ms,
+                min_ms=timing.min_ms,
+                max_ms=timing.max_ms,
+                first_call_s=measured.first_call_s,
+                gbps=gbps,
+                copy_share=gbps / copy_gbps,
+                rel_diff=(
+                    math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
+                ),
+                **base,
+            )
+
+
+def run_plan(
+    plan: Plan,
+    copy_gbps: float,
+    on_group: Callable[[int, Shape, str, str, list[Result]], None] | None = None,
+) -> Iterator[Result]:
+    """Measure every case of ``plan``, yielding each result as soon as it is known.
+
+    ``copy_gbps`` is the measured copy bandwidth each case's effective bandwidth is a share of.
+    ``on_group(index, shape, dtype, layout, results)`` is called after each group. torch.compile's
+    caches are reset between groups so that no group runs into its recompilation limit.
+    """
+    budgets = _Budgets(plan)
+    for index, (shape, dtype, layout) in enumerate(plan.groups()):
+        if COMPILE in plan.providers:
+            torch.compiler.reset()
+        results = []
+        for result in _run_group(plan, shape, dtype, layout, copy_gbps, budgets):
+            results.append(result)
+            yield result
+        if on_group is not None:
+            on_group(index, shape, dtype, layout, results)
