@@ -1,0 +1,1 @@
+"""GPU benchmarks of fusedbn against torch eager, torch.compile and the copy bandwidth (``fusedbn bench``)."""
