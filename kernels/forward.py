@@ -26,6 +26,7 @@ from fusedbn.kernels.layout import (
 )
 from fusedbn.kernels.tiles import (
     channel_block,
+    inverse_std,
     load_affine,
     merge_moments,
     pack_bits,
@@ -55,7 +56,8 @@ def store_output(
         y += tl.load(residual_ptr + r_offsets, mask=in_bounds, other=0.0).to(y.dtype)
     if RELU:
         # The mask is taken after rounding to the output dtype, as torch's ReLU backward sees it.
-        positive = y.to(y_ptr.dtype.element_ty) > 0
+        # (Compared in float32: Triton's interpreter compares bfloat16 as raw bits.)
+        positive = y.to(y_ptr.dtype.element_ty).to(tl.float32) > 0
         y = tl.where(positive, y, 0.0)
         m_offsets, m_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
@@ -213,7 +215,7 @@ def apply_kernel(
     if FROM_RUNNING:
         mean = tl.load(running_mean_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
         var = tl.load(running_var_ptr + channels, mask=channel_mask, other=1.0).to(acc_dtype)
-        invstd = 1.0 / tl.sqrt_rn(var + eps)
+        invstd = inverse_std(var, eps)
         if split == 0:
             tl.store(mean_ptr + channels, mean, mask=channel_mask)
             tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
