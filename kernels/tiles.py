@@ -95,6 +95,19 @@ def load_affine(
 
 
 @triton.jit
+def inverse_std(var, eps):
+    """1 / sqrt(var + eps) with a correctly rounded square root.
+
+    tl.sqrt_rn only takes float32; float64's tl.sqrt is already IEEE-rounded.
+    """
+    if var.dtype == tl.float64:
+        root = tl.sqrt(var + eps)
+    else:
+        root = tl.sqrt_rn(var + eps)
+    return 1.0 / root
+
+
+@triton.jit
 def store_statistics(
     channels,
     channel_mask,
@@ -116,7 +129,7 @@ def store_statistics(
     The running variance takes the unbiased batch variance. With CUMULATIVE the averaging factor is
     1 / num_batches_tracked (already incremented for this batch), else ``momentum``.
     """
-    invstd = 1.0 / tl.sqrt_rn(var + eps)
+    invstd = inverse_std(var, eps)
     tl.store(mean_ptr + channels, mean, mask=channel_mask)
     tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
     if UPDATE_RUNNING:
