@@ -1,0 +1,128 @@
+"""Speedups and the issue-4 targets computed on synthetic timings."""
+
+import math
+
+import pytest
+
+from fusedbn.bench import metrics
+from fusedbn.bench.results import Result
+
+
+def _r(shape, dtype, layout, mode, provider, ms, share=0.5, status="ok", rel_diff=0.0):
+    return Result(shape, dtype, layout, mode, provider, "triton", status, median_ms=ms, copy_share=share,
+                  rel_diff=rel_diff)  # fmt: skip
+
+
+def test_geometric_mean():
+    assert metrics.geometric_mean([2.0, 8.0]) == pytest.approx(4.0)
+    assert metrics.geometric_mean([0.5, 2.0, 1.0]) == pytest.approx(1.0)
+    assert math.isnan(metrics.geometric_mean([]))
+
+
+def test_speedups_pair_cases_measured_by_both_providers():
+    results = [
+        _r("64x64x56x56", "float16", "nchw", "fwd", "eager", 3.0),
+        _r("64x64x56x56", "float16", "nchw", "fwd", "fusedbn", 1.5),
+        _r("64x64x56x56", "float16", "nchw", "bwd", "eager", 3.0),
+        _r("64x64x56x56", "float16", "nchw", "bwd", "fusedbn", 1.0, status="error: boom"),
+        _r("64x64x56x56", "float16", "nchw", "eval", "fusedbn", 1.0),
+    ]
+    assert metrics.speedups(results, "eager") == {("64x64x56x56", "float16", "nchw", "fwd"): 2.0}
+
+
+def _target_run():
+    """fwd+bwd on two ResNet-50 shapes in fp16 and bf16, nchw, plus float32 and an extra shape."""
+    results = []
+    # (shape, dtype): (eager ms, fusedbn ms, compile ms)
+    times = {
+        ("64x64x112x112", "float16"): (4.0, 2.0, 2.5),  # 2x, 1.25x over compile
+        ("64x2048x7x7", "float16"): (1.0, 1.0, 0.9),  # 1x, 0.9x over compile
+        ("64x64x112x112", "bfloat16"): (3.0, 1.0, 1.5),  # 3x, 1.5x
+        ("64x2048x7x7", "bfloat16"): (1.5, 1.0, 1.2),  # 1.5x, 1.2x
+        ("64x64x112x112", "float32"): (1.0, 2.0, 1.0),  # 0.5x: not a target case, but the worst
+        ("256x2048x7x7", "float16"): (1.0, 0.5, 0.1),  # extra shape: not a target case
+    }
+    for (shape, dtype), (eager, fused, compiled) in times.items():
+        results.append(_r(shape, dtype, "nchw", "fwdbwd", "eager", eager))
+        results.append(_r(shape, dtype, "nchw", "fwdbwd", "fusedbn", fused, share=0.9))
+        results.append(_r(shape, dtype, "nchw", "fwdbwd", "compile", compiled))
+    # Bandwidth: 64x64x112x112 and 256x2048x7x7 have >= 2**24 elements, 64x2048x7x7 has not.
+    results.append(_r("256x2048x7x7", "float16", "nchw", "eval", "fusedbn", 0.2, share=0.7))
+    results.append(_r("64x2048x7x7", "float16", "nchw", "eval", "fusedbn", 0.2, share=0.1))
+    return results
+
+
+def test_targets_on_synthetic_timings():
+    speedup, vs_compile, bandwidth, worst = metrics.compute_targets(_target_run())
+
+    assert speedup.cases == 4
+    assert speedup.value == pytest.approx((2.0 * 1.0 * 3.0 * 1.5) ** 0.25)
+    assert speedup.met is True  # 9 ** 0.25 = 1.73
+
+    assert vs_compile.cases == 4
+    assert vs_compile.value == pytest.approx(0.9)
+    assert vs_compile.met is False
+    assert vs_compile.where == "64x2048x7x7 float16 nchw fwdbwd"
+
+    assert bandwidth.cases == 4 + 1  # fwdbwd: 64x64x112x112 in 3 dtypes, 256x2048x7x7 in 1; one eval
+    assert bandwidth.value == pytest.approx(0.7)
+    assert bandwidth.met is False
+    assert bandwidth.where == "256x2048x7x7 float16 nchw eval"
+
+    assert worst.cases == 6
+    assert worst.value == pytest.approx(2.0)
+    assert worst.met is False
+    assert worst.where == "64x64x112x112 float32 nchw fwdbwd"
+
+
+def test_targets_met_and_unmeasured():
+    results = [
+        _r("64x512x7x7", "bfloat16", "channels_last", "fwdbwd", "eager", 1.3),
+        _r("64x512x7x7", "bfloat16", "channels_last", "fwdbwd", "fusedbn", 1.0),
+    ]
+    speedup, vs_compile, bandwidth, worst = metrics.compute_targets(results)
+    assert speedup.value == pytest.approx(1.3) and speedup.met is True
+    assert vs_compile.cases == 0 and vs_compile.met is None and math.isnan(vs_compile.value)
+    assert bandwidth.cases == 0 and bandwidth.met is None
+    assert worst.value == pytest.approx(1 / 1.3) and worst.met is True
+
+
+def test_worst_case_allows_ten_percent():
+    just = [
+        _r("4x8x6x6", "float32", "nchw", "fwd", "eager", 1.0),
+        _r("4x8x6x6", "float32", "nchw", "fwd", "fusedbn", 1.1),
+    ]
+    over = [
+        _r("4x8x6x6", "float32", "nchw", "fwd", "eager", 1.0),
+        _r("4x8x6x6", "float32", "nchw", "fwd", "fusedbn", 1.12),
+    ]
+    assert metrics.compute_targets(just)[3].met is True
+    assert metrics.compute_targets(over)[3].met is False
+
+
+def test_breakdown_weights_shapes_by_their_resnet50_layers():
+    results = [
+        # 64x64x112x112 is 1 layer, 64x256x14x14 is 11 layers
+        _r("64x64x112x112", "float16", "nchw", "fwdbwd", "eager", 4.0),
+        _r("64x64x112x112", "float16", "nchw", "fwdbwd", "fusedbn", 1.0),
+        _r("64x256x14x14", "float16", "nchw", "fwdbwd", "eager", 1.0),
+        _r("64x256x14x14", "float16", "nchw", "fwdbwd", "fusedbn", 1.0),
+        _r("32x16x256x256", "float16", "nchw", "fwdbwd", "eager", 9.0),
+        _r("32x16x256x256", "float16", "nchw", "fwdbwd", "fusedbn", 1.0),
+    ]
+    [(dtype, layout, mean, weighted, count)] = metrics.breakdown(results)
+    assert (dtype, layout, count) == ("float16", "nchw", 2)
+    assert mean == pytest.approx(2.0)  # sqrt(4 * 1)
+    assert weighted == pytest.approx((1 * 4.0 + 11 * 1.0) / (1 * 1.0 + 11 * 1.0))
+
+
+def test_mismatches_flag_differences_past_rounding_and_nan():
+    results = [
+        _r("4x8x6x6", "float32", "nchw", "fwd", "fusedbn", 1.0, rel_diff=5e-5),
+        _r("4x8x6x6", "float32", "nchw", "bwd", "fusedbn", 1.0, rel_diff=5e-3),
+        _r("4x8x6x6", "bfloat16", "nchw", "bwd", "compile", 1.0, rel_diff=1e-2),
+        _r("4x8x6x6", "float16", "nchw", "bwd", "fusedbn", 1.0, rel_diff=float("nan")),
+        _r("4x8x6x6", "float16", "nchw", "bwd", "eager", 1.0, rel_diff=float("nan")),
+    ]
+    flagged = metrics.mismatches(results)
+    assert [(r.dtype, r.mode) for r in flagged] == [("float32", "bwd"), ("float16", "bwd")]
