@@ -86,7 +86,8 @@ def check_batch_norm_args(
                 f"{residual.dtype} on {residual.device}"
             )
     if training:
-        if input.numel() <= num_channels:
+        # Like torch: exactly one value per channel is an error; an empty batch is not.
+        if input.numel() == num_channels and num_channels > 0:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size "
                 f"{input.shape}"
