@@ -9,6 +9,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from fusedbn.bench.cases import COMPILE, EAGER, FUSEDBN, MODES
 from fusedbn.bench.metrics import BANDWIDTH_GOAL
@@ -57,9 +58,16 @@ def _bar_grid(
                     if height is not None:
                         xs.append(s + (k - (len(series) - 1) / 2) * width)
                         heights.append(height)
-                ax.bar(
-                    xs, heights, width=width, color=colours[(provider, layout)], label=f"{provider} {layout}"
-                )
+                if log_scale:  # bars grow up or down from the reference line
+                    ax.bar(
+                        xs,
+                        [h - line for h in heights],
+                        bottom=line,
+                        width=width,
+                        color=colours[(provider, layout)],
+                    )
+                else:
+                    ax.bar(xs, heights, width=width, color=colours[(provider, layout)])
             ax.axhline(line, color="black", linewidth=0.8, linestyle="--")
             if log_scale:
                 ax.set_yscale("log")
@@ -67,10 +75,11 @@ def _bar_grid(
             ax.set_xticklabels(shapes, rotation=60, ha="right", fontsize=7)
             ax.set_title(f"{mode}, {dtype}", fontsize=9)
             ax.set_ylabel(ylabel, fontsize=8)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    if series:
+        handles = [Patch(color=colours[s], label=f"{s[0]} {s[1]}") for s in series]
+        figure.legend(handles=handles, loc="upper left", fontsize=8, ncol=len(series))
     figure.savefig(path, dpi=90)
 
 

@@ -1,0 +1,85 @@
+"""The terminal report: table cells, targets, failures and the header."""
+
+from fusedbn.bench import report
+from fusedbn.bench.results import Result, RunInfo
+
+
+def _r(mode, provider, ms, status="ok", dtype="float16", rel_diff=1e-4, gbps=1500.0, share=0.5):
+    return Result("64x64x56x56", dtype, "nchw", mode, provider, "triton", status, median_ms=ms, gbps=gbps,
+                  copy_share=share, rel_diff=rel_diff)  # fmt: skip
+
+
+def _cells(line: str) -> list[str]:
+    return line.split()
+
+
+def test_table_has_a_line_per_case_with_providers_side_by_side():
+    results = [
+        _r("fwd", "eager", 0.2),
+        _r("fwd", "fusedbn", 0.1, gbps=1234.5, share=0.412),
+        _r("fwd", "compile", 0.15),
+        _r("bwd", "eager", 0.3),
+        _r("bwd", "fusedbn", 0.6),
+    ]
+    lines = report.format_table(results).splitlines()
+    assert _cells(lines[0])[:4] == ["shape", "dtype", "layout", "mode"]
+    assert len(lines) == 3
+    fwd, bwd = _cells(lines[1]), _cells(lines[2])
+    assert fwd == ["64x64x56x56", "float16", "nchw", "fwd", "200.0", "100.0", "150.0", "2.00x", "1.50x",
+                   "1234", "41%", "1e-04"]  # fmt: skip
+    assert bwd[4:10] == ["300.0", "600.0", "-", "0.50x", "-", "1500"]
+
+
+def test_table_marks_failures_skips_and_differences():
+    results = [
+        _r("eval", "eager", 0.2),
+        _r("eval", "fusedbn", float("nan"), status="error: RuntimeError: out of memory"),
+        _r("eval", "compile", float("nan"), status="skipped: compile budget of 1 s spent"),
+        _r("fwd", "eager", 0.2, dtype="float32"),
+        _r("fwd", "fusedbn", 0.2, dtype="float32", rel_diff=2e-3),
+    ]
+    eval_line, fwd_line = (_cells(line) for line in report.format_table(results).splitlines()[1:])
+    assert eval_line[4:8] == ["200.0", "error", "skip", "-"]
+    assert eval_line[-1] == "-"
+    assert fwd_line[-1] == "2e-03!"  # past the float32 limit
+
+
+def test_targets_text_lists_each_target_and_the_breakdown():
+    results = []
+    for shape, eager in (("64x64x112x112", 3.0), ("64x2048x7x7", 1.0)):
+        for provider, ms in (("eager", eager), ("fusedbn", 1.0)):
+            results.append(Result(shape, "bfloat16", "channels_last", "fwdbwd", provider, "triton", "ok",
+                                  median_ms=ms, copy_share=0.85))  # fmt: skip
+    text = report.format_targets(results)
+    lines = text.splitlines()
+    assert "geomean" in lines[1] and "1.73x" in lines[1] and ">= 1.25x" in lines[1] and " yes " in lines[1]
+    assert "torch.compile" in lines[2] and " - " in lines[2]  # not measured
+    assert "85%" in lines[3] and " yes " in lines[3]
+    assert "1.00" in lines[4] and "64x2048x7x7 bfloat16 channels_last fwdbwd" in lines[4]
+    breakdown = next(line for line in lines if line.strip().startswith("bfloat16"))
+    # geomean sqrt(3 * 1) = 1.73; weighted by layers (1 and 4): (3 + 4) / (1 + 4) = 1.40
+    assert breakdown.split() == ["bfloat16", "channels_last", "1.73x", "1.40x", "2"]
+
+
+def test_problems_name_errors_and_mismatches():
+    results = [
+        _r("fwd", "fusedbn", float("nan"), status="error: ValueError: bad"),
+        _r("bwd", "compile", 1.0, dtype="bfloat16", rel_diff=0.5),
+        _r("bwd", "fusedbn", 1.0, rel_diff=1e-3),
+        _r("eval", "eager", 1.0, status="skipped: time budget of 5 s spent"),
+    ]
+    lines = report.format_problems(results).splitlines()
+    assert lines == [
+        "ERROR 64x64x56x56 float16 nchw fwd fusedbn: error: ValueError: bad",
+        "MISMATCH 64x64x56x56 bfloat16 nchw bwd compile: relative difference 5.0e-01 from eager "
+        "(limit 3e-02)",
+    ]
+    assert report.format_problems(results[2:]) == ""
+
+
+def test_header_names_device_versions_commit_and_copy_bandwidth():
+    info = RunInfo("20260101T000000Z", "2026-01-01", "NVIDIA H200", "2.11.0", "3.6.0", "0.1.0", "abc1234",
+                   "12.8", 4321.4)  # fmt: skip
+    header = report.format_header(info)
+    for part in ("NVIDIA H200", "torch 2.11.0", "triton 3.6.0", "abc1234", "4321 GB/s", "20260101T000000Z"):
+        assert part in header
