@@ -1,0 +1,139 @@
+"""Shared set-up for the fusedbn test suite.
+
+Without CUDA the Triton kernels run on the CPU through Triton's interpreter. Triton reads
+``TRITON_INTERPRET`` when a kernel is decorated, i.e. when ``fusedbn.kernels`` is imported, so it is set
+here, at conftest import time, before any test module imports fusedbn. With CUDA the same tests run
+the compiled kernels on the GPU.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+from fusedbn.kernels import backward as backward_kernels  # noqa: E402
+from fusedbn.kernels import forward as forward_kernels  # noqa: E402
+from fusedbn.kernels import layout  # noqa: E402
+
+# (rtol, atol) per input dtype, used for every comparison with torch or a float64 reference. Values
+# are compared after scaling atol by the largest magnitude of the expected tensor (at least 1), so the
+# bounds are relative to the size of what is compared. float16/bfloat16 results are rounded to the
+# input dtype once, hence a few units of its rounding error (2**-11 and 2**-8).
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (2e-5, 2e-5),
+    torch.float16: (4e-3, 4e-3),
+    torch.bfloat16: (3e-2, 3e-2),
+}
+
+# Limits that send the small test shapes down the split path with several splits per channel block,
+# tiles that overhang the tensor (partial last tiles) and channel blocks of 4 that do not divide the
+# channel counts used in the tests (3 and 5). The multiprocessor count is pinned too, so the number of
+# splits is the same on the CPU and on any GPU.
+SPLIT_LIMITS = layout.LaunchLimits(
+    single_pass_tile=32, stream_tile=16, programs_per_sm=8, max_channel_block=4
+)
+SPLIT_MULTIPROCESSORS = 2
+
+
+def _assert_close(actual, expected, dtype=None, scale=None, msg=""):
+    """Every element of ``actual`` within the tolerance of ``dtype`` of ``expected`` (no NaN passes)."""
+    dtype = dtype or actual.dtype
+    rtol, atol = TOLERANCES[dtype]
+    expected = expected.to(device=actual.device)
+    if scale is None:
+        scale = max(1.0, float(expected.detach().abs().max())) if expected.numel() else 1.0
+    assert not torch.isnan(actual).any(), f"{msg}: NaN in result"
+    torch.testing.assert_close(
+        actual.detach().double(),
+        expected.detach().double(),
+        rtol=rtol,
+        atol=atol * scale,
+        msg=lambda m: f"{msg}: {m}",
+    )
+
+
+@pytest.fixture
+def assert_close():
+    """``assert_close(actual, expected, dtype=None, scale=None, msg="")`` with the suite's tolerances."""
+    return _assert_close
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LaunchPath:
+    """Which launch path a test forces, and a record of the launches the kernels actually chose."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.launches: list[layout.Launch] = []
+
+    @property
+    def split(self) -> bool:
+        return self.name == "split"
+
+    def check(self) -> None:
+        """Assert that kernels were launched and every launch took the forced path."""
+        assert self.launches, "no kernel launch was recorded"
+        if self.split:
+            assert not any(launch.single_pass for launch in self.launches), self.launches
+            assert any(launch.num_splits > 1 for launch in self.launches), self.launches
+        else:
+            assert all(launch.single_pass for launch in self.launches), self.launches
+
+
+def _force_path(monkeypatch, name: str) -> LaunchPath:
+    path = LaunchPath(name)
+    if name == "split":
+        monkeypatch.setattr(layout, "LIMITS", SPLIT_LIMITS)
+        monkeypatch.setattr(layout, "_multiprocessors", lambda device: SPLIT_MULTIPROCESSORS)
+    else:
+        monkeypatch.setattr(layout, "LIMITS", layout.LaunchLimits())
+    original = layout.choose_launch
+
+    def recording_choose_launch(*args, **kwargs):
+        launch = original(*args, **kwargs)
+        path.launches.append(launch)
+        return launch
+
+    monkeypatch.setattr(forward_kernels, "choose_launch", recording_choose_launch)
+    monkeypatch.setattr(backward_kernels, "choose_launch", recording_choose_launch)
+    return path
+
+
+@pytest.fixture(params=["single", "split"])
+def launch_path(request, monkeypatch) -> LaunchPath:
+    """Run the test once with the default limits (single-pass path) and once with SPLIT_LIMITS."""
+    return _force_path(monkeypatch, request.param)
+
+
+@pytest.fixture
+def split_path(monkeypatch) -> LaunchPath:
+    """Force the split path (for tests that only need one path)."""
+    return _force_path(monkeypatch, "split")
+
+
+@pytest.fixture
+def single_path(monkeypatch) -> LaunchPath:
+    """Force the single-pass path with the default limits."""
+    return _force_path(monkeypatch, "single")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
