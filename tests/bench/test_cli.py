@@ -1,0 +1,130 @@
+"""fusedbn bench's options, presets and errors, and the smoke mode end to end."""
+
+import argparse
+import csv
+import math
+
+import pytest
+import torch
+
+from fusedbn.bench import cli
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fusedbn bench")
+    cli.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dtypes", "float32,fp8"], "argument --dtypes: unknown dtype 'fp8'"),
+        (["--shapes", "resnet"], "argument --shapes: unknown shape 'resnet'; use a group"),
+        (["--compile-shapes", "64x"], "argument --compile-shapes: unknown shape '64x'"),
+        (["--modes", "train"], "argument --modes: unknown mode 'train'"),
+        (["--layouts", "nhwc"], "argument --layouts: unknown layout 'nhwc'"),
+        (["--providers", "cudnn"], "argument --providers: unknown provider 'cudnn'"),
+        (["--rep-ms", "0"], "argument --rep-ms: expected a positive number, got '0'"),
+        (["--time-budget", "soon"], "argument --time-budget: expected a positive number, got 'soon'"),
+        (["--smoke", "--quick"], "not allowed with argument"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse(*argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_is_the_module_docstring():
+    assert cli.__doc__.splitlines()[0].startswith("Benchmark fusedbn's BatchNorm")
+
+
+def test_full_run_plan():
+    plan = cli.build_plan(_parse())
+    assert plan.device == torch.device("cuda")
+    assert len(plan.shapes) == 16
+    assert plan.dtypes == ["float32", "float16", "bfloat16"]
+    assert plan.layouts == ["nchw", "channels_last"]
+    assert plan.modes == ["fwd", "bwd", "fwdbwd", "eval"]
+    assert plan.providers == ["fusedbn", "eager", "compile"]
+    assert plan.compile_shapes is None and plan.compile_modes is None
+    assert (plan.settings.warmup_ms, plan.settings.rep_ms) == (25, 100)
+    assert plan.copy_bytes == 1 << 30
+    assert math.isinf(plan.time_budget_s) and math.isinf(plan.compile_budget_s)
+
+
+def test_quick_plan_compiles_resnet50_training_modes_within_budgets():
+    plan = cli.build_plan(_parse("--quick"))
+    assert plan.dtypes == ["float16", "bfloat16"]
+    assert len(plan.shapes) == 16
+    assert plan.compile_shapes == {s.name for s in plan.shapes[:12]}
+    assert plan.compile_modes == ["fwd", "bwd", "fwdbwd"]
+    assert plan.time_budget_s == 240 and plan.compile_budget_s == 150
+    assert (plan.settings.warmup_ms, plan.settings.rep_ms) == (10, 40)
+
+
+def test_options_override_the_preset():
+    plan = cli.build_plan(
+        _parse("--quick", "--dtypes", "fp32", "--compile-shapes", "64x16", "--compile-modes", "eval",
+               "--rep-ms", "7", "--time-budget", "30", "--copy-mib", "8")
+    )  # fmt: skip
+    assert plan.dtypes == ["float32"]
+    assert plan.compile_shapes == {"64x16"} and plan.compile_modes == ["eval"]
+    assert plan.settings.rep_ms == 7 and plan.settings.warmup_ms == 10
+    assert plan.time_budget_s == 30 and plan.compile_budget_s == 150
+    assert plan.copy_bytes == 8 << 20
+
+
+def test_smoke_plan_is_tiny_and_on_the_cpu():
+    plan = cli.build_plan(_parse("--smoke"))
+    assert plan.device == torch.device("cpu")
+    assert [s.name for s in plan.shapes] == ["4x8x6x6", "64x16", "2x4x3x4x4"]
+    assert plan.providers == ["fusedbn", "eager"]
+    assert plan.modes == ["fwd", "bwd", "fwdbwd", "eval"]
+
+
+def test_a_timed_run_without_cuda_says_so(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["--quick", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_list_names_the_groups_and_layer_counts(capsys):
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet50: 64x64x112x112," in out and "extra: 32x16x256x256," in out
+    assert "64x256x14x14     11" in out
+
+
+def test_smoke_end_to_end_then_report(tmp_path, capsys):
+    out = tmp_path / "bench"
+    # The smoke mode with a shorter dtype list, to keep interpreted kernels quick.
+    assert cli.main(["--smoke", "--dtypes", "float32,bfloat16", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    # 3 shapes: 2 layouts, 1 (2D), 2; 2 dtypes; 4 modes; 2 providers
+    assert len(rows) == (2 + 1 + 2) * 2 * 4 * 2
+    assert {row["status"] for row in rows} == {"ok"}
+    for column in ("device", "torch", "triton", "date", "commit", "copy_gbps"):
+        assert rows[0][column] and len({row[column] for row in rows}) == 1
+    assert rows[0]["torch"] == torch.__version__
+    summary = (out / "summary.txt").read_text()
+    assert "2x4x3x4x4       bfloat16  channels_last  eval" in summary and "target" in summary
+    assert summary.strip() in printed
+    for name in ("speedup.png", "bandwidth.png"):
+        assert (out / name).stat().st_size > 1000
+
+    # --report renders the same run again from the file, into another folder.
+    again = tmp_path / "again"
+    assert cli.main(["--report", str(out / "results.csv"), "--out", str(again)]) == 0
+    assert (again / "summary.txt").read_text() == summary
+    assert (again / "speedup.png").stat().st_size > 1000
+
+
+def test_report_of_a_missing_file_is_an_error(tmp_path, capsys):
+    assert cli.main(["--report", str(tmp_path / "nothing.csv")]) == 2
+    assert "fusedbn bench: error:" in capsys.readouterr().err

@@ -1,0 +1,129 @@
+"""The runner on tiny CPU plans: what it measures, in what order, budgets and failures."""
+
+import math
+
+import pytest
+import torch
+
+from fusedbn.backend import backend_for
+from fusedbn.bench import cases, runner
+from fusedbn.bench.metrics import DIFF_LIMITS
+from fusedbn.bench.timing import TimingSettings
+
+FAST = TimingSettings(warmup_calls=0, cpu_repeats=1)
+COPY_GBPS = 10.0
+
+
+def _plan(**overrides) -> runner.Plan:
+    settings = dict(
+        device=torch.device("cpu"),
+        shapes=cases.parse_shapes("4x8x6x6,64x16"),
+        dtypes=["float32", "bfloat16"],
+        providers=["fusedbn", "eager"],
+        settings=FAST,
+    )
+    return runner.Plan(**(settings | overrides))
+
+
+def test_groups_go_shape_by_shape_and_skip_channels_last_without_spatial_dims():
+    plan = _plan(layouts=["channels_last", "nchw"])
+    assert [(s.name, d, layout) for s, d, layout in plan.groups()] == [
+        ("4x8x6x6", "float32", "channels_last"),
+        ("4x8x6x6", "float32", "nchw"),
+        ("4x8x6x6", "bfloat16", "channels_last"),
+        ("4x8x6x6", "bfloat16", "nchw"),
+        ("64x16", "float32", "nchw"),
+        ("64x16", "bfloat16", "nchw"),
+    ]
+
+
+def test_compile_runs_only_on_its_shapes_and_modes_and_eager_goes_first():
+    plan = _plan(providers=["compile", "fusedbn", "eager"], compile_shapes={"64x16"}, compile_modes=["fwd"])
+    small, vector = plan.shapes
+    assert plan.providers_for(small, "fwd") == ["eager", "fusedbn"]
+    assert plan.providers_for(vector, "fwd") == ["eager", "fusedbn", "compile"]
+    assert plan.providers_for(vector, "eval") == ["eager", "fusedbn"]
+    # 6 groups x 4 modes x 2 providers, and compile on the 2 groups of 64x16 in fwd
+    assert plan.case_count() == 6 * 4 * 2 + 2
+
+
+def test_a_run_measures_every_case_against_eager():
+    plan = _plan(modes=["fwd", "eval"], layouts=["nchw", "channels_last"])
+    seen_groups = []
+    results = list(
+        runner.run_plan(
+            plan, COPY_GBPS, lambda i, shape, d, lay, rs: seen_groups.append((i, shape.name, len(rs)))
+        )
+    )
+    assert len(results) == plan.case_count() == 6 * 2 * 2
+    assert seen_groups == [(i, name, 4) for i, name in enumerate(["4x8x6x6"] * 4 + ["64x16"] * 2)]
+    for result in results:
+        assert result.status == "ok", result
+        shape = cases.shape_named(result.shape)
+        assert (
+            result.bytes == 2 * shape.numel * torch.empty((), dtype=cases.DTYPES[result.dtype]).element_size()
+        )
+        assert result.min_ms <= result.median_ms <= result.max_ms
+        assert result.gbps == pytest.approx(result.bytes / (result.median_ms * 1e-3) / 1e9)
+        assert result.copy_share == pytest.approx(result.gbps / COPY_GBPS)
+        assert result.first_call_s > 0
+        if result.provider == "fusedbn":
+            assert result.backend == backend_for("cpu")
+            assert 0 <= result.rel_diff <= DIFF_LIMITS[result.dtype]
+        else:
+            assert result.backend == "torch" and math.isnan(result.rel_diff)
+
+
+def test_time_budget_skips_what_is_left():
+    plan = _plan(time_budget_s=1e-9)
+    results = list(runner.run_plan(plan, COPY_GBPS))
+    assert len(results) == plan.case_count()
+    assert all(r.status == "skipped: time budget of 1e-09 s spent" for r in results)
+
+
+def test_compile_is_measured_until_its_budget_is_spent():
+    plan = _plan(
+        shapes=cases.parse_shapes("64x16"),
+        dtypes=["float32", "bfloat16"],
+        modes=["fwd"],
+        providers=["eager", "compile"],
+        compile_budget_s=1e-9,
+    )
+    results = list(runner.run_plan(plan, COPY_GBPS))
+    assert [(r.dtype, r.provider, r.status.split(":")[0]) for r in results] == [
+        ("float32", "eager", "ok"),
+        ("float32", "compile", "ok"),
+        ("bfloat16", "eager", "ok"),
+        ("bfloat16", "compile", "skipped"),
+    ]
+    compiled = results[1]
+    assert compiled.backend == "inductor" and compiled.rel_diff <= DIFF_LIMITS["float32"]
+
+
+def test_failures_are_recorded_and_the_run_goes_on(monkeypatch):
+    # One value per channel: torch refuses to train on it, so the eager reference fails.
+    plan = _plan(
+        shapes=cases.parse_shapes("1x4,4x8x6x6"), dtypes=["float32"], layouts=["nchw"], modes=["fwd"]
+    )
+    results = list(runner.run_plan(plan, COPY_GBPS))
+    assert [r.status.split(":")[0] for r in results] == ["error", "error", "ok", "ok"]
+    assert "in eager reference: ValueError" in results[0].status
+
+    original = runner.provider_module
+
+    def failing(provider, reference, compile_mode="default"):
+        if provider == "fusedbn":
+            raise RuntimeError("kernel launch failed\nsecond line")
+        return original(provider, reference, compile_mode)
+
+    monkeypatch.setattr(runner, "provider_module", failing)
+    plan = _plan(
+        shapes=cases.parse_shapes("4x8x6x6"), dtypes=["float32"], layouts=["nchw"], modes=["fwd", "eval"]
+    )
+    statuses = [(r.mode, r.provider, r.status) for r in runner.run_plan(plan, COPY_GBPS)]
+    assert statuses == [
+        ("fwd", "eager", "ok"),
+        ("fwd", "fusedbn", "error: RuntimeError: kernel launch failed"),
+        ("eval", "eager", "ok"),
+        ("eval", "fusedbn", "error: RuntimeError: kernel launch failed"),
+    ]
