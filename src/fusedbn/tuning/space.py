@@ -1,0 +1,251 @@
+"""Hyperparameters, their scales and priority tiers, and how a stage's bounds narrow around the best trials.
+
+Every parameter lives on a scale, and both sampling and coarse-to-fine narrowing happen in that scale's
+coordinate:
+
+- ``linear``: the value itself.
+- ``log``: log10(value); each decade of the range gets the same share of draws.
+- ``log-near-1``: log10(1 - value), for exponential-averaging betas in (0, 1). As many draws land in
+  [0.9, 0.99] as in [0.99, 0.999]. Optuna samples ``one_minus_<name>`` log-uniformly and the trial
+  records the beta itself as the user attribute ``<name>``.
+- ``pow2``: log2(value), for integers that are powers of two (mini-batch sizes). Optuna samples the
+  integer exponent ``log2_<name>`` and the trial records the value as the user attribute ``<name>``.
+
+The default space (see :func:`default_space`), with tiers in the order the classic tuning advice ranks
+them (1 matters most). A study tunes the tiers up to a chosen level; the others keep their default.
+
+==============  ==========  ===============  ====  ========  ==========================================
+name            scale       range            tier  default   meaning
+==============  ==========  ===============  ====  ========  ==========================================
+learning_rate   log         [1e-4, 1]        1     0.01      initial learning rate
+momentum        log-near-1  [0.9, 0.999]     2     0.9       SGD momentum beta (SGD only)
+hidden_units    log, int    [16, 256]        2     64        width of each hidden layer
+batch_size      pow2        [16, 256]        2     64        mini-batch size
+num_layers      linear,int  [1, 4]           3     2         number of hidden layers
+lr_decay        log         [1e-3, 1]        3     0.0       lr = lr0 / (1 + lr_decay * epoch); 0: none
+adam_beta1      log-near-1  [0.9, 0.999]     4     0.9       Adam's first-moment beta (Adam only)
+adam_beta2      log-near-1  [0.99, 0.9999]   4     0.999     Adam's second-moment beta (Adam only)
+adam_epsilon    log         [1e-10, 1e-6]    4     1e-8      Adam's epsilon (Adam only)
+bn_beta         log-near-1  [0.9, 0.999]     4     0.9       BatchNorm running-statistics beta; the
+                                                             module's momentum is 1 - bn_beta
+==============  ==========  ===============  ====  ========  ==========================================
+"""
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import optuna
+
+SCALES = ("linear", "log", "log-near-1", "pow2")
+OPTIMIZERS = ("sgd", "adam")
+
+Bounds = dict[str, tuple[float, float]]
+
+
+class SpaceError(ValueError):
+    """A hyperparameter, range, tier or override that cannot be used."""
+
+
+def _is_power_of_two(value: float) -> bool:
+    return value >= 1 and float(value).is_integer() and (int(value) & (int(value) - 1)) == 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Param:
+    """One hyperparameter: its range ``[low, high]`` (natural units), scale, priority tier and default.
+
+    ``default`` is the value used when the parameter's tier is not tuned; it may lie outside the range
+    (``lr_decay`` defaults to 0, no decay). ``integer`` makes a ``linear`` or ``log`` parameter an int;
+    ``pow2`` parameters are always ints. Raises :class:`SpaceError` for an unusable declaration.
+    """
+
+    name: str
+    low: float
+    high: float
+    scale: str
+    tier: int
+    default: float
+    integer: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise SpaceError(f"parameter name {self.name!r} is not a Python identifier")
+        if self.scale not in SCALES:
+            raise SpaceError(f"{self.name}: unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        if not (isinstance(self.tier, int) and self.tier >= 1):
+            raise SpaceError(f"{self.name}: tier must be an integer >= 1, got {self.tier!r}")
+        check_range(self.name, self.scale, self.low, self.high)
+        if self.scale == "log-near-1" and self.integer:
+            raise SpaceError(f"{self.name}: a log-near-1 parameter cannot be an integer")
+        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise SpaceError(
+                f"{self.name}: integer parameter needs integer bounds, got [{self.low}, {self.high}]"
+            )
+
+    @property
+    def is_int(self) -> bool:
+        """Whether values are integers."""
+        return self.integer or self.scale == "pow2"
+
+    @property
+    def optuna_name(self) -> str:
+        """The name Optuna samples and stores in ``trial.params``."""
+        if self.scale == "log-near-1":
+            return f"one_minus_{self.name}"
+        if self.scale == "pow2":
+            return f"log2_{self.name}"
+        return self.name
+
+    def to_coord(self, value: float) -> float:
+        """The value's coordinate on this parameter's scale (the axis that sampling is uniform on)."""
+        if self.scale == "log":
+            return math.log10(value)
+        if self.scale == "log-near-1":
+            return math.log10(1.0 - value)
+        if self.scale == "pow2":
+            return math.log2(value)
+        return float(value)
+
+    def from_coord(self, coord: float) -> float:
+        """The value at a coordinate on this parameter's scale (inverse of :meth:`to_coord`)."""
+        if self.scale == "log":
+            return 10.0**coord
+        if self.scale == "log-near-1":
+            return 1.0 - 10.0**coord
+        if self.scale == "pow2":
+            return 2.0**coord
+        return coord
+
+    def suggest(self, trial: optuna.Trial, low: float, high: float) -> float:
+        """Sample this parameter within ``[low, high]`` (natural units) on its scale; returns the value."""
+        if self.scale == "log-near-1":
+            one_minus = trial.suggest_float(self.optuna_name, 1.0 - high, 1.0 - low, log=True)
+            value = 1.0 - one_minus
+            trial.set_user_attr(self.name, value)
+            return value
+        if self.scale == "pow2":
+            exponent = trial.suggest_int(self.optuna_name, round(math.log2(low)), round(math.log2(high)))
+            value = 2**exponent
+            trial.set_user_attr(self.name, value)
+            return value
+        log = self.scale == "log"
+        if self.integer:
+            return trial.suggest_int(self.name, int(low), int(high), log=log)
+        return trial.suggest_float(self.name, low, high, log=log)
+
+    def value_from(self, trial_params: Mapping[str, float]) -> float:
+        """This parameter's value in natural units, read from a finished trial's ``params``."""
+        sampled = trial_params[self.optuna_name]
+        if self.scale == "log-near-1":
+            return 1.0 - sampled
+        if self.scale == "pow2":
+            return 2 ** int(sampled)
+        return sampled
+
+
+def check_range(name: str, scale: str, low: float, high: float) -> None:
+    """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range for ``scale``."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SpaceError(f"{name}: range bounds must be finite, got [{low}, {high}]")
+    if low >= high:
+        raise SpaceError(f"{name}: empty or inverted range [{low}, {high}]; need low < high")
+    if scale == "log" and low <= 0:
+        raise SpaceError(f"{name}: a log-scale range must be positive, got [{low}, {high}]")
+    if scale == "log-near-1" and not (0 < low and high < 1):
+        raise SpaceError(f"{name}: a beta must lie strictly between 0 and 1, got [{low}, {high}]")
+    if scale == "pow2" and not (_is_power_of_two(low) and _is_power_of_two(high)):
+        raise SpaceError(f"{name}: a pow2 range needs powers of two as bounds, got [{low}, {high}]")
+
+
+def default_space(optimizer: str = "sgd") -> list[Param]:
+    """The built-in search space for training with ``optimizer`` ("sgd" or "adam"); see the module table."""
+    if optimizer not in OPTIMIZERS:
+        raise SpaceError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    space = [
+        Param(name="learning_rate", low=1e-4, high=1.0, scale="log", tier=1, default=0.01),
+        Param(name="hidden_units", low=16, high=256, scale="log", tier=2, default=64, integer=True),
+        Param(name="batch_size", low=16, high=256, scale="pow2", tier=2, default=64),
+        Param(name="num_layers", low=1, high=4, scale="linear", tier=3, default=2, integer=True),
+        Param(name="lr_decay", low=1e-3, high=1.0, scale="log", tier=3, default=0.0),
+        Param(name="bn_beta", low=0.9, high=0.999, scale="log-near-1", tier=4, default=0.9),
+    ]
+    if optimizer == "sgd":
+        space.insert(1, Param(name="momentum", low=0.9, high=0.999, scale="log-near-1", tier=2, default=0.9))
+    else:
+        space += [
+            Param(name="adam_beta1", low=0.9, high=0.999, scale="log-near-1", tier=4, default=0.9),
+            Param(name="adam_beta2", low=0.99, high=0.9999, scale="log-near-1", tier=4, default=0.999),
+            Param(name="adam_epsilon", low=1e-10, high=1e-6, scale="log", tier=4, default=1e-8),
+        ]
+    return space
+
+
+def check_space(space: Sequence[Param]) -> None:
+    """Raise :class:`SpaceError` when the space is empty or two parameters share a name."""
+    if not space:
+        raise SpaceError("the search space is empty")
+    seen: set[str] = set()
+    for param in space:
+        for name in {param.name, param.optuna_name}:
+            if name in seen:
+                raise SpaceError(f"two parameters are both named {name!r}")
+            seen.add(name)
+
+
+def with_ranges(space: Sequence[Param], ranges: Mapping[str, tuple[float, float]]) -> list[Param]:
+    """A copy of ``space`` with the ranges in ``ranges`` (name -> (low, high)) replacing the declared ones.
+
+    Raises :class:`SpaceError` for a name not in the space or an unusable range.
+    """
+    by_name = {param.name: param for param in space}
+    unknown = sorted(set(ranges) - set(by_name))
+    if unknown:
+        raise SpaceError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+    return [
+        replace(p, low=ranges[p.name][0], high=ranges[p.name][1]) if p.name in ranges else p for p in space
+    ]
+
+
+def split_by_tier(space: Iterable[Param], tiers: int) -> tuple[list[Param], dict[str, float]]:
+    """The parameters tuned when tiers 1..``tiers`` are searched, and the defaults of the others."""
+    if not (isinstance(tiers, int) and tiers >= 1):
+        raise SpaceError(f"tiers must be an integer >= 1, got {tiers!r}")
+    tuned: list[Param] = []
+    fixed: dict[str, float] = {}
+    for param in space:
+        if param.tier <= tiers:
+            tuned.append(param)
+        else:
+            fixed[param.name] = param.default
+    return tuned, fixed
+
+
+def full_bounds(params: Iterable[Param]) -> Bounds:
+    """Each parameter's declared range: the bounds of the coarse first stage."""
+    return {p.name: (p.low, p.high) for p in params}
+
+
+def narrow(
+    param: Param, current: tuple[float, float], best_values: Sequence[float], margin: float
+) -> tuple[float, float]:
+    """New bounds for ``param``: the span of ``best_values`` widened by ``margin`` x the current width.
+
+    Spans and widths are measured on the parameter's scale (log10 for ``log``, log10(1 - beta) for
+    ``log-near-1``, log2 for ``pow2``). The result lies within the ``current`` bounds (natural units,
+    themselves within the declared range); integer bounds are rounded outwards, then clipped.
+    """
+    if not best_values:
+        raise ValueError(f"{param.name}: narrowing needs at least one value from a best trial")
+    coords = [param.to_coord(v) for v in best_values]
+    current_lo, current_hi = sorted(param.to_coord(v) for v in current)
+    pad = margin * (current_hi - current_lo)
+    lo = max(min(coords) - pad, current_lo)
+    hi = min(max(coords) + pad, current_hi)
+    if param.scale == "pow2":
+        lo, hi = math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
+    low, high = sorted((param.from_coord(lo), param.from_coord(hi)))
+    if param.integer:
+        low, high = math.floor(low + 1e-9), math.ceil(high - 1e-9)
+    low, high = max(low, current[0]), min(high, current[1])
+    return (int(low), int(high)) if param.is_int else (low, high)
