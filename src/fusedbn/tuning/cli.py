@@ -1,0 +1,123 @@
+"""Tune an MLP with fused BatchNorm on scikit-learn's digits: coarse-to-fine Optuna search, summary and plots.
+
+Runs the stages of the built-in digits task (see fusedbn.tuning), then prints the summary and writes
+summary.json and PNG plots into --out. Re-running with the same --study-name and --storage resumes the
+study; several processes started with the same ones work on it together.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import optuna
+
+from fusedbn.tuning.digits import digits_task
+from fusedbn.tuning.plots import write_plots
+from fusedbn.tuning.report import format_summary, summarize, write_summary
+from fusedbn.tuning.search import SAMPLERS, SearchConfig, TuningError, tune
+from fusedbn.tuning.space import OPTIMIZERS, default_space, with_ranges
+from fusedbn.tuning.storage import StorageError
+
+DEFAULT_OUT = "runs/tune"
+
+
+def _range(text: str) -> tuple[str, tuple[float, float]]:
+    """Parse NAME=LOW:HIGH."""
+    name, sep, bounds = text.partition("=")
+    low, sep2, high = bounds.partition(":")
+    try:
+        if not (sep and sep2):
+            raise ValueError
+        return name, (float(low), float(high))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=LOW:HIGH, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``fusedbn tune`` on ``parser``."""
+    parser.add_argument(
+        "--storage",
+        help="Optuna storage URL: sqlite:///file.db, journal:///file.log, "
+        "postgresql+psycopg2://user:pw@host/db (default: sqlite:///OUT/study.db)",
+    )
+    parser.add_argument("--study-name", default="fusedbn-digits", help="study name; stages are NAME-stage<k>")
+    parser.add_argument("--trials", type=int, default=10, help="finished trials per stage (default: 10)")
+    parser.add_argument("--stages", type=int, default=3, help="coarse-to-fine stages (default: 3)")
+    parser.add_argument(
+        "--tiers",
+        type=int,
+        default=2,
+        choices=range(1, 5),
+        help="tune priority tiers 1..TIERS; the rest keep their defaults (default: 2)",
+    )
+    parser.add_argument("--sampler", choices=SAMPLERS, default="random", help="default: random")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1...")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd (with momentum)")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs per trial (default: 8)")
+    parser.add_argument(
+        "--keep-top",
+        type=float,
+        default=0.25,
+        help="fraction of a stage's best trials the next stage narrows around (default: 0.25)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.1,
+        help="widening of the narrowed bounds, per side, as a fraction of the previous width",
+    )
+    parser.add_argument(
+        "--range",
+        type=_range,
+        action="append",
+        default=[],
+        metavar="NAME=LOW:HIGH",
+        help="replace a parameter's range, e.g. learning_rate=1e-3:0.1 (repeatable)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds without heartbeat after which a running trial counts as lost",
+    )
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help=f"folder for summary.json and plots ({DEFAULT_OUT})"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``fusedbn tune``; returns the exit code: 2 for bad arguments or storage, 1 if the study fails."""
+    out = Path(args.out)
+    try:
+        space = with_ranges(default_space(args.optimizer), dict(args.range))
+        task = digits_task(epochs=args.epochs, optimizer=args.optimizer, device=args.device)
+        config = SearchConfig(
+            study_name=args.study_name,
+            storage=args.storage or f"sqlite:///{out / 'study.db'}",
+            trials=args.trials,
+            stages=args.stages,
+            tiers=args.tiers,
+            sampler=args.sampler,
+            seed=args.seed,
+            keep_top=args.keep_top,
+            margin=args.margin,
+            grace_period_s=args.grace_period,
+            progress=not args.no_progress,
+        )
+        config.check()
+        out.mkdir(parents=True, exist_ok=True)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        result = tune(task, space, config)
+    except (ValueError, StorageError) as error:
+        print(f"fusedbn tune: error: {error}", file=sys.stderr)
+        return 2
+    except TuningError as error:
+        print(f"fusedbn tune: study stopped: {error}", file=sys.stderr)
+        return 1
+    summary = summarize(result)
+    written = [write_summary(summary, out), *write_plots(result, summary, out)]
+    print(format_summary(summary))
+    print(f"Wrote {', '.join(path.name for path in written)} to {out}/ (study in {config.storage})")
+    return 0

@@ -1,0 +1,208 @@
+"""PNG plots of a finished study, drawn with matplotlib's Agg backend (no display needed).
+
+- ``history.png``: accuracy of every trial in the order they ran, stage by stage, and the best so far.
+- ``learning_rate.png``: accuracy against the learning rate on a log axis.
+- ``beta.png``: accuracy against the first tuned beta, on a log axis of 1 - beta labelled in beta.
+- ``learning_rate_beta.png``: learning rate x beta, coloured by accuracy, with accuracy contours.
+- ``importances.png``: parameter importances from the summary, coloured by tier.
+
+Complete trials are filled dots coloured by stage; pruned trials are grey crosses at their last reported
+accuracy; diverged and failed trials have no accuracy and are left out (the summary counts them).
+"""
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from optuna.trial import FrozenTrial, TrialState  # noqa: E402
+
+from fusedbn.tuning.search import TuningResult  # noqa: E402
+from fusedbn.tuning.space import Param  # noqa: E402
+
+STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+MIN_POINTS_FOR_CONTOUR = 8
+
+
+def _accuracy(trial: FrozenTrial) -> float | None:
+    """A complete trial's value, a pruned trial's last reported value, else None."""
+    if trial.state == TrialState.COMPLETE:
+        value = trial.value
+    elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+        value = trial.intermediate_values[max(trial.intermediate_values)]
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _scored(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
+    """(stage index from 0, trial, accuracy) for every trial with an accuracy, stage by stage."""
+    return [
+        (index, trial, accuracy)
+        for index, stage in enumerate(result.stages)
+        for trial in sorted(stage.trials(), key=lambda t: t.number)
+        if (accuracy := _accuracy(trial)) is not None
+    ]
+
+
+def _coord_limits(result: TuningResult, param: Param, pad: float = 0.05) -> tuple[float, float]:
+    """The declared range of ``param`` on its scale's coordinate, padded by ``pad`` x its width per side."""
+    lo, hi = sorted(param.to_coord(v) for v in result.stages[0].bounds[param.name])
+    return lo - pad * (hi - lo), hi + pad * (hi - lo)
+
+
+def _stage_colour(index: int) -> str:
+    return STAGE_COLOURS[index % len(STAGE_COLOURS)]
+
+
+def _scatter(ax: Axes, result: TuningResult, param: Param, x_of: Any = None) -> None:
+    """Accuracy against ``param``'s value (or ``x_of(value)``): dots by stage, crosses for pruned."""
+    for index, trial, accuracy in _scored(result):
+        value = param.value_from(trial.params)
+        x = x_of(value) if x_of else value
+        if trial.state == TrialState.COMPLETE:
+            ax.scatter(
+                x, accuracy, color=_stage_colour(index), s=30, edgecolor="black", linewidth=0.4, zorder=3
+            )
+        else:
+            ax.scatter(x, accuracy, color="grey", marker="x", s=25, zorder=2)
+    _stage_legend(ax, len(result.stages))
+    ax.set_ylabel("validation accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _stage_legend(ax: Axes, stages: int) -> None:
+    handles = [
+        ax.scatter([], [], color=_stage_colour(i), edgecolor="black", linewidth=0.4, label=f"stage {i + 1}")
+        for i in range(stages)
+    ]
+    handles.append(ax.scatter([], [], color="grey", marker="x", label="pruned (last report)"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+
+
+def _beta_label(one_minus_beta: float) -> str:
+    """Beta written with as many decimals as 1 - beta needs: 0.1 -> "0.9", 0.001 -> "0.999"."""
+    return f"{1 - one_minus_beta:.{max(1, round(-math.log10(one_minus_beta)))}f}"
+
+
+def _history(result: TuningResult, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    best_so_far, xs, best_line = -math.inf, [], []
+    for position, (index, trial, accuracy) in enumerate(_scored(result)):
+        if trial.state == TrialState.COMPLETE:
+            ax.scatter(position, accuracy, color=_stage_colour(index), s=30, edgecolor="black", linewidth=0.4)
+            best_so_far = max(best_so_far, accuracy)
+        else:
+            ax.scatter(position, accuracy, color="grey", marker="x", s=25)
+        xs.append(position)
+        best_line.append(best_so_far if best_so_far > -math.inf else math.nan)
+    ax.step(xs, best_line, where="post", color="black", label="best so far")
+    _stage_legend(ax, len(result.stages))
+    ax.set_xlabel("trial (in order, stage after stage)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Optimisation history")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _learning_rate(result: TuningResult, lr: Param, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _scatter(ax, result, lr)
+    ax.set_xscale("log")
+    ax.set_xlim(*(10**c for c in _coord_limits(result, lr)))
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_title("Accuracy vs learning rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _beta(result: TuningResult, beta: Param, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
+    ax.set_xscale("log")
+    ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: _beta_label(v)))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    ax.set_xlabel(f"{beta.name} (axis: log of 1 - beta)")
+    ax.set_title(f"Accuracy vs {beta.name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path) -> None:
+    # Drawn in the sampling coordinates, log10(learning rate) and log10(1 - beta), so contours are
+    # interpolated on the scales the points were drawn on; the ticks are labelled in natural units.
+    points = [
+        (lr.to_coord(lr.value_from(t.params)), beta.to_coord(beta.value_from(t.params)), a)
+        for _, t, a in _scored(result)
+        if t.state == TrialState.COMPLETE
+    ]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if points:
+        xs, ys, accs = zip(*points, strict=True)
+        if len(points) >= MIN_POINTS_FOR_CONTOUR:
+            ax.tricontourf(xs, ys, accs, levels=10, cmap="viridis", alpha=0.45)
+        dots = ax.scatter(xs, ys, c=accs, cmap="viridis", s=40, edgecolor="black", linewidth=0.5, zorder=3)
+        fig.colorbar(dots, ax=ax, label="validation accuracy")
+    ax.xaxis.set_major_locator(mticker.MultipleLocator(1))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{10**v:g}"))
+    ax.yaxis.set_major_locator(mticker.MultipleLocator(1))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: _beta_label(10**v)))
+    ax.set_xlim(*_coord_limits(result, lr))
+    ax.set_ylim(*reversed(_coord_limits(result, beta)))  # beta grows upwards
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel(f"{beta.name} (axis: log of 1 - beta)")
+    ax.set_title(f"Learning rate x {beta.name} (complete trials)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _importances(summary: dict[str, Any], path: Path) -> None:
+    measured = summary["importances"]
+    order = summary["tier_check"]["measured_order"]
+    tiers = {name: summary["tuned"][name]["tier"] for name in order}
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.5))
+    colours = [_stage_colour(tiers[name] - 1) for name in order]
+    ax.barh(order[::-1], [measured[n] for n in order[::-1]], color=colours[::-1])
+    for name in order:
+        ax.text(measured[name], name, f" {measured[name]:.2f}  (tier {tiers[name]})", va="center", fontsize=9)
+    ax.set_xlim(0, max(measured.values()) * 1.35)
+    ax.set_xlabel("importance (fANOVA, stage 1; sums to 1)")
+    ax.set_title("Parameter importances (bar colour = tier)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(result: TuningResult, summary: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Draw the plots that the study's parameters allow into ``out_dir``; returns their paths."""
+    out_dir = Path(out_dir)
+    tuned = {p.name: p for p in result.tuned}
+    lr = tuned.get("learning_rate")
+    beta = next((p for p in sorted(result.tuned, key=lambda p: p.tier) if p.scale == "log-near-1"), None)
+    written = [out_dir / "history.png"]
+    _history(result, written[-1])
+    if lr is not None:
+        written.append(out_dir / "learning_rate.png")
+        _learning_rate(result, lr, written[-1])
+    if beta is not None:
+        written.append(out_dir / "beta.png")
+        _beta(result, beta, written[-1])
+    if lr is not None and beta is not None:
+        written.append(out_dir / "learning_rate_beta.png")
+        _learning_rate_beta(result, lr, beta, written[-1])
+    if summary["importances"] is not None:
+        written.append(out_dir / "importances.png")
+        _importances(summary, written[-1])
+    return written
