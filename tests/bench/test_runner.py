@@ -1,6 +1,8 @@
 """The runner on tiny CPU plans: what it measures, in what order, budgets and failures."""
 
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -81,6 +83,9 @@ def test_time_budget_skips_what_is_left():
     assert all(r.status == "skipped: time budget of 1e-09 s spent" for r in results)
 
 
+@pytest.mark.skipif(
+    shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on the CPU needs a C++ compiler"
+)
 def test_compile_is_measured_until_its_budget_is_spent():
     plan = _plan(
         shapes=cases.parse_shapes("64x16"),
