@@ -73,12 +73,19 @@ def fold_input(x: torch.Tensor) -> tuple[torch.Tensor, ChannelView]:
     """Fold ``x`` into a ChannelView that tensors allocated like it (``empty_like``) share.
 
     The view depends on ``x`` alone, so the forward and backward of one call fold alike. ``x`` is
-    copied to contiguous memory only when it cannot be folded in place: a non-dense view whose
-    reduction dims need more than two strides, or whose ``empty_like`` would be laid out otherwise.
+    copied only when it cannot be folded in place: a non-dense view whose reduction dims need more
+    than two strides, or whose ``empty_like`` would be laid out otherwise. The copy is channels_last
+    (3d) where torch would lay out x's output so (a cropped channels_last view), else contiguous, so
+    the output's memory format is torch's.
     """
     view = channel_view(x)
     if view is None or view.strides(torch.empty_like(x, device="meta")) is None:
-        x = x.contiguous()
+        memory_format = torch.contiguous_format
+        if x.dim() in (4, 5):
+            channels_last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+            if torch.empty_like(x, device="meta").is_contiguous(memory_format=channels_last):
+                memory_format = channels_last
+        x = x.contiguous(memory_format=memory_format)
         view = channel_view(x)
     return x, view
 
