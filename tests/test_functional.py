@@ -38,6 +38,7 @@ def make_input(shape, layout, dtype, device, seed, offset=0.0, scale=1.0):
     Returns (tensor, storage), where storage is the tensor the view lives in (to check that nothing
     outside the view is read or written).
     """
+    dims = len(shape)
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(shape, generator=generator, dtype=torch.float64) * scale + offset
     values = values.to(dtype)
@@ -81,6 +82,14 @@ def make_input(shape, layout, dtype, device, seed, offset=0.0, scale=1.0):
         big = (shape[0], shape[1]) + tuple(s + 2 for s in shape[2:])
         storage = torch.full(big, float("nan"), dtype=dtype, device=device)
         x = storage[:, :, 1:-1, 1:-1]
+    elif layout == "cropped_channels_last":
+        # A spatial crop of a channels_last (3d) tensor: fusedbn copies it, keeping channels_last.
+        big = (shape[0], shape[1]) + tuple(s + 2 for s in shape[2:])
+        memory_format = torch.channels_last if dims == 4 else torch.channels_last_3d
+        storage = torch.full(big, float("nan"), dtype=dtype, device=device).to(
+            memory_format=memory_format
+        )
+        x = storage[(slice(None), slice(None)) + (slice(1, -1),) * (dims - 2)]
     else:
         raise AssertionError(layout)
     assert x.shape == torch.Size(shape), (layout, x.shape, shape)
@@ -110,6 +119,7 @@ LAYOUT_CASES = [
     (5, "nan_padded"),
     (4, "nan_padded_channels_last"),
     (4, "nan_padded_spatial"),
+    (5, "cropped_channels_last"),
 ]
 
 
@@ -278,6 +288,8 @@ LAYOUT_FOR_FORMAT = [
     (4, "nan_padded"),
     (4, "nan_padded_channels_last"),
     (4, "nan_padded_spatial"),
+    (4, "cropped_channels_last"),
+    (5, "cropped_channels_last"),
     pytest.param(
         4,
         "transposed",

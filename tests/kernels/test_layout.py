@@ -1,0 +1,305 @@
+"""channel_view folding, fold_input, and choose_launch's tiles, splits and path choice."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fusedbn import fused_batch_norm
+from fusedbn.kernels import layout
+from fusedbn.kernels.layout import LaunchLimits, channel_view, choose_launch, fold_input
+
+
+def element_offsets(x, view):
+    """Offsets outer * stride_outer + c * stride_c + inner * stride_inner of every element of x,
+    in the order the view enumerates them, as an (n_outer, C, n_inner) tensor."""
+    so, sc, si = view.strides(x)
+    outer = torch.arange(view.n_outer).view(-1, 1, 1)
+    channel = torch.arange(view.num_channels).view(1, -1, 1)
+    inner = torch.arange(view.n_inner).view(1, 1, -1)
+    return outer * so + channel * sc + inner * si
+
+
+def assert_view_addresses_every_element(x, view):
+    """Reading x's storage at the view's offsets gives x's elements, each channel's exactly once."""
+    assert view.num_channels == x.shape[1]
+    assert view.n_per_channel == x.numel() // x.shape[1]
+    flat = x.as_strided((x.untyped_storage().nbytes() // x.element_size(),), (1,), 0)
+    values = flat[element_offsets(x, view) + x.storage_offset()]  # (n_outer, C, n_inner)
+    ours = values.transpose(0, 1).reshape(x.shape[1], -1).sort(dim=1).values
+    expected = x.transpose(0, 1).reshape(x.shape[1], -1).sort(dim=1).values
+    assert torch.equal(ours, expected)
+
+
+def distinct(shape):
+    return torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+
+
+def test_contiguous_nchw():
+    x = distinct((3, 5, 4, 6))
+    view = channel_view(x)
+    assert (view.n_outer, view.num_channels, view.n_inner) == (3, 5, 24)
+    assert view.strides(x) == (120, 24, 1)
+    assert_view_addresses_every_element(x, view)
+
+
+def test_channels_last_folds_into_one_inner_dim():
+    x = distinct((3, 5, 4, 6)).to(memory_format=torch.channels_last)
+    view = channel_view(x)
+    assert (view.n_outer, view.n_inner) == (1, 72)
+    assert view.strides(x) == (0, 1, 5)
+    assert_view_addresses_every_element(x, view)
+
+
+def test_channels_last_3d_folds_into_one_inner_dim():
+    x = distinct((2, 3, 3, 4, 5)).to(memory_format=torch.channels_last_3d)
+    view = channel_view(x)
+    assert (view.n_outer, view.n_inner) == (1, 120)
+    assert view.strides(x) == (0, 1, 3)
+    assert_view_addresses_every_element(x, view)
+
+
+def test_two_dims_and_three_dims():
+    x = distinct((7, 5))
+    view = channel_view(x)
+    assert (view.n_outer, view.n_inner) == (1, 7)
+    assert view.strides(x) == (0, 1, 5)
+    assert_view_addresses_every_element(x, view)
+    x = distinct((7, 5, 3))
+    view = channel_view(x)
+    assert (view.n_outer, view.n_inner) == (7, 3)
+    assert view.strides(x) == (15, 3, 1)
+    assert_view_addresses_every_element(x, view)
+
+
+def test_transposed_view_is_read_in_place():
+    x = distinct((3, 5, 6, 4)).transpose(2, 3)  # shape (3, 5, 4, 6), W is the slow spatial dim
+    view = channel_view(x)
+    assert view is not None
+    assert (view.n_outer, view.n_inner) == (3, 24)
+    assert view.strides(x) == (120, 24, 1)
+    assert_view_addresses_every_element(x, view)
+
+
+def test_sliced_view_with_steps_is_read_in_place():
+    base = distinct((6, 5, 4, 12))
+    x = base[::2, :, :, ::2]
+    view = channel_view(x)
+    assert (view.n_outer, view.n_inner) == (3, 24)
+    assert view.strides(x) == (480, 48, 2)
+    assert_view_addresses_every_element(x, view)
+    folded, _ = fold_input(x)
+    assert folded.data_ptr() == x.data_ptr() and folded.stride() == x.stride()
+
+
+def test_channel_slice_of_channels_last_is_read_in_place():
+    base = distinct((3, 8, 4, 6)).to(memory_format=torch.channels_last)
+    x = base[:, 2:7]
+    view = channel_view(x)
+    assert (view.n_outer, view.n_inner) == (1, 72)
+    assert view.strides(x) == (0, 1, 8)
+    assert_view_addresses_every_element(x, view)
+
+
+def test_expanded_stride_zero_dims():
+    x = distinct((1, 5, 1, 6)).expand(3, 5, 4, 6)
+    assert x.stride() == (0, 6, 0, 1)
+    view = channel_view(x)
+    assert view is not None
+    assert view.n_per_channel == 72
+    assert_view_addresses_every_element(x, view)
+
+
+def test_size_one_dims_are_ignored():
+    x = distinct((4, 5, 1, 6)).as_strided((4, 5, 1, 6), (30, 6, 999, 1))
+    view = channel_view(x)
+    assert (view.n_outer, view.n_inner) == (4, 6)
+    assert view.strides(x) == (30, 6, 1)
+
+
+def test_three_strides_cannot_fold():
+    base = distinct((3, 5, 6, 7))
+    x = base[:, :, 1:-1, 1:-1]
+    assert channel_view(x) is None
+    folded, view = fold_input(x)
+    assert folded.is_contiguous() and torch.equal(folded, x)
+    assert view.strides(folded) == (5 * 4 * 5, 20, 1)
+
+
+def test_view_strides_of_a_differently_laid_out_tensor():
+    x = distinct((3, 5, 4, 6))
+    view = channel_view(x)
+    assert view.strides(torch.empty_like(x)) == view.strides(x)
+    # channels_last still folds as (N, C, H*W), with its own strides.
+    assert view.strides(x.to(memory_format=torch.channels_last)) == (120, 1, 5)
+    # H and W swapped in memory do not fold into one inner dim of this view.
+    assert view.strides(x.transpose(2, 3).contiguous().transpose(2, 3)) is None
+
+
+def test_fold_input_keeps_foldable_inputs():
+    for x in (
+        distinct((3, 5, 4, 6)),
+        distinct((3, 5, 4, 6)).to(memory_format=torch.channels_last),
+        distinct((2, 3, 3, 4, 5)).to(memory_format=torch.channels_last_3d),
+    ):
+        folded, view = fold_input(x)
+        assert folded is x
+        assert view == channel_view(x)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(3, 5, 7, 8)[:, :, 1:-1, 1:-1],
+        lambda: torch.randn(3, 5, 7, 8).to(memory_format=torch.channels_last)[:, :, 1:-1, 2:-1],
+        lambda: torch.randn(1, 5, 1, 6).expand(3, 5, 4, 6),
+        lambda: torch.randn(4, 5, 3, 6, 7).permute(0, 1, 3, 2, 4)[:, :, 1:],
+    ],
+    ids=["nchw-crop", "nhwc-crop", "expanded", "permuted-cropped-5d"],
+)
+def test_forward_is_right_when_the_input_cannot_fold(make, device, assert_close):
+    x = make().to(device)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    xr = x.detach().clone().requires_grad_()
+    ours_in = x.detach().requires_grad_()
+    ours = fused_batch_norm(ours_in, None, None, training=True)
+    ours.backward(dy)
+    theirs = F.batch_norm(xr, None, None, training=True)
+    theirs.backward(dy)
+    x64 = x.double()
+    dims = [d for d in range(x.dim()) if d != 1]
+    mean = x64.mean(dims, keepdim=True)
+    var = x64.var(dims, unbiased=False, keepdim=True)
+    assert_close(ours, (x64 - mean) / torch.sqrt(var + 1e-5))
+    assert_close(ours, theirs)
+    assert_close(ours_in.grad, xr.grad)
+    assert ours.stride() == theirs.stride()
+
+
+# ----------------------------------------------------------------------------------------------
+# choose_launch
+# ----------------------------------------------------------------------------------------------
+
+
+def is_pow2(n):
+    return n > 0 and n & (n - 1) == 0
+
+
+def check_launch(launch, view, limits, min_block_s=1):
+    """The tiles of a launch cover every element once; the splits cover every tile once."""
+    for block in (launch.block_n, launch.block_s, launch.block_c):
+        assert is_pow2(block)
+    assert launch.block_c <= max(limits.max_channel_block, 1)
+    assert launch.block_s >= min_block_s
+    assert launch.channel_blocks == math.ceil(view.num_channels / launch.block_c)
+    tiles_outer = math.ceil(view.n_outer / launch.block_n)
+    assert launch.tiles_inner == math.ceil(view.n_inner / launch.block_s)
+    assert launch.num_tiles == tiles_outer * launch.tiles_inner
+    # The last tile along each reduction dim starts inside the tensor (no empty tiles).
+    assert (tiles_outer - 1) * launch.block_n < view.n_outer
+    assert (launch.tiles_inner - 1) * launch.block_s < view.n_inner
+    covered = []
+    for split in range(launch.num_splits):
+        first = split * launch.tiles_per_split
+        tiles = list(range(first, min(first + launch.tiles_per_split, launch.num_tiles)))
+        assert tiles, f"split {split} has no tiles"
+        covered += tiles
+    assert covered == list(range(launch.num_tiles))
+    tile = launch.block_n * launch.block_s * launch.block_c
+    if launch.single_pass:
+        assert launch.num_tiles == launch.num_splits == launch.tiles_per_split == 1
+        assert launch.block_n >= view.n_outer and launch.block_s >= view.n_inner
+        assert tile <= limits.single_pass_tile
+    else:
+        assert tile <= max(limits.stream_tile, launch.block_c * min_block_s)
+
+
+SHAPES = [
+    ("nchw", (3, 5, 7, 6)),
+    ("nhwc", (3, 5, 7, 6)),
+    ("nc", (37, 5)),
+    ("ncl", (9, 5, 3)),
+    ("ncl-wide", (9, 40, 3)),
+    ("ncdhw", (2, 3, 3, 5, 4)),
+    ("big-nchw", (16, 3, 33, 35)),
+    ("big-nhwc", (16, 70, 9, 11)),
+]
+LIMITS_CASES = {
+    "default": LaunchLimits(),
+    "tiny": LaunchLimits(single_pass_tile=32, stream_tile=16, programs_per_sm=8, max_channel_block=4),
+    "one-program": LaunchLimits(single_pass_tile=1, stream_tile=1, programs_per_sm=1, max_channel_block=1),
+    "wide": LaunchLimits(single_pass_tile=256, stream_tile=128, programs_per_sm=3, max_channel_block=64),
+}
+
+
+def as_layout(kind, shape):
+    x = torch.empty(shape, device="meta")
+    if kind.endswith("nhwc"):
+        x = torch.empty(shape).to(memory_format=torch.channels_last)
+    return x
+
+
+@pytest.mark.parametrize("min_block_s", [1, 8])
+@pytest.mark.parametrize("limits_name", list(LIMITS_CASES))
+@pytest.mark.parametrize("kind,shape", SHAPES, ids=[k for k, _ in SHAPES])
+def test_launch_covers_everything(kind, shape, limits_name, min_block_s, monkeypatch):
+    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 2)
+    limits = LIMITS_CASES[limits_name]
+    x = as_layout(kind, shape)
+    view = channel_view(x)
+    launch = choose_launch(view, x, min_block_s=min_block_s, limits=limits)
+    check_launch(launch, view, limits, min_block_s)
+    # The path follows the limits: single-pass exactly when the whole channel block fits one tile.
+    whole = (
+        layout._pow2(view.n_outer) * max(layout._pow2(view.n_inner), min_block_s) * launch.block_c
+    )
+    assert launch.single_pass == (whole <= limits.single_pass_tile)
+
+
+def test_default_limits_module_global_is_used(monkeypatch):
+    x = torch.empty(3, 5, 7, 6, device="meta")
+    view = channel_view(x)
+    assert choose_launch(view, x).single_pass
+    monkeypatch.setattr(layout, "LIMITS", LIMITS_CASES["tiny"])
+    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 2)
+    launch = choose_launch(view, x)
+    assert not launch.single_pass and launch.num_splits > 1
+
+
+def test_channels_contiguous_layouts_block_channels():
+    limits = LaunchLimits()
+    x = torch.empty(40, 5).to(memory_format=torch.contiguous_format)
+    assert choose_launch(channel_view(x), x, limits=limits).block_c == 8
+    x = torch.empty(4, 100, 3, 3).to(memory_format=torch.channels_last)
+    launch = choose_launch(channel_view(x), x, limits=limits)
+    assert launch.block_c == limits.max_channel_block and launch.channel_blocks == 4
+    x = torch.empty(4, 100, 3, 3)
+    assert choose_launch(channel_view(x), x, limits=limits).block_c == 1
+
+
+def test_split_count_follows_programs_per_multiprocessor(monkeypatch):
+    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 2)
+    x = torch.empty(64, 3, 32, 32, device="meta")
+    view = channel_view(x)
+    counts = []
+    for programs_per_sm in (1, 4, 16):
+        limits = LaunchLimits(single_pass_tile=64, stream_tile=64, programs_per_sm=programs_per_sm)
+        launch = choose_launch(view, x, limits=limits)
+        check_launch(launch, view, limits)
+        counts.append(launch.num_splits)
+        assert launch.num_splits <= max(programs_per_sm * 2 // launch.channel_blocks, 1)
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+
+
+def test_all_small_shapes_cover_exactly(monkeypatch):
+    """A sweep of odd sizes on tiny limits: every launch covers its tiles exactly."""
+    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 3)
+    limits = LaunchLimits(single_pass_tile=16, stream_tile=8, programs_per_sm=5, max_channel_block=4)
+    for n, c, s in itertools.product((1, 2, 3, 7, 17), (1, 3, 6), (1, 5, 9, 33)):
+        for x in (torch.empty(n, c, s, device="meta"), torch.empty(n, s, c).transpose(1, 2)):
+            view = channel_view(x)
+            if view.n_per_channel == 0:
+                continue
+            check_launch(choose_launch(view, x, limits=limits), view, limits)
