@@ -11,9 +11,8 @@ from pathlib import Path
 
 import optuna
 
+from fusedbn.tuning import report
 from fusedbn.tuning.digits import digits_task
-from fusedbn.tuning.plots import write_plots
-from fusedbn.tuning.report import format_summary, summarize, write_summary
 from fusedbn.tuning.search import SAMPLERS, SearchConfig, TuningError, tune
 from fusedbn.tuning.space import OPTIMIZERS, default_space, with_ranges
 from fusedbn.tuning.storage import StorageError
@@ -116,8 +115,5 @@ def run(args: argparse.Namespace) -> int:
     except TuningError as error:
         print(f"fusedbn tune: study stopped: {error}", file=sys.stderr)
         return 1
-    summary = summarize(result)
-    written = [write_summary(summary, out), *write_plots(result, summary, out)]
-    print(format_summary(summary))
-    print(f"Wrote {', '.join(path.name for path in written)} to {out}/ (study in {config.storage})")
+    print(report(result, out))
     return 0

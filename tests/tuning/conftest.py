@@ -1,0 +1,67 @@
+"""Fixtures for the tuning tests: torch's native BatchNorm, a tiny digits task, worker subprocesses."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+
+import fusedbn.backend
+from fusedbn.tuning.digits import digits_task
+from fusedbn.tuning.training import Task
+
+
+@pytest.fixture(autouse=True)
+def native_batch_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run FusedBatchNorm on torch's native CPU kernel: the harness, not the kernels, is under test."""
+    monkeypatch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", False)
+
+
+@pytest.fixture(autouse=True)
+def quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def tiny_task() -> Task:
+    """Digits cut to 400 training and 120 validation images, two epochs per trial."""
+    task = digits_task(epochs=2)
+    task.train = tuple(t[:400] for t in task.train)
+    task.valid = tuple(t[:120] for t in task.valid)
+    return task
+
+
+@pytest.fixture
+def start_tune(tmp_path: Path) -> Callable[..., subprocess.Popen]:
+    """Start ``python -m fusedbn.cli tune --no-progress ARGS`` in ``tmp_path``, output captured.
+
+    The subprocess runs without TRITON_INTERPRET, so fusedbn uses torch's native CPU BatchNorm.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fusedbn.cli", "tune", "--no-progress", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL (from FUSEDBN_TEST_POSTGRES_URL): a failure in CI, else a skip."""
+    url = os.environ.get("FUSEDBN_TEST_POSTGRES_URL")
+    if not url:
+        message = "FUSEDBN_TEST_POSTGRES_URL is not set; start a server with scripts/start-postgres.sh"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return url

@@ -1,0 +1,82 @@
+"""Storage URLs, heartbeats and the failing of stale trials (fusedbn.tuning.storage)."""
+
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from fusedbn.tuning.storage import (
+    FAILURE_ATTR,
+    HEARTBEAT_ATTR,
+    StorageError,
+    fail_stale_trials,
+    heartbeat,
+    open_storage,
+)
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_local_storages_hold_a_study(tmp_path: Path, scheme: str) -> None:
+    url = f"{scheme}:///{tmp_path}/study.{scheme}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    reopened = optuna.load_study(study_name="s", storage=open_storage(url))
+    assert [t.params for t in reopened.trials] == [t.params for t in study.trials]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:////no/such/folder/study.db", "folder '/no/such/folder' does not exist"),
+        ("journal:////no/such/folder/study.log", "folder '/no/such/folder' does not exist"),
+        ("journal:study.log", "expected journal:///"),
+        ("postgresql+psycopg2://user:pw@127.0.0.1:9/db", "cannot open storage"),
+        ("nosuchdb://host/db", "cannot open storage 'nosuchdb://host/db'"),
+    ],
+)
+def test_unusable_urls_raise_a_storage_error_naming_the_url(url: str, message: str) -> None:
+    with pytest.raises(StorageError, match=message):
+        open_storage(url)
+
+
+def test_heartbeat_updates_the_trial_while_it_runs() -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    with heartbeat(trial, interval_s=0.05):
+        first = study.trials[0].user_attrs[HEARTBEAT_ATTR]
+        time.sleep(0.3)
+        later = study.trials[0].user_attrs[HEARTBEAT_ATTR]
+    assert later > first
+    time.sleep(0.15)
+    assert study.trials[0].user_attrs[HEARTBEAT_ATTR] == later, "the heartbeat outlived its block"
+
+
+def test_only_trials_without_a_recent_heartbeat_are_failed() -> None:
+    study = optuna.create_study()
+    stale, fresh, never_beat = study.ask(), study.ask(), study.ask()
+    stale.set_user_attr(HEARTBEAT_ATTR, time.time() - 100)
+    fresh.set_user_attr(HEARTBEAT_ATTR, time.time())
+    done = study.ask()
+    study.tell(done, 1.0)
+    assert fail_stale_trials(study, grace_s=10) == [stale.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states == {
+        stale.number: TrialState.FAIL,
+        fresh.number: TrialState.RUNNING,
+        never_beat.number: TrialState.RUNNING,  # started just now
+        done.number: TrialState.COMPLETE,
+    }
+    assert "no heartbeat" in study.trials[stale.number].user_attrs[FAILURE_ATTR]
+    assert fail_stale_trials(study, grace_s=10) == []
+
+
+def test_postgresql_storage_holds_a_study(postgres_url: str) -> None:
+    name = f"storage-test-{uuid.uuid4().hex[:8]}"
+    study = optuna.create_study(study_name=name, storage=open_storage(postgres_url))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    reopened = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
+    assert [t.params for t in reopened.trials] == [t.params for t in study.trials]
+    optuna.delete_study(study_name=name, storage=postgres_url)
