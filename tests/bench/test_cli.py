@@ -101,13 +101,13 @@ def test_list_names_the_groups_and_layer_counts(capsys):
 
 def test_smoke_end_to_end_then_report(tmp_path, capsys):
     out = tmp_path / "bench"
-    # The smoke mode with a shorter dtype list, to keep interpreted kernels quick.
-    assert cli.main(["--smoke", "--dtypes", "float32,bfloat16", "--out", str(out)]) == 0
+    # The smoke mode with one dtype, to keep interpreted kernels quick.
+    assert cli.main(["--smoke", "--dtypes", "bf16", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    # 3 shapes: 2 layouts, 1 (2D), 2; 2 dtypes; 4 modes; 2 providers
-    assert len(rows) == (2 + 1 + 2) * 2 * 4 * 2
+    # 3 shapes: 2 layouts, 1 (2D), 2; 4 modes; 2 providers
+    assert len(rows) == (2 + 1 + 2) * 4 * 2
     assert {row["status"] for row in rows} == {"ok"}
     for column in ("device", "torch", "triton", "date", "commit", "copy_gbps"):
         assert rows[0][column] and len({row[column] for row in rows}) == 1
