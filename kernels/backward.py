@@ -20,7 +20,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fusedbn.kernels.layout import accumulator_dtype, choose_launch, conform, fold_input
+from fusedbn.kernels.layout import (
+    FINALIZE_BLOCK_C,
+    accumulator_dtype,
+    choose_launch,
+    conform,
+    finalize_block_splits,
+    fold_input,
+)
 from fusedbn.kernels.tiles import channel_block, sum_over_tile, tile_offsets, unpack_bits
 
 
@@ -126,15 +133,18 @@ def partial_sums_kernel(
     tiles_inner, num_tiles, tiles_per_split,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split]."""
+    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split].
+
+    Each thread accumulates its own tile positions across tiles; the tile is reduced once, at the end.
+    """
     acc_dtype = mean_ptr.dtype.element_ty
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
     mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)[None, None, :]
     invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)[None, None, :]
-    sum_dy = tl.zeros([BLOCK_C], acc_dtype)
-    sum_dy_xhat = tl.zeros([BLOCK_C], acc_dtype)
+    sum_dy = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], acc_dtype)
+    sum_dy_xhat = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], acc_dtype)
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     for tile in range(first_tile, last_tile):
@@ -149,29 +159,33 @@ def partial_sums_kernel(
             stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
         )
         x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
-        xhat = tl.where(in_bounds, (x - mean) * invstd, 0.0)
-        sum_dy += sum_over_tile(dy)
-        sum_dy_xhat += sum_over_tile(dy * xhat)
+        sum_dy += dy
+        sum_dy_xhat += dy * tl.where(in_bounds, (x - mean) * invstd, 0.0)
 
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
-    tl.store(out, sum_dy, mask=channel_mask)
-    tl.store(out + num_splits * num_channels, sum_dy_xhat, mask=channel_mask)
+    tl.store(out, sum_over_tile(sum_dy), mask=channel_mask)
+    tl.store(out + num_splits * num_channels, sum_over_tile(sum_dy_xhat), mask=channel_mask)
 
 
 @triton.jit
 def finalize_sums_kernel(
-    partial_ptr, grad_weight_ptr, grad_bias_ptr, num_splits, num_channels, BLOCK_C: tl.constexpr
+    partial_ptr, grad_weight_ptr, grad_bias_ptr, num_splits, num_channels,
+    BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program adds the per-split sums of BLOCK_C channels, in split order."""
+    """One program adds the per-split sums of BLOCK_C channels, BLOCK_SPLITS splits at a time."""
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
     sum_dy = tl.zeros([BLOCK_C], grad_bias_ptr.dtype.element_ty)
     sum_dy_xhat = tl.zeros([BLOCK_C], grad_weight_ptr.dtype.element_ty)
-    for split in range(num_splits):
-        part = partial_ptr + split * num_channels + channels
-        sum_dy += tl.load(part, mask=channel_mask, other=0.0)
-        sum_dy_xhat += tl.load(part + num_splits * num_channels, mask=channel_mask, other=0.0)
+    for start in range(0, num_splits, BLOCK_SPLITS):
+        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
+        in_bounds = (splits < num_splits) & channel_mask[None, :]
+        part = partial_ptr + splits * num_channels + channels[None, :]
+        sum_dy += tl.sum(tl.load(part, mask=in_bounds, other=0.0), axis=0)
+        sum_dy_xhat += tl.sum(
+            tl.load(part + num_splits * num_channels, mask=in_bounds, other=0.0), axis=0
+        )
     tl.store(grad_bias_ptr + channels, sum_dy, mask=channel_mask)
     tl.store(grad_weight_ptr + channels, sum_dy_xhat, mask=channel_mask)
 
@@ -312,9 +326,9 @@ def batch_norm_backward(
             RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
-        finalize_sums_kernel[(launch.channel_blocks,)](
+        finalize_sums_kernel[(triton.cdiv(view.num_channels, FINALIZE_BLOCK_C),)](
             partial, grad_weight, grad_bias, launch.num_splits, view.num_channels,
-            BLOCK_C=launch.block_c,
+            BLOCK_SPLITS=finalize_block_splits(launch.num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )
     grad_input_kernel[grid](
         *tensor_args, view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,

@@ -4,7 +4,7 @@ Training, when a channel block's whole reduction fits in one tile (single-pass p
     single_pass_forward_kernel reads x once, computes mean and variance, writes y.
 Training otherwise (split path), with no atomics so results are bitwise reproducible:
     partial_moments_kernel   each program summarises its share of tiles as (count, mean, M2);
-    finalize_moments_kernel  merges the shares of a channel block in a fixed order;
+    finalize_moments_kernel  combines the shares of each channel in a fixed order;
     apply_kernel             normalises x with the finished statistics.
 Eval with running statistics: apply_kernel alone, one elementwise pass.
 
@@ -18,9 +18,11 @@ import triton.language as tl
 from torch import Tensor
 
 from fusedbn.kernels.layout import (
+    FINALIZE_BLOCK_C,
     accumulator_dtype,
     choose_launch,
     conform,
+    finalize_block_splits,
     fold_input,
     relu_mask_like,
 )
@@ -28,7 +30,6 @@ from fusedbn.kernels.tiles import (
     channel_block,
     inverse_std,
     load_affine,
-    merge_moments,
     pack_bits,
     store_statistics,
     sum_over_tile,
@@ -129,34 +130,46 @@ def partial_moments_kernel(
 ):
     """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
 
-    Each tile's mean and M2 come from the tile itself (two passes over registers), and tiles are
-    merged with Chan's formula, so offset data such as 1000 + randn keeps full precision. The result
-    lands in partial[0..2, split, channels] as (count, mean, M2).
+    Sums are taken of x - shift, where the shift is the mean of the split's first tile, so the
+    squares are of the order of the variance and offset data such as 1000 + randn keeps its
+    precision. Each thread accumulates its own tile positions across tiles; the tile is reduced
+    once, at the end. The result lands in partial[0..2, split, channels] as (count, mean, M2).
     """
     acc_dtype = partial_ptr.dtype.element_ty
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
-    count = tl.zeros([BLOCK_C], acc_dtype)
-    mean = tl.zeros([BLOCK_C], acc_dtype)
-    m2 = tl.zeros([BLOCK_C], acc_dtype)
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
-    for tile in range(first_tile, last_tile):
+
+    offsets, in_bounds = tile_offsets(
+        first_tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
+    x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
+    count = tile_count(first_tile, tiles_inner, n_outer, n_inner, BLOCK_N, BLOCK_S)
+    shift = sum_over_tile(x) / count
+    deviation = tl.where(in_bounds, x - shift[None, None, :], 0.0)
+    sum_dev = deviation
+    sum_dev2 = deviation * deviation
+    for tile in range(first_tile + 1, last_tile):
         offsets, in_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
         )
         x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
-        n_tile = tile_count(tile, tiles_inner, n_outer, n_inner, BLOCK_N, BLOCK_S).to(acc_dtype)
-        tile_mean = sum_over_tile(x) / n_tile
-        centered = tl.where(in_bounds, x - tile_mean[None, None, :], 0.0)
-        tile_m2 = sum_over_tile(centered * centered)
-        count, mean, m2 = merge_moments(count, mean, m2, n_tile, tile_mean, tile_m2)
+        deviation = tl.where(in_bounds, x - shift[None, None, :], 0.0)
+        sum_dev += deviation
+        sum_dev2 += deviation * deviation
+        count += tile_count(tile, tiles_inner, n_outer, n_inner, BLOCK_N, BLOCK_S)
 
+    n = count.to(acc_dtype)
+    total_dev = sum_over_tile(sum_dev)
+    mean = shift + total_dev / n
+    m2 = tl.maximum(sum_over_tile(sum_dev2) - total_dev * total_dev / n, 0.0)
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
     channel_mask = channels < num_channels
-    tl.store(out, count, mask=channel_mask)
+    tl.store(out, tl.zeros([BLOCK_C], acc_dtype) + n, mask=channel_mask)
     tl.store(out + num_splits * num_channels, mean, mask=channel_mask)
     tl.store(out + 2 * num_splits * num_channels, m2, mask=channel_mask)
 
@@ -165,23 +178,44 @@ def partial_moments_kernel(
 def finalize_moments_kernel(
     partial_ptr, mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
     num_splits, num_channels, n_per_channel, momentum, eps,
-    UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr, BLOCK_C: tl.constexpr,
+    UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
+    BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program merges the per-split moments of BLOCK_C channels, in split order."""
+    """One program combines the per-split (count, mean, M2) of BLOCK_C channels.
+
+    The exact parallel formula, in two vectorised passes over the splits in a fixed order:
+    mean = sum(count_i * mean_i) / n (taken relative to split 0's mean), then
+    M2 = sum(M2_i + count_i * (mean_i - mean)^2).
+    """
     acc_dtype = mean_ptr.dtype.element_ty
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    count = tl.zeros([BLOCK_C], acc_dtype)
-    mean = tl.zeros([BLOCK_C], acc_dtype)
+    counts_ptr = partial_ptr + channels[None, :]
+    means_ptr = counts_ptr + num_splits * num_channels
+    m2s_ptr = means_ptr + num_splits * num_channels
+    shift = tl.load(partial_ptr + num_splits * num_channels + channels, mask=channel_mask, other=0.0)
+
+    total = tl.zeros([BLOCK_C], acc_dtype)
+    weighted_dev = tl.zeros([BLOCK_C], acc_dtype)
+    for start in range(0, num_splits, BLOCK_SPLITS):
+        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
+        in_bounds = (splits < num_splits) & channel_mask[None, :]
+        count = tl.load(counts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        split_mean = tl.load(means_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        total += tl.sum(count, axis=0)
+        weighted_dev += tl.sum(count * (split_mean - shift[None, :]), axis=0)
+    mean = shift + weighted_dev / tl.maximum(total, 1.0)  # no 0 / 0 in channels past C
+
     m2 = tl.zeros([BLOCK_C], acc_dtype)
-    for split in range(num_splits):
-        part = partial_ptr + split * num_channels + channels
-        count, mean, m2 = merge_moments(
-            count, mean, m2,
-            tl.load(part, mask=channel_mask, other=0.0),
-            tl.load(part + num_splits * num_channels, mask=channel_mask, other=0.0),
-            tl.load(part + 2 * num_splits * num_channels, mask=channel_mask, other=0.0),
-        )
+    for start in range(0, num_splits, BLOCK_SPLITS):
+        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
+        in_bounds = (splits < num_splits) & channel_mask[None, :]
+        count = tl.load(counts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        split_mean = tl.load(means_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        split_m2 = tl.load(m2s_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        deviation = split_mean - mean[None, :]
+        m2 += tl.sum(split_m2 + count * deviation * deviation, axis=0)
+
     store_statistics(
         channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
         mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
@@ -323,10 +357,11 @@ def batch_norm_forward(
             BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
-        finalize_moments_kernel[(launch.channel_blocks,)](
+        finalize_moments_kernel[(triton.cdiv(view.num_channels, FINALIZE_BLOCK_C),)](
             partial, mean, invstd, pointer(running_mean), pointer(running_var),
             pointer(num_batches_tracked), launch.num_splits, view.num_channels,
-            view.n_per_channel, momentum, eps, **statistics_flags, BLOCK_C=launch.block_c,
+            view.n_per_channel, momentum, eps, **statistics_flags,
+            BLOCK_SPLITS=finalize_block_splits(launch.num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )
     apply_kernel[grid](
         *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling, eps,

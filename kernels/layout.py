@@ -10,6 +10,7 @@ is outer=N, inner=H*W; a channels_last one folds N, H and W into a single inner 
 strided view whose reduction dims fold into two this way is read in place.
 """
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -78,16 +79,31 @@ def fold_input(x: torch.Tensor) -> tuple[torch.Tensor, ChannelView]:
     (3d) where torch would lay out x's output so (a cropped channels_last view), else contiguous, so
     the output's memory format is torch's.
     """
-    view = channel_view(x)
-    if view is None or view.strides(torch.empty_like(x, device="meta")) is None:
-        memory_format = torch.contiguous_format
-        if x.dim() in (4, 5):
-            channels_last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-            if torch.empty_like(x, device="meta").is_contiguous(memory_format=channels_last):
-                memory_format = channels_last
-        x = x.contiguous(memory_format=memory_format)
-        view = channel_view(x)
+    key = (tuple(x.shape), x.stride())
+    if all(type(size) is int for size in key[0] + key[1]):
+        view, copy_format = _fold_plan(*key)
+    else:  # symbolic sizes, while torch.compile traces: nothing to cache
+        view, copy_format = _fold_plan.__wrapped__(*key)
+    if copy_format is not None:
+        x = x.contiguous(memory_format=copy_format)
     return x, view
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_plan(
+    shape: tuple[int, ...], strides: tuple[int, ...]
+) -> tuple[ChannelView, torch.memory_format | None]:
+    """fold_input's decision for a shape and strides: the view, and the format to copy to first."""
+    x = torch.empty_strided(shape, strides, device="meta")
+    view = channel_view(x)
+    if view is not None and view.strides(torch.empty_like(x)) is not None:
+        return view, None
+    copy_format = torch.contiguous_format
+    if x.dim() in (4, 5):
+        channels_last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        if torch.empty_like(x).is_contiguous(memory_format=channels_last):
+            copy_format = channels_last
+    return channel_view(x.contiguous(memory_format=copy_format)), copy_format
 
 
 def conform(t: torch.Tensor, x: torch.Tensor, view: ChannelView) -> torch.Tensor:
@@ -170,8 +186,18 @@ def choose_launch(
 
     ``min_block_s`` is the smallest inner tile allowed (8 when a packed ReLU mask is involved).
     """
-    limits = limits or LIMITS
-    if channels_contiguous(x):
+    return _choose_launch(view, channels_contiguous(x), x.device, min_block_s, limits or LIMITS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _choose_launch(
+    view: ChannelView,
+    channels_are_contiguous: bool,
+    device: torch.device,
+    min_block_s: int,
+    limits: LaunchLimits,
+) -> Launch:
+    if channels_are_contiguous:
         block_c = min(_pow2(view.num_channels), limits.max_channel_block)
     else:
         block_c = 1
@@ -198,7 +224,7 @@ def choose_launch(
     tiles_inner = math.ceil(view.n_inner / block_s)
     num_tiles = math.ceil(view.n_outer / block_n) * tiles_inner
 
-    target_programs = limits.programs_per_sm * _multiprocessors(x.device)
+    target_programs = limits.programs_per_sm * _multiprocessors(device)
     wanted_splits = min(max(target_programs // channel_blocks, 1), num_tiles)
     tiles_per_split = math.ceil(num_tiles / wanted_splits)
     return Launch(
@@ -213,3 +239,12 @@ def choose_launch(
         num_splits=math.ceil(num_tiles / tiles_per_split),
         tiles_per_split=tiles_per_split,
     )
+
+
+# Channels per program of the finalize kernels, which read the [splits, C] partial sums.
+FINALIZE_BLOCK_C = 32
+
+
+def finalize_block_splits(num_splits: int) -> int:
+    """Splits a finalize program reads at once: all of them up to 128."""
+    return min(_pow2(num_splits), 128)

@@ -62,17 +62,6 @@ def sum_over_tile(values):
 
 
 @triton.jit
-def merge_moments(count_a, mean_a, m2_a, count_b, mean_b, m2_b):
-    """Chan's merge of two (count, mean, sum of squared deviations) summaries of disjoint sets."""
-    count = count_a + count_b
-    share_b = tl.where(count > 0, count_b / tl.maximum(count, 1), 0.0)
-    delta = mean_b - mean_a
-    mean = mean_a + delta * share_b
-    m2 = m2_a + m2_b + delta * delta * count_a * share_b
-    return count, mean, m2
-
-
-@triton.jit
 def load_affine(
     weight_ptr,
     bias_ptr,

@@ -5,7 +5,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.ops import backward_op, forward_op
+
+
+def _forward(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # torch.compile and torch.export must see the custom operator; eager calls skip its
+    # dispatcher round trip, a noticeable part of the host time of a small BatchNorm.
+    if torch.compiler.is_compiling():
+        return forward_op(*args)
+    return batch_norm_forward(*args)
+
+
+def _backward(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    if torch.compiler.is_compiling():
+        return backward_op(*args)
+    return batch_norm_backward(*args)
 
 
 class FusedBatchNormFunction(torch.autograd.Function):
@@ -30,7 +45,7 @@ class FusedBatchNormFunction(torch.autograd.Function):
         residual: Tensor | None,
         relu: bool,
     ) -> Tensor:
-        output, mean, invstd, relu_mask = forward_op(
+        output, mean, invstd, relu_mask = _forward(
             input, weight, bias, running_mean, running_var, num_batches_tracked,
             use_batch_stats, momentum, eps, residual, relu,
         )
@@ -46,7 +61,7 @@ class FusedBatchNormFunction(torch.autograd.Function):
         input, weight, mean, invstd, relu_mask = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         needs_residual = ctx.needs_input_grad[9]
-        grad_input, grad_weight, grad_bias, grad_residual = backward_op(
+        grad_input, grad_weight, grad_bias, grad_residual = _backward(
             grad_output, input, weight, mean, invstd, ctx.use_batch_stats,
             needs_weight or needs_bias, relu_mask, needs_residual,
         )
@@ -56,8 +71,10 @@ class FusedBatchNormFunction(torch.autograd.Function):
         grad_bias = grad_bias.to(ctx.bias_dtype) if needs_bias else None
         if not needs_residual:
             grad_residual = None
-        elif relu_mask is None:
-            grad_residual = grad_output  # without a ReLU the residual's gradient is dy itself
-        grad_residual = None if grad_residual is None else grad_residual.to(ctx.residual_dtype)
+        else:
+            # Without a ReLU the residual's gradient is dy itself, and the kernels computed none.
+            grad_residual = (grad_output if relu_mask is None else grad_residual).to(
+                ctx.residual_dtype
+            )
         return (grad_input, grad_weight, grad_bias, None, None, None, None, None, None,
                 grad_residual, None)
