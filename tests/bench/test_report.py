@@ -83,3 +83,6 @@ def test_header_names_device_versions_commit_and_copy_bandwidth():
     header = report.format_header(info)
     for part in ("NVIDIA H200", "torch 2.11.0", "triton 3.6.0", "abc1234", "4321 GB/s", "20260101T000000Z"):
         assert part in header
+    assert "CPU run" not in header
+    cpu = RunInfo("r", "d", "cpu x86_64", "2.13", "3.9", "0.1.0", "abc", "none", 5.0)
+    assert "CPU run: it checks the harness" in report.format_header(cpu)

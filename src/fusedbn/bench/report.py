@@ -123,9 +123,12 @@ def format_problems(results: list[Result]) -> str:
 
 
 def format_header(info: RunInfo) -> str:
-    """The run's metadata in two lines."""
-    return (
+    """The run's metadata in two lines, and a warning on the CPU, whose timings say nothing of speed."""
+    header = (
         f"run {info.run_id} on {info.device}: torch {info.torch}, triton {info.triton}, CUDA {info.cuda}, "
         f"fusedbn {info.fusedbn} at {info.commit}\n"
         f"device-to-device copy bandwidth: {info.copy_gbps:.0f} GB/s"
     )
+    if info.device.startswith("cpu"):
+        header += "\nCPU run: it checks the harness; its timings and targets say nothing about GPU speed"
+    return header
