@@ -3,11 +3,12 @@
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 import fusedbn.backend
 from fusedbn.tuning.digits import digits_task
@@ -18,6 +19,15 @@ from fusedbn.tuning.training import Task
 def native_batch_norm(monkeypatch: pytest.MonkeyPatch) -> None:
     """Run FusedBatchNorm on torch's native CPU kernel: the harness, not the kernels, is under test."""
     monkeypatch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", False)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and test workers already share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +48,11 @@ def tiny_task() -> Task:
 def start_tune(tmp_path: Path) -> Callable[..., subprocess.Popen]:
     """Start ``python -m fusedbn.cli tune --no-progress ARGS`` in ``tmp_path``, output captured.
 
-    The subprocess runs without TRITON_INTERPRET, so fusedbn uses torch's native CPU BatchNorm.
+    The subprocess runs without TRITON_INTERPRET, so fusedbn uses torch's native CPU BatchNorm, and
+    with one torch thread.
     """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["OMP_NUM_THREADS"] = "1"
 
     def start(*args: str) -> subprocess.Popen:
         return subprocess.Popen(

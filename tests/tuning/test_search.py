@@ -1,0 +1,331 @@
+"""Stages, budget, seeding, resume, several workers and failures of fusedbn.tuning.search."""
+
+import gc
+import math
+import os
+import signal
+import time
+import uuid
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from torch import nn
+
+from fusedbn.tuning.search import SearchConfig, SeededRandomSampler, TuningError, tune
+from fusedbn.tuning.space import Param, SpaceError, default_space, with_ranges
+from fusedbn.tuning.storage import FAILURE_ATTR, StorageError, open_storage
+from fusedbn.tuning.training import Task
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def config(tmp_path: Path, **changes: object) -> SearchConfig:
+    settings = {"study_name": "t", "storage": f"sqlite:///{tmp_path}/study.db", "trials": 4, "stages": 2}
+    return SearchConfig(**{**settings, **changes, "progress": False})
+
+
+def stage_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(url)).trials
+
+
+# Sampling
+
+
+def sampled(seed: int, stage: int, count: int, param: Param) -> np.ndarray:
+    study = optuna.create_study(sampler=SeededRandomSampler(seed, stage))
+    return np.array([param.suggest(study.ask(), param.low, param.high) for _ in range(count)])
+
+
+def test_seeded_random_sampler_repeats_with_the_seed_and_differs_without() -> None:
+    lr = default_space()[0]
+    assert np.array_equal(sampled(7, 1, 20, lr), sampled(7, 1, 20, lr))
+    assert not np.array_equal(sampled(7, 1, 20, lr), sampled(8, 1, 20, lr))
+    assert not np.array_equal(sampled(7, 1, 20, lr), sampled(7, 2, 20, lr))
+    assert len(set(sampled(7, 1, 20, lr))) == 20
+
+
+def test_seeded_random_sampler_keeps_the_scales() -> None:
+    space = {p.name: p for p in default_space()}
+    lr = sampled(0, 1, 4000, space["learning_rate"])
+    shares = np.histogram(np.log10(lr), bins=[-4, -3, -2, -1, 0])[0] / 4000
+    assert np.allclose(shares, 0.25, atol=0.03), shares
+    beta = sampled(0, 1, 4000, space["momentum"])
+    assert abs(np.mean(beta < 0.99) - 0.5) < 0.03
+    hidden = sampled(0, 1, 2000, space["hidden_units"])
+    assert hidden.min() >= 16 and hidden.max() <= 256 and abs(np.mean(hidden < 64) - 0.5) < 0.05
+    batch = sampled(0, 1, 2000, space["batch_size"])
+    assert set(batch) == {16, 32, 64, 128, 256}
+
+
+# Stages, seeding and budget
+
+
+def test_stages_narrow_around_the_best_trials_and_keep_their_budget(tmp_path: Path, tiny_task: Task) -> None:
+    result = tune(tiny_task, default_space(), config(tmp_path, trials=5, stages=2, keep_top=0.4))
+    first, second = result.stages
+    assert first.bounds == {
+        "learning_rate": (1e-4, 1.0),
+        "momentum": (0.9, 0.999),
+        "hidden_units": (16, 256),
+        "batch_size": (16, 256),
+    }
+    for stage in result.stages:
+        assert sum(t.state in FINISHED for t in stage.trials()) == 5
+    assert second.study.study_name == "t-stage2"
+    assert second.study.user_attrs["bounds"] == {k: list(v) for k, v in second.bounds.items()}
+    # The second stage spans the best 40% (2 of 5) of the first stage's complete trials, plus margins.
+    best = sorted(first.trials(TrialState.COMPLETE), key=lambda t: t.value, reverse=True)[:2]
+    for param in result.tuned:
+        low, high = second.bounds[param.name]
+        first_low, first_high = first.bounds[param.name]
+        assert first_low <= low < high <= first_high
+        for trial in best:
+            assert low <= param.value_from(trial.params) <= high
+        for trial in second.trials():
+            assert low <= param.value_from(trial.params) <= high
+    lr_width = [
+        math.log10(s.bounds["learning_rate"][1] / s.bounds["learning_rate"][0]) for s in result.stages
+    ]
+    assert lr_width[1] < lr_width[0]
+
+
+def test_the_same_seed_samples_the_same_values(tmp_path: Path, tiny_task: Task) -> None:
+    def first_stage_params(name: str, seed: int) -> list[dict]:
+        result = tune(
+            tiny_task, default_space(), config(tmp_path, study_name=name, seed=seed, stages=1, trials=3)
+        )
+        return [t.params for t in sorted(result.stages[0].trials(), key=lambda t: t.number)]
+
+    same_seed = first_stage_params("a", seed=5), first_stage_params("b", seed=5)
+    assert same_seed[0] == same_seed[1]
+    assert first_stage_params("c", seed=6) != same_seed[0]
+
+
+def test_tpe_sampler_runs_a_stage(tmp_path: Path, tiny_task: Task) -> None:
+    result = tune(tiny_task, default_space(), config(tmp_path, sampler="tpe", stages=1, trials=4))
+    assert isinstance(result.stages[0].study.sampler, optuna.samplers.TPESampler)
+    assert sum(t.state in FINISHED for t in result.stages[0].trials()) == 4
+
+
+def test_tiers_fix_untuned_parameters_at_their_defaults(tmp_path: Path, tiny_task: Task) -> None:
+    seen: list[dict] = []
+    build_mlp = tiny_task.build_model
+
+    def build(params: dict) -> nn.Module:
+        seen.append(dict(params))
+        return build_mlp(params)
+
+    tiny_task.build_model = build
+    result = tune(tiny_task, default_space(), config(tmp_path, tiers=1, stages=1, trials=3))
+    assert [p.name for p in result.tuned] == ["learning_rate"]
+    assert len({p["learning_rate"] for p in seen}) == 3
+    assert all(p["hidden_units"] == 64 and p["momentum"] == 0.9 and p["batch_size"] == 64 for p in seen)
+    assert all(set(t.params) == {"learning_rate"} for t in result.stages[0].trials())
+
+
+# Failures
+
+
+def test_diverging_trials_are_recorded_and_the_study_goes_on(tmp_path: Path, tiny_task: Task) -> None:
+    space = with_ranges(default_space(), {"learning_rate": (1e8, 1e12)})
+    result = tune(tiny_task, space, config(tmp_path, stages=1, trials=3))
+    trials = result.stages[0].trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 3
+    assert all(t.user_attrs[FAILURE_ATTR].startswith("diverged") for t in trials)
+
+
+def test_out_of_memory_fails_one_trial_not_the_study(tmp_path: Path, tiny_task: Task) -> None:
+    build_mlp = tiny_task.build_model
+
+    def build(params: dict) -> nn.Module:
+        if params["hidden_units"] > 64:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return build_mlp(params)
+
+    tiny_task.build_model = build
+    result = tune(tiny_task, default_space(), config(tmp_path, stages=1, trials=6))
+    trials = result.stages[0].trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "with hidden units up to 256, some trials should have asked for more than 64"
+    assert all(t.user_attrs[FAILURE_ATTR].startswith("out of memory: CUDA out of memory") for t in failed)
+    assert sum(t.state in FINISHED for t in trials) == 6
+
+
+def test_a_stage_whose_every_trial_fails_stops_the_study(tmp_path: Path, tiny_task: Task) -> None:
+    def build(params: dict) -> nn.Module:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    tiny_task.build_model = build
+    with pytest.raises(TuningError, match="3 trials failed, more than the budget of 2"):
+        tune(tiny_task, default_space(), config(tmp_path, stages=1, trials=2))
+
+
+def test_models_are_freed_between_trials(tmp_path: Path, tiny_task: Task) -> None:
+    models: list[weakref.ref] = []
+    build_mlp = tiny_task.build_model
+
+    def build(params: dict) -> nn.Module:
+        model = build_mlp(params)
+        models.append(weakref.ref(model))
+        return model
+
+    tiny_task.build_model = build
+    tune(tiny_task, default_space(), config(tmp_path, stages=1, trials=4))
+    gc.collect()
+    assert len(models) >= 4
+    assert all(ref() is None for ref in models), "a trial's model outlived its trial"
+
+
+# Bad arguments: refused before anything is written
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"trials": 0}, "trials must be >= 1"),
+        ({"stages": 0}, "stages must be >= 1"),
+        ({"tiers": 0}, "tiers must be an integer >= 1"),
+        ({"sampler": "grid"}, "unknown sampler 'grid'"),
+        ({"keep_top": 0.0}, "keep_top"),
+        ({"margin": 1.5}, "margin"),
+        ({"seed": -1}, "seed"),
+        ({"study_name": ""}, "study name"),
+    ],
+)
+def test_bad_settings_are_refused_before_the_storage_is_touched(
+    tmp_path: Path, tiny_task: Task, changes: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        tune(tiny_task, default_space(), config(tmp_path, **changes))
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_a_space_missing_a_training_parameter_is_refused(tmp_path: Path, tiny_task: Task) -> None:
+    space = [p for p in default_space() if p.name != "momentum"]
+    with pytest.raises(SpaceError, match="lacks momentum"):
+        tune(tiny_task, space, config(tmp_path))
+    assert not (tmp_path / "study.db").exists()
+
+
+def test_an_unreachable_storage_is_refused_before_any_trial(tiny_task: Task) -> None:
+    def build(params: dict) -> nn.Module:
+        raise AssertionError("a trial ran")
+
+    tiny_task.build_model = build
+    with pytest.raises(StorageError, match="cannot open storage"):
+        tune(
+            tiny_task,
+            default_space(),
+            SearchConfig(study_name="t", storage="postgresql://u:p@127.0.0.1:9/db"),
+        )
+
+
+def test_resuming_with_another_space_is_refused_and_writes_nothing(tmp_path: Path, tiny_task: Task) -> None:
+    tune(tiny_task, default_space(), config(tmp_path, stages=1, trials=2))
+    narrowed = with_ranges(default_space(), {"learning_rate": (1e-3, 1e-1)})
+    with pytest.raises(SpaceError, match="another space"):
+        tune(tiny_task, narrowed, config(tmp_path, stages=1, trials=4))
+    assert len(stage_trials(f"sqlite:///{tmp_path}/study.db", "t-stage1")) == 2
+
+
+# Resume and several workers (subprocesses running `fusedbn tune`)
+
+
+def wait_for(condition: Callable[[], bool], worker: object, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert worker.poll() is None, worker.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_loses_no_finished_trial_and_its_trial_is_rerun(
+    tmp_path: Path, start_tune: Callable
+) -> None:
+    url = f"journal:///{tmp_path}/study.log"
+    args = [
+        "--storage",
+        url,
+        "--study-name",
+        "r",
+        "--trials",
+        "6",
+        "--stages",
+        "1",
+        "--epochs",
+        "4",
+        "--grace-period",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+
+    def trials() -> list[optuna.trial.FrozenTrial]:
+        try:
+            return stage_trials(url, "r-stage1")
+        except KeyError:
+            return []
+
+    worker = start_tune(*args)
+    wait_for(
+        lambda: (
+            sum(t.state in FINISHED for t in trials()) >= 2
+            and any(t.state == TrialState.RUNNING for t in trials())
+        ),
+        worker,
+    )
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.communicate()
+    before = trials()
+    killed = [t.number for t in before if t.state == TrialState.RUNNING]
+    assert killed
+
+    resumed = start_tune(*args)
+    output, errors = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, errors
+    after = {t.number: t for t in trials()}
+    for trial in before:
+        if trial.state in FINISHED:
+            assert (after[trial.number].state, after[trial.number].value) == (trial.state, trial.value)
+            assert after[trial.number].params == trial.params
+    for number in killed:
+        assert after[number].state == TrialState.FAIL
+        assert "no heartbeat" in after[number].user_attrs[FAILURE_ATTR]
+    assert sum(t.state in FINISHED for t in after.values()) == 5
+
+
+@pytest.mark.parametrize("backend", ["journal", "sqlite", "postgresql"])
+def test_two_workers_share_a_study_without_losing_or_repeating_trials(
+    tmp_path: Path, start_tune: Callable, request: pytest.FixtureRequest, backend: str
+) -> None:
+    url = {
+        "journal": f"journal:///{tmp_path}/study.log",
+        "sqlite": f"sqlite:///{tmp_path}/study.db",
+        "postgresql": request.getfixturevalue("postgres_url") if backend == "postgresql" else "",
+    }[backend]
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    args = ["--storage", url, "--study-name", name, "--trials", "6", "--stages", "2", "--epochs", "2"]
+    workers = [start_tune(*args, "--out", str(tmp_path / f"out{i}")) for i in range(2)]
+    for worker in workers:
+        output, errors = worker.communicate(timeout=150)
+        assert worker.returncode == 0, errors
+
+    names = set()
+    for stage in (1, 2):
+        trials = stage_trials(url, f"{name}-stage{stage}")
+        assert all(t.state in FINISHED for t in trials), [(t.number, t.state) for t in trials]
+        # Two workers may both start the last trial of a stage: at most one over the budget.
+        assert 6 <= len(trials) <= 7
+        assert len({t.number for t in trials}) == len(trials)
+        assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+        names |= {t.user_attrs["worker"] for t in trials}
+    assert len(names) == 2, "both workers should have run trials"
+    if backend == "postgresql":
+        for stage in (1, 2):
+            optuna.delete_study(study_name=f"{name}-stage{stage}", storage=url)

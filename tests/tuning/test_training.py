@@ -1,0 +1,158 @@
+"""The training run behind each trial (fusedbn.tuning.training.Task)."""
+
+import math
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from fusedbn.tuning.storage import FAILURE_ATTR
+from fusedbn.tuning.training import Task, evaluate
+
+SGD_PARAMS = {
+    "learning_rate": 0.05,
+    "momentum": 0.9,
+    "batch_size": 32,
+    "lr_decay": 0.0,
+    "hidden_units": 32,
+    "num_layers": 1,
+    "bn_beta": 0.9,
+}
+ADAM_PARAMS = {
+    **SGD_PARAMS,
+    "learning_rate": 0.01,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_epsilon": 1e-8,
+}
+
+
+class Recorder(optuna.trial.FixedTrial):
+    """A FixedTrial that keeps what the run reports and attributes, and prunes when told to."""
+
+    def __init__(self, prune_after: int | None = None) -> None:
+        super().__init__({})
+        self.reports: list[tuple[int, float]] = []
+        self.attrs: dict[str, object] = {}
+        self._prune_after = prune_after
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((step, value))
+
+    def should_prune(self) -> bool:
+        return self._prune_after is not None and len(self.reports) > self._prune_after
+
+    def set_user_attr(self, key: str, value: object) -> None:
+        self.attrs[key] = value
+
+
+def test_fit_reports_accuracy_every_epoch_and_learns(tiny_task: Task) -> None:
+    trial = Recorder()
+    accuracy = tiny_task.fit(SGD_PARAMS, trial, seed=0)
+    assert [step for step, _ in trial.reports] == [0, 1]
+    assert trial.reports[-1][1] == accuracy
+    assert accuracy > 0.6, "ten classes: chance is 0.1"
+
+
+def test_fit_with_adam_learns(tiny_task: Task) -> None:
+    tiny_task.optimizer = "adam"
+    assert tiny_task.fit(ADAM_PARAMS, Recorder(), seed=0) > 0.6
+
+
+def test_same_seed_gives_the_same_run_and_another_seed_another(tiny_task: Task) -> None:
+    runs = [Recorder(), Recorder(), Recorder()]
+    for trial, seed in zip(runs, (3, 3, 4), strict=True):
+        tiny_task.fit(SGD_PARAMS, trial, seed=seed)
+    assert runs[0].reports == runs[1].reports
+    assert runs[0].reports != runs[2].reports
+
+
+def test_a_diverging_run_is_pruned_with_its_reason(tiny_task: Task) -> None:
+    trial = Recorder()
+    with pytest.raises(optuna.TrialPruned, match="diverged"):
+        tiny_task.fit({**SGD_PARAMS, "learning_rate": 1e12, "momentum": 0.999}, trial, seed=0)
+    assert trial.attrs[FAILURE_ATTR].startswith("diverged: training loss")
+
+
+def test_the_pruner_stops_the_run(tiny_task: Task) -> None:
+    tiny_task.epochs = 5
+    trial = Recorder(prune_after=1)
+    with pytest.raises(optuna.TrialPruned, match="after epoch 2"):
+        tiny_task.fit(SGD_PARAMS, trial, seed=0)
+    assert len(trial.reports) == 2
+
+
+def test_learning_rate_decays_each_epoch(tiny_task: Task) -> None:
+    seen: list[float] = []
+
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    def build(params: dict) -> nn.Module:
+        return Spy()
+
+    task = Task(build_model=build, train=tiny_task.train, valid=tiny_task.valid, epochs=3)
+    original_step = torch.optim.SGD.step
+
+    def step(self: torch.optim.SGD, *args: object, **kwargs: object) -> object:
+        if not seen or seen[-1] != self.param_groups[0]["lr"]:
+            seen.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.SGD, "step", step)
+        task.fit({**SGD_PARAMS, "learning_rate": 0.1, "lr_decay": 0.5}, Recorder(), seed=0)
+    # lr = 0.1 / (1 + 0.5 * epoch)
+    assert seen == pytest.approx([0.1, 0.1 / 1.5, 0.1 / 2.0])
+
+
+def test_a_last_batch_of_one_example_is_skipped(tiny_task: Task) -> None:
+    # 400 training images in batches of 133: the last batch would hold one image, which BatchNorm refuses.
+    accuracy = tiny_task.fit({**SGD_PARAMS, "batch_size": 133}, Recorder(), seed=0)
+    assert math.isfinite(accuracy)
+
+
+def test_evaluate_counts_correct_predictions() -> None:
+    model = nn.Identity()
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0], [1.0, 0.0]])
+    assert evaluate(model, logits, torch.tensor([0, 1, 1, 1])) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": "rmsprop"}, "unknown optimizer 'rmsprop'"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"valid": (torch.zeros(3, 64), torch.zeros(2, dtype=torch.long))}, "valid: need as many targets"),
+        ({"train": (torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))}, "at least one"),
+    ],
+)
+def test_unusable_tasks_are_refused(tiny_task: Task, change: dict, message: str) -> None:
+    fields = {"build_model": tiny_task.build_model, "train": tiny_task.train, "valid": tiny_task.valid}
+    with pytest.raises(ValueError, match=message):
+        Task(**{**fields, **change})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused(tiny_task: Task) -> None:
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        Task(build_model=tiny_task.build_model, train=tiny_task.train, valid=tiny_task.valid, device="cuda")
+
+
+def test_training_loop_names_the_parameters_it_reads(tiny_task: Task) -> None:
+    assert tiny_task.required_params() == {"learning_rate", "lr_decay", "batch_size", "momentum"}
+    tiny_task.optimizer = "adam"
+    assert tiny_task.required_params() == {
+        "learning_rate",
+        "lr_decay",
+        "batch_size",
+        "adam_beta1",
+        "adam_beta2",
+        "adam_epsilon",
+    }
