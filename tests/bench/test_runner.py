@@ -76,11 +76,14 @@ def test_a_run_measures_every_case_against_eager():
             assert result.backend == "torch" and math.isnan(result.rel_diff)
 
 
-def test_time_budget_skips_what_is_left():
+def test_time_budget_skips_what_is_left_without_running_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "mode_call", lambda *args: calls.append(args))
     plan = _plan(time_budget_s=1e-9)
     results = list(runner.run_plan(plan, COPY_GBPS))
     assert len(results) == plan.case_count()
     assert all(r.status == "skipped: time budget of 1e-09 s spent" for r in results)
+    assert calls == []
 
 
 @pytest.mark.skipif(
