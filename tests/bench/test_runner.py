@@ -29,7 +29,7 @@ def _plan(**overrides) -> runner.Plan:
 
 def test_groups_go_shape_by_shape_and_skip_channels_last_without_spatial_dims():
     plan = _plan(layouts=["channels_last", "nchw"])
-    assert [(s.name, d, layout) for s, d, layout in plan.groups()] == [
+    assert _names(plan.groups()) == [
         ("4x8x6x6", "float32", "channels_last"),
         ("4x8x6x6", "float32", "nchw"),
         ("4x8x6x6", "bfloat16", "channels_last"),
@@ -37,6 +37,32 @@ def test_groups_go_shape_by_shape_and_skip_channels_last_without_spatial_dims():
         ("64x16", "float32", "nchw"),
         ("64x16", "bfloat16", "nchw"),
     ]
+
+
+def test_units_run_eager_and_fusedbn_everywhere_then_compile_dtype_by_dtype():
+    plan = _plan(providers=["compile", "fusedbn", "eager"], shapes=cases.parse_shapes("4x8x6x6,2x4x3x4x4"))
+    units = [(u.shape.name, u.dtype, u.layout, u.providers) for u in plan.units()]
+    first = [(s, d, lay, ("eager", "fusedbn")) for s, d, lay in _names(plan.groups())]
+    assert units[:8] == first
+    assert units[8:] == [
+        ("4x8x6x6", "float32", "nchw", ("compile",)),
+        ("2x4x3x4x4", "float32", "nchw", ("compile",)),
+        ("4x8x6x6", "float32", "channels_last", ("compile",)),
+        ("2x4x3x4x4", "float32", "channels_last", ("compile",)),
+        ("4x8x6x6", "bfloat16", "nchw", ("compile",)),
+        ("2x4x3x4x4", "bfloat16", "nchw", ("compile",)),
+        ("4x8x6x6", "bfloat16", "channels_last", ("compile",)),
+        ("2x4x3x4x4", "bfloat16", "channels_last", ("compile",)),
+    ]
+    only_compile = _plan(providers=["compile"], compile_shapes={"64x16"})
+    assert [(u.shape.name, u.dtype) for u in only_compile.units()] == [
+        ("64x16", "float32"),
+        ("64x16", "bfloat16"),
+    ]
+
+
+def _names(groups):
+    return [(shape.name, dtype, layout) for shape, dtype, layout in groups]
 
 
 def test_compile_runs_only_on_its_shapes_and_modes_and_eager_goes_first():
@@ -51,14 +77,12 @@ def test_compile_runs_only_on_its_shapes_and_modes_and_eager_goes_first():
 
 def test_a_run_measures_every_case_against_eager():
     plan = _plan(modes=["fwd", "eval"], layouts=["nchw", "channels_last"])
-    seen_groups = []
+    seen_units = []
     results = list(
-        runner.run_plan(
-            plan, COPY_GBPS, lambda i, shape, d, lay, rs: seen_groups.append((i, shape.name, len(rs)))
-        )
+        runner.run_plan(plan, COPY_GBPS, lambda i, unit, rs: seen_units.append((i, unit.shape.name, len(rs))))
     )
     assert len(results) == plan.case_count() == 6 * 2 * 2
-    assert seen_groups == [(i, name, 4) for i, name in enumerate(["4x8x6x6"] * 4 + ["64x16"] * 2)]
+    assert seen_units == [(i, name, 4) for i, name in enumerate(["4x8x6x6"] * 4 + ["64x16"] * 2)]
     for result in results:
         assert result.status == "ok", result
         shape = cases.shape_named(result.shape)
@@ -100,11 +124,11 @@ def test_compile_is_measured_until_its_budget_is_spent():
     results = list(runner.run_plan(plan, COPY_GBPS))
     assert [(r.dtype, r.provider, r.status.split(":")[0]) for r in results] == [
         ("float32", "eager", "ok"),
-        ("float32", "compile", "ok"),
         ("bfloat16", "eager", "ok"),
+        ("float32", "compile", "ok"),
         ("bfloat16", "compile", "skipped"),
     ]
-    compiled = results[1]
+    compiled = results[2]
     assert compiled.backend == "inductor" and compiled.rel_diff <= DIFF_LIMITS["float32"]
 
 

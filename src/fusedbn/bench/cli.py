@@ -38,8 +38,8 @@ from fusedbn.bench.cases import (
 from fusedbn.bench.metrics import mismatches
 from fusedbn.bench.plots import write_plots
 from fusedbn.bench.report import format_header, format_problems, format_table, format_targets
-from fusedbn.bench.results import ResultFile, RunInfo, collect_run_info, read_results
-from fusedbn.bench.runner import Plan, run_plan
+from fusedbn.bench.results import Result, ResultFile, RunInfo, collect_run_info, read_results
+from fusedbn.bench.runner import Plan, Unit, run_plan
 from fusedbn.bench.timing import TimingSettings, copy_bandwidth
 
 RESULTS_FILE = "results.csv"
@@ -245,8 +245,8 @@ def _list_shapes() -> str:
     return "\n".join(lines)
 
 
-def _finish(info: RunInfo, results: list, out: Path) -> str:
-    """Print and save the report of one run; returns its text."""
+def _finish(info: RunInfo, results: list[Result], out: Path) -> None:
+    """Print the report of one run and save it, with its plots, in ``out``."""
     problems = format_problems(results)
     text = "\n\n".join(
         part
@@ -258,7 +258,6 @@ def _finish(info: RunInfo, results: list, out: Path) -> str:
     paths = write_plots(results, out, info.device)
     print(text)
     print(f"\nwrote {out / SUMMARY_FILE}, {', '.join(str(p) for p in paths)}", flush=True)
-    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -294,17 +293,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fusedbn bench: error: {error}", file=sys.stderr)
         return 2
-    groups = plan.groups()
+    units = plan.units()
     print(format_header(info), flush=True)
-    print(f"{plan.case_count()} cases in {len(groups)} groups; results go to {result_file.path}", flush=True)
+    print(f"{plan.case_count()} cases in {len(units)} units; results go to {result_file.path}", flush=True)
     start = time.perf_counter()
 
-    def progress(index, shape, dtype, layout, group_results) -> None:
-        failed = sum(r.status.startswith("error") for r in group_results)
-        measured = sum(r.ok for r in group_results)
+    def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
+        failed = sum(r.status.startswith("error") for r in unit_results)
+        measured = sum(r.ok for r in unit_results)
         print(
-            f"[{index + 1}/{len(groups)}] {shape.name} {dtype} {layout}: {measured}/{len(group_results)} "
-            f"measured{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
+            f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
+            f"{'+'.join(unit.providers)}: {measured}/{len(unit_results)} measured"
+            f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
 

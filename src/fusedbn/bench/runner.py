@@ -1,9 +1,11 @@
-"""Running a benchmark plan: every selected case, measured group by group, each result handed on at once.
+"""Running a benchmark plan: every selected case, measured unit by unit, each result handed on at once.
 
-A group is one (shape, dtype, layout): its input and upstream gradient are made once, and so are the
-modules of the providers (torch.compile compiles once per group, for training and once more for
-eval). Within a group every mode is timed for every provider, eager first: its first output is the
-reference the other providers' outputs are compared with.
+A group is one (shape, dtype, layout); a unit is some providers on one group. Every group's eager and
+fusedbn cases run first, in one unit per group; torch.compile, slow to compile, runs after all of them,
+so that a time budget that runs out costs compile cases only. Within a unit the input and upstream
+gradient are made once, and so is each provider's module (torch.compile compiles once per unit for
+training and once more for eval); every mode is timed for every provider, and each provider's first
+output is compared with eager's.
 """
 
 import math
@@ -77,6 +79,26 @@ class Plan:
             if layout_applies(shape, layout)
         ]
 
+    def units(self) -> list["Unit"]:
+        """The units in running order: eager and fusedbn on every group, then compile.
+
+        Compile units go dtype by dtype and layout by layout, shapes innermost, so that a budget
+        that runs out leaves whole sets of shapes compiled.
+        """
+        groups = self.groups()
+        units = []
+        first = tuple(p for p in (EAGER, FUSEDBN) if p in self.providers)
+        if first:
+            units += [Unit(shape, dtype, layout, first) for shape, dtype, layout in groups]
+        if COMPILE in self.providers:
+            groups.sort(key=lambda g: (self.dtypes.index(g[1]), self.layouts.index(g[2])))
+            units += [
+                Unit(shape, dtype, layout, (COMPILE,))
+                for shape, dtype, layout in groups
+                if any(COMPILE in self.providers_for(shape, mode) for mode in self.modes)
+            ]
+        return units
+
     def providers_for(self, shape: Shape, mode: str) -> list[str]:
         """The providers timed for ``shape`` in ``mode``, in timing order."""
         chosen = []
@@ -98,6 +120,16 @@ class Plan:
         )
 
 
+@dataclass(frozen=True)
+class Unit:
+    """Some providers measured together on one (shape, dtype, layout) group."""
+
+    shape: Shape
+    dtype: str
+    layout: str
+    providers: tuple[str, ...]
+
+
 def _status_of(error: Exception, where: str = "") -> str:
     message = str(error).strip().splitlines()
     return f"error: {where}{type(error).__name__}: {message[0] if message else ''}"[:300]
@@ -117,10 +149,8 @@ class _Budgets:
         return None
 
 
-def _run_group(
-    plan: Plan, shape: Shape, dtype: str, layout: str, copy_gbps: float, budgets: _Budgets
-) -> Iterator[Result]:
-    device = plan.device
+def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> Iterator[Result]:
+    device, shape, dtype, layout = plan.device, unit.shape, unit.dtype, unit.layout
     reference = reference_module(shape, device, MODULE_SEED)
     initial_state = {name: value.clone() for name, value in reference.state_dict().items()}
     x = random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET)
@@ -132,7 +162,7 @@ def _run_group(
         nbytes = minimal_bytes(shape, dtype, mode)
         # Eager's output, computed when the first provider of this mode is about to be measured.
         expected, reference_error, reference_ran = None, None, False
-        for provider in plan.providers_for(shape, mode):
+        for provider in (p for p in plan.providers_for(shape, mode) if p in unit.providers):
             base = dict(
                 shape=shape.name,
                 dtype=dtype,
@@ -185,23 +215,21 @@ def _run_group(
 
 
 def run_plan(
-    plan: Plan,
-    copy_gbps: float,
-    on_group: Callable[[int, Shape, str, str, list[Result]], None] | None = None,
+    plan: Plan, copy_gbps: float, on_unit: Callable[[int, Unit, list[Result]], None] | None = None
 ) -> Iterator[Result]:
     """Measure every case of ``plan``, yielding each result as soon as it is known.
 
     ``copy_gbps`` is the measured copy bandwidth each case's effective bandwidth is a share of.
-    ``on_group(index, shape, dtype, layout, results)`` is called after each group. torch.compile's
-    caches are reset between groups so that no group runs into its recompilation limit.
+    ``on_unit(index, unit, results)`` is called after each unit of ``plan.units()``. torch.compile's
+    caches are reset before each compile unit so that none runs into its recompilation limit.
     """
     budgets = _Budgets(plan)
-    for index, (shape, dtype, layout) in enumerate(plan.groups()):
-        if COMPILE in plan.providers:
+    for index, unit in enumerate(plan.units()):
+        if COMPILE in unit.providers:
             torch.compiler.reset()
         results = []
-        for result in _run_group(plan, shape, dtype, layout, copy_gbps, budgets):
+        for result in _run_unit(plan, unit, copy_gbps, budgets):
             results.append(result)
             yield result
-        if on_group is not None:
-            on_group(index, shape, dtype, layout, results)
+        if on_unit is not None:
+            on_unit(index, unit, results)
