@@ -159,3 +159,21 @@ def test_failures_are_recorded_and_the_run_goes_on(monkeypatch):
         ("eval", "eager", "ok"),
         ("eval", "fusedbn", "error: RuntimeError: kernel launch failed"),
     ]
+
+
+@pytest.mark.cuda
+def test_a_cuda_run_times_with_do_bench_and_matches_eager():
+    plan = _plan(
+        device=torch.device("cuda"),
+        shapes=cases.parse_shapes("8x16x12x12"),
+        dtypes=["float16"],
+        settings=TimingSettings(warmup_ms=2, rep_ms=5),
+    )
+    results = list(runner.run_plan(plan, COPY_GBPS))
+    assert len(results) == plan.case_count() == 2 * 4 * 2
+    for result in results:
+        assert result.status == "ok", result
+        assert 0 < result.min_ms <= result.median_ms <= result.max_ms
+        if result.provider == "fusedbn":
+            assert result.backend == backend_for("cuda")
+            assert result.rel_diff <= DIFF_LIMITS["float16"]
