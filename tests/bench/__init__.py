@@ -1,0 +1,1 @@
+"""Tests of the benchmark harness (fusedbn.bench), run on the CPU."""
