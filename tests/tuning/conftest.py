@@ -12,6 +12,8 @@ import torch
 
 import fusedbn.backend
 from fusedbn.tuning.digits import digits_task
+from fusedbn.tuning.search import SearchConfig, TuningResult, tune
+from fusedbn.tuning.space import default_space
 from fusedbn.tuning.training import Task
 
 
@@ -35,13 +37,18 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-@pytest.fixture
-def tiny_task() -> Task:
+def make_tiny_task() -> Task:
     """Digits cut to 400 training and 120 validation images, two epochs per trial."""
     task = digits_task(epochs=2)
     task.train = tuple(t[:400] for t in task.train)
     task.valid = tuple(t[:120] for t in task.valid)
     return task
+
+
+@pytest.fixture
+def tiny_task() -> Task:
+    """A fresh tiny digits task (see :func:`make_tiny_task`) that a test may change."""
+    return make_tiny_task()
 
 
 @pytest.fixture
@@ -77,3 +84,19 @@ def postgres_url() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return url
+
+
+@pytest.fixture(scope="session")
+def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> TuningResult:
+    """A finished two-stage study of six trials per stage on the tiny task (tiers 1-2), run once."""
+    folder = tmp_path_factory.mktemp("tiny")
+    config = SearchConfig(
+        study_name="tiny", storage=f"sqlite:///{folder}/tiny.db", trials=6, stages=2, progress=False
+    )
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", False)
+        torch.set_num_threads(1)
+        result = tune(make_tiny_task(), default_space(), config)
+    torch.set_num_threads(threads)
+    return result

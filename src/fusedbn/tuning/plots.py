@@ -85,7 +85,7 @@ def _stage_legend(ax: Axes, stages: int) -> None:
     ax.legend(handles=handles, loc="lower right", fontsize=8)
 
 
-def _beta_label(one_minus_beta: float) -> str:
+def beta_label(one_minus_beta: float) -> str:
     """Beta written with as many decimals as 1 - beta needs: 0.1 -> "0.9", 0.001 -> "0.999"."""
     return f"{1 - one_minus_beta:.{max(1, round(-math.log10(one_minus_beta)))}f}"
 
@@ -129,7 +129,7 @@ def _beta(result: TuningResult, beta: Param, path: Path) -> None:
     _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
     ax.set_xscale("log")
     ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: _beta_label(v)))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(v)))
     ax.xaxis.set_minor_formatter(mticker.NullFormatter())
     ax.set_xlabel(f"{beta.name} (axis: log of 1 - beta)")
     ax.set_title(f"Accuracy vs {beta.name}")
@@ -156,7 +156,7 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path
     ax.xaxis.set_major_locator(mticker.MultipleLocator(1))
     ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{10**v:g}"))
     ax.yaxis.set_major_locator(mticker.MultipleLocator(1))
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: _beta_label(10**v)))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(10**v)))
     ax.set_xlim(*_coord_limits(result, lr))
     ax.set_ylim(*reversed(_coord_limits(result, beta)))  # beta grows upwards
     ax.set_xlabel("learning rate (log scale)")

@@ -1,0 +1,53 @@
+"""The PNG plots of a finished study (fusedbn.tuning.plots)."""
+
+from pathlib import Path
+
+import matplotlib.image
+import matplotlib.pyplot as plt
+import pytest
+
+from fusedbn.tuning.plots import beta_label, write_plots
+from fusedbn.tuning.report import summarize
+from fusedbn.tuning.search import SearchConfig, TuningResult, tune
+from fusedbn.tuning.space import default_space
+from fusedbn.tuning.training import Task
+
+ALL_PLOTS = ["history.png", "learning_rate.png", "beta.png", "learning_rate_beta.png", "importances.png"]
+
+
+def assert_readable_png(path: Path) -> None:
+    pixels = matplotlib.image.imread(path)
+    height, width = pixels.shape[:2]
+    assert width >= 600 and height >= 300, f"{path.name} is {width}x{height}"
+    assert pixels[..., :3].std() > 0.05, f"{path.name} is blank"
+
+
+def test_every_plot_is_written_for_a_study_with_learning_rate_and_beta(
+    tiny_result: TuningResult, tmp_path: Path
+) -> None:
+    written = write_plots(tiny_result, summarize(tiny_result), tmp_path)
+    assert [p.name for p in written] == ALL_PLOTS
+    for path in written:
+        assert_readable_png(path)
+
+
+def test_plots_needing_a_beta_are_left_out_when_none_is_tuned(tmp_path: Path, tiny_task: Task) -> None:
+    config = SearchConfig(
+        study_name="lr", storage=f"sqlite:///{tmp_path}/lr.db", trials=3, stages=1, tiers=1, progress=False
+    )
+    result = tune(tiny_task, default_space(), config)
+    written = write_plots(result, summarize(result), tmp_path)
+    assert [p.name for p in written] == ["history.png", "learning_rate.png"]
+    assert not (tmp_path / "beta.png").exists()
+
+
+def test_every_figure_is_closed_after_saving(tiny_result: TuningResult, tmp_path: Path) -> None:
+    write_plots(tiny_result, summarize(tiny_result), tmp_path)
+    assert plt.get_fignums() == []
+
+
+@pytest.mark.parametrize(
+    ("one_minus_beta", "label"), [(0.1, "0.9"), (0.01, "0.99"), (0.001, "0.999"), (0.3, "0.7")]
+)
+def test_beta_axes_are_labelled_in_beta(one_minus_beta: float, label: str) -> None:
+    assert beta_label(one_minus_beta) == label
