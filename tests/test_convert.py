@@ -15,6 +15,13 @@ from fusedbn import (
 )
 
 TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@pytest.fixture(autouse=True)
+def no_tf32(monkeypatch):
+    """On CUDA, convolutions may run in TF32 (10-bit mantissa), which would swamp the comparison."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 FUSED_BN = (FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d)
 
 

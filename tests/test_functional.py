@@ -294,10 +294,11 @@ LAYOUT_FOR_FORMAT = [
         4,
         "transposed",
         marks=pytest.mark.xfail(
+            not torch.cuda.is_available(),
             strict=True,
-            reason="fusedbn keeps a dense input's exact strides for the output (empty_like), torch "
-            "returns a contiguous output for dense inputs that are neither contiguous nor "
-            "channels_last",
+            reason="fusedbn keeps a dense input's exact strides for the output (empty_like), as "
+            "torch does on CUDA; torch on the CPU returns a contiguous output for dense inputs that "
+            "are neither contiguous nor channels_last",
         ),
     ),
 ]
@@ -664,7 +665,11 @@ def test_eval_accepts_zero_eps_and_single_value(device, assert_close):
     y = fused_batch_norm(x, running_mean, running_var, weight, bias, False, 0.1, 0.0)
     expected = reference(x, weight, bias, running_mean, running_var, False, 0.1, 0.0)
     assert_close(y, expected["y"])
-    assert_close(y, F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.1, 0.0))
+    try:
+        theirs = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.1, 0.0)
+    except ValueError:
+        return  # torch before 2.13 rejects eps <= 0 in eval too
+    assert_close(y, theirs)
 
 
 def test_empty_batch_like_torch(device):
