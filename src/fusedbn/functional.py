@@ -145,12 +145,18 @@ def fused_batch_norm(
             output = output + residual
         return F.relu(output) if activation == "relu" else output
 
-    return FusedBatchNormFunction.apply(
+    # The kernels address per-channel tensors with stride 1: strided views (weight[::2], a column
+    # of a matrix) are read through a contiguous copy, and running statistics written back.
+    weight = None if weight is None else weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    strided_running = [t for t in (running_mean, running_var) if t is not None and not t.is_contiguous()]
+    running = [None if t is None else t.contiguous() for t in (running_mean, running_var)]
+    output = FusedBatchNormFunction.apply(
         input,
         weight,
         bias,
-        running_mean,
-        running_var,
+        running[0],
+        running[1],
         num_batches_tracked if cumulative else None,
         training,
         0.0 if momentum is None else momentum,
@@ -158,3 +164,7 @@ def fused_batch_norm(
         residual,
         activation == "relu",
     )
+    if update_running and strided_running:
+        running_mean.copy_(running[0])
+        running_var.copy_(running[1])
+    return output
