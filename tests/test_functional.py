@@ -483,6 +483,37 @@ def test_expanded_upstream_gradient(launch_path, device, assert_close):
     launch_path.check()
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_strided_parameters_and_running_stats(training, launch_path, device, assert_close):
+    """weight, bias and running statistics that are strided views (every other element)."""
+    shape = SHAPES[3]
+    x, _ = make_input(shape, "contiguous", torch.float32, device, seed=72)
+    grad_output, _ = make_input(shape, "contiguous", torch.float32, device, seed=73)
+    weight, bias, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=74)
+    storages = {}
+    for name, t in (("weight", weight), ("bias", bias), ("rm", running_mean), ("rv", running_var)):
+        storage = torch.full((2 * shape[1],), 7.0, device=device)
+        storage[::2] = t
+        storages[name] = storage
+    w = storages["weight"][::2].requires_grad_()
+    b = storages["bias"][::2].requires_grad_()
+    rm, rv = storages["rm"][::2], storages["rv"][::2]
+    assert not rm.is_contiguous()
+    xr = x.detach().requires_grad_()
+    y = fused_batch_norm(xr, rm, rv, w, b, training, 0.1, 1e-5)
+    y.backward(grad_output)
+    expected = reference(x, weight, bias, running_mean, running_var, training, 0.1, 1e-5, grad_output)
+    assert_close(y, expected["y"], msg="y")
+    assert_close(xr.grad, expected["grad_input"], msg="grad_input")
+    assert_close(w.grad, expected["grad_weight"], msg="grad_weight")
+    assert_close(b.grad, expected["grad_bias"], msg="grad_bias")
+    assert_close(rm, expected["running_mean"], msg="running_mean")
+    assert_close(rv, expected["running_var"], msg="running_var")
+    for name, storage in storages.items():
+        assert torch.all(storage[1::2] == 7.0), f"{name}: elements between the view's were written"
+    launch_path.check()
+
+
 # ----------------------------------------------------------------------------------------------
 # Offset data: the variance of 1000 + randn in float32
 # ----------------------------------------------------------------------------------------------
