@@ -44,10 +44,19 @@ step() {
     return 0
 }
 
-# Imported from another folder, so that the repository root on sys.path proves nothing.
-IMPORTS_PY="import fusedbn, fusedbn.kernels, fusedbn.bench.cli; print('fusedbn from', fusedbn.__file__)"
+# Run from another folder (so that the repository root on sys.path proves nothing) with the
+# repository as argument: fusedbn and fusedbn.kernels must come from this tree, not another copy.
+IMPORTS_PY='
+import pathlib, sys
+import fusedbn, fusedbn.kernels, fusedbn.bench.cli
+root = pathlib.Path(sys.argv[1]).resolve()
+package = pathlib.Path(fusedbn.__file__).resolve()
+kernels = pathlib.Path(fusedbn.kernels.__file__).resolve()
+print("fusedbn from", package, "and its kernels from", kernels)
+sys.exit(0 if package.is_relative_to(root / "src") and kernels.is_relative_to(root / "kernels") else 3)
+'
 imports_ok() {
-    (cd /tmp && "$python" -c "$IMPORTS_PY")
+    (cd /tmp && "$python" -c "$IMPORTS_PY" "$OLDPWD")
 }
 VERSIONS_PY='
 import sys, torch, triton
@@ -66,7 +75,7 @@ timeout --kill-after=10 "$INSTALL_TIMEOUT" \
     "$python" -m pip install --no-index --no-deps --no-build-isolation -e . >> "$OUT/env.log" 2>&1
 pip_code=$?
 if imports_ok >> "$OUT/env.log" 2>&1; then
-    how="pip editable install"
+    how="the editable install"
 else
     shim=$(mktemp -d)
     mkdir -p "$shim/fusedbn"
@@ -76,7 +85,7 @@ else
     how="PYTHONPATH=$PYTHONPATH"
 fi
 echo "install (pip rc=$pip_code) uses $how $((SECONDS - start))s" | tee -a "$OUT/env.log" "$OUT/steps.txt"
-step imports 30 "$OUT/env.log" bash -c 'cd /tmp && exec "$0" -c "$1"' "$python" "$IMPORTS_PY"
+step imports 30 "$OUT/env.log" bash -c 'cd /tmp && exec "$0" -c "$1" "$2"' "$python" "$IMPORTS_PY" "$PWD"
 
 # 2. The machine.
 step nvidia-smi 20 "$OUT/env.log" nvidia-smi
