@@ -10,7 +10,8 @@ With xhat = (x - mean) * invstd and n elements per channel, the gradients are
 After a fused ReLU, dy is first zeroed where the forward's packed mask says y was not positive; that
 masked dy is also the gradient of a fused residual.
 
-Single-pass path: single_pass_backward_kernel reads x and dy once per channel block.
+Whole-channel path: whole_channel_backward_kernel gives each program whole channels; it reads x
+and dy for the sums and again, from cache, to write grad_input. One launch.
 Split path: partial_sums_kernel sums each split's tiles, finalize_sums_kernel adds the splits in a
 fixed order (no atomics), grad_input_kernel writes grad_input.
 """
@@ -61,7 +62,106 @@ def batch_stats_grad_input(dy, xhat, scale, sum_dy, sum_dy_xhat, n_per_channel):
 
 
 @triton.jit
-def single_pass_backward_kernel(
+def gradient_sums(
+    dy_ptr, mask_ptr, x_ptr, channels, first_tile, last_tile, tiles_inner, mean, invstd,
+    n_outer, n_inner, num_channels,
+    stride_dy_outer, stride_dy_c, stride_dy_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Per-channel sums of dy and dy * xhat over tiles [first_tile, last_tile).
+
+    Each thread accumulates its own tile positions across tiles; the tile is reduced once, at the end.
+    """
+    mean = mean[None, None, :]
+    invstd = invstd[None, None, :]
+    sum_dy = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], mean.dtype)
+    sum_dy_xhat = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], mean.dtype)
+    for tile in range(first_tile, last_tile):
+        dy, in_bounds = load_grad_output(
+            dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_dy_outer, stride_dy_c, stride_dy_inner,
+            stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        dy = dy.to(mean.dtype)
+        x_offsets, _ = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
+        sum_dy += dy
+        sum_dy_xhat += dy * tl.where(in_bounds, (x - mean) * invstd, 0.0)
+    return sum_over_tile(sum_dy), sum_over_tile(sum_dy_xhat)
+
+
+@triton.jit
+def grad_input_tiles(
+    dy_ptr, mask_ptr, x_ptr, dx_ptr, grad_residual_ptr, channels, first_tile, last_tile,
+    tiles_inner, mean, invstd, scale, sum_dy, sum_dy_xhat, n_per_channel,
+    n_outer, n_inner, num_channels,
+    stride_dy_outer, stride_dy_c, stride_dy_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    stride_dx_outer, stride_dx_c, stride_dx_inner,
+    stride_dr_outer, stride_dr_c, stride_dr_inner,
+    BATCH_STATS: tl.constexpr, RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Write grad_input (and a fused residual's gradient) on tiles [first_tile, last_tile).
+
+    Without BATCH_STATS (eval mode) grad_input needs only dy, so x and the sums are not read.
+    """
+    mean = mean[None, None, :]
+    invstd = invstd[None, None, :]
+    scale = scale[None, None, :]
+    sum_dy = sum_dy[None, None, :]
+    sum_dy_xhat = sum_dy_xhat[None, None, :]
+    for tile in range(first_tile, last_tile):
+        dy, in_bounds = load_grad_output(
+            dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_dy_outer, stride_dy_c, stride_dy_inner,
+            stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        dy = dy.to(mean.dtype)
+        if BATCH_STATS:
+            x_offsets, _ = tile_offsets(
+                tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+                stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            )
+            x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
+            dx = batch_stats_grad_input(
+                dy, (x - mean) * invstd, scale, sum_dy, sum_dy_xhat, n_per_channel
+            )
+        else:
+            dx = dy * scale
+        dx_offsets, _ = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_dx_outer, stride_dx_c, stride_dx_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        tl.store(dx_ptr + dx_offsets, dx, mask=in_bounds)
+        if WRITE_GRAD_RESIDUAL:
+            dr_offsets, _ = tile_offsets(
+                tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+                stride_dr_outer, stride_dr_c, stride_dr_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            )
+            tl.store(grad_residual_ptr + dr_offsets, dy, mask=in_bounds)
+
+
+@triton.jit
+def load_channel_terms(weight_ptr, mean_ptr, invstd_ptr, channels, channel_mask,
+                       HAS_WEIGHT: tl.constexpr):
+    """mean, invstd and scale = invstd * weight of the given channels, in the statistics' dtype."""
+    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
+    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
+    if HAS_WEIGHT:
+        weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(mean.dtype)
+        return mean, invstd, invstd * weight
+    return mean, invstd, invstd
+
+
+@triton.jit
+def whole_channel_backward_kernel(
     dy_ptr, mask_ptr, x_ptr, dx_ptr, grad_residual_ptr, weight_ptr, mean_ptr, invstd_ptr,
     grad_weight_ptr, grad_bias_ptr,
     n_outer, n_inner, num_channels, n_per_channel,
@@ -70,57 +170,38 @@ def single_pass_backward_kernel(
     stride_x_outer, stride_x_c, stride_x_inner,
     stride_dx_outer, stride_dx_c, stride_dx_inner,
     stride_dr_outer, stride_dr_c, stride_dr_inner,
+    tiles_inner, num_tiles,
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program computes all gradients of BLOCK_C channels whose reduction fits in one tile."""
-    acc_dtype = mean_ptr.dtype.element_ty
-    tile = tl.program_id(1)  # always 0: the single-pass grid has one split of one tile
+    """One program computes all gradients of BLOCK_C whole channels: the sums, then grad_input."""
+    first_tile = tl.program_id(1)  # always 0: the grid has a single split
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
-    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
-
-    dy, in_bounds = load_grad_output(
-        dy_ptr, mask_ptr, tile, 1, channels, n_outer, n_inner, num_channels,
-        stride_dy_outer, stride_dy_c, stride_dy_inner, stride_m_outer, stride_m_c, stride_m_byte,
-        RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+    mean, invstd, scale = load_channel_terms(
+        weight_ptr, mean_ptr, invstd_ptr, channels, channel_mask, HAS_WEIGHT
     )
-    dy = dy.to(acc_dtype)
-    x_offsets, _ = tile_offsets(
-        tile, 1, channels, n_outer, n_inner, num_channels,
-        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+    sum_dy, sum_dy_xhat = gradient_sums(
+        dy_ptr, mask_ptr, x_ptr, channels, first_tile, num_tiles, tiles_inner, mean, invstd,
+        n_outer, n_inner, num_channels,
+        stride_dy_outer, stride_dy_c, stride_dy_inner,
+        stride_m_outer, stride_m_c, stride_m_byte,
+        stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
     )
-    x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
-    xhat = tl.where(in_bounds, (x - mean[None, None, :]) * invstd[None, None, :], 0.0)
-    sum_dy = sum_over_tile(dy)
-    sum_dy_xhat = sum_over_tile(dy * xhat)
     tl.store(grad_bias_ptr + channels, sum_dy, mask=channel_mask)
     tl.store(grad_weight_ptr + channels, sum_dy_xhat, mask=channel_mask)
-
-    if HAS_WEIGHT:
-        weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
-    else:
-        weight = tl.full([BLOCK_C], 1.0, acc_dtype)
-    scale = (invstd * weight)[None, None, :]
-    if BATCH_STATS:
-        dx = batch_stats_grad_input(
-            dy, xhat, scale, sum_dy[None, None, :], sum_dy_xhat[None, None, :], n_per_channel
-        )
-    else:
-        dx = dy * scale
-    dx_offsets, _ = tile_offsets(
-        tile, 1, channels, n_outer, n_inner, num_channels,
-        stride_dx_outer, stride_dx_c, stride_dx_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+    grad_input_tiles(
+        dy_ptr, mask_ptr, x_ptr, dx_ptr, grad_residual_ptr, channels, first_tile, num_tiles,
+        tiles_inner,
+        mean, invstd, scale, sum_dy, sum_dy_xhat, n_per_channel, n_outer, n_inner, num_channels,
+        stride_dy_outer, stride_dy_c, stride_dy_inner,
+        stride_m_outer, stride_m_c, stride_m_byte,
+        stride_x_outer, stride_x_c, stride_x_inner,
+        stride_dx_outer, stride_dx_c, stride_dx_inner,
+        stride_dr_outer, stride_dr_c, stride_dr_inner,
+        BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
     )
-    tl.store(dx_ptr + dx_offsets, dx, mask=in_bounds)
-    if WRITE_GRAD_RESIDUAL:
-        dr_offsets, _ = tile_offsets(
-            tile, 1, channels, n_outer, n_inner, num_channels,
-            stride_dr_outer, stride_dr_c, stride_dr_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        tl.store(grad_residual_ptr + dr_offsets, dy, mask=in_bounds)
 
 
 @triton.jit
@@ -133,39 +214,25 @@ def partial_sums_kernel(
     tiles_inner, num_tiles, tiles_per_split,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split].
-
-    Each thread accumulates its own tile positions across tiles; the tile is reduced once, at the end.
-    """
-    acc_dtype = mean_ptr.dtype.element_ty
+    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split]."""
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)[None, None, :]
-    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)[None, None, :]
-    sum_dy = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], acc_dtype)
-    sum_dy_xhat = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], acc_dtype)
+    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
+    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
-    for tile in range(first_tile, last_tile):
-        dy, in_bounds = load_grad_output(
-            dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_dy_outer, stride_dy_c, stride_dy_inner,
-            stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        dy = dy.to(acc_dtype)
-        x_offsets, _ = tile_offsets(
-            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
-        sum_dy += dy
-        sum_dy_xhat += dy * tl.where(in_bounds, (x - mean) * invstd, 0.0)
-
+    sum_dy, sum_dy_xhat = gradient_sums(
+        dy_ptr, mask_ptr, x_ptr, channels, first_tile, last_tile, tiles_inner, mean, invstd,
+        n_outer, n_inner, num_channels,
+        stride_dy_outer, stride_dy_c, stride_dy_inner,
+        stride_m_outer, stride_m_c, stride_m_byte,
+        stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
-    tl.store(out, sum_over_tile(sum_dy), mask=channel_mask)
-    tl.store(out + num_splits * num_channels, sum_over_tile(sum_dy_xhat), mask=channel_mask)
+    tl.store(out, sum_dy, mask=channel_mask)
+    tl.store(out + num_splits * num_channels, sum_dy_xhat, mask=channel_mask)
 
 
 @triton.jit
@@ -205,57 +272,29 @@ def grad_input_kernel(
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Program (channel block, split) writes grad_input on its tiles from the finished sums.
-
-    Without BATCH_STATS (eval mode) grad_input needs only dy, so x and the sums are not read.
-    """
-    acc_dtype = mean_ptr.dtype.element_ty
+    """Program (channel block, split) writes grad_input on its tiles from the finished sums."""
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)[None, None, :]
-    invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
-    if HAS_WEIGHT:
-        weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
-    else:
-        weight = tl.full([BLOCK_C], 1.0, acc_dtype)
-    scale = (invstd * weight)[None, None, :]
-    invstd = invstd[None, None, :]
+    mean, invstd, scale = load_channel_terms(
+        weight_ptr, mean_ptr, invstd_ptr, channels, channel_mask, HAS_WEIGHT
+    )
     # In eval mode these sums are never used, and the launcher may not have computed them.
-    sum_dy = tl.load(grad_bias_ptr + channels, mask=channel_mask, other=0.0)[None, None, :]
-    sum_dy_xhat = tl.load(grad_weight_ptr + channels, mask=channel_mask, other=0.0)[None, None, :]
-
+    sum_dy = tl.load(grad_bias_ptr + channels, mask=channel_mask, other=0.0)
+    sum_dy_xhat = tl.load(grad_weight_ptr + channels, mask=channel_mask, other=0.0)
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
-    for tile in range(first_tile, last_tile):
-        dy, in_bounds = load_grad_output(
-            dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_dy_outer, stride_dy_c, stride_dy_inner,
-            stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        dy = dy.to(acc_dtype)
-        if BATCH_STATS:
-            x_offsets, _ = tile_offsets(
-                tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-                stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-            )
-            x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
-            dx = batch_stats_grad_input(
-                dy, (x - mean) * invstd, scale, sum_dy, sum_dy_xhat, n_per_channel
-            )
-        else:
-            dx = dy * scale
-        dx_offsets, _ = tile_offsets(
-            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_dx_outer, stride_dx_c, stride_dx_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        tl.store(dx_ptr + dx_offsets, dx, mask=in_bounds)
-        if WRITE_GRAD_RESIDUAL:
-            dr_offsets, _ = tile_offsets(
-                tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-                stride_dr_outer, stride_dr_c, stride_dr_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-            )
-            tl.store(grad_residual_ptr + dr_offsets, dy, mask=in_bounds)
+    grad_input_tiles(
+        dy_ptr, mask_ptr, x_ptr, dx_ptr, grad_residual_ptr, channels, first_tile, last_tile,
+        tiles_inner, mean, invstd, scale, sum_dy, sum_dy_xhat, n_per_channel,
+        n_outer, n_inner, num_channels,
+        stride_dy_outer, stride_dy_c, stride_dy_inner,
+        stride_m_outer, stride_m_c, stride_m_byte,
+        stride_x_outer, stride_x_c, stride_x_inner,
+        stride_dx_outer, stride_dx_c, stride_dx_inner,
+        stride_dr_outer, stride_dr_c, stride_dr_inner,
+        BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
 
 
 def batch_norm_backward(
@@ -307,10 +346,10 @@ def batch_norm_backward(
         num_warps=launch.num_warps,
     )
 
-    if need_sums and launch.single_pass:
-        single_pass_backward_kernel[(launch.channel_blocks, 1)](
+    if need_sums and launch.whole_channel:
+        whole_channel_backward_kernel[(launch.channel_blocks, 1)](
             *tensor_args, view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
-            *stride_args, **flags,
+            *stride_args, launch.tiles_inner, launch.num_tiles, **flags,
         )
         return dx, grad_weight, grad_bias, grad_residual
 

@@ -1,7 +1,8 @@
 """BatchNorm forward kernels and their launcher.
 
-Training, when a channel block's whole reduction fits in one tile (single-pass path):
-    single_pass_forward_kernel reads x once, computes mean and variance, writes y.
+Training, when there are enough channel blocks to fill the GPU or a channel fits one tile
+(whole-channel path): whole_channel_forward_kernel gives each program whole channels; it reads them
+once for the statistics and again, from cache, to write y. One launch.
 Training otherwise (split path), with no atomics so results are bitwise reproducible:
     partial_moments_kernel   each program summarises its share of tiles as (count, mean, M2);
     finalize_moments_kernel  combines the shares of each channel in a fixed order;
@@ -73,78 +74,22 @@ def store_output(
 
 
 @triton.jit
-def single_pass_forward_kernel(
-    x_ptr, y_ptr, residual_ptr, mask_ptr, weight_ptr, bias_ptr, mean_ptr, invstd_ptr,
-    running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
-    n_outer, n_inner, num_channels, n_per_channel,
+def shifted_moments(
+    x_ptr, stats_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner, num_channels,
     stride_x_outer, stride_x_c, stride_x_inner,
-    stride_y_outer, stride_y_c, stride_y_inner,
-    stride_r_outer, stride_r_c, stride_r_inner,
-    stride_m_outer, stride_m_c, stride_m_byte,
-    momentum, eps,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    RELU: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program normalises BLOCK_C channels whose whole reduction fits in one tile."""
-    acc_dtype = mean_ptr.dtype.element_ty
-    tile = tl.program_id(1)  # always 0: the single-pass grid has one split of one tile
-    channels = channel_block(BLOCK_C)
-    channel_mask = channels < num_channels
-    x_offsets, in_bounds = tile_offsets(
-        tile, 1, channels, n_outer, n_inner, num_channels,
-        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-    )
-    x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
+    """(count, mean, M2) per channel of tiles [first_tile, last_tile) of x, in stats_ptr's dtype.
 
-    mean = sum_over_tile(x) / n_per_channel
-    centered = tl.where(in_bounds, x - mean[None, None, :], 0.0)
-    var = sum_over_tile(centered * centered) / n_per_channel
-    invstd = store_statistics(
-        channels, channel_mask, mean, var, n_per_channel, eps, momentum,
-        mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
-        UPDATE_RUNNING, CUMULATIVE,
-    )
-
-    weight, bias = load_affine(
-        weight_ptr, bias_ptr, channels, channel_mask, HAS_WEIGHT, HAS_BIAS, acc_dtype
-    )
-    y = centered * (invstd * weight)[None, None, :] + bias[None, None, :]
-    store_output(
-        y, y_ptr, residual_ptr, mask_ptr, tile, 1, channels, in_bounds,
-        n_outer, n_inner, num_channels,
-        stride_y_outer, stride_y_c, stride_y_inner,
-        stride_r_outer, stride_r_c, stride_r_inner,
-        stride_m_outer, stride_m_c, stride_m_byte,
-        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
-    )
-
-
-@triton.jit
-def partial_moments_kernel(
-    x_ptr, partial_ptr,
-    n_outer, n_inner, num_channels,
-    stride_x_outer, stride_x_c, stride_x_inner,
-    tiles_inner, num_tiles, tiles_per_split,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
-
-    Sums are taken of x - shift, where the shift is the mean of the split's first tile, so the
-    squares are of the order of the variance and offset data such as 1000 + randn keeps its
-    precision. Each thread accumulates its own tile positions across tiles; the tile is reduced
-    once, at the end. The result lands in partial[0..2, split, channels] as (count, mean, M2).
+    Sums are taken of x - shift, where the shift is the mean of the first tile, so the squares are
+    of the order of the variance and offset data such as 1000 + randn keeps its precision. Each
+    thread accumulates its own tile positions across tiles; the tile is reduced once, at the end.
     """
-    acc_dtype = partial_ptr.dtype.element_ty
-    split = tl.program_id(1)
-    channels = channel_block(BLOCK_C)
-    first_tile = split * tiles_per_split
-    last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
-
     offsets, in_bounds = tile_offsets(
         first_tile, tiles_inner, channels, n_outer, n_inner, num_channels,
         stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
     )
+    acc_dtype = stats_ptr.dtype.element_ty
     x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
     count = tile_count(first_tile, tiles_inner, n_outer, n_inner, BLOCK_N, BLOCK_S)
     shift = sum_over_tile(x) / count
@@ -166,10 +111,106 @@ def partial_moments_kernel(
     total_dev = sum_over_tile(sum_dev)
     mean = shift + total_dev / n
     m2 = tl.maximum(sum_over_tile(sum_dev2) - total_dev * total_dev / n, 0.0)
+    return n, mean, m2
+
+
+@triton.jit
+def normalize_tiles(
+    x_ptr, y_ptr, residual_ptr, mask_ptr, channels, first_tile, last_tile, tiles_inner,
+    mean, scale, bias, n_outer, n_inner, num_channels,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    stride_y_outer, stride_y_c, stride_y_inner,
+    stride_r_outer, stride_r_c, stride_r_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Write y = (x - mean) * scale + bias, then the epilogue, on tiles [first_tile, last_tile)."""
+    mean = mean[None, None, :]
+    scale = scale[None, None, :]
+    bias = bias[None, None, :]
+    for tile in range(first_tile, last_tile):
+        x_offsets, in_bounds = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+        x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
+        store_output(
+            (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr,
+            tile, tiles_inner, channels, in_bounds, n_outer, n_inner, num_channels,
+            stride_y_outer, stride_y_c, stride_y_inner,
+            stride_r_outer, stride_r_c, stride_r_inner,
+            stride_m_outer, stride_m_c, stride_m_byte,
+            HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
+
+
+@triton.jit
+def whole_channel_forward_kernel(
+    x_ptr, y_ptr, residual_ptr, mask_ptr, weight_ptr, bias_ptr, mean_ptr, invstd_ptr,
+    running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+    n_outer, n_inner, num_channels, n_per_channel,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    stride_y_outer, stride_y_c, stride_y_inner,
+    stride_r_outer, stride_r_c, stride_r_inner,
+    stride_m_outer, stride_m_c, stride_m_byte,
+    tiles_inner, num_tiles, momentum, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    RELU: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One program normalises BLOCK_C whole channels: statistics over all tiles, then y."""
+    acc_dtype = mean_ptr.dtype.element_ty
+    first_tile = tl.program_id(1)  # always 0: the grid has a single split
+    channels = channel_block(BLOCK_C)
+    channel_mask = channels < num_channels
+    _, mean, m2 = shifted_moments(
+        x_ptr, mean_ptr, channels, first_tile, num_tiles, tiles_inner, n_outer, n_inner,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
+    invstd = store_statistics(
+        channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
+        mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+        UPDATE_RUNNING, CUMULATIVE,
+    )
+    weight, bias = load_affine(
+        weight_ptr, bias_ptr, channels, channel_mask, HAS_WEIGHT, HAS_BIAS, acc_dtype
+    )
+    normalize_tiles(
+        x_ptr, y_ptr, residual_ptr, mask_ptr, channels, first_tile, num_tiles, tiles_inner,
+        mean, invstd * weight, bias, n_outer, n_inner, num_channels,
+        stride_x_outer, stride_x_c, stride_x_inner,
+        stride_y_outer, stride_y_c, stride_y_inner,
+        stride_r_outer, stride_r_c, stride_r_inner,
+        stride_m_outer, stride_m_c, stride_m_byte,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
+
+
+@triton.jit
+def partial_moments_kernel(
+    x_ptr, partial_ptr,
+    n_outer, n_inner, num_channels,
+    stride_x_outer, stride_x_c, stride_x_inner,
+    tiles_inner, num_tiles, tiles_per_split,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
+
+    The result lands in partial[0..2, split, channels] as (count, mean, M2).
+    """
+    split = tl.program_id(1)
+    channels = channel_block(BLOCK_C)
+    first_tile = split * tiles_per_split
+    last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
+    count, mean, m2 = shifted_moments(
+        x_ptr, partial_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
     channel_mask = channels < num_channels
-    tl.store(out, tl.zeros([BLOCK_C], acc_dtype) + n, mask=channel_mask)
+    tl.store(out, tl.zeros([BLOCK_C], count.dtype) + count, mask=channel_mask)
     tl.store(out + num_splits * num_channels, mean, mask=channel_mask)
     tl.store(out + 2 * num_splits * num_channels, m2, mask=channel_mask)
 
@@ -259,26 +300,17 @@ def apply_kernel(
     weight, bias = load_affine(
         weight_ptr, bias_ptr, channels, channel_mask, HAS_WEIGHT, HAS_BIAS, acc_dtype
     )
-    scale = (invstd * weight)[None, None, :]
-    mean = mean[None, None, :]
-    bias = bias[None, None, :]
-
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
-    for tile in range(first_tile, last_tile):
-        x_offsets, in_bounds = tile_offsets(
-            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(acc_dtype)
-        store_output(
-            (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr,
-            tile, tiles_inner, channels, in_bounds, n_outer, n_inner, num_channels,
-            stride_y_outer, stride_y_c, stride_y_inner,
-            stride_r_outer, stride_r_c, stride_r_inner,
-            stride_m_outer, stride_m_c, stride_m_byte,
-            HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
+    normalize_tiles(
+        x_ptr, y_ptr, residual_ptr, mask_ptr, channels, first_tile, last_tile, tiles_inner,
+        mean, invstd * weight, bias, n_outer, n_inner, num_channels,
+        stride_x_outer, stride_x_c, stride_x_inner,
+        stride_y_outer, stride_y_c, stride_y_inner,
+        stride_r_outer, stride_r_c, stride_r_inner,
+        stride_m_outer, stride_m_c, stride_m_byte,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+    )
 
 
 def batch_norm_forward(
@@ -338,11 +370,12 @@ def batch_norm_forward(
         UPDATE_RUNNING=update_running, CUMULATIVE=num_batches_tracked is not None
     )
 
-    if use_batch_stats and launch.single_pass:
-        single_pass_forward_kernel[(launch.channel_blocks, 1)](
+    if use_batch_stats and launch.whole_channel:
+        whole_channel_forward_kernel[(launch.channel_blocks, 1)](
             *tensor_args, pointer(num_batches_tracked),
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
-            *stride_args, momentum, eps, **statistics_flags, **flags,
+            *stride_args, launch.tiles_inner, launch.num_tiles, momentum, eps,
+            **statistics_flags, **flags,
         )
         return y, mean, invstd, relu_mask
 

@@ -133,17 +133,20 @@ def relu_mask_like(x: torch.Tensor, view: ChannelView) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LaunchLimits:
-    """Tile budgets, in elements, that decide how a BatchNorm is split into programs."""
+    """Tile budgets, in elements, and grid targets that decide how a BatchNorm is launched."""
 
-    # A channel block whose whole reduction fits in this many elements is done by one program that
-    # reads x once (the single-pass path).
-    single_pass_tile: int = 8192
-    # Otherwise programs stream tiles of this many elements through a split reduction.
+    # A channel block whose whole reduction fits in one tile of this many elements is done by one
+    # whole-channel program on that single tile.
+    single_tile: int = 8192
+    # Otherwise programs stream tiles of this many elements.
     stream_tile: int = 4096
+    # Whole-channel programs (one launch, x re-read from cache) are used when there are at least
+    # this many channel blocks per streaming multiprocessor; with fewer, the reduction is split.
+    whole_channel_blocks_per_sm: float = 2.0
     # Programs to aim for per streaming multiprocessor in the split path.
     programs_per_sm: int = 4
     # Widest channel block used when channels are the contiguous dim.
-    max_channel_block: int = 32
+    max_channel_block: int = 64
 
 
 LIMITS = LaunchLimits()
@@ -157,11 +160,11 @@ class Launch:
     block_s: int  # elements of the inner reduction dim per tile
     block_c: int  # channels per tile (and per program)
     num_warps: int
-    single_pass: bool  # True: one tile covers a channel block's whole reduction
+    whole_channel: bool  # True: each program owns whole channels (grid = channel blocks)
     channel_blocks: int
     tiles_inner: int  # tiles along the inner dim
     num_tiles: int  # tiles per channel block
-    num_splits: int  # programs sharing one channel block's reduction
+    num_splits: int  # programs sharing one channel block's reduction (1 when whole_channel)
     tiles_per_split: int
 
 
@@ -182,18 +185,19 @@ def _warps_for(tile: int) -> int:
 def choose_launch(
     view: ChannelView, x: torch.Tensor, min_block_s: int = 1, limits: LaunchLimits | None = None
 ) -> Launch:
-    """Pick tile sizes, the single-pass or split path, and the number of splits for ``x``.
+    """Pick tile sizes, the whole-channel or split path, and the number of splits for ``x``.
 
     ``min_block_s`` is the smallest inner tile allowed (8 when a packed ReLU mask is involved).
     """
-    return _choose_launch(view, channels_contiguous(x), x.device, min_block_s, limits or LIMITS)
+    sms = _multiprocessors(x.device)
+    return _choose_launch(view, channels_contiguous(x), sms, min_block_s, limits or LIMITS)
 
 
 @functools.lru_cache(maxsize=4096)
 def _choose_launch(
     view: ChannelView,
     channels_are_contiguous: bool,
-    device: torch.device,
+    sms: int,
     min_block_s: int,
     limits: LaunchLimits,
 ) -> Launch:
@@ -204,39 +208,31 @@ def _choose_launch(
     channel_blocks = math.ceil(view.num_channels / block_c)
 
     whole_n, whole_s = _pow2(view.n_outer), max(_pow2(view.n_inner), min_block_s)
-    if whole_n * whole_s * block_c <= limits.single_pass_tile:
-        return Launch(
-            block_n=whole_n,
-            block_s=whole_s,
-            block_c=block_c,
-            num_warps=_warps_for(whole_n * whole_s * block_c),
-            single_pass=True,
-            channel_blocks=channel_blocks,
-            tiles_inner=1,
-            num_tiles=1,
-            num_splits=1,
-            tiles_per_split=1,
-        )
-
-    per_channel_tile = max(limits.stream_tile // block_c, 1)
-    block_s = max(min(whole_s, per_channel_tile), min_block_s)
-    block_n = min(whole_n, max(per_channel_tile // block_s, 1))
+    if whole_n * whole_s * block_c <= limits.single_tile:
+        block_n, block_s = whole_n, whole_s
+    else:
+        per_channel_tile = max(limits.stream_tile // block_c, 1)
+        block_s = max(min(whole_s, per_channel_tile), min_block_s)
+        block_n = min(whole_n, max(per_channel_tile // block_s, 1))
     tiles_inner = math.ceil(view.n_inner / block_s)
     num_tiles = math.ceil(view.n_outer / block_n) * tiles_inner
 
-    target_programs = limits.programs_per_sm * _multiprocessors(device)
-    wanted_splits = min(max(target_programs // channel_blocks, 1), num_tiles)
+    if num_tiles == 1 or channel_blocks >= limits.whole_channel_blocks_per_sm * sms:
+        wanted_splits = 1
+    else:
+        wanted_splits = min(max(limits.programs_per_sm * sms // channel_blocks, 1), num_tiles)
     tiles_per_split = math.ceil(num_tiles / wanted_splits)
+    num_splits = math.ceil(num_tiles / tiles_per_split)
     return Launch(
         block_n=block_n,
         block_s=block_s,
         block_c=block_c,
         num_warps=_warps_for(block_n * block_s * block_c),
-        single_pass=False,
+        whole_channel=num_splits == 1,
         channel_blocks=channel_blocks,
         tiles_inner=tiles_inner,
         num_tiles=num_tiles,
-        num_splits=math.ceil(num_tiles / tiles_per_split),
+        num_splits=num_splits,
         tiles_per_split=tiles_per_split,
     )
 

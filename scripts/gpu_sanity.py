@@ -60,15 +60,16 @@ def check_case(shape, dtype, channels_last, limits, residual_on, relu) -> float:
 
 
 def correctness() -> bool:
-    small = layout.LaunchLimits(single_pass_tile=256, stream_tile=128, programs_per_sm=1)
+    split = layout.LaunchLimits(single_tile=256, stream_tile=128, whole_channel_blocks_per_sm=1e9)
+    whole = layout.LaunchLimits(single_tile=256, stream_tile=128, whole_channel_blocks_per_sm=0)
     ok = True
     cases = [
         ((64, 37), False), ((8, 24, 33), False), ((16, 40, 9, 11), False), ((16, 40, 9, 11), True),
         ((4, 12, 3, 5, 7), False), ((4, 12, 3, 5, 7), True), ((2, 8, 64, 64), False),
     ]
     for shape, cl in cases:
-        for dtype in TOLERANCE:
-            for limits in (layout.LaunchLimits(), small):
+        for dtype in (torch.float16, torch.bfloat16) if cl else (torch.float32, torch.float16):
+            for limits in (layout.LaunchLimits(), split, whole):
                 for residual_on, relu in ((False, False), (True, True)):
                     error = check_case(shape, dtype, cl, limits, residual_on, relu)
                     good = error < TOLERANCE[dtype] and math.isfinite(error)
@@ -102,9 +103,10 @@ def timing() -> None:
               (64, 2048, 7, 7), (32, 16, 256, 256)]
     variants = {
         "default": layout.LaunchLimits(),
-        "sp16k": layout.LaunchLimits(single_pass_tile=16384),
+        "split": layout.LaunchLimits(whole_channel_blocks_per_sm=1e9),
+        "whole": layout.LaunchLimits(whole_channel_blocks_per_sm=0),
         "st8k": layout.LaunchLimits(stream_tile=8192),
-        "c64": layout.LaunchLimits(max_channel_block=64),
+        "c32": layout.LaunchLimits(max_channel_block=32),
     }
     print("fwd+bwd ms (median), fp16: torch eager | fusedbn variants")
     for shape in shapes:

@@ -35,9 +35,22 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 # channel counts used in the tests (3 and 5). The multiprocessor count is pinned too, so the number of
 # splits is the same on the CPU and on any GPU.
 SPLIT_LIMITS = layout.LaunchLimits(
-    single_pass_tile=32, stream_tile=16, programs_per_sm=8, max_channel_block=4
+    single_tile=32,
+    stream_tile=16,
+    programs_per_sm=8,
+    max_channel_block=4,
+    whole_channel_blocks_per_sm=float("inf"),
 )
 SPLIT_MULTIPROCESSORS = 2
+# Limits that give each program whole channels streamed through several small tiles.
+WHOLE_CHANNEL_LIMITS = layout.LaunchLimits(
+    single_tile=32, stream_tile=16, max_channel_block=4, whole_channel_blocks_per_sm=0
+)
+PATH_LIMITS = {
+    "single": layout.LaunchLimits(),
+    "whole": WHOLE_CHANNEL_LIMITS,
+    "split": SPLIT_LIMITS,
+}
 
 
 def _assert_close(actual, expected, dtype=None, scale=None, msg=""):
@@ -81,21 +94,23 @@ class LaunchPath:
 
     def check(self) -> None:
         """Assert that kernels were launched and every launch took the forced path."""
-        assert self.launches, "no kernel launch was recorded"
-        if self.split:
-            assert not any(launch.single_pass for launch in self.launches), self.launches
-            assert any(launch.num_splits > 1 for launch in self.launches), self.launches
+        launches = self.launches
+        assert launches, "no kernel launch was recorded"
+        if self.name == "split":
+            assert not any(launch.whole_channel for launch in launches), launches
+            assert any(launch.num_splits > 1 for launch in launches), launches
+        elif self.name == "whole":
+            assert all(launch.whole_channel for launch in launches), launches
+            assert any(launch.num_tiles > 1 for launch in launches), launches
         else:
-            assert all(launch.single_pass for launch in self.launches), self.launches
+            assert all(launch.whole_channel and launch.num_tiles == 1 for launch in launches), launches
 
 
 def _force_path(monkeypatch, name: str) -> LaunchPath:
     path = LaunchPath(name)
+    monkeypatch.setattr(layout, "LIMITS", PATH_LIMITS[name])
     if name == "split":
-        monkeypatch.setattr(layout, "LIMITS", SPLIT_LIMITS)
         monkeypatch.setattr(layout, "_multiprocessors", lambda device: SPLIT_MULTIPROCESSORS)
-    else:
-        monkeypatch.setattr(layout, "LIMITS", layout.LaunchLimits())
     original = layout.choose_launch
 
     def recording_choose_launch(*args, **kwargs):
@@ -108,9 +123,10 @@ def _force_path(monkeypatch, name: str) -> LaunchPath:
     return path
 
 
-@pytest.fixture(params=["single", "split"])
+@pytest.fixture(params=list(PATH_LIMITS))
 def launch_path(request, monkeypatch) -> LaunchPath:
-    """Run the test once with the default limits (single-pass path) and once with SPLIT_LIMITS."""
+    """Run the test on each launch path: one tile per channel block (the default limits for small
+    shapes), whole channels streamed through several tiles, and the split reduction."""
     return _force_path(monkeypatch, request.param)
 
 
@@ -122,7 +138,7 @@ def split_path(monkeypatch) -> LaunchPath:
 
 @pytest.fixture
 def single_path(monkeypatch) -> LaunchPath:
-    """Force the single-pass path with the default limits."""
+    """Force the one-tile whole-channel path with the default limits."""
     return _force_path(monkeypatch, "single")
 
 

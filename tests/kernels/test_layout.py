@@ -208,10 +208,11 @@ def check_launch(launch, view, limits, min_block_s=1):
         covered += tiles
     assert covered == list(range(launch.num_tiles))
     tile = launch.block_n * launch.block_s * launch.block_c
-    if launch.single_pass:
-        assert launch.num_tiles == launch.num_splits == launch.tiles_per_split == 1
+    if launch.whole_channel:
+        assert launch.num_splits == 1 and launch.tiles_per_split == launch.num_tiles
+    if launch.num_tiles == 1:
         assert launch.block_n >= view.n_outer and launch.block_s >= view.n_inner
-        assert tile <= limits.single_pass_tile
+        assert tile <= limits.single_tile
     else:
         assert tile <= max(limits.stream_tile, launch.block_c * min_block_s)
 
@@ -228,9 +229,15 @@ SHAPES = [
 ]
 LIMITS_CASES = {
     "default": LaunchLimits(),
-    "tiny": LaunchLimits(single_pass_tile=32, stream_tile=16, programs_per_sm=8, max_channel_block=4),
-    "one-program": LaunchLimits(single_pass_tile=1, stream_tile=1, programs_per_sm=1, max_channel_block=1),
-    "wide": LaunchLimits(single_pass_tile=256, stream_tile=128, programs_per_sm=3, max_channel_block=64),
+    "tiny": LaunchLimits(
+        single_tile=32, stream_tile=16, programs_per_sm=8, max_channel_block=4,
+        whole_channel_blocks_per_sm=float("inf"),
+    ),
+    "one-program": LaunchLimits(single_tile=1, stream_tile=1, programs_per_sm=1, max_channel_block=1),
+    "wide": LaunchLimits(single_tile=256, stream_tile=128, programs_per_sm=3, max_channel_block=64),
+    "whole-channel": LaunchLimits(
+        single_tile=32, stream_tile=16, max_channel_block=4, whole_channel_blocks_per_sm=0
+    ),
 }
 
 
@@ -251,21 +258,25 @@ def test_launch_covers_everything(kind, shape, limits_name, min_block_s, monkeyp
     view = channel_view(x)
     launch = choose_launch(view, x, min_block_s=min_block_s, limits=limits)
     check_launch(launch, view, limits, min_block_s)
-    # The path follows the limits: single-pass exactly when the whole channel block fits one tile.
+    # The path follows the limits: one tile exactly when the whole channel block fits in one, and
+    # whole-channel programs when there are enough channel blocks to fill the machine.
     whole = (
         layout._pow2(view.n_outer) * max(layout._pow2(view.n_inner), min_block_s) * launch.block_c
     )
-    assert launch.single_pass == (whole <= limits.single_pass_tile)
+    assert (launch.num_tiles == 1) == (whole <= limits.single_tile)
+    if launch.channel_blocks >= limits.whole_channel_blocks_per_sm * 2:
+        assert launch.whole_channel
 
 
 def test_default_limits_module_global_is_used(monkeypatch):
     x = torch.empty(3, 5, 7, 6, device="meta")
     view = channel_view(x)
-    assert choose_launch(view, x).single_pass
+    launch = choose_launch(view, x)
+    assert launch.whole_channel and launch.num_tiles == 1
     monkeypatch.setattr(layout, "LIMITS", LIMITS_CASES["tiny"])
     monkeypatch.setattr(layout, "_multiprocessors", lambda device: 2)
     launch = choose_launch(view, x)
-    assert not launch.single_pass and launch.num_splits > 1
+    assert not launch.whole_channel and launch.num_splits > 1
 
 
 def test_channels_contiguous_layouts_block_channels():
@@ -274,7 +285,8 @@ def test_channels_contiguous_layouts_block_channels():
     assert choose_launch(channel_view(x), x, limits=limits).block_c == 8
     x = torch.empty(4, 100, 3, 3).to(memory_format=torch.channels_last)
     launch = choose_launch(channel_view(x), x, limits=limits)
-    assert launch.block_c == limits.max_channel_block and launch.channel_blocks == 4
+    assert launch.block_c == limits.max_channel_block
+    assert launch.channel_blocks == math.ceil(100 / limits.max_channel_block)
     x = torch.empty(4, 100, 3, 3)
     assert choose_launch(channel_view(x), x, limits=limits).block_c == 1
 
@@ -285,7 +297,7 @@ def test_split_count_follows_programs_per_multiprocessor(monkeypatch):
     view = channel_view(x)
     counts = []
     for programs_per_sm in (1, 4, 16):
-        limits = LaunchLimits(single_pass_tile=64, stream_tile=64, programs_per_sm=programs_per_sm)
+        limits = LaunchLimits(single_tile=64, stream_tile=64, programs_per_sm=programs_per_sm)
         launch = choose_launch(view, x, limits=limits)
         check_launch(launch, view, limits)
         counts.append(launch.num_splits)
@@ -296,7 +308,7 @@ def test_split_count_follows_programs_per_multiprocessor(monkeypatch):
 def test_all_small_shapes_cover_exactly(monkeypatch):
     """A sweep of odd sizes on tiny limits: every launch covers its tiles exactly."""
     monkeypatch.setattr(layout, "_multiprocessors", lambda device: 3)
-    limits = LaunchLimits(single_pass_tile=16, stream_tile=8, programs_per_sm=5, max_channel_block=4)
+    limits = LaunchLimits(single_tile=16, stream_tile=8, programs_per_sm=5, max_channel_block=4)
     for n, c, s in itertools.product((1, 2, 3, 7, 17), (1, 3, 6), (1, 5, 9, 33)):
         for x in (torch.empty(n, c, s, device="meta"), torch.empty(n, s, c).transpose(1, 2)):
             view = channel_view(x)
