@@ -249,22 +249,8 @@ def test_a_killed_worker_loses_no_finished_trial_and_its_trial_is_rerun(
     tmp_path: Path, start_tune: Callable
 ) -> None:
     url = f"journal:///{tmp_path}/study.log"
-    args = [
-        "--storage",
-        url,
-        "--study-name",
-        "r",
-        "--trials",
-        "6",
-        "--stages",
-        "1",
-        "--epochs",
-        "4",
-        "--grace-period",
-        "2",
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    args = ["--storage", url, "--study-name", "r", "--trials", "5", "--stages", "1", "--epochs", "3"]
+    args += ["--grace-period", "2", "--out", str(tmp_path / "out")]
 
     def trials() -> list[optuna.trial.FrozenTrial]:
         try:
