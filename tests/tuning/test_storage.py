@@ -12,6 +12,7 @@ from fusedbn.tuning.storage import (
     FAILURE_ATTR,
     HEARTBEAT_ATTR,
     StorageError,
+    display_url,
     fail_stale_trials,
     heartbeat,
     open_storage,
@@ -80,3 +81,14 @@ def test_postgresql_storage_holds_a_study(postgres_url: str) -> None:
     reopened = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
     assert [t.params for t in reopened.trials] == [t.params for t in study.trials]
     optuna.delete_study(study_name=name, storage=postgres_url)
+
+
+def test_passwords_are_hidden_when_urls_are_shown() -> None:
+    assert (
+        display_url("postgresql+psycopg2://me:secret@db.example/tune")
+        == "postgresql+psycopg2://me:***@db.example/tune"
+    )
+    assert display_url("sqlite:///runs/study.db") == "sqlite:///runs/study.db"
+    with pytest.raises(StorageError) as error:
+        open_storage("postgresql+psycopg2://me:secret@127.0.0.1:9/db")
+    assert "secret" not in str(error.value)

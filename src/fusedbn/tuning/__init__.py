@@ -34,7 +34,7 @@ from fusedbn.tuning.plots import write_plots
 from fusedbn.tuning.report import format_summary, summarize, write_summary
 from fusedbn.tuning.search import SearchConfig, TuningError, TuningResult, tune
 from fusedbn.tuning.space import Param, SpaceError, default_space
-from fusedbn.tuning.storage import StorageError
+from fusedbn.tuning.storage import StorageError, display_url
 from fusedbn.tuning.training import Task
 
 
@@ -48,7 +48,8 @@ def report(result: TuningResult, out_dir: str | Path) -> str:
     summary = summarize(result)
     written = [write_summary(summary, out_dir), *write_plots(result, summary, out_dir)]
     files = ", ".join(path.name for path in written)
-    return f"{format_summary(summary)}\nWrote {files} to {out_dir}/ (study in {result.config.storage})"
+    storage = display_url(result.config.storage)
+    return f"{format_summary(summary)}\nWrote {files} to {out_dir}/ (study in {storage})"
 
 
 __all__ = [

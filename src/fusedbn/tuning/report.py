@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fusedbn.tuning.search import TuningResult
-from fusedbn.tuning.storage import FAILURE_ATTR
+from fusedbn.tuning.storage import FAILURE_ATTR, display_url
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 SUMMARY_FILE = "summary.json"
@@ -67,7 +67,7 @@ def summarize(result: TuningResult) -> dict[str, Any]:
     measured = importances(result)
     return {
         "study_name": config.study_name,
-        "storage": config.storage,
+        "storage": display_url(config.storage),
         "objective": "validation accuracy (maximised)",
         "sampler": config.sampler,
         "seed": config.seed,

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
@@ -64,7 +65,17 @@ def open_storage(url: str) -> BaseStorage:
         return RDBStorage(url, engine_kwargs={"connect_args": connect_args})
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise StorageError(f"cannot open storage {url!r}: {reason}") from error
+        raise StorageError(f"cannot open storage {display_url(url)!r}: {reason}") from error
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for printing and for the summary file."""
+    if url.startswith("journal:"):
+        return url
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
 
 
 @contextmanager
