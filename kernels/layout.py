@@ -172,7 +172,9 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+@functools.lru_cache(maxsize=64)
 def _multiprocessors(device: torch.device) -> int:
+    # Cached: get_device_properties costs tens of microseconds, a large part of a small launch.
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2

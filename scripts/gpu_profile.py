@@ -1,76 +1,106 @@
-"""Where a fused BatchNorm's time goes on CUDA: host overhead per call and device time per kernel.
+"""Where the host time of a fused BatchNorm goes on CUDA (the autograd backward runs on another thread,
+so the pieces are timed with wall clocks around them rather than with cProfile).
 
-1. Host: fwd+bwd of a small layer back to back, CPU-bound, under cProfile (top functions).
-2. Device: torch.profiler's per-kernel device time for a few large layers, with the bandwidth
-   each kernel reached (bytes it must move over its time).
+For a small layer, run fwd+bwd back to back (host-bound) and print the mean microseconds spent per
+call in: the whole step, the autograd Function's forward and backward, the launchers, every Triton
+kernel launch, and the layout/launch planning.
 """
 
-import cProfile
-import pstats
+import collections
+import functools
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+import triton.runtime.jit
 
 import fusedbn
+from fusedbn import autograd
+from fusedbn.kernels import backward, forward, layout
 
 DEVICE = torch.device("cuda")
+SPENT: dict[str, float] = collections.defaultdict(float)
 
 
-def fwd_bwd(module, x, grad):
-    return torch.autograd.grad(module(x), (x, module.weight, module.bias), grad)
-
-
-def host_overhead() -> None:
-    for name, factory in (("torch", torch.nn.BatchNorm2d), ("fusedbn", fusedbn.FusedBatchNorm2d)):
-        module = factory(64, device=DEVICE)
-        x = torch.randn(8, 64, 8, 8, device=DEVICE, dtype=torch.float16, requires_grad=True)
-        grad = torch.randn_like(x)
-        for _ in range(20):
-            fwd_bwd(module, x, grad)
-        torch.cuda.synchronize()
+def timed(name, fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
         start = time.perf_counter()
-        for _ in range(200):
-            fwd_bwd(module, x, grad)
-        torch.cuda.synchronize()
-        print(f"host-bound fwd+bwd {name}: {(time.perf_counter() - start) / 200 * 1e6:.0f} us/call")
-        if name == "fusedbn":
-            profiler = cProfile.Profile()
-            profiler.enable()
-            for _ in range(200):
-                fwd_bwd(module, x, grad)
-            profiler.disable()
-            torch.cuda.synchronize()
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            SPENT[name] += time.perf_counter() - start
+
+    return wrapper
 
 
-def device_time() -> None:
-    shapes = [(64, 64, 112, 112), (64, 256, 56, 56), (64, 1024, 14, 14), (32, 16, 256, 256)]
-    for shape in shapes:
-        for channels_last in (False, True):
-            x = torch.randn(shape, device=DEVICE, dtype=torch.float16) + 1
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            x.requires_grad_(True)
-            grad = torch.randn_like(x)
-            module = fusedbn.FusedBatchNorm2d(shape[1], device=DEVICE)
-            fwd_bwd(module, x, grad)
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    fwd_bwd(module, x, grad)
-                torch.cuda.synchronize()
-            tensor_bytes = x.numel() * x.element_size()
-            layout = "NHWC" if channels_last else "NCHW"
-            parts = []
-            for event in prof.key_averages():
-                us = event.device_time_total / max(event.count, 1)
-                if us > 1:
-                    parts.append(f"{event.key[:28]}={us:.0f}us")
-            print(f"{shape} {layout} ({tensor_bytes / 1e6:.0f} MB): " + ", ".join(parts))
+def instrument() -> None:
+    forward.batch_norm_forward = timed("launcher fwd", forward.batch_norm_forward)
+    backward.batch_norm_backward = timed("launcher bwd", backward.batch_norm_backward)
+    autograd.batch_norm_forward = forward.batch_norm_forward
+    autograd.batch_norm_backward = backward.batch_norm_backward
+    for module in (forward, backward):
+        module.fold_input = timed("fold_input", module.fold_input)
+        module.choose_launch = timed("choose_launch", module.choose_launch)
+    function = autograd.FusedBatchNormFunction
+    function.forward = staticmethod(timed("Function.forward", function.forward))
+    function.backward = staticmethod(timed("Function.backward", function.backward))
+    run = triton.runtime.jit.JITFunction.run
+
+    def timed_run(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            SPENT[f"launch {self.fn.__name__}"] += time.perf_counter() - start
+
+    triton.runtime.jit.JITFunction.run = timed_run
+
+
+def measure(shape, channels_last, label, calls=300) -> None:
+    module = fusedbn.FusedBatchNorm2d(shape[1], device=DEVICE)
+    x = torch.randn(shape, device=DEVICE, dtype=torch.float16)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    grad = torch.randn_like(x)
+    for _ in range(20):
+        torch.autograd.grad(module(x), (x, module.weight, module.bias), grad)
+    torch.cuda.synchronize()
+    SPENT.clear()
+    start = time.perf_counter()
+    for _ in range(calls):
+        torch.autograd.grad(module(x), (x, module.weight, module.bias), grad)
+    torch.cuda.synchronize()
+    total = (time.perf_counter() - start) / calls * 1e6
+    parts = ", ".join(f"{k} {v / calls * 1e6:.0f}" for k, v in sorted(SPENT.items()))
+    print(f"{label}: step {total:.0f} us | {parts}")
+    fwd_only = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(calls):
+            module(x)
+    torch.cuda.synchronize()
+    print(f"{label}: forward alone (no_grad) {(time.perf_counter() - fwd_only) / calls * 1e6:.0f} us")
+
+
+def main() -> None:
+    print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
+    eager = torch.nn.BatchNorm2d(64, device=DEVICE)
+    x = torch.randn(8, 64, 8, 8, device=DEVICE, dtype=torch.float16, requires_grad=True)
+    grad = torch.randn_like(x)
+    for _ in range(20):
+        torch.autograd.grad(eager(x), (x, eager.weight, eager.bias), grad)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(300):
+        torch.autograd.grad(eager(x), (x, eager.weight, eager.bias), grad)
+    torch.cuda.synchronize()
+    print(f"torch eager small: step {(time.perf_counter() - start) / 300 * 1e6:.0f} us")
+    instrument()
+    measure((8, 64, 8, 8), False, "whole-channel small NCHW")
+    measure((64, 64, 28, 28), True, "split NHWC")
+    layout.LIMITS = layout.LaunchLimits(whole_channel_blocks_per_sm=1e9)
+    measure((64, 512, 7, 7), False, "split NCHW")
 
 
 if __name__ == "__main__":
-    print(torch.cuda.get_device_name())
-    host_overhead()
-    device_time()
+    main()
