@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--margin",
         type=float,
         default=0.1,
-        help="widening of the narrowed bounds, per side, as a fraction of the previous width",
+        help="widening of the narrowed bounds, per side, as a fraction of the previous width (default: 0.1)",
     )
     parser.add_argument(
         "--range",
@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--grace-period",
         type=float,
         default=30.0,
-        help="seconds without heartbeat after which a running trial counts as lost",
+        help="seconds without heartbeat after which a running trial counts as lost (default: 30)",
     )
     parser.add_argument(
         "--out", default=DEFAULT_OUT, help=f"folder for summary.json and plots ({DEFAULT_OUT})"
