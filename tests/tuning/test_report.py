@@ -84,3 +84,19 @@ def test_summary_is_written_as_json_and_printed(tiny_result: TuningResult, tmp_p
     assert "Stage 2 (tiny-stage2)" in text
     assert "momentum" in text and "one_minus" not in text
     assert "Tier order:" in text
+
+
+def test_a_long_tier_disagreement_list_is_shortened_in_the_text(tiny_result: TuningResult) -> None:
+    summary = summarize(tiny_result)
+    order = ["a", "b", "c", "d"]
+    summary["importances"] = dict(zip(order, (0.4, 0.3, 0.2, 0.1), strict=True))
+    summary["tuned"] = {name: {"tier": 4 - i, "scale": "linear"} for i, name in enumerate(order)}
+    summary["tier_check"] = {
+        "measured_order": order,
+        "tier_order": order[::-1],
+        "disagreements": tier_disagreements(summary["importances"], {n: 4 - i for i, n in enumerate(order)}),
+    }
+    line = format_summary(summary).splitlines()[-1]
+    # Every one of the 6 pairs is inverted: 3 shown, 3 left to the JSON file.
+    assert line.startswith("Tier order: differs in 6 pair(s): a (tier 4) ranks above b (tier 3);")
+    assert line.endswith("; and 3 more (see summary.json)")

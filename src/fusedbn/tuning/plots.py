@@ -2,7 +2,8 @@
 
 - ``history.png``: accuracy of every trial in the order they ran, stage by stage, and the best so far.
 - ``learning_rate.png``: accuracy against the learning rate on a log axis.
-- ``beta.png``: accuracy against the first tuned beta, on a log axis of 1 - beta labelled in beta.
+- ``beta.png``: accuracy against the momentum beta (SGD's ``momentum`` or Adam's ``adam_beta1``; else the
+  first tuned beta), on a log axis of 1 - beta labelled in beta.
 - ``learning_rate_beta.png``: learning rate x beta, coloured by accuracy, with accuracy contours.
 - ``importances.png``: parameter importances from the summary, coloured by tier.
 
@@ -27,6 +28,7 @@ from fusedbn.tuning.space import Param  # noqa: E402
 
 STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 MIN_POINTS_FOR_CONTOUR = 8
+MOMENTUM_BETAS = ("momentum", "adam_beta1")
 
 
 def _accuracy(trial: FrozenTrial) -> float | None:
@@ -190,7 +192,10 @@ def write_plots(result: TuningResult, summary: dict[str, Any], out_dir: Path) ->
     out_dir = Path(out_dir)
     tuned = {p.name: p for p in result.tuned}
     lr = tuned.get("learning_rate")
-    beta = next((p for p in sorted(result.tuned, key=lambda p: p.tier) if p.scale == "log-near-1"), None)
+    betas = sorted(
+        (p for p in result.tuned if p.scale == "log-near-1"), key=lambda p: p.name not in MOMENTUM_BETAS
+    )
+    beta = betas[0] if betas else None
     written = [out_dir / "history.png"]
     _history(result, written[-1])
     if lr is not None:

@@ -19,6 +19,7 @@ from fusedbn.tuning.storage import FAILURE_ATTR, display_url
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 SUMMARY_FILE = "summary.json"
+MAX_DISAGREEMENTS_SHOWN = 3
 
 
 def importances(result: TuningResult) -> dict[str, float] | None:
@@ -65,6 +66,7 @@ def summarize(result: TuningResult) -> dict[str, Any]:
             }
         )
     measured = importances(result)
+    summary_complete = stages[0]["complete"]
     return {
         "study_name": config.study_name,
         "storage": display_url(config.storage),
@@ -82,7 +84,7 @@ def summarize(result: TuningResult) -> dict[str, Any]:
         "stages": stages,
         "importances": measured,
         "importance_note": (
-            "fANOVA on stage 1"
+            f"fANOVA on the {summary_complete} complete trials of stage 1"
             if measured is not None
             else f"not computed: needs >= 2 tuned parameters and >= {MIN_TRIALS_FOR_IMPORTANCE} complete "
             "trials in stage 1"
@@ -137,10 +139,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         lines.append(f"Importances ({summary['importance_note']}): {ranked}")
         disagreements = summary["tier_check"]["disagreements"]
-        lines.append(
-            "Tier order: "
-            + ("matches the measured order" if not disagreements else "differs: " + "; ".join(disagreements))
-        )
+        if not disagreements:
+            lines.append("Tier order: matches the measured order")
+        else:
+            shown = "; ".join(disagreements[:MAX_DISAGREEMENTS_SHOWN])
+            more = len(disagreements) - MAX_DISAGREEMENTS_SHOWN
+            tail = f"; and {more} more (see {SUMMARY_FILE})" if more > 0 else ""
+            lines.append(f"Tier order: differs in {len(disagreements)} pair(s): {shown}{tail}")
     return "\n".join(lines)
 
 
