@@ -44,7 +44,7 @@ SPLIT_LIMITS = layout.LaunchLimits(
 SPLIT_MULTIPROCESSORS = 2
 # Limits that give each program whole channels streamed through several small tiles.
 WHOLE_CHANNEL_LIMITS = layout.LaunchLimits(
-    single_tile=32, stream_tile=16, max_channel_block=4, whole_channel_blocks_per_sm=0
+    single_tile=16, stream_tile=16, max_channel_block=4, whole_channel_blocks_per_sm=0
 )
 PATH_LIMITS = {
     "single": layout.LaunchLimits(),
