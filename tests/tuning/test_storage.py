@@ -1,5 +1,6 @@
 """Storage URLs, heartbeats and the failing of stale trials (fusedbn.tuning.storage)."""
 
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -92,3 +93,23 @@ def test_passwords_are_hidden_when_urls_are_shown() -> None:
     with pytest.raises(StorageError) as error:
         open_storage("postgresql+psycopg2://me:secret@127.0.0.1:9/db")
     assert "secret" not in str(error.value)
+
+
+def test_workers_opening_a_new_database_together_all_succeed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/new.db"
+    start = threading.Barrier(4)
+    errors: list[Exception] = []
+
+    def open_together() -> None:
+        start.wait()
+        try:
+            open_storage(url)
+        except StorageError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_together) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -33,6 +33,7 @@ HEARTBEAT_ATTR = "heartbeat"
 FAILURE_ATTR = "failure"
 SQLITE_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
+TABLE_RACE_RETRIES = 3
 
 
 class StorageError(RuntimeError):
@@ -62,7 +63,7 @@ def open_storage(url: str) -> BaseStorage:
             connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
         else:
             connect_args = {}
-        return RDBStorage(url, engine_kwargs={"connect_args": connect_args})
+        return _rdb_storage(url, connect_args)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise StorageError(f"cannot open storage {display_url(url)!r}: {reason}") from error
@@ -76,6 +77,21 @@ def display_url(url: str) -> str:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError:
         return url
+
+
+def _rdb_storage(url: str, connect_args: dict[str, int]) -> RDBStorage:
+    """Open a database storage. Workers that open a new database at the same time race to create its
+    tables; the losers get an integrity error or "already exists" and succeed on a second try."""
+    retries = 0
+    while True:
+        try:
+            return RDBStorage(url, engine_kwargs={"connect_args": connect_args})
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            lost_race = isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
+            if not lost_race or retries == TABLE_RACE_RETRIES:
+                raise
+            retries += 1
+            time.sleep(0.2 * retries)
 
 
 @contextmanager
