@@ -18,10 +18,17 @@ TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @pytest.fixture(autouse=True)
-def no_tf32(monkeypatch):
-    """On CUDA, convolutions may run in TF32 (10-bit mantissa), which would swamp the comparison."""
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def no_tf32():
+    """On CUDA, convolutions may run in TF32 (10-bit mantissa), which would swamp the comparison.
+
+    Set and restored by hand: these flags are properties, which monkeypatch cannot always undo.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
 FUSED_BN = (FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d)
 
 
