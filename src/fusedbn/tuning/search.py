@@ -18,8 +18,10 @@ once their heartbeat is older than ``grace_period_s`` and their budget is run ag
 
 Sampling: ``"random"`` draws each value from a generator seeded by (seed, stage, trial number,
 parameter), so the same seed gives the same values whatever the worker or restart, and no two trials
-of a study share their draws. ``"tpe"`` is Optuna's TPE seeded by (seed, stage, trials already in the
-stage): reproducible for one worker on a fresh study; give each concurrent TPE worker its own seed.
+of a study share their draws. ``"tpe"`` is Optuna's TPE (its first min(10, trials // 2) trials are
+random) seeded by (seed, stage, trials already in the stage): reproducible for one worker on a fresh
+study; give each concurrent TPE worker its own seed. Every stage prunes with Optuna's median pruner from
+its 6th trial on, comparing accuracies from the second epoch.
 
 Failures: a diverging trial is PRUNED with its reason in the user attribute ``failure`` (see
 :mod:`fusedbn.tuning.training`); a CUDA out-of-memory error fails that one trial (reason in ``failure``)
