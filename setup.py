@@ -16,6 +16,7 @@ setup(
         "triton>=3.0",
         "numpy",
         "optuna>=4.0",
+        "sqlalchemy",
         "scikit-learn",
         "matplotlib",
         "tqdm",
