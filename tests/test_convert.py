@@ -11,6 +11,7 @@ from fusedbn import (
     FusedBatchNorm2d,
     FusedBatchNorm3d,
     convert_model,
+    fuse_batchnorm_relu,
     revert_model,
 )
 
@@ -241,3 +242,49 @@ def test_optimizer_built_before_conversion_updates_converted_model(device, asser
     assert not torch.equal(model.layer1.bn1.weight, bn_weight_before)
     for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
         assert_close(p, q, msg=name)
+
+
+def _sequential_net(device):
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(6, 6, 3, padding=1, bias=False),
+        FusedBatchNorm2d(6),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4)),  # BN without a ReLU
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 7, bias=False),
+        nn.BatchNorm1d(7),
+        nn.ReLU(),
+    )
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return net.to(device)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fuse_batchnorm_relu_keeps_results(training, device, assert_close):
+    reference = _sequential_net(device).train(training)
+    fused = fuse_batchnorm_relu(copy.deepcopy(reference))
+    # Every BatchNorm -> ReLU pair became one fused module and an Identity; the lone BN stayed as it was.
+    assert [type(m) for m in fused[:6]] == [
+        nn.Conv2d, FusedBatchNorm2d, nn.Identity, nn.Conv2d, FusedBatchNorm2d, nn.Identity
+    ]
+    assert fused[1].activation == fused[4].activation == fused[9].activation == "relu"
+    assert type(fused[6][1]) is nn.BatchNorm2d and type(fused[10]) is nn.Identity
+    x = torch.randn(4, 3, 5, 5, device=device) + 1.0
+    target = torch.randn(4, 7, device=device)
+    assert_models_agree(fused, reference, x, target, assert_close, "fused BN+ReLU")
+
+
+def test_revert_refuses_fused_activations_and_changes_nothing(device):
+    fused = fuse_batchnorm_relu(_sequential_net(device))
+    before = [type(m) for m in fused.modules()]
+    with pytest.raises(ValueError, match="activation"):
+        revert_model(fused)
+    assert [type(m) for m in fused.modules()] == before

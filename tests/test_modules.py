@@ -302,3 +302,29 @@ def test_rejected_call_changes_nothing(shape, error, device):
     for key, value in fused.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert torch.equal(x, x_before)
+
+
+def test_activation_option_fuses_residual_and_relu(device, assert_close):
+    torch.manual_seed(11)
+    ours = FusedBatchNorm2d(5, activation="relu").to(device)
+    reference = torch.nn.BatchNorm2d(5).to(device)
+    with torch.no_grad():
+        for module in (ours, reference):
+            module.weight.copy_(torch.linspace(0.5, 1.5, 5))
+            module.bias.copy_(torch.linspace(-0.5, 0.5, 5))
+    assert "activation='relu'" in repr(ours)
+    assert ours.state_dict().keys() == reference.state_dict().keys()
+    for training in (True, False):
+        ours.train(training)
+        reference.train(training)
+        x = torch.randn(4, 5, 3, 7, device=device) + 2.0
+        residual = torch.randn_like(x)
+        assert_close(ours(x, residual), torch.relu(reference(x) + residual))
+        assert_close(ours(x), torch.relu(reference(x)))
+    assert_close(ours.running_mean, reference.running_mean)
+    assert_close(ours.running_var, reference.running_var)
+
+
+def test_unknown_activation_is_rejected():
+    with pytest.raises(ValueError, match="activation"):
+        FusedBatchNorm2d(4, activation="tanh")
