@@ -16,6 +16,8 @@ Split path: partial_sums_kernel sums each split's tiles, finalize_sums_kernel ad
 fixed order (no atomics), grad_input_kernel writes grad_input.
 """
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -307,6 +309,7 @@ def batch_norm_backward(
     need_param_grads: bool,
     relu_mask: Tensor | None = None,
     write_grad_residual: bool = False,
+    combine_sums: Callable[[Tensor], tuple[Tensor, int]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the backward pass; returns (grad_input, grad_weight, grad_bias, grad_residual).
 
@@ -314,6 +317,10 @@ def batch_norm_backward(
     computed when ``use_batch_stats`` or ``need_param_grads`` (otherwise they hold garbage).
     ``relu_mask`` is the forward's packed mask when a ReLU was fused; then ``write_grad_residual``
     also returns the masked dy, the gradient of a fused residual (else grad_residual is None).
+
+    ``combine_sums`` (synchronized BatchNorm) takes this call's [2, C] sums of (dy, dy * xhat) and
+    returns those of the whole batch with its element count per channel; grad_input then follows
+    the whole batch's statistics, while grad_weight and grad_bias stay this call's own, as in torch.
     """
     x, view = fold_input(x)
     dy = conform(dy, x, view)
@@ -346,7 +353,7 @@ def batch_norm_backward(
         num_warps=launch.num_warps,
     )
 
-    if need_sums and launch.whole_channel:
+    if need_sums and launch.whole_channel and combine_sums is None:
         whole_channel_backward_kernel[(launch.channel_blocks, 1)](
             *tensor_args, view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
             *stride_args, launch.tiles_inner, launch.num_tiles, **flags,
@@ -369,8 +376,12 @@ def batch_norm_backward(
             partial, grad_weight, grad_bias, launch.num_splits, view.num_channels,
             BLOCK_SPLITS=finalize_block_splits(launch.num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )
+    n_per_channel = view.n_per_channel
+    if combine_sums is not None:
+        (sum_dy, sum_dy_xhat), n_per_channel = combine_sums(torch.stack([grad_bias, grad_weight]))
+        tensor_args = (*tensor_args[:-2], sum_dy_xhat, sum_dy)
     grad_input_kernel[grid](
-        *tensor_args, view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
+        *tensor_args, view.n_outer, view.n_inner, view.num_channels, n_per_channel,
         *stride_args, *tiling, **flags,
     )
     return dx, grad_weight, grad_bias, grad_residual

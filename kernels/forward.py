@@ -13,6 +13,8 @@ Both kernels that write y can finish with an epilogue: y = relu(bn(x) + residual
 residual and the ReLU each optional. The ReLU stores a packed one-bit mask of y > 0 for backward.
 """
 
+from collections.abc import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -325,6 +327,7 @@ def batch_norm_forward(
     eps: float,
     residual: Tensor | None = None,
     relu: bool = False,
+    combine_moments: Callable[[Tensor], tuple[Tensor, int]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the forward pass; returns (y, mean, invstd, relu_mask).
 
@@ -332,6 +335,10 @@ def batch_norm_forward(
     backward needs when ``relu`` is set (an empty tensor otherwise). ``num_batches_tracked``, when
     given, selects the cumulative average and must already count this batch. Running statistics are
     updated in place when ``use_batch_stats`` and given.
+
+    ``combine_moments`` (synchronized BatchNorm) takes this call's per-split (count, mean, M2)
+    partials, a [3, splits, C] tensor, and returns the partials of the whole batch with its element
+    count per channel; the statistics are then those of the whole batch.
     """
     x, view = fold_input(x)
     y = torch.empty_like(x)
@@ -370,7 +377,7 @@ def batch_norm_forward(
         UPDATE_RUNNING=update_running, CUMULATIVE=num_batches_tracked is not None
     )
 
-    if use_batch_stats and launch.whole_channel:
+    if use_batch_stats and launch.whole_channel and combine_moments is None:
         whole_channel_forward_kernel[(launch.channel_blocks, 1)](
             *tensor_args, pointer(num_batches_tracked),
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
@@ -390,11 +397,15 @@ def batch_norm_forward(
             BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
+        n_per_channel = view.n_per_channel
+        if combine_moments is not None:
+            partial, n_per_channel = combine_moments(partial)
+        num_splits = partial.shape[1]
         finalize_moments_kernel[(triton.cdiv(view.num_channels, FINALIZE_BLOCK_C),)](
             partial, mean, invstd, pointer(running_mean), pointer(running_var),
-            pointer(num_batches_tracked), launch.num_splits, view.num_channels,
-            view.n_per_channel, momentum, eps, **statistics_flags,
-            BLOCK_SPLITS=finalize_block_splits(launch.num_splits), BLOCK_C=FINALIZE_BLOCK_C,
+            pointer(num_batches_tracked), num_splits, view.num_channels,
+            n_per_channel, momentum, eps, **statistics_flags,
+            BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )
     apply_kernel[grid](
         *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling, eps,

@@ -4,11 +4,13 @@ from fusedbn.backend import backend_for
 from fusedbn.convert import convert_model, fuse_batchnorm_relu, revert_model
 from fusedbn.functional import fused_batch_norm
 from fusedbn.modules import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d
+from fusedbn.sync import FusedSyncBatchNorm
 
 __all__ = [
     "FusedBatchNorm1d",
     "FusedBatchNorm2d",
     "FusedBatchNorm3d",
+    "FusedSyncBatchNorm",
     "backend_for",
     "convert_model",
     "fuse_batchnorm_relu",

@@ -3,6 +3,7 @@
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
@@ -78,3 +79,72 @@ class FusedBatchNormFunction(torch.autograd.Function):
             )
         return (grad_input, grad_weight, grad_bias, None, None, None, None, None, None,
                 grad_residual, None)
+
+
+class SyncBatchNormFunction(torch.autograd.Function):
+    """Training BatchNorm whose statistics cover the batches of every process in a group.
+
+    Each process computes its per-split (count, mean, M2) partials with the kernels; the partials
+    are all-gathered (padded to the largest split count with empty splits) and combined in a fixed
+    order, so every process gets the same statistics and running statistics. Backward all-reduces
+    the per-channel sums of dy and dy * xhat. grad_weight and grad_bias are each process's own, as
+    in torch.nn.SyncBatchNorm (data-parallel training then averages them).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        num_batches_tracked: Tensor | None,
+        momentum: float,
+        eps: float,
+        process_group: Any,
+    ) -> Tensor:
+        def combine_moments(partial: Tensor) -> tuple[Tensor, int]:
+            world = dist.get_world_size(process_group)
+            sizes = torch.tensor(
+                [partial.shape[1], input.numel() // input.shape[1]], device=partial.device
+            )
+            all_sizes = [torch.empty_like(sizes) for _ in range(world)]
+            dist.all_gather(all_sizes, sizes, group=process_group)
+            all_sizes = torch.stack(all_sizes).tolist()
+            padded = partial.new_zeros((3, max(s for s, _ in all_sizes), partial.shape[2]))
+            padded[:, : partial.shape[1]] = partial
+            gathered = [torch.empty_like(padded) for _ in range(world)]
+            dist.all_gather(gathered, padded, group=process_group)
+            ctx.n_total = sum(n for _, n in all_sizes)
+            return torch.cat(gathered, dim=1), ctx.n_total
+
+        output, mean, invstd, _ = batch_norm_forward(
+            input, weight, bias, running_mean, running_var, num_batches_tracked, True,
+            momentum, eps, combine_moments=combine_moments,
+        )
+        ctx.save_for_backward(input, weight, mean, invstd)
+        ctx.process_group = process_group
+        ctx.weight_dtype = None if weight is None else weight.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight, mean, invstd = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+
+        def combine_sums(sums: Tensor) -> tuple[Tensor, int]:
+            total = sums.clone()
+            dist.all_reduce(total, group=ctx.process_group)
+            return total, ctx.n_total
+
+        grad_input, grad_weight, grad_bias, _ = batch_norm_backward(
+            grad_output, input, weight, mean, invstd, True, True, combine_sums=combine_sums
+        )
+        return (
+            grad_input if needs_input else None,
+            grad_weight.to(ctx.weight_dtype) if needs_weight else None,
+            grad_bias.to(ctx.bias_dtype) if needs_bias else None,
+            None, None, None, None, None, None,
+        )

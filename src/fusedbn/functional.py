@@ -1,10 +1,12 @@
 """The functional BatchNorm: torch.nn.functional.batch_norm's signature, run by fusedbn's kernels."""
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusedbn.autograd import FusedBatchNormFunction
+from fusedbn.autograd import FusedBatchNormFunction, SyncBatchNormFunction
 from fusedbn.backend import TORCH, backend_for
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -109,6 +111,8 @@ def fused_batch_norm(
     num_batches_tracked: Tensor | None = None,
     residual: Tensor | None = None,
     activation: str | None = None,
+    synchronize: bool = False,
+    process_group: Any = None,
 ) -> Tensor:
     """BatchNorm with the signature and results of ``torch.nn.functional.batch_norm``.
 
@@ -121,6 +125,10 @@ def fused_batch_norm(
     ``residual`` (same shape as input) is added to the normalised output and ``activation="relu"``
     applies a ReLU after that, both inside the same kernels: relu(batch_norm(input) + residual).
 
+    With ``synchronize=True`` in training, the batch statistics are those of the batches of every
+    process in ``process_group`` (default: the whole torch.distributed world), as in
+    ``torch.nn.SyncBatchNorm``; every process must make the call.
+
     The output has the input's dtype and memory format; statistics are computed in float32 (float64
     for float64 input). :func:`fusedbn.backend_for` tells which implementation runs.
     """
@@ -128,12 +136,19 @@ def fused_batch_norm(
         input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked,
         residual, activation,
     )
+    backend = backend_for(input.device)
+    synchronize = synchronize and training
+    if synchronize and (backend == TORCH or residual is not None or activation is not None):
+        raise ValueError(
+            "batch_norm: synchronized BatchNorm runs fusedbn's kernels only (CUDA tensors, or CPU "
+            f"tensors with TRITON_INTERPRET=1; here: {backend}) and fuses no residual or activation"
+        )
     update_running = training and running_mean is not None
     if update_running and num_batches_tracked is not None:
         num_batches_tracked.add_(1)
     cumulative = momentum is None and num_batches_tracked is not None
 
-    if backend_for(input.device) == TORCH:
+    if backend == TORCH:
         if cumulative:
             factor = 1.0 / float(num_batches_tracked)
         else:
@@ -151,19 +166,17 @@ def fused_batch_norm(
     bias = None if bias is None else bias.contiguous()
     strided_running = [t for t in (running_mean, running_var) if t is not None and not t.is_contiguous()]
     running = [None if t is None else t.contiguous() for t in (running_mean, running_var)]
-    output = FusedBatchNormFunction.apply(
-        input,
-        weight,
-        bias,
-        running[0],
-        running[1],
-        num_batches_tracked if cumulative else None,
-        training,
-        0.0 if momentum is None else momentum,
-        eps,
-        residual,
-        activation == "relu",
-    )
+    nbt = num_batches_tracked if cumulative else None
+    factor = 0.0 if momentum is None else momentum
+    if synchronize:
+        output = SyncBatchNormFunction.apply(
+            input, weight, bias, running[0], running[1], nbt, factor, eps, process_group
+        )
+    else:
+        output = FusedBatchNormFunction.apply(
+            input, weight, bias, running[0], running[1], nbt, training, factor, eps, residual,
+            activation == "relu",
+        )
     if update_running and strided_running:
         running_mean.copy_(running[0])
         running_var.copy_(running[1])

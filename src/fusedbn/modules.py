@@ -59,7 +59,12 @@ class _FusedBatchNorm(_BatchNorm):
             num_batches_tracked=num_batches_tracked,
             residual=residual,
             activation=self.activation,
+            **self._synchronization(),
         )
+
+    def _synchronization(self) -> dict[str, Any]:
+        """Keyword arguments that synchronize the statistics across processes (none here)."""
+        return {}
 
 
 class FusedBatchNorm1d(_FusedBatchNorm):
