@@ -4,7 +4,7 @@ Training, when there are enough channel blocks to fill the GPU or a channel fits
 (whole-channel path): whole_channel_forward_kernel gives each program whole channels; it reads them
 once for the statistics and again, from cache, to write y. One launch.
 Training otherwise (split path), with no atomics so results are bitwise reproducible:
-    partial_moments_kernel   each program summarises its share of tiles as (count, mean, M2);
+    partial_moments_kernel   each program summarises its share of tiles (count, mean, M2);
     finalize_moments_kernel  combines the shares of each channel in a fixed order;
     apply_kernel             normalises x with the finished statistics.
 Eval with running statistics: apply_kernel alone, one elementwise pass.
@@ -81,7 +81,10 @@ def shifted_moments(
     stride_x_outer, stride_x_c, stride_x_inner,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """(count, mean, M2) per channel of tiles [first_tile, last_tile) of x, in stats_ptr's dtype.
+    """(count, shift, mean - shift, M2) per channel of tiles [first_tile, last_tile) of x.
+
+    In stats_ptr's dtype. The mean is returned as the shift plus a small deviation, so that merging
+    several such summaries keeps the deviation's precision (see finalize_moments_kernel).
 
     Sums are taken of x - shift, where the shift is the mean of the first tile, so the squares are
     of the order of the variance and offset data such as 1000 + randn keeps its precision. Each
@@ -111,9 +114,8 @@ def shifted_moments(
 
     n = count.to(acc_dtype)
     total_dev = sum_over_tile(sum_dev)
-    mean = shift + total_dev / n
     m2 = tl.maximum(sum_over_tile(sum_dev2) - total_dev * total_dev / n, 0.0)
-    return n, mean, m2
+    return n, shift, total_dev / n, m2
 
 
 @triton.jit
@@ -166,10 +168,11 @@ def whole_channel_forward_kernel(
     first_tile = tl.program_id(1)  # always 0: the grid has a single split
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    _, mean, m2 = shifted_moments(
+    _, shift, mean_dev, m2 = shifted_moments(
         x_ptr, mean_ptr, channels, first_tile, num_tiles, tiles_inner, n_outer, n_inner,
         num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
     )
+    mean = shift + mean_dev
     invstd = store_statistics(
         channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
         mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
@@ -199,13 +202,13 @@ def partial_moments_kernel(
 ):
     """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
 
-    The result lands in partial[0..2, split, channels] as (count, mean, M2).
+    The result lands in partial[0..3, split, channels] as (count, shift, mean - shift, M2).
     """
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
-    count, mean, m2 = shifted_moments(
+    count, shift, mean_dev, m2 = shifted_moments(
         x_ptr, partial_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner,
         num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
     )
@@ -213,8 +216,9 @@ def partial_moments_kernel(
     out = partial_ptr + split * num_channels + channels
     channel_mask = channels < num_channels
     tl.store(out, tl.zeros([BLOCK_C], count.dtype) + count, mask=channel_mask)
-    tl.store(out + num_splits * num_channels, mean, mask=channel_mask)
-    tl.store(out + 2 * num_splits * num_channels, m2, mask=channel_mask)
+    tl.store(out + num_splits * num_channels, shift, mask=channel_mask)
+    tl.store(out + 2 * num_splits * num_channels, mean_dev, mask=channel_mask)
+    tl.store(out + 3 * num_splits * num_channels, m2, mask=channel_mask)
 
 
 @triton.jit
@@ -224,19 +228,22 @@ def finalize_moments_kernel(
     UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program combines the per-split (count, mean, M2) of BLOCK_C channels.
+    """One program combines the per-split (count, shift, mean - shift, M2) of BLOCK_C channels.
 
-    The exact parallel formula, in two vectorised passes over the splits in a fixed order:
-    mean = sum(count_i * mean_i) / n (taken relative to split 0's mean), then
-    M2 = sum(M2_i + count_i * (mean_i - mean)^2).
+    The exact parallel formula, in two vectorised passes over the splits in a fixed order, with
+    every mean taken relative to split 0's shift (differences of shifts are exact, so nothing of
+    the order of the data's offset is ever added to a deviation):
+    mean = shift_0 + sum(count_i * dev_i) / n with dev_i = shift_i - shift_0 + (mean_i - shift_i),
+    then M2 = sum(M2_i + count_i * (dev_i - (mean - shift_0))^2).
     """
     acc_dtype = mean_ptr.dtype.element_ty
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
     counts_ptr = partial_ptr + channels[None, :]
-    means_ptr = counts_ptr + num_splits * num_channels
-    m2s_ptr = means_ptr + num_splits * num_channels
-    shift = tl.load(partial_ptr + num_splits * num_channels + channels, mask=channel_mask, other=0.0)
+    shifts_ptr = counts_ptr + num_splits * num_channels
+    mean_devs_ptr = shifts_ptr + num_splits * num_channels
+    m2s_ptr = mean_devs_ptr + num_splits * num_channels
+    shift0 = tl.load(partial_ptr + num_splits * num_channels + channels, mask=channel_mask, other=0.0)
 
     total = tl.zeros([BLOCK_C], acc_dtype)
     weighted_dev = tl.zeros([BLOCK_C], acc_dtype)
@@ -244,20 +251,24 @@ def finalize_moments_kernel(
         splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
         in_bounds = (splits < num_splits) & channel_mask[None, :]
         count = tl.load(counts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        split_mean = tl.load(means_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        shift = tl.load(shifts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        mean_dev = tl.load(mean_devs_ptr + splits * num_channels, mask=in_bounds, other=0.0)
         total += tl.sum(count, axis=0)
-        weighted_dev += tl.sum(count * (split_mean - shift[None, :]), axis=0)
-    mean = shift + weighted_dev / tl.maximum(total, 1.0)  # no 0 / 0 in channels past C
+        weighted_dev += tl.sum(count * ((shift - shift0[None, :]) + mean_dev), axis=0)
+    # tl.maximum: no 0 / 0 in the channels past C.
+    overall_dev = weighted_dev / tl.maximum(total, 1.0)
 
     m2 = tl.zeros([BLOCK_C], acc_dtype)
     for start in range(0, num_splits, BLOCK_SPLITS):
         splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
         in_bounds = (splits < num_splits) & channel_mask[None, :]
         count = tl.load(counts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        split_mean = tl.load(means_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        shift = tl.load(shifts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
+        mean_dev = tl.load(mean_devs_ptr + splits * num_channels, mask=in_bounds, other=0.0)
         split_m2 = tl.load(m2s_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        deviation = split_mean - mean[None, :]
+        deviation = (shift - shift0[None, :]) + mean_dev - overall_dev[None, :]
         m2 += tl.sum(split_m2 + count * deviation * deviation, axis=0)
+    mean = shift0 + overall_dev
 
     store_statistics(
         channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
@@ -336,9 +347,9 @@ def batch_norm_forward(
     given, selects the cumulative average and must already count this batch. Running statistics are
     updated in place when ``use_batch_stats`` and given.
 
-    ``combine_moments`` (synchronized BatchNorm) takes this call's per-split (count, mean, M2)
-    partials, a [3, splits, C] tensor, and returns the partials of the whole batch with its element
-    count per channel; the statistics are then those of the whole batch.
+    ``combine_moments`` (synchronized BatchNorm) takes this call's per-split partials, a
+    [4, splits, C] tensor of (count, shift, mean - shift, M2), and returns the partials of the whole
+    batch with its element count per channel; the statistics are then those of the whole batch.
     """
     x, view = fold_input(x)
     y = torch.empty_like(x)
@@ -390,7 +401,7 @@ def batch_norm_forward(
     tiling = (launch.tiles_inner, launch.num_tiles, launch.tiles_per_split)
     if use_batch_stats:
         partial = torch.empty(
-            (3, launch.num_splits, view.num_channels), dtype=acc_dtype, device=x.device
+            (4, launch.num_splits, view.num_channels), dtype=acc_dtype, device=x.device
         )
         partial_moments_kernel[grid](
             x, partial, view.n_outer, view.n_inner, view.num_channels, *strides(x), *tiling,

@@ -84,7 +84,8 @@ class FusedBatchNormFunction(torch.autograd.Function):
 class SyncBatchNormFunction(torch.autograd.Function):
     """Training BatchNorm whose statistics cover the batches of every process in a group.
 
-    Each process computes its per-split (count, mean, M2) partials with the kernels; the partials
+    Each process computes its per-split (count, shift, mean - shift, M2) partials with the kernels; the
+    partials
     are all-gathered (padded to the largest split count with empty splits) and combined in a fixed
     order, so every process gets the same statistics and running statistics. Backward all-reduces
     the per-channel sums of dy and dy * xhat. grad_weight and grad_bias are each process's own, as
@@ -112,7 +113,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
             all_sizes = [torch.empty_like(sizes) for _ in range(world)]
             dist.all_gather(all_sizes, sizes, group=process_group)
             all_sizes = torch.stack(all_sizes).tolist()
-            padded = partial.new_zeros((3, max(s for s, _ in all_sizes), partial.shape[2]))
+            padded = partial.new_zeros(
+                (partial.shape[0], max(s for s, _ in all_sizes), partial.shape[2])
+            )
             padded[:, : partial.shape[1]] = partial
             gathered = [torch.empty_like(padded) for _ in range(world)]
             dist.all_gather(gathered, padded, group=process_group)
