@@ -141,3 +141,14 @@ def test_synchronized_call_with_an_epilogue_is_rejected_before_touching_state(de
         )
     assert int(num_batches_tracked) == 3
     assert torch.equal(running_mean, torch.zeros_like(running_mean))
+
+
+def test_convert_sync_batchnorm_refuses_fused_activations_and_changes_nothing():
+    import fusedbn
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), fusedbn.FusedBatchNorm2d(4, activation="relu")
+    )
+    with pytest.raises(ValueError, match="activation"):
+        fusedbn.FusedSyncBatchNorm.convert_sync_batchnorm(model)
+    assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is fusedbn.FusedBatchNorm2d

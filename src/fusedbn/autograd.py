@@ -1,4 +1,4 @@
-"""The autograd Function that connects the functional API to the fused BatchNorm operators."""
+"""The autograd Functions that connect the functional API to the fused BatchNorm launchers."""
 
 from typing import Any
 

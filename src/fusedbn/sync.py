@@ -48,8 +48,20 @@ class FusedSyncBatchNorm(_FusedBatchNorm):
     def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
         """Replace every BatchNorm (torch's or fusedbn's) in ``module`` with FusedSyncBatchNorm.
 
-        Parameters and buffers are moved over as they are; the converted module is returned.
+        Parameters and buffers are moved over as they are; the converted module is returned. Raises
+        ValueError, changing nothing, if a BatchNorm fuses an activation (synchronized BatchNorm has
+        no fused epilogue).
         """
+        for name, child in module.named_modules():
+            if getattr(child, "activation", None) is not None:
+                raise ValueError(
+                    f"convert_sync_batchnorm: {name or type(child).__name__!r} fuses "
+                    f"activation={child.activation!r}, which FusedSyncBatchNorm does not"
+                )
+        return cls._convert(module, process_group)
+
+    @classmethod
+    def _convert(cls, module: nn.Module, process_group: Any) -> nn.Module:
         if isinstance(module, _BatchNorm) and not isinstance(module, cls):
             synced = cls(
                 module.num_features, module.eps, module.momentum, module.affine,
@@ -62,7 +74,7 @@ class FusedSyncBatchNorm(_FusedBatchNorm):
             synced.train(module.training)
             return synced
         for name, child in module.named_children():
-            new_child = cls.convert_sync_batchnorm(child, process_group)
+            new_child = cls._convert(child, process_group)
             if new_child is not child:
                 setattr(module, name, new_child)
         return module
