@@ -31,7 +31,13 @@ from fusedbn.kernels.layout import (
     finalize_block_splits,
     fold_input,
 )
-from fusedbn.kernels.tiles import channel_block, sum_over_tile, tile_offsets, unpack_bits
+from fusedbn.kernels.tiles import (
+    channel_block,
+    load_affine,
+    sum_over_tile,
+    tile_offsets,
+    unpack_bits,
+)
 
 
 @triton.jit
@@ -156,10 +162,10 @@ def load_channel_terms(weight_ptr, mean_ptr, invstd_ptr, channels, channel_mask,
     """mean, invstd and scale = invstd * weight of the given channels, in the statistics' dtype."""
     mean = tl.load(mean_ptr + channels, mask=channel_mask, other=0.0)
     invstd = tl.load(invstd_ptr + channels, mask=channel_mask, other=0.0)
-    if HAS_WEIGHT:
-        weight = tl.load(weight_ptr + channels, mask=channel_mask, other=0.0).to(mean.dtype)
-        return mean, invstd, invstd * weight
-    return mean, invstd, invstd
+    weight, _ = load_affine(
+        weight_ptr, weight_ptr, channels, channel_mask, HAS_WEIGHT, False, mean_ptr.dtype.element_ty
+    )
+    return mean, invstd, invstd * weight
 
 
 @triton.jit

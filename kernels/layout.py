@@ -160,12 +160,16 @@ class Launch:
     block_s: int  # elements of the inner reduction dim per tile
     block_c: int  # channels per tile (and per program)
     num_warps: int
-    whole_channel: bool  # True: each program owns whole channels (grid = channel blocks)
     channel_blocks: int
     tiles_inner: int  # tiles along the inner dim
     num_tiles: int  # tiles per channel block
-    num_splits: int  # programs sharing one channel block's reduction (1 when whole_channel)
+    num_splits: int  # programs sharing one channel block's reduction
     tiles_per_split: int
+
+    @property
+    def whole_channel(self) -> bool:
+        """Each program owns whole channels: one split, and one launch per direction."""
+        return self.num_splits == 1
 
 
 def _pow2(n: int) -> int:
@@ -230,7 +234,6 @@ def _choose_launch(
         block_s=block_s,
         block_c=block_c,
         num_warps=_warps_for(block_n * block_s * block_c),
-        whole_channel=num_splits == 1,
         channel_blocks=channel_blocks,
         tiles_inner=tiles_inner,
         num_tiles=num_tiles,

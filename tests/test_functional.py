@@ -226,6 +226,21 @@ def compare(result, expected, dtype, assert_close, keys, what):
 ALL_KEYS = ("y", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
 
 
+def check_float32_step(x, weight, bias, running_mean, running_var, training, grad_output, assert_close,
+                       keys=ALL_KEYS):
+    """One float32 step (momentum 0.1, eps 1e-5) compared with the float64 reference and with torch.
+
+    Returns fusedbn's results.
+    """
+    fused, torch_result = run_both(
+        x, weight, bias, running_mean, running_var, training, 0.1, 1e-5, grad_output
+    )
+    expected = reference(x, weight, bias, running_mean, running_var, training, 0.1, 1e-5, grad_output)
+    compare(fused, expected, torch.float32, assert_close, keys, "vs float64")
+    compare(fused, torch_result, torch.float32, assert_close, keys, "vs torch")
+    return fused
+
+
 # ----------------------------------------------------------------------------------------------
 # Outputs, gradients and running statistics in every layout, on both launch paths
 # ----------------------------------------------------------------------------------------------
@@ -239,12 +254,9 @@ def test_training_step_every_layout(rank, layout, launch_path, device, assert_cl
     grad_output, _ = make_input(shape, layout, torch.float32, device, seed=100 + rank)
     weight, bias, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=rank)
 
-    fused, torch_result = run_both(
-        x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, grad_output
+    fused = check_float32_step(
+        x, weight, bias, running_mean, running_var, True, grad_output, assert_close
     )
-    expected = reference(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, grad_output)
-    compare(fused, expected, torch.float32, assert_close, ALL_KEYS, "vs float64")
-    compare(fused, torch_result, torch.float32, assert_close, ALL_KEYS, "vs torch")
     assert fused["y"].device == x.device and fused["grad_input"].device == x.device
     # The input, and the memory around the view, are left exactly as they were.
     assert torch.equal(storage.isnan(), storage_before.isnan())
@@ -263,12 +275,9 @@ def test_eval_uses_running_stats(rank, layout, launch_path, device, assert_close
     grad_output, _ = make_input(shape, layout, torch.float32, device, seed=8)
     weight, bias, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=9)
 
-    fused, torch_result = run_both(
-        x, weight, bias, running_mean, running_var, False, 0.1, 1e-5, grad_output
+    fused = check_float32_step(
+        x, weight, bias, running_mean, running_var, False, grad_output, assert_close
     )
-    expected = reference(x, weight, bias, running_mean, running_var, False, 0.1, 1e-5, grad_output)
-    compare(fused, expected, torch.float32, assert_close, ALL_KEYS, "vs float64")
-    compare(fused, torch_result, torch.float32, assert_close, ALL_KEYS, "vs torch")
     # Eval leaves the running statistics bitwise untouched.
     assert torch.equal(fused["running_mean"], running_mean)
     assert torch.equal(fused["running_var"], running_var)
@@ -427,12 +436,7 @@ def test_affine_false(training, launch_path, device, assert_close):
     x, _ = make_input(shape, "channels_last", torch.float32, device, seed=50)
     grad_output, _ = make_input(shape, "contiguous", torch.float32, device, seed=51)
     _, _, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=52)
-    fused, torch_result = run_both(
-        x, None, None, running_mean, running_var, training, 0.1, 1e-5, grad_output
-    )
-    expected = reference(x, None, None, running_mean, running_var, training, 0.1, 1e-5, grad_output)
-    compare(fused, expected, torch.float32, assert_close, ALL_KEYS, "vs float64")
-    compare(fused, torch_result, torch.float32, assert_close, ALL_KEYS, "vs torch")
+    check_float32_step(x, None, None, running_mean, running_var, training, grad_output, assert_close)
     launch_path.check()
 
 
@@ -442,11 +446,10 @@ def test_training_without_running_stats(affine, launch_path, device, assert_clos
     x, _ = make_input(shape, "channels_last_3d", torch.float32, device, seed=60)
     grad_output, _ = make_input(shape, "contiguous", torch.float32, device, seed=61)
     weight, bias, _, _ = params_for(shape[1], torch.float32, device, seed=62, affine=affine)
-    fused, torch_result = run_both(x, weight, bias, None, None, True, 0.1, 1e-5, grad_output)
-    expected = reference(x, weight, bias, None, None, True, 0.1, 1e-5, grad_output)
-    keys = ("y", "grad_input", "grad_weight", "grad_bias")
-    compare(fused, expected, torch.float32, assert_close, keys, "vs float64")
-    compare(fused, torch_result, torch.float32, assert_close, keys, "vs torch")
+    check_float32_step(
+        x, weight, bias, None, None, True, grad_output, assert_close,
+        keys=("y", "grad_input", "grad_weight", "grad_bias"),
+    )
     launch_path.check()
 
 
