@@ -29,7 +29,7 @@ EXTRAS = {
 EXTRAS["all"] = sorted({requirement for extra in EXTRAS.values() for requirement in extra})
 # The test suite covers every harness; numpy (in "tune") is also what Triton's interpreter needs
 # to run the kernels on the CPU.
-EXTRAS["test"] = ["pytest", "pytest-xdist", "ruff", "hypothesis", *EXTRAS["all"]]
+EXTRAS["test"] = ["pytest", "pytest-xdist", "ruff", "hypothesis", "packaging", *EXTRAS["all"]]
 
 setup(
     name="fusedbn",
