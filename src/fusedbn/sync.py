@@ -9,6 +9,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from fusedbn.convert import TO_FUSED, TO_TORCH, swap_batchnorms
 from fusedbn.modules import _FusedBatchNorm
 
+# The classes convert_sync_batchnorm replaces: torch's BatchNorms, SyncBatchNorm included, and fusedbn's.
+SYNC_SOURCES: tuple[type[_BatchNorm], ...] = (*TO_FUSED, nn.SyncBatchNorm, *TO_TORCH)
+
 
 class FusedSyncBatchNorm(_FusedBatchNorm):
     """BatchNorm over the batches of every process in ``process_group`` while training.
@@ -57,7 +60,3 @@ class FusedSyncBatchNorm(_FusedBatchNorm):
         """
         mapping = dict.fromkeys(SYNC_SOURCES, cls)
         return swap_batchnorms(module, mapping, "convert_sync_batchnorm", process_group=process_group)
-
-
-# The classes convert_sync_batchnorm replaces.
-SYNC_SOURCES: tuple[type[_BatchNorm], ...] = (*TO_FUSED, *TO_TORCH, nn.SyncBatchNorm)
