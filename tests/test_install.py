@@ -50,7 +50,7 @@ def _link_distributions(distributions: list[importlib.metadata.Distribution], fo
     folder.mkdir()
     for distribution in distributions:
         tops = {Path(file).parts[0] for file in distribution.files or []}
-        for top in sorted(tops - {".."}):
+        for top in sorted(tops - {"..", "__pycache__"}):
             target = Path(distribution.locate_file(top))
             if target.exists() and not (folder / top).exists():
                 (folder / top).symlink_to(target)
