@@ -1,29 +1,46 @@
-"""Packaging for fusedbn: host code lives in src/fusedbn, Triton kernels in kernels/."""
+"""Packaging for fusedbn: host code lives in src/fusedbn, Triton kernels in kernels/.
+
+The core package needs torch and triton only; the harnesses behind ``fusedbn tune`` and ``fusedbn
+bench`` and the test tools are extras.
+"""
+
+import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    """The version declared in src/fusedbn/_version.py, read as text so that torch need not be installed."""
+    text = (HERE / "src" / "fusedbn" / "_version.py").read_text(encoding="utf-8")
+    return re.search(r'^__version__ = "([^"]+)"$', text, re.MULTILINE).group(1)
+
+
+EXTRAS = {
+    # fusedbn.tuning: Optuna studies on scikit-learn's digits, plots, a progress bar.
+    "tune": ["optuna>=4.0", "sqlalchemy", "scikit-learn", "matplotlib", "numpy", "tqdm"],
+    # fusedbn.bench: the plots (the timing itself needs torch and triton only).
+    "bench": ["matplotlib"],
+    # Optuna storage on a PostgreSQL server.
+    "postgres": ["psycopg2-binary"],
+}
+EXTRAS["all"] = sorted({requirement for extra in EXTRAS.values() for requirement in extra})
+# The test suite covers every harness; numpy (in "tune") is also what Triton's interpreter needs
+# to run the kernels on the CPU.
+EXTRAS["test"] = ["pytest", "pytest-xdist", "ruff", "hypothesis", "packaging", *EXTRAS["all"]]
+
 setup(
     name="fusedbn",
-    version="0.1.0",
+    version=read_version(),
     description="Fused BatchNorm in Triton, with an Optuna tuning harness and GPU benchmarks",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages("src") + ["fusedbn.kernels"],
     package_dir={"fusedbn": "src/fusedbn", "fusedbn.kernels": "kernels"},
-    install_requires=[
-        "torch>=2.4",
-        "triton>=3.0",
-        "numpy",
-        "optuna>=4.0",
-        "sqlalchemy",
-        "scikit-learn",
-        "matplotlib",
-        "tqdm",
-    ],
-    extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff", "psycopg2-binary"],
-        "postgres": ["psycopg2-binary"],
-    },
+    install_requires=["torch>=2.4", "triton>=3.0"],
+    extras_require=EXTRAS,
     entry_points={"console_scripts": ["fusedbn=fusedbn.cli:main"]},
 )

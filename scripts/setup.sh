@@ -2,7 +2,9 @@
 # Install what fusedbn needs into the current Python environment.
 # - No torch yet: the CPU build of torch 2.13.0 (an unpinned torch would pull a multi-GB CUDA build).
 #   An existing torch (a CUDA build, say) is left alone.
-# - Then fusedbn itself, editable, with its dependencies (triton, optuna, ...) and the test tools.
+# - Then fusedbn itself, editable, with the "test" extra: the core (torch, triton), the harnesses'
+#   extras ("tune": optuna, scikit-learn, ...; "bench": matplotlib; "postgres") and the test tools,
+#   which is what both `make tune` and `make test` need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}

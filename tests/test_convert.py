@@ -1,9 +1,18 @@
-"""convert_model / revert_model on a small ResNet-style model, compared with the unconverted original."""
+"""convert_model / revert_model / fuse_batchnorm_relu: what a swap keeps, and the converted models
+compared with their unconverted originals."""
 
 import copy
 
 import pytest
 import torch
+from small_models import (
+    CustomBatchNorm2d,
+    assert_swapped,
+    every_batchnorm_kind,
+    module_records,
+    small_conv_net,
+    small_resnet,
+)
 from torch import nn
 
 from fusedbn import (
@@ -15,7 +24,11 @@ from fusedbn import (
     revert_model,
 )
 
-TORCH_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+TORCH_TO_FUSED = {
+    nn.BatchNorm1d: FusedBatchNorm1d,
+    nn.BatchNorm2d: FusedBatchNorm2d,
+    nn.BatchNorm3d: FusedBatchNorm3d,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -30,61 +43,7 @@ def no_tf32():
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
-FUSED_BN = (FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d)
 
-
-class BasicBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN plus a shortcut (conv-BN when the shape changes), then ReLU."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout, momentum=None)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return torch.relu(y + self.shortcut(x))
-
-
-class SmallResNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU())
-        self.layer1 = BasicBlock(6, 6)
-        self.layer2 = BasicBlock(6, 10, stride=2)
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(10, 12, bias=False),
-            nn.BatchNorm1d(12),
-            nn.ReLU(),
-            nn.Linear(12, 7),
-        )
-
-    def forward(self, x):
-        x = self.layer2(self.layer1(self.stem(x)))
-        return self.head(x.mean(dim=(2, 3)))
-
-
-def make_model(device, seed=0):
-    torch.manual_seed(seed)
-    model = SmallResNet()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.num_features, generator=generator) * 0.3)
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-    return model.to(device)
 
 
 def batch(device, seed, memory_format=torch.contiguous_format):
@@ -129,14 +88,11 @@ def assert_models_agree(ours, reference, x, target, assert_close, what):
     "memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"]
 )
 def test_converted_model_matches_original(memory_format, device, assert_close):
-    model = make_model(device)
+    model = small_resnet(device)
     reference = copy.deepcopy(model)
     converted = convert_model(model)
     assert converted is model  # converted in place and returned
-    assert batchnorm_types(converted) == [
-        {nn.BatchNorm1d: FusedBatchNorm1d, nn.BatchNorm2d: FusedBatchNorm2d}[t]
-        for t in batchnorm_types(reference)
-    ]
+    assert batchnorm_types(converted) == [TORCH_TO_FUSED[t] for t in batchnorm_types(reference)]
     if memory_format == torch.channels_last:
         converted.to(memory_format=memory_format)
         reference.to(memory_format=memory_format)
@@ -149,37 +105,34 @@ def test_converted_model_matches_original(memory_format, device, assert_close):
     assert_models_agree(converted, reference, x, target, assert_close, "eval")
 
 
-def test_parameters_buffers_flags_and_modes_are_kept(device):
-    model = make_model(device)
-    model.layer1.bn1.weight.requires_grad_(False)
-    model.layer2.eval()  # a frozen sub-block inside a training model
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    modes = {name: m.training for name, m in model.named_modules()}
-    flags = {name: p.requires_grad for name, p in params.items()}
-
-    convert_model(model)
-    assert all(t in FUSED_BN for t in batchnorm_types(model))
-    for name, p in model.named_parameters():
-        assert p is params[name], name
-        assert p.requires_grad == flags[name], name
-    assert dict(model.named_parameters()).keys() == params.keys()
-    for name, b in model.named_buffers():
-        assert b is buffers[name], name
-    assert dict(model.named_buffers()).keys() == buffers.keys()
-    assert {name: m.training for name, m in model.named_modules()} == modes
-    assert not model.layer2.bn1.training and model.layer1.bn1.training
+@pytest.mark.parametrize("conversion", ["convert_model", "revert_model"])
+def test_swap_keeps_tensors_settings_training_flags_and_qconfig(conversion, device):
+    model = every_batchnorm_kind(device)
+    if conversion == "revert_model":
+        convert_model(model)
+        expected = {fused: torch_cls for torch_cls, fused in TORCH_TO_FUSED.items()}
+    else:
+        expected = TORCH_TO_FUSED
+    before = module_records(model)
+    state = model.state_dict(keep_vars=True)
+    swapped = {"convert_model": convert_model, "revert_model": revert_model}[conversion](model)
+    assert swapped is model
+    assert_swapped(before, model, expected)
+    assert type(model.custom) is CustomBatchNorm2d and type(model.sync) is nn.SyncBatchNorm
+    after = model.state_dict(keep_vars=True)
+    assert list(after) == list(state)
+    assert all(after[key] is tensor for key, tensor in state.items())
 
 
 def test_revert_model_gives_torch_classes_back(device, assert_close):
-    model = make_model(device)
+    model = small_resnet(device)
     reference = copy.deepcopy(model)
     params = dict(model.named_parameters())
     types_before = batchnorm_types(model)
     reverted = revert_model(convert_model(model))
     assert reverted is model
     assert batchnorm_types(reverted) == types_before
-    assert all(t in TORCH_BN for t in batchnorm_types(reverted))
+    assert all(t in TORCH_TO_FUSED for t in batchnorm_types(reverted))
     for name, p in reverted.named_parameters():
         assert p is params[name], name
     x, target = batch(device, seed=3)
@@ -217,17 +170,14 @@ def test_bare_batchnorm_converts(torch_cls, fused_cls, shape, kwargs, device, as
 
 
 def test_batchnorm_subclasses_are_left_alone():
-    class CustomBN(nn.BatchNorm2d):
-        pass
-
-    model = nn.Sequential(CustomBN(3), nn.BatchNorm2d(3))
+    model = nn.Sequential(CustomBatchNorm2d(3), nn.BatchNorm2d(3))
     convert_model(model)
-    assert type(model[0]) is CustomBN
+    assert type(model[0]) is CustomBatchNorm2d
     assert type(model[1]) is FusedBatchNorm2d
 
 
 def test_optimizer_built_before_conversion_updates_converted_model(device, assert_close):
-    model = make_model(device)
+    model = small_resnet(device)
     reference = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ref_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
@@ -244,47 +194,41 @@ def test_optimizer_built_before_conversion_updates_converted_model(device, asser
         assert_close(p, q, msg=name)
 
 
-def _sequential_net(device):
-    torch.manual_seed(3)
-    net = nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1, bias=False),
-        nn.BatchNorm2d(6),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(6, 6, 3, padding=1, bias=False),
-        FusedBatchNorm2d(6),
-        nn.ReLU(),
-        nn.Sequential(nn.Conv2d(6, 4, 1, bias=False), nn.BatchNorm2d(4)),  # BN without a ReLU
-        nn.Flatten(),
-        nn.Linear(4 * 5 * 5, 7, bias=False),
-        nn.BatchNorm1d(7),
-        nn.ReLU(),
-    )
-    with torch.no_grad():
-        for module in net.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.5, 0.5)
-    return net.to(device)
+def _mixed_conv_net(device):
+    """small_conv_net with its second BatchNorm already fusedbn's: fusing must take both kinds."""
+    net = small_conv_net(device, seed=3)
+    net[4] = convert_model(net[4])
+    return net
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_fuse_batchnorm_relu_keeps_results(training, device, assert_close):
-    reference = _sequential_net(device).train(training)
+    reference = _mixed_conv_net(device).train(training)
     fused = fuse_batchnorm_relu(copy.deepcopy(reference))
     # Every BatchNorm -> ReLU pair became one fused module and an Identity; the lone BN stayed as it was.
     assert [type(m) for m in fused[:6]] == [
         nn.Conv2d, FusedBatchNorm2d, nn.Identity, nn.Conv2d, FusedBatchNorm2d, nn.Identity
     ]
-    assert fused[1].activation == fused[4].activation == fused[9].activation == "relu"
-    assert type(fused[6][1]) is nn.BatchNorm2d and type(fused[10]) is nn.Identity
+    assert [type(m) for m in fused[9:]] == [nn.Linear, FusedBatchNorm1d, nn.Identity, nn.Linear]
+    assert fused[1].activation == fused[4].activation == fused[10].activation == "relu"
+    assert type(fused[6][1]) is nn.BatchNorm2d
     x = torch.randn(4, 3, 5, 5, device=device) + 1.0
     target = torch.randn(4, 7, device=device)
     assert_models_agree(fused, reference, x, target, assert_close, "fused BN+ReLU")
 
 
 def test_revert_refuses_fused_activations_and_changes_nothing(device):
-    fused = fuse_batchnorm_relu(_sequential_net(device))
-    before = [type(m) for m in fused.modules()]
-    with pytest.raises(ValueError, match="activation"):
+    fused = fuse_batchnorm_relu(_mixed_conv_net(device))
+    fused[6][1] = convert_model(fused[6][1])  # a fused module without activation, before the refused ones
+    before = module_records(fused)
+    with pytest.raises(ValueError, match="revert_model: module '1' fuses activation='relu'"):
         revert_model(fused)
-    assert [type(m) for m in fused.modules()] == before
+    assert_swapped(before, fused, {})
+
+
+@pytest.mark.parametrize("conversion", [convert_model, revert_model], ids=["convert", "revert"])
+def test_a_non_module_is_refused(conversion):
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(TypeError, match="expected an nn.Module, got list"):
+        conversion([bn])
+    assert type(bn) is nn.BatchNorm2d

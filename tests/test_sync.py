@@ -11,6 +11,13 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from small_models import (
+    CustomBatchNorm2d,
+    assert_swapped,
+    every_batchnorm_kind,
+    module_records,
+    small_conv_net,
+)
 from torch import nn
 
 CHANNELS = 3
@@ -109,23 +116,71 @@ def test_processes_match_one_batchnorm_over_the_whole_batch(sizes, momentum, tmp
     assert_close(grad_bias, reference.bias.grad, dtype=torch.float32, msg="summed grad_bias")
 
 
-def test_convert_sync_batchnorm_keeps_parameters_and_acts_alone_without_a_group(
-    device, assert_close
-):
+@pytest.mark.parametrize("source", ["torch", "fusedbn"])
+def test_convert_sync_batchnorm_keeps_tensors_settings_training_flags_and_qconfig(source, device):
     import fusedbn
 
-    torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), fusedbn.FusedBatchNorm2d(4))
-    model = model.to(device)
+    model = every_batchnorm_kind(device)
+    if source == "fusedbn":
+        fusedbn.convert_model(model)
+    sources = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, fusedbn.FusedBatchNorm1d,
+               fusedbn.FusedBatchNorm2d, fusedbn.FusedBatchNorm3d)
+    group = object()  # stored, not used, outside training across processes
+    before = module_records(model)
+    synced = fusedbn.FusedSyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+    assert synced is model
+    assert_swapped(before, model, dict.fromkeys(sources, fusedbn.FusedSyncBatchNorm))
+    assert type(model.custom) is CustomBatchNorm2d
+    converted = [m for m in model.modules() if type(m) is fusedbn.FusedSyncBatchNorm]
+    assert converted and all(m.process_group is group for m in converted)
+
+
+def test_convert_sync_batchnorm_keeps_what_torch_s_own_keeps():
+    """On the modules both convert, torch.nn.SyncBatchNorm.convert_sync_batchnorm keeps the same
+    tensor objects, training flag and qconfig as fusedbn's does (torch also converts subclasses,
+    which fusedbn leaves alone, and gives a module used in two places two replacements, where
+    fusedbn gives it one)."""
+    import fusedbn
+
+    theirs_model = every_batchnorm_kind()
+    ours_model = copy.deepcopy(theirs_model)
+    theirs_before, ours_before = module_records(theirs_model), module_records(ours_model)
+    nn.SyncBatchNorm.convert_sync_batchnorm(theirs_model)
+    fusedbn.FusedSyncBatchNorm.convert_sync_batchnorm(ours_model)
+    theirs_after = dict(theirs_model.named_modules(remove_duplicate=False))
+    ours_after = dict(ours_model.named_modules(remove_duplicate=False))
+    compared = 0
+    for name, mine in ours_after.items():
+        if type(mine) is not fusedbn.FusedSyncBatchNorm:
+            continue
+        theirs = theirs_after[name]
+        assert type(theirs) is nn.SyncBatchNorm, name
+        kept_by_torch = {key: getattr(theirs, key) is tensor
+                         for key, tensor in theirs_before[name]["tensors"].items()}
+        kept_by_fusedbn = {key: getattr(mine, key) is tensor
+                           for key, tensor in ours_before[name]["tensors"].items()}
+        assert kept_by_fusedbn == kept_by_torch, name
+        assert (mine.training, mine.state_dict().keys()) == (theirs.training, theirs.state_dict().keys())
+        assert (getattr(mine, "qconfig", None) is ours_before[name]["qconfig"]) == (
+            getattr(theirs, "qconfig", None) is theirs_before[name]["qconfig"]
+        ), name
+        compared += 1
+    assert compared >= 9
+
+
+def test_converted_model_acts_alone_without_a_group(device, assert_close):
+    import fusedbn
+
+    model = small_conv_net(device, seed=5)
+    model[4] = fusedbn.convert_model(model[4])  # fusedbn's BatchNorms are converted too
     reference = copy.deepcopy(model)
-    weight = model[1].weight
     synced = fusedbn.FusedSyncBatchNorm.convert_sync_batchnorm(model)
-    assert type(synced[1]) is fusedbn.FusedSyncBatchNorm
-    assert type(synced[3]) is fusedbn.FusedSyncBatchNorm
-    assert synced[1].weight is weight
-    x = torch.randn(2, 3, 6, 6, device=device)
-    assert_close(synced(x), reference(x))
-    assert_close(synced[1].running_mean, reference[1].running_mean)
+    assert [type(synced[i]) for i in (1, 4)] == [fusedbn.FusedSyncBatchNorm] * 2
+    for step in range(2):
+        x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(step)).to(device) + 1.5
+        assert_close(synced(x), reference(x), msg=f"step {step}")
+    for name, buffer in reference.named_buffers():
+        assert_close(dict(synced.named_buffers())[name], buffer, dtype=torch.float32, msg=name)
 
 
 def test_synchronized_call_with_an_epilogue_is_rejected_before_touching_state(device):
@@ -149,6 +204,14 @@ def test_convert_sync_batchnorm_refuses_fused_activations_and_changes_nothing():
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), fusedbn.FusedBatchNorm2d(4, activation="relu")
     )
-    with pytest.raises(ValueError, match="activation"):
+    before = module_records(model)
+    with pytest.raises(ValueError, match="convert_sync_batchnorm: module '2' fuses activation='relu'"):
         fusedbn.FusedSyncBatchNorm.convert_sync_batchnorm(model)
-    assert type(model[1]) is nn.BatchNorm2d and type(model[2]) is fusedbn.FusedBatchNorm2d
+    assert_swapped(before, model, {})
+
+
+def test_convert_sync_batchnorm_refuses_a_non_module():
+    import fusedbn
+
+    with pytest.raises(TypeError, match="convert_sync_batchnorm: expected an nn.Module, got list"):
+        fusedbn.FusedSyncBatchNorm.convert_sync_batchnorm([nn.BatchNorm2d(3)])

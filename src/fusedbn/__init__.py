@@ -1,5 +1,6 @@
 """fusedbn: BatchNorm computed by fused Triton kernels, as a drop-in for torch.nn.BatchNorm*."""
 
+from fusedbn._version import __version__
 from fusedbn.backend import backend_for
 from fusedbn.convert import convert_model, fuse_batchnorm_relu, revert_model
 from fusedbn.functional import fused_batch_norm
@@ -11,10 +12,10 @@ __all__ = [
     "FusedBatchNorm2d",
     "FusedBatchNorm3d",
     "FusedSyncBatchNorm",
+    "__version__",
     "backend_for",
     "convert_model",
     "fuse_batchnorm_relu",
     "fused_batch_norm",
     "revert_model",
 ]
-__version__ = "0.1.0"

@@ -1,23 +1,87 @@
-"""The ``fusedbn`` command: ``fusedbn tune`` runs a tuning study, ``fusedbn bench`` the benchmarks."""
+"""The ``fusedbn`` command: ``fusedbn tune`` runs a tuning study, ``fusedbn bench`` the benchmarks.
+
+Each subcommand lives in a module of its own, imported only when that subcommand runs, and needs an
+extra of the package (``pip install 'fusedbn[tune]'``, ``'fusedbn[bench]'``); without it the command
+says which extra to install and exits with code 2.
+"""
 
 import argparse
+import importlib
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-from fusedbn.bench import cli as bench_cli
-from fusedbn.tuning import cli as tune_cli
+import torch
+import triton
+
+from fusedbn._version import __version__
+
+MISSING_EXTRA_EXIT_CODE = 2
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``fusedbn`` subcommand.
+
+    ``module`` defines ``add_arguments(parser)`` and ``run(args) -> exit code``; its docstring is the
+    subcommand's description. It is imported only when the subcommand runs, and ``extra`` is the
+    package extra that installs what it imports.
+    """
+
+    module: str
+    extra: str
+    help: str
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "tune": Subcommand(
+        module="fusedbn.tuning.cli",
+        extra="tune",
+        help="tune the training of a small network with Optuna (coarse to fine, resumable)",
+    ),
+    "bench": Subcommand(
+        module="fusedbn.bench.cli",
+        extra="bench",
+        help="benchmark fusedbn against torch eager, torch.compile and the copy bandwidth",
+    ),
+}
+
+
+def version_line() -> str:
+    """fusedbn's version with the torch and triton it runs on."""
+    return f"fusedbn {__version__} (torch {torch.__version__}, triton {triton.__version__})"
+
+
+def _command_parser(subcommands: Mapping[str, Subcommand]) -> argparse.ArgumentParser:
+    """The parser of ``fusedbn [--version] COMMAND ...``; a command's own options are parsed later."""
+    parser = argparse.ArgumentParser(
+        prog="fusedbn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=version_line())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, subcommand in subcommands.items():
+        commands.add_parser(name, help=subcommand.help, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None, subcommands: Mapping[str, Subcommand] = SUBCOMMANDS) -> int:
     """Parse ``argv`` (default: sys.argv) and run the chosen subcommand; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="fusedbn", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, module in (("tune", tune_cli), ("bench", bench_cli)):
-        sub = commands.add_parser(name, help=module.__doc__.splitlines()[0],
-                                  description=module.__doc__)
-        module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    args, rest = _command_parser(subcommands).parse_known_args(argv)
+    subcommand = subcommands[args.command]
+    try:
+        module = importlib.import_module(subcommand.module)
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.partition(".")[0] == "fusedbn":
+            raise
+        print(
+            f"fusedbn {args.command} needs the '{subcommand.extra}' extra: "
+            f"pip install 'fusedbn[{subcommand.extra}]' (no module named {error.name!r})",
+            file=sys.stderr,
+        )
+        return MISSING_EXTRA_EXIT_CODE
+    parser = argparse.ArgumentParser(prog=f"fusedbn {args.command}", description=module.__doc__)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(rest))
 
 
 if __name__ == "__main__":

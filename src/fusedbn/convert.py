@@ -1,58 +1,93 @@
 """Swap torch's BatchNorm modules in a model for fusedbn's, and back."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from fusedbn.modules import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d
 
-TO_FUSED: dict[type[nn.Module], type[nn.Module]] = {
+TO_FUSED: dict[type[nn.Module], type[_BatchNorm]] = {
     nn.BatchNorm1d: FusedBatchNorm1d,
     nn.BatchNorm2d: FusedBatchNorm2d,
     nn.BatchNorm3d: FusedBatchNorm3d,
 }
-TO_TORCH: dict[type[nn.Module], type[nn.Module]] = {v: k for k, v in TO_FUSED.items()}
+TO_TORCH: dict[type[nn.Module], type[_BatchNorm]] = {v: k for k, v in TO_FUSED.items()}
 
 
-def _swap(module: nn.Module, mapping: dict[type[nn.Module], type[nn.Module]]) -> nn.Module:
-    """Return ``module`` with every module whose exact class is a key of ``mapping`` replaced."""
-    new_class = mapping.get(type(module))
-    if new_class is not None:
-        replacement = new_class(
-            module.num_features,
-            eps=module.eps,
-            momentum=module.momentum,
-            affine=module.affine,
-            track_running_stats=module.track_running_stats,
-            device="meta",
-        )
-        # The replacement takes over the very Parameter and buffer objects, so optimisers,
-        # devices, dtypes and requires_grad flags stay exactly as they were.
-        for name, param in module.named_parameters(recurse=False):
-            setattr(replacement, name, param)
-        for name in ("weight", "bias"):
-            if getattr(module, name, None) is None:
-                replacement.register_parameter(name, None)
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            replacement.register_buffer(name, getattr(module, name, None))
-        replacement.train(module.training)
-        if hasattr(module, "qconfig"):
-            replacement.qconfig = module.qconfig
-        return replacement
-    for name, child in module.named_children():
-        new_child = _swap(child, mapping)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module
+def swap_batchnorms(
+    model: nn.Module,
+    mapping: Mapping[type[nn.Module], type[_BatchNorm]],
+    caller: str,
+    **constructor_kwargs: Any,
+) -> nn.Module:
+    """Replace every module of ``model`` whose exact class is a key of ``mapping`` by its value's class.
+
+    The one way fusedbn swaps BatchNorm modules (convert_model, revert_model and
+    FusedSyncBatchNorm.convert_sync_batchnorm). Subclasses are not matched, since they may change
+    the behaviour. Each replacement takes over the very Parameter and buffer objects of the module it
+    replaces, so optimisers, devices, dtypes and requires_grad flags stay as they were, and keeps its
+    training flag and ``qconfig``; a module used in several places gets one replacement. Its
+    constructor receives the BatchNorm's hyperparameters plus ``constructor_kwargs``.
+    The model is changed in place and returned (a matching ``model`` itself is returned replaced).
+
+    Raises, naming ``caller`` and changing nothing, TypeError if ``model`` is not a module, and
+    ValueError if a module to replace fuses an activation (its replacement would drop it).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{caller}: expected an nn.Module, got {type(model).__name__}")
+    matched = {module: name for name, module in model.named_modules() if type(module) in mapping}
+    for module, name in matched.items():
+        activation = getattr(module, "activation", None)
+        if activation is not None:
+            raise ValueError(
+                f"{caller}: module {name or type(module).__name__!r} fuses activation={activation!r}, "
+                f"which {mapping[type(module)].__name__} cannot express"
+            )
+    replacements = {
+        module: _replacement(module, mapping[type(module)], constructor_kwargs) for module in matched
+    }
+    if model in replacements:
+        return replacements[model]
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child in replacements:
+                setattr(parent, name, replacements[child])
+    return model
+
+
+def _replacement(module: _BatchNorm, new_class: type[_BatchNorm], constructor_kwargs: dict) -> _BatchNorm:
+    """A ``new_class`` module holding ``module``'s own parameters, buffers, training flag and qconfig."""
+    replacement = new_class(
+        module.num_features,
+        eps=module.eps,
+        momentum=module.momentum,
+        affine=module.affine,
+        track_running_stats=module.track_running_stats,
+        device="meta",
+        **constructor_kwargs,
+    )
+    for name in ("weight", "bias"):
+        replacement.register_parameter(name, getattr(module, name))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        persistent = name not in module._non_persistent_buffers_set
+        replacement.register_buffer(name, getattr(module, name), persistent=persistent)
+    replacement.train(module.training)
+    if hasattr(module, "qconfig"):
+        replacement.qconfig = module.qconfig
+    return replacement
 
 
 def convert_model(model: nn.Module) -> nn.Module:
     """Replace every ``nn.BatchNorm1d/2d/3d`` in ``model`` with its fusedbn counterpart.
 
     Parameters and buffers are moved over as they are (same tensors, device, dtype and
-    requires_grad), training mode is kept, and the converted model is returned; a bare BatchNorm
-    module passed in is returned replaced. Subclasses of torch's BatchNorm are left alone, since
-    they may change its behaviour.
+    requires_grad), the training flag and ``qconfig`` are kept, and the converted model is returned;
+    a bare BatchNorm module passed in is returned replaced. Subclasses of torch's BatchNorm are left
+    alone, since they may change its behaviour.
     """
-    return _swap(model, TO_FUSED)
+    return swap_batchnorms(model, TO_FUSED, "convert_model")
 
 
 def revert_model(model: nn.Module) -> nn.Module:
@@ -61,13 +96,7 @@ def revert_model(model: nn.Module) -> nn.Module:
     Raises ValueError, changing nothing, if a module fuses an activation, which torch's BatchNorm
     classes cannot express.
     """
-    for name, module in model.named_modules():
-        if type(module) in TO_TORCH and module.activation is not None:
-            raise ValueError(
-                f"revert_model: module {name or type(module).__name__!r} fuses "
-                f"activation={module.activation!r}, which torch's BatchNorm classes cannot express"
-            )
-    return _swap(model, TO_TORCH)
+    return swap_batchnorms(model, TO_TORCH, "revert_model")
 
 
 def fuse_batchnorm_relu(model: nn.Module) -> nn.Module:

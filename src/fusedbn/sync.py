@@ -6,7 +6,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from fusedbn.convert import TO_FUSED, TO_TORCH, swap_batchnorms
 from fusedbn.modules import _FusedBatchNorm
+
+# The classes convert_sync_batchnorm replaces: torch's BatchNorms, SyncBatchNorm included, and fusedbn's.
+SYNC_SOURCES: tuple[type[_BatchNorm], ...] = (*TO_FUSED, nn.SyncBatchNorm, *TO_TORCH)
 
 
 class FusedSyncBatchNorm(_FusedBatchNorm):
@@ -46,35 +50,13 @@ class FusedSyncBatchNorm(_FusedBatchNorm):
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
-        """Replace every BatchNorm (torch's or fusedbn's) in ``module`` with FusedSyncBatchNorm.
+        """Replace every BatchNorm in ``module`` (torch's ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm``,
+        fusedbn's ``FusedBatchNorm1d/2d/3d``) with a FusedSyncBatchNorm over ``process_group``.
 
-        Parameters and buffers are moved over as they are; the converted module is returned. Raises
-        ValueError, changing nothing, if a BatchNorm fuses an activation (synchronized BatchNorm has
-        no fused epilogue).
+        Matching and moving are convert_model's: exact classes only (subclasses are left alone), the
+        same Parameter and buffer objects, the training flag and ``qconfig`` kept; the converted
+        module is returned. Raises ValueError, changing nothing, if a BatchNorm fuses an activation
+        (synchronized BatchNorm has no fused epilogue).
         """
-        for name, child in module.named_modules():
-            if getattr(child, "activation", None) is not None:
-                raise ValueError(
-                    f"convert_sync_batchnorm: {name or type(child).__name__!r} fuses "
-                    f"activation={child.activation!r}, which FusedSyncBatchNorm does not"
-                )
-        return cls._convert(module, process_group)
-
-    @classmethod
-    def _convert(cls, module: nn.Module, process_group: Any) -> nn.Module:
-        if isinstance(module, _BatchNorm) and not isinstance(module, cls):
-            synced = cls(
-                module.num_features, module.eps, module.momentum, module.affine,
-                module.track_running_stats, process_group, device="meta",
-            )
-            for name in ("weight", "bias"):
-                synced.register_parameter(name, getattr(module, name, None))
-            for name in ("running_mean", "running_var", "num_batches_tracked"):
-                synced.register_buffer(name, getattr(module, name, None))
-            synced.train(module.training)
-            return synced
-        for name, child in module.named_children():
-            new_child = cls._convert(child, process_group)
-            if new_child is not child:
-                setattr(module, name, new_child)
-        return module
+        mapping = dict.fromkeys(SYNC_SOURCES, cls)
+        return swap_batchnorms(module, mapping, "convert_sync_batchnorm", process_group=process_group)
