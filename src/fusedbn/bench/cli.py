@@ -65,21 +65,45 @@ class Preset:
 
 PRESETS = {
     "full": Preset(
-        "all", "float32,float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
-        "fusedbn,eager,compile", None, None, TimingSettings(warmup_ms=25, rep_ms=100), 1024,
-        math.inf, math.inf,
+        shapes="all",
+        dtypes="float32,float16,bfloat16",
+        layouts="nchw,channels_last",
+        modes="fwd,bwd,fwdbwd,eval",
+        providers="fusedbn,eager,flag_gems,compile",
+        compile_shapes=None,
+        compile_modes=None,
+        settings=TimingSettings(warmup_ms=25, rep_ms=100),
+        copy_mib=1024,
+        time_budget=math.inf,
+        compile_budget=math.inf,
     ),
     "quick": Preset(
-        "all", "float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
-        "fusedbn,eager,compile", "resnet50", "fwd,bwd,fwdbwd", TimingSettings(warmup_ms=10, rep_ms=40),
-        1024, 240.0, 150.0,
+        shapes="all",
+        dtypes="float16,bfloat16",
+        layouts="nchw,channels_last",
+        modes="fwd,bwd,fwdbwd,eval",
+        providers="fusedbn,eager,flag_gems,compile",
+        compile_shapes="resnet50",
+        compile_modes="fwd,bwd,fwdbwd",
+        settings=TimingSettings(warmup_ms=10, rep_ms=40),
+        copy_mib=1024,
+        time_budget=240.0,
+        compile_budget=150.0,
     ),
     "smoke": Preset(
-        "smoke", "float32,float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
-        "fusedbn,eager", None, None, TimingSettings(warmup_calls=1, cpu_repeats=3), 4,
-        math.inf, math.inf,
+        shapes="smoke",
+        dtypes="float32,float16,bfloat16",
+        layouts="nchw,channels_last",
+        modes="fwd,bwd,fwdbwd,eval",
+        providers="fusedbn,eager,flag_gems",
+        compile_shapes=None,
+        compile_modes=None,
+        settings=TimingSettings(warmup_calls=1, cpu_repeats=3),
+        copy_mib=4,
+        time_budget=math.inf,
+        compile_budget=math.inf,
     ),
-}  # fmt: skip
+}
 
 
 def _checked(parse):
@@ -149,8 +173,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--providers",
         type=_checked(parse_providers),
-        help="fusedbn, eager (torch's nn.BatchNorm), compile (torch.compile of it) "
-        "(default: all three; smoke: fusedbn,eager)",
+        help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped "
+        "where it does not import), compile (torch.compile of torch's) "
+        "(default: all four; smoke: fusedbn,eager,flag_gems)",
     )
     parser.add_argument(
         "--compile-shapes",

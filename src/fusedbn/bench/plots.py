@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from fusedbn.bench.cases import COMPILE, EAGER, FUSEDBN, MODES
+from fusedbn.bench.cases import COMPILE, EAGER, FLAG_GEMS, FUSEDBN, MODES
 from fusedbn.bench.metrics import BANDWIDTH_GOAL
 from fusedbn.bench.results import Result
 
@@ -95,7 +95,7 @@ def write_plots(results: list[Result], out_dir: Path, device: str) -> list[Path]
     speedup_path, bandwidth_path = out_dir / SPEEDUP_FILE, out_dir / BANDWIDTH_FILE
     _bar_grid(
         results,
-        (FUSEDBN, COMPILE),
+        (FUSEDBN, COMPILE, FLAG_GEMS),
         speedup,
         "eager time / time",
         1.0,
@@ -105,7 +105,7 @@ def write_plots(results: list[Result], out_dir: Path, device: str) -> list[Path]
     )
     _bar_grid(
         results,
-        (FUSEDBN, EAGER, COMPILE),
+        (FUSEDBN, EAGER, COMPILE, FLAG_GEMS),
         lambda result: result.copy_share,
         "share of copy bandwidth",
         BANDWIDTH_GOAL,
