@@ -616,7 +616,7 @@ GPU_DEFAULTS = dict(
 )
 SMOKE_DEFAULTS = dict(
     model="tiny",
-    image_size=32,
+    image_size=16,
     variants=",".join(VARIANTS),
     modes=EAGER,
     precisions="fp32",
