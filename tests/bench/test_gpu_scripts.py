@@ -40,4 +40,3 @@ def test_unknown_option_is_refused():
     result = _fetch("--everything")
     assert result.returncode == 2
     assert "unknown option --everything" in result.stderr
-

@@ -54,9 +54,11 @@ def test_targets_text_lists_each_target_and_the_breakdown():
     text = report.format_targets(results)
     lines = text.splitlines()
     assert "geomean" in lines[1] and "1.73x" in lines[1] and ">= 1.25x" in lines[1] and " yes " in lines[1]
-    assert "torch.compile" in lines[2] and " - " in lines[2]  # not measured
-    assert "85%" in lines[3] and " yes " in lines[3]
-    assert "1.00" in lines[4] and "64x2048x7x7 bfloat16 channels_last fwdbwd" in lines[4]
+    assert "floor" in lines[2] and "1.00x" in lines[2] and " yes " in lines[2]
+    assert "64x2048x7x7 bfloat16 channels_last fwdbwd" in lines[2]
+    assert "torch.compile" in lines[3] and " - " in lines[3]  # not measured
+    assert "training bandwidth" in lines[4] and "85%" in lines[4] and " yes " in lines[4]
+    assert "eval bandwidth" in lines[5] and " - " in lines[5]
     breakdown = next(line for line in lines if line.strip().startswith("bfloat16"))
     # geomean sqrt(3 * 1) = 1.73; weighted by layers (1 and 4): (3 + 4) / (1 + 4) = 1.40
     assert breakdown.split() == ["bfloat16", "channels_last", "1.73x", "1.40x", "2"]

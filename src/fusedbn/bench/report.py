@@ -92,7 +92,7 @@ def _value(value: float, goal: str) -> str:
 
 
 def format_targets(results: list[Result]) -> str:
-    """The targets of issue 4 and the per-dtype/layout fwd+bwd breakdown, as text."""
+    """The project's per-op targets and the per-dtype/layout fwd+bwd breakdown, as text."""
     lines = [f"{'target':<82}  {'measured':>8}  {'goal':>8}  {'met':>3}  {'cases':>5}  where"]
     for target in compute_targets(results):
         met = "-" if target.met is None else "yes" if target.met else "NO"
