@@ -311,6 +311,29 @@ def _profile_kernels(plan: Plan, budget_s: float, out: Path) -> None:
     print(f"wrote {out / KERNELS_FILE} ({len(rows)} kernel rows)", flush=True)
 
 
+def _measure(plan: Plan, copy_gbps: float, result_file: ResultFile) -> list[Result]:
+    """Run ``plan``, appending each result to ``result_file`` and printing progress unit by unit."""
+    units = plan.units()
+    print(f"{plan.case_count()} cases in {len(units)} units; results go to {result_file.path}", flush=True)
+    start = time.perf_counter()
+
+    def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
+        failed = sum(r.status.startswith("error") for r in unit_results)
+        measured = sum(r.ok for r in unit_results)
+        print(
+            f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
+            f"{'+'.join(unit.providers)}: {measured}/{len(unit_results)} measured"
+            f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+
+    results = []
+    for result in run_plan(plan, copy_gbps, progress):
+        result_file.append(result)
+        results.append(result)
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fusedbn bench`` with parsed options; returns the exit code.
 
@@ -344,25 +367,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fusedbn bench: error: {error}", file=sys.stderr)
         return 2
-    units = plan.units()
     print(format_header(info), flush=True)
-    print(f"{plan.case_count()} cases in {len(units)} units; results go to {result_file.path}", flush=True)
-    start = time.perf_counter()
-
-    def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
-        failed = sum(r.status.startswith("error") for r in unit_results)
-        measured = sum(r.ok for r in unit_results)
-        print(
-            f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
-            f"{'+'.join(unit.providers)}: {measured}/{len(unit_results)} measured"
-            f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
-
-    results = []
-    for result in run_plan(plan, copy_gbps, progress):
-        result_file.append(result)
-        results.append(result)
+    results = _measure(plan, copy_gbps, result_file)
     print()
     _finish(info, results, args.out)
     profile_budget = PRESETS[_preset_name(args)].profile_budget

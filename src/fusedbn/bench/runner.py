@@ -39,7 +39,7 @@ from fusedbn.bench.providers import (
     unavailable_reason,
 )
 from fusedbn.bench.results import OK, Result
-from fusedbn.bench.timing import TimingSettings, gigabytes_per_second, measure
+from fusedbn.bench.timing import Measurement, TimingSettings, gigabytes_per_second, measure
 
 # Providers in the order they are timed: eager first, since its output is the reference.
 PROVIDER_ORDER = (EAGER, FUSEDBN, FLAG_GEMS, COMPILE)
@@ -174,9 +174,7 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 backend=backend_name(provider, device),
                 bytes=nbytes,
             )
-            reason = budgets.skip_reason(provider)
-            if reason is None and unavailable_reason(provider) is not None:
-                reason = f"skipped: {unavailable_reason(provider)}"
+            reason = _skip_reason(budgets, provider)
             if reason is not None:
                 yield Result(status=reason, **base)
                 continue
@@ -201,21 +199,35 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 continue
             if provider == COMPILE:
                 budgets.compile_s += measured.first_call_s
-            timing = measured.timing
-            gbps = gigabytes_per_second(nbytes, timing.median_ms)
-            yield Result(
-                status=OK,
-                median_ms=timing.median_ms,
-                min_ms=timing.min_ms,
-                max_ms=timing.max_ms,
-                first_call_s=measured.first_call_s,
-                gbps=gbps,
-                copy_share=gbps / copy_gbps,
-                rel_diff=(
-                    math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
-                ),
-                **base,
-            )
+            rel_diff = math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
+            yield _measured_result(measured, nbytes, copy_gbps, rel_diff, base)
+
+
+def _skip_reason(budgets: _Budgets, provider: str) -> str | None:
+    """Why ``provider``'s next case is not measured (a spent budget, FlagGems missing), or None."""
+    reason = budgets.skip_reason(provider)
+    if reason is None and unavailable_reason(provider) is not None:
+        reason = f"skipped: {unavailable_reason(provider)}"
+    return reason
+
+
+def _measured_result(
+    measured: Measurement, nbytes: int, copy_gbps: float, rel_diff: float, base: dict[str, object]
+) -> Result:
+    """The row of a measured case: its times, effective bandwidth and difference from eager."""
+    timing = measured.timing
+    gbps = gigabytes_per_second(nbytes, timing.median_ms)
+    return Result(
+        status=OK,
+        median_ms=timing.median_ms,
+        min_ms=timing.min_ms,
+        max_ms=timing.max_ms,
+        first_call_s=measured.first_call_s,
+        gbps=gbps,
+        copy_share=gbps / copy_gbps,
+        rel_diff=rel_diff,
+        **base,
+    )
 
 
 def run_plan(

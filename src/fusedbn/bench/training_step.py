@@ -520,6 +520,19 @@ def _number(value: float, width: int, spec: str) -> str:
     return f"{'-' if math.isnan(value) else format(value, spec):>{width}}"
 
 
+def _case_line(r: StepResult, torch_images_per_s: float) -> str:
+    c = r.case
+    head = f"{c.variant:<18} {c.mode:<24} {c.precision:<5} {c.layout:<13} {c.batch:>5}"
+    if not r.ok:
+        return f"{head} {r.status}"
+    return (
+        f"{head} {r.images_per_s:>8.1f} {_number(r.images_per_s / torch_images_per_s, 7, '.2f')}x "
+        f"{r.step_ms:>8.2f} {_number(r.gpu_ms, 8, '.2f')} {r.host_ms:>8.2f} "
+        f"{_number(r.bn_share * 100, 5, '.1f')} {_number(r.loss_diff, 8, '.1e')} "
+        f"{_number(r.stats_diff, 9, '.1e')} {r.agrees:<6} {r.backend}"
+    )
+
+
 def format_summary(results: list[StepResult], info: dict[str, str], top_kernels: int = 8) -> str:
     """The run's table (one line per case, with its speed relative to torch eager), then each case's
     longest-running BatchNorm kernels, then failures."""
@@ -534,20 +547,8 @@ def format_summary(results: list[StepResult], info: dict[str, str], top_kernels:
         r.case.group: r for r in results if r.ok and r.case.variant == TORCH_BN and r.case.mode == EAGER
     }
     for r in results:
-        c = r.case
-        if not r.ok:
-            lines.append(
-                f"{c.variant:<18} {c.mode:<24} {c.precision:<5} {c.layout:<13} {c.batch:>5} {r.status}"
-            )
-            continue
-        reference = eager_torch.get(c.group)
-        ratio = r.images_per_s / reference.images_per_s if reference else math.nan
-        lines.append(
-            f"{c.variant:<18} {c.mode:<24} {c.precision:<5} {c.layout:<13} {c.batch:>5} "
-            f"{r.images_per_s:>8.1f} {_number(ratio, 7, '.2f')}x {r.step_ms:>8.2f} "
-            f"{_number(r.gpu_ms, 8, '.2f')} {r.host_ms:>8.2f} {_number(r.bn_share * 100, 5, '.1f')} "
-            f"{_number(r.loss_diff, 8, '.1e')} {_number(r.stats_diff, 9, '.1e')} {r.agrees:<6} {r.backend}"
-        )
+        reference = eager_torch.get(r.case.group)
+        lines.append(_case_line(r, reference.images_per_s if reference else math.nan))
     lines += [
         "",
         "vs torch: images/s over torch BatchNorm's in eager mode, same precision, layout and batch.",
