@@ -86,3 +86,24 @@ def test_smoke_report(tmp_path, capsys):
 def test_bad_shape_is_refused(tmp_path, capsys):
     assert host_time.main(["--smoke", "--out", str(tmp_path), "--shapes", "4x"]) == 2
     assert "unknown shape '4x'" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_cuda_report_times_the_launches(tmp_path):
+    argv = [
+        "--out",
+        str(tmp_path),
+        "--shapes",
+        "8x16x6x6",
+        "--layouts",
+        "nchw",
+        "--steps",
+        "5",
+        "--warmup",
+        "2",
+    ]
+    assert host_time.main(argv) == 0
+    with (tmp_path / host_time.CSV_FILE).open() as handle:
+        parts = {row["part"]: float(row["us_per_step"]) for row in csv.DictReader(handle)}
+    assert parts["fusedbn step"] > 0 and parts["torch eager step"] > 0
+    assert parts["argument checks"] > 0 and parts["planning"] + parts["kernel launches"] > 0

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import fusedbn
 from fusedbn.bench.profiling import FUSEDBN_KERNELS, batchnorm_share, kernel_times, summarise
 
 
@@ -55,3 +56,25 @@ def test_no_kernels_give_no_share():
     calls = []
     assert kernel_times(lambda: calls.append(1), torch.device("cpu"), 3) == []
     assert calls == []
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_batchnorm_kernels_of_torch_and_fusedbn_are_found_on_cuda(dtype, memory_format):
+    device = torch.device("cuda")
+    x = torch.randn(8, 16, 12, 12, device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    x.requires_grad_(True)
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, device=device, dtype=dtype)
+    for module in (torch.nn.BatchNorm2d(16, device=device), fusedbn.FusedBatchNorm2d(16, device=device)):
+
+        def step(module=module):
+            return torch.autograd.grad(module(conv(x)).float().square().sum(), (x, module.weight))
+
+        step()
+        kernels = kernel_times(step, device, calls=2)
+        names = [k.name for k in kernels if k.batchnorm]
+        assert names, [k.name for k in kernels]
+        assert 0 < batchnorm_share(kernels) < 1  # the convolution's kernels are not BatchNorm's
+        if isinstance(module, fusedbn.FusedBatchNorm2d):
+            assert any(name.split("(")[0] in FUSEDBN_KERNELS for name in names), names
