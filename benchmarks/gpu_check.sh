@@ -29,14 +29,16 @@ INSTALL_TIMEOUT=${INSTALL_TIMEOUT:-60}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-120}
 TUNING_TESTS_TIMEOUT=${TUNING_TESTS_TIMEOUT:-60}
 HOST_TIMEOUT=${HOST_TIMEOUT:-60}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-170}
 STEP_TIMEOUT=${STEP_TIMEOUT:-140}
 TUNE_TIMEOUT=${TUNE_TIMEOUT:-60}
 # The benchmarks stop starting cases after their budget and then write their reports, well inside
 # their timeouts: the per-op suite after BENCH_BUDGET s (torch.compile after COMPILE_BUDGET s of
-# compiling), the training-step benchmark after STEP_BUDGET s.
+# compiling), then profiles kernels for PROFILE_BUDGET s; the training-step benchmark starts no case
+# after STEP_BUDGET s (its CSVs are rewritten after every case).
 BENCH_BUDGET=${BENCH_BUDGET:-100}
 COMPILE_BUDGET=${COMPILE_BUDGET:-60}
+PROFILE_BUDGET=${PROFILE_BUDGET:-25}
 STEP_BUDGET=${STEP_BUDGET:-90}
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -168,7 +170,7 @@ step host-time "$HOST_TIMEOUT" "$RUN/host_time.log" \
 
 # 6. The quick per-op suite (fusedbn, eager, FlagGems, torch.compile); should it be cut short,
 #    render what reached results.csv.
-pick_args --smoke --dtypes fp32 --shapes 64x16 -- --quick
+pick_args --smoke --dtypes fp32 --shapes 64x16 -- --quick --profile-kernels "$PROFILE_BUDGET"
 step bench "$BENCH_TIMEOUT" "$RUN/bench.log" \
     "$python" -m fusedbn.bench.cli "${ARGS[@]}" --out "$RUN/bench" \
     --time-budget "$BENCH_BUDGET" --compile-budget "$COMPILE_BUDGET"
@@ -177,10 +179,11 @@ if [ ! -s "$RUN/bench/summary.txt" ] && [ -s "$RUN/bench/results.csv" ]; then
         "$python" -m fusedbn.bench.cli --report "$RUN/bench/results.csv" --out "$RUN/bench"
 fi
 
-# 7. ResNet-50 training steps: batch 128, bf16 and fp16, both layouts, eager first, then the CUDA
-#    graph of the whole step, then torch.compile, as far as STEP_BUDGET goes.
-pick_args --smoke -- --batches 128 --precisions bf16,fp16 --layouts channels_last,nchw \
-    --modes eager,cuda-graph,compile --warmup 5 --steps 20 --profile-steps 2
+# 7. ResNet-50 training steps: batch 128, bf16 and fp16, channels_last, eager, then the CUDA graph of
+#    the whole step (about 6 s a case). torch.compile (about a minute of compiling per variant) and
+#    NCHW, batch 64 are for a longer session: python -m fusedbn.bench.training_step with defaults.
+pick_args --smoke -- --batches 128 --precisions bf16,fp16 --layouts channels_last \
+    --modes eager,cuda-graph --warmup 5 --steps 20 --profile-steps 2
 step training-step "$STEP_TIMEOUT" "$RUN/training_step.log" \
     "$python" -m fusedbn.bench.training_step "${ARGS[@]}" --out "$RUN/training-step" --time-budget "$STEP_BUDGET"
 

@@ -108,7 +108,7 @@ def test_gpu_plan_runs_eager_first_and_the_target_case_first():
 
 def test_cuda_only_modes_are_skipped_on_the_cpu(tmp_path):
     plan = training_step.build_plan(_parse("--smoke", "--modes", "cuda-graph", "--variants", "torch"))
-    results, _ = training_step.run_plan(plan)
+    results = training_step.run_plan(plan, training_step.base_model(plan.settings)[0])
     assert [r.status for r in results] == ["skipped: cuda-graph needs CUDA"]
 
 
@@ -124,7 +124,7 @@ def test_cuda_eager_and_graph_steps_train_alike(tmp_path):
                    "--precisions", "fp32,fp16", "--layouts", "channels_last", "--warmup", "2", "--steps", "3",
                    "--profile-steps", "1")
         )  # fmt: skip
-        results, _ = training_step.run_plan(plan)
+        results = training_step.run_plan(plan, training_step.base_model(plan.settings)[0])
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     assert len(results) == 2 * 2 * len(VARIANTS)

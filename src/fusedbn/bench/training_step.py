@@ -434,10 +434,13 @@ def _release_memory(device: torch.device) -> None:
 
 
 def run_plan(
-    plan: StepPlan, on_result: Callable[[StepResult], None] | None = None
-) -> tuple[list[StepResult], str]:
-    """Run every case of ``plan`` within its time budget; returns the results and the model's source."""
-    base, source = base_model(plan.settings)
+    plan: StepPlan, base: nn.Module, on_result: Callable[[list[StepResult]], None] | None = None
+) -> list[StepResult]:
+    """Run every case of ``plan``, each starting from a copy of ``base``, within the time budget.
+
+    ``on_result(results so far)`` is called after each case; the agreement with torch eager is
+    filled in once all cases ran.
+    """
     start = time.perf_counter()
     results = []
     for case in plan.cases():
@@ -448,9 +451,9 @@ def run_plan(
         results.append(result)
         _release_memory(plan.device)
         if on_result is not None:
-            on_result(result)
+            on_result(results)
     check_agreement(results)
-    return results, source
+    return results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -735,11 +738,7 @@ def run(args: argparse.Namespace) -> int:
     if plan.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    def progress(result: StepResult) -> None:
-        speed = f"{result.images_per_s:.1f} img/s" if result.ok else result.status
-        print(f"{result.case.label}: {speed}", flush=True)
-
-    results, source = run_plan(plan, progress)
+    base, source = base_model(plan.settings)
     info = {
         "device": device_name(plan.device),
         "torch": torch.__version__,
@@ -748,6 +747,15 @@ def run(args: argparse.Namespace) -> int:
         "timed_steps": str(plan.settings.timed_steps),
         "commit": git_commit(),
     }
+
+    def progress(results: list[StepResult]) -> None:
+        # The CSVs are rewritten after every case, so a run that is cut short keeps what it measured.
+        write_csv(results, info, args.out)
+        result = results[-1]
+        speed = f"{result.images_per_s:.1f} img/s" if result.ok else result.status
+        print(f"{result.case.label}: {speed}", flush=True)
+
+    results = run_plan(plan, base, progress)
     paths = write_csv(results, info, args.out)
     text = format_summary(results, info)
     (args.out / SUMMARY_FILE).write_text(text + "\n")
