@@ -219,7 +219,7 @@ class TrainStep:
     ):
         device = images.device
         self.model, self.images, self.labels = model, images, labels
-        self.forward = forward or model
+        self.forward = model if forward is None else forward
         self.dtype = PRECISIONS[precision]
         self.autocast = self.dtype != torch.float32
         # fused SGD takes the GradScaler's scale and inf flag on the device: no host synchronisation.
