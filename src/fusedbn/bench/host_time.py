@@ -52,14 +52,15 @@ class Stage:
     targets: tuple[tuple[str, str], ...]
 
 
-# Functions that do not exist in the installed versions are skipped and listed in the report.
+# Functions that do not exist in the installed versions are skipped and listed in the report (the
+# launch path is being reworked: both the current names and the planned ones are listed).
 CHECKS = Stage("argument checks", (("fusedbn.functional", "check_batch_norm_args"),))
 PLANNING = Stage(
     "planning",
     tuple(
         (module, name)
         for module in ("fusedbn.kernels.forward", "fusedbn.kernels.backward")
-        for name in ("fold_input", "choose_launch")
+        for name in ("fold_input", "choose_launch", "plan_batch_norm")
     ),
 )
 LAUNCHES = Stage(
