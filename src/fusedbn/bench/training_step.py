@@ -277,6 +277,17 @@ def graph_step(step: TrainStep, warmup_steps: int) -> Callable[[], torch.Tensor]
     return replay
 
 
+def _marking_step_begins(step: TrainStep) -> Callable[[], torch.Tensor]:
+    """``step``, first telling torch.compile's CUDA-graph trees that a new step begins (so the last
+    step's outputs may be overwritten)."""
+
+    def marked() -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return step()
+
+    return marked
+
+
 def prepared_step(case: StepCase, model: nn.Module, plan: StepPlan) -> Callable[[], torch.Tensor]:
     """The warmed-up step that ``case.mode`` times: ``plan.settings.warmup_steps`` steps already ran."""
     settings, device = plan.settings, plan.device
@@ -289,13 +300,7 @@ def prepared_step(case: StepCase, model: nn.Module, plan: StepPlan) -> Callable[
     step = TrainStep(model, images, labels, case.precision, settings.learning_rate, forward)
     if case.mode == CUDA_GRAPH:
         return graph_step(step, settings.warmup_steps)
-    run = step
-    if case.mode == COMPILE_REDUCE_OVERHEAD:
-        # Tell the CUDA-graph trees that a new step begins, so the last step's outputs may be reused.
-        def run() -> torch.Tensor:
-            torch.compiler.cudagraph_mark_step_begin()
-            return step()
-
+    run = _marking_step_begins(step) if case.mode == COMPILE_REDUCE_OVERHEAD else step
     for _ in range(settings.warmup_steps):
         run()
     synchronize(device)
