@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The prepared GPU run (issue 4): install fusedbn without network, record the machine, run the test
-# suite on CUDA, then the quick benchmark. Meant for a lent H100/H200 with torch, triton, pytest and
-# pytest-xdist but no optuna and no network; about 6 minutes, at most 8 (each step has a timeout).
+# The prepared GPU run: install fusedbn and the carried wheels without network, record the machine, run
+# the test suite on CUDA, the host-time report, the quick per-op suite (with FlagGems), the ResNet-50
+# training-step benchmark and a short tuning study. Meant for a lent H100/H200 with torch, triton,
+# torchvision, pytest and pytest-xdist but no optuna and no network; about 6 minutes, at most
+# TOTAL_BUDGET seconds (470): every step has a timeout and none starts past the total.
 #
-#   OUT=/some/folder bash benchmarks/gpu_check.sh     (from anywhere; OUT defaults to runs/gpu-check)
+#   bash scripts/fetch-gpu-wheels.sh                  (here, with network: wheels into .whl/)
+#   OUT=/some/folder bash benchmarks/gpu_check.sh     (on the GPU machine, from anywhere)
+#   OUT=/tmp/rehearsal GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh
+#                                                     (CPU rehearsal: every step in its smoke form,
+#                                                      installs nothing, writes only into OUT)
 #
-# Writes into $OUT (8 files): env.log, tests.log, bench.log, steps.txt (each step's exit code and
-# seconds), and from the benchmark results.csv, summary.txt, speedup.png, bandwidth.png.
+# Writes into $OUT (6 files): steps.txt (each step's exit code and seconds), console.log (everything
+# printed), summary.txt (per-op suite), host_time.txt, training_step.txt, and gpu-check.tar.gz with
+# every step's files (logs, CSVs, plots, kernel tables, tuning summary) under run/.
 # A failing or stuck step does not stop the later ones; the script exits with the first failing
 # step's code. Where the copy has no .git, set FUSEDBN_COMMIT to the commit it was made from.
 # Timeouts and budgets in seconds can be changed through the environment variables below.
@@ -16,24 +23,42 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 
+SMOKE=${GPU_CHECK_SMOKE:-0}
+TOTAL_BUDGET=${TOTAL_BUDGET:-470}
 INSTALL_TIMEOUT=${INSTALL_TIMEOUT:-60}
-TESTS_TIMEOUT=${TESTS_TIMEOUT:-150}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-250}
-# The benchmark stops measuring after BENCH_BUDGET s (torch.compile after COMPILE_BUDGET s of
-# compiling) and then writes its report, well inside BENCH_TIMEOUT.
-BENCH_BUDGET=${BENCH_BUDGET:-190}
-COMPILE_BUDGET=${COMPILE_BUDGET:-130}
+TESTS_TIMEOUT=${TESTS_TIMEOUT:-120}
+TUNING_TESTS_TIMEOUT=${TUNING_TESTS_TIMEOUT:-60}
+HOST_TIMEOUT=${HOST_TIMEOUT:-60}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-170}
+STEP_TIMEOUT=${STEP_TIMEOUT:-140}
+TUNE_TIMEOUT=${TUNE_TIMEOUT:-60}
+# The benchmarks stop starting cases after their budget and then write their reports, well inside
+# their timeouts: the per-op suite after BENCH_BUDGET s (torch.compile after COMPILE_BUDGET s of
+# compiling), then profiles kernels for PROFILE_BUDGET s; the training-step benchmark starts no case
+# after STEP_BUDGET s (its CSVs are rewritten after every case).
+BENCH_BUDGET=${BENCH_BUDGET:-100}
+COMPILE_BUDGET=${COMPILE_BUDGET:-60}
+PROFILE_BUDGET=${PROFILE_BUDGET:-25}
+STEP_BUDGET=${STEP_BUDGET:-90}
 export PYTHONUNBUFFERED=1
-# The benchmark's kind of run: --quick here; --smoke checks this script on a machine without a GPU.
-BENCH_MODE=${BENCH_MODE:---quick}
 python=${PYTHON:-python3}
+RUN="$OUT/run"
+mkdir -p "$RUN"
 : > "$OUT/steps.txt"
+exec > >(tee -a "$OUT/console.log") 2>&1
 first_failure=0
 
-# step NAME TIMEOUT LOG COMMAND...: run COMMAND under timeout, tee its output to LOG, record the code.
+# step NAME TIMEOUT LOG COMMAND...: run COMMAND under timeout (cut to what is left of TOTAL_BUDGET),
+# tee its output to LOG, record the code. A step with under 15 s left is skipped.
 step() {
     local name=$1 limit=$2 log=$3
     shift 3
+    local left=$((TOTAL_BUDGET - SECONDS - 5))
+    if [ "$left" -lt 15 ]; then
+        echo "$name skipped: total budget of ${TOTAL_BUDGET}s spent" | tee -a "$OUT/steps.txt"
+        return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     local start=$SECONDS
     echo "=== $name (timeout ${limit}s): $*" | tee -a "$log"
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
@@ -42,6 +67,17 @@ step() {
     echo "$name rc=$code $((SECONDS - start))s" | tee -a "$OUT/steps.txt"
     if [ "$code" -ne 0 ] && [ "$first_failure" -eq 0 ]; then first_failure=$code; fi
     return 0
+}
+skip() {
+    echo "$1 skipped: $2" | tee -a "$OUT/steps.txt"
+}
+# pick_args SMOKE_WORDS -- GPU_WORDS: set the array ARGS to the words for this kind of run.
+pick_args() {
+    local smoke_part=() gpu_part=() seen=0
+    for word in "$@"; do
+        if [ "$word" = "--" ]; then seen=1; elif [ "$seen" -eq 0 ]; then smoke_part+=("$word"); else gpu_part+=("$word"); fi
+    done
+    if [ "$SMOKE" = 1 ]; then ARGS=("${smoke_part[@]}"); else ARGS=("${gpu_part[@]}"); fi
 }
 
 # Run from another folder (so that the repository root on sys.path proves nothing) with the
@@ -59,23 +95,30 @@ imports_ok() {
     (cd /tmp && "$python" -c "$IMPORTS_PY" "$OLDPWD")
 }
 VERSIONS_PY='
-import sys, torch, triton
+import importlib, sys, torch, triton
 print("python", sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__)
 print("cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "gpu", torch.cuda.is_available())
 if torch.cuda.is_available():
     print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))
+for name in ("torchvision", "numpy", "optuna", "sklearn", "matplotlib", "flag_gems"):
+    try:
+        print(name, getattr(importlib.import_module(name), "__version__", "?"))
+    except Exception as error:
+        print(name, "does not import:", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
 '
 
 # 1. Install: editable, no dependencies, no index. Where that fails (setuptools without wheel, say),
-#    put a package folder of links on PYTHONPATH that maps src/fusedbn to fusedbn and kernels/ to
-#    fusedbn.kernels, as setup.py's package_dir does. Only the import check after it counts as a step.
+#    or in the rehearsal, which installs nothing, put a package folder of links on PYTHONPATH that
+#    maps src/fusedbn to fusedbn and kernels/ to fusedbn.kernels, as setup.py's package_dir does.
 start=$SECONDS
-echo "=== install: $python -m pip install --no-index --no-deps --no-build-isolation -e ." >> "$OUT/env.log"
-timeout --kill-after=10 "$INSTALL_TIMEOUT" \
-    "$python" -m pip install --no-index --no-deps --no-build-isolation -e . >> "$OUT/env.log" 2>&1
-pip_code=$?
-if imports_ok >> "$OUT/env.log" 2>&1; then
-    how="the editable install"
+if [ "$SMOKE" != 1 ]; then
+    echo "=== install: $python -m pip install --no-index --no-deps --no-build-isolation -e ." >> "$RUN/env.log"
+    timeout --kill-after=10 "$INSTALL_TIMEOUT" \
+        "$python" -m pip install --no-index --no-deps --no-build-isolation -e . >> "$RUN/env.log" 2>&1
+    pip_code=$?
+fi
+if [ "$SMOKE" != 1 ] && imports_ok >> "$RUN/env.log" 2>&1; then
+    how="the editable install (pip rc=$pip_code)"
 else
     shim=$(mktemp -d)
     mkdir -p "$shim/fusedbn"
@@ -84,33 +127,90 @@ else
     export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
     how="PYTHONPATH=$PYTHONPATH"
 fi
-echo "install (pip rc=$pip_code) uses $how $((SECONDS - start))s" | tee -a "$OUT/env.log" "$OUT/steps.txt"
-step imports 30 "$OUT/env.log" bash -c 'cd /tmp && exec "$0" -c "$1" "$2"' "$python" "$IMPORTS_PY" "$PWD"
+echo "install uses $how $((SECONDS - start))s" | tee -a "$RUN/env.log" "$OUT/steps.txt"
+step imports 30 "$RUN/env.log" bash -c 'cd /tmp && exec "$0" -c "$1" "$2"' "$python" "$IMPORTS_PY" "$PWD"
 
-# 2. The machine.
-step nvidia-smi 20 "$OUT/env.log" nvidia-smi
-step versions 30 "$OUT/env.log" "$python" -c "$VERSIONS_PY"
-
-# 3. The test suite on CUDA (tests/tuning needs optuna, which is not there).
-step tests "$TESTS_TIMEOUT" "$OUT/tests.log" \
-    "$python" -m pytest tests --ignore=tests/tuning -q -n 8 --maxfail=25 -p no:cacheprovider
-
-# 4. The quick benchmark; should it be cut short, render what reached results.csv.
-step bench "$BENCH_TIMEOUT" "$OUT/bench.log" \
-    "$python" -m fusedbn.bench.cli "$BENCH_MODE" --out "$OUT" \
-    --time-budget "$BENCH_BUDGET" --compile-budget "$COMPILE_BUDGET"
-if [ ! -s "$OUT/summary.txt" ] && [ -s "$OUT/results.csv" ]; then
-    step report 60 "$OUT/bench.log" "$python" -m fusedbn.bench.cli --report "$OUT/results.csv" --out "$OUT"
+# 2. The carried wheels (scripts/fetch-gpu-wheels.sh): FlagGems without its pinned dependencies, then
+#    Optuna, and scikit-learn and matplotlib where they were brought, with dependencies found in .whl/
+#    or already installed.
+if [ "$SMOKE" = 1 ]; then
+    skip wheels "rehearsal installs nothing"
+elif ls .whl/*.whl > /dev/null 2>&1; then
+    wanted=(PyYAML optuna)
+    ls .whl | grep -qi '^scikit_learn-' && wanted+=(scikit-learn)
+    ls .whl | grep -qi '^matplotlib-' && wanted+=(matplotlib)
+    step wheels "$INSTALL_TIMEOUT" "$RUN/env.log" bash -c '
+        "$0" -m pip install --no-index --find-links .whl --no-deps flag-gems || exit $?
+        exec "$0" -m pip install --no-index --find-links .whl "$@"' "$python" "${wanted[@]}"
+else
+    skip wheels "no .whl/ folder (run scripts/fetch-gpu-wheels.sh before the run)"
 fi
 
-# 5. Short summary, last.
+# 3. The machine.
+[ "$SMOKE" = 1 ] || step nvidia-smi 20 "$RUN/env.log" nvidia-smi
+step versions 60 "$RUN/env.log" "$python" -c "$VERSIONS_PY"
+has_tuning_packages() { "$python" -c "import optuna, sklearn, matplotlib" > /dev/null 2>&1; }
+
+# 4. The test suite on CUDA; tests/tuning where Optuna, scikit-learn and matplotlib import.
+pick_args tests/bench/test_profiling.py -- tests --ignore=tests/tuning -n 8 --maxfail=25
+step tests "$TESTS_TIMEOUT" "$RUN/tests.log" "$python" -m pytest "${ARGS[@]}" -q -p no:cacheprovider
+if [ "$SMOKE" = 1 ]; then
+    skip tuning-tests "rehearsal"
+elif has_tuning_packages; then
+    step tuning-tests "$TUNING_TESTS_TIMEOUT" "$RUN/tests.log" \
+        "$python" -m pytest tests/tuning -q -n 8 --maxfail=10 -p no:cacheprovider
+else
+    skip tuning-tests "optuna, scikit-learn or matplotlib does not import"
+fi
+
+# 5. Host time of one training forward+backward of a small layer, fusedbn against torch eager.
+pick_args --smoke --layouts channels_last --steps 3 --warmup 1 --
+step host-time "$HOST_TIMEOUT" "$RUN/host_time.log" \
+    "$python" -m fusedbn.bench.host_time "${ARGS[@]}" --out "$RUN/host-time"
+
+# 6. The quick per-op suite (fusedbn, eager, FlagGems, torch.compile); should it be cut short,
+#    render what reached results.csv.
+pick_args --smoke --dtypes fp32 --shapes 64x16 -- --quick --profile-kernels "$PROFILE_BUDGET"
+step bench "$BENCH_TIMEOUT" "$RUN/bench.log" \
+    "$python" -m fusedbn.bench.cli "${ARGS[@]}" --out "$RUN/bench" \
+    --time-budget "$BENCH_BUDGET" --compile-budget "$COMPILE_BUDGET"
+if [ ! -s "$RUN/bench/summary.txt" ] && [ -s "$RUN/bench/results.csv" ]; then
+    step report 60 "$RUN/bench.log" \
+        "$python" -m fusedbn.bench.cli --report "$RUN/bench/results.csv" --out "$RUN/bench"
+fi
+
+# 7. ResNet-50 training steps: batch 128, bf16 and fp16, channels_last, eager, then the CUDA graph of
+#    the whole step (about 6 s a case). torch.compile (about a minute of compiling per variant) and
+#    NCHW, batch 64 are for a longer session: python -m fusedbn.bench.training_step with defaults.
+pick_args --smoke -- --batches 128 --precisions bf16,fp16 --layouts channels_last \
+    --modes eager,cuda-graph --warmup 5 --steps 20 --profile-steps 2
+step training-step "$STEP_TIMEOUT" "$RUN/training_step.log" \
+    "$python" -m fusedbn.bench.training_step "${ARGS[@]}" --out "$RUN/training-step" --time-budget "$STEP_BUDGET"
+
+# 8. A short tuning study on the GPU.
+pick_args --device cpu --trials 2 --stages 1 --epochs 1 -- --device cuda --trials 4 --stages 1 --epochs 3
+if has_tuning_packages; then
+    step tune "$TUNE_TIMEOUT" "$RUN/tune.log" \
+        "$python" -m fusedbn.cli tune "${ARGS[@]}" --no-progress --out "$RUN/tune"
+else
+    skip tune "optuna, scikit-learn or matplotlib does not import"
+fi
+
+# 9. The few files that come back, everything else packed, and a short summary last.
+for file in bench/summary.txt host-time/host_time.txt training-step/training_step.txt; do
+    [ -s "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"
+done
 echo
 echo "================ gpu_check summary ================"
 cat "$OUT/steps.txt"
-echo "tests: $(grep -E '(passed|failed|error)' "$OUT/tests.log" | tail -n 1)"
+echo "tests: $(grep -E '(passed|failed|error)' "$RUN/tests.log" 2>/dev/null | tail -n 2 | tr '\n' ' ')"
 if [ -s "$OUT/summary.txt" ]; then
     head -n 2 "$OUT/summary.txt"
-    sed -n '/^target /,$p' "$OUT/summary.txt" | head -n 40
+    sed -n '/^target /,$p' "$OUT/summary.txt" | head -n 30
+fi
+[ -s "$OUT/training_step.txt" ] && sed -n '1,40p' "$OUT/training_step.txt"
+if tar czf "$OUT/gpu-check.tar.gz" -C "$OUT" run; then
+    rm -rf "$RUN"
 fi
 echo "files in $OUT:"
 ls -l "$OUT"

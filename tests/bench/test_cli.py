@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fusedbn.bench import cli
+from fusedbn.bench import cli, providers
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -48,7 +48,7 @@ def test_full_run_plan():
     assert plan.dtypes == ["float32", "float16", "bfloat16"]
     assert plan.layouts == ["nchw", "channels_last"]
     assert plan.modes == ["fwd", "bwd", "fwdbwd", "eval"]
-    assert plan.providers == ["fusedbn", "eager", "compile"]
+    assert plan.providers == ["fusedbn", "eager", "flag_gems", "compile"]
     assert plan.compile_shapes is None and plan.compile_modes is None
     assert (plan.settings.warmup_ms, plan.settings.rep_ms) == (25, 100)
     assert plan.copy_bytes == 1 << 30
@@ -81,7 +81,7 @@ def test_smoke_plan_is_tiny_and_on_the_cpu():
     plan = cli.build_plan(_parse("--smoke"))
     assert plan.device == torch.device("cpu")
     assert [s.name for s in plan.shapes] == ["4x8x6x6", "64x16", "2x4x3x4x4"]
-    assert plan.providers == ["fusedbn", "eager"]
+    assert plan.providers == ["fusedbn", "eager", "flag_gems"]
     assert plan.modes == ["fwd", "bwd", "fwdbwd", "eval"]
 
 
@@ -106,9 +106,13 @@ def test_smoke_end_to_end_then_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    # 3 shapes: 2 layouts, 1 (2D), 2; 4 modes; 2 providers
-    assert len(rows) == (2 + 1 + 2) * 4 * 2
-    assert {row["status"] for row in rows} == {"ok"}
+    # 3 shapes: 2 layouts, 1 (2D), 2; 4 modes; 3 providers
+    assert len(rows) == (2 + 1 + 2) * 4 * 3
+    assert {row["status"] for row in rows if row["provider"] != "flag_gems"} == {"ok"}
+    # FlagGems runs where it imports (a GPU machine with its wheel); elsewhere its rows say why not.
+    gems_reason = providers.unavailable_reason("flag_gems")
+    expected_gems = {"ok"} if gems_reason is None else {f"skipped: {gems_reason}"}
+    assert {row["status"] for row in rows if row["provider"] == "flag_gems"} == expected_gems
     for column in ("device", "torch", "triton", "date", "commit", "copy_gbps"):
         assert rows[0][column] and len({row[column] for row in rows}) == 1
     assert rows[0]["torch"] == torch.__version__

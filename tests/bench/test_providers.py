@@ -110,3 +110,45 @@ def test_relative_difference_is_the_largest_error_over_the_largest_value():
     assert providers.relative_difference(pair, wanted) == pytest.approx(0.1)
     with_nan = (torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([10.0, -1.0]))
     assert math.isnan(providers.relative_difference(with_nan, wanted))
+
+
+class _TorchOpsWithFlagGemsSignatures:
+    """Stands in for flag_gems.ops: aten's operators have the same signatures as FlagGems' ones."""
+
+    batch_norm = staticmethod(torch.ops.aten.native_batch_norm)
+    batch_norm_backward = staticmethod(torch.ops.aten.native_batch_norm_backward)
+
+
+@pytest.mark.parametrize("mode", [cases.FWD, cases.FWDBWD, cases.EVAL])
+def test_flag_gems_adapter_matches_torch(mode, assert_close):
+    # The adapter passes arguments to FlagGems' operators in their order: checked through operators
+    # with the same signatures, against torch's module (outputs, gradients, running statistics).
+    reference = providers.reference_module(SHAPE, torch.device("cpu"), seed=3)
+    adapter = providers.FlagGemsBatchNorm(reference, _TorchOpsWithFlagGemsSignatures())
+    assert adapter.state_dict().keys() == reference.state_dict().keys()
+    x = cases.random_tensor(SHAPE, "float32", cases.NCHW, "cpu", seed=1, offset=1.0)
+    grad = cases.random_tensor(SHAPE, "float32", cases.NCHW, "cpu", seed=2)
+    expected = providers.mode_call(reference, mode, x, grad)()
+    actual = providers.mode_call(adapter, mode, x, grad)()
+    for got, want in zip(
+        actual if isinstance(actual, tuple) else (actual,),
+        expected if isinstance(expected, tuple) else (expected,),
+        strict=True,
+    ):
+        assert_close(got, want)
+    assert_close(adapter.running_mean, reference.running_mean)
+    assert_close(adapter.running_var, reference.running_var)
+
+
+def test_flag_gems_is_skipped_with_a_reason_when_it_does_not_import(monkeypatch):
+    def no_flag_gems():
+        raise RuntimeError("No device were detected on your machine !\nPlease check")
+
+    monkeypatch.setattr(providers, "flag_gems_ops", no_flag_gems)
+    providers.unavailable_reason.cache_clear()
+    try:
+        reason = providers.unavailable_reason(cases.FLAG_GEMS)
+    finally:
+        providers.unavailable_reason.cache_clear()
+    assert reason == "flag_gems does not import: RuntimeError: No device were detected on your machine !"
+    assert providers.unavailable_reason(cases.EAGER) is None

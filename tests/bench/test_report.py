@@ -18,6 +18,7 @@ def test_table_has_a_line_per_case_with_providers_side_by_side():
         _r("fwd", "eager", 0.2),
         _r("fwd", "fusedbn", 0.1, gbps=1234.5, share=0.412),
         _r("fwd", "compile", 0.15),
+        _r("fwd", "flag_gems", 0.4),
         _r("bwd", "eager", 0.3),
         _r("bwd", "fusedbn", 0.6),
     ]
@@ -25,9 +26,9 @@ def test_table_has_a_line_per_case_with_providers_side_by_side():
     assert _cells(lines[0])[:4] == ["shape", "dtype", "layout", "mode"]
     assert len(lines) == 3
     fwd, bwd = _cells(lines[1]), _cells(lines[2])
-    assert fwd == ["64x64x56x56", "float16", "nchw", "fwd", "200.0", "100.0", "150.0", "2.00x", "1.50x",
-                   "1234", "41%", "1e-04"]  # fmt: skip
-    assert bwd[4:10] == ["300.0", "600.0", "-", "0.50x", "-", "1500"]
+    assert fwd == ["64x64x56x56", "float16", "nchw", "fwd", "200.0", "100.0", "150.0", "400.0", "2.00x",
+                   "1.50x", "4.00x", "1234", "41%", "1e-04"]  # fmt: skip
+    assert bwd[4:12] == ["300.0", "600.0", "-", "-", "0.50x", "-", "-", "1500"]
 
 
 def test_table_marks_failures_skips_and_differences():
@@ -39,7 +40,7 @@ def test_table_marks_failures_skips_and_differences():
         _r("fwd", "fusedbn", 0.2, dtype="float32", rel_diff=2e-3),
     ]
     eval_line, fwd_line = (_cells(line) for line in report.format_table(results).splitlines()[1:])
-    assert eval_line[4:8] == ["200.0", "error", "skip", "-"]
+    assert eval_line[4:9] == ["200.0", "error", "skip", "-", "-"]
     assert eval_line[-1] == "-"
     assert fwd_line[-1] == "2e-03!"  # past the float32 limit
 
@@ -53,9 +54,11 @@ def test_targets_text_lists_each_target_and_the_breakdown():
     text = report.format_targets(results)
     lines = text.splitlines()
     assert "geomean" in lines[1] and "1.73x" in lines[1] and ">= 1.25x" in lines[1] and " yes " in lines[1]
-    assert "torch.compile" in lines[2] and " - " in lines[2]  # not measured
-    assert "85%" in lines[3] and " yes " in lines[3]
-    assert "1.00" in lines[4] and "64x2048x7x7 bfloat16 channels_last fwdbwd" in lines[4]
+    assert "floor" in lines[2] and "1.00x" in lines[2] and " yes " in lines[2]
+    assert "64x2048x7x7 bfloat16 channels_last fwdbwd" in lines[2]
+    assert "torch.compile" in lines[3] and " - " in lines[3]  # not measured
+    assert "training bandwidth" in lines[4] and "85%" in lines[4] and " yes " in lines[4]
+    assert "eval bandwidth" in lines[5] and " - " in lines[5]
     breakdown = next(line for line in lines if line.strip().startswith("bfloat16"))
     # geomean sqrt(3 * 1) = 1.73; weighted by layers (1 and 4): (3 + 4) / (1 + 4) = 1.40
     assert breakdown.split() == ["bfloat16", "channels_last", "1.73x", "1.40x", "2"]

@@ -114,9 +114,11 @@ TRAINING_MODES = (FWD, BWD, FWDBWD)
 
 FUSEDBN = "fusedbn"
 EAGER = "eager"
+FLAG_GEMS = "flag_gems"
 COMPILE = "compile"
-# fusedbn's module; torch.nn.BatchNorm as torch runs it (cuDNN or native); torch.compile of it.
-PROVIDERS = (FUSEDBN, EAGER, COMPILE)
+# fusedbn's module; torch.nn.BatchNorm as torch runs it (cuDNN or native); FlagGems' Triton
+# batch_norm (pip flag-gems), where it imports; torch.compile of torch's module.
+PROVIDERS = (FUSEDBN, EAGER, FLAG_GEMS, COMPILE)
 
 # How many full passes over an input-sized tensor each mode needs at the least: forward reads x and
 # writes y; backward reads x and dy and writes dx. Per-channel parameters and statistics are left
@@ -180,7 +182,7 @@ def parse_modes(text: str) -> list[str]:
 
 
 def parse_providers(text: str) -> list[str]:
-    """Comma-separated providers (fusedbn, eager, compile), checked."""
+    """Comma-separated providers (fusedbn, eager, flag_gems, compile), checked."""
     return _pick(text, PROVIDERS, {}, "provider")
 
 

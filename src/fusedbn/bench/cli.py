@@ -6,8 +6,9 @@ data; the device-to-device copy bandwidth is measured in the same run. Each case
 (forward and eval: read x, write y; backward: read x and dy, write dx; fwdbwd: both) over its median
 time is its effective bandwidth, reported as a share of the copy bandwidth. Outputs are compared with
 eager's. Rows are appended to OUT/results.csv as they are measured (with device, versions, date and
-commit); the table, the targets of issue 4 and any failures are printed and written to
-OUT/summary.txt, with plots OUT/speedup.png and OUT/bandwidth.png.
+commit); the table, the project's speed targets and any failures are printed and written to
+OUT/summary.txt, with plots OUT/speedup.png and OUT/bandwidth.png. Then (--profile-kernels) each
+provider's fwd+bwd kernels on the ResNet-50 shapes are profiled into OUT/kernels.csv.
 
 Runs: the default (full) run times every shape, dtype, layout, mode and provider on CUDA. --quick
 is the GPU run's subset (fp16 and bf16, torch.compile for the training modes of the ResNet-50 shapes
@@ -35,6 +36,7 @@ from fusedbn.bench.cases import (
     parse_providers,
     parse_shapes,
 )
+from fusedbn.bench.kernel_profile import KERNELS_FILE, format_kernel_summary, profile_cases, write_kernel_rows
 from fusedbn.bench.metrics import mismatches
 from fusedbn.bench.plots import write_plots
 from fusedbn.bench.report import format_header, format_problems, format_table, format_targets
@@ -61,25 +63,53 @@ class Preset:
     copy_mib: int
     time_budget: float
     compile_budget: float
+    profile_budget: float  # seconds of per-kernel profiling after the timed cases; 0: none
 
 
 PRESETS = {
     "full": Preset(
-        "all", "float32,float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
-        "fusedbn,eager,compile", None, None, TimingSettings(warmup_ms=25, rep_ms=100), 1024,
-        math.inf, math.inf,
+        shapes="all",
+        dtypes="float32,float16,bfloat16",
+        layouts="nchw,channels_last",
+        modes="fwd,bwd,fwdbwd,eval",
+        providers="fusedbn,eager,flag_gems,compile",
+        compile_shapes=None,
+        compile_modes=None,
+        settings=TimingSettings(warmup_ms=25, rep_ms=100),
+        copy_mib=1024,
+        time_budget=math.inf,
+        compile_budget=math.inf,
+        profile_budget=120.0,
     ),
     "quick": Preset(
-        "all", "float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
-        "fusedbn,eager,compile", "resnet50", "fwd,bwd,fwdbwd", TimingSettings(warmup_ms=10, rep_ms=40),
-        1024, 240.0, 150.0,
+        shapes="all",
+        dtypes="float16,bfloat16",
+        layouts="nchw,channels_last",
+        modes="fwd,bwd,fwdbwd,eval",
+        providers="fusedbn,eager,flag_gems,compile",
+        compile_shapes="resnet50",
+        compile_modes="fwd,bwd,fwdbwd",
+        settings=TimingSettings(warmup_ms=10, rep_ms=40),
+        copy_mib=1024,
+        time_budget=240.0,
+        compile_budget=150.0,
+        profile_budget=30.0,
     ),
     "smoke": Preset(
-        "smoke", "float32,float16,bfloat16", "nchw,channels_last", "fwd,bwd,fwdbwd,eval",
-        "fusedbn,eager", None, None, TimingSettings(warmup_calls=1, cpu_repeats=3), 4,
-        math.inf, math.inf,
+        shapes="smoke",
+        dtypes="float32,float16,bfloat16",
+        layouts="nchw,channels_last",
+        modes="fwd,bwd,fwdbwd,eval",
+        providers="fusedbn,eager,flag_gems",
+        compile_shapes=None,
+        compile_modes=None,
+        settings=TimingSettings(warmup_calls=1, cpu_repeats=3),
+        copy_mib=4,
+        time_budget=math.inf,
+        compile_budget=math.inf,
+        profile_budget=0.0,
     ),
-}  # fmt: skip
+}
 
 
 def _checked(parse):
@@ -149,8 +179,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--providers",
         type=_checked(parse_providers),
-        help="fusedbn, eager (torch's nn.BatchNorm), compile (torch.compile of it) "
-        "(default: all three; smoke: fusedbn,eager)",
+        help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped "
+        "where it does not import), compile (torch.compile of torch's) "
+        "(default: all four; smoke: fusedbn,eager,flag_gems)",
     )
     parser.add_argument(
         "--compile-shapes",
@@ -184,6 +215,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive(float),
         metavar="SECONDS",
         help="stop measuring after this long and record the rest as skipped (default: none; quick: 240)",
+    )
+    parser.add_argument(
+        "--profile-kernels",
+        type=float,
+        metavar="SECONDS",
+        help="after the timed cases, profile each provider's fwd+bwd kernels on the ResNet-50 shapes "
+        "for at most this long, into kernels.csv and the summary; 0: not at all (default: 120; "
+        "quick: 30; smoke: 0)",
     )
     parser.add_argument(
         "--compile-budget",
@@ -260,6 +299,41 @@ def _finish(info: RunInfo, results: list[Result], out: Path) -> None:
     print(f"\nwrote {out / SUMMARY_FILE}, {', '.join(str(p) for p in paths)}", flush=True)
 
 
+def _profile_kernels(plan: Plan, budget_s: float, out: Path) -> None:
+    """Profile the kernels of the plan's ResNet-50 cases into ``out``; add their table to the summary."""
+    rows, left_out = profile_cases(plan.shapes, plan.dtypes, plan.layouts, plan.device, budget_s)
+    write_kernel_rows(rows, out / KERNELS_FILE)
+    text = format_kernel_summary(rows, left_out)
+    if text:
+        with (out / SUMMARY_FILE).open("a") as summary:
+            summary.write("\n" + text + "\n")
+        print("\n" + text)
+    print(f"wrote {out / KERNELS_FILE} ({len(rows)} kernel rows)", flush=True)
+
+
+def _measure(plan: Plan, copy_gbps: float, result_file: ResultFile) -> list[Result]:
+    """Run ``plan``, appending each result to ``result_file`` and printing progress unit by unit."""
+    units = plan.units()
+    print(f"{plan.case_count()} cases in {len(units)} units; results go to {result_file.path}", flush=True)
+    start = time.perf_counter()
+
+    def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
+        failed = sum(r.status.startswith("error") for r in unit_results)
+        measured = sum(r.ok for r in unit_results)
+        print(
+            f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
+            f"{'+'.join(unit.providers)}: {measured}/{len(unit_results)} measured"
+            f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+
+    results = []
+    for result in run_plan(plan, copy_gbps, progress):
+        result_file.append(result)
+        results.append(result)
+    return results
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fusedbn bench`` with parsed options; returns the exit code.
 
@@ -293,27 +367,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"fusedbn bench: error: {error}", file=sys.stderr)
         return 2
-    units = plan.units()
     print(format_header(info), flush=True)
-    print(f"{plan.case_count()} cases in {len(units)} units; results go to {result_file.path}", flush=True)
-    start = time.perf_counter()
-
-    def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
-        failed = sum(r.status.startswith("error") for r in unit_results)
-        measured = sum(r.ok for r in unit_results)
-        print(
-            f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
-            f"{'+'.join(unit.providers)}: {measured}/{len(unit_results)} measured"
-            f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
-
-    results = []
-    for result in run_plan(plan, copy_gbps, progress):
-        result_file.append(result)
-        results.append(result)
+    results = _measure(plan, copy_gbps, result_file)
     print()
     _finish(info, results, args.out)
+    profile_budget = PRESETS[_preset_name(args)].profile_budget
+    if args.profile_kernels is not None:
+        profile_budget = args.profile_kernels
+    if profile_budget > 0:
+        _profile_kernels(plan, profile_budget, args.out)
     failed = any(r.status.startswith("error") for r in results) or mismatches(results)
     return 1 if failed else 0
 

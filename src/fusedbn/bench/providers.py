@@ -5,13 +5,17 @@ Parameters, biases and running statistics are float32 whatever the input dtype, 
 """
 
 import copy
+import functools
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from fusedbn.bench.cases import BWD, COMPILE, EAGER, EVAL, FUSEDBN, FWD, FWDBWD, Shape
+from fusedbn.backend import backend_for
+from fusedbn.bench.cases import BWD, COMPILE, EAGER, EVAL, FLAG_GEMS, FUSEDBN, FWD, FWDBWD, Shape
 from fusedbn.convert import convert_model
 
 TORCH_CLASSES: dict[int, type[nn.Module]] = {
@@ -41,6 +45,8 @@ def provider_module(provider: str, reference: nn.Module, compile_mode: str = "de
         return reference
     if provider == FUSEDBN:
         return convert_model(copy.deepcopy(reference))
+    if provider == FLAG_GEMS:
+        return FlagGemsBatchNorm(reference, flag_gems_ops())
     if provider == COMPILE:
         # Compiled in place, so parameter and buffer names stay those of the reference. dynamic=False:
         # every shape gets kernels specialised to it, as in a model whose shapes never change.
@@ -48,6 +54,84 @@ def provider_module(provider: str, reference: nn.Module, compile_mode: str = "de
         compiled.compile(dynamic=False, mode=compile_mode)
         return compiled
     raise ValueError(f"unknown provider {provider!r}")
+
+
+def flag_gems_ops() -> Any:
+    """FlagGems' operator module, ``flag_gems.ops``; raises what importing it raises."""
+    return importlib.import_module("flag_gems.ops")
+
+
+@functools.cache
+def unavailable_reason(provider: str) -> str | None:
+    """Why ``provider`` cannot run here (FlagGems not installed, or failing to import), or None."""
+    if provider != FLAG_GEMS:
+        return None
+    try:
+        ops = flag_gems_ops()
+    except Exception as error:  # FlagGems raises RuntimeError, not ImportError, without a GPU
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return f"flag_gems does not import: {type(error).__name__}: {first_line}"[:200]
+    missing = [name for name in ("batch_norm", "batch_norm_backward") if not hasattr(ops, name)]
+    return f"flag_gems.ops has no {' or '.join(missing)}" if missing else None
+
+
+def backend_name(provider: str, device: torch.device) -> str:
+    """What runs ``provider``'s BatchNorm on ``device``, for the results' backend column."""
+    if provider == FUSEDBN:
+        return backend_for(device)
+    if provider == FLAG_GEMS:
+        module = importlib.import_module("flag_gems") if unavailable_reason(FLAG_GEMS) is None else None
+        return f"flag_gems {getattr(module, '__version__', '?')}" if module else "flag_gems"
+    return {EAGER: "torch", COMPILE: "inductor"}[provider]
+
+
+class _FlagGemsFunction(torch.autograd.Function):
+    """Training or eval BatchNorm through FlagGems' operators, which have the signatures of aten's
+    ``native_batch_norm`` and ``native_batch_norm_backward``."""
+
+    @staticmethod
+    def forward(ctx: Any, input, weight, bias, running_mean, running_var, training, momentum, eps, ops):
+        output, mean, invstd = ops.batch_norm(
+            input, weight, bias, running_mean, running_var, training, momentum, eps
+        )
+        ctx.save_for_backward(input, weight, mean, invstd)
+        ctx.training, ctx.eps, ctx.ops = training, eps, ops
+        return output
+
+    @staticmethod
+    def backward(ctx: Any, grad_output):
+        input, weight, mean, invstd = ctx.saved_tensors
+        # FlagGems always computes the input's gradient; the mask selects the weight's and bias'.
+        mask = [True, *ctx.needs_input_grad[1:3]]
+        grad_input, grad_weight, grad_bias = ctx.ops.batch_norm_backward(
+            grad_output, input, weight, None, None, mean, invstd, ctx.training, ctx.eps, mask
+        )
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+class FlagGemsBatchNorm(_BatchNorm):
+    """A copy of torch's BatchNorm ``reference`` (same parameter and buffer names and values) that
+    normalises with FlagGems' Triton ``batch_norm`` from ``ops`` (normally ``flag_gems.ops``)."""
+
+    def __init__(self, reference: _BatchNorm, ops: Any):
+        super().__init__(
+            reference.num_features, reference.eps, reference.momentum, device=reference.weight.device
+        )
+        self.load_state_dict(reference.state_dict())
+        self.ops = ops
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected input of 2 or more dims, got {input.dim()}D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        return _FlagGemsFunction.apply(
+            input, self.weight, self.bias, self.running_mean, self.running_var, self.training,
+            self.momentum, self.eps, self.ops,
+        )  # fmt: skip
 
 
 def load_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:

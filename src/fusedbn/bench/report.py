@@ -2,7 +2,7 @@
 
 import math
 
-from fusedbn.bench.cases import COMPILE, EAGER, FUSEDBN
+from fusedbn.bench.cases import COMPILE, EAGER, FLAG_GEMS, FUSEDBN
 from fusedbn.bench.metrics import DIFF_LIMITS, breakdown, compute_targets, mismatches
 from fusedbn.bench.results import Result, RunInfo
 
@@ -14,8 +14,10 @@ COLUMNS = (
     ("eager us", ">", 9),
     ("fusedbn us", ">", 10),
     ("compile us", ">", 10),
+    ("gems us", ">", 8),
     ("vs eager", ">", 8),
     ("vs compile", ">", 10),
+    ("vs gems", ">", 7),
     ("GB/s", ">", 7),
     ("copy", ">", 5),
     ("diff", ">", 8),
@@ -59,7 +61,7 @@ def format_table(results: list[Result]) -> str:
         by_case.setdefault(result.key, {})[result.provider] = result
     lines = [_row([name for name, _, _ in COLUMNS])]
     for key, providers in by_case.items():
-        fused, eager, compiled = (providers.get(p) for p in (FUSEDBN, EAGER, COMPILE))
+        fused, eager, compiled, gems = (providers.get(p) for p in (FUSEDBN, EAGER, COMPILE, FLAG_GEMS))
         measured = fused is not None and fused.ok
         lines.append(
             _row(
@@ -68,8 +70,10 @@ def format_table(results: list[Result]) -> str:
                     _time_cell(eager),
                     _time_cell(fused),
                     _time_cell(compiled),
+                    _time_cell(gems),
                     _ratio_cell(eager, fused),
                     _ratio_cell(compiled, fused),
+                    _ratio_cell(gems, fused),
                     f"{fused.gbps:.4g}" if measured else "-",
                     f"{fused.copy_share:.0%}" if measured else "-",
                     _diff_cell(fused),
@@ -88,7 +92,7 @@ def _value(value: float, goal: str) -> str:
 
 
 def format_targets(results: list[Result]) -> str:
-    """The targets of issue 4 and the per-dtype/layout fwd+bwd breakdown, as text."""
+    """The project's per-op targets and the per-dtype/layout fwd+bwd breakdown, as text."""
     lines = [f"{'target':<82}  {'measured':>8}  {'goal':>8}  {'met':>3}  {'cases':>5}  where"]
     for target in compute_targets(results):
         met = "-" if target.met is None else "yes" if target.met else "NO"

@@ -1,7 +1,8 @@
 """Running a benchmark plan: every selected case, measured unit by unit, each result handed on at once.
 
-A group is one (shape, dtype, layout); a unit is some providers on one group. Every group's eager and
-fusedbn cases run first, in one unit per group; torch.compile, slow to compile, runs after all of them,
+A group is one (shape, dtype, layout); a unit is some providers on one group. Every group's eager,
+fusedbn and FlagGems cases run first, in one unit per group (FlagGems is skipped, with the reason, where
+it does not import); torch.compile, slow to compile, runs after all of them,
 so that a time budget that runs out costs compile cases only. Within a unit the input and upstream
 gradient are made once, and so is each provider's module (torch.compile compiles once per unit for
 training and once more for eval); every mode is timed for every provider, and each provider's first
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fusedbn.backend import backend_for
 from fusedbn.bench.cases import (
     COMPILE,
     EAGER,
+    FLAG_GEMS,
     FUSEDBN,
     LAYOUTS,
     MODES,
@@ -29,17 +30,19 @@ from fusedbn.bench.cases import (
     random_tensor,
 )
 from fusedbn.bench.providers import (
+    backend_name,
     load_state,
     mode_call,
     provider_module,
     reference_module,
     relative_difference,
+    unavailable_reason,
 )
 from fusedbn.bench.results import OK, Result
-from fusedbn.bench.timing import TimingSettings, gigabytes_per_second, measure
+from fusedbn.bench.timing import Measurement, TimingSettings, gigabytes_per_second, measure
 
 # Providers in the order they are timed: eager first, since its output is the reference.
-PROVIDER_ORDER = (EAGER, FUSEDBN, COMPILE)
+PROVIDER_ORDER = (EAGER, FUSEDBN, FLAG_GEMS, COMPILE)
 X_SEED, GRAD_SEED, MODULE_SEED = 1, 2, 3
 # The input's mean is kept away from zero, so that subtracting it is part of what is checked.
 X_OFFSET = 1.0
@@ -80,14 +83,14 @@ class Plan:
         ]
 
     def units(self) -> list["Unit"]:
-        """The units in running order: eager and fusedbn on every group, then compile.
+        """The units in running order: eager, fusedbn and FlagGems on every group, then compile.
 
         Compile units go dtype by dtype and layout by layout, shapes innermost, so that a budget
         that runs out leaves whole sets of shapes compiled.
         """
         groups = self.groups()
         units = []
-        first = tuple(p for p in (EAGER, FUSEDBN) if p in self.providers)
+        first = tuple(p for p in (EAGER, FUSEDBN, FLAG_GEMS) if p in self.providers)
         if first:
             units += [Unit(shape, dtype, layout, first) for shape, dtype, layout in groups]
         if COMPILE in self.providers:
@@ -156,7 +159,6 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
     x = random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET)
     grad_output = random_tensor(shape, dtype, layout, device, GRAD_SEED)
     modules: dict[str, torch.nn.Module] = {}
-    backend = {FUSEDBN: backend_for(device), EAGER: "torch", COMPILE: "inductor"}
 
     for mode in plan.modes:
         nbytes = minimal_bytes(shape, dtype, mode)
@@ -169,10 +171,10 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 layout=layout,
                 mode=mode,
                 provider=provider,
-                backend=backend[provider],
+                backend=backend_name(provider, device),
                 bytes=nbytes,
             )
-            reason = budgets.skip_reason(provider)
+            reason = _skip_reason(budgets, provider)
             if reason is not None:
                 yield Result(status=reason, **base)
                 continue
@@ -197,21 +199,35 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 continue
             if provider == COMPILE:
                 budgets.compile_s += measured.first_call_s
-            timing = measured.timing
-            gbps = gigabytes_per_second(nbytes, timing.median_ms)
-            yield Result(
-                status=OK,
-                median_ms=timing.median_ms,
-                min_ms=timing.min_ms,
-                max_ms=timing.max_ms,
-                first_call_s=measured.first_call_s,
-                gbps=gbps,
-                copy_share=gbps / copy_gbps,
-                rel_diff=(
-                    math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
-                ),
-                **base,
-            )
+            rel_diff = math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
+            yield _measured_result(measured, nbytes, copy_gbps, rel_diff, base)
+
+
+def _skip_reason(budgets: _Budgets, provider: str) -> str | None:
+    """Why ``provider``'s next case is not measured (a spent budget, FlagGems missing), or None."""
+    reason = budgets.skip_reason(provider)
+    if reason is None and unavailable_reason(provider) is not None:
+        reason = f"skipped: {unavailable_reason(provider)}"
+    return reason
+
+
+def _measured_result(
+    measured: Measurement, nbytes: int, copy_gbps: float, rel_diff: float, base: dict[str, object]
+) -> Result:
+    """The row of a measured case: its times, effective bandwidth and difference from eager."""
+    timing = measured.timing
+    gbps = gigabytes_per_second(nbytes, timing.median_ms)
+    return Result(
+        status=OK,
+        median_ms=timing.median_ms,
+        min_ms=timing.min_ms,
+        max_ms=timing.max_ms,
+        first_call_s=measured.first_call_s,
+        gbps=gbps,
+        copy_share=gbps / copy_gbps,
+        rel_diff=rel_diff,
+        **base,
+    )
 
 
 def run_plan(

@@ -1,0 +1,152 @@
+"""The ResNets the training-step benchmark runs, and the rewrite that fuses their BatchNorm epilogues.
+
+``resnet50()`` is torchvision's ResNet-50 where torchvision imports, else the definition below, which
+builds the same network (v1.5: the stride on the 3x3 convolution; same module names, so the same
+state_dict keys and initialisation). ``tiny_resnet()`` is the same architecture, narrower and with one
+block per stage, for the CPU smoke run.
+
+``fuse_epilogues`` rewrites a ResNet so that every BatchNorm followed by a ReLU applies it in its
+kernels, and every bottleneck's last BatchNorm also adds the shortcut there: relu(bn3(x) + identity)
+becomes one fused BatchNorm call.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from fusedbn.convert import convert_model
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (with the stride) -> 1x1 convolutions, each with a BatchNorm, plus the shortcut."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        width = planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """A bottleneck ResNet: 7x7/2 stem, 3x3/2 max-pool, four stages, global average pool, linear."""
+
+    def __init__(self, layers: tuple[int, ...], num_classes: int = 1000, base_width: int = 64):
+        super().__init__()
+        self.inplanes = base_width
+        self.conv1 = nn.Conv2d(3, base_width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(base_width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._make_layer(base_width, layers[0], 1)
+        self.layer2 = self._make_layer(base_width * 2, layers[1], 2)
+        self.layer3 = self._make_layer(base_width * 4, layers[2], 2)
+        self.layer4 = self._make_layer(base_width * 8, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(base_width * 8 * Bottleneck.expansion, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes * Bottleneck.expansion),
+            )
+        stage = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * Bottleneck.expansion
+        stage += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*stage)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _torchvision_bottleneck() -> type[nn.Module] | None:
+    try:
+        from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
+    except ImportError:
+        return None
+    return TorchvisionBottleneck
+
+
+def resnet50(num_classes: int = 1000) -> tuple[nn.Module, str]:
+    """ResNet-50 with random weights and the name of where it came from (torchvision or this module)."""
+    try:
+        from torchvision.models import resnet50 as torchvision_resnet50
+    except ImportError:
+        return ResNet((3, 4, 6, 3), num_classes), "fusedbn.bench.resnet"
+    return torchvision_resnet50(weights=None, num_classes=num_classes), "torchvision"
+
+
+def tiny_resnet(num_classes: int = 10) -> tuple[nn.Module, str]:
+    """A one-block-per-stage ResNet of width 4 (BatchNorms of 4 to 128 channels), for the smoke run."""
+    return ResNet((1, 1, 1, 1), num_classes, base_width=4), "fusedbn.bench.resnet (tiny)"
+
+
+class FusedEpilogueBottleneck(nn.Module):
+    """A bottleneck whose BatchNorms apply the ReLUs, and bn3 the shortcut add too, in their kernels.
+
+    Holds the original block's convolutions and (converted) BatchNorms under the same names, so the
+    state_dict keys and the parameters themselves are unchanged.
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.conv1, self.bn1 = block.conv1, _with_relu(block.bn1)
+        self.conv2, self.bn2 = block.conv2, _with_relu(block.bn2)
+        self.conv3, self.bn3 = block.conv3, _with_relu(block.bn3)
+        self.downsample = block.downsample
+        self.train(block.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn1(self.conv1(x))
+        out = self.bn2(self.conv2(out))
+        return self.bn3(self.conv3(out), identity)
+
+
+def _with_relu(bn: nn.Module) -> nn.Module:
+    fused = convert_model(bn)
+    fused.activation = "relu"
+    return fused
+
+
+def fuse_epilogues(model: nn.Module) -> nn.Module:
+    """Convert a ResNet's BatchNorms to fusedbn's, fusing the stem's ReLU and each bottleneck's
+    ReLUs and residual add into them. Returns the model, rewritten in place.
+
+    The stem's ``relu`` module is used only after ``bn1`` in both this module's and torchvision's
+    ResNet, so it becomes an ``nn.Identity``. Raises TypeError for a model without that stem.
+    """
+    if not all(isinstance(getattr(model, name, None), nn.Module) for name in ("bn1", "relu", "layer1")):
+        raise TypeError(
+            f"fuse_epilogues: expected a ResNet (bn1, relu, layer1...), got {type(model).__name__}"
+        )
+    bottlenecks = tuple(c for c in (Bottleneck, _torchvision_bottleneck()) if c is not None)
+    convert_model(model)
+    model.bn1 = _with_relu(model.bn1)
+    model.relu = nn.Identity()
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for index, block in enumerate(stage):
+            if not isinstance(block, bottlenecks):
+                raise TypeError(f"fuse_epilogues: expected bottleneck blocks, got {type(block).__name__}")
+            stage[index] = FusedEpilogueBottleneck(block)
+    return model

@@ -1,0 +1,138 @@
+"""The training-step benchmark: the smoke run end to end, the agreement check, options."""
+
+import argparse
+import csv
+import math
+
+import pytest
+import torch
+
+from fusedbn.backend import backend_for
+from fusedbn.bench import training_step
+from fusedbn.bench.training_step import (
+    EAGER,
+    EPILOGUES,
+    FUSEDBN,
+    TOLERANCES,
+    TORCH_BN,
+    VARIANTS,
+    StepCase,
+    StepResult,
+    check_agreement,
+)
+
+
+def test_smoke_run_trains_every_variant_alike(tmp_path, capsys):
+    code = training_step.main(["--smoke", "--out", str(tmp_path), "--warmup", "1", "--steps", "1"])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    with (tmp_path / training_step.CSV_FILE).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["variant"] for row in rows] == list(VARIANTS)
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["agrees"] == "yes", row
+        assert float(row["images_per_s"]) > 0 and float(row["host_ms"]) > 0
+        assert math.isfinite(float(row["loss_first"])) and math.isfinite(float(row["loss_last"]))
+        # fusedbn's rows say which implementation ran: on the CPU the interpreter or torch's fallback.
+        expected_backend = "torch" if row["variant"] == TORCH_BN else backend_for("cpu")
+        assert row["backend"] == expected_backend
+    # The fused variants really are different models that ran the same training.
+    assert float(rows[1]["loss_diff"]) <= TOLERANCES["fp32"].loss
+    assert (tmp_path / training_step.SUMMARY_FILE).read_text().count("yes") == 3
+    assert (tmp_path / training_step.PLOT_FILE).stat().st_size > 0
+
+
+def _result(variant: str, losses: list[float], stats: list[float], precision: str = "bf16") -> StepResult:
+    return StepResult(
+        StepCase(variant, EAGER, precision, "channels_last", 8),
+        "ok",
+        losses=losses,
+        running_stats={"bn1.running_var": torch.tensor(stats)},
+    )
+
+
+def test_agreement_flags_a_variant_beyond_tolerance():
+    tolerance = TOLERANCES["bf16"]
+    reference = _result(TORCH_BN, [2.0, 1.5], [1.0, 4.0])
+    close = _result(FUSEDBN, [2.0 * (1 + tolerance.loss / 2), 1.5], [1.0, 4.0])
+    far_loss = _result(EPILOGUES, [2.0, 1.5 + 4.0 * tolerance.loss], [1.0, 4.0])
+    far_stats = _result(FUSEDBN, [2.0, 1.5], [1.0, 4.0 * (1 + 2 * tolerance.running_stats)])
+    far_stats.case = StepCase(FUSEDBN, "cuda-graph", "bf16", "channels_last", 8)
+    orphan = _result(FUSEDBN, [2.0, 1.5], [1.0, 4.0], precision="fp16")
+    failed = StepResult(StepCase(EPILOGUES, "compile", "bf16", "channels_last", 8), "error: boom")
+    results = [reference, close, far_loss, far_stats, orphan, failed]
+    check_agreement(results)
+    assert [r.agrees for r in results] == ["yes", "yes", "NO", "NO", "-", ""]
+    assert close.loss_diff == pytest.approx(tolerance.loss / 2, rel=1e-3)
+    assert far_stats.stats_diff == pytest.approx(2 * tolerance.running_stats, rel=1e-3)
+
+
+def test_nan_loss_disagrees():
+    reference = _result(TORCH_BN, [2.0, 1.5], [1.0, 4.0])
+    broken = _result(FUSEDBN, [2.0, math.nan], [1.0, 4.0])
+    check_agreement([reference, broken])
+    assert broken.agrees == "NO"
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    training_step.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batches", "64,1"], "batch sizes must be at least 2"),
+        (["--batches", "big"], "expected comma-separated batch sizes"),
+        (["--modes", "eager,graph"], "unknown mode 'graph'"),
+        (["--variants", "apex"], "unknown variant 'apex'"),
+        (["--precisions", "fp8"], "unknown precision 'fp8'"),
+    ],
+)
+def test_bad_options_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _parse(*argv)
+    assert message in capsys.readouterr().err
+
+
+def test_gpu_plan_runs_eager_first_and_the_target_case_first():
+    plan = training_step.build_plan(_parse("--modes", "compile,eager", "--precisions", "bf16"))
+    cases = plan.cases()
+    assert cases[0] == StepCase(TORCH_BN, "compile", "bf16", "channels_last", 128)
+    assert plan.settings.model == "resnet50" and plan.settings.image_size == 224
+    smoke = training_step.build_plan(_parse("--smoke"))
+    assert smoke.device.type == "cpu" and smoke.modes == (EAGER,) and smoke.settings.model == "tiny"
+
+
+def test_cuda_only_modes_are_skipped_on_the_cpu(tmp_path):
+    plan = training_step.build_plan(_parse("--smoke", "--modes", "cuda-graph", "--variants", "torch"))
+    results = training_step.run_plan(plan, training_step.base_model(plan.settings)[0])
+    assert [r.status for r in results] == ["skipped: cuda-graph needs CUDA"]
+
+
+@pytest.mark.cuda
+def test_cuda_eager_and_graph_steps_train_alike(tmp_path):
+    # Every variant in eager mode and as a captured CUDA graph, fp32 (checked against torch eager)
+    # and fp16 with a GradScaler (checked to run and to profile).
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        plan = training_step.build_plan(
+            _parse("--model", "tiny", "--image-size", "32", "--batches", "8", "--modes", "eager,cuda-graph",
+                   "--precisions", "fp32,fp16", "--layouts", "channels_last", "--warmup", "2", "--steps", "3",
+                   "--profile-steps", "1")
+        )  # fmt: skip
+        results = training_step.run_plan(plan, training_step.base_model(plan.settings)[0])
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert len(results) == 2 * 2 * len(VARIANTS)
+    for result in results:
+        assert result.status == "ok", (result.case, result.status)
+        assert all(math.isfinite(loss) for loss in result.losses)
+        assert result.gpu_ms > 0
+        # Kernels replayed from a CUDA graph may not reach the profiler one by one.
+        assert 0 < result.bn_share < 1 or (result.case.mode == "cuda-graph" and math.isnan(result.bn_share))
+        if result.case.precision == "fp32":
+            assert result.agrees == "yes", (result.case, result.loss_diff, result.stats_diff)
