@@ -3,7 +3,8 @@ so the pieces are timed with wall clocks around them rather than with cProfile).
 
 For a small layer, run fwd+bwd back to back (host-bound) and print the mean microseconds spent per
 call in: the whole step, the autograd Function's forward and backward, the launchers, every Triton
-kernel launch, and the layout/launch planning.
+kernel launch (KernelLauncher calls: the fast path, or kernel[grid] on a specialisation's first call),
+and planning (plan_batch_norm, which the backward skips by reusing the forward's plan).
 """
 
 import collections
@@ -11,11 +12,11 @@ import functools
 import time
 
 import torch
-import triton.runtime.jit
+import triton
 
 import fusedbn
 from fusedbn import autograd
-from fusedbn.kernels import backward, forward, layout
+from fusedbn.kernels import backward, forward, launcher, layout
 
 DEVICE = torch.device("cuda")
 SPENT: dict[str, float] = collections.defaultdict(float)
@@ -38,22 +39,21 @@ def instrument() -> None:
     backward.batch_norm_backward = timed("launcher bwd", backward.batch_norm_backward)
     autograd.batch_norm_forward = forward.batch_norm_forward
     autograd.batch_norm_backward = backward.batch_norm_backward
-    for module in (forward, backward):
-        module.fold_input = timed("fold_input", module.fold_input)
-        module.choose_launch = timed("choose_launch", module.choose_launch)
+    for module in (forward, backward, autograd):
+        module.plan_batch_norm = timed("plan_batch_norm", module.plan_batch_norm)
     function = autograd.FusedBatchNormFunction
     function.forward = staticmethod(timed("Function.forward", function.forward))
     function.backward = staticmethod(timed("Function.backward", function.backward))
-    run = triton.runtime.jit.JITFunction.run
+    call = launcher.KernelLauncher.__call__
 
-    def timed_run(self, *args, **kwargs):
+    def timed_call(self, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return run(self, *args, **kwargs)
+            return call(self, *args, **kwargs)
         finally:
-            SPENT[f"launch {self.fn.__name__}"] += time.perf_counter() - start
+            SPENT[f"launch {self.kernel.fn.__name__}"] += time.perf_counter() - start
 
-    triton.runtime.jit.JITFunction.run = timed_run
+    launcher.KernelLauncher.__call__ = timed_call
 
 
 def measure(shape, channels_last, label, calls=300) -> None:
@@ -98,8 +98,8 @@ def main() -> None:
     instrument()
     measure((8, 64, 8, 8), False, "whole-channel small NCHW")
     measure((64, 64, 28, 28), True, "split NHWC")
-    layout.LIMITS = layout.LaunchLimits(whole_channel_blocks_per_sm=1e9)
-    measure((64, 512, 7, 7), False, "split NCHW")
+    with layout.launch_limits(layout.LaunchLimits(whole_channel_blocks_per_sm=1e9)):
+        measure((64, 512, 7, 7), False, "split NCHW")
 
 
 if __name__ == "__main__":
