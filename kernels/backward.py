@@ -31,6 +31,7 @@ from fusedbn.kernels.layout import (
     accumulator_dtype,
     conform,
     finalize_block_splits,
+    finalize_grid,
     plan_batch_norm,
 )
 from fusedbn.kernels.tiles import (
@@ -375,11 +376,14 @@ def batch_norm_backward(
     mask_arg = relu_mask if relu else mean
     mask_strides = relu_mask.stride() if relu else (0, 0, 0)
     dr_arg = grad_residual if write_grad_residual else dx
-    dr_strides = view.strides(grad_residual) if write_grad_residual else (0, 0, 0)
+    x_strides = view.strides(x)
+    dy_strides = view.strides_like(dy, x, x_strides)
+    dx_strides = view.strides_like(dx, x, x_strides)
+    dr_strides = dx_strides if write_grad_residual else (0, 0, 0)  # both laid out like x
     weight_arg = mean if weight is None else weight
     tensor_args = (dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd)
     stride_args = (
-        *view.strides(dy), *mask_strides, *view.strides(x), *view.strides(dx), *dr_strides,
+        *dy_strides, *mask_strides, *x_strides, *dx_strides, *dr_strides,
     )
     flags = dict(
         HAS_WEIGHT=weight is not None, BATCH_STATS=use_batch_stats, RELU=relu,
@@ -406,12 +410,12 @@ def batch_norm_backward(
         launch_partial_sums(
             grid, dy, mask_arg, x, mean, invstd, partial,
             view.n_outer, view.n_inner, view.num_channels,
-            *view.strides(dy), *mask_strides, *view.strides(x), *tiling,
+            *dy_strides, *mask_strides, *x_strides, *tiling,
             RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
         launch_finalize_sums(
-            (triton.cdiv(view.num_channels, FINALIZE_BLOCK_C),),
+            finalize_grid(view.num_channels),
             partial, grad_bias, grad_weight, launch.num_splits, view.num_channels,
             BLOCK_SPLITS=finalize_block_splits(launch.num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )

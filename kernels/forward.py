@@ -28,6 +28,7 @@ from fusedbn.kernels.layout import (
     accumulator_dtype,
     conform,
     finalize_block_splits,
+    finalize_grid,
     plan_batch_norm,
     relu_mask_like,
 )
@@ -389,15 +390,16 @@ def batch_norm_forward(
     def pointer(t: Tensor | None) -> Tensor:
         return mean if t is None else t
 
-    def strides(t: Tensor | None) -> tuple[int, int, int]:
-        return (0, 0, 0) if t is None else view.strides(t)
+    x_strides = view.strides(x)
+    y_strides = view.strides_like(y, x, x_strides)
+    residual_strides = (0, 0, 0) if residual is None else view.strides_like(residual, x, x_strides)
 
     tensor_args = (
         x, y, pointer(residual), relu_mask, pointer(weight), pointer(bias),
         mean, invstd, pointer(running_mean), pointer(running_var),
     )
     stride_args = (
-        *strides(x), *strides(y), *strides(residual), *(relu_mask.stride() if relu else (0, 0, 0)),
+        *x_strides, *y_strides, *residual_strides, *(relu_mask.stride() if relu else (0, 0, 0)),
     )
     flags = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
@@ -426,7 +428,7 @@ def batch_norm_forward(
             (4, launch.num_splits, view.num_channels), dtype=mean.dtype, device=x.device
         )
         launch_partial_moments(
-            grid, x, partial, view.n_outer, view.n_inner, view.num_channels, *strides(x), *tiling,
+            grid, x, partial, view.n_outer, view.n_inner, view.num_channels, *x_strides, *tiling,
             BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
@@ -435,7 +437,7 @@ def batch_norm_forward(
             partial, n_per_channel = combine_moments(partial)
         num_splits = partial.shape[1]
         launch_finalize_moments(
-            (triton.cdiv(view.num_channels, FINALIZE_BLOCK_C),),
+            finalize_grid(view.num_channels),
             partial, mean, invstd, pointer(running_mean), pointer(running_var),
             pointer(num_batches_tracked), num_splits, view.num_channels,
             n_per_channel, momentum, eps, **statistics_flags,

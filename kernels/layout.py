@@ -45,6 +45,12 @@ class ChannelView:
             folded.append(t.stride(dims[-1]) if dims else 0)
         return folded[0], t.stride(1), folded[1]
 
+    def strides_like(
+        self, t: torch.Tensor, x: torch.Tensor, x_strides: tuple[int, int, int]
+    ) -> tuple[int, int, int] | None:
+        """strides(t), taken as ``x_strides`` when ``t`` has the strides of ``x`` (an empty_like)."""
+        return x_strides if t.stride() == x.stride() else self.strides(t)
+
 
 def channel_view(x: torch.Tensor) -> ChannelView | None:
     """Fold the reduction dims of ``x`` into at most two strided dims, or None if they need more.
@@ -305,6 +311,14 @@ def plan_batch_norm(
 
 # Channels per program of the finalize kernels, which read the [splits, C] partial sums.
 FINALIZE_BLOCK_C = 32
+
+
+def finalize_grid(num_channels: int) -> tuple[int]:
+    """The finalize kernels' grid: one program per FINALIZE_BLOCK_C channels.
+
+    (Integer arithmetic: triton.cdiv is a jit function whose Python call costs microseconds.)
+    """
+    return ((num_channels + FINALIZE_BLOCK_C - 1) // FINALIZE_BLOCK_C,)
 
 
 def finalize_block_splits(num_splits: int) -> int:

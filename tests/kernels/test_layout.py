@@ -368,3 +368,15 @@ def test_all_small_shapes_cover_exactly():
             if view.n_per_channel == 0:
                 continue
             check_launch(choose_launch(view, x, limits=limits), view, limits)
+
+
+def test_strides_like_reuses_x_strides_only_for_the_same_strides():
+    x = distinct((3, 5, 4, 12))[:, :, :, ::2]  # not dense, yet read in place
+    folded, view = fold_input(x)
+    assert folded is x
+    x_strides = view.strides(x)
+    y = torch.empty_like(x)
+    assert y.stride() != x.stride()
+    assert view.strides_like(y, x, x_strides) == view.strides(y) != x_strides
+    twin = torch.empty_strided(x.shape, x.stride())
+    assert view.strides_like(twin, x, x_strides) == x_strides == view.strides(twin)
