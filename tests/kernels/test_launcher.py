@@ -160,6 +160,8 @@ TRAINING_KERNELS = {
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_direct_launch_passes_what_triton_passes(case, launch_path, fake_gpu, monkeypatch):
     """Every launch of a training or eval step on every path, replayed on the fake GPU."""
+    if torch.cuda.is_available():
+        pytest.skip("records the interpreter's launches; on a GPU the bitwise test below runs")
     launches = record_launches(monkeypatch, **CASES[case])
     launch_path.check()
     kernels = set()
@@ -358,4 +360,6 @@ def test_fast_and_triton_paths_are_bitwise_equal(path, dtype, channels_last, mon
             assert sum(len(fast.bound) for fast in launchers) == bound_before, "not bound"
             for index, (ours, theirs) in enumerate(zip(results, expected, strict=True)):
                 assert torch.equal(ours, theirs), f"training={training} epilogue={epilogue} #{index}"
-    assert any(bound is not None for fast in launchers for bound in fast.bound.values())
+    # Every specialisation was bound: the results above came from the direct launches.
+    bindings = [bound for fast in launchers for bound in fast.bound.values()]
+    assert bindings and all(bound is not None for bound in bindings)
