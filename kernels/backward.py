@@ -1,4 +1,4 @@
-"""BatchNorm backward kernels and their launcher.
+"""BatchNorm backward kernels and their host launcher.
 
 With xhat = (x - mean) * invstd and n elements per channel, the gradients are
 
@@ -23,13 +23,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import (
     FINALIZE_BLOCK_C,
+    ChannelView,
+    Plan,
     accumulator_dtype,
-    choose_launch,
     conform,
     finalize_block_splits,
-    fold_input,
+    finalize_grid,
+    plan_batch_norm,
 )
 from fusedbn.kernels.tiles import (
     channel_block,
@@ -245,14 +248,17 @@ def partial_sums_kernel(
 
 @triton.jit
 def finalize_sums_kernel(
-    partial_ptr, grad_weight_ptr, grad_bias_ptr, num_splits, num_channels,
+    partial_ptr, sum_dy_ptr, sum_dy_xhat_ptr, num_splits, num_channels,
     BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program adds the per-split sums of BLOCK_C channels, BLOCK_SPLITS splits at a time."""
+    """One program adds the per-split sums of BLOCK_C channels, BLOCK_SPLITS splits at a time.
+
+    The sums of dy and dy * xhat are this call's grad_bias and grad_weight.
+    """
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    sum_dy = tl.zeros([BLOCK_C], grad_bias_ptr.dtype.element_ty)
-    sum_dy_xhat = tl.zeros([BLOCK_C], grad_weight_ptr.dtype.element_ty)
+    sum_dy = tl.zeros([BLOCK_C], sum_dy_ptr.dtype.element_ty)
+    sum_dy_xhat = tl.zeros([BLOCK_C], sum_dy_xhat_ptr.dtype.element_ty)
     for start in range(0, num_splits, BLOCK_SPLITS):
         splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
         in_bounds = (splits < num_splits) & channel_mask[None, :]
@@ -261,14 +267,14 @@ def finalize_sums_kernel(
         sum_dy_xhat += tl.sum(
             tl.load(part + num_splits * num_channels, mask=in_bounds, other=0.0), axis=0
         )
-    tl.store(grad_bias_ptr + channels, sum_dy, mask=channel_mask)
-    tl.store(grad_weight_ptr + channels, sum_dy_xhat, mask=channel_mask)
+    tl.store(sum_dy_ptr + channels, sum_dy, mask=channel_mask)
+    tl.store(sum_dy_xhat_ptr + channels, sum_dy_xhat, mask=channel_mask)
 
 
 @triton.jit
 def grad_input_kernel(
     dy_ptr, mask_ptr, x_ptr, dx_ptr, grad_residual_ptr, weight_ptr, mean_ptr, invstd_ptr,
-    grad_weight_ptr, grad_bias_ptr,
+    sum_dy_ptr, sum_dy_xhat_ptr,
     n_outer, n_inner, num_channels, n_per_channel,
     stride_dy_outer, stride_dy_c, stride_dy_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
@@ -280,7 +286,11 @@ def grad_input_kernel(
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Program (channel block, split) writes grad_input on its tiles from the finished sums."""
+    """Program (channel block, split) writes grad_input on its tiles from the finished sums.
+
+    The sums of dy and dy * xhat per channel are over the whole batch: this call's, or with
+    synchronized BatchNorm those of every process. n_per_channel counts the same elements.
+    """
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
@@ -288,8 +298,8 @@ def grad_input_kernel(
         weight_ptr, mean_ptr, invstd_ptr, channels, channel_mask, HAS_WEIGHT
     )
     # In eval mode these sums are never used, and the launcher may not have computed them.
-    sum_dy = tl.load(grad_bias_ptr + channels, mask=channel_mask, other=0.0)
-    sum_dy_xhat = tl.load(grad_weight_ptr + channels, mask=channel_mask, other=0.0)
+    sum_dy = tl.load(sum_dy_ptr + channels, mask=channel_mask, other=0.0)
+    sum_dy_xhat = tl.load(sum_dy_xhat_ptr + channels, mask=channel_mask, other=0.0)
     first_tile = split * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     grad_input_tiles(
@@ -305,6 +315,26 @@ def grad_input_kernel(
     )
 
 
+# One launcher per kernel: each launch after a specialisation's first skips Triton's binding.
+launch_whole_channel_backward = KernelLauncher(whole_channel_backward_kernel)
+launch_partial_sums = KernelLauncher(partial_sums_kernel)
+launch_finalize_sums = KernelLauncher(finalize_sums_kernel)
+launch_grad_input = KernelLauncher(grad_input_kernel)
+
+
+def allocate_backward_outputs(
+    x: Tensor, view: ChannelView, write_grad_residual: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Uninitialised (grad_input, grad_weight, grad_bias, grad_residual) for the folded input ``x``.
+
+    grad_input and grad_residual are laid out like x (grad_residual is None unless
+    ``write_grad_residual``); grad_weight and grad_bias are in the statistics' dtype.
+    """
+    grad_weight = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
+    grad_residual = torch.empty_like(x) if write_grad_residual else None
+    return torch.empty_like(x), grad_weight, torch.empty_like(grad_weight), grad_residual
+
+
 def batch_norm_backward(
     dy: Tensor,
     x: Tensor,
@@ -316,6 +346,7 @@ def batch_norm_backward(
     relu_mask: Tensor | None = None,
     write_grad_residual: bool = False,
     combine_sums: Callable[[Tensor], tuple[Tensor, int]] | None = None,
+    plan: Plan | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the backward pass; returns (grad_input, grad_weight, grad_bias, grad_residual).
 
@@ -323,34 +354,36 @@ def batch_norm_backward(
     computed when ``use_batch_stats`` or ``need_param_grads`` (otherwise they hold garbage).
     ``relu_mask`` is the forward's packed mask when a ReLU was fused; then ``write_grad_residual``
     also returns the masked dy, the gradient of a fused residual (else grad_residual is None).
+    ``plan`` is the forward's (plan_batch_norm(x, relu)), when the caller kept it.
 
     ``combine_sums`` (synchronized BatchNorm) takes this call's [2, C] sums of (dy, dy * xhat) and
     returns those of the whole batch with its element count per channel; grad_input then follows
     the whole batch's statistics, while grad_weight and grad_bias stay this call's own, as in torch.
     """
-    x, view = fold_input(x)
-    dy = conform(dy, x, view)
     relu = relu_mask is not None
+    if plan is None:
+        x, plan = plan_batch_norm(x, relu)
+    else:
+        x = plan.fold(x)
+    view, launch = plan.view, plan.launch
+    dy = conform(dy, x, view)
     write_grad_residual = write_grad_residual and relu
-    dx = torch.empty_like(x)
-    grad_residual = torch.empty_like(x) if write_grad_residual else None
-    grad_weight = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
-    grad_bias = torch.empty_like(grad_weight)
+    dx, grad_weight, grad_bias, grad_residual = allocate_backward_outputs(x, view, write_grad_residual)
     if x.numel() == 0:
         return dx, grad_weight.zero_(), grad_bias.zero_(), grad_residual
-    launch = choose_launch(view, x, min_block_s=8 if relu else 1)
     need_sums = use_batch_stats or need_param_grads
 
     mask_arg = relu_mask if relu else mean
     mask_strides = relu_mask.stride() if relu else (0, 0, 0)
     dr_arg = grad_residual if write_grad_residual else dx
-    dr_strides = view.strides(grad_residual) if write_grad_residual else (0, 0, 0)
+    x_strides = view.strides(x)
+    dy_strides = view.strides_like(dy, x, x_strides)
+    dx_strides = view.strides_like(dx, x, x_strides)
+    dr_strides = dx_strides if write_grad_residual else (0, 0, 0)  # both laid out like x
     weight_arg = mean if weight is None else weight
-    tensor_args = (
-        dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd, grad_weight, grad_bias,
-    )
+    tensor_args = (dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd)
     stride_args = (
-        *view.strides(dy), *mask_strides, *view.strides(x), *view.strides(dx), *dr_strides,
+        *dy_strides, *mask_strides, *x_strides, *dx_strides, *dr_strides,
     )
     flags = dict(
         HAS_WEIGHT=weight is not None, BATCH_STATS=use_batch_stats, RELU=relu,
@@ -360,8 +393,10 @@ def batch_norm_backward(
     )
 
     if need_sums and launch.whole_channel and combine_sums is None:
-        whole_channel_backward_kernel[(launch.channel_blocks, 1)](
-            *tensor_args, view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
+        launch_whole_channel_backward(
+            (launch.channel_blocks, 1),
+            *tensor_args, grad_weight, grad_bias,
+            view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
             *stride_args, launch.tiles_inner, launch.num_tiles, **flags,
         )
         return dx, grad_weight, grad_bias, grad_residual
@@ -372,22 +407,26 @@ def batch_norm_backward(
         partial = torch.empty(
             (2, launch.num_splits, view.num_channels), dtype=grad_weight.dtype, device=x.device
         )
-        partial_sums_kernel[grid](
-            dy, mask_arg, x, mean, invstd, partial, view.n_outer, view.n_inner, view.num_channels,
-            *view.strides(dy), *mask_strides, *view.strides(x), *tiling,
+        launch_partial_sums(
+            grid, dy, mask_arg, x, mean, invstd, partial,
+            view.n_outer, view.n_inner, view.num_channels,
+            *dy_strides, *mask_strides, *x_strides, *tiling,
             RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
-        finalize_sums_kernel[(triton.cdiv(view.num_channels, FINALIZE_BLOCK_C),)](
-            partial, grad_weight, grad_bias, launch.num_splits, view.num_channels,
+        launch_finalize_sums(
+            finalize_grid(view.num_channels),
+            partial, grad_bias, grad_weight, launch.num_splits, view.num_channels,
             BLOCK_SPLITS=finalize_block_splits(launch.num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )
-    n_per_channel = view.n_per_channel
+    # grad_bias and grad_weight hold this call's sums of dy and dy * xhat (garbage without
+    # need_sums, when grad_input_kernel does not read them: no batch statistics).
+    sum_dy, sum_dy_xhat, n_per_channel = grad_bias, grad_weight, view.n_per_channel
     if combine_sums is not None:
         (sum_dy, sum_dy_xhat), n_per_channel = combine_sums(torch.stack([grad_bias, grad_weight]))
-        tensor_args = (*tensor_args[:-2], sum_dy_xhat, sum_dy)
-    grad_input_kernel[grid](
-        *tensor_args, view.n_outer, view.n_inner, view.num_channels, n_per_channel,
+    launch_grad_input(
+        grid, *tensor_args, sum_dy, sum_dy_xhat,
+        view.n_outer, view.n_inner, view.num_channels, n_per_channel,
         *stride_args, *tiling, **flags,
     )
     return dx, grad_weight, grad_bias, grad_residual

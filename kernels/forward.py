@@ -1,4 +1,4 @@
-"""BatchNorm forward kernels and their launcher.
+"""BatchNorm forward kernels and their host launcher.
 
 Training, when there are enough channel blocks to fill the GPU or a channel fits one tile
 (whole-channel path): whole_channel_forward_kernel gives each program whole channels; it reads them
@@ -20,13 +20,16 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import (
     FINALIZE_BLOCK_C,
+    ChannelView,
+    Plan,
     accumulator_dtype,
-    choose_launch,
     conform,
     finalize_block_splits,
-    fold_input,
+    finalize_grid,
+    plan_batch_norm,
     relu_mask_like,
 )
 from fusedbn.kernels.tiles import (
@@ -326,6 +329,26 @@ def apply_kernel(
     )
 
 
+# One launcher per kernel: each launch after a specialisation's first skips Triton's binding.
+launch_whole_channel_forward = KernelLauncher(whole_channel_forward_kernel)
+launch_partial_moments = KernelLauncher(partial_moments_kernel)
+launch_finalize_moments = KernelLauncher(finalize_moments_kernel)
+launch_apply = KernelLauncher(apply_kernel)
+
+
+def allocate_forward_outputs(
+    x: Tensor, view: ChannelView, relu: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Uninitialised (y, mean, invstd, relu_mask) for the folded input ``x``.
+
+    y is laid out like x; the statistics are float32 (float64 for float64 input); relu_mask is the
+    packed mask when ``relu`` is set and an empty tensor otherwise.
+    """
+    mean = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
+    relu_mask = relu_mask_like(x, view) if relu else torch.empty(0, dtype=torch.uint8, device=x.device)
+    return torch.empty_like(x), mean, torch.empty_like(mean), relu_mask
+
+
 def batch_norm_forward(
     x: Tensor,
     weight: Tensor | None,
@@ -339,27 +362,26 @@ def batch_norm_forward(
     residual: Tensor | None = None,
     relu: bool = False,
     combine_moments: Callable[[Tensor], tuple[Tensor, int]] | None = None,
+    plan: Plan | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Launch the forward pass; returns (y, mean, invstd, relu_mask).
+    """Launch the forward pass; returns (y, mean, invstd, relu_mask) as allocate_forward_outputs.
 
-    The statistics are float32 (float64 for float64 input); relu_mask is the packed mask that the
-    backward needs when ``relu`` is set (an empty tensor otherwise). ``num_batches_tracked``, when
-    given, selects the cumulative average and must already count this batch. Running statistics are
-    updated in place when ``use_batch_stats`` and given.
+    ``num_batches_tracked``, when given, selects the cumulative average and must already count this
+    batch. Running statistics are updated in place when ``use_batch_stats`` and given. ``plan`` is
+    plan_batch_norm(x, relu)'s, when the caller already made it (to save it for the backward).
 
     ``combine_moments`` (synchronized BatchNorm) takes this call's per-split partials, a
     [4, splits, C] tensor of (count, shift, mean - shift, M2), and returns the partials of the whole
     batch with its element count per channel; the statistics are then those of the whole batch.
     """
-    x, view = fold_input(x)
-    y = torch.empty_like(x)
-    acc_dtype = accumulator_dtype(x.dtype)
-    mean = torch.empty(view.num_channels, dtype=acc_dtype, device=x.device)
-    invstd = torch.empty_like(mean)
-    relu_mask = relu_mask_like(x, view) if relu else torch.empty(0, dtype=torch.uint8, device=x.device)
+    if plan is None:
+        x, plan = plan_batch_norm(x, relu)
+    else:
+        x = plan.fold(x)
+    view, launch = plan.view, plan.launch
+    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, relu)
     if x.numel() == 0:
         return y, mean, invstd, relu_mask
-    launch = choose_launch(view, x, min_block_s=8 if relu else 1)
     update_running = use_batch_stats and running_mean is not None
     if residual is not None:
         residual = conform(residual, x, view)
@@ -368,15 +390,16 @@ def batch_norm_forward(
     def pointer(t: Tensor | None) -> Tensor:
         return mean if t is None else t
 
-    def strides(t: Tensor | None) -> tuple[int, int, int]:
-        return (0, 0, 0) if t is None else view.strides(t)
+    x_strides = view.strides(x)
+    y_strides = view.strides_like(y, x, x_strides)
+    residual_strides = (0, 0, 0) if residual is None else view.strides_like(residual, x, x_strides)
 
     tensor_args = (
         x, y, pointer(residual), relu_mask, pointer(weight), pointer(bias),
         mean, invstd, pointer(running_mean), pointer(running_var),
     )
     stride_args = (
-        *strides(x), *strides(y), *strides(residual), *(relu_mask.stride() if relu else (0, 0, 0)),
+        *x_strides, *y_strides, *residual_strides, *(relu_mask.stride() if relu else (0, 0, 0)),
     )
     flags = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
@@ -389,7 +412,8 @@ def batch_norm_forward(
     )
 
     if use_batch_stats and launch.whole_channel and combine_moments is None:
-        whole_channel_forward_kernel[(launch.channel_blocks, 1)](
+        launch_whole_channel_forward(
+            (launch.channel_blocks, 1),
             *tensor_args, pointer(num_batches_tracked),
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
             *stride_args, launch.tiles_inner, launch.num_tiles, momentum, eps,
@@ -401,10 +425,10 @@ def batch_norm_forward(
     tiling = (launch.tiles_inner, launch.num_tiles, launch.tiles_per_split)
     if use_batch_stats:
         partial = torch.empty(
-            (4, launch.num_splits, view.num_channels), dtype=acc_dtype, device=x.device
+            (4, launch.num_splits, view.num_channels), dtype=mean.dtype, device=x.device
         )
-        partial_moments_kernel[grid](
-            x, partial, view.n_outer, view.n_inner, view.num_channels, *strides(x), *tiling,
+        launch_partial_moments(
+            grid, x, partial, view.n_outer, view.n_inner, view.num_channels, *x_strides, *tiling,
             BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
             num_warps=launch.num_warps,
         )
@@ -412,14 +436,15 @@ def batch_norm_forward(
         if combine_moments is not None:
             partial, n_per_channel = combine_moments(partial)
         num_splits = partial.shape[1]
-        finalize_moments_kernel[(triton.cdiv(view.num_channels, FINALIZE_BLOCK_C),)](
+        launch_finalize_moments(
+            finalize_grid(view.num_channels),
             partial, mean, invstd, pointer(running_mean), pointer(running_var),
             pointer(num_batches_tracked), num_splits, view.num_channels,
             n_per_channel, momentum, eps, **statistics_flags,
             BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )
-    apply_kernel[grid](
-        *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling, eps,
-        FROM_RUNNING=not use_batch_stats, **flags,
+    launch_apply(
+        grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,
+        eps, FROM_RUNNING=not use_batch_stats, **flags,
     )
     return y, mean, invstd, relu_mask

@@ -10,9 +10,12 @@ is outer=N, inner=H*W; a channels_last one folds N, H and W into a single inner 
 strided view whose reduction dims fold into two this way is read in place.
 """
 
+import contextlib
+import contextvars
 import functools
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +44,12 @@ class ChannelView:
                     return None
             folded.append(t.stride(dims[-1]) if dims else 0)
         return folded[0], t.stride(1), folded[1]
+
+    def strides_like(
+        self, t: torch.Tensor, x: torch.Tensor, x_strides: tuple[int, int, int]
+    ) -> tuple[int, int, int] | None:
+        """strides(t), taken as ``x_strides`` when ``t`` has the strides of ``x`` (an empty_like)."""
+        return x_strides if t.stride() == x.stride() else self.strides(t)
 
 
 def channel_view(x: torch.Tensor) -> ChannelView | None:
@@ -79,14 +88,19 @@ def fold_input(x: torch.Tensor) -> tuple[torch.Tensor, ChannelView]:
     (3d) where torch would lay out x's output so (a cropped channels_last view), else contiguous, so
     the output's memory format is torch's.
     """
+    view, copy_format = _fold(x)
+    return _copy_to(x, copy_format), view
+
+
+def _copy_to(x: torch.Tensor, memory_format: torch.memory_format | None) -> torch.Tensor:
+    return x if memory_format is None else x.contiguous(memory_format=memory_format)
+
+
+def _fold(x: torch.Tensor) -> tuple[ChannelView, torch.memory_format | None]:
     key = (tuple(x.shape), x.stride())
     if all(type(size) is int for size in key[0] + key[1]):
-        view, copy_format = _fold_plan(*key)
-    else:  # symbolic sizes, while torch.compile traces: nothing to cache
-        view, copy_format = _fold_plan.__wrapped__(*key)
-    if copy_format is not None:
-        x = x.contiguous(memory_format=copy_format)
-    return x, view
+        return _fold_plan(*key)
+    return _fold_plan.__wrapped__(*key)  # symbolic sizes, while torch.compile traces: no caching
 
 
 @functools.lru_cache(maxsize=4096)
@@ -147,9 +161,33 @@ class LaunchLimits:
     programs_per_sm: int = 4
     # Widest channel block used when channels are the contiguous dim.
     max_channel_block: int = 64
+    # Streaming multiprocessors to plan for; None: the device's own count (2 on the CPU). Pinned by
+    # tests so that the number of splits is the same on the CPU and on any GPU.
+    multiprocessors: int | None = None
 
 
-LIMITS = LaunchLimits()
+_LIMITS: contextvars.ContextVar[LaunchLimits] = contextvars.ContextVar(
+    "fusedbn_launch_limits", default=LaunchLimits()  # noqa: B039 (a frozen dataclass)
+)
+
+
+def current_limits() -> LaunchLimits:
+    """The limits that launches chosen in this context follow (LaunchLimits() unless overridden)."""
+    return _LIMITS.get()
+
+
+@contextlib.contextmanager
+def launch_limits(limits: LaunchLimits) -> Iterator[LaunchLimits]:
+    """Choose the launches of the BatchNorms called inside the block with ``limits``.
+
+    A context variable: it holds in this thread (or task) only. The autograd backward, which may run
+    on another thread, reuses the launch its forward chose.
+    """
+    token = _LIMITS.set(limits)
+    try:
+        yield limits
+    finally:
+        _LIMITS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -193,10 +231,12 @@ def choose_launch(
 ) -> Launch:
     """Pick tile sizes, the whole-channel or split path, and the number of splits for ``x``.
 
-    ``min_block_s`` is the smallest inner tile allowed (8 when a packed ReLU mask is involved).
+    ``min_block_s`` is the smallest inner tile allowed (8 when a packed ReLU mask is involved);
+    ``limits`` defaults to current_limits().
     """
-    sms = _multiprocessors(x.device)
-    return _choose_launch(view, channels_contiguous(x), sms, min_block_s, limits or LIMITS)
+    limits = limits or _LIMITS.get()
+    sms = limits.multiprocessors or _multiprocessors(x.device)
+    return _choose_launch(view, channels_contiguous(x), sms, min_block_s, limits)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -211,7 +251,8 @@ def _choose_launch(
         block_c = min(_pow2(view.num_channels), limits.max_channel_block)
     else:
         block_c = 1
-    channel_blocks = math.ceil(view.num_channels / block_c)
+    # An empty tensor (no channels or no elements) gets one tile that its launchers never launch.
+    channel_blocks = max(math.ceil(view.num_channels / block_c), 1)
 
     whole_n, whole_s = _pow2(view.n_outer), max(_pow2(view.n_inner), min_block_s)
     if whole_n * whole_s * block_c <= limits.single_tile:
@@ -221,7 +262,7 @@ def _choose_launch(
         block_s = max(min(whole_s, per_channel_tile), min_block_s)
         block_n = min(whole_n, max(per_channel_tile // block_s, 1))
     tiles_inner = math.ceil(view.n_inner / block_s)
-    num_tiles = math.ceil(view.n_outer / block_n) * tiles_inner
+    num_tiles = max(math.ceil(view.n_outer / block_n) * tiles_inner, 1)
 
     if num_tiles == 1 or channel_blocks >= limits.whole_channel_blocks_per_sm * sms:
         wanted_splits = 1
@@ -242,8 +283,42 @@ def _choose_launch(
     )
 
 
+@dataclass(frozen=True)
+class Plan:
+    """How one BatchNorm call runs: how its input folds, and the launch; reused by its backward."""
+
+    view: ChannelView
+    copy_format: torch.memory_format | None  # the layout x is copied to first, None: read in place
+    launch: Launch
+
+    def fold(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (of the planned shape and strides) as the kernels read it, as fold_input folds it."""
+        return _copy_to(x, self.copy_format)
+
+
+def plan_batch_norm(
+    x: torch.Tensor, relu: bool = False, limits: LaunchLimits | None = None
+) -> tuple[torch.Tensor, Plan]:
+    """``x`` folded as fold_input folds it, and the Plan of a BatchNorm of it.
+
+    ``relu``: with a fused ReLU, whose packed mask needs inner tiles of at least 8. ``limits``
+    defaults to current_limits().
+    """
+    view, copy_format = _fold(x)
+    x = _copy_to(x, copy_format)
+    return x, Plan(view, copy_format, choose_launch(view, x, 8 if relu else 1, limits))
+
+
 # Channels per program of the finalize kernels, which read the [splits, C] partial sums.
 FINALIZE_BLOCK_C = 32
+
+
+def finalize_grid(num_channels: int) -> tuple[int]:
+    """The finalize kernels' grid: one program per FINALIZE_BLOCK_C channels.
+
+    (Integer arithmetic: triton.cdiv is a jit function whose Python call costs microseconds.)
+    """
+    return ((num_channels + FINALIZE_BLOCK_C - 1) // FINALIZE_BLOCK_C,)
 
 
 def finalize_block_splits(num_splits: int) -> int:

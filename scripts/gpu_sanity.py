@@ -34,7 +34,11 @@ def reference(x, residual, weight, bias, relu, eps=1e-5):
 
 
 def check_case(shape, dtype, channels_last, limits, residual_on, relu) -> float:
-    layout.LIMITS = limits
+    with layout.launch_limits(limits):
+        return _check_case(shape, dtype, channels_last, residual_on, relu)
+
+
+def _check_case(shape, dtype, channels_last, residual_on, relu) -> float:
     x = (torch.randn(shape, device=DEVICE) * 3 + 100).to(dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
@@ -77,7 +81,6 @@ def correctness() -> bool:
                     if not good:
                         print(f"FAIL {shape} {dtype} cl={cl} limits={limits} res={residual_on} "
                               f"relu={relu}: rel error {error:.2e}")
-    layout.LIMITS = layout.LaunchLimits()
     print(f"correctness sweep: {'all passed' if ok else 'FAILURES above'}")
     return ok
 
@@ -124,9 +127,8 @@ def timing() -> None:
 
             row = [f"{triton.testing.do_bench(step(bn), return_mode='median'):.3f}"]
             for limits in variants.values():
-                layout.LIMITS = limits
-                row.append(f"{triton.testing.do_bench(step(fused), return_mode='median'):.3f}")
-            layout.LIMITS = layout.LaunchLimits()
+                with layout.launch_limits(limits):
+                    row.append(f"{triton.testing.do_bench(step(fused), return_mode='median'):.3f}")
             print(f"{str(shape):22} {'NHWC' if cl else 'NCHW'} torch {row[0]} | "
                   + " ".join(f"{k}={v}" for k, v in zip(variants, row[1:], strict=True)))
 

@@ -7,6 +7,7 @@ the compiled kernels on the GPU.
 """
 
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -15,8 +16,6 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from fusedbn.kernels import backward as backward_kernels  # noqa: E402
-from fusedbn.kernels import forward as forward_kernels  # noqa: E402
 from fusedbn.kernels import layout  # noqa: E402
 
 # (rtol, atol) per input dtype, used for every comparison with torch or a float64 reference. Values
@@ -40,8 +39,8 @@ SPLIT_LIMITS = layout.LaunchLimits(
     programs_per_sm=8,
     max_channel_block=4,
     whole_channel_blocks_per_sm=float("inf"),
+    multiprocessors=2,
 )
-SPLIT_MULTIPROCESSORS = 2
 # Limits that give each program whole channels streamed through several small tiles.
 WHOLE_CHANNEL_LIMITS = layout.LaunchLimits(
     single_tile=16, stream_tile=16, max_channel_block=4, whole_channel_blocks_per_sm=0
@@ -106,11 +105,9 @@ class LaunchPath:
             assert all(launch.whole_channel and launch.num_tiles == 1 for launch in launches), launches
 
 
-def _force_path(monkeypatch, name: str) -> LaunchPath:
+def _force_path(monkeypatch, name: str) -> Iterator[LaunchPath]:
+    """Launch with the path's limits inside the test, recording every launch chosen."""
     path = LaunchPath(name)
-    monkeypatch.setattr(layout, "LIMITS", PATH_LIMITS[name])
-    if name == "split":
-        monkeypatch.setattr(layout, "_multiprocessors", lambda device: SPLIT_MULTIPROCESSORS)
     original = layout.choose_launch
 
     def recording_choose_launch(*args, **kwargs):
@@ -118,28 +115,28 @@ def _force_path(monkeypatch, name: str) -> LaunchPath:
         path.launches.append(launch)
         return launch
 
-    monkeypatch.setattr(forward_kernels, "choose_launch", recording_choose_launch)
-    monkeypatch.setattr(backward_kernels, "choose_launch", recording_choose_launch)
-    return path
+    monkeypatch.setattr(layout, "choose_launch", recording_choose_launch)
+    with layout.launch_limits(PATH_LIMITS[name]):
+        yield path
 
 
 @pytest.fixture(params=list(PATH_LIMITS))
-def launch_path(request, monkeypatch) -> LaunchPath:
+def launch_path(request, monkeypatch) -> Iterator[LaunchPath]:
     """Run the test on each launch path: one tile per channel block (the default limits for small
     shapes), whole channels streamed through several tiles, and the split reduction."""
-    return _force_path(monkeypatch, request.param)
+    yield from _force_path(monkeypatch, request.param)
 
 
 @pytest.fixture
-def split_path(monkeypatch) -> LaunchPath:
+def split_path(monkeypatch) -> Iterator[LaunchPath]:
     """Force the split path (for tests that only need one path)."""
-    return _force_path(monkeypatch, "split")
+    yield from _force_path(monkeypatch, "split")
 
 
 @pytest.fixture
-def single_path(monkeypatch) -> LaunchPath:
+def single_path(monkeypatch) -> Iterator[LaunchPath]:
     """Force the one-tile whole-channel path with the default limits."""
-    return _force_path(monkeypatch, "single")
+    yield from _force_path(monkeypatch, "single")
 
 
 def pytest_configure(config):

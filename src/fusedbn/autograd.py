@@ -7,21 +7,29 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
+from fusedbn.kernels.layout import Plan, plan_batch_norm
 from fusedbn.ops import backward_op, forward_op
 
 
-def _forward(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _forward(plan: Plan | None, *args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # torch.compile and torch.export must see the custom operator; eager calls skip its
-    # dispatcher round trip, a noticeable part of the host time of a small BatchNorm.
-    if torch.compiler.is_compiling():
+    # dispatcher round trip, a noticeable part of the host time of a small BatchNorm, and pass
+    # the plan that the backward reuses.
+    if plan is None:
         return forward_op(*args)
-    return batch_norm_forward(*args)
+    return batch_norm_forward(*args, plan=plan)
 
 
-def _backward(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    if torch.compiler.is_compiling():
+def _backward(plan: Plan | None, *args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    if plan is None or torch.compiler.is_compiling():
         return backward_op(*args)
-    return batch_norm_backward(*args)
+    return batch_norm_backward(*args, plan=plan)
+
+
+def _plan(input: Tensor, relu: bool) -> tuple[Tensor, Plan | None]:
+    """The folded input and the plan of an eager call, kept for its backward; no plan while
+    torch.compile traces."""
+    return (input, None) if torch.compiler.is_compiling() else plan_batch_norm(input, relu)
 
 
 class FusedBatchNormFunction(torch.autograd.Function):
@@ -46,8 +54,9 @@ class FusedBatchNormFunction(torch.autograd.Function):
         residual: Tensor | None,
         relu: bool,
     ) -> Tensor:
+        folded, ctx.plan = _plan(input, relu)
         output, mean, invstd, relu_mask = _forward(
-            input, weight, bias, running_mean, running_var, num_batches_tracked,
+            ctx.plan, folded, weight, bias, running_mean, running_var, num_batches_tracked,
             use_batch_stats, momentum, eps, residual, relu,
         )
         ctx.save_for_backward(input, weight, mean, invstd, relu_mask if relu else None)
@@ -63,7 +72,7 @@ class FusedBatchNormFunction(torch.autograd.Function):
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         needs_residual = ctx.needs_input_grad[9]
         grad_input, grad_weight, grad_bias, grad_residual = _backward(
-            grad_output, input, weight, mean, invstd, ctx.use_batch_stats,
+            ctx.plan, grad_output, input, weight, mean, invstd, ctx.use_batch_stats,
             needs_weight or needs_bias, relu_mask, needs_residual,
         )
         if not needs_input:
@@ -122,9 +131,10 @@ class SyncBatchNormFunction(torch.autograd.Function):
             ctx.n_total = sum(n for _, n in all_sizes)
             return torch.cat(gathered, dim=1), ctx.n_total
 
+        folded, ctx.plan = plan_batch_norm(input)
         output, mean, invstd, _ = batch_norm_forward(
-            input, weight, bias, running_mean, running_var, num_batches_tracked, True,
-            momentum, eps, combine_moments=combine_moments,
+            folded, weight, bias, running_mean, running_var, num_batches_tracked, True,
+            momentum, eps, combine_moments=combine_moments, plan=ctx.plan,
         )
         ctx.save_for_backward(input, weight, mean, invstd)
         ctx.process_group = process_group
@@ -143,7 +153,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
             return total, ctx.n_total
 
         grad_input, grad_weight, grad_bias, _ = batch_norm_backward(
-            grad_output, input, weight, mean, invstd, True, True, combine_sums=combine_sums
+            grad_output, input, weight, mean, invstd, True, True, combine_sums=combine_sums,
+            plan=ctx.plan,
         )
         return (
             grad_input if needs_input else None,

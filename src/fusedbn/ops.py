@@ -10,7 +10,9 @@ import torch
 from torch import Tensor
 
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
-from fusedbn.kernels.layout import accumulator_dtype, fold_input, relu_mask_like
+from fusedbn.kernels.backward import allocate_backward_outputs
+from fusedbn.kernels.forward import allocate_forward_outputs
+from fusedbn.kernels.layout import fold_input
 
 
 @torch.library.custom_op("fusedbn::batch_norm_forward", mutates_args=("running_mean", "running_var"))
@@ -37,10 +39,7 @@ def forward_op(
 @forward_op.register_fake
 def _forward_fake(input, weight, bias, running_mean, running_var, num_batches_tracked,
                   use_batch_stats, momentum, eps, residual, relu):
-    x, view = fold_input(input)
-    stats = x.new_empty(view.num_channels, dtype=accumulator_dtype(x.dtype))
-    relu_mask = relu_mask_like(x, view) if relu else x.new_empty(0, dtype=torch.uint8)
-    return torch.empty_like(x), stats, torch.empty_like(stats), relu_mask
+    return allocate_forward_outputs(*fold_input(input), relu)
 
 
 @torch.library.custom_op("fusedbn::batch_norm_backward", mutates_args=())
@@ -59,10 +58,16 @@ def backward_op(
 
     grad_residual is only computed with a ReLU mask and need_grad_residual (else it is empty).
     """
-    grad_input, grad_weight, grad_bias, grad_residual = batch_norm_backward(
+    return _with_empty_grad_residual(*batch_norm_backward(
         grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads,
         relu_mask, need_grad_residual,
-    )
+    ))
+
+
+def _with_empty_grad_residual(
+    grad_input: Tensor, grad_weight: Tensor, grad_bias: Tensor, grad_residual: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # A custom operator returns tensors: no grad_residual is an empty one.
     if grad_residual is None:
         grad_residual = grad_input.new_empty(0)
     return grad_input, grad_weight, grad_bias, grad_residual
@@ -71,8 +76,5 @@ def backward_op(
 @backward_op.register_fake
 def _backward_fake(grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads,
                    relu_mask, need_grad_residual):
-    x, _ = fold_input(input)
-    grad_residual = torch.empty_like(x) if relu_mask is not None and need_grad_residual else (
-        x.new_empty(0)
-    )
-    return torch.empty_like(x), torch.empty_like(mean), torch.empty_like(mean), grad_residual
+    outputs = allocate_backward_outputs(*fold_input(input), relu_mask is not None and need_grad_residual)
+    return _with_empty_grad_residual(*outputs)

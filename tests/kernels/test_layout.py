@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import threading
 
 import pytest
 import torch
@@ -227,16 +228,23 @@ SHAPES = [
     ("big-nchw", (16, 3, 33, 35)),
     ("big-nhwc", (16, 70, 9, 11)),
 ]
+# Every case plans for 2 multiprocessors, whatever the device.
 LIMITS_CASES = {
-    "default": LaunchLimits(),
+    "default": LaunchLimits(multiprocessors=2),
     "tiny": LaunchLimits(
         single_tile=32, stream_tile=16, programs_per_sm=8, max_channel_block=4,
-        whole_channel_blocks_per_sm=float("inf"),
+        whole_channel_blocks_per_sm=float("inf"), multiprocessors=2,
     ),
-    "one-program": LaunchLimits(single_tile=1, stream_tile=1, programs_per_sm=1, max_channel_block=1),
-    "wide": LaunchLimits(single_tile=256, stream_tile=128, programs_per_sm=3, max_channel_block=64),
+    "one-program": LaunchLimits(
+        single_tile=1, stream_tile=1, programs_per_sm=1, max_channel_block=1, multiprocessors=2
+    ),
+    "wide": LaunchLimits(
+        single_tile=256, stream_tile=128, programs_per_sm=3, max_channel_block=64,
+        multiprocessors=2,
+    ),
     "whole-channel": LaunchLimits(
-        single_tile=32, stream_tile=16, max_channel_block=4, whole_channel_blocks_per_sm=0
+        single_tile=32, stream_tile=16, max_channel_block=4, whole_channel_blocks_per_sm=0,
+        multiprocessors=2,
     ),
 }
 
@@ -251,8 +259,7 @@ def as_layout(kind, shape):
 @pytest.mark.parametrize("min_block_s", [1, 8])
 @pytest.mark.parametrize("limits_name", list(LIMITS_CASES))
 @pytest.mark.parametrize("kind,shape", SHAPES, ids=[k for k, _ in SHAPES])
-def test_launch_covers_everything(kind, shape, limits_name, min_block_s, monkeypatch):
-    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 2)
+def test_launch_covers_everything(kind, shape, limits_name, min_block_s):
     limits = LIMITS_CASES[limits_name]
     x = as_layout(kind, shape)
     view = channel_view(x)
@@ -268,15 +275,59 @@ def test_launch_covers_everything(kind, shape, limits_name, min_block_s, monkeyp
         assert launch.whole_channel
 
 
-def test_default_limits_module_global_is_used(monkeypatch):
+def test_launch_limits_context_sets_and_restores_the_limits():
     x = torch.empty(3, 5, 7, 6, device="meta")
     view = channel_view(x)
+    assert layout.current_limits() == LaunchLimits()
     launch = choose_launch(view, x)
     assert launch.whole_channel and launch.num_tiles == 1
-    monkeypatch.setattr(layout, "LIMITS", LIMITS_CASES["tiny"])
-    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 2)
-    launch = choose_launch(view, x)
-    assert not launch.whole_channel and launch.num_splits > 1
+    with layout.launch_limits(LIMITS_CASES["tiny"]):
+        assert layout.current_limits() is LIMITS_CASES["tiny"]
+        launch = choose_launch(view, x)
+        assert not launch.whole_channel and launch.num_splits > 1
+        _, plan = layout.plan_batch_norm(x)
+        assert plan.launch == launch
+        with layout.launch_limits(LIMITS_CASES["one-program"]):
+            assert choose_launch(view, x).num_tiles == view.n_per_channel
+        assert choose_launch(view, x) == launch
+        # An explicit argument wins over the context.
+        assert choose_launch(view, x, limits=LaunchLimits()).whole_channel
+    assert layout.current_limits() == LaunchLimits()
+    assert choose_launch(view, x).whole_channel
+
+
+def test_launch_limits_hold_in_their_own_thread_only():
+    seen = []
+    with layout.launch_limits(LIMITS_CASES["tiny"]):
+        worker = threading.Thread(target=lambda: seen.append(layout.current_limits()))
+        worker.start()
+        worker.join()
+    assert seen == [LaunchLimits()]
+
+
+def test_multiprocessors_in_the_limits_set_the_split_count():
+    x = torch.empty(64, 3, 32, 32, device="meta")
+    view = channel_view(x)
+    counts = [
+        choose_launch(view, x, limits=LaunchLimits(multiprocessors=sms)).num_splits
+        for sms in (1, 4, 16)
+    ]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+
+
+def test_plan_folds_like_fold_input_and_copies_only_what_cannot_be_read_in_place():
+    x = distinct((4, 6, 5, 7))[:, :, :, ::2]  # a non-dense view: copied, contiguous
+    folded, plan = layout.plan_batch_norm(x, relu=True)
+    expected, view = fold_input(x)
+    assert torch.equal(folded, expected) and folded.stride() == expected.stride()
+    assert plan.view == view and plan.copy_format == torch.contiguous_format
+    assert plan.launch == choose_launch(view, expected, min_block_s=8)
+    assert plan.launch.block_s >= 8
+    refolded = plan.fold(x)
+    assert torch.equal(refolded, expected) and refolded.stride() == expected.stride()
+    y = distinct((4, 6, 5, 7)).to(memory_format=torch.channels_last)
+    folded, plan = layout.plan_batch_norm(y)
+    assert folded is y and plan.copy_format is None and plan.fold(y) is y
 
 
 def test_channels_contiguous_layouts_block_channels():
@@ -291,13 +342,14 @@ def test_channels_contiguous_layouts_block_channels():
     assert choose_launch(channel_view(x), x, limits=limits).block_c == 1
 
 
-def test_split_count_follows_programs_per_multiprocessor(monkeypatch):
-    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 2)
+def test_split_count_follows_programs_per_multiprocessor():
     x = torch.empty(64, 3, 32, 32, device="meta")
     view = channel_view(x)
     counts = []
     for programs_per_sm in (1, 4, 16):
-        limits = LaunchLimits(single_tile=64, stream_tile=64, programs_per_sm=programs_per_sm)
+        limits = LaunchLimits(
+            single_tile=64, stream_tile=64, programs_per_sm=programs_per_sm, multiprocessors=2
+        )
         launch = choose_launch(view, x, limits=limits)
         check_launch(launch, view, limits)
         counts.append(launch.num_splits)
@@ -305,13 +357,26 @@ def test_split_count_follows_programs_per_multiprocessor(monkeypatch):
     assert counts == sorted(counts) and counts[0] < counts[-1]
 
 
-def test_all_small_shapes_cover_exactly(monkeypatch):
+def test_all_small_shapes_cover_exactly():
     """A sweep of odd sizes on tiny limits: every launch covers its tiles exactly."""
-    monkeypatch.setattr(layout, "_multiprocessors", lambda device: 3)
-    limits = LaunchLimits(single_tile=16, stream_tile=8, programs_per_sm=5, max_channel_block=4)
+    limits = LaunchLimits(
+        single_tile=16, stream_tile=8, programs_per_sm=5, max_channel_block=4, multiprocessors=3
+    )
     for n, c, s in itertools.product((1, 2, 3, 7, 17), (1, 3, 6), (1, 5, 9, 33)):
         for x in (torch.empty(n, c, s, device="meta"), torch.empty(n, s, c).transpose(1, 2)):
             view = channel_view(x)
             if view.n_per_channel == 0:
                 continue
             check_launch(choose_launch(view, x, limits=limits), view, limits)
+
+
+def test_strides_like_reuses_x_strides_only_for_the_same_strides():
+    x = distinct((3, 5, 4, 12))[:, :, :, ::2]  # not dense, yet read in place
+    folded, view = fold_input(x)
+    assert folded is x
+    x_strides = view.strides(x)
+    y = torch.empty_like(x)
+    assert y.stride() != x.stride()
+    assert view.strides_like(y, x, x_strides) == view.strides(y) != x_strides
+    twin = torch.empty_strided(x.shape, x.stride())
+    assert view.strides_like(twin, x, x_strides) == x_strides == view.strides(twin)
