@@ -78,9 +78,9 @@ class FusedBatchNormFunction(torch.autograd.Function):
     keeps no full-size tensor beyond the input that BatchNorm itself needs.
 
     The kernels compute first derivatives. When a graph of the gradients is being built
-    (``create_graph=True``) and for forward-mode AD, the derivatives come from autograd through
-    :func:`differentiable_batch_norm` instead, with the fused ReLU's Jacobian taken from the
-    saved mask.
+    (``create_graph=True``), and for forward-mode AD (ForwardADBatchNormFunction), the derivatives
+    come from autograd through :func:`differentiable_batch_norm` instead, with the fused ReLU's
+    Jacobian taken from the saved mask.
     """
 
     @staticmethod
@@ -108,6 +108,9 @@ class FusedBatchNormFunction(torch.autograd.Function):
         use_batch_stats, _, eps, residual, relu = inputs[6:]
         _, mean, invstd, relu_mask = output
         ctx.mark_non_differentiable(mean, invstd, relu_mask)
+        # Tensors without a gradient or tangent arrive as None (and running statistics that carry
+        # a tangent can be told apart from those that do not).
+        ctx.set_materialize_grads(False)
         saved = (input, weight, bias, mean, invstd, relu_mask if relu else None)
         ctx.save_for_backward(*saved)
         ctx.save_for_forward(*saved)
@@ -116,7 +119,9 @@ class FusedBatchNormFunction(torch.autograd.Function):
         ctx.residual_dtype = None if residual is None else residual.dtype
 
     @staticmethod
-    def backward(ctx: Any, grad_output: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_output: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+        if grad_output is None:
+            return (None,) * 11
         input, weight, bias, mean, invstd, relu_mask = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         needs_residual = ctx.needs_input_grad[9]
@@ -142,6 +147,15 @@ class FusedBatchNormFunction(torch.autograd.Function):
             None, None, None, None, None, None, grad_residual, None,
         )
 
+
+
+class ForwardADBatchNormFunction(FusedBatchNormFunction):
+    """FusedBatchNormFunction with forward-mode AD (torch.autograd.forward_ad, torch.func.jvp).
+
+    A separate class because torch.compile does not trace a custom ``jvp``: compiled code uses
+    FusedBatchNormFunction (see :func:`batch_norm_function`).
+    """
+
     @staticmethod
     def jvp(ctx: Any, *tangents: Tensor | None) -> tuple[Tensor | None, ...]:
         input, weight, bias, mean, invstd, relu_mask = ctx.saved_tensors
@@ -152,25 +166,31 @@ class FusedBatchNormFunction(torch.autograd.Function):
                 "batch_norm is not differentiable wrt running_mean and running_var, they cannot "
                 "have forward grad defined"
             )
-        # J t by reverse mode twice: the gradient g(u) = J^T u is linear in u, and the gradient of
-        # <g(u), t> with respect to u is J t.
-        primals, primal_tangents = [], []
-        for primal, tangent in ((input, t_input), (weight, t_weight), (bias, t_bias)):
+        primals, primal_tangents, names = [], [], []
+        for name, primal, tangent in (
+            ("input", input, t_input), ("weight", weight, t_weight), ("bias", bias, t_bias)
+        ):
             if primal is not None and tangent is not None:
-                primals.append(primal.detach().requires_grad_())
-                primal_tangents.append(tangent)
-            else:
+                names.append(name)
                 primals.append(primal)
-        with torch.enable_grad():
-            y = differentiable_batch_norm(
-                *primals, mean, invstd, ctx.use_batch_stats, ctx.eps
+                primal_tangents.append(tangent.to(primal.dtype))
+        affine = {"input": input, "weight": weight, "bias": bias}
+
+        def normalized(*values: Tensor) -> Tensor:
+            tensors = {**affine, **dict(zip(names, values, strict=True))}
+            return differentiable_batch_norm(
+                tensors["input"], tensors["weight"], tensors["bias"], mean, invstd,
+                ctx.use_batch_stats, ctx.eps,
             )
-            t_output = torch.zeros_like(y)
-            if primal_tangents:
-                u = torch.zeros_like(y, requires_grad=True)
-                leaves = [p for p in primals if p is not None and p.requires_grad]
-                g = torch.autograd.grad(y, leaves, u, create_graph=True)
-                t_output = torch.autograd.grad(g, u, primal_tangents)[0]
+
+        if primals:
+            # J t by reverse mode twice (forward mode cannot nest in torch.autograd.forward_ad):
+            # vjp(u) = J^T u is linear in u, and its own vjp at the cotangent t is J t.
+            output, vjp = torch.func.vjp(normalized, *primals)
+            _, vjp_of_vjp = torch.func.vjp(vjp, torch.zeros_like(output))
+            t_output = vjp_of_vjp(tuple(primal_tangents))[0]
+        else:
+            t_output = torch.zeros_like(input, dtype=mean.dtype)
         if t_residual is not None:
             t_output = t_output + t_residual
         if relu_mask is not None:
@@ -178,12 +198,24 @@ class FusedBatchNormFunction(torch.autograd.Function):
         return t_output.to(input.dtype), None, None, None
 
 
+def batch_norm_function() -> type[FusedBatchNormFunction]:
+    """The autograd Function to apply: with forward-mode AD in eager code, without it when compiling."""
+    if torch.compiler.is_compiling():
+        return FusedBatchNormFunction
+    return ForwardADBatchNormFunction
+
+
 def _relu_jacobian(ctx: Any, like: Tensor) -> Tensor:
     """The fused ReLU's saved mask as 0/1 values shaped like the input, in ``like``'s dtype.
 
     The kernels unpack it: the residual's gradient of an upstream gradient of ones is the mask.
     """
-    input, weight, _, mean, invstd, relu_mask = ctx.saved_tensors
+    input, _, _, mean, invstd, relu_mask = ctx.saved_tensors
+    if torch._C._functorch.is_functorch_wrapped_tensor(input):
+        raise NotImplementedError(
+            "batch_norm: a fused ReLU (activation='relu') has no torch.func transform; use "
+            "torch.autograd.forward_ad, or activation=None followed by torch.relu"
+        )
     ones = torch.ones_like(input)
     mask = _backward(ones, input.detach(), None, mean, invstd, False, False, relu_mask, True)[3]
     return mask.to(like.dtype)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusedbn.autograd import FusedBatchNormFunction, SyncBatchNormFunction
+from fusedbn.autograd import SyncBatchNormFunction, batch_norm_function
 from fusedbn.backend import TORCH, backend_for
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -192,7 +192,7 @@ def fused_batch_norm(
             input, weight, bias, running[0], running[1], nbt, factor, eps, process_group
         )
     else:
-        output, *_ = FusedBatchNormFunction.apply(
+        output, *_ = batch_norm_function().apply(
             input, weight, bias, running[0], running[1], nbt, training, factor, eps, residual,
             activation == "relu",
         )
