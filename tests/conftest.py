@@ -144,6 +144,21 @@ def single_path(monkeypatch) -> LaunchPath:
     return _force_path(monkeypatch, "single")
 
 
+def _register_hypothesis_profiles() -> None:
+    """"ci" (the default) keeps the property tests to about a minute under Triton's interpreter,
+    with the same examples on every run; FUSEDBN_HYPOTHESIS_PROFILE=long draws many more, afresh."""
+    try:
+        from hypothesis import settings
+    except ImportError:
+        return
+    settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
+    settings.register_profile("long", max_examples=1000, deadline=None)
+    settings.load_profile(os.environ.get("FUSEDBN_HYPOTHESIS_PROFILE", "ci"))
+
+
+_register_hypothesis_profiles()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
 
