@@ -56,7 +56,7 @@ def differentiable_batch_norm(
     """
     x = input.to(mean.dtype)
     shape = [1, -1] + [1] * (input.dim() - 2)
-    if use_batch_stats:
+    if use_batch_stats and input.numel() > 0:
         dims = [d for d in range(input.dim()) if d != 1]
         batch_mean = x.mean(dims)
         batch_invstd = torch.rsqrt(x.var(dims, correction=0) + eps)
