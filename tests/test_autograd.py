@@ -210,3 +210,17 @@ def test_first_order_backward_still_runs_the_kernels(device, monkeypatch):
     x = torch.randn(4, 3, 5, device=device, requires_grad=True)
     fused_batch_norm(x, None, None, training=True).pow(2).sum().backward()
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 2), (2, 3, 0, 2)], ids=str)
+def test_empty_input_second_order_and_forward_mode(shape, device):
+    """Empty inputs through both derivative paths: torch's shapes, zero parameter gradients."""
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    weight = torch.rand(3, dtype=torch.float64, device=device).requires_grad_()
+    y = fused_batch_norm(x, None, None, weight, None, True, activation="relu")
+    grad_x, grad_weight = torch.autograd.grad(y.sum(), [x, weight], create_graph=True)
+    assert grad_x.shape == x.shape and torch.equal(grad_weight, torch.zeros_like(weight))
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
+        out = fused_batch_norm(dual, None, None, weight.detach(), None, True)
+        assert fwAD.unpack_dual(out).tangent.shape == x.shape
