@@ -224,3 +224,26 @@ def test_empty_input_second_order_and_forward_mode(shape, device):
         dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
         out = fused_batch_norm(dual, None, None, weight.detach(), None, True)
         assert fwAD.unpack_dual(out).tangent.shape == x.shape
+
+
+def test_synchronized_batch_norm_refuses_gradients_of_gradients(tmp_path, device):
+    """The synchronized Function's backward is first-order only: create_graph is a clear error
+    (never silently wrong second derivatives); first-order gradients still work."""
+    import torch.distributed as dist
+
+    if device.type != "cpu" or dist.is_initialized():
+        pytest.skip("needs a fresh single-process gloo group on the CPU")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.randn(4, 3, 5, requires_grad=True)
+
+        def output():
+            return fused_batch_norm(x, None, None, training=True, synchronize=True)
+
+        with pytest.raises(RuntimeError, match="gradients of gradients"):
+            torch.autograd.grad(output().pow(2).sum(), x, create_graph=True)
+        grad, = torch.autograd.grad(output().pow(2).sum(), x)
+        expected, = torch.autograd.grad(F.batch_norm(x, None, None, training=True).pow(2).sum(), x)
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4)
+    finally:
+        dist.destroy_process_group()
