@@ -63,8 +63,10 @@ def store_output(
         y += tl.load(residual_ptr + r_offsets, mask=in_bounds, other=0.0).to(y.dtype)
     if RELU:
         # The mask is taken after rounding to the output dtype, as torch's ReLU backward sees it.
-        # (Compared in float32: Triton's interpreter compares bfloat16 as raw bits.)
-        positive = y.to(y_ptr.dtype.element_ty).to(tl.float32) > 0
+        # (Compared in float32: Triton's interpreter compares bfloat16 as raw bits.) Like torch's
+        # ReLU, NaN passes through, and so does its gradient: the mask is "not y <= 0".
+        rounded = y.to(y_ptr.dtype.element_ty).to(tl.float32)
+        positive = (rounded > 0) | (rounded != rounded)
         y = tl.where(positive, y, 0.0)
         m_offsets, m_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
@@ -117,7 +119,10 @@ def shifted_moments(
 
     n = count.to(acc_dtype)
     total_dev = sum_over_tile(sum_dev)
-    m2 = tl.maximum(sum_over_tile(sum_dev2) - total_dev * total_dev / n, 0.0)
+    # Rounding can leave M2 slightly negative; the clamp keeps NaN, so a NaN channel stays NaN.
+    m2 = tl.maximum(
+        sum_over_tile(sum_dev2) - total_dev * total_dev / n, 0.0, propagate_nan=tl.PropagateNan.ALL
+    )
     return n, shift, total_dev / n, m2
 
 
@@ -161,7 +166,7 @@ def whole_channel_forward_kernel(
     stride_y_outer, stride_y_c, stride_y_inner,
     stride_r_outer, stride_r_c, stride_r_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
-    tiles_inner, num_tiles, momentum, eps,
+    tiles_inner, num_tiles, momentum: tl.float64, eps: tl.float64,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -227,7 +232,7 @@ def partial_moments_kernel(
 @triton.jit
 def finalize_moments_kernel(
     partial_ptr, mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
-    num_splits, num_channels, n_per_channel, momentum, eps,
+    num_splits, num_channels, n_per_channel, momentum: tl.float64, eps: tl.float64,
     UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -289,7 +294,7 @@ def apply_kernel(
     stride_y_outer, stride_y_c, stride_y_inner,
     stride_r_outer, stride_r_c, stride_r_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
-    tiles_inner, num_tiles, tiles_per_split, eps,
+    tiles_inner, num_tiles, tiles_per_split, eps: tl.float64,
     FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,

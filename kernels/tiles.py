@@ -87,8 +87,10 @@ def load_affine(
 def inverse_std(var, eps):
     """1 / sqrt(var + eps) with a correctly rounded square root.
 
-    tl.sqrt_rn only takes float32; float64's tl.sqrt is already IEEE-rounded.
+    tl.sqrt_rn only takes float32; float64's tl.sqrt is already IEEE-rounded. ``eps`` is a float64
+    kernel argument, rounded here to the statistics' dtype.
     """
+    eps = tl.full(var.shape, eps, var.dtype)
     if var.dtype == tl.float64:
         root = tl.sqrt(var + eps)
     else:
@@ -116,7 +118,8 @@ def store_statistics(
     """Store the batch mean and invstd, and fold the batch into the running statistics.
 
     The running variance takes the unbiased batch variance. With CUMULATIVE the averaging factor is
-    1 / num_batches_tracked (already incremented for this batch), else ``momentum``.
+    1 / num_batches_tracked (already incremented for this batch), else ``momentum`` (a float64
+    kernel argument). The update is computed in the statistics' dtype, so float64 stays float64.
     """
     invstd = inverse_std(var, eps)
     tl.store(mean_ptr + channels, mean, mask=channel_mask)
@@ -125,7 +128,7 @@ def store_statistics(
         if CUMULATIVE:
             factor = 1.0 / tl.load(num_batches_tracked_ptr).to(mean.dtype)
         else:
-            factor = momentum
+            factor = tl.full(mean.shape, momentum, mean.dtype)
         unbiased_var = var * n_per_channel / (n_per_channel - 1)
         running_mean = tl.load(running_mean_ptr + channels, mask=channel_mask).to(mean.dtype)
         running_var = tl.load(running_var_ptr + channels, mask=channel_mask).to(mean.dtype)

@@ -125,9 +125,10 @@ def test_bias_false(name, device, assert_close):
     run_steps(fused, reference, shape, device, assert_close, steps=1)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("name", ["1d-NC", "2d"])
-def test_track_running_stats_false_uses_batch_stats(name, device, assert_close):
-    fused, reference, shape = make_pair(name, device, track_running_stats=False)
+def test_track_running_stats_false_uses_batch_stats(name, momentum, device, assert_close):
+    fused, reference, shape = make_pair(name, device, track_running_stats=False, momentum=momentum)
     assert fused.running_mean is None and fused.running_var is None
     assert fused.num_batches_tracked is None
     run_steps(fused, reference, shape, device, assert_close, steps=2)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fusedbn.autograd import FusedBatchNormFunction, SyncBatchNormFunction
+from fusedbn.autograd import SyncBatchNormFunction, batch_norm_function
 from fusedbn.backend import TORCH, backend_for
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -20,6 +20,7 @@ def check_batch_norm_args(
     weight: Tensor | None,
     bias: Tensor | None,
     training: bool,
+    momentum: float | None,
     eps: float,
     num_batches_tracked: Tensor | None = None,
     residual: Tensor | None = None,
@@ -41,16 +42,26 @@ def check_batch_norm_args(
             f"got {input.dim()}D input of shape {tuple(input.shape)}"
         )
     num_channels = input.shape[1]
-    for name, tensor in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
+    per_channel = {
+        "running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias
+    }
+    # torch's rule (CPU): all per-channel tensors share one dtype, the input's, or float32 when
+    # the input is float16 or bfloat16 (autocast).
+    allowed = {input.dtype}
+    if input.dtype in (torch.float16, torch.bfloat16):
+        allowed.add(torch.float32)
+    param_dtypes = {t.dtype for t in per_channel.values() if t is not None}
+    for name, tensor in per_channel.items():
         if tensor is None:
             continue
         if tensor.dtype not in FLOAT_DTYPES:
             raise TypeError(f"batch_norm: {name} must be a floating tensor, got {tensor.dtype}")
+        if tensor.dtype not in allowed or len(param_dtypes) > 1:
+            raise RuntimeError(
+                f"batch_norm: mixed dtypes: {name} is {tensor.dtype} with {input.dtype} input; "
+                f"weight, bias and running statistics must all be {input.dtype}"
+                + (" or all float32" if len(allowed) > 1 else "")
+            )
         if tensor.numel() != num_channels:
             raise RuntimeError(
                 f"batch_norm: {name} should contain {num_channels} elements (one per channel of "
@@ -87,6 +98,13 @@ def check_batch_norm_args(
                 f"batch_norm: residual must be a floating tensor on {input.device}, got "
                 f"{residual.dtype} on {residual.device}"
             )
+    if momentum is None and num_batches_tracked is None:
+        raise TypeError(
+            "batch_norm: momentum=None (the cumulative average) needs num_batches_tracked; "
+            "torch.nn.functional.batch_norm takes a float momentum"
+        )
+    if eps < 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if training:
         # Like torch: exactly one value per channel is an error; an empty batch is not.
         if input.numel() == num_channels and num_channels > 0:
@@ -120,7 +138,8 @@ def fused_batch_norm(
     update them in place: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
     batch variance. If ``num_batches_tracked`` is given it is incremented in training, and
     ``momentum=None`` then selects the cumulative average (factor ``1 / num_batches_tracked``), as
-    ``torch.nn.BatchNorm*`` does. Outside training the running statistics normalise ``input``.
+    ``torch.nn.BatchNorm*`` does; without ``num_batches_tracked`` it is a TypeError, as in torch.
+    Outside training the running statistics normalise ``input``.
 
     ``residual`` (same shape as input) is added to the normalised output and ``activation="relu"``
     applies a ReLU after that, both inside the same kernels: relu(batch_norm(input) + residual).
@@ -133,8 +152,8 @@ def fused_batch_norm(
     for float64 input). :func:`fusedbn.backend_for` tells which implementation runs.
     """
     check_batch_norm_args(
-        input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked,
-        residual, activation,
+        input, running_mean, running_var, weight, bias, training, momentum, eps,
+        num_batches_tracked, residual, activation,
     )
     backend = backend_for(input.device)
     synchronize = synchronize and training
@@ -173,7 +192,7 @@ def fused_batch_norm(
             input, weight, bias, running[0], running[1], nbt, factor, eps, process_group
         )
     else:
-        output = FusedBatchNormFunction.apply(
+        output, *_ = batch_norm_function().apply(
             input, weight, bias, running[0], running[1], nbt, training, factor, eps, residual,
             activation == "relu",
         )

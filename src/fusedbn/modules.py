@@ -47,6 +47,11 @@ class _FusedBatchNorm(_BatchNorm):
         num_batches_tracked = (
             self.num_batches_tracked if self.training and self.track_running_stats else None
         )
+        # As in torch: momentum None is the cumulative average of the batches counted, and a
+        # factor of 0 where no running statistic is updated.
+        momentum = self.momentum
+        if momentum is None and num_batches_tracked is None:
+            momentum = 0.0
         return fused_batch_norm(
             input,
             running_mean,
@@ -54,7 +59,7 @@ class _FusedBatchNorm(_BatchNorm):
             self.weight,
             self.bias,
             use_batch_stats,
-            self.momentum,
+            momentum,
             self.eps,
             num_batches_tracked=num_batches_tracked,
             residual=residual,

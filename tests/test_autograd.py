@@ -1,0 +1,249 @@
+"""Gradients of gradients and forward-mode AD through fusedbn's autograd Function.
+
+First derivatives come from the kernels; gradients of gradients (``create_graph=True``) and
+forward-mode AD come from autograd through a differentiable BatchNorm at the kernels' statistics.
+Both are checked numerically (gradgradcheck, forward-mode gradcheck, float64) on every launch path
+and with each epilogue, and against torch's BatchNorm followed by torch's add and ReLU.
+"""
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+
+import fusedbn
+from fusedbn import fused_batch_norm
+
+EPILOGUES = {
+    "plain": (False, None),
+    "residual": (True, None),
+    "relu": (False, "relu"),
+    "residual-relu": (True, "relu"),
+}
+
+
+def float64_case(shape, device, seed, with_residual):
+    """Leaf tensors (x, weight, bias, residual or None) and running statistics, in float64."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(*size, low=None):
+        values = torch.randn(size, generator=generator, dtype=torch.float64)
+        if low is not None:
+            values = values.abs() + low
+        return values.to(device)
+
+    x = (draw(*shape) * 2 + 0.5).requires_grad_()
+    weight = draw(shape[1], low=0.5).requires_grad_()
+    bias = draw(shape[1]).requires_grad_()
+    residual = draw(*shape).requires_grad_() if with_residual else None
+    running = (draw(shape[1]), draw(shape[1], low=0.5))
+    return x, weight, bias, residual, running
+
+
+def torch_composition(x, weight, bias, residual, running, training, activation, eps=1e-3):
+    """torch's BatchNorm, then torch's add and ReLU: what the fused epilogue stands for."""
+    running_mean, running_var = (t.clone() for t in running)
+    y = F.batch_norm(x, running_mean, running_var, weight, bias, training, 0.1, eps)
+    if residual is not None:
+        y = y + residual
+    return F.relu(y) if activation == "relu" else y
+
+
+def fused(x, weight, bias, residual, running, training, activation, eps=1e-3):
+    running_mean, running_var = (t.clone() for t in running)
+    return fused_batch_norm(
+        x, running_mean, running_var, weight, bias, training, 0.1, eps,
+        residual=residual, activation=activation,
+    )
+
+
+def shape_for(launch_path):
+    # Small enough for the checks' many calls; the split path needs more than SPLIT_LIMITS' tile.
+    return (5, 3, 3, 2) if launch_path.split else (3, 2, 3, 2)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("epilogue", list(EPILOGUES))
+def test_gradgradcheck(epilogue, training, launch_path, device):
+    with_residual, activation = EPILOGUES[epilogue]
+    x, weight, bias, residual, running = float64_case(shape_for(launch_path), device, 1, with_residual)
+    inputs = tuple(t for t in (x, weight, bias, residual) if t is not None)
+
+    def fn(x, weight, bias, *residual):
+        return fused(x, weight, bias, residual[0] if residual else None, running, training, activation)
+
+    assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
+    launch_path.check()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("epilogue", list(EPILOGUES))
+def test_forward_mode_gradcheck(epilogue, training, launch_path, device):
+    with_residual, activation = EPILOGUES[epilogue]
+    x, weight, bias, residual, running = float64_case(shape_for(launch_path), device, 2, with_residual)
+    inputs = tuple(t for t in (x, weight, bias, residual) if t is not None)
+
+    def fn(x, weight, bias, *residual):
+        return fused(x, weight, bias, residual[0] if residual else None, running, training, activation)
+
+    assert torch.autograd.gradcheck(
+        fn, inputs, check_forward_ad=True, check_backward_ad=False, fast_mode=True
+    )
+    launch_path.check()
+
+
+@pytest.mark.parametrize("epilogue", list(EPILOGUES))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_second_order_gradients_match_torch(training, epilogue, device):
+    """A gradient penalty: the gradient of a function of the input gradient, as in the issue."""
+    with_residual, activation = EPILOGUES[epilogue]
+    results = {}
+    for name, bn in (("fused", fused), ("torch", torch_composition)):
+        x, weight, bias, residual, running = float64_case((6, 3, 4), device, 3, with_residual)
+        linear = torch.nn.Linear(4, 4, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            linear.weight.copy_(torch.eye(4, dtype=torch.float64) + 0.1)
+            linear.bias.fill_(0.2)
+        y = bn(linear(x), weight, bias, residual, running, training, activation)
+        inputs = [x] + ([residual] if residual is not None else [])
+        grads = torch.autograd.grad((y**3).sum(), inputs, create_graph=True)
+        sum(g.pow(2).sum() for g in grads).backward()
+        results[name] = [x.grad, weight.grad, bias.grad, linear.weight.grad, linear.bias.grad]
+        if residual is not None:
+            results[name].append(residual.grad)
+    for ours, theirs in zip(results["fused"], results["torch"], strict=True):
+        scale = max(1.0, float(theirs.abs().max()))
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9 * scale)
+
+
+def test_issue_example_float32(device):
+    """Linear(4, 3) then BatchNorm1d(3), gradient of a gradient, in float32: about 2x off before."""
+    results = {}
+    for name, cls, dtype in (
+        ("fused", fusedbn.FusedBatchNorm1d, torch.float32),
+        ("float64", torch.nn.BatchNorm1d, torch.float64),
+    ):
+        torch.manual_seed(0)
+        linear, bn = torch.nn.Linear(4, 3).to(device), cls(3).to(device)
+        linear, bn = linear.to(dtype), bn.to(dtype)
+        x = torch.randn(8, 4, device=device).to(dtype).requires_grad_()
+        g, = torch.autograd.grad((bn(linear(x)) ** 3).sum(), x, create_graph=True)
+        g.pow(2).sum().backward()
+        results[name] = (linear.weight.grad, linear.bias.grad, bn.weight.grad, bn.bias.grad)
+    # linear.bias's exact gradient is 0 (BatchNorm removes the mean): the bound is relative to the
+    # largest gradient.
+    scale = max(float(t.abs().max()) for t in results["float64"])
+    for ours, theirs in zip(results["fused"], results["float64"], strict=True):
+        torch.testing.assert_close(ours.double(), theirs, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("epilogue", list(EPILOGUES))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_jvp_matches_torch(training, epilogue, device):
+    """torch.func.jvp and torch.autograd.forward_ad against torch's BatchNorm (+ add, + ReLU).
+
+    A fused ReLU reads its packed mask with the kernels, which torch.func's wrapped tensors do not
+    allow: there torch.func.jvp raises a clear error (forward_ad works).
+    """
+    with_residual, activation = EPILOGUES[epilogue]
+    x, weight, bias, residual, running = float64_case((5, 3, 4), device, 4, with_residual)
+    primals = tuple(t.detach() for t in (x, weight, bias, residual) if t is not None)
+    generator = torch.Generator().manual_seed(5)
+    tangents = tuple(
+        torch.randn(p.shape, generator=generator, dtype=torch.float64).to(device) for p in primals
+    )
+
+    def call(bn):
+        def fn(x, weight, bias, *residual):
+            return bn(x, weight, bias, residual[0] if residual else None, running, training,
+                      activation)
+        return fn
+
+    expected_out, expected_tangent = torch.func.jvp(call(torch_composition), primals, tangents)
+    if activation is None:
+        out, tangent = torch.func.jvp(call(fused), primals, tangents)
+        torch.testing.assert_close(out, expected_out, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(tangent, expected_tangent, rtol=1e-9, atol=1e-9)
+    else:
+        with pytest.raises(NotImplementedError, match="torch.func"):
+            torch.func.jvp(call(fused), primals, tangents)
+
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in zip(primals, tangents, strict=True)]
+        dual_tangent = fwAD.unpack_dual(call(fused)(*duals)).tangent
+    torch.testing.assert_close(dual_tangent, expected_tangent, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_running_stats_with_tangents(training, device):
+    """As torch: an error in eval (they normalise), ignored in training (they are only updated)."""
+    x = torch.randn(6, 3, dtype=torch.float64, device=device)
+    x_tangent = torch.randn_like(x)
+    outcomes = {}
+    for name, fn in (("fused", fused_batch_norm), ("torch", F.batch_norm)):
+        running_var = torch.ones(3, dtype=torch.float64, device=device)
+        with fwAD.dual_level():
+            running_mean = fwAD.make_dual(
+                torch.zeros(3, dtype=torch.float64, device=device), torch.ones(3, device=device)
+            )
+            dual_x = fwAD.make_dual(x, x_tangent)
+            try:
+                y = fn(dual_x, running_mean, running_var, None, None, training, 0.1, 1e-5)
+                outcomes[name] = fwAD.unpack_dual(y).tangent
+            except RuntimeError as error:
+                outcomes[name] = str(error)
+    if training:
+        torch.testing.assert_close(outcomes["fused"], outcomes["torch"])
+    else:
+        assert "running_mean and running_var" in outcomes["torch"]
+        assert outcomes["fused"] == outcomes["torch"]
+
+
+def test_first_order_backward_still_runs_the_kernels(device, monkeypatch):
+    """Without create_graph the backward is the kernels' (the differentiable path is not used)."""
+    from fusedbn import autograd
+
+    def refuse(*args):
+        raise AssertionError("the differentiable BatchNorm ran in a first-order backward")
+
+    monkeypatch.setattr(autograd, "differentiable_batch_norm", refuse)
+    x = torch.randn(4, 3, 5, device=device, requires_grad=True)
+    fused_batch_norm(x, None, None, training=True).pow(2).sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 2), (2, 3, 0, 2)], ids=str)
+def test_empty_input_second_order_and_forward_mode(shape, device):
+    """Empty inputs through both derivative paths: torch's shapes, zero parameter gradients."""
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    weight = torch.rand(3, dtype=torch.float64, device=device).requires_grad_()
+    y = fused_batch_norm(x, None, None, weight, None, True, activation="relu")
+    grad_x, grad_weight = torch.autograd.grad(y.sum(), [x, weight], create_graph=True)
+    assert grad_x.shape == x.shape and torch.equal(grad_weight, torch.zeros_like(weight))
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.detach(), torch.ones_like(x))
+        out = fused_batch_norm(dual, None, None, weight.detach(), None, True)
+        assert fwAD.unpack_dual(out).tangent.shape == x.shape
+
+
+def test_synchronized_batch_norm_refuses_gradients_of_gradients(tmp_path, device):
+    """The synchronized Function's backward is first-order only: create_graph is a clear error
+    (never silently wrong second derivatives); first-order gradients still work."""
+    import torch.distributed as dist
+
+    if device.type != "cpu" or dist.is_initialized():
+        pytest.skip("needs a fresh single-process gloo group on the CPU")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.randn(4, 3, 5, requires_grad=True)
+
+        def output():
+            return fused_batch_norm(x, None, None, training=True, synchronize=True)
+
+        with pytest.raises(RuntimeError, match="gradients of gradients"):
+            torch.autograd.grad(output().pow(2).sum(), x, create_graph=True)
+        grad, = torch.autograd.grad(output().pow(2).sum(), x)
+        expected, = torch.autograd.grad(F.batch_norm(x, None, None, training=True).pow(2).sum(), x)
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4)
+    finally:
+        dist.destroy_process_group()

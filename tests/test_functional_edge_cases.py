@@ -1,0 +1,110 @@
+"""Empty inputs, NaN and infinity: fusedbn does what torch does."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import leaf, make_input, params_for
+
+import fusedbn
+from fusedbn import fused_batch_norm
+
+# Every way of being empty: no batch, a zero-size spatial dim (in the middle and last), no channels.
+EMPTY_SHAPES = [(0, 5), (0, 5, 3), (2, 3, 2, 0, 2), (1, 3, 0), (2, 3, 0, 4), (2, 0, 3)]
+
+
+@pytest.mark.parametrize("epilogue", [None, "residual-relu"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=str)
+def test_empty_input_like_torch(shape, training, epilogue, device):
+    """An empty output with torch's strides, the running statistics untouched, zero gradients for
+    weight and bias and an empty one for the input."""
+    num_channels = shape[1]
+    generator = torch.Generator().manual_seed(120)
+    weight, bias, running_mean, running_var = params_for(num_channels, torch.float32, device, seed=120)
+    results = {}
+    for name in ("fused", "torch"):
+        x = torch.empty(shape, device=device, requires_grad=True)
+        residual = torch.empty(shape, device=device, requires_grad=True) if epilogue else None
+        w, b = leaf(weight), leaf(bias)
+        rm, rv = running_mean.clone(), running_var.clone()
+        if name == "fused":
+            y = fused_batch_norm(
+                x, rm, rv, w, b, training, 0.1, 1e-5, residual=residual,
+                activation="relu" if epilogue else None,
+            )
+        elif num_channels == 0:
+            # torch's batch_norm fails on zero channels with a weight (IndexError); without
+            # weight and bias it returns an empty output, which is what fusedbn returns.
+            y = F.batch_norm(x, rm, rv, None, None, training, 0.1, 1e-5)
+            y = y + (w.sum() + b.sum()) * 0
+        else:
+            y = F.batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5)
+            if epilogue:
+                y = F.relu(y + residual)
+        y.backward(torch.randn(y.shape, generator=generator).to(device))
+        results[name] = (y, x.grad, w.grad, b.grad, rm, rv)
+    ours, theirs = results["fused"], results["torch"]
+    assert ours[0].shape == theirs[0].shape and ours[0].dtype == theirs[0].dtype
+    assert ours[0].stride() == theirs[0].stride()
+    assert ours[1].shape == theirs[1].shape
+    for actual, expected in zip(ours[2:], theirs[2:], strict=True):
+        assert torch.equal(actual, expected)
+    assert torch.equal(ours[4], running_mean) and torch.equal(ours[5], running_var)
+
+
+def test_empty_batch_counts_in_module(device):
+    """torch's module counts an empty batch in num_batches_tracked; so does fusedbn's."""
+    ours, theirs = fusedbn.FusedBatchNorm2d(3).to(device), torch.nn.BatchNorm2d(3).to(device)
+    x = torch.empty(0, 3, 2, 2, device=device)
+    ours(x)
+    theirs(x)
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+
+
+def poisoned_input(shape, layout, value, device, seed):
+    """Random input with ``value`` (NaN or inf) at one element of channel 1."""
+    x, _ = make_input(shape, layout, torch.float64, device, seed=seed)
+    with torch.no_grad():
+        x[1, 1, 0, 1] = value
+    return x
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_nan_and_inf_stay_in_their_channel(training, value, activation, launch_path, device):
+    """Non-finite exactly where torch (float64) is non-finite, the same values elsewhere: nothing
+    leaks into other channels, and a NaN channel's running statistics become NaN as in torch.
+
+    Where torch has inf (the running mean of a channel holding inf), fusedbn may have NaN: its
+    sums are taken relative to a shift that is itself infinite (see README's differences).
+    """
+    shape = (4, 3, 3, 5)
+    x = poisoned_input(shape, "channels_last", value, device, seed=310)
+    grad_output, _ = make_input(shape, "contiguous", torch.float64, device, seed=311)
+    weight, bias, running_mean, running_var = params_for(shape[1], torch.float64, device, seed=312)
+    if not training:
+        running_var[2] = value  # a non-finite running statistic in eval, in another channel
+    results = {}
+    for name in ("fused", "torch"):
+        xi = leaf(x)
+        w, b = leaf(weight), leaf(bias)
+        rm, rv = running_mean.clone(), running_var.clone()
+        if name == "fused":
+            y = fused_batch_norm(xi, rm, rv, w, b, training, 0.1, 1e-5, activation=activation)
+        else:
+            y = F.batch_norm(xi, rm, rv, w, b, training, 0.1, 1e-5)
+            y = F.relu(y) if activation else y
+        y.backward(grad_output)
+        results[name] = {"y": y, "grad_input": xi.grad, "grad_weight": w.grad,
+                         "grad_bias": b.grad, "running_mean": rm, "running_var": rv}
+    for key, expected in results["torch"].items():
+        actual = results["fused"][key]
+        assert torch.equal(actual.isfinite(), expected.isfinite()), key
+        assert not (expected.isnan() & ~actual.isnan()).any(), key
+        finite = expected.isfinite()
+        torch.testing.assert_close(actual[finite], expected[finite], rtol=1e-9, atol=1e-9, msg=key)
+        if key == "running_var" and training and value != value:
+            assert actual[1].isnan()
+    launch_path.check()
