@@ -11,7 +11,7 @@ import pytest
 from fusedbn.tuning.plots import beta_label, write_plots
 from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
-from fusedbn.tuning.space import default_space
+from fusedbn.tuning.space import default_space, with_scales
 from fusedbn.tuning.training import Task
 
 ALL_PLOTS = ["history.png", "learning_rate.png", "beta.png", "learning_rate_beta.png", "importances.png"]
@@ -41,6 +41,16 @@ def test_plots_needing_a_beta_are_left_out_when_none_is_tuned(tmp_path: Path, ti
     written = write_plots(result, summarize(result), tmp_path)
     assert [p.name for p in written] == ["history.png", "learning_rate.png"]
     assert not (tmp_path / "beta.png").exists()
+
+
+def test_plots_follow_linear_scales(tmp_path: Path, tiny_task: Task) -> None:
+    space = with_scales(default_space(), {"learning_rate": "linear", "momentum": "linear"})
+    config = SearchConfig(study_name="lin", storage="memory", trials=4, stages=1, progress=False)
+    result = tune(tiny_task, space, config)
+    written = write_plots(result, summarize(result), tmp_path)
+    assert [p.name for p in written] == ALL_PLOTS[:-1]  # too few trials for importances
+    for path in written:
+        assert_readable_png(path)
 
 
 def test_plots_leave_pyplot_and_the_backend_alone(

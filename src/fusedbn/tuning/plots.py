@@ -3,7 +3,7 @@
 - ``history.png``: accuracy of every trial in the order they ran, stage by stage, and the best so far.
 - ``learning_rate.png``: accuracy against the learning rate on a log axis.
 - ``beta.png``: accuracy against the momentum beta (SGD's ``momentum`` or Adam's ``adam_beta1``; else the
-  first tuned beta), on a log axis of 1 - beta labelled in beta.
+  first tuned beta), on a log axis of 1 - beta labelled in beta (a linear axis when sampled linearly).
 - ``learning_rate_beta.png``: learning rate x beta, coloured by accuracy, with accuracy contours.
 - ``importances.png``: parameter importances from the summary with their bootstrap intervals, coloured
   by tier, and the noise floor (the importance of a dummy parameter with no effect).
@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fusedbn.tuning.report import Summary, scored_value
 from fusedbn.tuning.search import TuningResult
-from fusedbn.tuning.space import LogNear1Scale, Param
+from fusedbn.tuning.space import LogNear1Scale, LogScale, Param
 
 STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 MIN_POINTS_FOR_CONTOUR = 8
@@ -79,6 +79,8 @@ def _stage_legend(ax: Axes, stages: int) -> None:
 
 def beta_label(one_minus_beta: float) -> str:
     """Beta written with as many decimals as 1 - beta needs: 0.1 -> "0.9", 0.001 -> "0.999"."""
+    if one_minus_beta <= 0:  # beyond 1, only on a padded linear axis
+        return f"{1 - one_minus_beta:.3g}"
     return f"{1 - one_minus_beta:.{max(1, round(-math.log10(one_minus_beta)))}f}"
 
 
@@ -108,9 +110,10 @@ def _learning_rate(result: TuningResult, lr: Param, path: Path) -> None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     _scatter(ax, result, lr)
-    ax.set_xscale("log")
-    ax.set_xlim(*(10**c for c in _coord_limits(result, lr)))
-    ax.set_xlabel("learning rate (log scale)")
+    if isinstance(lr.scale, LogScale):
+        ax.set_xscale("log")
+    ax.set_xlim(*(lr.from_coord(c) for c in _coord_limits(result, lr)))
+    ax.set_xlabel(lr.axis_label())
     ax.set_title("Accuracy vs learning rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -119,20 +122,24 @@ def _learning_rate(result: TuningResult, lr: Param, path: Path) -> None:
 def _beta(result: TuningResult, beta: Param, path: Path) -> None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
-    ax.set_xscale("log")
-    ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(v)))
-    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-    ax.set_xlabel(f"{beta.name} (axis: log of 1 - beta)")
+    if isinstance(beta.scale, LogNear1Scale):
+        _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
+        ax.set_xscale("log")
+        ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(v)))
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    else:
+        _scatter(ax, result, beta)
+        ax.set_xlim(*_coord_limits(result, beta))
+    ax.set_xlabel(beta.axis_label())
     ax.set_title(f"Accuracy vs {beta.name}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path) -> None:
-    # Drawn in the sampling coordinates, log10(learning rate) and log10(1 - beta), so contours are
-    # interpolated on the scales the points were drawn on; the ticks are labelled in natural units.
+    # Drawn in the sampling coordinates (log10(learning rate) and log10(1 - beta) on the default scales),
+    # so contours are interpolated on the scales the points were drawn on; ticks show natural units.
     points = [
         (lr.to_coord(lr.value_from(t.params)), beta.to_coord(beta.value_from(t.params)), a)
         for _, t, a in _scored(result)
@@ -146,14 +153,15 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path
             ax.tricontourf(xs, ys, accs, levels=10, cmap="viridis", alpha=0.45)
         dots = ax.scatter(xs, ys, c=accs, cmap="viridis", s=40, edgecolor="black", linewidth=0.5, zorder=3)
         fig.colorbar(dots, ax=ax, label="validation accuracy")
-    ax.xaxis.set_major_locator(mticker.MultipleLocator(1))
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{10**v:g}"))
-    ax.yaxis.set_major_locator(mticker.MultipleLocator(1))
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(10**v)))
+    for axis, param in ((ax.xaxis, lr), (ax.yaxis, beta)):
+        if isinstance(param.scale, (LogScale, LogNear1Scale)):
+            axis.set_major_locator(mticker.MultipleLocator(1))  # one tick per decade
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{lr.from_coord(v):.3g}"))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(1 - beta.from_coord(v))))
     ax.set_xlim(*_coord_limits(result, lr))
     ax.set_ylim(*reversed(_coord_limits(result, beta)))  # beta grows upwards
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel(f"{beta.name} (axis: log of 1 - beta)")
+    ax.set_xlabel(lr.axis_label())
+    ax.set_ylabel(beta.axis_label())
     ax.set_title(f"Learning rate x {beta.name} (complete trials)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -191,7 +199,7 @@ def write_plots(result: TuningResult, summary: Summary, out_dir: Path) -> list[P
     tuned = {p.name: p for p in result.tuned}
     lr = tuned.get("learning_rate")
     betas = sorted(
-        (p for p in result.tuned if isinstance(p.scale, LogNear1Scale)),
+        (p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)),
         key=lambda p: p.name not in MOMENTUM_BETAS,
     )
     beta = betas[0] if betas else None

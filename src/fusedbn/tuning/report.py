@@ -79,6 +79,7 @@ class Summary:
     trials_per_stage: int
     tiers: dict[str, int]
     scales: dict[str, str]
+    coordinates: dict[str, str]
     fixed: dict[str, float]
     best: BestTrial | None
     stages: list[StageSummary]
@@ -199,6 +200,7 @@ def summarize(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> Su
         trials_per_stage=config.trials,
         tiers=tiers,
         scales={p.name: p.scale.name for p in result.tuned},
+        coordinates={p.name: p.scale.description for p in result.tuned},
         fixed=dict(result.fixed),
         best=_best(result),
         stages=[_stage_summary(stage) for stage in result.stages],
@@ -231,10 +233,12 @@ def _importance_lines(summary: Summary) -> list[str]:
         for name in measured.order()
         for low, high in [measured.intervals[name]]
     )
+    coordinates = ", ".join(f"{name}: {coordinate}" for name, coordinate in summary.coordinates.items())
     low, high = measured.noise_interval
     above = ", ".join(measured.above_noise()) or "none"
     lines = [
         f"Importances ({summary.importance_note}): {ranked}",
+        f"  measured on the sampled coordinates: {coordinates}",
         f"  noise floor (a dummy parameter with no effect): {measured.noise:.2f} [{low:.2f}-{high:.2f}]; "
         f"above it: {above}",
     ]

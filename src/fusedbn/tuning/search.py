@@ -198,6 +198,8 @@ class SearchConfig:
         for name in ("trials", "stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (isinstance(self.tiers, int) and self.tiers >= 1):
+            raise ValueError(f"tiers must be an integer >= 1, got {self.tiers!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:

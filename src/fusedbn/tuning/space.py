@@ -53,7 +53,7 @@ class Scale:
 
     name: str = "linear"
     description: str = "the value itself"
-    axis_label: str = "{name}"
+    axis_label: str = "{name} (linear scale)"
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range on this scale."""
@@ -248,11 +248,9 @@ class Param:
         """This parameter's value in natural units, read from a finished trial's ``params``."""
         return self.scale.value_from(trial_params[self.optuna_name])
 
-    def describe(self) -> str:
-        """One line: name, scale, range, tier and default."""
-        kind = f"{self.scale.name}, int" if self.integer else self.scale.name
-        bounds = f"[{self.low:g}, {self.high:g}]"
-        return f"{self.name} ({kind}) in {bounds}, tier {self.tier}, default {self.default:g}"
+    def axis_label(self) -> str:
+        """How a plot axis along this parameter is labelled: its name and its scale."""
+        return self.scale.axis_label.format(name=self.name)
 
 
 def default_space(optimizer: str = "sgd") -> list[Param]:
