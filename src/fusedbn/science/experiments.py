@@ -240,7 +240,9 @@ def random_vs_grid(ctx: Context) -> Finding:
         tests=tests,
         test_verdicts=verdicts,
         verdict=overall,
-        explanation=_explain(overall, "random search beat the grid on validation accuracy"),
+        explanation=_explain(overall, "random search beat the grid on validation accuracy")
+        + f" Random minus grid, best validation: {_points(tests[0].mean_difference)} with 2 parameters, "
+        f"{_points(tests[2].mean_difference)} with 4.",
         figure=figure.name,
     )
 
@@ -291,7 +293,9 @@ def coarse_to_fine(ctx: Context) -> Finding:
         tests=tests,
         test_verdicts=verdicts,
         verdict=overall,
-        explanation=_explain(overall, "the staged search chose better configurations"),
+        explanation=_explain(overall, "the staged search chose better configurations")
+        + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
+        f"{_points(tests[1].mean_difference)} on test.",
         figure=figure.name,
     )
 
@@ -347,7 +351,9 @@ def log_vs_linear(ctx: Context) -> Finding:
         tests=tests,
         test_verdicts=verdicts,
         verdict=overall,
-        explanation=_explain(overall, "log scales put more trials above the threshold"),
+        explanation=_explain(overall, "log scales put more trials above the threshold")
+        + f" Share of trials reaching {GOOD_ACCURACY:.0%}: {np.mean(shares['log']):.0%} on log scales, "
+        f"{np.mean(shares['linear']):.0%} on linear ones.",
         figure=figure.name,
     )
 
@@ -417,7 +423,14 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         tests=tests,
         test_verdicts=verdicts,
         verdict=overall,
-        explanation=_explain(overall, f"more configurations reached {GOOD_ACCURACY:.0%} with BatchNorm"),
+        explanation=_explain(overall, f"more configurations reached {GOOD_ACCURACY:.0%} with BatchNorm")
+        + f" {reached['BatchNorm'].mean():.0%} of the configurations reached it with BatchNorm, "
+        f"{reached['no BatchNorm'].mean():.0%} without; {int(diverged['BatchNorm'].sum())} vs "
+        f"{int(diverged['no BatchNorm'].sum())} diverged. From the shallowest to the deepest network the "
+        f"share went from {reached['BatchNorm'][depths == depths.min()].mean():.0%} to "
+        f"{reached['BatchNorm'][depths == depths.max()].mean():.0%} with BatchNorm and from "
+        f"{reached['no BatchNorm'][depths == depths.min()].mean():.0%} to "
+        f"{reached['no BatchNorm'][depths == depths.max()].mean():.0%} without.",
         figure=figure.name,
     )
 
@@ -508,9 +521,10 @@ def batchnorm_noise(ctx: Context) -> Finding:
         tests=tests,
         test_verdicts=verdicts,
         verdict=overall,
-        explanation=_explain(overall, "the noise shrank with the batch and the gap grew with it")
-        + f" Noise slope {noise_slopes.mean():.3f} (B^-1/2 would be -0.5); "
-        f"gap slope {gap_slopes.mean():+.4f} per doubling.",
+        explanation=f"Mechanism {verdicts[0]}: the spread fell as B^{noise_slopes.mean():.3f} (B^-1/2 "
+        f"would be -0.5; within +-{SLOPE_MARGIN} of it: {verdicts[1]}). Regularisation {verdicts[2]}: the "
+        f"train-test gap changed by {_points(gap_slopes.mean())} per doubling of the batch. "
+        f"Overall: {overall}.",
         figure=figure.name,
     )
 
@@ -578,7 +592,8 @@ def importance_ranking(ctx: Context) -> Finding:
         tests=[],
         test_verdicts=verdicts,
         verdict=overall,
-        explanation=_explain(overall, "the learning rate ranked first for both optimizers"),
+        explanation=_explain(overall, "the learning rate ranked first for both optimizers")
+        + _above_noise(measured),
         figure=figure.name,
         extra={
             optimizer: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
@@ -640,8 +655,13 @@ def test_time_statistics(ctx: Context) -> Finding:
         tests=tests,
         test_verdicts=verdicts,
         verdict=overall,
-        explanation=_explain(overall, "the moving average matched the exact statistics within half a point")
-        + " Larger betas average over more steps than short training provides; their rows show the cost.",
+        explanation=f"{overall.capitalize()}: with beta 0.9 the moving averages scored "
+        f"{_points(tests[0].mean_difference)} against the exact statistics (95% interval "
+        f"{_points(tests[0].ci_low)} to {_points(tests[0].ci_high)}; the margin is "
+        f"+-{100 * EQUIVALENCE_MARGIN:.1f}). With beta 0.99 and 0.999 the averages span ~100 and ~1000 "
+        f"steps, as long as or longer than this training run, so they still carry the initial statistics and "
+        f"those of early weights: {_points(tests[1].mean_difference)} and "
+        f"{_points(tests[2].mean_difference)}.",
         figure=figure.name,
         extra={"update_bn_max_error": check},
     )
@@ -655,6 +675,26 @@ def _update_bn_error(model: nn.Module, inputs: torch.Tensor) -> float:
     mean_error = (norm.running_mean.double() - hidden.mean(dim=0)).abs().max()
     var_error = (norm.running_var.double() - hidden.var(dim=0, unbiased=True)).abs().max()
     return float(max(mean_error, var_error))
+
+
+def _above_noise(measured: dict[str, Importances | None]) -> str:
+    """Which parameters each optimizer's importances put above the noise floor, as a sentence."""
+    found = [
+        f"{optimizer.upper()}: {', '.join(importance.above_noise()) or 'none'}"
+        for optimizer, importance in measured.items()
+        if importance is not None
+    ]
+    if not found:
+        return " Too few trials to compute importances."
+    return (
+        f" Above the noise floor in 95% of the resamples: {'; '.join(found)}. Any other ordering of the "
+        "tiers is within the noise at this number of trials."
+    )
+
+
+def _points(fraction: float) -> str:
+    """An accuracy difference in percentage points."""
+    return f"{100 * fraction:+.2f} points"
 
 
 def _explain(outcome: str, what: str) -> str:
