@@ -76,7 +76,11 @@ PRESETS = {
 
 @dataclass
 class Finding:
-    """One experiment's outcome: the claim, the setup, the numbers, the tests and the verdict."""
+    """One experiment's outcome: the claim, the setup, the numbers, the tests and the verdict.
+
+    ``rows`` are the table of numbers; ``test_verdicts`` holds one verdict per test in ``tests`` (the
+    importance experiment has no paired test and gives one verdict per optimizer instead).
+    """
 
     key: str
     title: str
