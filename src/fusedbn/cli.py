@@ -1,4 +1,5 @@
-"""The ``fusedbn`` command: ``fusedbn tune`` runs a tuning study, ``fusedbn bench`` the benchmarks.
+"""The ``fusedbn`` command: ``fusedbn tune`` runs a tuning study, ``fusedbn bench`` the benchmarks,
+``fusedbn science`` the experiments on the tuning advice.
 
 Each subcommand lives in a module of its own, imported only when that subcommand runs, and needs an
 extra of the package (``pip install 'fusedbn[tune]'``, ``'fusedbn[bench]'``); without it the command
@@ -43,6 +44,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         module="fusedbn.bench.cli",
         extra="bench",
         help="benchmark fusedbn against torch eager, torch.compile and the copy bandwidth",
+    ),
+    "science": Subcommand(
+        module="fusedbn.science.cli",
+        extra="tune",
+        help="put the tuning advice to the test on the digits task, with statistics",
     ),
 }
 

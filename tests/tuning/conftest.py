@@ -12,6 +12,7 @@ import torch
 
 import fusedbn.backend
 from fusedbn.tuning.digits import digits_task
+from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
 from fusedbn.tuning.space import default_space
 from fusedbn.tuning.training import Task
@@ -88,10 +89,10 @@ def postgres_url() -> str:
 
 @pytest.fixture(scope="session")
 def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> TuningResult:
-    """A finished two-stage study of six trials per stage on the tiny task (tiers 1-2), run once."""
+    """A finished two-stage study of ten trials per stage on the tiny task (tiers 1-2), run once."""
     folder = tmp_path_factory.mktemp("tiny")
     config = SearchConfig(
-        study_name="tiny", storage=f"sqlite:///{folder}/tiny.db", trials=6, stages=2, progress=False
+        study_name="tiny", storage=f"sqlite:///{folder}/tiny.db", trials=10, stages=2, progress=False
     )
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
@@ -100,3 +101,9 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> TuningResult:
         result = tune(make_tiny_task(), default_space(), config)
     torch.set_num_threads(threads)
     return result
+
+
+@pytest.fixture(scope="session")
+def tiny_summary(tiny_result: TuningResult) -> Summary:
+    """The summary of :func:`tiny_result`, with few bootstrap resamples to keep the tests quick."""
+    return summarize(tiny_result, resamples=6)

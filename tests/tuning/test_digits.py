@@ -8,21 +8,40 @@ from fusedbn import FusedBatchNorm1d
 from fusedbn.tuning.digits import build_mlp, digits_task
 
 
-def test_split_is_fixed_stratified_and_standardised() -> None:
+def test_splits_are_fixed_stratified_disjoint_and_centred() -> None:
     first, second = digits_task(), digits_task()
-    x_train, y_train = first.train
-    x_valid, y_valid = first.valid
-    # 1,797 images, 20% kept for validation.
-    assert (len(x_train), len(x_valid)) == (1437, 360)
+    (x_train, _), (x_valid, y_valid), (x_test, y_test) = first.train, first.valid, first.test
+    # 1,797 images: 60% training, 20% validation, 20% held out for testing.
+    assert (len(x_train), len(x_valid), len(x_test)) == (1077, 360, 360)
     assert x_train.shape[1] == 64 and x_train.dtype == torch.float32
-    assert torch.equal(x_train, second.train[0]) and torch.equal(y_valid, second.valid[1])
-    # Stratified: every digit makes up about a tenth of the validation split.
-    counts = torch.bincount(y_valid, minlength=10)
-    assert counts.min() >= 33 and counts.max() <= 39
-    # Standardised on the training split (constant pixels stay at 0).
+    assert torch.equal(x_train, second.train[0]) and torch.equal(y_test, second.test[1])
+    # Stratified: every digit makes up about a tenth of the validation and test splits.
+    for labels in (y_valid, y_test):
+        counts = torch.bincount(labels, minlength=10)
+        assert counts.min() >= 33 and counts.max() <= 39
+    # No image appears in two splits.
+    rows = [{tuple(row.tolist()) for row in x} for x in (x_train, x_valid, x_test)]
+    assert not (rows[0] & rows[1] or rows[0] & rows[2] or rows[1] & rows[2])
+    # Centred per pixel on the training split, one scale for all pixels: unit overall spread.
     assert x_train.mean(dim=0).abs().max() < 1e-4
-    stds = x_train.std(dim=0, unbiased=False)
-    assert torch.all((stds < 1e-3) | ((stds - 1).abs() < 1e-3))
+    assert x_train.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_pixels_constant_in_training_stay_small_everywhere() -> None:
+    task = digits_task()
+    constant = task.train[0].std(dim=0) == 0
+    assert constant.any(), "the digits have border pixels that are always 0 in the training split"
+    for split, (inputs, _) in task.splits().items():
+        assert inputs.abs().max() < 4, split
+        assert inputs[:, constant].abs().max() < 4, split
+
+
+def test_mlp_without_batchnorm_keeps_the_linear_biases() -> None:
+    model = build_mlp({"num_layers": 2, "hidden_units": 24, "bn_beta": 0.9}, batchnorm=False)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    assert len(linears) == 3 and all(m.bias is not None for m in linears)
+    assert model(torch.randn(5, 64)).shape == (5, 10)
 
 
 def test_mlp_has_bias_free_linear_before_each_fused_batch_norm() -> None:

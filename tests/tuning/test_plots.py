@@ -1,5 +1,7 @@
 """The PNG plots of a finished study (fusedbn.tuning.plots)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -7,9 +9,9 @@ import matplotlib.pyplot as plt
 import pytest
 
 from fusedbn.tuning.plots import beta_label, write_plots
-from fusedbn.tuning.report import summarize
+from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
-from fusedbn.tuning.space import default_space
+from fusedbn.tuning.space import default_space, with_scales
 from fusedbn.tuning.training import Task
 
 ALL_PLOTS = ["history.png", "learning_rate.png", "beta.png", "learning_rate_beta.png", "importances.png"]
@@ -23,9 +25,9 @@ def assert_readable_png(path: Path) -> None:
 
 
 def test_every_plot_is_written_for_a_study_with_learning_rate_and_beta(
-    tiny_result: TuningResult, tmp_path: Path
+    tiny_result: TuningResult, tiny_summary: Summary, tmp_path: Path
 ) -> None:
-    written = write_plots(tiny_result, summarize(tiny_result), tmp_path)
+    written = write_plots(tiny_result, tiny_summary, tmp_path)
     assert [p.name for p in written] == ALL_PLOTS
     for path in written:
         assert_readable_png(path)
@@ -41,9 +43,26 @@ def test_plots_needing_a_beta_are_left_out_when_none_is_tuned(tmp_path: Path, ti
     assert not (tmp_path / "beta.png").exists()
 
 
-def test_every_figure_is_closed_after_saving(tiny_result: TuningResult, tmp_path: Path) -> None:
-    write_plots(tiny_result, summarize(tiny_result), tmp_path)
+def test_plots_follow_linear_scales(tmp_path: Path, tiny_task: Task) -> None:
+    space = with_scales(default_space(), {"learning_rate": "linear", "momentum": "linear"})
+    config = SearchConfig(study_name="lin", storage="memory", trials=4, stages=1, progress=False)
+    result = tune(tiny_task, space, config)
+    written = write_plots(result, summarize(result), tmp_path)
+    assert [p.name for p in written] == ALL_PLOTS[:-1]  # too few trials for importances
+    for path in written:
+        assert_readable_png(path)
+
+
+def test_plots_leave_pyplot_and_the_backend_alone(
+    tiny_result: TuningResult, tiny_summary: Summary, tmp_path: Path
+) -> None:
+    write_plots(tiny_result, tiny_summary, tmp_path)
     assert plt.get_fignums() == []
+    # Importing the plots module must not switch the process's matplotlib backend.
+    code = "import matplotlib; matplotlib.use('svg'); import fusedbn.tuning.plots; "
+    code += "print(matplotlib.get_backend())"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "svg"
 
 
 @pytest.mark.parametrize(

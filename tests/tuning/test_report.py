@@ -1,4 +1,4 @@
-"""The summary: best value and parameters, stages, importances, tier check (fusedbn.tuning.report)."""
+"""The summary: best trial and its test accuracy, stages, importances, tier check (fusedbn.tuning.report)."""
 
 import json
 from pathlib import Path
@@ -6,63 +6,100 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from fusedbn.tuning.report import format_summary, summarize, tier_disagreements, write_summary
+from fusedbn.tuning.importance import NOISE, Importances
+from fusedbn.tuning.report import Summary, format_summary, scored_value, summarize, tier_check, write_summary
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
 from fusedbn.tuning.space import default_space
 from fusedbn.tuning.training import Task
 
 
-def test_tier_disagreements_name_each_inverted_pair() -> None:
-    measured = {"hidden_units": 0.5, "learning_rate": 0.3, "momentum": 0.15, "num_layers": 0.05}
-    tiers = {"hidden_units": 2, "learning_rate": 1, "momentum": 2, "num_layers": 3}
-    assert tier_disagreements(measured, tiers) == ["hidden_units (tier 2) ranks above learning_rate (tier 1)"]
-    assert (
-        tier_disagreements({"learning_rate": 0.9, "momentum": 0.1}, {"learning_rate": 1, "momentum": 2}) == []
+def measured(order: list[str], above: dict[tuple[str, str], float]) -> Importances:
+    """Importances ranked in ``order``; ``above[(a, b)]``: share of resamples where a beats b (else 0.5)."""
+    names = [*order, NOISE]
+    return Importances(
+        trials=30,
+        resamples=20,
+        values={name: 1.0 / (i + 2) for i, name in enumerate(order)},
+        intervals={name: (0.0, 1.0) for name in order},
+        noise=0.01,
+        noise_interval=(0.0, 0.05),
+        above={a: {b: above.get((a, b), 1 - above.get((b, a), 0.5)) for b in names if b != a} for a in names},
     )
-    assert tier_disagreements({"a": 0.1, "b": 0.2, "c": 0.7}, {"a": 1, "b": 2, "c": 3}) == [
-        "c (tier 3) ranks above b (tier 2)",
-        "c (tier 3) ranks above a (tier 1)",
-        "b (tier 2) ranks above a (tier 1)",
-    ]
 
 
-def test_summary_reports_the_best_trial_with_betas_as_beta(tiny_result: TuningResult) -> None:
-    summary = summarize(tiny_result)
+def test_tier_check_claims_only_what_the_resamples_support() -> None:
+    tiers = {"learning_rate": 1, "momentum": 2, "num_layers": 3}
+    importances = measured(
+        ["momentum", "learning_rate", "num_layers"],
+        {
+            ("momentum", "learning_rate"): 0.97,
+            ("learning_rate", "num_layers"): 0.6,
+            ("momentum", "num_layers"): 1.0,
+        },
+    )
+    check = tier_check(importances, tiers)
+    assert check.disagree == ["momentum (tier 2) ranks above learning_rate (tier 1)"]
+    assert check.agree == ["momentum (tier 2) vs num_layers (tier 3)"]
+    assert check.undecided == ["learning_rate (tier 1) vs num_layers (tier 3)"]
+
+
+def test_summary_reports_the_best_trial_with_betas_as_beta_and_its_test_accuracy(
+    tiny_result: TuningResult, tiny_summary: Summary
+) -> None:
     complete = [
         (number, t) for number, s in enumerate(tiny_result.stages, 1) for t in s.trials(TrialState.COMPLETE)
     ]
     stage, best = max(complete, key=lambda c: c[1].value)
-    assert summary["best_value"] == best.value
-    assert (summary["best_stage"], summary["best_trial"]) == (stage, best.number)
-    params = summary["best_params"]
+    chosen = tiny_summary.best
+    assert chosen.valid_accuracy == best.value
+    assert (chosen.stage, chosen.trial) == (stage, best.number)
+    assert 0.1 < chosen.test_accuracy <= 1.0 and chosen.test_accuracy == best.user_attrs["test_accuracy"]
+    params = chosen.params
     assert params["momentum"] == pytest.approx(1 - best.params["one_minus_momentum"])
     assert 0.9 <= params["momentum"] <= 0.999
     assert params["batch_size"] == 2 ** best.params["log2_batch_size"]
     assert params["num_layers"] == 2 and params["bn_beta"] == 0.9  # tier 3 and 4 defaults
-    assert set(summary["tuned"]) == {"learning_rate", "momentum", "hidden_units", "batch_size"}
+    assert set(tiny_summary.tiers) == {"learning_rate", "momentum", "hidden_units", "batch_size"}
 
 
-def test_summary_lists_every_stage_with_bounds_counts_and_best(tiny_result: TuningResult) -> None:
-    stages = summarize(tiny_result)["stages"]
-    assert [s["study"] for s in stages] == ["tiny-stage1", "tiny-stage2"]
-    assert stages[0]["bounds"]["learning_rate"] == [1e-4, 1.0]
-    assert stages[1]["bounds"] == {k: list(v) for k, v in tiny_result.stages[1].bounds.items()}
+def test_summary_lists_every_stage_with_bounds_counts_and_best(
+    tiny_result: TuningResult, tiny_summary: Summary
+) -> None:
+    stages = tiny_summary.stages
+    assert [s.study for s in stages] == ["tiny-stage1", "tiny-stage2"]
+    assert stages[0].bounds["learning_rate"] == (1e-4, 1.0)
+    assert stages[1].bounds == tiny_result.stages[1].bounds
     for summary, stage in zip(stages, tiny_result.stages, strict=True):
-        assert summary["complete"] + summary["pruned"] + summary["diverged"] == 6
-        assert summary["best_value"] == max(t.value for t in stage.trials(TrialState.COMPLETE))
+        assert summary.complete + summary.pruned + summary.diverged == 10
+        assert summary.best_value == max(t.value for t in stage.trials(TrialState.COMPLETE))
 
 
-def test_importances_cover_the_tuned_parameters_and_are_compared_with_tiers(
+def test_importances_use_every_scored_trial_and_show_the_noise_floor(
+    tiny_result: TuningResult, tiny_summary: Summary
+) -> None:
+    importances = tiny_summary.importances
+    scored = [t for s in tiny_result.stages for t in s.trials() if scored_value(t) is not None]
+    assert importances.trials == len(scored) >= 20
+    assert set(importances.values) == {"learning_rate", "momentum", "hidden_units", "batch_size"}
+    assert sum(importances.values.values()) + importances.noise == pytest.approx(1.0)
+    for name, (low, high) in importances.intervals.items():
+        assert 0.0 <= low <= high <= 1.0, name
+    pairs = tiny_summary.tier_check
+    # Four parameters of tiers 1, 2, 2, 2: three pairs from different tiers, each put in one list.
+    assert len(pairs.agree) + len(pairs.disagree) + len(pairs.undecided) == 3
+
+
+def test_pruned_trials_count_at_their_last_report_and_diverged_ones_not_at_all(
     tiny_result: TuningResult,
 ) -> None:
-    summary = summarize(tiny_result)
-    importances = summary["importances"]
-    assert set(importances) == {"learning_rate", "momentum", "hidden_units", "batch_size"}
-    assert sum(importances.values()) == pytest.approx(1.0)
-    check = summary["tier_check"]
-    assert check["tier_order"][0] == "learning_rate"
-    assert sorted(check["measured_order"]) == sorted(importances)
-    assert importances[check["measured_order"][0]] == max(importances.values())
+    for trial in (t for s in tiny_result.stages for t in s.trials()):
+        value = scored_value(trial)
+        if trial.state == TrialState.COMPLETE:
+            assert value == trial.value
+        elif trial.state == TrialState.PRUNED and "failure" not in trial.user_attrs:
+            assert value == trial.intermediate_values[max(trial.intermediate_values)]
+        else:
+            assert value is None
 
 
 def test_importances_are_skipped_with_too_few_trials(tmp_path: Path, tiny_task: Task) -> None:
@@ -70,33 +107,32 @@ def test_importances_are_skipped_with_too_few_trials(tmp_path: Path, tiny_task: 
         study_name="few", storage=f"sqlite:///{tmp_path}/few.db", trials=2, stages=1, progress=False
     )
     summary = summarize(tune(tiny_task, default_space(), config))
-    assert summary["importances"] is None and summary["tier_check"] is None
-    assert "not computed" in summary["importance_note"]
+    assert summary.importances is None and summary.tier_check is None
+    assert "not computed" in summary.importance_note
     assert "Importances: not computed" in format_summary(summary)
 
 
-def test_summary_is_written_as_json_and_printed(tiny_result: TuningResult, tmp_path: Path) -> None:
-    summary = summarize(tiny_result)
-    path = write_summary(summary, tmp_path)
-    assert json.loads(path.read_text()) == json.loads(json.dumps(summary))
-    text = format_summary(summary)
-    assert f"Best validation accuracy {summary['best_value']:.4f}" in text
+def test_summary_is_written_as_json_and_printed(tiny_summary: Summary, tmp_path: Path) -> None:
+    path = write_summary(tiny_summary, tmp_path)
+    written = json.loads(path.read_text())
+    assert written["best"]["valid_accuracy"] == tiny_summary.best.valid_accuracy
+    assert written["importances"]["noise"] == tiny_summary.importances.noise
+    text = format_summary(tiny_summary)
+    assert f"Best validation accuracy {tiny_summary.best.valid_accuracy:.4f}" in text
+    assert f"held-out test accuracy {tiny_summary.best.test_accuracy:.4f}" in text
     assert "Stage 2 (tiny-stage2)" in text
     assert "momentum" in text and "one_minus" not in text
-    assert "Tier order:" in text
+    assert "noise floor" in text and "Tier order vs measured importances:" in text
+    assert "matches" not in text
 
 
-def test_a_long_tier_disagreement_list_is_shortened_in_the_text(tiny_result: TuningResult) -> None:
-    summary = summarize(tiny_result)
+def test_a_long_disagreement_list_is_shortened_in_the_text(tiny_summary: Summary) -> None:
     order = ["a", "b", "c", "d"]
-    summary["importances"] = dict(zip(order, (0.4, 0.3, 0.2, 0.1), strict=True))
-    summary["tuned"] = {name: {"tier": 4 - i, "scale": "linear"} for i, name in enumerate(order)}
-    summary["tier_check"] = {
-        "measured_order": order,
-        "tier_order": order[::-1],
-        "disagreements": tier_disagreements(summary["importances"], {n: 4 - i for i, n in enumerate(order)}),
-    }
+    supported = {(a, b): 1.0 for i, a in enumerate(order) for b in order[i + 1 :]}
+    summary = Summary(**{**tiny_summary.__dict__, "tiers": {n: 4 - i for i, n in enumerate(order)}})
+    summary.importances = measured(order, supported)
+    summary.tier_check = tier_check(summary.importances, summary.tiers)
     line = format_summary(summary).splitlines()[-1]
     # Every one of the 6 pairs is inverted: 3 shown, 3 left to the JSON file.
-    assert line.startswith("Tier order: differs in 6 pair(s): a (tier 4) ranks above b (tier 3);")
+    assert "0 pair(s) agree, 6 disagree, 0 undecided" in line
     assert line.endswith("; and 3 more (see summary.json)")

@@ -17,9 +17,16 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from fusedbn.tuning.search import SearchConfig, SeededRandomSampler, TuningError, tune
+from fusedbn.tuning.search import (
+    SearchConfig,
+    SeededGridSampler,
+    SeededRandomSampler,
+    TuningError,
+    grid_points,
+    tune,
+)
 from fusedbn.tuning.space import Param, SpaceError, default_space, with_ranges
-from fusedbn.tuning.storage import FAILURE_ATTR, StorageError, open_storage
+from fusedbn.tuning.storage import FAILURE_ATTR, HEARTBEAT_ATTR, StorageError, open_storage
 from fusedbn.tuning.training import Task
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -61,6 +68,70 @@ def test_seeded_random_sampler_keeps_the_scales() -> None:
     assert hidden.min() >= 16 and hidden.max() <= 256 and abs(np.mean(hidden < 64) - 0.5) < 0.05
     batch = sampled(0, 1, 2000, space["batch_size"])
     assert set(batch) == {16, 32, 64, 128, 256}
+
+
+def test_grid_sampler_covers_cell_centres_on_each_scale_in_a_seeded_order(tiny_task: Task) -> None:
+    space = with_ranges(default_space(), {"learning_rate": (1e-4, 1.0), "momentum": (0.9, 0.999)})
+    tuned = [p for p in space if p.name in ("learning_rate", "momentum")]
+    names = [p.optuna_name for p in tuned]
+
+    def points(seed: int) -> list[tuple[float, float]]:
+        study = optuna.create_study(sampler=SeededGridSampler(seed, 1, names, points=3))
+        trials = [study.ask() for _ in range(9)]
+        return [tuple(p.suggest(trial, p.low, p.high) for p in tuned) for trial in trials]
+
+    first = points(0)
+    assert len(set(first)) == 9, "nine trials visit the nine points of a 3 x 3 grid once each"
+    lrs = sorted({lr for lr, _ in first})
+    # Centres of three equal cells of 4 decades: 10^(-4 + 2/3), 10^-2, 10^(-2/3).
+    assert np.allclose(np.log10(lrs), [-4 + 2 / 3, -2, -2 / 3])
+    betas = np.array(sorted({beta for _, beta in first}))
+    # 1 - beta over [1e-3, 1e-1]: cell centres at 10^(-3 + 1/3), 10^-2, 10^(-1 - 1/3).
+    assert np.allclose(sorted(np.log10(1 - betas)), [-3 + 1 / 3, -2, -1 - 1 / 3])
+    assert set(points(1)) == set(first) and points(1) != first, "another seed: same grid, another order"
+    assert points(0) == first
+
+
+def test_grid_points_is_the_largest_grid_within_the_budget() -> None:
+    assert grid_points(16, 2) == 4 and grid_points(17, 2) == 4 and grid_points(16, 4) == 2
+    assert grid_points(27, 3) == 3 and grid_points(26, 3) == 2
+    with pytest.raises(ValueError, match="at least 8 trials"):
+        grid_points(7, 3)
+
+
+def test_training_and_sampling_seeds_are_separable(tiny_task: Task) -> None:
+    def run(seed: int, train_seed: int | None) -> list[optuna.trial.FrozenTrial]:
+        settings = {"study_name": "s", "storage": "memory", "trials": 3, "stages": 1, "tiers": 1}
+        result = tune(
+            tiny_task,
+            default_space(),
+            SearchConfig(**settings, seed=seed, train_seed=train_seed, pruner="none", progress=False),
+        )
+        return result.stages[0].trials()
+
+    base = run(0, 5)
+    same_points = run(0, 6)
+    assert [t.params for t in base] == [t.params for t in same_points]
+    assert [t.value for t in base] != [t.value for t in same_points], "another training seed trains anew"
+    other_points = run(1, 5)
+    assert [t.params for t in base] != [t.params for t in other_points]
+    assert [t.value for t in run(0, 5)] == [t.value for t in base]
+
+
+def test_in_memory_storage_runs_a_study_without_heartbeats(tiny_task: Task) -> None:
+    result = tune(
+        tiny_task,
+        default_space(),
+        SearchConfig(study_name="m", storage="memory", trials=3, stages=2, progress=False),
+    )
+    trials = [t for stage in result.stages for t in stage.trials()]
+    assert len(trials) == 6 and all(t.state in FINISHED for t in trials)
+    assert not any(HEARTBEAT_ATTR in t.user_attrs for t in trials)
+    assert all(
+        "train_accuracy" in t.user_attrs and "test_accuracy" in t.user_attrs
+        for t in trials
+        if t.state == TrialState.COMPLETE
+    )
 
 
 # Stages, seeding and budget
@@ -191,7 +262,10 @@ def test_models_are_freed_between_trials(tmp_path: Path, tiny_task: Task) -> Non
         ({"trials": 0}, "trials must be >= 1"),
         ({"stages": 0}, "stages must be >= 1"),
         ({"tiers": 0}, "tiers must be an integer >= 1"),
-        ({"sampler": "grid"}, "unknown sampler 'grid'"),
+        ({"sampler": "anneal"}, "unknown sampler 'anneal'"),
+        ({"sampler": "grid", "trials": 15}, "a grid over 4 parameters needs at least 16 trials"),
+        ({"pruner": "hyperband"}, "unknown pruner 'hyperband'"),
+        ({"train_seed": -2}, "train_seed must be >= 0"),
         ({"keep_top": 0.0}, "keep_top"),
         ({"margin": 1.5}, "margin"),
         ({"seed": -1}, "seed"),

@@ -96,7 +96,7 @@ def test_unusable_declarations_are_refused(kwargs: dict, message: str) -> None:
 def test_with_ranges_replaces_a_range_and_refuses_unknown_names() -> None:
     space = with_ranges(default_space(), {"learning_rate": (1e-3, 0.1)})
     lr = next(p for p in space if p.name == "learning_rate")
-    assert (lr.low, lr.high, lr.scale) == (1e-3, 0.1, "log")
+    assert (lr.low, lr.high, lr.scale.name) == (1e-3, 0.1, "log")
     with pytest.raises(SpaceError, match="unknown parameter.*learnig_rate"):
         with_ranges(default_space(), {"learnig_rate": (1e-3, 0.1)})
     with pytest.raises(SpaceError, match="strictly between 0 and 1"):

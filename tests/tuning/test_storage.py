@@ -16,6 +16,7 @@ from fusedbn.tuning.storage import (
     display_url,
     fail_stale_trials,
     heartbeat,
+    is_in_memory,
     open_storage,
 )
 
@@ -42,6 +43,16 @@ def test_local_storages_hold_a_study(tmp_path: Path, scheme: str) -> None:
 def test_unusable_urls_raise_a_storage_error_naming_the_url(url: str, message: str) -> None:
     with pytest.raises(StorageError, match=message):
         open_storage(url)
+
+
+def test_memory_storage_holds_a_study_in_this_process_only(tmp_path: Path) -> None:
+    storage = open_storage("memory")
+    assert is_in_memory(storage) and display_url("memory") == "memory"
+    study = optuna.create_study(storage=storage, study_name="m")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(optuna.load_study(study_name="m", storage=storage).trials) == 2
+    assert optuna.get_all_study_names(open_storage("memory")) == [], "each opening is a fresh store"
+    assert not is_in_memory(open_storage(f"sqlite:///{tmp_path}/study.db"))
 
 
 def test_heartbeat_updates_the_trial_while_it_runs() -> None:

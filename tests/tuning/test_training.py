@@ -156,3 +156,24 @@ def test_training_loop_names_the_parameters_it_reads(tiny_task: Task) -> None:
         "adam_beta2",
         "adam_epsilon",
     }
+
+
+def test_fit_records_the_final_models_scores_and_train_model_rebuilds_it(tiny_task: Task) -> None:
+    trial = Recorder()
+    accuracy = tiny_task.fit(SGD_PARAMS, trial, seed=5)
+    model = tiny_task.train_model(SGD_PARAMS, seed=5)
+    assert evaluate(model, *tiny_task.valid) == accuracy
+    assert trial.attrs["test_accuracy"] == evaluate(model, *tiny_task.test)
+    assert trial.attrs["train_accuracy"] == evaluate(model, *tiny_task.train)
+    with torch.no_grad():
+        model.eval()
+        loss = nn.functional.cross_entropy(model(tiny_task.train[0]), tiny_task.train[1]).item()
+    assert trial.attrs["train_loss"] == pytest.approx(loss, rel=1e-6)
+    assert 0 < trial.attrs["valid_loss"] and math.isfinite(trial.attrs["valid_loss"])
+
+
+def test_a_task_without_a_test_split_records_no_test_accuracy(tiny_task: Task) -> None:
+    tiny_task.test = None
+    trial = Recorder()
+    tiny_task.fit(SGD_PARAMS, trial, seed=0)
+    assert "test_accuracy" not in trial.attrs and "train_accuracy" in trial.attrs

@@ -2,10 +2,13 @@
 
 Runs the stages of the built-in digits task (see fusedbn.tuning), then prints the summary and writes
 summary.json and PNG plots into --out. Re-running with the same --study-name and --storage resumes the
-study; several processes started with the same ones work on it together.
+study; several processes started with the same ones work on it together. With several --seed values,
+one study per seed runs (NAME-seed<S>, plots in OUT/seed<S>/) and a last line gives the spread of their
+best validation and test accuracies.
 """
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -13,9 +16,9 @@ import optuna
 
 from fusedbn.tuning import report
 from fusedbn.tuning.digits import digits_task
-from fusedbn.tuning.search import SAMPLERS, SearchConfig, TuningError, tune
-from fusedbn.tuning.space import OPTIMIZERS, default_space, with_ranges
-from fusedbn.tuning.storage import StorageError
+from fusedbn.tuning.search import PRUNERS, SAMPLERS, SearchConfig, TuningError, TuningResult, tune
+from fusedbn.tuning.space import OPTIMIZERS, default_space, with_ranges, with_scales
+from fusedbn.tuning.storage import MEMORY_URL, StorageError
 
 DEFAULT_OUT = "runs/tune"
 
@@ -37,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--storage",
         help="Optuna storage URL: sqlite:///file.db, journal:///file.log, "
-        "postgresql+psycopg2://user:pw@host/db (default: sqlite:///OUT/study.db)",
+        f"postgresql+psycopg2://user:pw@host/db, or {MEMORY_URL} for a throwaway study "
+        "(default: sqlite:///OUT/study.db)",
     )
     parser.add_argument("--study-name", default="fusedbn-digits", help="study name; stages are NAME-stage<k>")
     parser.add_argument("--trials", type=int, default=10, help="finished trials per stage (default: 10)")
@@ -50,10 +54,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tune priority tiers 1..TIERS; the rest keep their defaults (default: 2)",
     )
     parser.add_argument("--sampler", choices=SAMPLERS, default="random", help="default: random")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--pruner", choices=PRUNERS, default="median", help="default: median")
+    parser.add_argument(
+        "--seed", type=int, nargs="+", default=[0], help="sampling seed(s); one study per seed (default: 0)"
+    )
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        help="seed of the models' initial weights and batch order, the same for every sampling seed "
+        "(default: each study's sampling seed)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1...")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd (with momentum)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs per trial (default: 8)")
+    parser.add_argument(
+        "--no-batchnorm", action="store_true", help="build the network without BatchNorm layers"
+    )
     parser.add_argument(
         "--keep-top",
         type=float,
@@ -75,6 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace a parameter's range, e.g. learning_rate=1e-3:0.1 (repeatable)",
     )
     parser.add_argument(
+        "--linear",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="sample this parameter on a linear scale instead of its own, e.g. learning_rate (repeatable)",
+    )
+    parser.add_argument(
         "--grace-period",
         type=float,
         default=30.0,
@@ -89,31 +112,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``fusedbn tune``; returns the exit code: 2 for bad arguments or storage, 1 if the study fails."""
     out = Path(args.out)
+    several = len(args.seed) > 1
     try:
         space = with_ranges(default_space(args.optimizer), dict(args.range))
-        task = digits_task(epochs=args.epochs, optimizer=args.optimizer, device=args.device)
-        config = SearchConfig(
-            study_name=args.study_name,
-            storage=args.storage or f"sqlite:///{out / 'study.db'}",
-            trials=args.trials,
-            stages=args.stages,
-            tiers=args.tiers,
-            sampler=args.sampler,
-            seed=args.seed,
-            keep_top=args.keep_top,
-            margin=args.margin,
-            grace_period_s=args.grace_period,
-            progress=not args.no_progress,
+        space = with_scales(space, dict.fromkeys(args.linear, "linear"))
+        task = digits_task(
+            epochs=args.epochs,
+            optimizer=args.optimizer,
+            device=args.device,
+            batchnorm=not args.no_batchnorm,
         )
-        config.check()
+        configs = [
+            SearchConfig(
+                study_name=f"{args.study_name}-seed{seed}" if several else args.study_name,
+                storage=args.storage or f"sqlite:///{out / 'study.db'}",
+                trials=args.trials,
+                stages=args.stages,
+                tiers=args.tiers,
+                sampler=args.sampler,
+                seed=seed,
+                train_seed=args.train_seed,
+                pruner=args.pruner,
+                keep_top=args.keep_top,
+                margin=args.margin,
+                grace_period_s=args.grace_period,
+                progress=not args.no_progress,
+            )
+            for seed in args.seed
+        ]
         out.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        result = tune(task, space, config)
+        results = []
+        for config in configs:
+            results.append(tune(task, space, config))
+            print(report(results[-1], out / f"seed{config.seed}" if several else out))
     except (ValueError, StorageError) as error:
         print(f"fusedbn tune: error: {error}", file=sys.stderr)
         return 2
     except TuningError as error:
         print(f"fusedbn tune: study stopped: {error}", file=sys.stderr)
         return 1
-    print(report(result, out))
+    if several:
+        print(_spread(results))
     return 0
+
+
+def _spread(results: list[TuningResult]) -> str:
+    """One line: mean and standard deviation over seeds of the best validation and test accuracies."""
+    best = [result.best() for result in results]
+    parts = []
+    for label, values in (
+        ("best validation", [trial.value for _, trial in filter(None, best)]),
+        ("its test", [trial.user_attrs["test_accuracy"] for _, trial in filter(None, best)]),
+    ):
+        if len(values) >= 2:
+            parts.append(f"{label} {statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}")
+    return f"Over {len(results)} seeds: " + ("; ".join(parts) or "too few complete studies")

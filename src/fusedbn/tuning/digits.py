@@ -1,11 +1,22 @@
 """The built-in task: scikit-learn's 8x8 handwritten digits and an MLP with fused BatchNorm layers.
 
-The 1,797 images ship inside scikit-learn (no download). A fixed, seeded, stratified split keeps 20% for
-validation; pixels are standardised with the training split's statistics. Each hidden layer is
-``Linear(bias=False) -> FusedBatchNorm1d -> ReLU`` (the BatchNorm's shift replaces the Linear's bias).
+The 1,797 images ship inside scikit-learn (no download). A fixed, seeded, stratified split keeps 60%
+for training, 20% for validation (what trials are scored and chosen on) and 20% as a held-out test
+split (read only to report the chosen configuration's accuracy).
+
+Preprocessing: each pixel is centred on its training mean, and every pixel is divided by one number,
+the standard deviation of all centred training pixels together. Dividing each pixel by its own standard
+deviation would blow up the border pixels that are (nearly) always 0 in the training split: the few
+images where such a pixel is lit would get inputs of 10^6 (with a 1e-6 floor) and meaningless scores.
+With one shared scale, every input lies within about +-3 and a pixel that is constant in training
+stays a harmless 0.
+
+Each hidden layer is ``Linear(bias=False) -> FusedBatchNorm1d -> ReLU`` (the BatchNorm's shift replaces
+the Linear's bias), or ``Linear -> ReLU`` when built without BatchNorm.
 """
 
 from collections.abc import Mapping
+from functools import partial
 
 import numpy as np
 import torch
@@ -17,43 +28,74 @@ from fusedbn import FusedBatchNorm1d
 from fusedbn.tuning.training import Task
 
 VALID_FRACTION = 0.2
+TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 NUM_CLASSES = 10
 
 
 def build_mlp(
-    params: Mapping[str, float], in_features: int = 64, num_classes: int = NUM_CLASSES
+    params: Mapping[str, float],
+    in_features: int = 64,
+    num_classes: int = NUM_CLASSES,
+    batchnorm: bool = True,
 ) -> nn.Module:
-    """An MLP of ``num_layers`` hidden layers of ``hidden_units``, BatchNorm momentum 1 - ``bn_beta``."""
+    """An MLP of ``num_layers`` hidden layers of ``hidden_units``, BatchNorm momentum 1 - ``bn_beta``.
+
+    ``batchnorm=False`` builds the same network without BatchNorm (the Linear layers keep their bias).
+    """
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(int(params["num_layers"])):
         hidden = int(params["hidden_units"])
-        layers += [
-            nn.Linear(width, hidden, bias=False),
-            FusedBatchNorm1d(hidden, momentum=1.0 - params["bn_beta"]),
-            nn.ReLU(),
-        ]
+        if batchnorm:
+            layers += [
+                nn.Linear(width, hidden, bias=False),
+                FusedBatchNorm1d(hidden, momentum=1.0 - params["bn_beta"]),
+            ]
+        else:
+            layers.append(nn.Linear(width, hidden))
+        layers.append(nn.ReLU())
         width = hidden
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
 
 
-def digits_task(epochs: int = 10, optimizer: str = "sgd", device: str = "cpu") -> Task:
-    """The digits classification :class:`Task` with the fixed train/validation split and :func:`build_mlp`."""
+def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed "train", "valid" and "test" splits as (float32 inputs, int64 labels), preprocessed."""
     images, labels = load_digits(return_X_y=True)
-    x_train, x_valid, y_train, y_valid = train_test_split(
-        images, labels, test_size=VALID_FRACTION, random_state=SPLIT_SEED, stratify=labels
+    x_rest, x_test, y_rest, y_test = train_test_split(
+        images, labels, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=labels
     )
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    x_train, x_valid, y_train, y_valid = train_test_split(
+        x_rest,
+        y_rest,
+        test_size=VALID_FRACTION / (1.0 - TEST_FRACTION),
+        random_state=SPLIT_SEED,
+        stratify=y_rest,
+    )
+    mean = x_train.mean(axis=0)
+    scale = (x_train - mean).std()  # one scale: the spread of all centred training pixels
 
-    def as_inputs(pixels: np.ndarray) -> torch.Tensor:
-        return torch.tensor((pixels - mean) / std, dtype=torch.float32)
+    def prepared(pixels: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor((pixels - mean) / scale, dtype=torch.float32), torch.tensor(targets)
 
+    return {
+        "train": prepared(x_train, y_train),
+        "valid": prepared(x_valid, y_valid),
+        "test": prepared(x_test, y_test),
+    }
+
+
+def digits_task(
+    epochs: int = 10, optimizer: str = "sgd", device: str = "cpu", batchnorm: bool = True
+) -> Task:
+    """The digits classification :class:`Task`: the fixed splits and :func:`build_mlp`."""
+    splits = digits_splits()
     return Task(
-        build_model=build_mlp,
-        train=(as_inputs(x_train), torch.tensor(y_train)),
-        valid=(as_inputs(x_valid), torch.tensor(y_valid)),
+        build_model=partial(build_mlp, batchnorm=batchnorm),
+        train=splits["train"],
+        valid=splits["valid"],
+        test=splits["test"],
         epochs=epochs,
         optimizer=optimizer,
         device=device,

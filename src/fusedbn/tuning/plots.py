@@ -1,45 +1,33 @@
-"""PNG plots of a finished study, drawn with matplotlib's Agg backend (no display needed).
+"""PNG plots of a finished study, drawn on matplotlib Figure objects (no display, no global backend).
 
 - ``history.png``: accuracy of every trial in the order they ran, stage by stage, and the best so far.
 - ``learning_rate.png``: accuracy against the learning rate on a log axis.
 - ``beta.png``: accuracy against the momentum beta (SGD's ``momentum`` or Adam's ``adam_beta1``; else the
-  first tuned beta), on a log axis of 1 - beta labelled in beta.
+  first tuned beta), on a log axis of 1 - beta labelled in beta (a linear axis when sampled linearly).
 - ``learning_rate_beta.png``: learning rate x beta, coloured by accuracy, with accuracy contours.
-- ``importances.png``: parameter importances from the summary, coloured by tier.
+- ``importances.png``: parameter importances from the summary with their bootstrap intervals, coloured
+  by tier, and the noise floor (the importance of a dummy parameter with no effect).
 
 Complete trials are filled dots coloured by stage; pruned trials are grey crosses at their last reported
 accuracy; diverged and failed trials have no accuracy and are left out (the summary counts them).
 """
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import matplotlib
+import matplotlib.ticker as mticker
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from optuna.trial import FrozenTrial, TrialState
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as mticker  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-
-from fusedbn.tuning.search import TuningResult  # noqa: E402
-from fusedbn.tuning.space import Param  # noqa: E402
+from fusedbn.tuning.report import Summary, scored_value
+from fusedbn.tuning.search import TuningResult
+from fusedbn.tuning.space import LogNear1Scale, LogScale, Param
 
 STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 MIN_POINTS_FOR_CONTOUR = 8
 MOMENTUM_BETAS = ("momentum", "adam_beta1")
-
-
-def _accuracy(trial: FrozenTrial) -> float | None:
-    """A complete trial's value, a pruned trial's last reported value, else None."""
-    if trial.state == TrialState.COMPLETE:
-        value = trial.value
-    elif trial.state == TrialState.PRUNED and trial.intermediate_values:
-        value = trial.intermediate_values[max(trial.intermediate_values)]
-    else:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _scored(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
@@ -48,7 +36,7 @@ def _scored(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
         (index, trial, accuracy)
         for index, stage in enumerate(result.stages)
         for trial in sorted(stage.trials(), key=lambda t: t.number)
-        if (accuracy := _accuracy(trial)) is not None
+        if (accuracy := scored_value(trial)) is not None
     ]
 
 
@@ -62,7 +50,9 @@ def _stage_colour(index: int) -> str:
     return STAGE_COLOURS[index % len(STAGE_COLOURS)]
 
 
-def _scatter(ax: Axes, result: TuningResult, param: Param, x_of: Any = None) -> None:
+def _scatter(
+    ax: Axes, result: TuningResult, param: Param, x_of: Callable[[float], float] | None = None
+) -> None:
     """Accuracy against ``param``'s value (or ``x_of(value)``): dots by stage, crosses for pruned."""
     for index, trial, accuracy in _scored(result):
         value = param.value_from(trial.params)
@@ -89,11 +79,14 @@ def _stage_legend(ax: Axes, stages: int) -> None:
 
 def beta_label(one_minus_beta: float) -> str:
     """Beta written with as many decimals as 1 - beta needs: 0.1 -> "0.9", 0.001 -> "0.999"."""
+    if one_minus_beta <= 0:  # beyond 1, only on a padded linear axis
+        return f"{1 - one_minus_beta:.3g}"
     return f"{1 - one_minus_beta:.{max(1, round(-math.log10(one_minus_beta)))}f}"
 
 
 def _history(result: TuningResult, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
     best_so_far, xs, best_line = -math.inf, [], []
     for position, (index, trial, accuracy) in enumerate(_scored(result)):
         if trial.state == TrialState.COMPLETE:
@@ -111,89 +104,103 @@ def _history(result: TuningResult, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _learning_rate(result: TuningResult, lr: Param, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     _scatter(ax, result, lr)
-    ax.set_xscale("log")
-    ax.set_xlim(*(10**c for c in _coord_limits(result, lr)))
-    ax.set_xlabel("learning rate (log scale)")
+    if isinstance(lr.scale, LogScale):
+        ax.set_xscale("log")
+    ax.set_xlim(*(lr.from_coord(c) for c in _coord_limits(result, lr)))
+    ax.set_xlabel(lr.axis_label())
     ax.set_title("Accuracy vs learning rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _beta(result: TuningResult, beta: Param, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
-    ax.set_xscale("log")
-    ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(v)))
-    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-    ax.set_xlabel(f"{beta.name} (axis: log of 1 - beta)")
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    if isinstance(beta.scale, LogNear1Scale):
+        _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
+        ax.set_xscale("log")
+        ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(v)))
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    else:
+        _scatter(ax, result, beta)
+        ax.set_xlim(*_coord_limits(result, beta))
+    ax.set_xlabel(beta.axis_label())
     ax.set_title(f"Accuracy vs {beta.name}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path) -> None:
-    # Drawn in the sampling coordinates, log10(learning rate) and log10(1 - beta), so contours are
-    # interpolated on the scales the points were drawn on; the ticks are labelled in natural units.
+    # Drawn in the sampling coordinates (log10(learning rate) and log10(1 - beta) on the default scales),
+    # so contours are interpolated on the scales the points were drawn on; ticks show natural units.
     points = [
         (lr.to_coord(lr.value_from(t.params)), beta.to_coord(beta.value_from(t.params)), a)
         for _, t, a in _scored(result)
         if t.state == TrialState.COMPLETE
     ]
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     if points:
         xs, ys, accs = zip(*points, strict=True)
         if len(points) >= MIN_POINTS_FOR_CONTOUR:
             ax.tricontourf(xs, ys, accs, levels=10, cmap="viridis", alpha=0.45)
         dots = ax.scatter(xs, ys, c=accs, cmap="viridis", s=40, edgecolor="black", linewidth=0.5, zorder=3)
         fig.colorbar(dots, ax=ax, label="validation accuracy")
-    ax.xaxis.set_major_locator(mticker.MultipleLocator(1))
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{10**v:g}"))
-    ax.yaxis.set_major_locator(mticker.MultipleLocator(1))
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(10**v)))
+    for axis, param in ((ax.xaxis, lr), (ax.yaxis, beta)):
+        if isinstance(param.scale, (LogScale, LogNear1Scale)):
+            axis.set_major_locator(mticker.MultipleLocator(1))  # one tick per decade
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{lr.from_coord(v):.3g}"))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(1 - beta.from_coord(v))))
     ax.set_xlim(*_coord_limits(result, lr))
     ax.set_ylim(*reversed(_coord_limits(result, beta)))  # beta grows upwards
-    ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel(f"{beta.name} (axis: log of 1 - beta)")
+    ax.set_xlabel(lr.axis_label())
+    ax.set_ylabel(beta.axis_label())
     ax.set_title(f"Learning rate x {beta.name} (complete trials)")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-def _importances(summary: dict[str, Any], path: Path) -> None:
-    measured = summary["importances"]
-    order = summary["tier_check"]["measured_order"]
-    tiers = {name: summary["tuned"][name]["tier"] for name in order}
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(order) + 1.5))
-    colours = [_stage_colour(tiers[name] - 1) for name in order]
-    ax.barh(order[::-1], [measured[n] for n in order[::-1]], color=colours[::-1])
-    for name in order:
-        ax.text(measured[name], name, f" {measured[name]:.2f}  (tier {tiers[name]})", va="center", fontsize=9)
-    ax.set_xlim(0, max(measured.values()) * 1.35)
-    ax.set_xlabel("importance (fANOVA, stage 1; sums to 1)")
-    ax.set_title("Parameter importances (bar colour = tier)")
+def _importances(summary: Summary, path: Path) -> None:
+    measured = summary.importances
+    order = measured.order()
+    fig = Figure(figsize=(7, 0.5 * len(order) + 1.8))
+    ax = fig.subplots()
+    rows = list(range(len(order)))[::-1]
+    values = [measured.values[name] for name in order]
+    errors = [
+        [value - measured.intervals[name][0] for name, value in zip(order, values, strict=True)],
+        [measured.intervals[name][1] - value for name, value in zip(order, values, strict=True)],
+    ]
+    colours = [_stage_colour(summary.tiers[name] - 1) for name in order]
+    ax.barh(rows, values, xerr=errors, color=colours, capsize=3)
+    ax.set_yticks(rows, [f"{name} (tier {summary.tiers[name]})" for name in order])
+    low, high = measured.noise_interval
+    ax.axvspan(low, high, color="grey", alpha=0.25, label="noise floor (5-95%)")
+    ax.axvline(measured.noise, color="grey", linestyle="--")
+    ax.set_xlim(0, max(high, *(measured.intervals[n][1] for n in order)) * 1.1)
+    ax.set_xlabel("importance (fANOVA on sampled scales; 5-95% bootstrap interval)")
+    ax.set_title(f"Parameter importances over {measured.trials} trials (bar colour = tier)")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
-def write_plots(result: TuningResult, summary: dict[str, Any], out_dir: Path) -> list[Path]:
+def write_plots(result: TuningResult, summary: Summary, out_dir: Path) -> list[Path]:
     """Draw the plots that the study's parameters allow into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     tuned = {p.name: p for p in result.tuned}
     lr = tuned.get("learning_rate")
     betas = sorted(
-        (p for p in result.tuned if p.scale == "log-near-1"), key=lambda p: p.name not in MOMENTUM_BETAS
+        (p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)),
+        key=lambda p: p.name not in MOMENTUM_BETAS,
     )
     beta = betas[0] if betas else None
     written = [out_dir / "history.png"]
@@ -207,7 +214,7 @@ def write_plots(result: TuningResult, summary: dict[str, Any], out_dir: Path) ->
     if lr is not None and beta is not None:
         written.append(out_dir / "learning_rate_beta.png")
         _learning_rate_beta(result, lr, beta, written[-1])
-    if summary["importances"] is not None:
+    if summary.importances is not None:
         written.append(out_dir / "importances.png")
         _importances(summary, written[-1])
     return written

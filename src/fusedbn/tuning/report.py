@@ -1,102 +1,213 @@
-"""The study's summary: best value and hyperparameters, every stage's bounds, importances, tier check.
+"""The study's summary (a :class:`Summary`): best trial with its held-out test accuracy, every stage's
+bounds and counts, importances with their noise floor, and what they say about the priority tiers.
 
-Parameter importances come from Optuna's fANOVA evaluator on the coarse first stage, the only stage
-that samples the full ranges (narrowed stages would make every parameter look unimportant). They need
-at least :data:`MIN_TRIALS_FOR_IMPORTANCE` complete trials there; with fewer the summary says so.
-The tier check lists each pair of parameters that the measured importances rank in the opposite order
-to their priority tiers.
+Importances (:mod:`fusedbn.tuning.importance`) are fANOVA on each parameter's sampled coordinate, over
+every stage's scored trials: complete trials at their final accuracy and pruned trials at their last
+reported accuracy (the pruner stopped them for scoring below the median at that epoch, so that report
+is the most that is known of them; trials that diverged or failed have no accuracy and are left out).
+The narrowed stages add points where accuracy is high; the forest is fitted over the first stage's full
+box. They need at least :data:`TRIALS_PER_PARAMETER` scored trials per tuned parameter (counting the
+noise dummy); with fewer the summary says so.
+
+The tier check compares every pair of tuned parameters from different tiers: it *agrees* when the
+earlier tier's parameter ranks above the later one's in at least 95% of bootstrap resamples, *disagrees*
+when the later one ranks above, and is *undecided* otherwise. The summary never says more than that.
 """
 
 import json
+import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-import optuna
-from optuna.trial import TrialState
+import numpy as np
+from optuna.trial import FrozenTrial, TrialState
 
-from fusedbn.tuning.search import TuningResult
+from fusedbn.tuning.importance import Importances, fanova_importances
+from fusedbn.tuning.search import StageResult, TuningResult
 from fusedbn.tuning.storage import FAILURE_ATTR, display_url
 
-MIN_TRIALS_FOR_IMPORTANCE = 4
+TRIALS_PER_PARAMETER = 4
+IMPORTANCE_RESAMPLES = 20
 SUMMARY_FILE = "summary.json"
-MAX_DISAGREEMENTS_SHOWN = 3
+MAX_PAIRS_SHOWN = 3
 
 
-def importances(result: TuningResult) -> dict[str, float] | None:
-    """Importance of each tuned parameter (summing to 1) on stage 1, or None with too few complete trials."""
-    first = result.stages[0]
-    if len(result.tuned) < 2 or len(first.trials(TrialState.COMPLETE)) < MIN_TRIALS_FOR_IMPORTANCE:
+@dataclass
+class BestTrial:
+    """The chosen configuration: the complete trial with the highest validation accuracy."""
+
+    stage: int
+    trial: int
+    valid_accuracy: float
+    test_accuracy: float | None
+    train_accuracy: float | None
+    params: dict[str, float]
+
+
+@dataclass
+class StageSummary:
+    """One stage: its study, bounds (natural units), best validation accuracy and trial counts."""
+
+    study: str
+    bounds: dict[str, tuple[float, float]]
+    best_value: float | None
+    complete: int
+    pruned: int
+    diverged: int
+    failed: int
+
+
+@dataclass
+class TierCheck:
+    """Pairs of parameters from different tiers whose measured order agrees, disagrees or is undecided."""
+
+    agree: list[str]
+    disagree: list[str]
+    undecided: list[str]
+
+
+@dataclass
+class Summary:
+    """What :func:`summarize` returns; :meth:`to_json` gives the contents of summary.json."""
+
+    study_name: str
+    storage: str
+    sampler: str
+    seed: int
+    train_seed: int
+    tiers_tuned: int
+    trials_per_stage: int
+    tiers: dict[str, int]
+    scales: dict[str, str]
+    coordinates: dict[str, str]
+    fixed: dict[str, float]
+    best: BestTrial | None
+    stages: list[StageSummary]
+    importances: Importances | None
+    importance_note: str
+    tier_check: TierCheck | None
+    objective: str = "validation accuracy (maximised)"
+
+    def to_json(self) -> dict:
+        """The summary as plain JSON-ready data."""
+        return asdict(self)
+
+
+def scored_value(trial: FrozenTrial) -> float | None:
+    """A complete trial's value, a pruned (not diverged) trial's last reported value, else None."""
+    if trial.state == TrialState.COMPLETE:
+        value = trial.value
+    elif (
+        trial.state == TrialState.PRUNED
+        and trial.intermediate_values
+        and FAILURE_ATTR not in trial.user_attrs
+    ):
+        value = trial.intermediate_values[max(trial.intermediate_values)]
+    else:
         return None
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=result.config.seed)
-    by_optuna_name = optuna.importance.get_param_importances(first.study, evaluator=evaluator)
-    return {p.name: by_optuna_name.get(p.optuna_name, 0.0) for p in result.tuned}
+    return value if value is not None and math.isfinite(value) else None
 
 
-def tier_disagreements(measured: dict[str, float], tiers: dict[str, int]) -> list[str]:
-    """Each pair where a parameter of a later tier measures as more important than one of an earlier tier."""
-    order = sorted(measured, key=measured.get, reverse=True)
-    return [
-        f"{later} (tier {tiers[later]}) ranks above {earlier} (tier {tiers[earlier]})"
-        for i, later in enumerate(order)
-        for earlier in order[i + 1 :]
-        if tiers[later] > tiers[earlier]
+def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> Importances | None:
+    """Importances of the tuned parameters over every stage's scored trials, or None with too few."""
+    scored = [
+        (trial, value)
+        for stage in result.stages
+        for trial in stage.trials()
+        if (value := scored_value(trial)) is not None
     ]
+    if len(result.tuned) < 2 or len(scored) < TRIALS_PER_PARAMETER * (len(result.tuned) + 1):
+        return None
+    coords = np.array([[p.to_coord(p.value_from(t.params)) for p in result.tuned] for t, _ in scored])
+    bounds = [tuple(sorted(p.to_coord(v) for v in result.stages[0].bounds[p.name])) for p in result.tuned]
+    return fanova_importances(
+        [p.name for p in result.tuned],
+        coords,
+        np.array([value for _, value in scored]),
+        bounds,
+        seed=result.config.seed,
+        resamples=resamples,
+    )
 
 
-def summarize(result: TuningResult) -> dict[str, Any]:
-    """A JSON-ready summary of ``result`` (betas shown as beta, not 1 - beta)."""
+def tier_check(measured: Importances, tiers: dict[str, int]) -> TierCheck:
+    """Compare every pair of parameters from different tiers (see the module docstring)."""
+    check = TierCheck(agree=[], disagree=[], undecided=[])
+    for earlier in measured.values:
+        for later in measured.values:
+            if tiers[earlier] >= tiers[later]:
+                continue
+            pair = f"{earlier} (tier {tiers[earlier]}) vs {later} (tier {tiers[later]})"
+            if measured.ranks_above(earlier, later):
+                check.agree.append(pair)
+            elif measured.ranks_above(later, earlier):
+                check.disagree.append(
+                    f"{later} (tier {tiers[later]}) ranks above {earlier} (tier {tiers[earlier]})"
+                )
+            else:
+                check.undecided.append(pair)
+    return check
+
+
+def _best(result: TuningResult) -> BestTrial | None:
+    best = result.best()
+    if best is None:
+        return None
+    stage, trial = best
+    return BestTrial(
+        stage=stage,
+        trial=trial.number,
+        valid_accuracy=trial.value,
+        test_accuracy=trial.user_attrs.get("test_accuracy"),
+        train_accuracy=trial.user_attrs.get("train_accuracy"),
+        params=result.params_of(trial),
+    )
+
+
+def _stage_summary(stage_result: StageResult) -> StageSummary:
+    trials = stage_result.trials()
+    best = stage_result.best_trial()
+    return StageSummary(
+        study=stage_result.study.study_name,
+        bounds=dict(stage_result.bounds),
+        best_value=best.value if best else None,
+        complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        pruned=sum(t.state == TrialState.PRUNED and FAILURE_ATTR not in t.user_attrs for t in trials),
+        diverged=sum(t.user_attrs.get(FAILURE_ATTR, "").startswith("diverged") for t in trials),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
+    )
+
+
+def summarize(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> Summary:
+    """The :class:`Summary` of ``result`` (betas shown as beta, not 1 - beta)."""
     config = result.config
     tiers = {p.name: p.tier for p in result.tuned}
-    best = result.best()
-    stages = []
-    for stage in result.stages:
-        stage_best = stage.best_trial()
-        trials = stage.trials()
-        stages.append(
-            {
-                "study": stage.study.study_name,
-                "bounds": {name: list(bounds) for name, bounds in stage.bounds.items()},
-                "best_value": stage_best.value if stage_best else None,
-                "complete": sum(t.state == TrialState.COMPLETE for t in trials),
-                "pruned": sum(
-                    t.state == TrialState.PRUNED and FAILURE_ATTR not in t.user_attrs for t in trials
-                ),
-                "diverged": sum(t.user_attrs.get(FAILURE_ATTR, "").startswith("diverged") for t in trials),
-                "failed": sum(t.state == TrialState.FAIL for t in trials),
-            }
-        )
-    measured = importances(result)
-    summary_complete = stages[0]["complete"]
-    return {
-        "study_name": config.study_name,
-        "storage": display_url(config.storage),
-        "objective": "validation accuracy (maximised)",
-        "sampler": config.sampler,
-        "seed": config.seed,
-        "tiers_tuned": config.tiers,
-        "trials_per_stage": config.trials,
-        "best_value": best[1].value if best else None,
-        "best_stage": best[0] if best else None,
-        "best_trial": best[1].number if best else None,
-        "best_params": result.params_of(best[1]) if best else None,
-        "tuned": {p.name: {"tier": p.tier, "scale": p.scale} for p in result.tuned},
-        "fixed": result.fixed,
-        "stages": stages,
-        "importances": measured,
-        "importance_note": (
-            f"fANOVA on the {summary_complete} complete trials of stage 1"
-            if measured is not None
-            else f"not computed: needs >= 2 tuned parameters and >= {MIN_TRIALS_FOR_IMPORTANCE} complete "
-            "trials in stage 1"
-        ),
-        "tier_check": None
-        if measured is None
-        else {
-            "measured_order": sorted(measured, key=measured.get, reverse=True),
-            "tier_order": sorted(tiers, key=tiers.get),
-            "disagreements": tier_disagreements(measured, tiers),
-        },
-    }
+    measured = importances(result, resamples)
+    needed = TRIALS_PER_PARAMETER * (len(result.tuned) + 1)
+    note = (
+        f"fANOVA on sampled scales over {measured.trials} scored trials of all stages, "
+        f"{resamples} bootstrap resamples"
+        if measured is not None
+        else f"not computed: needs >= 2 tuned parameters and >= {needed} scored trials"
+    )
+    return Summary(
+        study_name=config.study_name,
+        storage=display_url(config.storage),
+        sampler=config.sampler,
+        seed=config.seed,
+        train_seed=config.training_seed,
+        tiers_tuned=config.tiers,
+        trials_per_stage=config.trials,
+        tiers=tiers,
+        scales={p.name: p.scale.name for p in result.tuned},
+        coordinates={p.name: p.scale.description for p in result.tuned},
+        fixed=dict(result.fixed),
+        best=_best(result),
+        stages=[_stage_summary(stage) for stage in result.stages],
+        importances=measured,
+        importance_note=note,
+        tier_check=None if measured is None else tier_check(measured, tiers),
+    )
 
 
 def _number(value: float) -> str:
@@ -107,50 +218,67 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def _pairs(pairs: list[str]) -> str:
+    shown = "; ".join(pairs[:MAX_PAIRS_SHOWN])
+    more = len(pairs) - MAX_PAIRS_SHOWN
+    return f"{shown}; and {more} more (see {SUMMARY_FILE})" if more > 0 else shown
+
+
+def _importance_lines(summary: Summary) -> list[str]:
+    measured = summary.importances
+    if measured is None:
+        return [f"Importances: {summary.importance_note}"]
+    ranked = ", ".join(
+        f"{name} {measured.values[name]:.2f} [{low:.2f}-{high:.2f}]"
+        for name in measured.order()
+        for low, high in [measured.intervals[name]]
+    )
+    coordinates = ", ".join(f"{name}: {coordinate}" for name, coordinate in summary.coordinates.items())
+    low, high = measured.noise_interval
+    above = ", ".join(measured.above_noise()) or "none"
+    lines = [
+        f"Importances ({summary.importance_note}): {ranked}",
+        f"  measured on the sampled coordinates: {coordinates}",
+        f"  noise floor (a dummy parameter with no effect): {measured.noise:.2f} [{low:.2f}-{high:.2f}]; "
+        f"above it: {above}",
+    ]
+    check = summary.tier_check
+    verdict = (
+        f"Tier order vs measured importances: {len(check.agree)} pair(s) agree, {len(check.disagree)} "
+        f"disagree, {len(check.undecided)} undecided at this number of trials"
+    )
+    lines.append(verdict if not check.disagree else f"{verdict}; disagreeing: {_pairs(check.disagree)}")
+    return lines
+
+
+def format_summary(summary: Summary) -> str:
     """The summary as text for a terminal."""
-    lines = [f"Study {summary['study_name']} ({summary['sampler']} search, tiers 1-{summary['tiers_tuned']})"]
-    if summary["best_value"] is None:
+    lines = [f"Study {summary.study_name} ({summary.sampler} search, tiers 1-{summary.tiers_tuned})"]
+    best = summary.best
+    if best is None:
         lines.append("No trial completed.")
     else:
-        lines.append(
-            f"Best validation accuracy {summary['best_value']:.4f} "
-            f"(stage {summary['best_stage']}, trial {summary['best_trial']})"
-        )
+        test = "" if best.test_accuracy is None else f"; held-out test accuracy {best.test_accuracy:.4f}"
+        where = f"stage {best.stage}, trial {best.trial}"
+        lines.append(f"Best validation accuracy {best.valid_accuracy:.4f} ({where}){test}")
         lines.append("Best hyperparameters:")
-        for name, value in summary["best_params"].items():
-            origin = (
-                f"tuned, tier {summary['tuned'][name]['tier']}" if name in summary["tuned"] else "default"
-            )
+        for name, value in best.params.items():
+            origin = f"tuned, tier {summary.tiers[name]}" if name in summary.tiers else "default"
             lines.append(f"  {name:<16}{_number(value):>12}   ({origin})")
-    for number, stage in enumerate(summary["stages"], start=1):
-        best = "-" if stage["best_value"] is None else f"{stage['best_value']:.4f}"
+    for number, stage in enumerate(summary.stages, start=1):
+        stage_best = "-" if stage.best_value is None else f"{stage.best_value:.4f}"
         lines.append(
-            f"Stage {number} ({stage['study']}): best {best}; {stage['complete']} complete, "
-            f"{stage['pruned']} pruned, {stage['diverged']} diverged, {stage['failed']} failed"
+            f"Stage {number} ({stage.study}): best {stage_best}; {stage.complete} complete, "
+            f"{stage.pruned} pruned, {stage.diverged} diverged, {stage.failed} failed"
         )
-        for name, (low, high) in stage["bounds"].items():
+        for name, (low, high) in stage.bounds.items():
             lines.append(f"  {name:<16}[{_number(low)}, {_number(high)}]")
-    if summary["importances"] is None:
-        lines.append(f"Importances: {summary['importance_note']}")
-    else:
-        ranked = ", ".join(
-            f"{n} {summary['importances'][n]:.2f}" for n in summary["tier_check"]["measured_order"]
-        )
-        lines.append(f"Importances ({summary['importance_note']}): {ranked}")
-        disagreements = summary["tier_check"]["disagreements"]
-        if not disagreements:
-            lines.append("Tier order: matches the measured order")
-        else:
-            shown = "; ".join(disagreements[:MAX_DISAGREEMENTS_SHOWN])
-            more = len(disagreements) - MAX_DISAGREEMENTS_SHOWN
-            tail = f"; and {more} more (see {SUMMARY_FILE})" if more > 0 else ""
-            lines.append(f"Tier order: differs in {len(disagreements)} pair(s): {shown}{tail}")
+    lines += _importance_lines(summary)
     return "\n".join(lines)
 
 
-def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
+def write_summary(summary: Summary, out_dir: Path) -> Path:
     """Write ``summary`` as JSON into ``out_dir``; returns the file's path."""
     path = Path(out_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(summary.to_json(), indent=2, allow_nan=False) + "\n")
     return path

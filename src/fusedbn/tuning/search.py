@@ -18,10 +18,16 @@ once their heartbeat is older than ``grace_period_s`` and their budget is run ag
 
 Sampling: ``"random"`` draws each value from a generator seeded by (seed, stage, trial number,
 parameter), so the same seed gives the same values whatever the worker or restart, and no two trials
-of a study share their draws. ``"tpe"`` is Optuna's TPE (its first min(10, trials // 2) trials are
-random) seeded by (seed, stage, trials already in the stage): reproducible for one worker on a fresh
-study; give each concurrent TPE worker its own seed. Every stage prunes with Optuna's median pruner from
-its 6th trial on, comparing accuracies from the second epoch.
+of a study share their draws. ``"grid"`` puts k points per tuned parameter at the centres of k equal
+cells of its range, on its scale, with k the largest for which k^(parameters) <= trials, and runs the
+grid points in a seeded order (:class:`SeededGridSampler`). ``"tpe"`` is Optuna's TPE (its first
+min(10, trials // 2) trials are random) seeded by (seed, stage, trials already in the stage):
+reproducible for one worker on a fresh study; give each concurrent TPE worker its own seed. With
+``pruner="median"`` every stage prunes with Optuna's median pruner from its 6th trial on, comparing
+accuracies from the second epoch; ``pruner="none"`` trains every trial to the end.
+
+Training seeds: trial n of stage k trains with a seed derived from (``train_seed``, k, n), so two
+studies with one ``train_seed`` and different sampling ``seed`` values train their trials alike.
 
 Failures: a diverging trial is PRUNED with its reason in the user attribute ``failure`` (see
 :mod:`fusedbn.tuning.training`); a CUDA out-of-memory error fails that one trial (reason in ``failure``)
@@ -34,6 +40,7 @@ import socket
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,10 +51,11 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from fusedbn.tuning.space import Bounds, Param, SpaceError, check_space, full_bounds, narrow, split_by_tier
-from fusedbn.tuning.storage import FAILURE_ATTR, fail_stale_trials, heartbeat, open_storage
+from fusedbn.tuning.storage import FAILURE_ATTR, fail_stale_trials, heartbeat, is_in_memory, open_storage
 from fusedbn.tuning.training import Task
 
-SAMPLERS = ("random", "tpe")
+SAMPLERS = ("random", "grid", "tpe")
+PRUNERS = ("median", "none")
 BOUNDS_ATTR = "bounds"
 SPACE_ATTR = "space"
 WORKER_ATTR = "worker"
@@ -67,16 +75,28 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-class SeededRandomSampler(optuna.samplers.BaseSampler):
-    """Independent random sampling; each draw depends only on (seed, stage, trial number, parameter name).
+def _from_unit(distribution: BaseDistribution, unit: float, name: str) -> float:
+    """The value at ``unit`` (in [0, 1)) along ``distribution``'s range, on its own scale.
 
-    Log distributions are sampled uniformly in log space; log-scale integers as Optuna does, by rounding
-    a log-uniform draw over [low - 0.5, high + 0.5].
+    Floats map linearly (log distributions in log space); integers map onto [low - 0.5, high + 0.5]
+    and are rounded, so each integer gets an equal share (log integers as Optuna does, in log space).
     """
+    low, high = distribution.low, distribution.high
+    if isinstance(distribution, FloatDistribution) and distribution.step is None:
+        if distribution.log:
+            return min(max(math.exp(math.log(low) + unit * math.log(high / low)), low), high)
+        return low + unit * (high - low)
+    if isinstance(distribution, IntDistribution) and distribution.step == 1:
+        lo, hi = low - 0.5, high + 0.5
+        draw = (
+            math.exp(math.log(lo) + unit * math.log(hi / lo)) if distribution.log else lo + unit * (hi - lo)
+        )
+        return int(min(max(round(draw), low), high))
+    raise TypeError(f"{name}: fusedbn's samplers cannot sample {distribution!r}")
 
-    def __init__(self, seed: int, stage: int) -> None:
-        self._seed = seed
-        self._stage = stage
+
+class _IndependentSampler(optuna.samplers.BaseSampler):
+    """A sampler that draws each parameter on its own from a number in [0, 1) (see :func:`_from_unit`)."""
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial
@@ -88,23 +108,61 @@ class SeededRandomSampler(optuna.samplers.BaseSampler):
     ) -> dict[str, float]:
         return {}
 
+    def unit(self, trial_number: int, param_name: str) -> float:
+        """Where in [0, 1) this trial's value of ``param_name`` lies."""
+        raise NotImplementedError
+
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> float:
-        rng = np.random.default_rng(
-            derive_seed(self._seed, self._stage, trial.number, zlib.crc32(param_name.encode()))
+        return _from_unit(param_distribution, self.unit(trial.number, param_name), param_name)
+
+
+class SeededRandomSampler(_IndependentSampler):
+    """Independent random sampling; each draw depends only on (seed, stage, trial number, parameter name).
+
+    Log distributions are sampled uniformly in log space; log-scale integers as Optuna does, by rounding
+    a log-uniform draw over [low - 0.5, high + 0.5].
+    """
+
+    def __init__(self, seed: int, stage: int) -> None:
+        self._seed = seed
+        self._stage = stage
+
+    def unit(self, trial_number: int, param_name: str) -> float:
+        seed = derive_seed(self._seed, self._stage, trial_number, zlib.crc32(param_name.encode()))
+        return float(np.random.default_rng(seed).uniform())
+
+
+class SeededGridSampler(_IndependentSampler):
+    """A grid of ``points`` values per parameter, at the centres of equal cells on each parameter's scale.
+
+    ``names`` are the Optuna names of the parameters, in a fixed order. Trial n takes grid point
+    ``order[n mod points ** len(names)]``, where ``order`` is a permutation seeded by (seed, stage): a
+    budget smaller than the grid sees a seeded subset, a larger one repeats points.
+    """
+
+    def __init__(self, seed: int, stage: int, names: Sequence[str], points: int) -> None:
+        self._names = list(names)
+        self._points = points
+        rng = np.random.default_rng(derive_seed(seed, stage))
+        self._order = rng.permutation(points ** len(self._names))
+
+    def unit(self, trial_number: int, param_name: str) -> float:
+        point = int(self._order[trial_number % len(self._order)])
+        cell = (point // self._points ** self._names.index(param_name)) % self._points
+        return (cell + 0.5) / self._points
+
+
+def grid_points(trials: int, dimensions: int) -> int:
+    """Points per parameter of the largest grid with at most ``trials`` points over ``dimensions``."""
+    points = math.floor(trials ** (1.0 / dimensions) + 1e-9)
+    if points < 2:
+        raise ValueError(
+            f"a grid over {dimensions} parameters needs at least {2**dimensions} trials per stage, "
+            f"got {trials}"
         )
-        low, high = param_distribution.low, param_distribution.high
-        if isinstance(param_distribution, FloatDistribution) and param_distribution.step is None:
-            if param_distribution.log:
-                return min(max(math.exp(rng.uniform(math.log(low), math.log(high))), low), high)
-            return float(rng.uniform(low, high))
-        if isinstance(param_distribution, IntDistribution) and param_distribution.step == 1:
-            if param_distribution.log:
-                draw = math.exp(rng.uniform(math.log(low - 0.5), math.log(high + 0.5)))
-                return min(max(round(draw), low), high)
-            return int(rng.integers(low, high + 1))
-        raise TypeError(f"{param_name}: SeededRandomSampler cannot sample {param_distribution!r}")
+    return points
 
 
 @dataclass
@@ -114,7 +172,10 @@ class SearchConfig:
     ``trials`` is the number of finished (COMPLETE or PRUNED) trials per stage; ``tiers`` tunes tiers
     1..tiers; ``keep_top`` is the fraction of a stage's best complete trials the next stage narrows
     around, ``margin`` the widening on each side as a fraction of the previous width; a RUNNING trial
-    without a heartbeat for ``grace_period_s`` seconds is taken as lost and failed.
+    without a heartbeat for ``grace_period_s`` seconds is taken as lost and failed. ``seed`` seeds the
+    sampling and ``train_seed`` the models' initial weights and mini-batch order (default: ``seed``), so
+    either can vary with the other held. ``pruner`` is "median" or "none". Settings are checked here,
+    once: an unusable one raises ValueError naming it.
     """
 
     study_name: str
@@ -124,28 +185,40 @@ class SearchConfig:
     tiers: int = 2
     sampler: str = "random"
     seed: int = 0
+    train_seed: int | None = None
+    pruner: str = "median"
     keep_top: float = 0.25
     margin: float = 0.1
     grace_period_s: float = 30.0
     progress: bool = True
 
-    def check(self) -> None:
-        """Raise ValueError naming the first unusable setting."""
+    def __post_init__(self) -> None:
         if not self.study_name:
             raise ValueError("study name must not be empty")
         for name in ("trials", "stages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (isinstance(self.tiers, int) and self.tiers >= 1):
+            raise ValueError(f"tiers must be an integer >= 1, got {self.tiers!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
+        for name in ("seed", "train_seed"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0 < self.keep_top <= 1:
             raise ValueError(f"keep_top must lie in (0, 1], got {self.keep_top}")
         if not 0 < self.margin <= 1:
             raise ValueError(f"margin must lie in (0, 1], got {self.margin}")
         if self.grace_period_s <= 0:
             raise ValueError(f"grace period must be > 0 seconds, got {self.grace_period_s}")
+
+    @property
+    def training_seed(self) -> int:
+        """The seed the trials' training seeds derive from."""
+        return self.seed if self.train_seed is None else self.train_seed
 
 
 @dataclass
@@ -191,14 +264,15 @@ def tune(task: Task, space: Sequence[Param], config: SearchConfig) -> TuningResu
     Arguments are checked before the storage is opened, and the storage before any trial runs:
     ValueError (:class:`SpaceError` for the space) or :class:`StorageError` otherwise.
     """
-    config.check()
     check_space(space)
     tuned, fixed = split_by_tier(space, config.tiers)
+    if config.sampler == "grid":
+        grid_points(config.trials, len(tuned))
     missing = task.required_params() - {p.name for p in space}
     if missing:
         raise SpaceError(f"the space lacks {', '.join(sorted(missing))}, which the training loop needs")
     storage = open_storage(config.storage)
-    fingerprint = {p.name: [p.low, p.high, p.scale] for p in tuned}
+    fingerprint = {p.name: [p.low, p.high, p.scale.name] for p in tuned}
     _check_same_space(storage, f"{config.study_name}-stage1", fingerprint)
 
     stages: list[StageResult] = []
@@ -207,12 +281,12 @@ def tune(task: Task, space: Sequence[Param], config: SearchConfig) -> TuningResu
             storage=storage,
             study_name=f"{config.study_name}-stage{number}",
             direction="maximize",
-            pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS
-            ),
+            pruner=_make_pruner(config.pruner),
             load_if_exists=True,
         )
-        study.sampler = _make_sampler(config, number, existing_trials=len(study.get_trials(deepcopy=False)))
+        study.sampler = _make_sampler(
+            config, number, tuned, existing_trials=len(study.get_trials(deepcopy=False))
+        )
         if SPACE_ATTR not in study.user_attrs:
             study.set_user_attr(SPACE_ATTR, fingerprint)
         if BOUNDS_ATTR not in study.user_attrs:
@@ -221,7 +295,12 @@ def tune(task: Task, space: Sequence[Param], config: SearchConfig) -> TuningResu
         bounds = {name: (low, high) for name, (low, high) in study.user_attrs[BOUNDS_ATTR].items()}
         stage = StageResult(study=study, bounds=bounds)
         objective = _objective(
-            task, tuned, fixed, bounds, derive_seed(config.seed, number), config.grace_period_s
+            task,
+            tuned,
+            fixed,
+            bounds,
+            derive_seed(config.training_seed, number),
+            None if is_in_memory(storage) else config.grace_period_s,
         )
         _run_stage(stage, objective, config, f"stage {number}/{config.stages}")
         stages.append(stage)
@@ -240,9 +319,22 @@ def _check_same_space(storage: optuna.storages.BaseStorage, study_name: str, fin
         )
 
 
-def _make_sampler(config: SearchConfig, stage: int, existing_trials: int) -> optuna.samplers.BaseSampler:
+def _make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS
+    )
+
+
+def _make_sampler(
+    config: SearchConfig, stage: int, tuned: Sequence[Param], existing_trials: int
+) -> optuna.samplers.BaseSampler:
     if config.sampler == "random":
         return SeededRandomSampler(config.seed, stage)
+    if config.sampler == "grid":
+        points = grid_points(config.trials, len(tuned))
+        return SeededGridSampler(config.seed, stage, [p.optuna_name for p in tuned], points)
     return optuna.samplers.TPESampler(
         seed=derive_seed(config.seed, stage, existing_trials),
         n_startup_trials=min(10, max(1, config.trials // 2)),
@@ -269,13 +361,15 @@ def _objective(
     fixed: Mapping[str, float],
     bounds: Bounds,
     stage_seed: int,
-    grace_s: float,
+    grace_s: float | None,
 ) -> Callable[[optuna.Trial], float]:
+    """The stage's objective; with ``grace_s`` (a shared storage) each trial records heartbeats."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker)
-        with heartbeat(trial, grace_s / HEARTBEATS_PER_GRACE):
+        beating = nullcontext() if grace_s is None else heartbeat(trial, grace_s / HEARTBEATS_PER_GRACE)
+        with beating:
             params = dict(fixed)
             for param in tuned:
                 params[param.name] = param.suggest(trial, *bounds[param.name])
@@ -313,8 +407,6 @@ def _run_stage(
                     f"budget of {budget}; last failure: {reason}"
                 )
             if finished + running < budget:
-                stage.study.optimize(
-                    objective, n_trials=1, catch=(torch.cuda.OutOfMemoryError,), gc_after_trial=True
-                )
+                stage.study.optimize(objective, n_trials=1, catch=(torch.cuda.OutOfMemoryError,))
             else:
                 time.sleep(POLL_S)

@@ -1,7 +1,7 @@
 """Hyperparameters, their scales and priority tiers, and how a stage's bounds narrow around the best trials.
 
-Every parameter lives on a scale, and both sampling and coarse-to-fine narrowing happen in that scale's
-coordinate:
+Every parameter lives on a scale (a :class:`Scale` object), and sampling, grid points, coarse-to-fine
+narrowing, importances and plot axes all work in that scale's coordinate:
 
 - ``linear``: the value itself.
 - ``log``: log10(value); each decade of the range gets the same share of draws.
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field, replace
 
 import optuna
 
-SCALES = ("linear", "log", "log-near-1", "pow2")
 OPTIMIZERS = ("sgd", "adam")
 
 Bounds = dict[str, tuple[float, float]]
@@ -45,6 +44,143 @@ Bounds = dict[str, tuple[float, float]]
 
 class SpaceError(ValueError):
     """A hyperparameter, range, tier or override that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The linear scale; the other scales override what differs. A scale maps a natural value to its
+    coordinate (the axis sampling is uniform on) and to what Optuna samples and stores."""
+
+    name: str = "linear"
+    description: str = "the value itself"
+    axis_label: str = "{name} (linear scale)"
+
+    def check(self, param: str, low: float, high: float, integer: bool) -> None:
+        """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range on this scale."""
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise SpaceError(f"{param}: range bounds must be finite, got [{low}, {high}]")
+        if low >= high:
+            raise SpaceError(f"{param}: empty or inverted range [{low}, {high}]; need low < high")
+        if integer and not (float(low).is_integer() and float(high).is_integer()):
+            raise SpaceError(f"{param}: integer parameter needs integer bounds, got [{low}, {high}]")
+
+    def to_coord(self, value: float) -> float:
+        """The value's coordinate on this scale."""
+        return float(value)
+
+    def from_coord(self, coord: float) -> float:
+        """The value at a coordinate (inverse of :meth:`to_coord`)."""
+        return coord
+
+    def optuna_name(self, param: str) -> str:
+        """The name Optuna samples and stores in ``trial.params``."""
+        return param
+
+    def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
+        """Sample ``param`` within ``[low, high]`` (natural units) on this scale; returns the value."""
+        if integer:
+            return trial.suggest_int(param, int(low), int(high))
+        return trial.suggest_float(param, low, high)
+
+    def value_from(self, sampled: float) -> float:
+        """The natural value of what Optuna stored in ``trial.params``."""
+        return sampled
+
+    def round_coords(self, lo: float, hi: float) -> tuple[float, float]:
+        """Widen coordinate bounds to the nearest ones this scale can sample (only ``pow2`` rounds)."""
+        return lo, hi
+
+
+@dataclass(frozen=True)
+class LogScale(Scale):
+    name: str = "log"
+    description: str = "log10(value)"
+    axis_label: str = "{name} (log scale)"
+
+    def check(self, param: str, low: float, high: float, integer: bool) -> None:
+        super().check(param, low, high, integer)
+        if low <= 0:
+            raise SpaceError(f"{param}: a log-scale range must be positive, got [{low}, {high}]")
+
+    def to_coord(self, value: float) -> float:
+        return math.log10(value)
+
+    def from_coord(self, coord: float) -> float:
+        return 10.0**coord
+
+    def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
+        if integer:
+            return trial.suggest_int(param, int(low), int(high), log=True)
+        return trial.suggest_float(param, low, high, log=True)
+
+
+@dataclass(frozen=True)
+class LogNear1Scale(Scale):
+    name: str = "log-near-1"
+    description: str = "log10(1 - value)"
+    axis_label: str = "{name} (axis: log of 1 - beta)"
+
+    def check(self, param: str, low: float, high: float, integer: bool) -> None:
+        super().check(param, low, high, integer)
+        if not (0 < low and high < 1):
+            raise SpaceError(f"{param}: a beta must lie strictly between 0 and 1, got [{low}, {high}]")
+        if integer:
+            raise SpaceError(f"{param}: a log-near-1 parameter cannot be an integer")
+
+    def to_coord(self, value: float) -> float:
+        return math.log10(1.0 - value)
+
+    def from_coord(self, coord: float) -> float:
+        return 1.0 - 10.0**coord
+
+    def optuna_name(self, param: str) -> str:
+        return f"one_minus_{param}"
+
+    def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
+        value = 1.0 - trial.suggest_float(self.optuna_name(param), 1.0 - high, 1.0 - low, log=True)
+        trial.set_user_attr(param, value)
+        return value
+
+    def value_from(self, sampled: float) -> float:
+        return 1.0 - sampled
+
+
+@dataclass(frozen=True)
+class Pow2Scale(Scale):
+    name: str = "pow2"
+    description: str = "log2(value), integer exponents"
+    axis_label: str = "{name} (log2 scale)"
+
+    def check(self, param: str, low: float, high: float, integer: bool) -> None:
+        super().check(param, low, high, integer)
+        if not (_is_power_of_two(low) and _is_power_of_two(high)):
+            raise SpaceError(f"{param}: a pow2 range needs powers of two as bounds, got [{low}, {high}]")
+
+    def to_coord(self, value: float) -> float:
+        return math.log2(value)
+
+    def from_coord(self, coord: float) -> float:
+        return 2.0**coord
+
+    def optuna_name(self, param: str) -> str:
+        return f"log2_{param}"
+
+    def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
+        exponent = trial.suggest_int(self.optuna_name(param), round(math.log2(low)), round(math.log2(high)))
+        value = 2**exponent
+        trial.set_user_attr(param, value)
+        return value
+
+    def value_from(self, sampled: float) -> float:
+        return 2 ** int(sampled)
+
+    def round_coords(self, lo: float, hi: float) -> tuple[float, float]:
+        return math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
+
+
+SCALES: dict[str, Scale] = {
+    scale.name: scale for scale in (Scale(), LogScale(), LogNear1Scale(), Pow2Scale())
+}
 
 
 def _is_power_of_two(value: float) -> bool:
@@ -55,6 +191,7 @@ def _is_power_of_two(value: float) -> bool:
 class Param:
     """One hyperparameter: its range ``[low, high]`` (natural units), scale, priority tier and default.
 
+    ``scale`` is a :class:`Scale` or the name of one (``linear``, ``log``, ``log-near-1``, ``pow2``).
     ``default`` is the value used when the parameter's tier is not tuned; it may lie outside the range
     (``lr_decay`` defaults to 0, no decay). ``integer`` makes a ``linear`` or ``log`` parameter an int;
     ``pow2`` parameters are always ints. Raises :class:`SpaceError` for an unusable declaration.
@@ -63,7 +200,7 @@ class Param:
     name: str
     low: float
     high: float
-    scale: str
+    scale: Scale | str
     tier: int
     default: float
     integer: bool = field(default=False)
@@ -71,91 +208,49 @@ class Param:
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise SpaceError(f"parameter name {self.name!r} is not a Python identifier")
-        if self.scale not in SCALES:
-            raise SpaceError(f"{self.name}: unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}")
+        if isinstance(self.scale, str):
+            if self.scale not in SCALES:
+                raise SpaceError(
+                    f"{self.name}: unknown scale {self.scale!r}; choose one of {', '.join(SCALES)}"
+                )
+            object.__setattr__(self, "scale", SCALES[self.scale])
         if not (isinstance(self.tier, int) and self.tier >= 1):
             raise SpaceError(f"{self.name}: tier must be an integer >= 1, got {self.tier!r}")
-        check_range(self.name, self.scale, self.low, self.high)
-        if self.scale == "log-near-1" and self.integer:
-            raise SpaceError(f"{self.name}: a log-near-1 parameter cannot be an integer")
-        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
-            raise SpaceError(
-                f"{self.name}: integer parameter needs integer bounds, got [{self.low}, {self.high}]"
-            )
+        self.check_range(self.low, self.high)
+
+    def check_range(self, low: float, high: float) -> None:
+        """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range for this parameter."""
+        self.scale.check(self.name, low, high, self.integer)
 
     @property
     def is_int(self) -> bool:
         """Whether values are integers."""
-        return self.integer or self.scale == "pow2"
+        return self.integer or isinstance(self.scale, Pow2Scale)
 
     @property
     def optuna_name(self) -> str:
         """The name Optuna samples and stores in ``trial.params``."""
-        if self.scale == "log-near-1":
-            return f"one_minus_{self.name}"
-        if self.scale == "pow2":
-            return f"log2_{self.name}"
-        return self.name
+        return self.scale.optuna_name(self.name)
 
     def to_coord(self, value: float) -> float:
         """The value's coordinate on this parameter's scale (the axis that sampling is uniform on)."""
-        if self.scale == "log":
-            return math.log10(value)
-        if self.scale == "log-near-1":
-            return math.log10(1.0 - value)
-        if self.scale == "pow2":
-            return math.log2(value)
-        return float(value)
+        return self.scale.to_coord(value)
 
     def from_coord(self, coord: float) -> float:
         """The value at a coordinate on this parameter's scale (inverse of :meth:`to_coord`)."""
-        if self.scale == "log":
-            return 10.0**coord
-        if self.scale == "log-near-1":
-            return 1.0 - 10.0**coord
-        if self.scale == "pow2":
-            return 2.0**coord
-        return coord
+        return self.scale.from_coord(coord)
 
     def suggest(self, trial: optuna.Trial, low: float, high: float) -> float:
         """Sample this parameter within ``[low, high]`` (natural units) on its scale; returns the value."""
-        if self.scale == "log-near-1":
-            one_minus = trial.suggest_float(self.optuna_name, 1.0 - high, 1.0 - low, log=True)
-            value = 1.0 - one_minus
-            trial.set_user_attr(self.name, value)
-            return value
-        if self.scale == "pow2":
-            exponent = trial.suggest_int(self.optuna_name, round(math.log2(low)), round(math.log2(high)))
-            value = 2**exponent
-            trial.set_user_attr(self.name, value)
-            return value
-        log = self.scale == "log"
-        if self.integer:
-            return trial.suggest_int(self.name, int(low), int(high), log=log)
-        return trial.suggest_float(self.name, low, high, log=log)
+        return self.scale.suggest(trial, self.name, low, high, self.integer)
 
     def value_from(self, trial_params: Mapping[str, float]) -> float:
         """This parameter's value in natural units, read from a finished trial's ``params``."""
-        sampled = trial_params[self.optuna_name]
-        if self.scale == "log-near-1":
-            return 1.0 - sampled
-        if self.scale == "pow2":
-            return 2 ** int(sampled)
-        return sampled
+        return self.scale.value_from(trial_params[self.optuna_name])
 
-
-def check_range(name: str, scale: str, low: float, high: float) -> None:
-    """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range for ``scale``."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise SpaceError(f"{name}: range bounds must be finite, got [{low}, {high}]")
-    if low >= high:
-        raise SpaceError(f"{name}: empty or inverted range [{low}, {high}]; need low < high")
-    if scale == "log" and low <= 0:
-        raise SpaceError(f"{name}: a log-scale range must be positive, got [{low}, {high}]")
-    if scale == "log-near-1" and not (0 < low and high < 1):
-        raise SpaceError(f"{name}: a beta must lie strictly between 0 and 1, got [{low}, {high}]")
-    if scale == "pow2" and not (_is_power_of_two(low) and _is_power_of_two(high)):
-        raise SpaceError(f"{name}: a pow2 range needs powers of two as bounds, got [{low}, {high}]")
+    def axis_label(self) -> str:
+        """How a plot axis along this parameter is labelled: its name and its scale."""
+        return self.scale.axis_label.format(name=self.name)
 
 
 def default_space(optimizer: str = "sgd") -> list[Param]:
@@ -191,6 +286,19 @@ def check_space(space: Sequence[Param]) -> None:
             if name in seen:
                 raise SpaceError(f"two parameters are both named {name!r}")
             seen.add(name)
+
+
+def with_scales(space: Sequence[Param], scales: Mapping[str, str]) -> list[Param]:
+    """A copy of ``space`` with the scales in ``scales`` (name -> scale name) replacing the declared ones.
+
+    Raises :class:`SpaceError` for a name not in the space, an unknown scale, or a range the new scale
+    cannot hold (a ``pow2`` parameter put on ``linear`` keeps integer values).
+    """
+    by_name = {param.name: param for param in space}
+    unknown = sorted(set(scales) - set(by_name))
+    if unknown:
+        raise SpaceError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+    return [replace(p, scale=scales[p.name], integer=p.is_int) if p.name in scales else p for p in space]
 
 
 def with_ranges(space: Sequence[Param], ranges: Mapping[str, tuple[float, float]]) -> list[Param]:
@@ -242,8 +350,7 @@ def narrow(
     pad = margin * (current_hi - current_lo)
     lo = max(min(coords) - pad, current_lo)
     hi = min(max(coords) + pad, current_hi)
-    if param.scale == "pow2":
-        lo, hi = math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
+    lo, hi = param.scale.round_coords(lo, hi)
     low, high = sorted((param.from_coord(lo), param.from_coord(hi)))
     if param.integer:
         low, high = math.floor(low + 1e-9), math.ceil(high - 1e-9)

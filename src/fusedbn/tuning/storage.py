@@ -8,6 +8,13 @@ Storage URLs:
   the recommended way for several worker processes on one machine.
 - ``postgresql+psycopg2://user:password@host/db`` (or ``postgresql://``, ``mysql://``...): a database
   server, for workers on several machines.
+- ``memory``: Optuna's in-memory storage, for a throwaway study in one process: nothing is written, the
+  study cannot be resumed or shared, and trials record no heartbeat.
+
+Cost: with SQLite, a trial's writes (its start, parameters, one report per epoch, the user attributes,
+its end) each commit to the file: about 0.13 s per trial of 8 epochs on the digits task, against next to
+nothing in memory. The 0.3 s more per trial once blamed on storage came from a full garbage collection
+after every trial, which the search no longer asks Optuna for.
 
 Each running trial records a heartbeat (the user attribute ``heartbeat``, a Unix time) every few
 seconds. A RUNNING trial whose heartbeat is older than the grace period belongs to a worker that was
@@ -25,10 +32,11 @@ import optuna
 import sqlalchemy.engine
 import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+MEMORY_URL = "memory"
 HEARTBEAT_ATTR = "heartbeat"
 FAILURE_ATTR = "failure"
 SQLITE_TIMEOUT_S = 60
@@ -51,8 +59,15 @@ def _local_path(url: str, scheme: str) -> Path:
     return path
 
 
+def is_in_memory(storage: BaseStorage) -> bool:
+    """Whether ``storage`` lives in this process only (no other worker can see its trials)."""
+    return isinstance(storage, InMemoryStorage)
+
+
 def open_storage(url: str) -> BaseStorage:
     """Open the Optuna storage at ``url`` (see the module docstring); raises :class:`StorageError`."""
+    if url == MEMORY_URL:
+        return InMemoryStorage()
     try:
         if url.startswith("journal:"):
             return JournalStorage(JournalFileBackend(str(_local_path(url, "journal"))))
@@ -71,7 +86,7 @@ def open_storage(url: str) -> BaseStorage:
 
 def display_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, for printing and for the summary file."""
-    if url.startswith("journal:"):
+    if url.startswith("journal:") or url == MEMORY_URL:
         return url
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)

@@ -1,16 +1,19 @@
 """A classification task to tune, and the training run that turns one set of hyperparameters into a score.
 
-A :class:`Task` is what a user brings: a model builder and training/validation tensors. The training
-loop reads these hyperparameters from the dict it is given (the tuned ones and the defaults of the
-others; see :mod:`fusedbn.tuning.space`): ``learning_rate``, ``lr_decay``, ``batch_size``, and
-``momentum`` for SGD or ``adam_beta1``, ``adam_beta2``, ``adam_epsilon`` for Adam. The model builder
-gets the same dict, so it can read ``hidden_units``, ``num_layers``, ``bn_beta`` or any parameter of
-the user's own.
+A :class:`Task` is what a user brings: a model builder and training/validation tensors, and optionally a
+held-out test split. The training loop reads these hyperparameters from the dict it is given (the tuned
+ones and the defaults of the others; see :mod:`fusedbn.tuning.space`): ``learning_rate``, ``lr_decay``,
+``batch_size``, and ``momentum`` for SGD or ``adam_beta1``, ``adam_beta2``, ``adam_epsilon`` for Adam.
+The model builder gets the same dict, so it can read ``hidden_units``, ``num_layers``, ``bn_beta`` or
+any parameter of the user's own.
 
 Scoring: validation accuracy after every epoch, reported to Optuna so its pruner can stop a poor trial
-early. A diverging trial (a NaN or infinite training loss) raises :class:`optuna.TrialPruned` with the
-reason in the trial's user attribute ``failure``: the trial counts towards the stage's budget and its
-sampled point stays visible in the history, but it has no score.
+early. When a trial ends, its user attributes record the final model's accuracy and loss on the
+training split (in eval mode), the validation loss and, when the task has one, the test accuracy
+(:data:`SCORE_ATTRS`); the search never reads the test accuracy. A diverging trial (a NaN or infinite
+training loss) raises :class:`optuna.TrialPruned` with the reason in the trial's user attribute
+``failure``: the trial counts towards the stage's budget and its sampled point stays visible in the
+history, but it has no score.
 """
 
 from collections.abc import Callable, Mapping
@@ -24,14 +27,21 @@ from fusedbn.tuning.space import OPTIMIZERS
 from fusedbn.tuning.storage import FAILURE_ATTR
 
 ModelBuilder = Callable[[Mapping[str, float]], nn.Module]
+EpochCallback = Callable[[int, nn.Module], None]
+SCORE_ATTRS = ("train_accuracy", "train_loss", "valid_loss", "test_accuracy")
+
+
+class Diverged(ArithmeticError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass
 class Task:
     """A classification problem: ``build_model(params)`` returns a fresh model giving class logits.
 
-    ``train`` and ``valid`` are ``(inputs, integer class targets)`` tensor pairs. Each trial trains for
-    ``epochs`` epochs with ``optimizer`` ("sgd": SGD with momentum, or "adam") on ``device``.
+    ``train``, ``valid`` and the optional ``test`` are ``(inputs, integer class targets)`` tensor pairs.
+    Each trial trains for ``epochs`` epochs with ``optimizer`` ("sgd": SGD with momentum, or "adam") on
+    ``device``.
     """
 
     build_model: ModelBuilder
@@ -40,13 +50,15 @@ class Task:
     epochs: int = 10
     optimizer: str = "sgd"
     device: str = "cpu"
+    test: tuple[Tensor, Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for split, (inputs, targets) in (("train", self.train), ("valid", self.valid)):
+        for split, pair in self.splits().items():
+            inputs, targets = pair
             if len(inputs) != len(targets) or len(inputs) == 0:
                 raise ValueError(
                     f"{split}: need as many targets as inputs, and at least one, "
@@ -55,6 +67,11 @@ class Task:
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for, but torch finds no CUDA GPU")
 
+    def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The task's splits by name: "train", "valid" and, when given, "test"."""
+        named = {"train": self.train, "valid": self.valid}
+        return named if self.test is None else {**named, "test": self.test}
+
     def required_params(self) -> set[str]:
         """The hyperparameters the training loop itself reads (the model builder may read more)."""
         common = {"learning_rate", "lr_decay", "batch_size"}
@@ -62,11 +79,13 @@ class Task:
             return common | {"momentum"}
         return common | {"adam_beta1", "adam_beta2", "adam_epsilon"}
 
-    def fit(self, params: Mapping[str, float], trial: optuna.Trial, seed: int) -> float:
-        """Train a fresh model with ``params``; report validation accuracy each epoch; return the last.
+    def train_model(
+        self, params: Mapping[str, float], seed: int, after_epoch: EpochCallback | None = None
+    ) -> nn.Module:
+        """Train a fresh model with ``params`` and return it; raises :class:`Diverged`.
 
-        Raises :class:`optuna.TrialPruned` when the pruner stops the trial or the loss diverges.
         ``seed`` fixes the model's initial weights and the order of the mini-batches.
+        ``after_epoch(epoch, model)`` runs after each epoch (from 0) and may raise to stop the run.
         """
         device = torch.device(self.device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -75,34 +94,64 @@ class Task:
         optimizer = self._make_optimizer(model, params)
         shuffle = torch.Generator().manual_seed(seed)
         x_train, y_train = (t.to(device) for t in self.train)
-        x_valid, y_valid = (t.to(device) for t in self.valid)
         batch_size = int(params["batch_size"])
         loss_fn = nn.CrossEntropyLoss()
+        for epoch in range(self.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = params["learning_rate"] / (1.0 + params["lr_decay"] * epoch)
+            model.train()
+            order = torch.randperm(len(x_train), generator=shuffle).to(device)
+            # Drop a last batch of one example: BatchNorm cannot normalise a single value.
+            n_used = len(order) - 1 if len(order) % batch_size == 1 else len(order)
+            for start in range(0, n_used, batch_size):
+                batch = order[start : start + batch_size]
+                loss = loss_fn(model(x_train[batch]), y_train[batch])
+                if not torch.isfinite(loss):
+                    raise Diverged(f"diverged: training loss {loss.item()} in epoch {epoch + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if after_epoch is not None:
+                after_epoch(epoch, model)
+        return model
+
+    def scores(self, model: nn.Module) -> dict[str, float]:
+        """Accuracy and mean loss of ``model`` (eval mode) per split: "<split>_accuracy", "<split>_loss"."""
+        device = torch.device(self.device)
+        measured: dict[str, float] = {}
+        for split, (inputs, targets) in self.splits().items():
+            accuracy, loss = evaluate_with_loss(model, inputs.to(device), targets.to(device))
+            measured[f"{split}_accuracy"], measured[f"{split}_loss"] = accuracy, loss
+        return measured
+
+    def fit(self, params: Mapping[str, float], trial: optuna.Trial, seed: int) -> float:
+        """Train a fresh model with ``params``; report validation accuracy each epoch; return the last.
+
+        Raises :class:`optuna.TrialPruned` when the pruner stops the trial or the loss diverges.
+        The final model's scores are recorded as the trial's user attributes :data:`SCORE_ATTRS`.
+        """
+        device = torch.device(self.device)
+        x_valid, y_valid = (t.to(device) for t in self.valid)
+
+        def report(epoch: int, model: nn.Module) -> None:
+            accuracy = evaluate(model, x_valid, y_valid)
+            trial.report(accuracy, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} at accuracy {accuracy:.4f}")
+
+        model = None
         try:
-            for epoch in range(self.epochs):
-                for group in optimizer.param_groups:
-                    group["lr"] = params["learning_rate"] / (1.0 + params["lr_decay"] * epoch)
-                model.train()
-                order = torch.randperm(len(x_train), generator=shuffle).to(device)
-                # Drop a last batch of one example: BatchNorm cannot normalise a single value.
-                n_used = len(order) - 1 if len(order) % batch_size == 1 else len(order)
-                for start in range(0, n_used, batch_size):
-                    batch = order[start : start + batch_size]
-                    loss = loss_fn(model(x_train[batch]), y_train[batch])
-                    if not torch.isfinite(loss):
-                        reason = f"diverged: training loss {loss.item()} in epoch {epoch + 1}"
-                        trial.set_user_attr(FAILURE_ATTR, reason)
-                        raise optuna.TrialPruned(reason)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                accuracy = evaluate(model, x_valid, y_valid)
-                trial.report(accuracy, epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} at accuracy {accuracy:.4f}")
-            return accuracy
+            model = self.train_model(params, seed, after_epoch=report)
+            measured = self.scores(model)
+            for name in SCORE_ATTRS:
+                if name in measured:
+                    trial.set_user_attr(name, measured[name])
+            return measured["valid_accuracy"]
+        except Diverged as error:
+            trial.set_user_attr(FAILURE_ATTR, str(error))
+            raise optuna.TrialPruned(str(error)) from error
         finally:
-            del model, optimizer
+            del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -120,8 +169,14 @@ class Task:
 
 
 @torch.no_grad()
+def evaluate_with_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode on ``inputs``."""
+    model.eval()
+    logits = model(inputs)
+    accuracy = (logits.argmax(dim=1) == targets).float().mean().item()
+    return accuracy, nn.functional.cross_entropy(logits, targets).item()
+
+
 def evaluate(model: nn.Module, inputs: Tensor, targets: Tensor) -> float:
     """Fraction of ``inputs`` that ``model`` (in eval mode) assigns to their target class."""
-    model.eval()
-    predictions = model(inputs).argmax(dim=1)
-    return (predictions == targets).float().mean().item()
+    return evaluate_with_loss(model, inputs, targets)[0]

@@ -1,0 +1,100 @@
+"""Paired statistics for the experiments: bootstrap intervals, Wilcoxon and McNemar tests, verdicts.
+
+Every comparison is paired (the two arms share seeds, sampled configurations or trained models), so the
+tests work on per-pair differences. A claim *held* when its test rejects "no difference" at ``ALPHA``
+and the 95% bootstrap interval of the mean difference lies on the claimed side of zero; it is
+*contradicted* when both point the other way; otherwise it is *not shown* (no difference this data can
+tell from chance; absence of evidence, not evidence of absence).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+HELD, NOT_SHOWN, CONTRADICTED = "held", "not shown", "contradicted"
+
+
+@dataclass
+class PairedTest:
+    """A paired comparison: ``n`` pairs, mean difference with its 95% bootstrap interval, a p-value."""
+
+    name: str
+    test: str
+    n: int
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+    def direction(self) -> int:
+        """+1 (significantly positive), -1 (significantly negative) or 0 (neither)."""
+        if self.p_value < ALPHA and self.ci_low > 0:
+            return 1
+        if self.p_value < ALPHA and self.ci_high < 0:
+            return -1
+        return 0
+
+
+def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, resamples: int) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of ``values``."""
+    values = np.asarray(values, dtype=float)
+    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def wilcoxon(
+    name: str, first: np.ndarray, second: np.ndarray, rng: np.random.Generator, resamples: int
+) -> PairedTest:
+    """Wilcoxon signed-rank test of ``first - second`` (pairs with no difference split between signs)."""
+    differences = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
+    if np.allclose(differences, 0.0):
+        p_value = 1.0
+    else:
+        p_value = float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
+    low, high = bootstrap_ci(differences, rng, resamples)
+    return PairedTest(
+        name, "Wilcoxon signed-rank", len(differences), float(differences.mean()), low, high, p_value
+    )
+
+
+def mcnemar(
+    name: str, first: np.ndarray, second: np.ndarray, rng: np.random.Generator, resamples: int
+) -> PairedTest:
+    """Exact McNemar test on paired successes (booleans): does ``first`` succeed more often than ``second``?
+
+    The mean difference is the difference of success rates, with its bootstrap interval over pairs.
+    """
+    first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
+    only_first, only_second = int(np.sum(first & ~second)), int(np.sum(second & ~first))
+    discordant = only_first + only_second
+    p_value = 1.0 if discordant == 0 else float(stats.binomtest(only_first, discordant, 0.5).pvalue)
+    differences = first.astype(float) - second.astype(float)
+    low, high = bootstrap_ci(differences, rng, resamples)
+    return PairedTest(name, "exact McNemar", len(differences), float(differences.mean()), low, high, p_value)
+
+
+def verdict(test: PairedTest, claimed_sign: int) -> str:
+    """HELD when ``test`` is significant in the direction ``claimed_sign`` (+1 or -1), CONTRADICTED when
+    significant the other way, NOT_SHOWN otherwise."""
+    direction = test.direction()
+    if direction == 0:
+        return NOT_SHOWN
+    return HELD if direction == claimed_sign else CONTRADICTED
+
+
+def equivalence_verdict(test: PairedTest, margin: float) -> str:
+    """For a claim of *no* meaningful difference: HELD when the interval lies within +-``margin``,
+    CONTRADICTED when the difference is significant and its interval lies wholly outside, else NOT_SHOWN."""
+    if -margin < test.ci_low and test.ci_high < margin:
+        return HELD
+    if test.direction() != 0 and (test.ci_low >= margin or test.ci_high <= -margin):
+        return CONTRADICTED
+    return NOT_SHOWN
+
+
+def log_log_slope(x: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares slope of log(y) against log(x)."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])

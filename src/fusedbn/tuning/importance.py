@@ -1,0 +1,125 @@
+"""Parameter importances measured on the scales parameters are sampled on, with bootstrap intervals
+and a noise floor.
+
+fANOVA (Optuna's evaluator: a random forest, and the share of the variance of its prediction that each
+parameter explains on its own) is fitted to each parameter's coordinate on its scale (log10 of a
+learning rate, log10(1 - beta) of a beta; see :class:`fusedbn.tuning.space.Scale`), not to raw values,
+over the box of the parameters' bounds. A dummy parameter ``noise``, drawn uniformly for each trial and
+used by nothing, is fitted alongside: its importance is what a parameter with no effect scores with
+this many trials (the noise floor). The fit is repeated on bootstrap resamples of the trials; a
+parameter "ranks above" another only when it does so in at least ``CONFIDENCE`` of the resamples.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from optuna.distributions import FloatDistribution
+
+NOISE = "noise"
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Importances:
+    """fANOVA importances (summing to 1 with the noise dummy's) of each parameter, on ``trials`` trials.
+
+    ``values`` are fitted on all trials; ``intervals`` are the 5th-95th percentiles over the bootstrap
+    resamples; ``noise`` is the dummy parameter's importance and ``noise_interval`` its interval;
+    ``above``: for each parameter, the share of resamples where it scores above each other one (and
+    above ``noise``).
+    """
+
+    trials: int
+    resamples: int
+    values: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    noise: float
+    noise_interval: tuple[float, float]
+    above: dict[str, dict[str, float]]
+
+    def order(self) -> list[str]:
+        """Parameter names, most important first."""
+        return sorted(self.values, key=self.values.get, reverse=True)
+
+    def ranks_above(self, first: str, second: str) -> bool:
+        """Whether ``first`` scores above ``second`` (a parameter or ``noise``) in enough resamples."""
+        return self.above[first][second] >= CONFIDENCE
+
+    def above_noise(self) -> list[str]:
+        """The parameters that score above the noise dummy in enough resamples, most important first."""
+        return [name for name in self.order() if self.ranks_above(name, NOISE)]
+
+
+def _fanova(
+    coords: np.ndarray, values: np.ndarray, bounds: list[tuple[float, float]], seed: int
+) -> np.ndarray:
+    """Normalised fANOVA importance of each column of ``coords`` for ``values`` (0 for a constant column)."""
+    names = [f"x{i}" for i in range(coords.shape[1])]
+    distributions = {name: FloatDistribution(lo, hi) for name, (lo, hi) in zip(names, bounds, strict=True)}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per fit
+    try:
+        study = optuna.create_study(direction="maximize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={
+                    name: float(np.clip(c, lo, hi))
+                    for name, c, (lo, hi) in zip(names, row, bounds, strict=True)
+                },
+                distributions=distributions,
+                value=float(value),
+            )
+            for row, value in zip(coords, values, strict=True)
+        ]
+    )
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    measured = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    return np.array([measured.get(name, 0.0) for name in names])
+
+
+def fanova_importances(
+    names: list[str],
+    coords: np.ndarray,
+    values: np.ndarray,
+    bounds: list[tuple[float, float]],
+    seed: int,
+    resamples: int = 20,
+) -> Importances:
+    """Importances of the parameters ``names`` from ``coords`` (trials x parameters, on their scales)
+    and the trials' ``values``, within ``bounds`` (per parameter, on the same scales); see the module."""
+    coords, values = np.asarray(coords, dtype=float), np.asarray(values, dtype=float)
+    if coords.shape != (len(values), len(names)) or len(values) < 2:
+        raise ValueError(
+            f"need one row of {len(names)} coordinates per value, got {coords.shape} for {len(values)}"
+        )
+    rng = np.random.default_rng(seed)
+    with_noise = np.column_stack([coords, rng.uniform(size=len(values))])
+    all_bounds = [*bounds, (0.0, 1.0)]
+    point = _fanova(with_noise, values, all_bounds, seed)
+    draws = np.array(
+        [
+            _fanova(with_noise[rows], values[rows], all_bounds, seed)
+            for rows in (rng.integers(0, len(values), len(values)) for _ in range(resamples))
+        ]
+    )
+    columns = [*names, NOISE]
+    low, high = np.percentile(draws, [5, 95], axis=0)
+    above = {
+        first: {
+            second: float(np.mean(draws[:, i] > draws[:, j])) for j, second in enumerate(columns) if j != i
+        }
+        for i, first in enumerate(columns)
+    }
+    return Importances(
+        trials=len(values),
+        resamples=resamples,
+        values={name: float(point[i]) for i, name in enumerate(names)},
+        intervals={name: (float(low[i]), float(high[i])) for i, name in enumerate(names)},
+        noise=float(point[-1]),
+        noise_interval=(float(low[-1]), float(high[-1])),
+        above=above,
+    )

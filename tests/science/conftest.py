@@ -1,0 +1,5 @@
+"""The science experiments train like the tuning harness: the same native-BatchNorm, one-thread set-up."""
+
+from tuning.conftest import native_batch_norm, one_torch_thread, quiet_optuna
+
+__all__ = ["native_batch_norm", "one_torch_thread", "quiet_optuna"]

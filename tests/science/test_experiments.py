@@ -1,0 +1,71 @@
+"""The experiments of fusedbn.science: update_bn on the fused modules, the noise measure, determinism."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.optim.swa_utils import update_bn
+
+import fusedbn.backend
+from fusedbn import FusedBatchNorm1d
+from fusedbn.science.experiments import (
+    PRESETS,
+    Context,
+    _normalised_spread,
+    batchnorm_noise,
+    random_vs_grid,
+)
+from fusedbn.science.stats import CONTRADICTED, HELD, NOT_SHOWN
+
+
+def test_update_bn_recomputes_exact_statistics_on_fused_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Through the Triton kernels (the interpreter on a machine without a GPU), not torch's fallback.
+    monkeypatch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", True)
+    generator = torch.Generator().manual_seed(0)
+    batches = [3.0 + 2.0 * torch.randn(16, 6, generator=generator) for _ in range(3)]
+    fused = nn.Sequential(nn.Linear(6, 5), FusedBatchNorm1d(5, momentum=0.3))
+    reference = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5, momentum=0.3))
+    reference.load_state_dict(fused.state_dict())
+    fused.train()
+    fused(batches[0])  # moves the running statistics away from their initial values
+    update_bn(batches, fused)
+    update_bn(batches, reference)
+    with torch.no_grad():
+        hidden = [fused[0](b).double() for b in batches]
+    # update_bn averages the per-batch statistics with equal weights (momentum None), the mean of
+    # each batch and its unbiased variance.
+    mean = torch.stack([h.mean(dim=0) for h in hidden]).mean(dim=0)
+    var = torch.stack([h.var(dim=0, unbiased=True) for h in hidden]).mean(dim=0)
+    norm = fused[1]
+    torch.testing.assert_close(norm.running_mean.double(), mean, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(norm.running_var.double(), var, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(norm.running_mean, reference[1].running_mean, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(norm.running_var, reference[1].running_var, rtol=2e-5, atol=2e-5)
+    assert norm.momentum == 0.3 and int(norm.num_batches_tracked) == 3
+
+
+def test_normalised_spread_shrinks_like_one_over_the_root_of_the_batch() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8))
+    inputs = 1.0 + torch.randn(4000, 10)
+    spreads = [
+        _normalised_spread(model, inputs, b, 300, np.random.default_rng(b), example=0) for b in (16, 64, 256)
+    ]
+    ratios = np.array(spreads[:-1]) / np.array(spreads[1:])
+    assert np.allclose(ratios, 2.0, rtol=0.2), spreads  # 4x the batch: half the spread
+
+
+def test_experiments_are_seeded(tmp_path: Path) -> None:
+    def run(folder: str) -> list:
+        (tmp_path / folder).mkdir()
+        context = Context(preset=PRESETS["smoke"], figure_dir=tmp_path / folder, progress=lambda _: None)
+        return [experiment(context) for experiment in (random_vs_grid, batchnorm_noise)]
+
+    first, second = run("a"), run("b")
+    assert first == second
+    for finding in first:
+        assert finding.verdict in (HELD, NOT_SHOWN, CONTRADICTED)
+        assert len(finding.tests) == len(finding.test_verdicts) and finding.rows
+        assert (tmp_path / "a" / finding.figure).stat().st_size > 10_000
