@@ -80,7 +80,7 @@ def test_smoke_report(tmp_path, capsys):
     assert parts["argument checks"] > 0
     assert parts["rest of the Function bodies"] + parts["planning"] + parts["kernel launches"] > 0
     assert (parts["kernel launches"] > 0) == (backend_for("cpu") != TORCH)
-    assert "FusedBatchNormFunction" in (tmp_path / host_time.TEXT_FILE).read_text()
+    assert "BatchNormFunction" in (tmp_path / host_time.TEXT_FILE).read_text()
 
 
 def test_bad_shape_is_refused(tmp_path, capsys):
