@@ -110,7 +110,6 @@ EVAL = "eval"
 # fwd: training forward; bwd: backward of a training forward; fwdbwd: both; eval: forward with
 # running statistics.
 MODES = (FWD, BWD, FWDBWD, EVAL)
-TRAINING_MODES = (FWD, BWD, FWDBWD)
 
 FUSEDBN = "fusedbn"
 EAGER = "eager"
