@@ -313,6 +313,9 @@ def prepared_step(case: StepCase, model: nn.Module, plan: StepPlan) -> Callable[
 
 @dataclass(frozen=True)
 class StepTiming:
+    """One case's timed steps: each step's loss, the mean wall time per step and the median GPU and
+    host (enqueue) times per step, in milliseconds."""
+
     losses: list[float]
     step_ms: float
     gpu_ms: float
