@@ -57,21 +57,27 @@ def fused(x, weight, bias, residual, running, training, activation, eps=1e-3):
     )
 
 
-def shape_for(launch_path):
-    # Small enough for the checks' many calls; the split path needs more than SPLIT_LIMITS' tile.
-    return (5, 3, 3, 2) if launch_path.split else (3, 2, 3, 2)
+def gradcheck_case(epilogue, training, launch_path, device, seed):
+    """(fn, inputs) for torch's gradient checks: the fused BatchNorm of float64 leaves.
 
-
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("epilogue", list(EPILOGUES))
-def test_gradgradcheck(epilogue, training, launch_path, device):
+    The shape is small enough for the checks' many calls; the split path needs more than
+    SPLIT_LIMITS' tile.
+    """
     with_residual, activation = EPILOGUES[epilogue]
-    x, weight, bias, residual, running = float64_case(shape_for(launch_path), device, 1, with_residual)
+    shape = (5, 3, 3, 2) if launch_path.split else (3, 2, 3, 2)
+    x, weight, bias, residual, running = float64_case(shape, device, seed, with_residual)
     inputs = tuple(t for t in (x, weight, bias, residual) if t is not None)
 
     def fn(x, weight, bias, *residual):
         return fused(x, weight, bias, residual[0] if residual else None, running, training, activation)
 
+    return fn, inputs
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("epilogue", list(EPILOGUES))
+def test_gradgradcheck(epilogue, training, launch_path, device):
+    fn, inputs = gradcheck_case(epilogue, training, launch_path, device, seed=1)
     assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)
     launch_path.check()
 
@@ -79,13 +85,7 @@ def test_gradgradcheck(epilogue, training, launch_path, device):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("epilogue", list(EPILOGUES))
 def test_forward_mode_gradcheck(epilogue, training, launch_path, device):
-    with_residual, activation = EPILOGUES[epilogue]
-    x, weight, bias, residual, running = float64_case(shape_for(launch_path), device, 2, with_residual)
-    inputs = tuple(t for t in (x, weight, bias, residual) if t is not None)
-
-    def fn(x, weight, bias, *residual):
-        return fused(x, weight, bias, residual[0] if residual else None, running, training, activation)
-
+    fn, inputs = gradcheck_case(epilogue, training, launch_path, device, seed=2)
     assert torch.autograd.gradcheck(
         fn, inputs, check_forward_ad=True, check_backward_ad=False, fast_mode=True
     )

@@ -44,8 +44,6 @@ def no_tf32():
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-
-
 def batch(device, seed, memory_format=torch.contiguous_format):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(5, 3, 7, 9, generator=generator).to(device)

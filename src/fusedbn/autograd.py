@@ -153,7 +153,6 @@ class FusedBatchNormFunction(torch.autograd.Function):
         )
 
 
-
 class ForwardADBatchNormFunction(FusedBatchNormFunction):
     """FusedBatchNormFunction with forward-mode AD (torch.autograd.forward_ad, torch.func.jvp).
 

@@ -110,7 +110,6 @@ EVAL = "eval"
 # fwd: training forward; bwd: backward of a training forward; fwdbwd: both; eval: forward with
 # running statistics.
 MODES = (FWD, BWD, FWDBWD, EVAL)
-TRAINING_MODES = (FWD, BWD, FWDBWD)
 
 FUSEDBN = "fusedbn"
 EAGER = "eager"
@@ -154,7 +153,14 @@ def random_tensor(
     return (data * 2.0 + offset).to(DTYPES[dtype]).permute(order)
 
 
-def _pick(text: str, allowed: tuple[str, ...], aliases: dict[str, str], what: str) -> list[str]:
+def parse_choices(
+    text: str, allowed: tuple[str, ...], what: str, aliases: dict[str, str] | None = None
+) -> list[str]:
+    """Comma-separated names from ``allowed`` (or ``aliases`` of them), without repeats, in order.
+
+    Raises ValueError naming the first unknown ``what``.
+    """
+    aliases = aliases or {}
     chosen: list[str] = []
     for raw in text.split(","):
         name = aliases.get(raw.strip(), raw.strip())
@@ -168,22 +174,22 @@ def _pick(text: str, allowed: tuple[str, ...], aliases: dict[str, str], what: st
 
 def parse_dtypes(text: str) -> list[str]:
     """Comma-separated dtype names (float32, float16, bfloat16 or fp32, fp16, bf16), checked."""
-    return _pick(text, tuple(DTYPES), DTYPE_ALIASES, "dtype")
+    return parse_choices(text, tuple(DTYPES), "dtype", DTYPE_ALIASES)
 
 
 def parse_layouts(text: str) -> list[str]:
     """Comma-separated layouts (nchw, channels_last), checked."""
-    return _pick(text, LAYOUTS, {}, "layout")
+    return parse_choices(text, LAYOUTS, "layout")
 
 
 def parse_modes(text: str) -> list[str]:
     """Comma-separated modes (fwd, bwd, fwdbwd, eval), checked."""
-    return _pick(text, MODES, {}, "mode")
+    return parse_choices(text, MODES, "mode")
 
 
 def parse_providers(text: str) -> list[str]:
     """Comma-separated providers (fusedbn, eager, flag_gems, compile), checked."""
-    return _pick(text, PROVIDERS, {}, "provider")
+    return parse_choices(text, PROVIDERS, "provider")
 
 
 def _custom_shape(token: str) -> Shape | None:

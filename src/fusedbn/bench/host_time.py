@@ -70,6 +70,7 @@ LAUNCHES = Stage(
         ("fusedbn.kernels.launcher", "KernelLauncher.__call__"),
     ),
 )
+# Eager code applies ForwardADBatchNormFunction, which inherits forward and backward from this class.
 FUNCTION = Stage(
     "autograd Function bodies",
     (

@@ -94,6 +94,12 @@ def git_commit(repo: Path | None = None) -> str:
     return commit + ("-dirty" if changed else "")
 
 
+def error_status(error: Exception, where: str = "") -> str:
+    """A failed case's status: ``error: <where><type>: <first line of the message>``, at most 300 chars."""
+    lines = str(error).strip().splitlines()
+    return f"error: {where}{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 def device_name(device: torch.device) -> str:
     """The GPU's name for CUDA, else the CPU's description."""
     if device.type == "cuda":

@@ -38,7 +38,7 @@ from fusedbn.bench.providers import (
     relative_difference,
     unavailable_reason,
 )
-from fusedbn.bench.results import OK, Result
+from fusedbn.bench.results import OK, Result, error_status
 from fusedbn.bench.timing import Measurement, TimingSettings, gigabytes_per_second, measure
 
 # Providers in the order they are timed: eager first, since its output is the reference.
@@ -133,11 +133,6 @@ class Unit:
     providers: tuple[str, ...]
 
 
-def _status_of(error: Exception, where: str = "") -> str:
-    message = str(error).strip().splitlines()
-    return f"error: {where}{type(error).__name__}: {message[0] if message else ''}"[:300]
-
-
 class _Budgets:
     def __init__(self, plan: Plan):
         self.plan = plan
@@ -186,7 +181,7 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 except Exception as error:  # recorded on every provider's row of this mode
                     reference_error = error
             if reference_error is not None:
-                yield Result(status=_status_of(reference_error, "in eager reference: "), **base)
+                yield Result(status=error_status(reference_error, "in eager reference: "), **base)
                 continue
             try:
                 if provider not in modules:
@@ -195,7 +190,7 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 load_state(module, initial_state)
                 measured = measure(mode_call(module, mode, x, grad_output), device, plan.settings)
             except Exception as error:  # one failing case must not end the run; its row says why
-                yield Result(status=_status_of(error), **base)
+                yield Result(status=error_status(error), **base)
                 continue
             if provider == COMPILE:
                 budgets.compile_s += measured.first_call_s

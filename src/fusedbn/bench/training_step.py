@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusedbn.backend import backend_for
+from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, parse_choices
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
-from fusedbn.bench.results import device_name, git_commit
+from fusedbn.bench.results import device_name, error_status, git_commit
 from fusedbn.bench.timing import synchronize
 from fusedbn.convert import convert_model
 
@@ -57,8 +58,6 @@ MODES = (EAGER, CUDA_GRAPH, COMPILE, COMPILE_REDUCE_OVERHEAD)
 CUDA_ONLY_MODES = (CUDA_GRAPH, COMPILE_REDUCE_OVERHEAD)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-NCHW, CHANNELS_LAST = "nchw", "channels_last"
-LAYOUTS = (NCHW, CHANNELS_LAST)
 
 
 @dataclass(frozen=True)
@@ -313,6 +312,9 @@ def prepared_step(case: StepCase, model: nn.Module, plan: StepPlan) -> Callable[
 
 @dataclass(frozen=True)
 class StepTiming:
+    """One case's timed steps: each step's loss, the mean wall time per step and the median GPU and
+    host (enqueue) times per step, in milliseconds."""
+
     losses: list[float]
     step_ms: float
     gpu_ms: float
@@ -358,11 +360,6 @@ def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _status_of(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return f"error: {type(error).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
     """Build, warm up, time and profile one case; a failure is recorded in the result, not raised."""
     device = plan.device
@@ -380,7 +377,7 @@ def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
             kernel_times(step, device, plan.settings.profile_steps) if plan.settings.profile_steps else []
         )
     except Exception as error:  # one failing case must not end the run; its row says why
-        return StepResult(case, _status_of(error), backend)
+        return StepResult(case, error_status(error), backend)
     batch = case.batch
     return StepResult(
         case,
@@ -639,13 +636,10 @@ SMOKE_DEFAULTS = dict(
 
 def _choices(allowed: tuple[str, ...], what: str) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
-        chosen = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
-        unknown = [c for c in chosen if c not in allowed]
-        if unknown:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {unknown[0]!r}; choose from {', '.join(allowed)}"
-            )
-        return chosen
+        try:
+            return tuple(parse_choices(text, allowed, what))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
 

@@ -1,7 +1,7 @@
 """Hyperparameter tuning with Optuna: scales, priority tiers, coarse-to-fine stages, resumable studies.
 
 Tune your own classifier: give a model builder and data, take the built-in space (or extend it with your
-own parameters, each on a ``linear``, ``log`` or ``log-near-1`` scale), and run::
+own parameters, each on a ``linear``, ``log``, ``log-near-1`` or ``pow2`` scale), and run::
 
     import torch
     from fusedbn import FusedBatchNorm1d

@@ -93,6 +93,8 @@ class Scale:
 
 @dataclass(frozen=True)
 class LogScale(Scale):
+    """log10(value): each decade of the range gets the same share of draws."""
+
     name: str = "log"
     description: str = "log10(value)"
     axis_label: str = "{name} (log scale)"
@@ -116,6 +118,8 @@ class LogScale(Scale):
 
 @dataclass(frozen=True)
 class LogNear1Scale(Scale):
+    """log10(1 - value), for betas in (0, 1); Optuna samples ``one_minus_<name>``."""
+
     name: str = "log-near-1"
     description: str = "log10(1 - value)"
     axis_label: str = "{name} (axis: log of 1 - beta)"
@@ -147,6 +151,8 @@ class LogNear1Scale(Scale):
 
 @dataclass(frozen=True)
 class Pow2Scale(Scale):
+    """log2(value) with integer exponents, for powers of two; Optuna samples ``log2_<name>``."""
+
     name: str = "pow2"
     description: str = "log2(value), integer exponents"
     axis_label: str = "{name} (log2 scale)"
