@@ -55,7 +55,10 @@ def load_grad_output(
     stride_m_outer, stride_m_c, stride_m_byte,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dy of one tile, zeroed where a fused ReLU's mask is off; and the tile's in-bounds mask."""
+    """dy of one tile, zeroed where a fused ReLU's mask is off; its offsets and in-bounds mask.
+
+    grad_input and grad_residual share dy's strides, so the offsets serve their stores too.
+    """
     dy_offsets, in_bounds = tile_offsets(
         tile, tiles_inner, channels, n_outer, n_inner, num_channels,
         stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C,
@@ -68,7 +71,7 @@ def load_grad_output(
         )
         packed = tl.load(mask_ptr + m_offsets, mask=m_bounds, other=0)
         dy = tl.where(unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C), dy, 0.0)
-    return dy, in_bounds
+    return dy, dy_offsets, in_bounds
 
 
 @triton.jit
@@ -95,7 +98,7 @@ def gradient_sums(
     sum_dy = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], mean.dtype)
     sum_dy_xhat = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], mean.dtype)
     for tile in range(first_tile, last_tile):
-        dy, in_bounds = load_grad_output(
+        dy, _, in_bounds = load_grad_output(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
@@ -134,7 +137,7 @@ def grad_input_tiles(
     sum_dy = sum_dy[None, None, :]
     sum_dy_xhat = sum_dy_xhat[None, None, :]
     for tile in range(first_tile, last_tile):
-        dy, in_bounds = load_grad_output(
+        dy, dy_offsets, in_bounds = load_grad_output(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
@@ -151,10 +154,6 @@ def grad_input_tiles(
             )
         else:
             dx = dy * scale
-        dy_offsets, _ = tile_offsets(
-            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
         tl.store(dx_ptr + dy_offsets, dx, mask=in_bounds)
         if WRITE_GRAD_RESIDUAL:
             tl.store(grad_residual_ptr + dy_offsets, dy, mask=in_bounds)

@@ -50,21 +50,17 @@ from fusedbn.kernels.tiles import (
 
 @triton.jit
 def store_output(
-    y, y_ptr, residual_ptr, mask_ptr, tile, tiles_inner, channels, in_bounds,
+    y, y_ptr, residual_ptr, mask_ptr, y_offsets, in_bounds, tile, tiles_inner, channels,
     n_outer, n_inner, num_channels,
-    stride_y_outer, stride_y_c, stride_y_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Apply the epilogue to the normalised tile ``y`` and store it (and the ReLU mask).
 
-    The residual shares y's strides.
+    ``y_offsets`` and ``in_bounds`` address the tile in y and in the residual, which shares y's
+    strides.
     """
-    y_offsets, _ = tile_offsets(
-        tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-        stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-    )
     if HAS_RESIDUAL:
         y += tl.load(residual_ptr + y_offsets, mask=in_bounds, other=0.0).to(y.dtype)
     if RELU:
@@ -148,10 +144,13 @@ def normalize_tiles(
             stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
         )
         x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
+        y_offsets, _ = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
         store_output(
-            (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr,
-            tile, tiles_inner, channels, in_bounds, n_outer, n_inner, num_channels,
-            stride_y_outer, stride_y_c, stride_y_inner,
+            (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr, y_offsets, in_bounds,
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_m_outer, stride_m_c, stride_m_byte,
             HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
         )
