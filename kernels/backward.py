@@ -14,6 +14,11 @@ Whole-channel path: whole_channel_backward_kernel gives each program whole chann
 and dy for the sums and again, from cache, to write grad_input. One launch.
 Split path: partial_sums_kernel sums each split's tiles, finalize_sums_kernel adds the splits in a
 fixed order (no atomics), grad_input_kernel writes grad_input.
+
+Strides: x is read through its own (stride_x_*), since a strided view of x is read in place;
+grad_input and grad_residual are allocated with torch.empty_like(x), and dy is laid out like them
+(conform() copies one that is not), so dy, grad_input and grad_residual share one triple
+(stride_dy_*); the packed mask has its own (stride_m_*).
 """
 
 from collections.abc import Callable
@@ -50,7 +55,10 @@ def load_grad_output(
     stride_m_outer, stride_m_c, stride_m_byte,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """dy of one tile, zeroed where a fused ReLU's mask is off; and the tile's in-bounds mask."""
+    """dy of one tile, zeroed where a fused ReLU's mask is off; its offsets and in-bounds mask.
+
+    grad_input and grad_residual share dy's strides, so the offsets serve their stores too.
+    """
     dy_offsets, in_bounds = tile_offsets(
         tile, tiles_inner, channels, n_outer, n_inner, num_channels,
         stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C,
@@ -63,7 +71,7 @@ def load_grad_output(
         )
         packed = tl.load(mask_ptr + m_offsets, mask=m_bounds, other=0)
         dy = tl.where(unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C), dy, 0.0)
-    return dy, in_bounds
+    return dy, dy_offsets, in_bounds
 
 
 @triton.jit
@@ -90,7 +98,7 @@ def gradient_sums(
     sum_dy = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], mean.dtype)
     sum_dy_xhat = tl.zeros([BLOCK_N, BLOCK_S, BLOCK_C], mean.dtype)
     for tile in range(first_tile, last_tile):
-        dy, in_bounds = load_grad_output(
+        dy, _, in_bounds = load_grad_output(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
@@ -114,12 +122,12 @@ def grad_input_tiles(
     stride_dy_outer, stride_dy_c, stride_dy_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     stride_x_outer, stride_x_c, stride_x_inner,
-    stride_dx_outer, stride_dx_c, stride_dx_inner,
-    stride_dr_outer, stride_dr_c, stride_dr_inner,
     BATCH_STATS: tl.constexpr, RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Write grad_input (and a fused residual's gradient) on tiles [first_tile, last_tile).
+
+    Both share dy's strides.
 
     Without BATCH_STATS (eval mode) grad_input needs only dy, so x and the sums are not read.
     """
@@ -129,7 +137,7 @@ def grad_input_tiles(
     sum_dy = sum_dy[None, None, :]
     sum_dy_xhat = sum_dy_xhat[None, None, :]
     for tile in range(first_tile, last_tile):
-        dy, in_bounds = load_grad_output(
+        dy, dy_offsets, in_bounds = load_grad_output(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
@@ -146,17 +154,9 @@ def grad_input_tiles(
             )
         else:
             dx = dy * scale
-        dx_offsets, _ = tile_offsets(
-            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_dx_outer, stride_dx_c, stride_dx_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        tl.store(dx_ptr + dx_offsets, dx, mask=in_bounds)
+        tl.store(dx_ptr + dy_offsets, dx, mask=in_bounds)
         if WRITE_GRAD_RESIDUAL:
-            dr_offsets, _ = tile_offsets(
-                tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-                stride_dr_outer, stride_dr_c, stride_dr_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-            )
-            tl.store(grad_residual_ptr + dr_offsets, dy, mask=in_bounds)
+            tl.store(grad_residual_ptr + dy_offsets, dy, mask=in_bounds)
 
 
 @triton.jit
@@ -179,8 +179,6 @@ def whole_channel_backward_kernel(
     stride_dy_outer, stride_dy_c, stride_dy_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     stride_x_outer, stride_x_c, stride_x_inner,
-    stride_dx_outer, stride_dx_c, stride_dx_inner,
-    stride_dr_outer, stride_dr_c, stride_dr_inner,
     tiles_inner, num_tiles,
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
@@ -209,8 +207,6 @@ def whole_channel_backward_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
-        stride_dx_outer, stride_dx_c, stride_dx_inner,
-        stride_dr_outer, stride_dr_c, stride_dr_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
     )
 
@@ -279,8 +275,6 @@ def grad_input_kernel(
     stride_dy_outer, stride_dy_c, stride_dy_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     stride_x_outer, stride_x_c, stride_x_inner,
-    stride_dx_outer, stride_dx_c, stride_dx_inner,
-    stride_dr_outer, stride_dr_c, stride_dr_inner,
     tiles_inner, num_tiles, tiles_per_split,
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
@@ -309,8 +303,6 @@ def grad_input_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
-        stride_dx_outer, stride_dx_c, stride_dx_inner,
-        stride_dr_outer, stride_dr_c, stride_dr_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
     )
 
@@ -366,25 +358,21 @@ def batch_norm_backward(
     else:
         x = plan.fold(x)
     view, launch = plan.view, plan.launch
-    dy = conform(dy, x, view)
     write_grad_residual = write_grad_residual and relu
     dx, grad_weight, grad_bias, grad_residual = allocate_backward_outputs(x, view, write_grad_residual)
     if x.numel() == 0:
         return dx, grad_weight.zero_(), grad_bias.zero_(), grad_residual
     need_sums = use_batch_stats or need_param_grads
 
+    x_strides = view.strides(x)
+    dy_strides = view.strides_like(dx, x, x_strides)  # grad_input's, which dy is made to share
+    dy = conform(dy, dx, view, dy_strides)
     mask_arg = relu_mask if relu else mean
     mask_strides = relu_mask.stride() if relu else (0, 0, 0)
     dr_arg = grad_residual if write_grad_residual else dx
-    x_strides = view.strides(x)
-    dy_strides = view.strides_like(dy, x, x_strides)
-    dx_strides = view.strides_like(dx, x, x_strides)
-    dr_strides = dx_strides if write_grad_residual else (0, 0, 0)  # both laid out like x
     weight_arg = mean if weight is None else weight
     tensor_args = (dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd)
-    stride_args = (
-        *dy_strides, *mask_strides, *x_strides, *dx_strides, *dr_strides,
-    )
+    stride_args = (*dy_strides, *mask_strides, *x_strides)
     flags = dict(
         HAS_WEIGHT=weight is not None, BATCH_STATS=use_batch_stats, RELU=relu,
         WRITE_GRAD_RESIDUAL=write_grad_residual,

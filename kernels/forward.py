@@ -11,6 +11,10 @@ Eval with running statistics: apply_kernel alone, one elementwise pass.
 
 Both kernels that write y can finish with an epilogue: y = relu(bn(x) + residual), with the
 residual and the ReLU each optional. The ReLU stores a packed one-bit mask of y > 0 for backward.
+
+Strides: x is read through its own (stride_x_*), since a strided view of x is read in place; y is
+allocated with torch.empty_like(x), and a residual is laid out like y (conform() copies one that is
+not), so y and the residual share one triple (stride_y_*); the packed mask has its own (stride_m_*).
 """
 
 from collections.abc import Callable
@@ -46,21 +50,19 @@ from fusedbn.kernels.tiles import (
 
 @triton.jit
 def store_output(
-    y, y_ptr, residual_ptr, mask_ptr, tile, tiles_inner, channels, in_bounds,
+    y, y_ptr, residual_ptr, mask_ptr, y_offsets, in_bounds, tile, tiles_inner, channels,
     n_outer, n_inner, num_channels,
-    stride_y_outer, stride_y_c, stride_y_inner,
-    stride_r_outer, stride_r_c, stride_r_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Apply the epilogue to the normalised tile ``y`` and store it (and the ReLU mask)."""
+    """Apply the epilogue to the normalised tile ``y`` and store it (and the ReLU mask).
+
+    ``y_offsets`` and ``in_bounds`` address the tile in y and in the residual, which shares y's
+    strides.
+    """
     if HAS_RESIDUAL:
-        r_offsets, _ = tile_offsets(
-            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_r_outer, stride_r_c, stride_r_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-        )
-        y += tl.load(residual_ptr + r_offsets, mask=in_bounds, other=0.0).to(y.dtype)
+        y += tl.load(residual_ptr + y_offsets, mask=in_bounds, other=0.0).to(y.dtype)
     if RELU:
         # The mask is taken after rounding to the output dtype, as torch's ReLU backward sees it.
         # (Compared in float32: Triton's interpreter compares bfloat16 as raw bits.) Like torch's
@@ -73,10 +75,6 @@ def store_output(
             stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
         )
         tl.store(mask_ptr + m_offsets, pack_bits(positive, BLOCK_N, BLOCK_S, BLOCK_C), mask=m_bounds)
-    y_offsets, _ = tile_offsets(
-        tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-        stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C,
-    )
     tl.store(y_ptr + y_offsets, y, mask=in_bounds)
 
 
@@ -132,7 +130,6 @@ def normalize_tiles(
     mean, scale, bias, n_outer, n_inner, num_channels,
     stride_x_outer, stride_x_c, stride_x_inner,
     stride_y_outer, stride_y_c, stride_y_inner,
-    stride_r_outer, stride_r_c, stride_r_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -147,11 +144,13 @@ def normalize_tiles(
             stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
         )
         x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
+        y_offsets, _ = tile_offsets(
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
+            stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        )
         store_output(
-            (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr,
-            tile, tiles_inner, channels, in_bounds, n_outer, n_inner, num_channels,
-            stride_y_outer, stride_y_c, stride_y_inner,
-            stride_r_outer, stride_r_c, stride_r_inner,
+            (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr, y_offsets, in_bounds,
+            tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_m_outer, stride_m_c, stride_m_byte,
             HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
         )
@@ -164,7 +163,6 @@ def whole_channel_forward_kernel(
     n_outer, n_inner, num_channels, n_per_channel,
     stride_x_outer, stride_x_c, stride_x_inner,
     stride_y_outer, stride_y_c, stride_y_inner,
-    stride_r_outer, stride_r_c, stride_r_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     tiles_inner, num_tiles, momentum: tl.float64, eps: tl.float64,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -194,7 +192,6 @@ def whole_channel_forward_kernel(
         mean, invstd * weight, bias, n_outer, n_inner, num_channels,
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
-        stride_r_outer, stride_r_c, stride_r_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
     )
@@ -292,7 +289,6 @@ def apply_kernel(
     n_outer, n_inner, num_channels,
     stride_x_outer, stride_x_c, stride_x_inner,
     stride_y_outer, stride_y_c, stride_y_inner,
-    stride_r_outer, stride_r_c, stride_r_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     tiles_inner, num_tiles, tiles_per_split, eps: tl.float64,
     FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -328,7 +324,6 @@ def apply_kernel(
         mean, invstd * weight, bias, n_outer, n_inner, num_channels,
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
-        stride_r_outer, stride_r_c, stride_r_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
     )
@@ -388,24 +383,20 @@ def batch_norm_forward(
     if x.numel() == 0:
         return y, mean, invstd, relu_mask
     update_running = use_batch_stats and running_mean is not None
+    x_strides = view.strides(x)
+    y_strides = view.strides_like(y, x, x_strides)
     if residual is not None:
-        residual = conform(residual, x, view)
+        residual = conform(residual, y, view, y_strides)  # the kernels read it with y's strides
 
     # Kernels take a pointer for every optional tensor; constexpr flags keep unused ones untouched.
     def pointer(t: Tensor | None) -> Tensor:
         return mean if t is None else t
 
-    x_strides = view.strides(x)
-    y_strides = view.strides_like(y, x, x_strides)
-    residual_strides = (0, 0, 0) if residual is None else view.strides_like(residual, x, x_strides)
-
     tensor_args = (
         x, y, pointer(residual), relu_mask, pointer(weight), pointer(bias),
         mean, invstd, pointer(running_mean), pointer(running_var),
     )
-    stride_args = (
-        *x_strides, *y_strides, *residual_strides, *(relu_mask.stride() if relu else (0, 0, 0)),
-    )
+    stride_args = (*x_strides, *y_strides, *(relu_mask.stride() if relu else (0, 0, 0)))
     flags = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, RELU=relu,

@@ -120,11 +120,14 @@ def _fold_plan(
     return channel_view(x.contiguous(memory_format=copy_format)), copy_format
 
 
-def conform(t: torch.Tensor, x: torch.Tensor, view: ChannelView) -> torch.Tensor:
-    """``t`` itself when it folds like ``x`` in ``view``, else a copy of ``t`` laid out like ``x``."""
-    if view.strides(t) is not None:
+def conform(
+    t: torch.Tensor, like: torch.Tensor, view: ChannelView, like_strides: tuple[int, int, int]
+) -> torch.Tensor:
+    """``t`` itself when it folds to ``like_strides`` (``view.strides(like)``), else a copy of ``t``
+    laid out like ``like``, so that the kernels address both with one stride triple."""
+    if t.stride() == like.stride() or view.strides(t) == like_strides:
         return t
-    return torch.empty_like(x).copy_(t)
+    return torch.empty_like(like).copy_(t)
 
 
 def channels_contiguous(x: torch.Tensor) -> bool:

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from fusedbn import fused_batch_norm
 from fusedbn.kernels import layout
-from fusedbn.kernels.layout import LaunchLimits, channel_view, choose_launch, fold_input
+from fusedbn.kernels.layout import (
+    LaunchLimits,
+    channel_view,
+    choose_launch,
+    conform,
+    fold_input,
+)
 
 
 def element_offsets(x, view):
@@ -380,3 +386,41 @@ def test_strides_like_reuses_x_strides_only_for_the_same_strides():
     assert view.strides_like(y, x, x_strides) == view.strides(y) != x_strides
     twin = torch.empty_strided(x.shape, x.stride())
     assert view.strides_like(twin, x, x_strides) == x_strides == view.strides(twin)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: t.contiguous(memory_format=torch.channels_last),  # folds, with other strides
+        lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),  # does not fold
+        lambda t: t[:1].expand(t.shape),  # zero strides
+        lambda t: torch.cat([t, t], dim=3)[:, :, :, ::2],  # not dense
+    ],
+    ids=["channels-last", "unfoldable", "expanded", "strided"],
+)
+def test_conform_copies_what_does_not_share_the_layout(make):
+    """A residual or dy that folds otherwise than y (or grad_input) is copied into y's layout."""
+    x = distinct((3, 5, 4, 6))[:, :, :, 1:5]  # not dense, read in place: y's strides differ
+    folded, view = fold_input(x)
+    y = torch.empty_like(folded)
+    y_strides = view.strides(y)
+    t = make(torch.randn(x.shape, generator=torch.Generator().manual_seed(5)))
+    assert view.strides(t) != y_strides
+    conformed = conform(t, y, view, y_strides)
+    assert conformed.stride() == y.stride() and conformed.data_ptr() != t.data_ptr()
+    assert torch.equal(conformed, t)
+
+
+def test_conform_keeps_a_tensor_that_shares_the_layout():
+    x = distinct((3, 5, 4, 6)).contiguous(memory_format=torch.channels_last)
+    folded, view = fold_input(x)
+    y = torch.empty_like(folded)
+    # Strides that differ only on a size-1 dim fold alike: read in place, no copy.
+    twin = torch.randn(3, 5, 1, 6).contiguous(memory_format=torch.channels_last)
+    view1 = channel_view(twin)
+    like1 = torch.empty_like(twin)
+    odd = twin.as_strided(twin.shape, (30, 1, 999, 5))
+    assert odd.stride() != like1.stride()
+    assert conform(odd, like1, view1, view1.strides(like1)) is odd
+    same = torch.randn(x.shape).contiguous(memory_format=torch.channels_last)
+    assert conform(same, y, view, view.strides(y)) is same
