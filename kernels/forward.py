@@ -380,8 +380,8 @@ def batch_norm_forward(
         x = plan.fold(x)
     view, launch = plan.view, plan.launch
     y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, relu)
-    if x.numel() == 0:
-        return y, mean, invstd, relu_mask
+    if x.numel() == 0:  # nothing to normalise; the running statistics stay as they are
+        return y, mean.zero_(), invstd.zero_(), relu_mask
     update_running = use_batch_stats and running_mean is not None
     x_strides = view.strides(x)
     y_strides = view.strides_like(y, x, x_strides)

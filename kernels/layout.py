@@ -56,8 +56,12 @@ def channel_view(x: torch.Tensor) -> ChannelView | None:
     """Fold the reduction dims of ``x`` into at most two strided dims, or None if they need more.
 
     Reduction order does not matter for BatchNorm, so the reduction dims are sorted by stride
-    (largest first) and a dim is merged into the previous one wherever memory allows it.
+    (largest first) and a dim is merged into the previous one wherever memory allows it. An empty
+    tensor, whose elements the kernels never address, folds into one outer dim without strides.
     """
+    if x.numel() == 0:
+        n_per_channel = math.prod(x.shape[d] for d in range(x.dim()) if d != 1)
+        return ChannelView(n_per_channel, x.shape[1], 1, (), ())
     reduction_dims = sorted(
         (d for d in range(x.dim()) if d != 1 and x.shape[d] != 1), key=x.stride, reverse=True
     )

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
-from fusedbn.kernels.layout import Plan, accumulator_dtype, plan_batch_norm
+from fusedbn.kernels.layout import Plan, plan_batch_norm
 from fusedbn.ops import backward_op, forward_op
 
 
@@ -16,14 +16,9 @@ def _forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Plan | None]:
     """The launcher's (output, mean, invstd, relu_mask), and the plan its backward reuses.
 
-    An empty input launches nothing. While torch.compile traces, the custom operator runs and there
-    is no plan; eager calls skip the operator's dispatcher round trip, a noticeable part of the host
-    time of a small BatchNorm.
+    While torch.compile traces, the custom operator runs and there is no plan; eager calls skip the
+    operator's dispatcher round trip, a noticeable part of the host time of a small BatchNorm.
     """
-    if input.numel() == 0:
-        stats = input.new_zeros(input.shape[1], dtype=accumulator_dtype(input.dtype))
-        relu_mask = input.new_empty(0, dtype=torch.uint8)
-        return torch.empty_like(input), stats, torch.ones_like(stats), relu_mask, None
     if torch.compiler.is_compiling():
         return (*forward_op(input, *args, relu), None)
     folded, plan = plan_batch_norm(input, relu)
@@ -33,10 +28,7 @@ def _forward(
 def _backward(
     plan: Plan | None, grad_output: Tensor, input: Tensor, *args: Any
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The launcher's (grad_input, grad_weight, grad_bias, grad_residual); nothing to do if empty."""
-    if input.numel() == 0:
-        sums = input.new_zeros(input.shape[1], dtype=accumulator_dtype(input.dtype))
-        return torch.empty_like(input), sums, sums.clone(), torch.empty_like(input)
+    """The launcher's (grad_input, grad_weight, grad_bias, grad_residual)."""
     if plan is None or torch.compiler.is_compiling():
         return backward_op(grad_output, input, *args)
     return batch_norm_backward(grad_output, input, *args, plan=plan)
