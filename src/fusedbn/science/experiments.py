@@ -102,14 +102,14 @@ class Context:
     preset: Preset
     figure_dir: Path
     progress: Callable[[str], None]
-    tasks: dict[tuple[str, bool, int | None], Task] = field(default_factory=dict)
+    tasks: dict[tuple[str, bool], Task] = field(default_factory=dict)
     searches: dict[tuple, TuningResult] = field(default_factory=dict)
 
-    def task(self, optimizer: str = "sgd", batchnorm: bool = True, epochs: int | None = None) -> Task:
+    def task(self, optimizer: str = "sgd", batchnorm: bool = True) -> Task:
         """The digits task (cut to ``preset.train_examples`` training images when set)."""
-        key = (optimizer, batchnorm, epochs)
+        key = (optimizer, batchnorm)
         if key not in self.tasks:
-            task = digits_task(epochs=epochs or self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm)
+            task = digits_task(epochs=self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm)
             if self.preset.train_examples is not None:
                 task.train = tuple(t[: self.preset.train_examples] for t in task.train)
             self.tasks[key] = task

@@ -54,6 +54,7 @@ class Scale:
     name: str = "linear"
     description: str = "the value itself"
     axis_label: str = "{name} (linear scale)"
+    log: bool = False  # whether Optuna samples the value itself log-uniformly
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range on this scale."""
@@ -79,8 +80,8 @@ class Scale:
     def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
         """Sample ``param`` within ``[low, high]`` (natural units) on this scale; returns the value."""
         if integer:
-            return trial.suggest_int(param, int(low), int(high))
-        return trial.suggest_float(param, low, high)
+            return trial.suggest_int(param, int(low), int(high), log=self.log)
+        return trial.suggest_float(param, low, high, log=self.log)
 
     def value_from(self, sampled: float) -> float:
         """The natural value of what Optuna stored in ``trial.params``."""
@@ -98,6 +99,7 @@ class LogScale(Scale):
     name: str = "log"
     description: str = "log10(value)"
     axis_label: str = "{name} (log scale)"
+    log: bool = True
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         super().check(param, low, high, integer)
@@ -109,11 +111,6 @@ class LogScale(Scale):
 
     def from_coord(self, coord: float) -> float:
         return 10.0**coord
-
-    def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
-        if integer:
-            return trial.suggest_int(param, int(low), int(high), log=True)
-        return trial.suggest_float(param, low, high, log=True)
 
 
 @dataclass(frozen=True)
@@ -222,11 +219,7 @@ class Param:
             object.__setattr__(self, "scale", SCALES[self.scale])
         if not (isinstance(self.tier, int) and self.tier >= 1):
             raise SpaceError(f"{self.name}: tier must be an integer >= 1, got {self.tier!r}")
-        self.check_range(self.low, self.high)
-
-    def check_range(self, low: float, high: float) -> None:
-        """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range for this parameter."""
-        self.scale.check(self.name, low, high, self.integer)
+        self.scale.check(self.name, self.low, self.high, self.integer)
 
     @property
     def is_int(self) -> bool:
@@ -294,16 +287,21 @@ def check_space(space: Sequence[Param]) -> None:
             seen.add(name)
 
 
+def _check_known(space: Sequence[Param], overrides: Mapping[str, object]) -> None:
+    """Raise :class:`SpaceError` naming every key of ``overrides`` that is not a parameter of ``space``."""
+    known = [param.name for param in space]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise SpaceError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
 def with_scales(space: Sequence[Param], scales: Mapping[str, str]) -> list[Param]:
     """A copy of ``space`` with the scales in ``scales`` (name -> scale name) replacing the declared ones.
 
     Raises :class:`SpaceError` for a name not in the space, an unknown scale, or a range the new scale
     cannot hold (a ``pow2`` parameter put on ``linear`` keeps integer values).
     """
-    by_name = {param.name: param for param in space}
-    unknown = sorted(set(scales) - set(by_name))
-    if unknown:
-        raise SpaceError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+    _check_known(space, scales)
     return [replace(p, scale=scales[p.name], integer=p.is_int) if p.name in scales else p for p in space]
 
 
@@ -312,10 +310,7 @@ def with_ranges(space: Sequence[Param], ranges: Mapping[str, tuple[float, float]
 
     Raises :class:`SpaceError` for a name not in the space or an unusable range.
     """
-    by_name = {param.name: param for param in space}
-    unknown = sorted(set(ranges) - set(by_name))
-    if unknown:
-        raise SpaceError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+    _check_known(space, ranges)
     return [
         replace(p, low=ranges[p.name][0], high=ranges[p.name][1]) if p.name in ranges else p for p in space
     ]
