@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
@@ -163,13 +163,14 @@ def _chosen(result: TuningResult) -> tuple[float, float]:
     return best[1].value, best[1].user_attrs["test_accuracy"]
 
 
+def _trials(result: TuningResult) -> list[FrozenTrial]:
+    """Every trial in trial order, stage after stage: the order all per-trial lists share."""
+    return [t for stage in result.stages for t in sorted(stage.trials(), key=lambda t: t.number)]
+
+
 def _trial_accuracies(result: TuningResult) -> list[float]:
-    """Each trial's validation accuracy in trial order, stage after stage; NaN for a diverged trial."""
-    return [
-        t.value if t.state == TrialState.COMPLETE else math.nan
-        for stage in result.stages
-        for t in sorted(stage.trials(), key=lambda t: t.number)
-    ]
+    """Each trial's validation accuracy in :func:`_trials` order; NaN for a diverged trial."""
+    return [t.value if t.state == TrialState.COMPLETE else math.nan for t in _trials(result)]
 
 
 def _overall(verdicts: Sequence[str]) -> str:
@@ -319,7 +320,7 @@ def log_vs_linear(ctx: Context) -> Finding:
             lr = next(p for p in result.tuned if p.name == "learning_rate")
             points[arm] += [
                 (lr.value_from(t.params), a)
-                for t, a in zip(result.stages[0].trials(), accuracies, strict=True)
+                for t, a in zip(_trials(result), accuracies, strict=True)
             ]
     tests = [
         wilcoxon(
@@ -374,7 +375,7 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
             arms[arm] += _trial_accuracies(result)
             if batchnorm:
                 depth = next(p for p in result.tuned if p.name == "num_layers")
-                depths += [depth.value_from(t.params) for t in result.stages[0].trials()]
+                depths += [depth.value_from(t.params) for t in _trials(result)]
     accuracy = {arm: np.array(values) for arm, values in arms.items()}
     reached = {arm: np.nan_to_num(a, nan=0.0) >= GOOD_ACCURACY for arm, a in accuracy.items()}
     diverged = {arm: np.isnan(a) for arm, a in accuracy.items()}
