@@ -32,16 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from fusedbn.backend import backend_for
-from fusedbn.bench.cases import CHANNELS_LAST, Shape, parse_dtypes, parse_layouts, parse_shapes
+from fusedbn.bench.cases import (
+    CHANNELS_LAST,
+    FUSEDBN,
+    FWDBWD,
+    Shape,
+    parse_dtypes,
+    parse_layouts,
+    parse_shapes,
+)
 from fusedbn.bench.cases import random_tensor as case_tensor
-from fusedbn.bench.providers import reference_module
+from fusedbn.bench.providers import mode_call, provider_module, reference_module
 from fusedbn.bench.results import device_name, git_commit
+from fusedbn.bench.runner import GRAD_SEED, MODULE_SEED, X_OFFSET, X_SEED
 from fusedbn.bench.timing import synchronize
-from fusedbn.convert import convert_model
 
 
 @dataclass(frozen=True)
@@ -180,13 +187,6 @@ class StageTimes:
         ]
 
 
-def training_step(module: nn.Module, x: torch.Tensor, grad_output: torch.Tensor) -> Callable[[], Any]:
-    """One training forward+backward of ``module``: the gradients of input, weight and bias."""
-    inputs = (x.detach().requires_grad_(True), *module.parameters())
-    module.train()
-    return lambda: torch.autograd.grad(module(inputs[0]), inputs, grad_output)
-
-
 def seconds_per_step(step: Callable[[], Any], device: torch.device, steps: int) -> float:
     """Wall seconds per call of ``step`` over ``steps`` calls back to back, synchronised at the end."""
     synchronize(device)
@@ -228,12 +228,12 @@ def measure_case(
     shape: Shape, dtype: str, layout: str, device: torch.device, steps: int, warmup: int, profile_rows: int
 ) -> HostCase:
     """Time torch's and fusedbn's training step of a BatchNorm of ``shape``, then fusedbn's stages."""
-    reference = reference_module(shape, device, seed=3)
-    fused = convert_model(reference_module(shape, device, seed=3))
-    x = case_tensor(shape, dtype, layout, device, seed=1, offset=1.0)
-    grad_output = case_tensor(shape, dtype, layout, device, seed=2)
+    reference = reference_module(shape, device, MODULE_SEED)
+    fused = provider_module(FUSEDBN, reference)
+    x = case_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET)
+    grad_output = case_tensor(shape, dtype, layout, device, GRAD_SEED)
     steps_of = {
-        name: training_step(m, x, grad_output) for name, m in (("torch", reference), ("fusedbn", fused))
+        name: mode_call(m, FWDBWD, x, grad_output) for name, m in (("torch", reference), ("fusedbn", fused))
     }
     for step in steps_of.values():
         seconds_per_step(step, device, warmup)

@@ -28,6 +28,7 @@ from fusedbn.bench.cases import (
 )
 from fusedbn.bench.profiling import KernelTime, kernel_times
 from fusedbn.bench.providers import mode_call, provider_module, reference_module, unavailable_reason
+from fusedbn.bench.runner import GRAD_SEED, MODULE_SEED, X_OFFSET, X_SEED
 
 KERNELS_FILE = "kernels.csv"
 PROFILED_PROVIDERS = (EAGER, FUSEDBN, FLAG_GEMS)
@@ -78,9 +79,9 @@ def profile_cases(
 def _profile_case(
     shape: Shape, dtype: str, layout: str, device: torch.device, profiler: Profiler
 ) -> list[KernelRow]:
-    reference = reference_module(shape, device, seed=3)
-    x = random_tensor(shape, dtype, layout, device, seed=1, offset=1.0)
-    grad_output = random_tensor(shape, dtype, layout, device, seed=2)
+    reference = reference_module(shape, device, MODULE_SEED)
+    x = random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET)
+    grad_output = random_tensor(shape, dtype, layout, device, GRAD_SEED)
     rows = []
     for provider in PROFILED_PROVIDERS:
         if unavailable_reason(provider) is not None:

@@ -75,8 +75,12 @@ def _case_name(key: tuple[str, str, str, str]) -> str:
     return " ".join(key)
 
 
+def _on_target_cases(ratios: dict[tuple, float]) -> dict[tuple, float]:
+    return {key: s for key, s in ratios.items() if _is_target_case(key)}
+
+
 def _speed_target(vs_eager: dict[tuple, float]) -> Target:
-    ratios = [s for key, s in vs_eager.items() if _is_target_case(key)]
+    ratios = list(_on_target_cases(vs_eager).values())
     mean = geometric_mean(ratios)
     return Target(
         "speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, both layouts)",
@@ -88,7 +92,7 @@ def _speed_target(vs_eager: dict[tuple, float]) -> Target:
 
 
 def _floor_target(vs_eager: dict[tuple, float]) -> Target:
-    cases = {key: s for key, s in vs_eager.items() if _is_target_case(key)}
+    cases = _on_target_cases(vs_eager)
     worst = min(cases, key=cases.get, default=None)
     return Target(
         "floor: slowest of those cases over eager",
@@ -101,7 +105,7 @@ def _floor_target(vs_eager: dict[tuple, float]) -> Target:
 
 
 def _compile_target(vs_compile: dict[tuple, float]) -> Target:
-    cases = {key: s for key, s in vs_compile.items() if _is_target_case(key)}
+    cases = _on_target_cases(vs_compile)
     share = sum(s >= VS_COMPILE_GOAL for s in cases.values()) / len(cases) if cases else math.nan
     worst = min(cases, key=cases.get, default=None)
     return Target(

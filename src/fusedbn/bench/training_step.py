@@ -405,12 +405,15 @@ def relative_gap(actual: list[float] | torch.Tensor, expected: list[float] | tor
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
 
 
+def _torch_eager_by_group(results: list[StepResult]) -> dict[tuple[str, str, int], StepResult]:
+    """The measured torch-BatchNorm eager result of each group: the reference its cases are held to."""
+    return {r.case.group: r for r in results if r.ok and r.case.variant == TORCH_BN and r.case.mode == EAGER}
+
+
 def check_agreement(results: list[StepResult]) -> None:
     """Fill in each measured result's loss and running-statistics gaps from the torch eager result of
     its group, and whether they are within TOLERANCES ("yes", "NO", or "-" without a reference)."""
-    references = {
-        r.case.group: r for r in results if r.ok and r.case.variant == TORCH_BN and r.case.mode == EAGER
-    }
+    references = _torch_eager_by_group(results)
     for result in results:
         reference = references.get(result.case.group)
         if not result.ok:
@@ -548,9 +551,7 @@ def format_summary(results: list[StepResult], info: dict[str, str], top_kernels:
         f"{'stats gap':>9} {'agrees':<6} backend"
     )
     lines.append(header)
-    eager_torch = {
-        r.case.group: r for r in results if r.ok and r.case.variant == TORCH_BN and r.case.mode == EAGER
-    }
+    eager_torch = _torch_eager_by_group(results)
     for r in results:
         reference = eager_torch.get(r.case.group)
         lines.append(_case_line(r, reference.images_per_s if reference else math.nan))
