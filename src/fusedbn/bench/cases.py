@@ -21,8 +21,11 @@ that see it:
 the CPU harness check. Any other ``NxCx...`` string (2 to 5 dims) is accepted as a custom shape.
 """
 
+import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -170,6 +173,19 @@ def parse_choices(
         if name not in chosen:
             chosen.append(name)
     return chosen
+
+
+def option_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse ``type``: its ValueError message becomes the option's error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def parse_dtypes(text: str) -> list[str]:

@@ -30,6 +30,7 @@ import torch
 from fusedbn.bench.cases import (
     SHAPE_GROUPS,
     SHAPES,
+    option_type,
     parse_dtypes,
     parse_layouts,
     parse_modes,
@@ -112,19 +113,6 @@ PRESETS = {
 }
 
 
-def _checked(parse):
-    """Wrap a parse function so argparse reports its ValueError message as the option's error."""
-
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = parse.__name__
-    return convert
-
-
 def _positive(kind):
     def convert(text: str):
         try:
@@ -161,36 +149,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--shapes",
-        type=_checked(parse_shapes),
+        type=option_type(parse_shapes),
         help="comma-separated groups (resnet50, extra, smoke, all) or NxCx... shapes "
         "(default: all; smoke: smoke)",
     )
     parser.add_argument(
         "--dtypes",
-        type=_checked(parse_dtypes),
+        type=option_type(parse_dtypes),
         help="float32, float16, bfloat16 (or fp32, fp16, bf16) (default: all three; quick: float16,bfloat16)",
     )
-    parser.add_argument("--layouts", type=_checked(parse_layouts), help="nchw, channels_last (default: both)")
+    parser.add_argument(
+        "--layouts", type=option_type(parse_layouts), help="nchw, channels_last (default: both)"
+    )
     parser.add_argument(
         "--modes",
-        type=_checked(parse_modes),
+        type=option_type(parse_modes),
         help="fwd (training forward), bwd (its backward), fwdbwd, eval (default: all four)",
     )
     parser.add_argument(
         "--providers",
-        type=_checked(parse_providers),
+        type=option_type(parse_providers),
         help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped "
         "where it does not import), compile (torch.compile of torch's) "
         "(default: all four; smoke: fusedbn,eager,flag_gems)",
     )
     parser.add_argument(
         "--compile-shapes",
-        type=_checked(parse_shapes),
+        type=option_type(parse_shapes),
         help="shapes torch.compile is timed on, like --shapes (default: as --shapes; quick: resnet50)",
     )
     parser.add_argument(
         "--compile-modes",
-        type=_checked(parse_modes),
+        type=option_type(parse_modes),
         help="modes torch.compile is timed in (default: as --modes; quick: fwd,bwd,fwdbwd)",
     )
     parser.add_argument(

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusedbn.backend import backend_for
-from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, parse_choices
+from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, option_type, parse_choices
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
 from fusedbn.bench.results import device_name, error_status, git_commit
@@ -637,12 +637,9 @@ SMOKE_DEFAULTS = dict(
 
 def _choices(allowed: tuple[str, ...], what: str) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
-        try:
-            return tuple(parse_choices(text, allowed, what))
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+        return tuple(parse_choices(text, allowed, what))
 
-    return parse
+    return option_type(parse)
 
 
 def _batches(text: str) -> tuple[int, ...]:
