@@ -2,6 +2,7 @@
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -38,3 +39,32 @@ def test_an_unknown_preset_is_an_argparse_error(capsys: pytest.CaptureFixture) -
         main(["science", "--preset", "huge"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "mnist"], "unknown task 'mnist'; choose one of digits, mnist1d"),
+        (["--task", "mnist1d", "--data-seed", "1.5"], "--data-seed must be an integer, got '1.5'"),
+        (["--data-seed", "3"], "task digits has fixed data and takes no data seed"),
+        (["--compare", "no/such.json"], "--compare 'no/such.json': not a readable science.json"),
+    ],
+)
+def test_bad_arguments_print_one_line_exit_2_and_create_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    out = tmp_path / "science"
+    assert main(["science", "--preset", "smoke", "--out", str(out), *argv]) == 2
+    errors = capsys.readouterr().err
+    assert errors.count("\n") == 1 and errors.startswith("fusedbn science: error: ") and message in errors
+    assert not out.exists()
+
+
+def test_mnist1d_missing_names_the_install_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mnist1d", None)
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    assert main(["science", "--task", "mnist1d", "--out", str(tmp_path / "science")]) == 2
+    assert "pip install '.[tune]'" in capsys.readouterr().err
+    assert not (tmp_path / "science").exists()

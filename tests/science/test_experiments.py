@@ -12,12 +12,16 @@ import fusedbn.backend
 from fusedbn import FusedBatchNorm1d
 from fusedbn.science.experiments import (
     PRESETS,
+    SCIENCE_TASKS,
     Context,
     _normalised_spread,
     batchnorm_noise,
+    bias_equivalence,
+    paper_table,
     random_vs_grid,
 )
 from fusedbn.science.stats import CONTRADICTED, HELD, NOT_SHOWN
+from fusedbn.tuning.mnist1d import PAPER_MODELS
 
 
 def test_update_bn_recomputes_exact_statistics_on_fused_modules(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,3 +73,27 @@ def test_experiments_are_seeded(tmp_path: Path) -> None:
         assert finding.verdict in (HELD, NOT_SHOWN, CONTRADICTED)
         assert len(finding.tests) == len(finding.test_verdicts) and finding.rows
         assert (tmp_path / "a" / finding.figure).stat().st_size > 10_000
+
+
+@pytest.mark.usefixtures("mnist1d_offline")
+def test_paper_table_and_bias_equivalence_on_mnist1d(tmp_path: Path) -> None:
+    science = SCIENCE_TASKS["mnist1d"]
+    context = Context(
+        preset=science.presets["smoke"], figure_dir=tmp_path, progress=lambda _: None, science=science
+    )
+    table = paper_table(context)
+    models = [row["model"] for row in table.rows]
+    assert models[:-1] == list(PAPER_MODELS) and "tuned" in models[-1]
+    # 40 steps of the paper's training reproduce none of its table, and the verdict says so.
+    assert len(table.test_verdicts) == 3 and table.verdict == CONTRADICTED
+    assert [row["within 3 points"] for row in table.rows[:3]] == ["no", "no", "no"]
+    tuned = table.extra["tuned"]
+    assert tuned.train_examples == 300 and tuned.train_examples_all == 300 + 800
+    bias = bias_equivalence(context)
+    assert [test.n for test in bias.tests] == [2 * 3, 2 * 3]  # seeds x configurations, paired
+    assert bias.verdict in (HELD, NOT_SHOWN, CONTRADICTED) and len(bias.test_verdicts) == 2
+    # The bias arm trained the very configurations of the plain arm (cached searches share their keys).
+    plain = [key for key in context.searches if key[0] == context.bn_params and not key[-1]]
+    assert len(plain) == 2 and len(context.searches) > len(plain)
+    for finding in (table, bias):
+        assert (tmp_path / finding.figure).stat().st_size > 10_000

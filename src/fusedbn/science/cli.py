@@ -1,9 +1,11 @@
-"""Test the classic tuning advice on the digits task: paired experiments, statistics and verdicts.
+"""Test the classic tuning advice on a built-in task: paired experiments, statistics and verdicts.
 
 Runs each experiment of fusedbn.science (random vs grid, coarse-to-fine, log vs linear scales, with vs
-without BatchNorm, BatchNorm's noise vs batch size, importances for SGD and Adam, test-time statistics)
-and writes science.json, REPORT.md and the figures into --out. The full preset took 8.7 minutes on 2
-idle CPU cores (17 on busy ones); --quick takes about a minute.
+without BatchNorm, BatchNorm's noise vs batch size, importances for SGD and Adam, test-time statistics;
+on mnist1d also the MNIST-1D paper's table and whether a bias before BatchNorm is redundant) and writes
+science.json, REPORT.md and the figures into --out. On digits the full preset took 8.7 minutes on 2 idle
+CPU cores (17 on busy ones) and --quick about a minute; on mnist1d see results/science-mnist1d/REPORT.md.
+--compare puts the verdicts of another task's science.json beside this run's.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import time
 import optuna
 
 from fusedbn.science import PRESETS, run_science
+from fusedbn.tuning.cli import add_task_arguments, data_seed
 
 DEFAULT_OUT = "runs/science"
 
@@ -24,12 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", dest="preset", action="store_const", const="quick", help="the same as --preset quick"
     )
+    add_task_arguments(parser)
+    parser.add_argument(
+        "--compare",
+        metavar="SCIENCE_JSON",
+        help="another task's science.json (e.g. results/science/science.json), whose verdicts go "
+        "beside this run's",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the report ({DEFAULT_OUT})")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fusedbn science``; returns the exit code."""
+    """Run ``fusedbn science``; returns the exit code: 2 for bad arguments (nothing is written then)."""
     start = time.perf_counter()
 
     def progress(message: str) -> None:
@@ -37,8 +47,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    command = shlex.join(["fusedbn", "science", "--preset", args.preset, "--out", args.out])
-    findings = run_science(args.preset, args.out, command, progress)
+    words = ["fusedbn", "science", "--preset", args.preset]
+    if args.task != "digits":
+        words += ["--task", args.task]
+    for option, value in (("--data-seed", args.data_seed), ("--compare", args.compare)):
+        if value is not None:
+            words += [option, value]
+    command = shlex.join([*words, "--out", args.out])
+    try:
+        findings = run_science(
+            args.preset,
+            args.out,
+            command,
+            progress,
+            task=args.task,
+            data_seed=data_seed(args.data_seed),
+            compare=args.compare,
+        )
+    except ValueError as error:
+        print(f"fusedbn science: error: {error}", file=sys.stderr)
+        return 2
     for finding in findings:
         print(f"{finding.verdict:>12}  {finding.title}")
     print(f"Wrote REPORT.md, science.json and figures to {args.out}/")

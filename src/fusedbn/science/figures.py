@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from fusedbn.science.stats import PairedTest
 from fusedbn.tuning.importance import Importances
 
 ARM_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
@@ -144,3 +145,70 @@ def ema_vs_exact(path: Path, results: Mapping[float, Mapping[str, list[float]]])
     """Per beta: each seed's test accuracy with the moving averages and with exact statistics."""
     panels = [(f"beta {beta}", np.array(r["ema"]), np.array(r["exact"])) for beta, r in results.items()]
     return paired_panels(path, panels, ("EMA", "exact"), "test accuracy")
+
+
+def paper_table(
+    path: Path,
+    models: Mapping[str, tuple[float, Sequence[float]]],
+    tuned: float | None,
+    verdict: str,
+) -> Path:
+    """Per model: the published test accuracy beside the reproduced mean (each seed as a dot), and the tuned
+    fusedbn CNN's; the y-axis spans all of [0, 1] so that no difference is exaggerated."""
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.subplots()
+    names = list(models)
+    x = np.arange(len(names))
+    published = [models[n][0] for n in names]
+    reproduced = [float(np.mean(models[n][1])) if len(models[n][1]) else np.nan for n in names]
+    ax.bar(x - 0.2, published, width=0.4, color="lightgrey", edgecolor="black", hatch="//", label="published")
+    ax.bar(x + 0.2, reproduced, width=0.4, color=ARM_COLOURS[0], label="reproduced here (mean)")
+    for i, name in enumerate(names):
+        seeds = models[name][1]
+        ax.scatter(np.full(len(seeds), x[i] + 0.2), seeds, color="black", s=10, zorder=3)
+        for offset, value in ((-0.2, published[i]), (0.2, reproduced[i])):
+            if np.isfinite(value):
+                ax.text(x[i] + offset, value + 0.01, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
+    ax.scatter([], [], color="black", s=10, label="each seed")
+    if tuned is not None:
+        ax.bar([len(names)], [tuned], width=0.4, color=ARM_COLOURS[2], label="fusedbn CNN, tuned")
+        ax.text(len(names), tuned + 0.01, f"{tuned:.1%}", ha="center", va="bottom", fontsize=8)
+        names = [*names, "fusedbn CNN\n(tuned)"]
+    ax.set_xticks(np.arange(len(names)), [n.replace(", ", ",\n") for n in names])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"MNIST-1D: the paper's table reproduced within 3 points: {verdict}")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def equivalence(
+    path: Path,
+    learning_rates: np.ndarray,
+    differences: Mapping[str, np.ndarray],
+    tests: Sequence[PairedTest],
+    margin: float,
+    title: str,
+) -> Path:
+    """One panel per measure (shared y-axis): each configuration's paired difference in points against its
+    learning rate, the equivalence margin as a band, the mean difference with its 95% interval."""
+    fig = Figure(figsize=(11, 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(differences), sharey=True))
+    for ax, (measure, values), test in zip(axes, differences.items(), tests, strict=True):
+        band = f"equivalence margin +-{100 * margin:g} points"
+        ax.axhspan(-100 * margin, 100 * margin, color="tab:green", alpha=0.15, label=band)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.scatter(learning_rates, 100 * values, color=ARM_COLOURS[0], s=14, alpha=0.7, label="configuration")
+        ax.axhline(100 * test.mean_difference, color=ARM_COLOURS[1], label="mean difference")
+        ax.axhspan(
+            100 * test.ci_low, 100 * test.ci_high, color=ARM_COLOURS[1], alpha=0.3, label="its 95% interval"
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log axis)")
+        ax.set_title(f"{measure} accuracy")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("with bias - without (points)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

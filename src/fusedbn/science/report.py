@@ -1,15 +1,59 @@
 """Writing the findings: ``science.json`` (every number) and ``REPORT.md`` (the same, readable, with the
-figures)."""
+figures), with how the run went (:class:`RunInfo`) and, when given another task's ``science.json``, the
+two tasks' verdicts side by side."""
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusedbn.science.experiments import Finding, Preset
 
 JSON_FILE = "science.json"
 MARKDOWN_FILE = "REPORT.md"
+
+
+@dataclass
+class RunInfo:
+    """How a run went: its task, wall and CPU seconds, torch's thread count, the 1-minute load average
+    before and after (the machine's other work shows there)."""
+
+    task: str
+    wall_seconds: float
+    cpu_seconds: float
+    torch_threads: int
+    load_before: float
+    load_after: float
+
+
+@dataclass
+class Comparison:
+    """Another task's findings (read from its ``science.json``): its task and each experiment's verdict."""
+
+    task: str
+    source: str
+    verdicts: dict[str, str]
+    titles: dict[str, str]
+
+
+def read_comparison(path: str | Path) -> Comparison:
+    """The verdicts in the ``science.json`` at ``path``; raises ValueError naming an unreadable file."""
+    try:
+        data = json.loads(Path(path).read_text())
+        findings = data["findings"]
+        return Comparison(
+            task=data.get("run", {}).get("task", "digits"),
+            source=str(path),
+            verdicts={f["key"]: f["verdict"] for f in findings},
+            titles={f["key"]: f["title"] for f in findings},
+        )
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--compare {str(path)!r}: not a readable science.json ({error})") from None
+
+
+def _plain(value: object) -> object:
+    """JSON for what json cannot write itself: dataclasses as dicts, numbers (numpy's) as floats."""
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else float(value)
 
 
 def _cell(value: object) -> str:
@@ -40,13 +84,54 @@ def _tests_table(finding: Finding) -> list[dict[str, object]]:
     ]
 
 
-def markdown(findings: Sequence[Finding], preset: Preset, command: str, seconds: float) -> str:
-    """The report as Markdown: a verdict table, then one section per experiment with its figure."""
+def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) -> list[str]:
+    """The two tasks' verdicts per experiment, and a sentence for each experiment where they differ."""
+    keys = list(dict.fromkeys([*other.verdicts, *(f.key for f in findings)]))
+    mine = {f.key: f for f in findings}
+    titles = {**other.titles, **{f.key: f.title for f in findings}}
+    rows = [
+        {
+            "experiment": titles[key],
+            other.task: other.verdicts.get(key, "not run"),
+            run.task: mine[key].verdict if key in mine else "not run",
+        }
+        for key in keys
+    ]
+    differ = [
+        f"- {titles[key]}: **{mine[key].verdict}** on {run.task}, **{other.verdicts[key]}** on {other.task}."
+        for key in keys
+        if key in mine and key in other.verdicts and mine[key].verdict != other.verdicts[key]
+    ]
+    return [
+        "",
+        f"## {run.task} beside {other.task}",
+        "",
+        f"The verdicts of this run beside those of `{other.source}`.",
+        "",
+        *_table(rows),
+        "",
+        "Where they differ:" if differ else "The verdicts agree wherever both tasks ran the experiment.",
+        *(["", *differ] if differ else []),
+    ]
+
+
+def markdown(
+    findings: Sequence[Finding],
+    preset: Preset,
+    command: str,
+    run: RunInfo,
+    other: Comparison | None = None,
+) -> str:
+    """The report as Markdown: a verdict table, the other task's verdicts beside them when given, then
+    one section per experiment with its figure."""
     lines = [
         "# `fusedbn science`: the tuning advice put to the test",
         "",
-        f"Command: `{command}` (preset `{preset.name}`: {preset.seeds} seeds, {preset.epochs} epoch(s) per "
-        f"training). Wall time {seconds / 60:.1f} min. Same command, same numbers: every draw is seeded.",
+        f"Command: `{command}` (task `{run.task}`, preset `{preset.name}`: {preset.seeds} seeds, "
+        f"{preset.epochs} epoch(s) per training). Wall time {run.wall_seconds / 60:.1f} min, CPU time "
+        f"{run.cpu_seconds / 60:.1f} min, {run.torch_threads} torch thread(s); 1-minute load average "
+        f"{run.load_before:.1f} at the start and {run.load_after:.1f} at the end (above 1 on this "
+        "machine's cores, other work shared them). Same command, same numbers: every draw is seeded.",
         "",
         "Verdicts: *held* (significant at 5% in the claimed direction, bootstrap interval on that side), "
         "*contradicted* (significant the other way), *not shown* (cannot be told from chance with this "
@@ -54,6 +139,8 @@ def markdown(findings: Sequence[Finding], preset: Preset, command: str, seconds:
         "",
         *_table([{"experiment": f.title, "verdict": f"**{f.verdict}**"} for f in findings]),
     ]
+    if other is not None:
+        lines += _side_by_side(findings, run, other)
     for number, finding in enumerate(findings, start=1):
         lines += [
             "",
@@ -77,16 +164,22 @@ def markdown(findings: Sequence[Finding], preset: Preset, command: str, seconds:
 
 
 def write_report(
-    findings: Sequence[Finding], preset: Preset, command: str, seconds: float, out: Path
+    findings: Sequence[Finding],
+    preset: Preset,
+    command: str,
+    run: RunInfo,
+    out: Path,
+    other: Comparison | None = None,
 ) -> list[Path]:
     """Write ``science.json`` and ``REPORT.md`` into ``out``; returns their paths."""
     data = {
         "command": command,
         "preset": asdict(preset),
-        "wall_seconds": round(seconds, 1),
+        "wall_seconds": round(run.wall_seconds, 1),
+        "run": asdict(run),
         "findings": [asdict(f) for f in findings],
     }
     json_path, markdown_path = out / JSON_FILE, out / MARKDOWN_FILE
-    json_path.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    markdown_path.write_text(markdown(findings, preset, command, seconds))
+    json_path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    markdown_path.write_text(markdown(findings, preset, command, run, other))
     return [json_path, markdown_path]
