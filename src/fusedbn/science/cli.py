@@ -15,7 +15,7 @@ import time
 
 import optuna
 
-from fusedbn.science import PRESETS, run_science
+from fusedbn.science import PRESETS, Progress, quiet, run_science
 from fusedbn.tuning.cli import add_task_arguments, data_seed
 
 DEFAULT_OUT = "runs/science"
@@ -34,25 +34,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="another task's science.json (e.g. results/science/science.json), whose verdicts go "
         "beside this run's",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes running groups of experiments in parallel, one torch thread each; the numbers do "
+        "not depend on it (default: 1 for digits, 2 for mnist1d)",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the report ({DEFAULT_OUT})")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``fusedbn science``; returns the exit code: 2 for bad arguments (nothing is written then)."""
-    start = time.perf_counter()
-
-    def progress(message: str) -> None:
-        if not args.no_progress:
-            print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True)
-
+    progress = quiet if args.no_progress else Progress(time.time())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     words = ["fusedbn", "science", "--preset", args.preset]
     if args.task != "digits":
         words += ["--task", args.task]
-    for option, value in (("--data-seed", args.data_seed), ("--compare", args.compare)):
+    for option, value in (
+        ("--data-seed", args.data_seed),
+        ("--compare", args.compare),
+        ("--workers", args.workers),
+    ):
         if value is not None:
-            words += [option, value]
+            words += [option, str(value)]
     command = shlex.join([*words, "--out", args.out])
     try:
         findings = run_science(
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             data_seed=data_seed(args.data_seed),
             compare=args.compare,
+            workers=args.workers,
         )
     except ValueError as error:
         print(f"fusedbn science: error: {error}", file=sys.stderr)

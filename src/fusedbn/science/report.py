@@ -15,8 +15,9 @@ MARKDOWN_FILE = "REPORT.md"
 
 @dataclass
 class RunInfo:
-    """How a run went: its task, wall and CPU seconds, torch's thread count, the 1-minute load average
-    before and after (the machine's other work shows there)."""
+    """How a run went: its task, wall and CPU seconds (worker processes included), torch's thread count
+    per process, the 1-minute load average before and after (the machine's other work shows there) and
+    the number of worker processes."""
 
     task: str
     wall_seconds: float
@@ -24,6 +25,7 @@ class RunInfo:
     torch_threads: int
     load_before: float
     load_after: float
+    workers: int = 1
 
 
 @dataclass
@@ -129,9 +131,10 @@ def markdown(
         "",
         f"Command: `{command}` (task `{run.task}`, preset `{preset.name}`: {preset.seeds} seeds, "
         f"{preset.epochs} epoch(s) per training). Wall time {run.wall_seconds / 60:.1f} min, CPU time "
-        f"{run.cpu_seconds / 60:.1f} min, {run.torch_threads} torch thread(s); 1-minute load average "
-        f"{run.load_before:.1f} at the start and {run.load_after:.1f} at the end (above 1 on this "
-        "machine's cores, other work shared them). Same command, same numbers: every draw is seeded.",
+        f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.torch_threads} torch "
+        f"thread(s); 1-minute load average {run.load_before:.1f} at the start and {run.load_after:.1f} at "
+        "the end (above the number of cores: other work shared them). Same command, same numbers: every "
+        "draw is seeded.",
         "",
         "Verdicts: *held* (significant at 5% in the claimed direction, bootstrap interval on that side), "
         "*contradicted* (significant the other way), *not shown* (cannot be told from chance with this "

@@ -150,7 +150,7 @@ def cnn_space(optimizer: str = "sgd") -> list[Param]:
 
 
 def mnist1d_task(
-    epochs: int = 20,
+    epochs: int = 30,
     optimizer: str = "adam",
     device: str = "cpu",
     batchnorm: bool = True,
