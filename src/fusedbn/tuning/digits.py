@@ -100,9 +100,7 @@ def digits_task(
     splits = digits_splits()
     return Task(
         build_model=partial(build_mlp, batchnorm=batchnorm, bias=bias),
-        train=splits["train"],
-        valid=splits["valid"],
-        test=splits["test"],
+        **splits,
         epochs=epochs,
         optimizer=optimizer,
         device=device,

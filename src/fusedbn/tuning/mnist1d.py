@@ -167,9 +167,7 @@ def mnist1d_task(
     splits = mnist1d_splits(data_seed, num_samples)
     return Task(
         build_model=partial(build_cnn, batchnorm=batchnorm, bias=bias),
-        train=splits["train"],
-        valid=splits["valid"],
-        test=splits["test"],
+        **splits,
         epochs=epochs,
         optimizer=optimizer,
         device=device,
