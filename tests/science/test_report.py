@@ -32,8 +32,8 @@ RUN = RunInfo(
 def test_report_records_wall_and_cpu_time_threads_and_load(tmp_path: Path) -> None:
     json_path, markdown_path = write_report([finding("a", "held")], PRESETS["smoke"], "cmd", RUN, tmp_path)
     text = markdown_path.read_text()
-    assert "Wall time 1.5 min, CPU time 1.0 min, 1 torch thread(s)" in text
-    assert "load average 0.5 at the start and 2.5 at the end" in text
+    assert "Wall time 1.5 min, CPU time 1.0 min, 1 process(es) of 1 torch thread(s), which had 67%" in text
+    assert "load average 0.5 at the start, 2.5 at the end" in text
     data = json.loads(json_path.read_text())
     assert data["run"]["task"] == "mnist1d" and data["run"]["cpu_seconds"] == 60
 

@@ -27,6 +27,10 @@ class RunInfo:
     load_after: float
     workers: int = 1
 
+    def cpu_share(self) -> float:
+        """The CPU time over what the worker processes could have used: wall time x workers x threads."""
+        return self.cpu_seconds / max(1e-9, self.wall_seconds * self.workers * self.torch_threads)
+
 
 @dataclass
 class Comparison:
@@ -132,9 +136,9 @@ def markdown(
         f"Command: `{command}` (task `{run.task}`, preset `{preset.name}`: {preset.seeds} seeds, "
         f"{preset.epochs} epoch(s) per training). Wall time {run.wall_seconds / 60:.1f} min, CPU time "
         f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.torch_threads} torch "
-        f"thread(s); 1-minute load average {run.load_before:.1f} at the start and {run.load_after:.1f} at "
-        "the end (above the number of cores: other work shared them). Same command, same numbers: every "
-        "draw is seeded.",
+        f"thread(s), which had {run.cpu_share():.0%} of their cores' time (below 100%: other work shared "
+        f"the machine; 1-minute load average {run.load_before:.1f} at the start, {run.load_after:.1f} at "
+        "the end). Same command, same numbers: every draw is seeded.",
         "",
         "Verdicts: *held* (significant at 5% in the claimed direction, bootstrap interval on that side), "
         "*contradicted* (significant the other way), *not shown* (cannot be told from chance with this "
