@@ -1,94 +1,32 @@
 """KernelLauncher: the direct launch passes what Triton's own binder passes, and falls back when it must.
 
-Without a GPU the kernels are checked on a fake one: a real JITFunction of each fusedbn kernel, a
-fake Triton driver, and a fake compiled kernel that Triton itself installs in its cache under its
-own key (its compile step is replaced) and whose launcher records its arguments. The launches
+Without a GPU the kernels are checked on fusedbn.bench.fake_gpu's fake one: a real JITFunction of each
+fusedbn kernel, a fake Triton driver, and a fake compiled kernel that Triton itself installs in its
+cache under its own key (its compile step is replaced) and whose launcher records its arguments. The launches
 replayed are the ones fusedbn's launchers make on every path, recorded under the interpreter. On a
 GPU, the fast path and Triton's path must give bitwise identical results.
 """
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.runtime.jit import JITFunction
 
 import fusedbn
+from fusedbn.bench.fake_gpu import FakeDriver, FakeGpuKernel, fake_driver
 from fusedbn.kernels import backward, forward, launcher, layout
 from fusedbn.kernels.launcher import KernelLauncher
 
 PATHS = ["single", "whole", "split"]
 
 
-class FakeDriver:
-    """The parts of a Triton driver that a launch asks for: device, stream and target."""
-
-    def __init__(self) -> None:
-        self.stream = 7
-
-    def get_current_device(self) -> int:
-        return 0
-
-    def get_current_stream(self, device: int) -> int:
-        return self.stream
-
-    def get_current_target(self) -> GPUTarget:
-        return GPUTarget("cuda", 90, 32)
-
-
-class FakeCompiledKernel:
-    """A compiled kernel whose C launcher records the arguments of every launch."""
-
-    function = "device-function-handle"
-    packed_metadata = ("packed", "metadata")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.launches: list[tuple] = []
-
-    def launch_metadata(self, grid, stream, *args):
-        return None
-
-    @property
-    def run(self):
-        return lambda *launch: self.launches.append(launch)
-
-
-class FakeGpuKernel:
-    """A JITFunction of ``fn`` on the fake GPU, counting the launches that go through Triton."""
-
-    def __init__(self, fn) -> None:
-        self.jit = JITFunction(fn)
-        self.compiled: dict[str, FakeCompiledKernel] = {}
-        self.triton_launches = 0
-        self.jit._do_compile = self._compile
-        run = self.jit.run
-
-        def counting_run(*args, **kwargs):
-            self.triton_launches += 1
-            return run(*args, **kwargs)
-
-        self.jit.run = counting_run
-
-    def _compile(self, key, signature, device, constexprs, options, attrs, warmup):
-        # Triton's own key: the compiled kernel lands in its cache as a real compile's would.
-        kernel = self.compiled[key] = FakeCompiledKernel(key)
-        self.jit.device_caches[device][0][key] = kernel
-        return kernel
-
-    def all_launches(self) -> list[tuple]:
-        return [launch for kernel in self.compiled.values() for launch in kernel.launches]
-
-
 @pytest.fixture
-def fake_gpu(monkeypatch) -> FakeDriver:
-    driver = FakeDriver()
-    # Triton keeps the active driver here; monkeypatch puts the previous one back.
-    monkeypatch.setattr(triton.runtime.driver, "_active", driver)
+def fake_gpu(monkeypatch) -> Iterator[FakeDriver]:
     monkeypatch.delenv(launcher.FAST_LAUNCH_ENV, raising=False)
-    return driver
+    with fake_driver() as driver:
+        yield driver
 
 
 def record_launches(monkeypatch, **call) -> list[tuple]:
@@ -167,7 +105,7 @@ def test_direct_launch_passes_what_triton_passes(case, launch_path, fake_gpu, mo
     kernels = set()
     for fn, grid, args, kwargs in launches:
         kernels.add(fn.__name__)
-        kernel = FakeGpuKernel(fn)
+        kernel = FakeGpuKernel(fn, record=True)
         fast = KernelLauncher(kernel.jit)
         fast(grid, *args, **kwargs)  # first call: through Triton, then bound
         assert kernel.triton_launches == 1 and len(kernel.compiled) == 1
@@ -190,7 +128,7 @@ def bound_partial_moments(fake_gpu) -> tuple[FakeGpuKernel, KernelLauncher, tupl
     partial = torch.empty(4, 2, 3)
     args = (x, partial, 4, 5, 3, 15, 5, 1, 1, 5, 3)
     kwargs = dict(BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, num_warps=4)
-    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn, record=True)
     fast = KernelLauncher(kernel.jit)
     fast((3, 2), *args, **kwargs)
     fast((3, 2), *args, **kwargs)
@@ -264,7 +202,7 @@ def test_alignment_change_rebinds(fake_gpu):
 
 
 def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
-    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn, record=True)
     fast = KernelLauncher(kernel.jit)
     x, partial = torch.randn(4, 3, 5), torch.empty(4, 2, 3)
     # tiles_per_split, a runtime int, by keyword: its value could change without the key seeing it.
