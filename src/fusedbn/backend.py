@@ -40,6 +40,13 @@ def triton_on_cpu() -> Iterator[None]:
         _TRITON_ON_CPU.reset(token)
 
 
+def kernels_run_on(device_type: str) -> bool:
+    """Whether fusedbn's kernels (rather than PyTorch's BatchNorm) run for tensors of ``device_type``."""
+    return device_type == "cuda" or (
+        device_type == "cpu" and (INTERPRETER_ENABLED or _TRITON_ON_CPU.get())
+    )
+
+
 def backend_for(device: torch.device | str) -> str:
     """Name the implementation that fusedbn uses for tensors on ``device``.
 
@@ -48,10 +55,8 @@ def backend_for(device: torch.device | str) -> str:
     ``"torch"`` (PyTorch's native BatchNorm) for the rest.
     """
     device = torch.device(device)
-    if device.type == "cpu" and _TRITON_ON_CPU.get():
-        return TRITON
-    if INTERPRETER_ENABLED and device.type in ("cpu", "cuda"):
+    if not kernels_run_on(device.type):
+        return TORCH
+    if INTERPRETER_ENABLED and not (device.type == "cpu" and _TRITON_ON_CPU.get()):
         return TRITON_INTERPRETER
-    if device.type == "cuda":
-        return TRITON
-    return TORCH
+    return TRITON

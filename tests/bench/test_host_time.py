@@ -62,11 +62,14 @@ def test_the_real_stage_targets_exist():
     # The checks and the autograd Function are fusedbn's own: a rename must update STAGES.
     clock = StageClock()
     with instrumented(clock) as missing:
-        assert fusedbn.functional.check_batch_norm_args is not None
+        assert fusedbn.functional.usual_call is not None
     present = {f"{m}.{p}" for stage in STAGES for m, p in stage.targets} - set(missing)
-    assert "fusedbn.functional.check_batch_norm_args" in present
-    assert "fusedbn.autograd.FusedBatchNormFunction.forward" in present
-    assert isinstance(vars(fusedbn.autograd.FusedBatchNormFunction)["forward"], staticmethod)
+    assert {
+        "fusedbn.functional.usual_call", "fusedbn.functional.check_batch_norm_args",
+        "fusedbn.autograd.plan_batch_norm", "fusedbn.functional.apply_batch_norm",
+        "fusedbn.kernels.launcher.KernelLauncher.__call__",
+    } <= present
+    assert isinstance(vars(fusedbn.autograd.FusedBatchNormFunction)["backward"], staticmethod)
 
 
 def measured(path) -> dict[tuple[str, str, str], float]:

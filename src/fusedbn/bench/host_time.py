@@ -10,7 +10,8 @@ sides of a ratio see the same machine; each round gives one paired ratio, and th
 their median and quartiles. Counts that a noisy machine cannot blur come next, per call: Python
 function calls (cProfile, builtins included), tensor allocations (torch.profiler's memory events),
 kernel launches, and fusedbn's time split into stages (argument checks, planning, kernel launches,
-the rest of the autograd Function bodies, and the autograd engine with the Python around them).
+the rest of the autograd Function's apply and backward, and the autograd engine with the Python
+around them).
 
 ``--fake-gpu`` runs all of it on any machine without a GPU (fusedbn.bench.fake_gpu): CPU tensors take
 fusedbn's Triton path; Triton's driver is a fake one with a real CUDA target, its binder and cache
@@ -81,14 +82,15 @@ class Stage:
 
 
 # Functions that do not exist in the installed versions are skipped and listed in the report.
-CHECKS = Stage("argument checks", (("fusedbn.functional", "check_batch_norm_args"),))
-# plan_batch_norm folds the input and chooses the launch; each module that calls it holds its own name.
+CHECKS = Stage(
+    "argument checks",
+    (("fusedbn.functional", "usual_call"), ("fusedbn.functional", "check_batch_norm_args")),
+)
+# plan_batch_norm folds the input and chooses the launch (or finds the cached plan); each module
+# that calls it holds its own name.
 PLANNING = Stage(
     "planning",
-    tuple(
-        (module, "plan_batch_norm")
-        for module in ("fusedbn.autograd", "fusedbn.kernels.forward", "fusedbn.kernels.backward")
-    ),
+    tuple((module, "plan_batch_norm") for module in ("fusedbn.autograd", "fusedbn.ops")),
 )
 LAUNCHES = Stage(
     "kernel launches",
@@ -98,11 +100,12 @@ LAUNCHES = Stage(
         ("fusedbn.kernels.launcher", "KernelLauncher.__call__"),
     ),
 )
-# Eager code applies ForwardADBatchNormFunction, which inherits forward and backward from this class.
+# apply_batch_norm (called from fusedbn.functional) applies the autograd Function (or, with nothing
+# to differentiate, runs the launcher itself); the backward is the Function's.
 FUNCTION = Stage(
-    "autograd Function bodies",
+    "autograd Function",
     (
-        ("fusedbn.autograd", "FusedBatchNormFunction.forward"),
+        ("fusedbn.functional", "apply_batch_norm"),
         ("fusedbn.autograd", "FusedBatchNormFunction.backward"),
     ),
 )
@@ -204,7 +207,7 @@ class StageTimes:
             (CHECKS.name, self.checks),
             (PLANNING.name, self.planning),
             (LAUNCHES.name, self.launches),
-            ("rest of the Function bodies", self.rest_of_function),
+            ("rest of the Function's apply and backward", self.rest_of_function),
             ("autograd engine and glue", self.autograd_and_glue),
         ]
 
