@@ -27,9 +27,12 @@ raises is reported once per kernel (a RuntimeWarning naming the kernel and the e
 specialisation then keeps Triton's path.
 """
 
+import operator
 import os
 import warnings
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from typing import Any
 
 import torch
@@ -38,6 +41,7 @@ from torch import Tensor
 from triton.runtime.jit import JITFunction
 
 FAST_LAUNCH_ENV = "FUSEDBN_FAST_LAUNCH"
+_dtype_of = operator.attrgetter("dtype")
 # Specialisations kept per kernel by default; past that, the one bound first is dropped (and bound
 # again if it comes back).
 MAX_SPECIALISATIONS = 256
@@ -51,9 +55,10 @@ def fast_launch_enabled() -> bool:
 def launch_hooks_registered() -> bool:
     """True when Triton has a launch hook to call (HookChain objects with calls, or older hooks)."""
     runtime = triton.knobs.runtime
-    return any(
-        hook is not None and bool(getattr(hook, "calls", True))
-        for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook)
+    enter, exit_hook = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return bool(
+        (enter is not None and getattr(enter, "calls", True))
+        or (exit_hook is not None and getattr(exit_hook, "calls", True))
     )
 
 
@@ -157,26 +162,28 @@ class KernelLauncher:
         self.layout: tuple[int, int] | None = None
         self.warned = False
 
-    def fast_path_allowed(self) -> bool:
-        return (
+    def key(self, device: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """The specialisation key of a call (may raise AttributeError or TypeError: not keyable)."""
+        if self.layout is None:
+            return (device, specialization(args), tuple(kwargs.items()))
+        # The leading tensors' dtypes and alignment (all aligned, the usual case, or which are),
+        # the ints by value; the floats after them are floats by the argument layout.
+        count, ints = self.layout
+        tensors = args[:count]
+        if reduce(or_, map(Tensor.data_ptr, tensors)) % 16:
+            aligned = tuple([pointer % 16 == 0 for pointer in map(Tensor.data_ptr, tensors)])
+        else:
+            aligned = True
+        dtypes = tuple(map(_dtype_of, tensors))
+        return (device, dtypes, aligned, args[count:count + ints], tuple(kwargs.items()))
+
+    def __call__(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+        if not (
             self.fast
             and not torch.compiler.is_compiling()
             and not launch_hooks_registered()
             and not getattr(self.kernel, "pre_run_hooks", None)
-        )
-
-    def key(self, device: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        """The specialisation key of a call (may raise AttributeError or TypeError: not keyable)."""
-        if self.layout is None:
-            return (device, specialization(args), *kwargs.items())
-        # The leading tensors by dtype and alignment, the ints by value (the floats after them are
-        # floats by the argument layout).
-        tensors, ints = self.layout
-        specs = [(t.dtype, t.data_ptr() % 16 == 0) for t in args[:tensors]]
-        return (device, *specs, args[tensors:tensors + ints], *kwargs.items())
-
-    def __call__(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-        if not self.fast_path_allowed():
+        ):
             self.kernel[grid](*args, **kwargs)
             return
         driver = triton.runtime.driver.active
