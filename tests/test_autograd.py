@@ -199,6 +199,31 @@ def test_running_stats_with_tangents(training, device):
         assert outcomes["fused"] == outcomes["torch"]
 
 
+@pytest.mark.parametrize("module", [False, True], ids=["functional", "module"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_running_stats_with_tangents_and_an_input_without(training, module, device):
+    """torch raises only when the input (or an affine parameter) carries a tangent too: running
+    statistics with tangents and a plain input give an output without a tangent, in training and
+    in eval (PyTorch's test_nn does this with BatchNorm's modules)."""
+    x = torch.randn(6, 3, 4, dtype=torch.float64, device=device)
+    outcomes = {}
+    for name, cls in (("fused", fusedbn.FusedBatchNorm1d), ("torch", torch.nn.BatchNorm1d)):
+        bn = cls(3, dtype=torch.float64, device=device).train(training)
+        with fwAD.dual_level():
+            running = [fwAD.make_dual(t.clone(), torch.ones_like(t))
+                       for t in (bn.running_mean, bn.running_var)]
+            if module:
+                bn.running_mean, bn.running_var = running
+                y = bn(x)
+            else:
+                y = (fused_batch_norm if name == "fused" else F.batch_norm)(
+                    x, *running, bn.weight, bn.bias, training, 0.1, 1e-5
+                )
+            outcomes[name] = (fwAD.unpack_dual(y).tangent, y.detach().clone())
+    assert outcomes["fused"][0] is None and outcomes["torch"][0] is None
+    torch.testing.assert_close(outcomes["fused"][1], outcomes["torch"][1], rtol=1e-10, atol=1e-10)
+
+
 def test_first_order_backward_still_runs_the_kernels(device, monkeypatch):
     """Without create_graph the backward is the kernels' (the differentiable path is not used)."""
     from fusedbn import autograd
