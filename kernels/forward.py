@@ -291,14 +291,15 @@ def apply_kernel(
     stride_y_outer, stride_y_c, stride_y_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     tiles_inner, num_tiles, tiles_per_split, eps: tl.float64,
-    FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    FROM_RUNNING: tl.constexpr, STORE_STATISTICS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
     With FROM_RUNNING the statistics are the running ones (eval): mean and invstd are derived here
-    and split 0 stores them for the backward pass; otherwise they are read from mean/invstd.
+    and, with STORE_STATISTICS (a backward will need them), split 0 stores them; otherwise they are
+    read from mean/invstd.
     """
     acc_dtype = mean_ptr.dtype.element_ty
     split = tl.program_id(1)
@@ -308,7 +309,7 @@ def apply_kernel(
         mean = tl.load(running_mean_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
         var = tl.load(running_var_ptr + channels, mask=channel_mask, other=1.0).to(acc_dtype)
         invstd = inverse_std(var, eps)
-        if split == 0:
+        if STORE_STATISTICS and split == 0:
             tl.store(mean_ptr + channels, mean, mask=channel_mask)
             tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
     else:
@@ -337,15 +338,17 @@ launch_apply = KernelLauncher(apply_kernel)
 
 
 def allocate_forward_outputs(
-    x: Tensor, view: ChannelView, relu: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    x: Tensor, view: ChannelView, relu: bool, statistics: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Uninitialised (y, mean, invstd, relu_mask) for the folded input ``x``.
 
-    y is laid out like x; the statistics are float32 (float64 for float64 input); relu_mask is the
-    packed mask when ``relu`` is set, else None.
+    y is laid out like x; the statistics are float32 (float64 for float64 input), None without
+    ``statistics``; relu_mask is the packed mask when ``relu`` is set, else None.
     """
-    mean = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
     relu_mask = relu_mask_like(x, view) if relu else None
+    if not statistics:
+        return torch.empty_like(x), None, None, relu_mask
+    mean = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
     return torch.empty_like(x), mean, torch.empty_like(mean), relu_mask
 
 
@@ -357,33 +360,43 @@ def batch_norm_forward(
     bias: Tensor | None,
     residual: Tensor | None = None,
     combine_moments: Callable[[Tensor], tuple[Tensor, int]] | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    statistics: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Launch the forward pass; returns (y, mean, invstd, relu_mask) as allocate_forward_outputs.
 
     ``x`` and ``plan`` are what plan_batch_norm(input, call.relu) returned; ``call`` says what to
     compute (batch or running statistics, the running statistics' update, eps, the fused ReLU).
+    Without ``statistics`` (no backward will follow) an eval call whose running statistics have
+    the statistics' dtype neither stores nor allocates mean and invstd, which are then None.
 
     ``combine_moments`` (synchronized BatchNorm) takes this call's per-split partials, a
     [4, splits, C] tensor of (count, shift, mean - shift, M2), and returns the partials of the whole
     batch with its element count per channel; the statistics are then those of the whole batch.
     """
     view, launch = plan.view, plan.launch
-    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, call.relu)
+    # An eval call with nothing to differentiate needs no statistics; the kernel reads the running
+    # ones in their dtype, which must then be the statistics' (the unused pointers have it).
+    statistics = statistics or call.use_batch_stats or call.running_mean.dtype != plan.stats_dtype
+    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, call.relu, statistics)
     if plan.empty:  # nothing to normalise; the running statistics stay as they are
-        return y, mean.zero_(), invstd.zero_(), relu_mask
+        if statistics:
+            mean.zero_()
+            invstd.zero_()
+        return y, mean, invstd, relu_mask
     x_strides, y_strides = plan.x_strides, plan.y_strides
     if residual is not None and residual.stride() != plan.y_stride:
         residual = conform(residual, y, view, y_strides)  # the kernels read it with y's strides
 
     # Kernels take a pointer for every optional tensor; constexpr flags keep unused ones untouched.
-    unused = mean
+    unused = mean if statistics else call.running_mean
     running_mean = unused if call.running_mean is None else call.running_mean
     running_var = unused if call.running_var is None else call.running_var
     num_batches_tracked = unused if call.num_batches_tracked is None else call.num_batches_tracked
     tensor_args = (
         x, y, unused if residual is None else residual, unused if relu_mask is None else relu_mask,
         unused if weight is None else weight, unused if bias is None else bias,
-        mean, invstd, running_mean, running_var,
+        unused if mean is None else mean, unused if invstd is None else invstd,
+        running_mean, running_var,
     )
     stride_args = (*x_strides, *y_strides, *plan.mask_strides)
     flags = dict(
@@ -428,6 +441,7 @@ def batch_norm_forward(
         )
     launch_apply(
         grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,
-        call.eps, FROM_RUNNING=not call.use_batch_stats, **flags,
+        call.eps, FROM_RUNNING=not call.use_batch_stats, STORE_STATISTICS=statistics,
+        **flags,
     )
     return y, mean, invstd, relu_mask

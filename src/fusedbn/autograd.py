@@ -283,7 +283,7 @@ def apply_batch_norm(
     ):
         return ForwardADBatchNormFunction.apply(input, weight, bias, residual, call)
     x, plan = plan_batch_norm(input, call.relu)
-    return batch_norm_forward(x, plan, call, weight, bias, residual)[0]
+    return batch_norm_forward(x, plan, call, weight, bias, residual, statistics=False)[0]
 
 
 def _relu_jacobian(ctx: Any, like: Tensor) -> Tensor:
