@@ -175,7 +175,7 @@ class KernelLauncher:
         else:
             aligned = True
         dtypes = tuple(map(_dtype_of, tensors))
-        return (device, dtypes, aligned, args[count:count + ints], tuple(kwargs.items()))
+        return (device, dtypes, aligned, args[count:count + ints], *kwargs, *kwargs.values())
 
     def __call__(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
         if not (

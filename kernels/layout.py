@@ -316,11 +316,7 @@ class Plan:
     y_strides: tuple[int, int, int]
     y_stride: tuple[int, ...]
     mask_strides: tuple[int, int, int]  # of relu_mask_like(x); (0, 0, 0) without a fused ReLU
-
-    @property
-    def empty(self) -> bool:
-        """No element to normalise: the launchers return at once."""
-        return self.view.n_per_channel * self.view.num_channels == 0
+    empty: bool  # no element to normalise: the launchers return at once
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (of the planned shape and strides) as the kernels read it, as fold_input folds it."""
@@ -373,6 +369,7 @@ def _cached_plan(
         y_strides=view.strides_like(y, x, x_strides),
         y_stride=y.stride(),
         mask_strides=relu_mask_like(x, view).stride() if relu else (0, 0, 0),
+        empty=x.numel() == 0,
     )
 
 
