@@ -26,6 +26,7 @@ import contextlib
 import copy
 import cProfile
 import csv
+import dataclasses
 import datetime
 import importlib
 import math
@@ -493,13 +494,24 @@ def measure(cases: list[Case], device: torch.device, settings: Settings) -> list
             side.allocations = allocations(step, settings.count_steps, device, context())
             side.launches = launches(step, settings.count_steps, context())
         if not case.variant.floor:
-            clock = StageClock()
-            steps = settings.count_steps
-            with instrumented(clock) as missing:
-                total_us = time_block(case.fusedbn, steps, device, case.context())
-            result.stages = StageTimes.from_clock(clock, total_us * steps / 1e6, steps)
-            result.missing = tuple(missing)
+            result.stages, result.missing = staged(case, device, settings)
     return results
+
+
+def staged(case: Case, device: torch.device, settings: Settings) -> tuple[StageTimes, tuple[str, ...]]:
+    """fusedbn's stages per call: each stage's median over ``rounds`` instrumented blocks of
+    ``count_steps`` calls (a block that the machine interrupts moves one value of each, not the
+    result); the functions not found."""
+    blocks = []
+    steps = settings.count_steps
+    for _ in range(settings.rounds):
+        clock = StageClock()
+        with instrumented(clock) as missing:
+            total_us = time_block(case.fusedbn, steps, device, case.context())
+        blocks.append(StageTimes.from_clock(clock, total_us * steps / 1e6, steps))
+    columns = zip(*map(dataclasses.astuple, blocks), strict=True)
+    medians = [statistics.median(values) for values in columns]
+    return StageTimes(*medians), tuple(missing)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -565,7 +577,8 @@ def format_markdown(results: list[VariantResult], info: dict[str, str], shape: S
         "",
         *(f"- {key}: {value}" for key, value in info.items()),
         f"- {settings.rounds} rounds of {settings.steps} calls per side and variant, interleaved; counts "
-        f"over {settings.count_steps} calls",
+        f"over {settings.count_steps} calls; stages: medians of {settings.rounds} blocks of "
+        f"{settings.count_steps} calls",
         "",
         "| variant | fusedbn | torch runs | fusedbn / torch, median [quartiles] | fusedbn us | torch us "
         "| launches | Python calls fusedbn / torch | allocations fusedbn / torch |",
@@ -586,8 +599,9 @@ def format_markdown(results: list[VariantResult], info: dict[str, str], shape: S
         names = [name for name, _ in staged[0].stages.rows()]
         lines += [
             "",
-            "fusedbn's time per call by stage, us (share), from a run with a wall clock around each "
-            "stage's functions (the clocks add their own cost: the instrumented total is shown):",
+            "fusedbn's time per call by stage, us (share of the instrumented total), with a wall clock "
+            "around each stage's functions (the clocks add their own cost: the instrumented total is "
+            "shown; each value is a median over blocks, so they need not add up exactly):",
             "",
             "| variant | instrumented total | " + " | ".join(names) + " |",
             "|---|---|" + "---|" * len(names),
