@@ -94,6 +94,7 @@ def test_fake_gpu_smoke_run_measures_every_variant(tmp_path, capsys):
             assert values[(name, "fusedbn", "stage_us:kernel launches")] > 0, name
     launches = {name: values[(name, "fusedbn", "launches_per_call")] for name in host_time.VARIANT_NAMES}
     assert launches["whole-channel"] == launches["channels_last"] == launches["add-relu"] == 2
+    assert launches["triton-launch"] == 2
     assert launches["eval"] == 1 and launches["floor"] == 0
     assert launches["split"] > launches["whole-channel"]
     assert values[("eval", "torch", "launches_per_call")] == 0

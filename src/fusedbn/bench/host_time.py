@@ -2,16 +2,16 @@
 
 With a small layer the device finishes each kernel long before the host has launched the next one,
 so the wall time of a call is the host's time. Every variant (whole-channel path, split path,
-channels_last, each fused epilogue, eval, FusedSyncBatchNorm over one process, and a floor: the
-least a Python autograd.Function with BatchNorm's inputs and allocations costs) runs fusedbn's
-module and torch's eager equivalent on the same tensors, in blocks of back-to-back calls. Blocks are
-interleaved (every variant, fusedbn and torch in alternating order, round after round), so both
-sides of a ratio see the same machine; each round gives one paired ratio, and the report gives
-their median and quartiles. Counts that a noisy machine cannot blur come next, per call: Python
-function calls (cProfile, builtins included), tensor allocations (torch.profiler's memory events),
-kernel launches, and fusedbn's time split into stages (argument checks, planning, kernel launches,
-the rest of the autograd Function's apply and backward, and the autograd engine with the Python
-around them).
+channels_last, each fused epilogue, eval, FusedSyncBatchNorm over one process, the whole-channel
+path launched by Triton's own ``kernel[grid]``, and a floor: the least a Python autograd.Function
+with BatchNorm's inputs and allocations costs) runs fusedbn's module and torch's eager equivalent
+on the same tensors, in blocks of back-to-back calls. Blocks are interleaved (every variant,
+fusedbn and torch in alternating order, round after round), so both sides of a ratio see the same
+machine; each round gives one paired ratio, and the report gives their median and quartiles.
+Counts that a noisy machine cannot blur come next, per call: Python function calls (cProfile,
+builtins included), tensor allocations (torch.profiler's memory events), kernel launches, and
+fusedbn's time split into stages (argument checks, planning, kernel launches, the rest of the
+autograd Function's apply and backward, and the autograd engine with the Python around them).
 
 ``--fake-gpu`` runs all of it on any machine without a GPU (fusedbn.bench.fake_gpu): CPU tensors take
 fusedbn's Triton path; Triton's driver is a fake one with a real CUDA target, its binder and cache
@@ -61,11 +61,13 @@ from fusedbn.bench.cases import (
     shape_named,
 )
 from fusedbn.bench.cases import random_tensor as case_tensor
+from fusedbn.bench.fake_gpu import fake_gpu, kernel_launchers
 from fusedbn.bench.providers import reference_module
 from fusedbn.bench.results import device_name, git_commit
 from fusedbn.bench.runner import GRAD_SEED, MODULE_SEED, X_OFFSET, X_SEED
 from fusedbn.bench.timing import synchronize
 from fusedbn.convert import convert_model
+from fusedbn.kernels import backward, forward
 from fusedbn.kernels.layout import LaunchLimits, launch_limits
 from fusedbn.sync import FusedSyncBatchNorm
 
@@ -232,6 +234,7 @@ class Variant:
     split: bool = False  # force the split path (several programs per channel)
     sync: bool = False  # FusedSyncBatchNorm over a gloo group of one process
     floor: bool = False  # fusedbn's side is FloorBatchNorm, not fusedbn
+    direct_launch: bool = True  # False: every launch through kernel[grid] (FUSEDBN_FAST_LAUNCH=0)
 
 
 VARIANTS = (
@@ -245,6 +248,10 @@ VARIANTS = (
     ),
     Variant("eval", "eval forward (no_grad)", "BatchNorm eval", training=False),
     Variant("sync-1", "FusedSyncBatchNorm, one process (gloo)", "BatchNorm", sync=True),
+    Variant(
+        "triton-launch", "training fwd+bwd, whole-channel, launched by kernel[grid] (FUSEDBN_FAST_LAUNCH=0)",
+        "BatchNorm", direct_launch=False,
+    ),
     Variant(
         "floor", "empty autograd.Function: BatchNorm's inputs, saves and allocations", "BatchNorm",
         floor=True,
@@ -348,13 +355,29 @@ def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device)
                 return epilogue(module(x_leaf), extra)
         return lambda: torch.autograd.grad(forward(), inputs, grad_output)
 
-    limits = split_limits(shape) if variant.split else None
     return Case(
         variant=variant,
         fusedbn=call(fused, fused_epilogue=not variant.floor),
         torch=call(eager, fused_epilogue=False),
-        context=(lambda: launch_limits(limits)) if limits else contextlib.nullcontext,
+        context=lambda: fused_setting(variant, shape),
     )
+
+
+@contextmanager
+def fused_setting(variant: Variant, shape: Shape) -> Iterator[None]:
+    """What fusedbn's blocks of ``variant`` run inside: the split path's limits, or Triton's own
+    launches (every KernelLauncher's direct path off, put back after)."""
+    launchers = [] if variant.direct_launch else kernel_launchers(forward, backward)
+    fast = [launcher.fast for launcher in launchers]
+    limits = split_limits(shape) if variant.split else None
+    with launch_limits(limits) if limits else contextlib.nullcontext():
+        try:
+            for launcher in launchers:
+                launcher.fast = False
+            yield
+        finally:
+            for launcher, was_fast in zip(launchers, fast, strict=True):
+                launcher.fast = was_fast
 
 
 @contextmanager
@@ -678,13 +701,11 @@ def _positive_int(text: str) -> int:
 
 @contextmanager
 def _host_setting(fake: bool) -> Iterator[Any]:
-    """The fake GPU when asked for (imported only then), and one torch thread, put back after."""
+    """The fake GPU when asked for, and one torch thread, put back after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         if fake:
-            from fusedbn.bench.fake_gpu import fake_gpu
-
             with fake_gpu() as gpu:
                 yield gpu
         else:
