@@ -131,9 +131,10 @@ def usual_call(
 ) -> bool:
     """True for a call in the usual form, which check_batch_norm_args accepts: a floating input of
     2 or more dims; per-channel tensors of one allowed dtype, one per channel, contiguous, on the
-    input's device; running statistics given together (or training); a one-element
-    num_batches_tracked, a residual like the input, a known activation and a valid eps on that
-    device. Anything else goes to check_batch_norm_args for the full diagnosis.
+    input's device; running statistics given together (or none, in training); a one-element
+    num_batches_tracked and a floating residual of the input's shape on that device; a known
+    activation; a valid eps. Anything else goes to check_batch_norm_args for the full diagnosis
+    (a call that is not usual may still be valid: strided parameters, an empty input).
     """
     if not isinstance(input, Tensor):
         return False
@@ -159,7 +160,7 @@ def usual_call(
     ):
         return False
     if residual is not None and (
-        residual.shape != input.shape or residual.dtype not in PARAMETER_DTYPES
+        residual.shape != input.shape or residual.dtype not in FLOAT_DTYPES
         or residual.device != device
     ):
         return False
