@@ -662,9 +662,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--smoke", action="store_true",
-        help=f"a few calls only: checks that the benchmark measures ({SMOKE})",
+        help="a few calls of each variant: checks that the benchmark measures, claims no speed",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("runs/host-time"), help="output folder")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/host-time"), help="output folder (default: runs/host-time)"
+    )
     parser.add_argument(
         "--shape", type=option_type(shape_named),
         help=f"NxCx... input shape (default: {FAKE_GPU_SHAPE} with --fake-gpu, {CUDA_SHAPE} on CUDA)",
