@@ -37,7 +37,6 @@ from fusedbn.kernels.layout import (
     conform,
     finalize_block_splits,
     finalize_grid,
-    plan_batch_norm,
 )
 from fusedbn.kernels.tiles import (
     channel_block,
@@ -330,6 +329,7 @@ def allocate_backward_outputs(
 def batch_norm_backward(
     dy: Tensor,
     x: Tensor,
+    plan: Plan,
     weight: Tensor | None,
     mean: Tensor,
     invstd: Tensor,
@@ -338,37 +338,33 @@ def batch_norm_backward(
     relu_mask: Tensor | None = None,
     write_grad_residual: bool = False,
     combine_sums: Callable[[Tensor], tuple[Tensor, int]] | None = None,
-    plan: Plan | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the backward pass; returns (grad_input, grad_weight, grad_bias, grad_residual).
 
+    ``x`` and ``plan`` are the forward's (plan_batch_norm's folded input and its plan).
     grad_weight and grad_bias are in the statistics' dtype (float32 or float64) and are only
     computed when ``use_batch_stats`` or ``need_param_grads`` (otherwise they hold garbage).
     ``relu_mask`` is the forward's packed mask when a ReLU was fused; then ``write_grad_residual``
     also returns the masked dy, the gradient of a fused residual (else grad_residual is None).
-    ``plan`` is the forward's (plan_batch_norm(x, relu)), when the caller kept it.
 
     ``combine_sums`` (synchronized BatchNorm) takes this call's [2, C] sums of (dy, dy * xhat) and
     returns those of the whole batch with its element count per channel; grad_input then follows
     the whole batch's statistics, while grad_weight and grad_bias stay this call's own, as in torch.
     """
     relu = relu_mask is not None
-    if plan is None:
-        x, plan = plan_batch_norm(x, relu)
-    else:
-        x = plan.fold(x)
     view, launch = plan.view, plan.launch
     write_grad_residual = write_grad_residual and relu
     dx, grad_weight, grad_bias, grad_residual = allocate_backward_outputs(x, view, write_grad_residual)
-    if x.numel() == 0:
+    if plan.empty:
         return dx, grad_weight.zero_(), grad_bias.zero_(), grad_residual
     need_sums = use_batch_stats or need_param_grads
 
-    x_strides = view.strides(x)
-    dy_strides = view.strides_like(dx, x, x_strides)  # grad_input's, which dy is made to share
-    dy = conform(dy, dx, view, dy_strides)
+    x_strides = plan.x_strides
+    dy_strides = plan.y_strides  # grad_input's, which dy is made to share
+    if dy.stride() != plan.y_stride:
+        dy = conform(dy, dx, view, dy_strides)
     mask_arg = relu_mask if relu else mean
-    mask_strides = relu_mask.stride() if relu else (0, 0, 0)
+    mask_strides = plan.mask_strides
     dr_arg = grad_residual if write_grad_residual else dx
     weight_arg = mean if weight is None else weight
     tensor_args = (dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd)

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fusedbn.kernels.call import BatchNormCall
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import (
     FINALIZE_BLOCK_C,
@@ -33,7 +34,6 @@ from fusedbn.kernels.layout import (
     conform,
     finalize_block_splits,
     finalize_grid,
-    plan_batch_norm,
     relu_mask_like,
 )
 from fusedbn.kernels.tiles import (
@@ -291,14 +291,15 @@ def apply_kernel(
     stride_y_outer, stride_y_c, stride_y_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     tiles_inner, num_tiles, tiles_per_split, eps: tl.float64,
-    FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    FROM_RUNNING: tl.constexpr, STORE_STATISTICS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
     With FROM_RUNNING the statistics are the running ones (eval): mean and invstd are derived here
-    and split 0 stores them for the backward pass; otherwise they are read from mean/invstd.
+    and, with STORE_STATISTICS (a backward will need them), split 0 stores them; otherwise they are
+    read from mean/invstd.
     """
     acc_dtype = mean_ptr.dtype.element_ty
     split = tl.program_id(1)
@@ -308,7 +309,7 @@ def apply_kernel(
         mean = tl.load(running_mean_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
         var = tl.load(running_var_ptr + channels, mask=channel_mask, other=1.0).to(acc_dtype)
         invstd = inverse_std(var, eps)
-        if split == 0:
+        if STORE_STATISTICS and split == 0:
             tl.store(mean_ptr + channels, mean, mask=channel_mask)
             tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
     else:
@@ -337,89 +338,88 @@ launch_apply = KernelLauncher(apply_kernel)
 
 
 def allocate_forward_outputs(
-    x: Tensor, view: ChannelView, relu: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x: Tensor, view: ChannelView, relu: bool, statistics: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Uninitialised (y, mean, invstd, relu_mask) for the folded input ``x``.
 
-    y is laid out like x; the statistics are float32 (float64 for float64 input); relu_mask is the
-    packed mask when ``relu`` is set and an empty tensor otherwise.
+    y is laid out like x; the statistics are float32 (float64 for float64 input), None without
+    ``statistics``; relu_mask is the packed mask when ``relu`` is set, else None.
     """
+    relu_mask = relu_mask_like(x, view) if relu else None
+    if not statistics:
+        return torch.empty_like(x), None, None, relu_mask
     mean = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
-    relu_mask = relu_mask_like(x, view) if relu else torch.empty(0, dtype=torch.uint8, device=x.device)
     return torch.empty_like(x), mean, torch.empty_like(mean), relu_mask
 
 
 def batch_norm_forward(
     x: Tensor,
+    plan: Plan,
+    call: BatchNormCall,
     weight: Tensor | None,
     bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    num_batches_tracked: Tensor | None,
-    use_batch_stats: bool,
-    momentum: float,
-    eps: float,
     residual: Tensor | None = None,
-    relu: bool = False,
     combine_moments: Callable[[Tensor], tuple[Tensor, int]] | None = None,
-    plan: Plan | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    statistics: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Launch the forward pass; returns (y, mean, invstd, relu_mask) as allocate_forward_outputs.
 
-    ``num_batches_tracked``, when given, selects the cumulative average and must already count this
-    batch. Running statistics are updated in place when ``use_batch_stats`` and given. ``plan`` is
-    plan_batch_norm(x, relu)'s, when the caller already made it (to save it for the backward).
+    ``x`` and ``plan`` are what plan_batch_norm(input, call.relu) returned; ``call`` says what to
+    compute (batch or running statistics, the running statistics' update, eps, the fused ReLU).
+    Without ``statistics`` (no backward will follow) an eval call whose running statistics have
+    the statistics' dtype neither stores nor allocates mean and invstd, which are then None.
 
     ``combine_moments`` (synchronized BatchNorm) takes this call's per-split partials, a
     [4, splits, C] tensor of (count, shift, mean - shift, M2), and returns the partials of the whole
     batch with its element count per channel; the statistics are then those of the whole batch.
     """
-    if plan is None:
-        x, plan = plan_batch_norm(x, relu)
-    else:
-        x = plan.fold(x)
     view, launch = plan.view, plan.launch
-    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, relu)
-    if x.numel() == 0:  # nothing to normalise; the running statistics stay as they are
-        return y, mean.zero_(), invstd.zero_(), relu_mask
-    update_running = use_batch_stats and running_mean is not None
-    x_strides = view.strides(x)
-    y_strides = view.strides_like(y, x, x_strides)
-    if residual is not None:
+    # An eval call with nothing to differentiate needs no statistics; the kernel reads the running
+    # ones in their dtype, which must then be the statistics' (the unused pointers have it).
+    statistics = statistics or call.use_batch_stats or call.running_mean.dtype != plan.stats_dtype
+    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, call.relu, statistics)
+    if plan.empty:  # nothing to normalise; the running statistics stay as they are
+        if statistics:
+            mean.zero_()
+            invstd.zero_()
+        return y, mean, invstd, relu_mask
+    x_strides, y_strides = plan.x_strides, plan.y_strides
+    if residual is not None and residual.stride() != plan.y_stride:
         residual = conform(residual, y, view, y_strides)  # the kernels read it with y's strides
 
     # Kernels take a pointer for every optional tensor; constexpr flags keep unused ones untouched.
-    def pointer(t: Tensor | None) -> Tensor:
-        return mean if t is None else t
-
+    unused = mean if statistics else call.running_mean
+    running_mean = unused if call.running_mean is None else call.running_mean
+    running_var = unused if call.running_var is None else call.running_var
+    num_batches_tracked = unused if call.num_batches_tracked is None else call.num_batches_tracked
     tensor_args = (
-        x, y, pointer(residual), relu_mask, pointer(weight), pointer(bias),
-        mean, invstd, pointer(running_mean), pointer(running_var),
+        x, y, unused if residual is None else residual, unused if relu_mask is None else relu_mask,
+        unused if weight is None else weight, unused if bias is None else bias,
+        unused if mean is None else mean, unused if invstd is None else invstd,
+        running_mean, running_var,
     )
-    stride_args = (*x_strides, *y_strides, *(relu_mask.stride() if relu else (0, 0, 0)))
+    stride_args = (*x_strides, *y_strides, *plan.mask_strides)
     flags = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, RELU=relu,
+        HAS_RESIDUAL=residual is not None, RELU=call.relu,
         BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
         num_warps=launch.num_warps,
     )
-    statistics_flags = dict(
-        UPDATE_RUNNING=update_running, CUMULATIVE=num_batches_tracked is not None
-    )
+    statistics_flags = dict(UPDATE_RUNNING=call.update_running, CUMULATIVE=call.cumulative)
 
-    if use_batch_stats and launch.whole_channel and combine_moments is None:
+    if call.use_batch_stats and launch.whole_channel and combine_moments is None:
         launch_whole_channel_forward(
             (launch.channel_blocks, 1),
-            *tensor_args, pointer(num_batches_tracked),
+            *tensor_args, num_batches_tracked,
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
-            *stride_args, launch.tiles_inner, launch.num_tiles, momentum, eps,
+            *stride_args, launch.tiles_inner, launch.num_tiles, call.momentum, call.eps,
             **statistics_flags, **flags,
         )
         return y, mean, invstd, relu_mask
 
     grid = (launch.channel_blocks, launch.num_splits)
     tiling = (launch.tiles_inner, launch.num_tiles, launch.tiles_per_split)
-    if use_batch_stats:
+    if call.use_batch_stats:
         partial = torch.empty(
             (4, launch.num_splits, view.num_channels), dtype=mean.dtype, device=x.device
         )
@@ -434,13 +434,14 @@ def batch_norm_forward(
         num_splits = partial.shape[1]
         launch_finalize_moments(
             finalize_grid(view.num_channels),
-            partial, mean, invstd, pointer(running_mean), pointer(running_var),
-            pointer(num_batches_tracked), num_splits, view.num_channels,
-            n_per_channel, momentum, eps, **statistics_flags,
+            partial, mean, invstd, running_mean, running_var, num_batches_tracked,
+            num_splits, view.num_channels, n_per_channel, call.momentum, call.eps,
+            **statistics_flags,
             BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
         )
     launch_apply(
         grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,
-        eps, FROM_RUNNING=not use_batch_stats, **flags,
+        call.eps, FROM_RUNNING=not call.use_batch_stats, STORE_STATISTICS=statistics,
+        **flags,
     )
     return y, mean, invstd, relu_mask

@@ -86,3 +86,23 @@ def test_gradcheck(layout, training, launch_path, device):
 
     assert torch.autograd.gradcheck(fn, (x, weight, bias), fast_mode=launch_path.split)
     launch_path.check()
+
+
+@pytest.mark.parametrize(
+    "dtype,param_dtype",
+    [(torch.float32, torch.float32), (torch.float16, torch.float32), (torch.float16, torch.float16)],
+    ids=str,
+)
+def test_eval_without_autograd(dtype, param_dtype, launch_path, monkeypatch, device, assert_close):
+    """Inference (no_grad, eval) keeps no statistics for a backward; every output element is still
+    written, from running statistics of the statistics' dtype or of another (half) one."""
+    monkeypatch.setattr(forward_kernels, "torch", _PoisonedTorch())
+    shape = SHAPES[4]
+    x, _ = make_input(shape, "channels_last", dtype, device, seed=97)
+    weight, bias, running_mean, running_var = params_for(shape[1], param_dtype, device, seed=98)
+    with torch.no_grad():
+        y = fused_batch_norm(x, running_mean, running_var, weight, bias, False, 0.1, 1e-5)
+    expected = reference(x, weight, bias, running_mean, running_var, False, 0.1, 1e-5)
+    assert y.grad_fn is None and y.dtype == dtype and torch.isfinite(y).all()
+    assert_close(y, expected["y"].to(dtype), dtype=dtype)
+    launch_path.check()
