@@ -316,12 +316,13 @@ def plan_batch_norm(
     return x, Plan(view, copy_format, choose_launch(view, x, 8 if relu else 1, limits))
 
 
-# Channels per program of the finalize kernels, which read the [splits, C] partial sums.
+# Channels per program of finalize_moments_kernel (synchronized BatchNorm's separate finalize),
+# which reads the [splits, C] partials of every process.
 FINALIZE_BLOCK_C = 32
 
 
 def finalize_grid(num_channels: int) -> tuple[int]:
-    """The finalize kernels' grid: one program per FINALIZE_BLOCK_C channels.
+    """The finalize kernel's grid: one program per FINALIZE_BLOCK_C channels.
 
     (Integer arithmetic: triton.cdiv is a jit function whose Python call costs microseconds.)
     """

@@ -150,10 +150,7 @@ CASES = [
 TRAINING_KERNELS = {
     "single": {"whole_channel_forward_kernel", "whole_channel_backward_kernel"},
     "whole": {"whole_channel_forward_kernel", "whole_channel_backward_kernel"},
-    "split": {
-        "partial_moments_kernel", "finalize_moments_kernel", "apply_kernel",
-        "partial_sums_kernel", "finalize_sums_kernel", "grad_input_kernel",
-    },
+    "split": {"partial_moments_kernel", "apply_kernel", "partial_sums_kernel", "grad_input_kernel"},
 }
 
 
@@ -187,9 +184,10 @@ def test_direct_launch_passes_what_triton_passes(case, launch_path, fake_gpu, mo
 def bound_partial_moments(fake_gpu) -> tuple[FakeGpuKernel, KernelLauncher, tuple, dict]:
     """A partial_moments launcher on the fake GPU, bound by one call; its grid, args and kwargs."""
     x = torch.randn(4, 3, 5)
-    partial = torch.empty(4, 2, 3)
-    args = (x, partial, 4, 5, 3, 15, 5, 1, 1, 5, 3)
-    kwargs = dict(BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, num_warps=4)
+    partial, arrivals, statistics = torch.empty(4, 2, 3), torch.zeros(3, dtype=torch.int32), torch.empty(3)
+    args = (x, partial, arrivals, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, 3, 0.1, 1e-5)
+    kwargs = dict(FINALIZE=True, UPDATE_RUNNING=False, CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1,
+                  num_warps=4)
     kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
     fast = KernelLauncher(kernel.jit)
     fast((3, 2), *args, **kwargs)
@@ -266,11 +264,13 @@ def test_alignment_change_rebinds(fake_gpu):
 def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
     kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
     fast = KernelLauncher(kernel.jit)
-    x, partial = torch.randn(4, 3, 5), torch.empty(4, 2, 3)
+    x, partial, arrivals = torch.randn(4, 3, 5), torch.empty(4, 2, 3), torch.zeros(3, dtype=torch.int32)
     # tiles_per_split, a runtime int, by keyword: its value could change without the key seeing it.
-    kwargs = dict(tiles_per_split=3, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1)
+    kwargs = dict(tiles_per_split=3, momentum=0.1, eps=1e-5, FINALIZE=True, UPDATE_RUNNING=False,
+                  CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1)
+    statistics = torch.empty(3)
     for _ in range(2):
-        fast((3, 2), x, partial, 4, 5, 3, 15, 5, 1, 1, 5, **kwargs)
+        fast((3, 2), x, partial, arrivals, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, **kwargs)
     assert kernel.triton_launches == 2
     assert list(fast.bound.values()) == [None]
 
@@ -345,7 +345,7 @@ def test_fast_and_triton_paths_are_bitwise_equal(path, dtype, channels_last, mon
         forward.launch_whole_channel_forward, forward.launch_partial_moments,
         forward.launch_finalize_moments, forward.launch_apply,
         backward.launch_whole_channel_backward, backward.launch_partial_sums,
-        backward.launch_finalize_sums, backward.launch_grad_input,
+        backward.launch_grad_input,
     ]
     with layout.launch_limits(limits):
         for training, epilogue in itertools.product((True, False), (False, True)):

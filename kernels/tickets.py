@@ -1,0 +1,107 @@
+"""Arrival tickets: how the last program of a channel block learns that all its splits are done.
+
+On the split path every program of a channel block stores its partial summary, then takes a ticket
+from the channel block's counter (an atomic add). The program that draws the last ticket (the count
+of splits minus one) knows that every other split's partials are stored; it merges them in fixed
+split order, so the result does not depend on which program happened to arrive last, and resets the
+counter to zero. That saves the separate finalize launch, and needs no atomics on the results.
+
+Memory ordering (what ``last_to_arrive`` does, and what the compiler makes of it; PTX of sm_80/sm_90
+with Triton 3.9 checked in tests/kernels/test_tickets.py):
+
+- every thread of a program stores its share of the partials (plain ``st.global``);
+- ``tl.debug_barrier()`` (``bar.sync``) orders all of those stores before what thread 0 does next;
+- thread 0 adds 1 to the counter with ``atom.global.acq_rel.gpu``: the release half publishes the
+  program's partials (and, through the barrier, those of its other threads) at GPU scope, the
+  acquire half makes the partials that earlier programs published visible to this one;
+- Triton hands the ticket to the other threads through shared memory behind another barrier, so
+  the last program's loads of the partials come after the acquire;
+- those loads use the ``.cg`` cache modifier (L2, not L1): a line of the partial buffer that this
+  SM's L1 cached earlier (another channel block's merge reads neighbouring channels) is never used.
+
+Where the counters live. A buffer per call would need zeroing, a memset on the GPU per call (the
+very launch this saves). Instead each counter is left at zero by the program that drew the last
+ticket, so one zeroed buffer serves every launch that follows it in order. Launches are ordered
+within a CUDA stream only, so the buffers are cached per (device, current stream): calls on two
+streams at once use two buffers. On the CPU (Triton's interpreter, where a launch runs its programs
+one after another) the thread plays the stream's part. During CUDA graph capture a call gets a
+fresh zeroed buffer of its own (the zeroing is captured with it): a cached buffer would be shared by
+every graph captured on that stream, and graphs replayed on two streams at once would mix tickets.
+A launch that raises (an interpreted one can stop between programs) drops its buffer from the
+cache, so no counter is ever left half counted for the next call.
+"""
+
+import threading
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def last_to_arrive(counter_ptr, arrivals):
+    """True in the one program, of the ``arrivals`` sharing ``counter_ptr``, that arrives last.
+
+    Call it after storing what the last program must read; the last program resets the counter.
+    """
+    tl.debug_barrier()
+    ticket = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+    last = ticket == arrivals - 1
+    if last:
+        tl.store(counter_ptr, 0)
+    return last
+
+
+# Most (device, stream) or (device, thread) queues whose counters are kept; the oldest goes first.
+MAX_QUEUES = 64
+# Counters per buffer, at least (4 bytes each): a buffer serves launches of up to this many blocks.
+MIN_COUNTERS = 256
+
+_counters: dict[tuple, Tensor] = {}
+_counters_changing = threading.Lock()  # held while a buffer is added or evicted
+
+
+def _queue(device: torch.device) -> tuple | None:
+    """What orders launches on ``device`` here: its current CUDA stream, or the calling thread on
+    the CPU. None while the current stream is capturing a CUDA graph."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return None
+        # What Triton's driver reads for the launch stream, without building a torch.cuda.Stream.
+        return device, torch._C._cuda_getCurrentRawStream(device.index)
+    return device, threading.get_ident()
+
+
+class ArrivalCounters:
+    """``with ArrivalCounters(device, count) as counters:`` zeroed int32 counters for a launch.
+
+    The launch must leave them at zero (last_to_arrive does); if it raises, they are dropped.
+    """
+
+    __slots__ = ("counters", "key")
+
+    def __init__(self, device: torch.device, count: int) -> None:
+        self.key = _queue(device)
+        counters = _counters.get(self.key) if self.key is not None else None
+        if counters is None or counters.numel() < count:
+            counters = torch.zeros(
+                max(MIN_COUNTERS, 1 << (count - 1).bit_length()), dtype=torch.int32, device=device
+            )
+            if self.key is not None:
+                with _counters_changing:
+                    _counters.pop(self.key, None)
+                    if len(_counters) >= MAX_QUEUES:
+                        # Safe while a launch on that stream still uses it: the caching allocator
+                        # hands its memory out again on that stream only, after the launch.
+                        del _counters[next(iter(_counters))]
+                    _counters[self.key] = counters
+        self.counters = counters
+
+    def __enter__(self) -> Tensor:
+        return self.counters
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None and self.key is not None:
+            with _counters_changing:
+                _counters.pop(self.key, None)

@@ -1,0 +1,321 @@
+"""Arrival tickets: the split path's last program finalizes, whichever program that is.
+
+Under Triton's interpreter the programs of a launch run one after another, in grid order; the tests
+here reorder them (the interpreter's grid index is remapped) so that another program arrives last,
+interrupt a launch between programs, and look at the counters between calls. On a GPU, the same
+split-path call is captured in a CUDA graph and run on two streams at once.
+"""
+
+import threading
+
+import pytest
+import torch
+from conftest import SHAPES, make_input, params_for, reference, run_both
+from triton.runtime import interpreter
+
+from fusedbn import fused_batch_norm
+from fusedbn.kernels import forward, tickets
+from fusedbn.kernels.launcher import KernelLauncher
+from fusedbn.kernels.tickets import ArrivalCounters
+
+KEYS = ("y", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
+
+
+def training_step(layout, device, seed=0):
+    """One float32 training forward and backward of fused_batch_norm; its results (run_both's)."""
+    shape = SHAPES[4]
+    x, _ = make_input(shape, layout, torch.float32, device, seed=seed, offset=4.0)
+    grad_output, _ = make_input(shape, "contiguous", torch.float32, device, seed=seed + 1)
+    weight, bias, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=seed + 2)
+    fused, _ = run_both(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, grad_output)
+    expected = reference(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5, grad_output)
+    return fused, expected
+
+
+class ProgramOrder:
+    """Runs the programs of every interpreted launch in the order ``order(num_programs)`` gives, as
+    indices into the grid's row-major order; records each launch's grid and its programs' ids in the
+    order they ran."""
+
+    def __init__(self, monkeypatch, order):
+        builder = interpreter.interpreter_builder
+        original = builder.set_grid_idx
+        self.launches: list[tuple[tuple[int, ...], list[tuple[int, int, int]]]] = []
+
+        def set_grid_idx(x, y, z):
+            grid = tuple(builder.grid_dim)
+            row_major = (x * grid[1] + y) * grid[2] + z
+            if row_major == 0:  # the interpreter runs a grid in row-major order
+                self.launches.append((grid, []))
+            index = order(grid[0] * grid[1] * grid[2])[row_major]
+            program = (index // (grid[1] * grid[2]), index // grid[2] % grid[1], index % grid[2])
+            self.launches[-1][1].append(program)
+            original(*program)
+
+        monkeypatch.setattr(builder, "set_grid_idx", set_grid_idx)
+
+    def last_to_arrive(self) -> list[tuple[int, int]]:
+        """For each channel block of each split launch, (the split whose program ran last, splits)."""
+        last = []
+        for grid, programs in self.launches:
+            if grid[1] > 1:
+                last.extend(
+                    ([split for block_, split, _ in programs if block_ == block][-1], grid[1])
+                    for block in range(grid[0])
+                )
+        return last
+
+
+def shuffled(count: int) -> list[int]:
+    return torch.randperm(count, generator=torch.Generator().manual_seed(count)).tolist()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_results_do_not_depend_on_which_program_arrives_last(layout, split_path, device, monkeypatch,
+                                                             assert_close):
+    if device.type == "cuda":
+        pytest.skip("reorders the interpreter's programs")
+    in_grid_order, expected = training_step(layout, device)
+    for order in (lambda count: list(range(count))[::-1], shuffled):
+        with monkeypatch.context() as patch:
+            reordered = ProgramOrder(patch, order)
+            results, _ = training_step(layout, device)
+        last = reordered.last_to_arrive()
+        assert last, "no split launch ran"
+        # In grid order the last split arrives last; here other splits merged the partials.
+        assert any(split != splits - 1 for split, splits in last), last
+        for key in KEYS:
+            assert torch.equal(results[key], in_grid_order[key]), key
+    for key in KEYS:
+        assert_close(in_grid_order[key], expected[key], dtype=torch.float32, msg=key)
+    split_path.check()
+
+
+def test_each_channel_block_counts_its_arrivals_and_the_last_resets(split_path, device, monkeypatch):
+    if device.type == "cuda":
+        pytest.skip("watches the interpreter's programs")
+    seen = []  # per program of a ticketed launch: (channel block, split, its counter as it starts)
+    original = KernelLauncher.__call__
+
+    def watching_call(self, grid, *args, **kwargs):
+        if self.kernel.fn.__name__ in ("partial_moments_kernel", "partial_sums_kernel"):
+            arrivals = args[2] if self.kernel.fn.__name__ == "partial_moments_kernel" else args[6]
+            builder = interpreter.interpreter_builder
+            set_grid_idx = builder.set_grid_idx
+
+            def watch(x, y, z):
+                seen.append((self.kernel.fn.__name__, x, y, int(arrivals[x])))
+                set_grid_idx(x, y, z)
+
+            with monkeypatch.context() as patch:
+                patch.setattr(builder, "set_grid_idx", watch)
+                original(self, grid, *args, **kwargs)
+            assert not arrivals.any(), "a counter was left counting"
+            with ArrivalCounters(arrivals.device, 1) as cached:
+                assert cached is arrivals, "the launch did not use this thread's cached counters"
+            return
+        original(self, grid, *args, **kwargs)
+
+    monkeypatch.setattr(KernelLauncher, "__call__", watching_call)
+    training_step("channels_last", device)
+    kernels = {name for name, *_ in seen}
+    assert kernels == {"partial_moments_kernel", "partial_sums_kernel"}
+    for name in kernels:
+        programs = [(block, split, count) for kernel, block, split, count in seen if kernel == name]
+        blocks = {block for block, _, _ in programs}
+        assert len(blocks) > 1, "the test needs several channel blocks"
+        for block in blocks:
+            counts = [count for b, _, count in programs if b == block]
+            # The interpreter runs a block's splits in order: each finds the arrivals before it.
+            assert counts == list(range(len(counts))) and len(counts) > 1, (name, block, counts)
+
+
+def test_an_interrupted_launch_leaves_no_counter_behind(split_path, device, monkeypatch, assert_close):
+    if device.type == "cuda":
+        pytest.skip("interrupts an interpreted launch")
+
+    class Interrupt(Exception):
+        pass
+
+    builder = interpreter.interpreter_builder
+    original = builder.set_grid_idx
+    started = []
+
+    def stop_at_third_program(x, y, z):
+        started.append((x, y))
+        if len(started) == 3:
+            raise Interrupt
+        original(x, y, z)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builder, "set_grid_idx", stop_at_third_program)
+        with pytest.raises(Exception, match="Interrupt"):
+            training_step("contiguous", device)
+    assert len(started) == 3
+    results, expected = training_step("contiguous", device)
+    for key in KEYS:
+        assert_close(results[key], expected[key], dtype=torch.float32, msg=key)
+    with ArrivalCounters(device, 1) as counters:
+        assert not counters.any()
+    split_path.check()
+
+
+def test_synchronized_forward_keeps_a_separate_finalize(split_path, device, assert_close):
+    """With combine_moments the partials leave the kernel unmerged; finalize_moments_kernel merges
+    what the combine returns (here this call's own partials), then apply_kernel: three launches."""
+    shape = SHAPES[4]
+    x, _ = make_input(shape, "channels_last", torch.float32, device, seed=30, offset=-7.0)
+    weight, bias, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=31)
+    launched = []
+    original = KernelLauncher.__call__
+
+    def recording_call(self, grid, *args, **kwargs):
+        launched.append(self.kernel.fn.__name__)
+        original(self, grid, *args, **kwargs)
+
+    combined = []
+
+    def combine_moments(partial):
+        combined.append(partial.clone())
+        return partial, x.numel() // x.shape[1]
+
+    try:
+        KernelLauncher.__call__ = recording_call
+        y, mean, invstd, _ = forward.batch_norm_forward(
+            x, weight, bias, running_mean, running_var, None, True, 0.1, 1e-5,
+            combine_moments=combine_moments,
+        )
+    finally:
+        KernelLauncher.__call__ = original
+    assert launched == ["partial_moments_kernel", "finalize_moments_kernel", "apply_kernel"]
+    assert combined[0].shape[1] > 1, "the test needs several splits"
+    expected = reference(x, weight, bias, None, None, True, 0.1, 1e-5)
+    assert_close(y, expected["y"], dtype=torch.float32, msg="y")
+    dims = [0, 2, 3]
+    assert_close(mean, x.double().mean(dims), dtype=torch.float32, msg="mean")
+    assert_close(invstd, (x.double().var(dims, unbiased=False) + 1e-5).rsqrt(), msg="invstd")
+    split_path.check()
+
+
+def test_counters_are_kept_per_thread_and_zeroed_when_new(device):
+    if device.type == "cuda":
+        pytest.skip("the CPU's counters are kept per thread")
+    with ArrivalCounters(device, 3) as first:
+        assert first.dtype == torch.int32 and first.numel() >= 3 and not first.any()
+    with ArrivalCounters(device, 3) as again:
+        assert again is first
+    with ArrivalCounters(device, 2 * first.numel()) as grown:
+        assert grown.numel() >= 2 * first.numel() and not grown.any()
+    with ArrivalCounters(device, 3) as after_growth:
+        assert after_growth is grown
+    other = []
+    thread = threading.Thread(target=lambda: other.append(ArrivalCounters(device, 3).counters))
+    thread.start()
+    thread.join()
+    assert other[0] is not grown
+
+
+def test_counters_of_a_failed_launch_are_dropped(device):
+    if device.type == "cuda":
+        pytest.skip("dirties the CPU's counters")
+    with pytest.raises(RuntimeError, match="launch failed"):
+        with ArrivalCounters(device, 4) as counters:
+            counters[1] = 2  # as a launch stopped halfway would leave them
+            raise RuntimeError("launch failed")
+    with ArrivalCounters(device, 4) as fresh:
+        assert fresh is not counters and not fresh.any()
+
+
+def test_at_most_max_queues_buffers_are_kept(device):
+    if device.type == "cuda":
+        pytest.skip("uses the CPU's per-thread counters")
+    count = tickets.MAX_QUEUES + 3
+    ready, done = threading.Barrier(count + 1), threading.Event()
+
+    failures = []
+
+    def take():
+        try:
+            ArrivalCounters(device, 1)
+        except BaseException as error:  # from a thread: reported below
+            failures.append(error)
+        ready.wait(timeout=60)
+        done.wait(timeout=60)  # alive until every thread has its counters: no thread id is reused
+
+    threads = [threading.Thread(target=take) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=60)
+    assert len(tickets._counters) <= tickets.MAX_QUEUES
+    done.set()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+
+
+# ----------------------------------------------------------------------------------------------
+# On a GPU: graph capture and replay, and two streams at once
+# ----------------------------------------------------------------------------------------------
+
+
+def _cuda_step(x, grad, weight, bias, running_mean, running_var):
+    x = x.detach().requires_grad_(True)
+    y = fused_batch_norm(x, running_mean, running_var, weight, bias, True, 0.1, 1e-5)
+    (grad_input,) = torch.autograd.grad(y, x, grad)
+    return y, grad_input
+
+
+def _cuda_case(seed, channels_last=False):
+    generator = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (8, 3, 33, 35)  # 3 channels: several splits each under the split limits
+    x = torch.randn(shape, device="cuda", generator=generator) * 3 + 10
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    grad = torch.randn(shape, device="cuda", generator=generator)
+    weight = torch.rand(shape[1], device="cuda", generator=generator) + 0.5
+    bias = torch.randn(shape[1], device="cuda", generator=generator)
+    return x, grad, weight, bias, torch.zeros(shape[1], device="cuda"), torch.ones(shape[1], device="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cuda_graph_replays_equal_eager_calls(channels_last, split_path):
+    x, grad, weight, bias, running_mean, running_var = _cuda_case(1, channels_last)
+    eager_state = (running_mean.clone(), running_var.clone())
+    expected = [_cuda_step(x, grad, weight, bias, *eager_state) for _ in range(3)]
+    graph_state = (running_mean.clone(), running_var.clone())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and bind outside the capture
+        _cuda_step(x, grad, weight, bias, running_mean.clone(), running_var.clone())
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = _cuda_step(x, grad, weight, bias, *graph_state)
+    for step in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for ours, theirs in zip(captured, expected[step], strict=True):
+            assert torch.equal(ours, theirs), f"replay {step}"
+    assert torch.equal(graph_state[0], eager_state[0]) and torch.equal(graph_state[1], eager_state[1])
+    split_path.check()
+
+
+@pytest.mark.cuda
+def test_two_streams_at_once_keep_their_tickets_apart(split_path):
+    cases = [_cuda_case(seed, channels_last=seed % 2 == 1) for seed in range(2)]
+    expected = [_cuda_step(*case) for case in cases]
+    streams = [torch.cuda.Stream() for _ in cases]
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    results = [[] for _ in cases]
+    for _ in range(20):
+        for stream, case, out in zip(streams, cases, results, strict=True):
+            with torch.cuda.stream(stream):
+                out.append(_cuda_step(*case))
+    torch.cuda.synchronize()
+    for out, wanted in zip(results, expected, strict=True):
+        for step in out:
+            for ours, theirs in zip(step, wanted, strict=True):
+                assert torch.equal(ours, theirs)
+    split_path.check()
