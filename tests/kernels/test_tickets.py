@@ -6,6 +6,10 @@ interrupt a launch between programs, and look at the counters between calls. On 
 split-path call is captured in a CUDA graph and run on two streams at once.
 """
 
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -251,6 +255,69 @@ def test_at_most_max_queues_buffers_are_kept(device):
     for thread in threads:
         thread.join()
     assert not failures, failures
+
+
+# ----------------------------------------------------------------------------------------------
+# The real compiler's code for the ticket (sm_80 and sm_90, no GPU needed)
+# ----------------------------------------------------------------------------------------------
+
+# Runs in a process of its own, without TRITON_INTERPRET, and prints the PTX of both ticketed
+# kernels (small tiles, a fused ReLU, running statistics) for sm_80 and sm_90 as JSON.
+COMPILE_PTX = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedbn.kernels import backward, forward
+
+POINTERS = {"arrivals_ptr": "*i32", "mask_ptr": "*u8", "num_batches_tracked_ptr": "*i64"}
+CONSTEXPRS = dict(FINALIZE=True, UPDATE_RUNNING=True, CUMULATIVE=False, RELU=True,
+                  BLOCK_N=2, BLOCK_S=64, BLOCK_C=2)
+ptx = {}
+for kernel in (forward.partial_moments_kernel, backward.partial_sums_kernel):
+    signature = {
+        p.name: "constexpr" if p.is_constexpr else POINTERS.get(p.name, "*fp32")
+        if p.name.endswith("_ptr") else "fp64" if p.name in ("momentum", "eps") else "i32"
+        for p in kernel.params
+    }
+    constexprs = {p.name: CONSTEXPRS[p.name] for p in kernel.params if p.is_constexpr}
+    for cc in (80, 90):
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs),
+                                  target=GPUTarget("cuda", cc, 32), options={"num_warps": 2})
+        ptx[f"{kernel.__name__} sm_{cc}"] = compiled.asm["ptx"]
+json.dump(ptx, sys.stdout)
+"""
+
+
+def in_order(lines: list[str], patterns: list[str]) -> bool:
+    """Whether lines holding each pattern appear in ``lines`` in the patterns' order."""
+    rest = iter(lines)
+    return all(any(pattern in line for line in rest) for pattern in patterns)
+
+
+def test_compiled_ticket_orders_the_partials_before_the_merge():
+    """The PTX does what tickets.py says: the partial stores, a CTA barrier, one thread's
+    atom.acq_rel.gpu, the ticket shared behind another barrier, then .cg loads of the partials."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    compiled = subprocess.run(
+        [sys.executable, "-c", COMPILE_PTX], env=environment, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert compiled.returncode == 0, compiled.stderr[-3000:]
+    ptx_of = json.loads(compiled.stdout)
+    assert len(ptx_of) == 4
+    for name, ptx in ptx_of.items():
+        lines = [line.strip() for line in ptx.splitlines()]
+        atoms = [i for i, line in enumerate(lines) if "atom." in line]
+        assert len(atoms) == 1, name
+        atom = atoms[0]
+        assert "atom.global.gpu.acq_rel.add" in lines[atom], (name, lines[atom])
+        last_store = max(i for i, line in enumerate(lines[:atom]) if "st.global" in line)
+        assert any("bar.sync" in line for line in lines[last_store:atom]), name
+        after = lines[atom + 1:]
+        first_cg = next(i for i, line in enumerate(after) if "ld.global.cg" in line)
+        assert in_order(after[:first_cg], ["st.shared", "bar.sync", "ld.shared"]), name
+        assert not any("ld.global.cg" in line for line in lines[:atom]), name
 
 
 # ----------------------------------------------------------------------------------------------
