@@ -37,7 +37,7 @@ from fusedbn.kernels.layout import (
     conform,
     plan_batch_norm,
 )
-from fusedbn.kernels.tickets import ArrivalCounters, last_to_arrive
+from fusedbn.kernels.tickets import last_to_arrive, launch_with_arrivals
 from fusedbn.kernels.tiles import (
     channel_block,
     load_affine,
@@ -234,7 +234,7 @@ def merge_sums(partial_ptr, channels, channel_mask, num_splits, num_channels,
 
 @triton.jit
 def partial_sums_kernel(
-    dy_ptr, mask_ptr, x_ptr, mean_ptr, invstd_ptr, partial_ptr, arrivals_ptr,
+    arrivals_ptr, dy_ptr, mask_ptr, x_ptr, mean_ptr, invstd_ptr, partial_ptr,
     sum_dy_ptr, sum_dy_xhat_ptr,
     n_outer, n_inner, num_channels,
     stride_dy_outer, stride_dy_c, stride_dy_inner,
@@ -404,14 +404,13 @@ def batch_norm_backward(
         partial = torch.empty(
             (2, launch.num_splits, view.num_channels), dtype=grad_weight.dtype, device=x.device
         )
-        with ArrivalCounters(x.device, launch.channel_blocks) as arrivals:
-            launch_partial_sums(
-                grid, dy, mask_arg, x, mean, invstd, partial, arrivals, grad_bias, grad_weight,
-                view.n_outer, view.n_inner, view.num_channels,
-                *dy_strides, *mask_strides, *x_strides, *tiling,
-                RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-                num_warps=launch.num_warps,
-            )
+        launch_with_arrivals(
+            launch_partial_sums, grid, x.device, dy, mask_arg, x, mean, invstd, partial,
+            grad_bias, grad_weight, view.n_outer, view.n_inner, view.num_channels,
+            *dy_strides, *mask_strides, *x_strides, *tiling,
+            RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
+            num_warps=launch.num_warps,
+        )
     # grad_bias and grad_weight hold this call's sums of dy and dy * xhat (garbage without
     # need_sums, when grad_input_kernel does not read them: no batch statistics).
     sum_dy, sum_dy_xhat, n_per_channel = grad_bias, grad_weight, view.n_per_channel

@@ -40,7 +40,7 @@ from fusedbn.kernels.layout import (
     plan_batch_norm,
     relu_mask_like,
 )
-from fusedbn.kernels.tickets import ArrivalCounters, last_to_arrive
+from fusedbn.kernels.tickets import last_to_arrive, launch_with_arrivals
 from fusedbn.kernels.tiles import (
     channel_block,
     inverse_std,
@@ -253,7 +253,7 @@ def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
 
 @triton.jit
 def partial_moments_kernel(
-    x_ptr, partial_ptr, arrivals_ptr, mean_ptr, invstd_ptr,
+    arrivals_ptr, x_ptr, partial_ptr, mean_ptr, invstd_ptr,
     running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
     n_outer, n_inner, num_channels, n_per_channel,
     stride_x_outer, stride_x_c, stride_x_inner,
@@ -466,15 +466,14 @@ def batch_norm_forward(
         statistics_args = (
             mean, invstd, pointer(running_mean), pointer(running_var), pointer(num_batches_tracked)
         )
-        with ArrivalCounters(x.device, launch.channel_blocks) as arrivals:
-            launch_partial_moments(
-                grid, x, partial, arrivals, *statistics_args,
-                view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
-                *x_strides, *tiling, momentum, eps, FINALIZE=combine_moments is None,
-                **statistics_flags,
-                BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-                num_warps=launch.num_warps,
-            )
+        launch_with_arrivals(
+            launch_partial_moments, grid, x.device, x, partial, *statistics_args,
+            view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
+            *x_strides, *tiling, momentum, eps, FINALIZE=combine_moments is None,
+            **statistics_flags,
+            BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
+            num_warps=launch.num_warps,
+        )
         if combine_moments is not None:
             partial, n_per_channel = combine_moments(partial)
             num_splits = partial.shape[1]

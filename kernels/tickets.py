@@ -32,6 +32,8 @@ cache, so no counter is ever left half counted for the next call.
 """
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
@@ -58,50 +60,52 @@ MAX_QUEUES = 64
 # Counters per buffer, at least (4 bytes each): a buffer serves launches of up to this many blocks.
 MIN_COUNTERS = 256
 
-_counters: dict[tuple, Tensor] = {}
+_counters: dict[tuple[int, int] | int, Tensor] = {}
 _counters_changing = threading.Lock()  # held while a buffer is added or evicted
 
 
-def _queue(device: torch.device) -> tuple | None:
-    """What orders launches on ``device`` here: its current CUDA stream, or the calling thread on
-    the CPU. None while the current stream is capturing a CUDA graph."""
+def _queue(device: torch.device) -> tuple[int, int] | int | None:
+    """What orders launches on ``device`` here: (device index, current CUDA stream), or the calling
+    thread's id on the CPU. None while the current stream is capturing a CUDA graph."""
     if device.type == "cuda":
         if torch.cuda.is_current_stream_capturing():
             return None
         # What Triton's driver reads for the launch stream, without building a torch.cuda.Stream.
-        return device, torch._C._cuda_getCurrentRawStream(device.index)
-    return device, threading.get_ident()
+        return device.index, torch._C._cuda_getCurrentRawStream(device.index)
+    return threading.get_ident()
 
 
-class ArrivalCounters:
-    """``with ArrivalCounters(device, count) as counters:`` zeroed int32 counters for a launch.
-
-    The launch must leave them at zero (last_to_arrive does); if it raises, they are dropped.
-    """
-
-    __slots__ = ("counters", "key")
-
-    def __init__(self, device: torch.device, count: int) -> None:
-        self.key = _queue(device)
-        counters = _counters.get(self.key) if self.key is not None else None
-        if counters is None or counters.numel() < count:
-            counters = torch.zeros(
-                max(MIN_COUNTERS, 1 << (count - 1).bit_length()), dtype=torch.int32, device=device
-            )
-            if self.key is not None:
-                with _counters_changing:
-                    _counters.pop(self.key, None)
-                    if len(_counters) >= MAX_QUEUES:
-                        # Safe while a launch on that stream still uses it: the caching allocator
-                        # hands its memory out again on that stream only, after the launch.
-                        del _counters[next(iter(_counters))]
-                    _counters[self.key] = counters
-        self.counters = counters
-
-    def __enter__(self) -> Tensor:
-        return self.counters
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is not None and self.key is not None:
+def arrival_counters(device: torch.device, count: int) -> Tensor:
+    """At least ``count`` int32 ticket counters, all zero, for the next launch on ``device``'s
+    current stream (on the CPU: from the calling thread). The launch must leave them at zero."""
+    key = _queue(device)
+    counters = None if key is None else _counters.get(key)
+    if counters is None or counters.numel() < count:
+        counters = torch.zeros(
+            max(MIN_COUNTERS, 1 << (count - 1).bit_length()), dtype=torch.int32, device=device
+        )
+        if key is not None:
             with _counters_changing:
-                _counters.pop(self.key, None)
+                _counters.pop(key, None)
+                if len(_counters) >= MAX_QUEUES:
+                    # Safe while a launch on that stream still uses it: the caching allocator
+                    # hands its memory out again on that stream only, after the launch.
+                    del _counters[next(iter(_counters))]
+                _counters[key] = counters
+    return counters
+
+
+def launch_with_arrivals(
+    launch: Callable[..., None], grid: tuple[int, int], device: torch.device, *args: Any, **kwargs: Any
+) -> None:
+    """``launch(grid, arrivals, *args, **kwargs)`` with arrival_counters(device, grid[0]): one ticket
+    counter per channel block. If the launch raises, its counters are dropped, never reused."""
+    arrivals = arrival_counters(device, grid[0])
+    try:
+        launch(grid, arrivals, *args, **kwargs)
+    except BaseException:
+        key = _queue(device)
+        with _counters_changing:
+            if key is not None and _counters.get(key) is arrivals:
+                del _counters[key]
+        raise

@@ -185,7 +185,7 @@ def bound_partial_moments(fake_gpu) -> tuple[FakeGpuKernel, KernelLauncher, tupl
     """A partial_moments launcher on the fake GPU, bound by one call; its grid, args and kwargs."""
     x = torch.randn(4, 3, 5)
     partial, arrivals, statistics = torch.empty(4, 2, 3), torch.zeros(3, dtype=torch.int32), torch.empty(3)
-    args = (x, partial, arrivals, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, 3, 0.1, 1e-5)
+    args = (arrivals, x, partial, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, 3, 0.1, 1e-5)
     kwargs = dict(FINALIZE=True, UPDATE_RUNNING=False, CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1,
                   num_warps=4)
     kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
@@ -250,15 +250,15 @@ def test_alignment_change_rebinds(fake_gpu):
     kernel, fast, args, kwargs = bound_partial_moments(fake_gpu)
     shifted = torch.randn(61)[1:].view(4, 3, 5)  # 4 bytes past an aligned address
     assert shifted.data_ptr() % 16 != 0
-    moved = (shifted, *args[1:])
+    moved = (args[0], shifted, *args[2:])  # x, after the arrival counters
     fast((3, 2), *moved, **kwargs)
     assert kernel.triton_launches == 2 and len(kernel.compiled) == 2, "not bound anew"
     fast((3, 2), *moved, **kwargs)
     fast((3, 2), *args, **kwargs)
     assert kernel.triton_launches == 2, "a known alignment went through Triton again"
     aligned, unaligned = kernel.compiled.values()
-    assert [launch[9] for launch in unaligned.launches] == [shifted, shifted]
-    assert [launch[9] for launch in aligned.launches] == [args[0]] * 3
+    assert [launch[10] for launch in unaligned.launches] == [shifted, shifted]
+    assert [launch[10] for launch in aligned.launches] == [args[1]] * 3
 
 
 def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
@@ -270,7 +270,7 @@ def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
                   CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1)
     statistics = torch.empty(3)
     for _ in range(2):
-        fast((3, 2), x, partial, arrivals, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, **kwargs)
+        fast((3, 2), arrivals, x, partial, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, **kwargs)
     assert kernel.triton_launches == 2
     assert list(fast.bound.values()) == [None]
 

@@ -20,7 +20,7 @@ from triton.runtime import interpreter
 from fusedbn import fused_batch_norm
 from fusedbn.kernels import forward, tickets
 from fusedbn.kernels.launcher import KernelLauncher
-from fusedbn.kernels.tickets import ArrivalCounters
+from fusedbn.kernels.tickets import arrival_counters, launch_with_arrivals
 
 KEYS = ("y", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
 
@@ -103,7 +103,7 @@ def test_each_channel_block_counts_its_arrivals_and_the_last_resets(split_path, 
 
     def watching_call(self, grid, *args, **kwargs):
         if self.kernel.fn.__name__ in ("partial_moments_kernel", "partial_sums_kernel"):
-            arrivals = args[2] if self.kernel.fn.__name__ == "partial_moments_kernel" else args[6]
+            arrivals = args[0]
             builder = interpreter.interpreter_builder
             set_grid_idx = builder.set_grid_idx
 
@@ -115,8 +115,7 @@ def test_each_channel_block_counts_its_arrivals_and_the_last_resets(split_path, 
                 patch.setattr(builder, "set_grid_idx", watch)
                 original(self, grid, *args, **kwargs)
             assert not arrivals.any(), "a counter was left counting"
-            with ArrivalCounters(arrivals.device, 1) as cached:
-                assert cached is arrivals, "the launch did not use this thread's cached counters"
+            assert arrival_counters(arrivals.device, 1) is arrivals, "not this thread's counters"
             return
         original(self, grid, *args, **kwargs)
 
@@ -159,8 +158,7 @@ def test_an_interrupted_launch_leaves_no_counter_behind(split_path, device, monk
     results, expected = training_step("contiguous", device)
     for key in KEYS:
         assert_close(results[key], expected[key], dtype=torch.float32, msg=key)
-    with ArrivalCounters(device, 1) as counters:
-        assert not counters.any()
+    assert not arrival_counters(device, 1).any()
     split_path.check()
 
 
@@ -204,16 +202,14 @@ def test_synchronized_forward_keeps_a_separate_finalize(split_path, device, asse
 def test_counters_are_kept_per_thread_and_zeroed_when_new(device):
     if device.type == "cuda":
         pytest.skip("the CPU's counters are kept per thread")
-    with ArrivalCounters(device, 3) as first:
-        assert first.dtype == torch.int32 and first.numel() >= 3 and not first.any()
-    with ArrivalCounters(device, 3) as again:
-        assert again is first
-    with ArrivalCounters(device, 2 * first.numel()) as grown:
-        assert grown.numel() >= 2 * first.numel() and not grown.any()
-    with ArrivalCounters(device, 3) as after_growth:
-        assert after_growth is grown
+    first = arrival_counters(device, 3)
+    assert first.dtype == torch.int32 and first.numel() >= 3 and not first.any()
+    assert arrival_counters(device, 3) is first
+    grown = arrival_counters(device, 2 * first.numel())
+    assert grown.numel() >= 2 * first.numel() and not grown.any()
+    assert arrival_counters(device, 3) is grown
     other = []
-    thread = threading.Thread(target=lambda: other.append(ArrivalCounters(device, 3).counters))
+    thread = threading.Thread(target=lambda: other.append(arrival_counters(device, 3)))
     thread.start()
     thread.join()
     assert other[0] is not grown
@@ -222,12 +218,19 @@ def test_counters_are_kept_per_thread_and_zeroed_when_new(device):
 def test_counters_of_a_failed_launch_are_dropped(device):
     if device.type == "cuda":
         pytest.skip("dirties the CPU's counters")
+    given = []
+
+    def failing_launch(grid, arrivals, *args, **kwargs):
+        given.append((grid, arrivals, args, kwargs))
+        arrivals[1] = 2  # as a launch stopped halfway would leave them
+        raise RuntimeError("launch failed")
+
     with pytest.raises(RuntimeError, match="launch failed"):
-        with ArrivalCounters(device, 4) as counters:
-            counters[1] = 2  # as a launch stopped halfway would leave them
-            raise RuntimeError("launch failed")
-    with ArrivalCounters(device, 4) as fresh:
-        assert fresh is not counters and not fresh.any()
+        launch_with_arrivals(failing_launch, (4, 3), device, "x", 5, FLAG=True)
+    ((grid, arrivals, args, kwargs),) = given
+    assert (grid, args, kwargs) == ((4, 3), ("x", 5), {"FLAG": True}) and arrivals.numel() >= 4
+    fresh = arrival_counters(device, 4)
+    assert fresh is not arrivals and not fresh.any()
 
 
 def test_at_most_max_queues_buffers_are_kept(device):
@@ -240,7 +243,7 @@ def test_at_most_max_queues_buffers_are_kept(device):
 
     def take():
         try:
-            ArrivalCounters(device, 1)
+            arrival_counters(device, 1)
         except BaseException as error:  # from a thread: reported below
             failures.append(error)
         ready.wait(timeout=60)
