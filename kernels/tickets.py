@@ -6,29 +6,38 @@ of splits minus one) knows that every other split's partials are stored; it merg
 split order, so the result does not depend on which program happened to arrive last, and resets the
 counter to zero. That saves the separate finalize launch, and needs no atomics on the results.
 
-Memory ordering (what ``last_to_arrive`` does, and what the compiler makes of it; PTX of sm_80/sm_90
-with Triton 3.9 checked in tests/kernels/test_tickets.py):
+Memory ordering (what ``last_to_arrive`` does, and what the compiler makes of it; the PTX of both
+ticketed kernels for sm_80 and sm_90 is checked in tests/kernels/test_tickets.py):
 
 - every thread of a program stores its share of the partials (plain ``st.global``);
-- ``tl.debug_barrier()`` (``bar.sync``) orders all of those stores before what thread 0 does next;
-- thread 0 adds 1 to the counter with ``atom.global.acq_rel.gpu``: the release half publishes the
-  program's partials (and, through the barrier, those of its other threads) at GPU scope, the
-  acquire half makes the partials that earlier programs published visible to this one;
-- Triton hands the ticket to the other threads through shared memory behind another barrier, so
-  the last program's loads of the partials come after the acquire;
-- those loads use the ``.cg`` cache modifier (L2, not L1): a line of the partial buffer that this
-  SM's L1 cached earlier (another channel block's merge reads neighbouring channels) is never used.
+- ``tl.debug_barrier()`` (``bar.sync 0``) orders all of those stores, at CTA scope, before what
+  thread 0 does next (Triton 3.9 puts a barrier of its own before a scalar atomic too; this one
+  does not depend on that);
+- thread 0 alone adds 1 to the counter: ``@p atom.global.gpu.acq_rel.add.u32``. Its release half
+  publishes, at GPU scope, the program's partials: its own stores and, release being cumulative,
+  the stores of the other threads that the barrier ordered before it. Its acquire half makes the
+  partials that earlier programs published this way visible to this one;
+- Triton hands the ticket to the other threads through shared memory behind another ``bar.sync``,
+  so every load of the last program's merge comes after the acquire;
+- those loads use the ``.cg`` cache modifier (``ld.global.cg``: L2, not L1): no line of the
+  partial buffer cached earlier in this SM's L1 (another channel block's merge reads the
+  neighbouring channels) can be read stale, whatever the L1 does on an acquire.
+Triton's interpreter runs a launch's programs one after another, so there the ticket is just a
+count. The cost on a GPU: a barrier and one atomic per program, the atomics of a channel block on
+one L2 address (a few hundred at most, spread over the launch).
 
 Where the counters live. A buffer per call would need zeroing, a memset on the GPU per call (the
 very launch this saves). Instead each counter is left at zero by the program that drew the last
 ticket, so one zeroed buffer serves every launch that follows it in order. Launches are ordered
-within a CUDA stream only, so the buffers are cached per (device, current stream): calls on two
-streams at once use two buffers. On the CPU (Triton's interpreter, where a launch runs its programs
-one after another) the thread plays the stream's part. During CUDA graph capture a call gets a
-fresh zeroed buffer of its own (the zeroing is captured with it): a cached buffer would be shared by
-every graph captured on that stream, and graphs replayed on two streams at once would mix tickets.
-A launch that raises (an interpreted one can stop between programs) drops its buffer from the
-cache, so no counter is ever left half counted for the next call.
+within a CUDA stream only (fusedbn launches no programmatic dependent launches), so the buffers are
+cached per (device, current stream): calls on two streams at once use two buffers. On the CPU
+(Triton's interpreter) the calling thread plays the stream's part. During CUDA graph capture a call
+gets a fresh zeroed buffer of its own, whose zeroing is captured with it (one small memset node per
+ticketed kernel in the graph): a cached buffer would be shared by every graph captured on that
+stream, and graphs replayed on two streams at once would mix their tickets. A launch that raises (an
+interpreted one can stop between programs) drops its buffer from the cache, so no counter is left
+half counted for the next call; on a GPU a launch that raises never ran, and a kernel that faults
+ends the CUDA context.
 """
 
 import threading
@@ -55,7 +64,7 @@ def last_to_arrive(counter_ptr, arrivals):
     return last
 
 
-# Most (device, stream) or (device, thread) queues whose counters are kept; the oldest goes first.
+# Most queues ((device, stream) or thread) whose counters are kept; the oldest is dropped first.
 MAX_QUEUES = 64
 # Counters per buffer, at least (4 bytes each): a buffer serves launches of up to this many blocks.
 MIN_COUNTERS = 256
