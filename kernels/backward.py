@@ -213,23 +213,23 @@ def whole_channel_backward_kernel(
 @triton.jit
 def merge_sums(partial_ptr, channels, channel_mask, num_splits, num_channels,
                BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per-channel totals of the per-split sums of dy and dy * xhat in partial, added in split order
-    (BLOCK_SPLITS at a time). The loads bypass L1 (.cg): other programs of the same launch stored
-    the partials (see tickets.py)."""
-    sum_dy = tl.zeros([BLOCK_C], partial_ptr.dtype.element_ty)
-    sum_dy_xhat = tl.zeros([BLOCK_C], partial_ptr.dtype.element_ty)
+    """Per-channel totals of the per-split sums of dy and dy * xhat in partial.
+
+    BLOCK_SPLITS splits at a time in a fixed order, each row of the [BLOCK_SPLITS, BLOCK_C] block
+    adding up its own splits (r, r + BLOCK_SPLITS, ...); the rows are added once at the end. The
+    loads bypass L1 (.cg): other programs of the same launch stored the partials (see tickets.py).
+    """
+    sum_dy = tl.zeros([BLOCK_SPLITS, BLOCK_C], partial_ptr.dtype.element_ty)
+    sum_dy_xhat = tl.zeros([BLOCK_SPLITS, BLOCK_C], partial_ptr.dtype.element_ty)
     for start in range(0, num_splits, BLOCK_SPLITS):
         splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
         in_bounds = (splits < num_splits) & channel_mask[None, :]
         part = partial_ptr + splits * num_channels + channels[None, :]
-        sum_dy += tl.sum(tl.load(part, mask=in_bounds, other=0.0, cache_modifier=".cg"), axis=0)
-        sum_dy_xhat += tl.sum(
-            tl.load(
-                part + num_splits * num_channels, mask=in_bounds, other=0.0, cache_modifier=".cg"
-            ),
-            axis=0,
+        sum_dy += tl.load(part, mask=in_bounds, other=0.0, cache_modifier=".cg")
+        sum_dy_xhat += tl.load(
+            part + num_splits * num_channels, mask=in_bounds, other=0.0, cache_modifier=".cg"
         )
-    return sum_dy, sum_dy_xhat
+    return tl.sum(sum_dy, axis=0), tl.sum(sum_dy_xhat, axis=0)
 
 
 @triton.jit

@@ -203,16 +203,26 @@ def whole_channel_forward_kernel(
 
 
 @triton.jit
+def chan_merge(n_a, dev_a, m2_a, n_b, dev_b, m2_b):
+    """Two (count, mean deviation from a common shift, M2) summaries of disjoint sets, merged as
+    Chan et al. merge two halves (elementwise; empty summaries have count 0)."""
+    n = n_a + n_b
+    share_b = n_b / tl.maximum(n, 1.0)  # 0 / 1 when both are empty (and in the channels past C)
+    delta = dev_b - dev_a
+    return n, dev_a + delta * share_b, m2_a + m2_b + delta * delta * n_a * share_b
+
+
+@triton.jit
 def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
                   BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr):
     """(mean, M2) per channel from the per-split (count, shift, mean - shift, M2) in partial.
 
-    One pass over the splits in a fixed order, BLOCK_SPLITS at a time, every mean taken relative to
-    split 0's shift (differences of shifts are exact, so nothing of the order of the data's offset
-    is ever added to a deviation). A block of splits is summarised with the exact parallel formula,
-    dev_i = shift_i - shift_0 + (mean_i - shift_i), dev = sum(n_i * dev_i) / n and
-    M2 = sum(M2_i + n_i * (dev_i - dev)^2), and merged into the running summary as Chan et al.
-    merge two halves. With a single block (the usual case) the result is that formula's exactly.
+    Every mean is taken relative to split 0's shift: dev_i = shift_i - shift_0 + (mean_i - shift_i)
+    (differences of shifts are exact, so nothing of the order of the data's offset is ever added to
+    a deviation). One pass over the splits, BLOCK_SPLITS at a time in a fixed order: each row of the
+    [BLOCK_SPLITS, BLOCK_C] block keeps its own summary (splits r, r + BLOCK_SPLITS, ...) with
+    chan_merge, so no iteration waits for a reduction across threads; the rows are merged once at
+    the end, by a fixed reduction tree.
 
     The loads bypass L1 (.cg): other programs of the same launch stored the partials (tickets.py).
     """
@@ -225,9 +235,9 @@ def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
         partial_ptr + num_splits * num_channels + channels, mask=channel_mask, other=0.0,
         cache_modifier=".cg",
     )
-    n = tl.zeros([BLOCK_C], acc_dtype)
-    dev = tl.zeros([BLOCK_C], acc_dtype)
-    m2 = tl.zeros([BLOCK_C], acc_dtype)
+    n = tl.zeros([BLOCK_SPLITS, BLOCK_C], acc_dtype)
+    dev = tl.zeros([BLOCK_SPLITS, BLOCK_C], acc_dtype)
+    m2 = tl.zeros([BLOCK_SPLITS, BLOCK_C], acc_dtype)
     for start in range(0, num_splits, BLOCK_SPLITS):
         splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
         in_bounds = (splits < num_splits) & channel_mask[None, :]
@@ -236,18 +246,10 @@ def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
         shift = tl.load(shifts_ptr + rows, mask=in_bounds, other=0.0, cache_modifier=".cg")
         mean_dev = tl.load(mean_devs_ptr + rows, mask=in_bounds, other=0.0, cache_modifier=".cg")
         split_m2 = tl.load(m2s_ptr + rows, mask=in_bounds, other=0.0, cache_modifier=".cg")
-        split_dev = (shift - shift0[None, :]) + mean_dev
-        block_n = tl.sum(count, axis=0)
-        # tl.maximum: no 0 / 0 in the channels past C (and in blocks of empty splits).
-        block_dev = tl.sum(count * split_dev, axis=0) / tl.maximum(block_n, 1.0)
-        deviation = split_dev - block_dev[None, :]
-        block_m2 = tl.sum(split_m2 + count * deviation * deviation, axis=0)
-        total = n + block_n
-        block_share = block_n / tl.maximum(total, 1.0)  # exactly 1 for the first block
-        delta = block_dev - dev
-        dev += delta * block_share
-        m2 += block_m2 + delta * delta * n * block_share
-        n = total
+        n, dev, m2 = chan_merge(
+            n, dev, m2, count, (shift - shift0[None, :]) + mean_dev, split_m2
+        )
+    _, dev, m2 = tl.reduce((n, dev, m2), 0, chan_merge)
     return shift0 + dev, m2
 
 
