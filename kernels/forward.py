@@ -483,7 +483,7 @@ def batch_norm_forward(
                 finalize_grid(view.num_channels), partial, *statistics_args,
                 num_splits, view.num_channels, n_per_channel, momentum, eps, **statistics_flags,
                 BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
-                num_warps=8,  # a [128, 32] block of four partials in float64 spills with 4 warps
+                num_warps=8,
             )
     launch_apply(
         grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,

@@ -330,5 +330,6 @@ def finalize_grid(num_channels: int) -> tuple[int]:
 
 
 def finalize_block_splits(num_splits: int) -> int:
-    """Splits a finalize program reads at once: all of them up to 128."""
-    return min(_pow2(num_splits), 128)
+    """Splits a finalize program reads at once: all of them up to 64 (a [64, 32] block of four
+    partials and three running summaries per row fits 8 warps' registers in float64)."""
+    return min(_pow2(num_splits), 64)
