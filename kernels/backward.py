@@ -268,7 +268,7 @@ def partial_sums_kernel(
     tl.store(out, sum_dy, mask=channel_mask)
     tl.store(out + num_splits * num_channels, sum_dy_xhat, mask=channel_mask)
     if last_to_arrive(arrivals_ptr + tl.program_id(0), num_splits):
-        # A [splits, channels] block as large as the [N, S, C] tiles of the loop above.
+        # [splits, channels] blocks of a quarter of the loop's [N, S, C] tile, as in the forward.
         sum_dy, sum_dy_xhat = merge_sums(
             partial_ptr, channels, channel_mask, num_splits, num_channels,
             (BLOCK_N * BLOCK_S + 3) // 4, BLOCK_C,

@@ -288,7 +288,8 @@ def partial_moments_kernel(
     tl.store(out + 3 * num_splits * num_channels, m2, mask=channel_mask)
     if FINALIZE:
         if last_to_arrive(arrivals_ptr + tl.program_id(0), num_splits):
-            # A [splits, channels] block as large as the [N, S, C] tiles of the loop above.
+            # [splits, channels] blocks of a quarter of the loop's [N, S, C] tile: the merge holds
+            # three summaries and four partials per element, and so stays within its registers.
             mean, m2 = merge_moments(
                 partial_ptr, channels, channel_mask, num_splits, num_channels,
                 (BLOCK_N * BLOCK_S + 3) // 4, BLOCK_C,
