@@ -373,12 +373,13 @@ def _cached_plan(
     )
 
 
-# Channels per program of the finalize kernels, which read the [splits, C] partial sums.
+# Channels per program of finalize_moments_kernel (synchronized BatchNorm's separate finalize),
+# which reads the [splits, C] partials of every process.
 FINALIZE_BLOCK_C = 32
 
 
 def finalize_grid(num_channels: int) -> tuple[int]:
-    """The finalize kernels' grid: one program per FINALIZE_BLOCK_C channels.
+    """The finalize kernel's grid: one program per FINALIZE_BLOCK_C channels.
 
     (Integer arithmetic: triton.cdiv is a jit function whose Python call costs microseconds.)
     """
@@ -386,5 +387,6 @@ def finalize_grid(num_channels: int) -> tuple[int]:
 
 
 def finalize_block_splits(num_splits: int) -> int:
-    """Splits a finalize program reads at once: all of them up to 128."""
-    return min(_pow2(num_splits), 128)
+    """Splits a finalize program reads at once: all of them up to 64 (a [64, 32] block of four
+    partials and three running summaries per row fits 8 warps' registers in float64)."""
+    return min(_pow2(num_splits), 64)

@@ -88,10 +88,7 @@ CASES = [
 TRAINING_KERNELS = {
     "single": {"whole_channel_forward_kernel", "whole_channel_backward_kernel"},
     "whole": {"whole_channel_forward_kernel", "whole_channel_backward_kernel"},
-    "split": {
-        "partial_moments_kernel", "finalize_moments_kernel", "apply_kernel",
-        "partial_sums_kernel", "finalize_sums_kernel", "grad_input_kernel",
-    },
+    "split": {"partial_moments_kernel", "apply_kernel", "partial_sums_kernel", "grad_input_kernel"},
 }
 
 
@@ -122,12 +119,22 @@ def test_direct_launch_passes_what_triton_passes(case, launch_path, fake_gpu, mo
         assert kernels == TRAINING_KERNELS[launch_path.name]
 
 
+def partial_moments_call(tiles_per_split: int = 3) -> tuple[tuple, dict]:
+    """Positional and keyword arguments of a partial_moments launch over a (4, 3, 5) input."""
+    x = torch.randn(4, 3, 5)
+    partial, arrivals, statistics = torch.empty(4, 2, 3), torch.zeros(3, dtype=torch.int32), torch.empty(3)
+    args = (
+        arrivals, x, partial, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, tiles_per_split,
+        0.1, 1e-5,
+    )
+    kwargs = dict(FINALIZE=True, UPDATE_RUNNING=False, CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1,
+                  num_warps=4)
+    return args, kwargs
+
+
 def bound_partial_moments(fake_gpu) -> tuple[FakeGpuKernel, KernelLauncher, tuple, dict]:
     """A partial_moments launcher on the fake GPU, bound by one call; its grid, args and kwargs."""
-    x = torch.randn(4, 3, 5)
-    partial = torch.empty(4, 2, 3)
-    args = (x, partial, 4, 5, 3, 15, 5, 1, 1, 5, 3)
-    kwargs = dict(BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, num_warps=4)
+    args, kwargs = partial_moments_call()
     kernel = FakeGpuKernel(forward.partial_moments_kernel.fn, record=True)
     fast = KernelLauncher(kernel.jit)
     fast((3, 2), *args, **kwargs)
@@ -199,25 +206,27 @@ def test_alignment_change_rebinds(fake_gpu):
     kernel, fast, args, kwargs = bound_partial_moments(fake_gpu)
     shifted = torch.randn(61)[1:].view(4, 3, 5)  # 4 bytes past an aligned address
     assert shifted.data_ptr() % 16 != 0
-    moved = (shifted, *args[1:])
+    moved = (args[0], shifted, *args[2:])  # x, after the arrival counters
     fast((3, 2), *moved, **kwargs)
     assert kernel.triton_launches == 2 and len(kernel.compiled) == 2, "not bound anew"
     fast((3, 2), *moved, **kwargs)
     fast((3, 2), *args, **kwargs)
     assert kernel.triton_launches == 2, "a known alignment went through Triton again"
     aligned, unaligned = kernel.compiled.values()
-    assert [launch[9] for launch in unaligned.launches] == [shifted, shifted]
-    assert [launch[9] for launch in aligned.launches] == [args[0]] * 3
+    assert [launch[10] for launch in unaligned.launches] == [shifted, shifted]
+    assert [launch[10] for launch in aligned.launches] == [args[1]] * 3
 
 
 def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
     kernel = FakeGpuKernel(forward.partial_moments_kernel.fn, record=True)
     fast = KernelLauncher(kernel.jit)
-    x, partial = torch.randn(4, 3, 5), torch.empty(4, 2, 3)
+    x, partial, arrivals = torch.randn(4, 3, 5), torch.empty(4, 2, 3), torch.zeros(3, dtype=torch.int32)
     # tiles_per_split, a runtime int, by keyword: its value could change without the key seeing it.
-    kwargs = dict(tiles_per_split=3, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1)
+    kwargs = dict(tiles_per_split=3, momentum=0.1, eps=1e-5, FINALIZE=True, UPDATE_RUNNING=False,
+                  CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1)
+    statistics = torch.empty(3)
     for _ in range(2):
-        fast((3, 2), x, partial, 4, 5, 3, 15, 5, 1, 1, 5, **kwargs)
+        fast((3, 2), arrivals, x, partial, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, **kwargs)
     assert kernel.triton_launches == 2
     assert list(fast.bound.values()) == [None]
 
@@ -233,7 +242,8 @@ def test_failed_binding_keeps_tritons_path_and_warns_once(fake_gpu, monkeypatch)
     with pytest.warns(RuntimeWarning, match="partial_moments_kernel.*RuntimeError: binding failed") as seen:
         for _ in range(2):
             fast((3, 2), *args, **kwargs)
-        fast((3, 1), *args[:-1], 4, **kwargs)  # another specialisation fails to bind too
+        # tiles_per_split 4: another specialisation, which fails to bind too
+        fast((3, 1), *args[:-3], 4, *args[-2:], **kwargs)
     assert len(seen) == 1
     assert kernel.triton_launches == 4
     assert list(fast.bound.values()) == [None, None]
@@ -261,11 +271,9 @@ def test_failed_direct_launch_warns_once_and_takes_tritons_path(fake_gpu):
 def test_the_specialisation_cache_is_bounded(fake_gpu):
     kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
     fast = KernelLauncher(kernel.jit, max_specialisations=3)
-    x, partial = torch.randn(4, 3, 5), torch.empty(4, 2, 3)
-    kwargs = dict(BLOCK_N=4, BLOCK_S=8, BLOCK_C=1)
 
     def launch(tiles_per_split):
-        fast((3, 2), x, partial, 4, 5, 3, 15, 5, 1, 1, 5, tiles_per_split, **kwargs)
+        fast((3, 2), *partial_moments_call(tiles_per_split)[0], **partial_moments_call()[1])
 
     for tiles_per_split in range(2, 7):  # five specialisations (each int value is one)
         launch(tiles_per_split)
@@ -294,8 +302,8 @@ def test_arguments_laid_out_otherwise_are_never_kept(fake_gpu):
     """The quick key reads the leading tensors and ints; a call that does not fit that layout
     (here a tensor where an int was) takes Triton's path and is not kept."""
     kernel, fast, args, kwargs = bound_partial_moments(fake_gpu)
-    assert fast.layout == (2, 9)
-    odd = (*args[:2], torch.tensor(4), *args[3:])
+    assert fast.layout == (8, 10)
+    odd = (*args[:8], torch.tensor(4), *args[9:])
     fast((3, 2), *odd, **kwargs)
     fast((3, 2), *odd, **kwargs)
     assert kernel.triton_launches == 3 and len(fast.bound) == 1
@@ -357,7 +365,7 @@ def test_fast_and_triton_paths_are_bitwise_equal(path, dtype, channels_last, mon
         forward.launch_whole_channel_forward, forward.launch_partial_moments,
         forward.launch_finalize_moments, forward.launch_apply,
         backward.launch_whole_channel_backward, backward.launch_partial_sums,
-        backward.launch_finalize_sums, backward.launch_grad_input,
+        backward.launch_grad_input,
     ]
     with layout.launch_limits(limits):
         for training, epilogue in itertools.product((True, False), (False, True)):
