@@ -314,37 +314,41 @@ def tune(
     _check_same_space(storage, f"{config.study_name}-stage1", fingerprint)
 
     _note_resume(storage, config, notify)
-    studies: list[optuna.Study] = []
     try:
-        stages = _run_stages(task, tuned, fixed, fingerprint, storage, config, notify, studies)
+        stages = _run_stages(task, tuned, fixed, fingerprint, storage, config, notify)
     except KeyboardInterrupt as interrupt:
-        finished = {
-            study.study_name: sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-            for study in studies
-        }
+        finished = {name: counts[0] for name, counts in _stored_trials(storage, config).items()}
         raise TuningInterrupted(display_url(config.storage), finished) from interrupt
     return TuningResult(config=config, tuned=tuned, fixed=fixed, stages=stages)
 
 
-def _note_resume(storage: optuna.storages.BaseStorage, config: SearchConfig, notify: Notify) -> None:
-    """Say how many finished (and running) trials the study already has, when it has any trial."""
+def _stored_trials(storage: optuna.storages.BaseStorage, config: SearchConfig) -> dict[str, tuple[int, int]]:
+    """(finished, running) trials of each stage study that ``storage`` holds, by study name."""
     names = set(optuna.get_all_study_names(storage))
-    counts = []
+    counts = {}
     for number in range(1, config.stages + 1):
         name = f"{config.study_name}-stage{number}"
         if name in names:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-            finished = sum(t.state in FINISHED for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            counts.append((number, finished, running, len(trials)))
-    if any(total for *_, total in counts):
+            counts[name] = (
+                sum(t.state in FINISHED for t in trials),
+                sum(t.state == TrialState.RUNNING for t in trials),
+            )
+    return counts
+
+
+def _note_resume(storage: optuna.storages.BaseStorage, config: SearchConfig, notify: Notify) -> None:
+    """Say how many finished (and running) trials the study already has, when it has any."""
+    counts = _stored_trials(storage, config)
+    if any(finished or running for finished, running in counts.values()):
         per_stage = ", ".join(
-            f"stage {number}: {finished} finished" + (f", {running} running" if running else "")
-            for number, finished, running, _ in counts
+            f"stage {name.rpartition('-stage')[2]}: {finished} finished"
+            + (f", {running} running" if running else "")
+            for name, (finished, running) in counts.items()
         )
         notify(
-            f"resuming: {sum(c[1] for c in counts)} finished trials of study {config.study_name!r} in "
-            f"{display_url(config.storage)} ({per_stage})"
+            f"resuming: {sum(finished for finished, _ in counts.values())} finished trials of study "
+            f"{config.study_name!r} in {display_url(config.storage)} ({per_stage})"
         )
 
 
@@ -356,9 +360,8 @@ def _run_stages(
     storage: optuna.storages.BaseStorage,
     config: SearchConfig,
     notify: Notify,
-    studies: list[optuna.Study],
 ) -> list[StageResult]:
-    """Run every stage in turn; each stage's study is appended to ``studies`` as soon as it is open."""
+    """Run every stage in turn, each after the one before it is complete."""
     stages: list[StageResult] = []
     for number in range(1, config.stages + 1):
         study = optuna.create_study(
@@ -368,7 +371,6 @@ def _run_stages(
             pruner=_make_pruner(config.pruner),
             load_if_exists=True,
         )
-        studies.append(study)
         study.sampler = _make_sampler(
             config, number, tuned, existing_trials=len(study.get_trials(deepcopy=False))
         )
