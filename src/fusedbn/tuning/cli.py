@@ -82,8 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         default=DEFAULT_THREADS,
-        help="torch CPU threads of this process (default: 1, fastest for these small networks, and "
-        "far faster than several on busy cores); several workers on one machine: keep workers x "
+        help="torch CPU threads of this process (default: 1: these small networks gain little from "
+        "more, and on busy cores more are far slower); several workers on one machine: keep workers x "
         "threads <= cores",
     )
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd (with momentum)")
