@@ -20,6 +20,17 @@ TORCH = "torch"
 # Triton reads this variable when a kernel is decorated, so it is read once, at import, here too.
 INTERPRETER_ENABLED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+if INTERPRETER_ENABLED:
+    # Triton's interpreter imports numpy, which Triton does not declare: without it, importing triton
+    # fails deep inside Triton. Say what is missing before fusedbn imports triton.
+    try:
+        import numpy  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "TRITON_INTERPRET=1 runs fusedbn's kernels under Triton's interpreter, which needs numpy: "
+            "pip install numpy, or unset TRITON_INTERPRET"
+        ) from None
+
 # Set by triton_on_cpu(): CPU tensors take the Triton launchers' path (the fake GPU's).
 _TRITON_ON_CPU: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "fusedbn_triton_on_cpu", default=False
