@@ -1,5 +1,6 @@
 """The experiments of fusedbn.science: update_bn on the fused modules, the noise measure, determinism."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from fusedbn.science.experiments import (
     paper_table,
     random_vs_grid,
 )
+from fusedbn.science.figures import draw_figure
 from fusedbn.science.stats import CONTRADICTED, HELD, NOT_SHOWN
 from fusedbn.tuning.mnist1d import PAPER_MODELS
 
@@ -61,26 +63,27 @@ def test_normalised_spread_shrinks_like_one_over_the_root_of_the_batch() -> None
     assert np.allclose(ratios, 2.0, rtol=0.2), spreads  # 4x the batch: half the spread
 
 
-def test_experiments_are_seeded(tmp_path: Path) -> None:
-    def run(folder: str) -> list:
-        (tmp_path / folder).mkdir()
-        context = Context(preset=PRESETS["smoke"], figure_dir=tmp_path / folder, progress=lambda _: None)
+def test_experiments_are_seeded_and_keep_their_figure_data(tmp_path: Path) -> None:
+    def run() -> list:
+        context = Context(preset=PRESETS["smoke"], progress=lambda _: None)
         return [experiment(context) for experiment in (random_vs_grid, batchnorm_noise)]
 
-    first, second = run("a"), run("b")
+    first, second = run(), run()
     assert first == second
     for finding in first:
         assert finding.verdict in (HELD, NOT_SHOWN, CONTRADICTED)
         assert len(finding.tests) == len(finding.test_verdicts) and finding.rows
-        assert (tmp_path / "a" / finding.figure).stat().st_size > 10_000
+        assert json.loads(json.dumps(finding.figure_data)) == finding.figure_data, "plain JSON values"
+        assert draw_figure(finding, tmp_path).stat().st_size > 10_000
+    panels = first[0].figure_data["panels"]
+    assert [p["test"] for p in panels] == [vars(first[0].tests[0]), vars(first[0].tests[2])]
+    assert all(len(p["first"]) == len(p["second"]) == PRESETS["smoke"].seeds for p in panels)
 
 
 @pytest.mark.usefixtures("mnist1d_offline")
 def test_paper_table_and_bias_equivalence_on_mnist1d(tmp_path: Path) -> None:
     science = SCIENCE_TASKS["mnist1d"]
-    context = Context(
-        preset=science.presets["smoke"], figure_dir=tmp_path, progress=lambda _: None, science=science
-    )
+    context = Context(preset=science.presets["smoke"], progress=lambda _: None, science=science)
     table = paper_table(context)
     models = [row["model"] for row in table.rows]
     assert models[:-1] == list(PAPER_MODELS) and "tuned" in models[-1]
@@ -95,5 +98,15 @@ def test_paper_table_and_bias_equivalence_on_mnist1d(tmp_path: Path) -> None:
     # The bias arm trained the very configurations of the plain arm (cached searches share their keys).
     plain = [key for key in context.searches if key[0] == context.bn_params and not key[-1]]
     assert len(plain) == 2 and len(context.searches) > len(plain)
+    # Each figure's data are plain JSON values, drawn by a kind of fusedbn.science.figures.
+    models = table.figure_data["models"]
+    assert [model["published"] for model in models.values()] == [p for _, p in PAPER_MODELS.values()]
+    assert models["CNN"]["seeds"] == table.extra["accuracy"]["CNN"]
+    assert table.figure_data["extra"] == {"fusedbn CNN, tuned": tuned.test_accuracy_all}
+    panels = bias.figure_data["panels"]
+    assert [p["test"] for p in panels] == [vars(test) for test in bias.tests]
+    assert all(len(p["first"]) == len(p["second"]) == 2 * 3 for p in panels)
+    assert bias.figure_data["margin"] == 0.005 and bias.figure_data["arms"] == ["bias", "no bias"]
     for finding in (table, bias):
-        assert (tmp_path / finding.figure).stat().st_size > 10_000
+        assert json.loads(json.dumps(finding.figure_data)) == finding.figure_data
+        assert draw_figure(finding, tmp_path).stat().st_size > 10_000

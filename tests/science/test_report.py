@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fusedbn.science.experiments import PRESETS, Finding
-from fusedbn.science.report import RunInfo, markdown, read_comparison, write_report
+from fusedbn.science.report import ReportFileError, RunInfo, markdown, read_comparison, write_report
 
 
 def finding(key: str, verdict: str) -> Finding:
@@ -21,6 +21,7 @@ def finding(key: str, verdict: str) -> Finding:
         verdict=verdict,
         explanation="explanation",
         figure=f"{key}.png",
+        figure_data={"kind": "published_vs_reproduced", "models": {}, "margin": 0.03},
     )
 
 
@@ -56,5 +57,5 @@ def test_two_tasks_side_by_side_say_where_they_differ(tmp_path: Path) -> None:
 
 def test_a_file_without_findings_is_refused(tmp_path: Path) -> None:
     (tmp_path / "science.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a readable science.json"):
+    with pytest.raises(ReportFileError, match="--compare: .* holds no findings"):
         read_comparison(tmp_path / "science.json")

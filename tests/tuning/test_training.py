@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fusedbn.tuning.storage import FAILURE_ATTR
-from fusedbn.tuning.training import Task, evaluate
+from fusedbn.tuning.training import Task, evaluate, torch_threads
 
 SGD_PARAMS = {
     "learning_rate": 0.05,
@@ -131,6 +131,7 @@ def test_evaluate_counts_correct_predictions() -> None:
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"valid": (torch.zeros(3, 64), torch.zeros(2, dtype=torch.long))}, "valid: need as many targets"),
         ({"train": (torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))}, "at least one"),
+        ({"device": "gpu0"}, "unknown device 'gpu0': "),
     ],
 )
 def test_unusable_tasks_are_refused(tiny_task: Task, change: dict, message: str) -> None:
@@ -246,3 +247,15 @@ def test_weight_decay_is_read_when_the_space_has_it(tiny_task: Task, optimizer: 
     assert tiny_task._make_optimizer(model, params).param_groups[0]["weight_decay"] == 0.0
     decayed = tiny_task._make_optimizer(model, {**params, "weight_decay": 0.01})
     assert decayed.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_torch_threads_holds_for_the_block_and_is_restored_even_on_an_error() -> None:
+    before = torch.get_num_threads()
+    target = 2 if before != 2 else 3
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(target):
+        assert torch.get_num_threads() == target
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"), torch_threads(0):
+        pytest.fail("the block must not run")
+    assert torch.get_num_threads() == before

@@ -3,17 +3,18 @@
 Each experiment (:mod:`fusedbn.science.experiments`, one function each) states a claim, runs paired
 arms over several seeds through the tuning harness, tests the differences (:mod:`fusedbn.science.stats`)
 and gives a verdict: held, not shown or contradicted. :func:`run_science` runs a task's experiments and
-writes ``science.json``, ``REPORT.md`` and one PNG figure per experiment.
+writes ``science.json``, ``REPORT.md`` and one PNG figure per experiment; :func:`replot_science` draws the
+figures again from ``science.json`` alone.
 
 With several workers, the task's groups of experiments (experiments that share searches stay in one
 group) run in parallel processes, one torch thread each; every number is the same as in one process.
 """
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from fusedbn.outputs import output_folder
 from fusedbn.science.experiments import (
     PRESETS,
     SCIENCE_TASKS,
@@ -30,8 +32,14 @@ from fusedbn.science.experiments import (
     Preset,
     ScienceTask,
 )
-from fusedbn.science.report import RunInfo, read_comparison, write_report
+from fusedbn.science.figures import draw_figure
+from fusedbn.science.report import JSON_FILE, RunInfo, read_comparison, read_findings, write_report
 from fusedbn.tuning.tasks import get_task
+from fusedbn.tuning.training import torch_threads
+
+
+class ScienceArgumentError(ValueError):
+    """An argument of :func:`run_science` that it cannot run with; the message names it."""
 
 
 def quiet(message: str) -> None:
@@ -64,42 +72,53 @@ def run_science(
     ``science.json`` (``compare``) beside them. ``progress`` must pickle when ``workers`` > 1.
 
     Everything is checked before ``out`` is created: an unknown task or preset, a data seed the task
-    cannot take, a missing package, an unreadable ``compare`` file, fewer than one worker raise ValueError.
+    cannot take or a missing package (:class:`~fusedbn.tuning.tasks.TaskError`), an unreadable ``compare``
+    file (:class:`~fusedbn.science.report.ReportFileError`), fewer than one worker
+    (:class:`ScienceArgumentError`).
+    Everything is written into ``out`` once every experiment has run: a run that stops early (an error,
+    Ctrl-C) leaves a folder as it was, and none it created.
     """
     science = SCIENCE_TASKS[get_task(task).name]
     if preset not in science.presets:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(science.presets)}")
+        raise ScienceArgumentError(f"unknown preset {preset!r}; choose one of {', '.join(science.presets)}")
     workers = science.workers if workers is None else workers
     if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+        raise ScienceArgumentError(f"--workers must be >= 1, got {workers}")
     other = None if compare is None else read_comparison(compare)
-    out = Path(out)
     chosen = science.presets[preset]
-    context = Context(preset=chosen, figure_dir=out, progress=progress, science=science, data_seed=data_seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest, and the results do not depend on it
-    try:
+    context = Context(preset=chosen, progress=progress, science=science, data_seed=data_seed)
+    # Tiny models: one thread is fastest, and the results do not depend on it.
+    with torch_threads(1):
         context.task()  # builds the data first: a bad data seed or a missing package stops here
-        out.mkdir(parents=True, exist_ok=True)
-        load_before, start, cpu_start = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
-        processes = min(workers, len(science.groups))
-        if processes > 1:
-            findings = _in_parallel(science, chosen, out, data_seed, progress, processes)
-        else:
-            findings = _run_experiments(context, science.experiments)
-        run = RunInfo(
-            task=task,
-            wall_seconds=time.perf_counter() - start,
-            cpu_seconds=_cpu_seconds() - cpu_start,
-            torch_threads=torch.get_num_threads(),
-            load_before=load_before,
-            load_after=os.getloadavg()[0],
-            workers=processes,
-        )
-        write_report(findings, chosen, command, run, out, other)
-    finally:
-        torch.set_num_threads(threads)
+        with output_folder(out) as folder:
+            load_before, start, cpu_start = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
+            processes = min(workers, len(science.groups))
+            if processes > 1:
+                findings = _in_parallel(science, chosen, data_seed, progress, processes)
+            else:
+                findings = _run_experiments(context, science.experiments)
+            run = RunInfo(
+                task=task,
+                wall_seconds=time.perf_counter() - start,
+                cpu_seconds=_cpu_seconds() - cpu_start,
+                torch_threads=1,
+                load_before=load_before,
+                load_after=os.getloadavg()[0],
+                workers=processes,
+            )
+            write_report(findings, chosen, command, run, folder, other)
+            for finding in findings:
+                draw_figure(finding, folder)
     return findings
+
+
+def replot_science(out: str | Path) -> list[Path]:
+    """Draw every figure again from ``out/science.json``, without running anything; returns the paths.
+
+    Raises :class:`~fusedbn.science.report.ReportFileError` when science.json cannot be read or keeps no
+    figure data.
+    """
+    return [draw_figure(finding, Path(out)) for finding in read_findings(Path(out) / JSON_FILE)]
 
 
 def _cpu_seconds() -> float:
@@ -118,40 +137,56 @@ def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> lis
     return findings
 
 
+def _start_worker() -> None:
+    """Set up a worker process: Ctrl-C is the main process's to handle (it stops the workers), one torch
+    thread, no Optuna log lines."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def _run_group(
     science: ScienceTask,
     preset: Preset,
-    out: Path,
     data_seed: int | None,
     progress: Callable[[str], None],
     experiments: Sequence[Experiment],
 ) -> list[Finding]:
-    """One worker process: the ``experiments`` of one group, in order, on one torch thread."""
-    torch.set_num_threads(1)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    context = Context(preset=preset, figure_dir=out, progress=progress, science=science, data_seed=data_seed)
+    """One worker process: the ``experiments`` of one group, in order."""
+    context = Context(preset=preset, progress=progress, science=science, data_seed=data_seed)
     return _run_experiments(context, experiments)
 
 
 def _in_parallel(
     science: ScienceTask,
     preset: Preset,
-    out: Path,
     data_seed: int | None,
     progress: Callable[[str], None],
     processes: int,
 ) -> list[Finding]:
     """The task's groups of experiments in ``processes`` spawned processes; the findings in the task's
-    order of experiments."""
-    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
-        arguments = (science, preset, out, data_seed, progress)
-        futures = [pool.submit(_run_group, *arguments, group) for group in science.groups]
+    order of experiments. Leaving early (an error, Ctrl-C) stops the workers."""
+    with get_context("spawn").Pool(processes, initializer=_start_worker) as pool:
+        pending = [
+            pool.apply_async(_run_group, (science, preset, data_seed, progress, group))
+            for group in science.groups
+        ]
         found = {
             experiment: finding
-            for group, future in zip(science.groups, futures, strict=True)
-            for experiment, finding in zip(group, future.result(), strict=True)
+            for group, result in zip(science.groups, pending, strict=True)
+            for experiment, finding in zip(group, result.get(), strict=True)
         }
+        pool.close()
+        pool.join()  # the workers' CPU time counts once they have ended
     return [found[experiment] for experiment in science.experiments]
 
 
-__all__ = ["PRESETS", "SCIENCE_TASKS", "Progress", "quiet", "run_science"]
+__all__ = [
+    "PRESETS",
+    "SCIENCE_TASKS",
+    "Progress",
+    "ScienceArgumentError",
+    "quiet",
+    "replot_science",
+    "run_science",
+]

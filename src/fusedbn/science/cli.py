@@ -3,9 +3,10 @@
 Runs each experiment of fusedbn.science (random vs grid, coarse-to-fine, log vs linear scales, with vs
 without BatchNorm, BatchNorm's noise vs batch size, importances for SGD and Adam, test-time statistics;
 on mnist1d also the MNIST-1D paper's table and whether a bias before BatchNorm is redundant) and writes
-science.json, REPORT.md and the figures into --out. On digits the full preset took 8.7 minutes on 2 idle
-CPU cores (17 on busy ones) and --quick about a minute; on mnist1d see results/science-mnist1d/REPORT.md.
---compare puts the verdicts of another task's science.json beside this run's.
+science.json, REPORT.md and the figures into --out once all have run. On digits the full preset took
+8.7 minutes on 2 idle CPU cores (17 on busy ones) and --quick about a minute; on mnist1d see
+results/science-mnist1d/REPORT.md. --compare puts the verdicts of another task's science.json beside
+this run's; --replot draws the figures again from OUT/science.json without running anything.
 """
 
 import argparse
@@ -15,8 +16,12 @@ import time
 
 import optuna
 
-from fusedbn.science import PRESETS, Progress, quiet, run_science
+from fusedbn.cli import INTERRUPTED_EXIT_CODE
+from fusedbn.outputs import OutputFolderError
+from fusedbn.science import PRESETS, Progress, ScienceArgumentError, quiet, replot_science, run_science
+from fusedbn.science.report import ReportFileError
 from fusedbn.tuning.cli import add_task_arguments, data_seed
+from fusedbn.tuning.tasks import TaskError
 
 DEFAULT_OUT = "runs/science"
 
@@ -41,11 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "not depend on it (default: 1 for digits, 2 for mnist1d)",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the report ({DEFAULT_OUT})")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="only draw the figures again from OUT/science.json (no experiment runs)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fusedbn science``; returns the exit code: 2 for bad arguments (nothing is written then)."""
+    """Run ``fusedbn science``; returns the exit code: 2 for a bad argument (nothing is written then),
+    130 after Ctrl-C."""
     progress = quiet if args.no_progress else Progress(time.time())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     words = ["fusedbn", "science", "--preset", args.preset]
@@ -60,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
             words += [option, str(value)]
     command = shlex.join([*words, "--out", args.out])
     try:
+        if args.replot:
+            paths = replot_science(args.out)
+            print(f"Drew {', '.join(path.name for path in paths)} in {args.out}/ from science.json")
+            return 0
         findings = run_science(
             args.preset,
             args.out,
@@ -70,9 +85,16 @@ def run(args: argparse.Namespace) -> int:
             compare=args.compare,
             workers=args.workers,
         )
-    except ValueError as error:
+    except (ScienceArgumentError, TaskError, OutputFolderError, ReportFileError) as error:
         print(f"fusedbn science: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "fusedbn science: interrupted. The experiments run in memory and write their report only "
+            f"at the end, so nothing was written to {args.out}/ and the same command starts over.",
+            file=sys.stderr,
+        )
+        return INTERRUPTED_EXIT_CODE
     for finding in findings:
         print(f"{finding.verdict:>12}  {finding.title}")
     print(f"Wrote REPORT.md, science.json and figures to {args.out}/")

@@ -9,11 +9,12 @@ training seed (initial weights and batch order). Accuracy is validation accuracy
 records its test accuracy, never used to choose).
 """
 
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,6 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from fusedbn.science import figures
 from fusedbn.science.stats import (
     CONTRADICTED,
     HELD,
@@ -86,7 +86,9 @@ class Finding:
     """One experiment's outcome: the claim, the setup, the numbers, the tests and the verdict.
 
     ``rows`` are the table of numbers; ``test_verdicts`` holds one verdict per test in ``tests`` (the
-    importance experiment has no paired test and gives one verdict per optimizer instead).
+    importance experiment has no paired test and gives one verdict per optimizer instead). ``figure``
+    is the figure's file name and ``figure_data`` what :mod:`fusedbn.science.figures` draws it from:
+    its ``kind`` and plain JSON values.
     """
 
     key: str
@@ -99,6 +101,7 @@ class Finding:
     verdict: str
     explanation: str
     figure: str
+    figure_data: dict[str, object] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -113,7 +116,7 @@ class ScienceTask:
     processes (experiments that share searches belong to one group), ``workers`` is how many run by
     default; ``good_accuracy`` is the validation accuracy a configuration must reach to count as good;
     the fixed-configuration experiments train the SGD defaults of the task's space changed by ``fixed``,
-    which ``fixed_label`` describes in words.
+    which ``fixed_label`` describes in words; ``depth_label`` says what the depth (``num_layers``) counts.
     """
 
     definition: TaskDefinition
@@ -124,6 +127,7 @@ class ScienceTask:
     good_accuracy: float
     fixed: dict[str, float]
     fixed_label: str
+    depth_label: str
 
     def __post_init__(self) -> None:
         grouped = [experiment for group in self.groups for experiment in group]
@@ -133,11 +137,10 @@ class ScienceTask:
 
 @dataclass
 class Context:
-    """What every experiment needs: the task, the preset, where figures go, a progress callback, and the
-    tasks and searches built so far (the data seed, when given, is that of a generated dataset)."""
+    """What every experiment needs: the task, the preset, a progress callback, and the tasks and
+    searches built so far (the data seed, when given, is that of a generated dataset)."""
 
     preset: Preset
-    figure_dir: Path
     progress: Callable[[str], None]
     science: ScienceTask = field(default_factory=lambda: SCIENCE_TASKS["digits"])
     data_seed: int | None = None
@@ -244,6 +247,27 @@ def _trial_accuracies(result: TuningResult) -> list[float]:
     return [t.value if t.state == TrialState.COMPLETE else math.nan for t in _trials(result)]
 
 
+def _plain(value: object) -> object:
+    """``value`` as JSON can hold it: arrays as lists, numpy numbers as Python's, dataclasses as dicts."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot keep {type(value).__name__} in science.json")
+
+
+def _figure_data(kind: str, **data: object) -> dict[str, object]:
+    """A figure's kind and data in plain JSON values, the same after science.json is read back."""
+    return {"kind": kind, **json.loads(json.dumps(data, default=_plain))}
+
+
+def _panel(title: str, first: Sequence[float], second: Sequence[float], test: PairedTest) -> dict:
+    """One panel of a paired figure: per-seed values of both arms and the test of their differences."""
+    return {"title": title, "first": first, "second": second, "test": test}
+
+
 def _overall(verdicts: Sequence[str]) -> str:
     """One verdict from the primary tests': contradicted if any is, held if all are, else not shown."""
     if CONTRADICTED in verdicts:
@@ -297,10 +321,8 @@ def random_vs_grid(ctx: Context) -> Finding:
             ),
         ]
         verdicts += [verdict(primary, +1), verdict(tests[-1], +1)]
-        panels.append((f"{len(names)} parameters, {trials} trials", valid["random"], valid["grid"]))
-    figure = figures.paired_panels(
-        ctx.figure_dir / "random_vs_grid.png", panels, ("random", "grid"), "best validation accuracy"
-    )
+        title = f"{len(names)} parameters, {trials} trials: {verdicts[-2]}"
+        panels.append(_panel(title, valid["random"], valid["grid"], primary))
     overall = _overall(verdicts[0::2])
     return Finding(
         key="random_vs_grid",
@@ -319,7 +341,10 @@ def random_vs_grid(ctx: Context) -> Finding:
         explanation=_explain(overall, "random search beat the grid on validation accuracy")
         + f" Random minus grid, best validation: {_points(tests[0].mean_difference)} with 2 parameters, "
         f"{_points(tests[2].mean_difference)} with 4.",
-        figure=figure.name,
+        figure="random_vs_grid.png",
+        figure_data=_figure_data(
+            "paired_panels", panels=panels, arms=["random", "grid"], ylabel="best validation accuracy"
+        ),
     )
 
 
@@ -349,12 +374,10 @@ def coarse_to_fine(ctx: Context) -> Finding:
         }
         for a in arms
     ]
-    figure = figures.paired_panels(
-        ctx.figure_dir / "coarse_to_fine.png",
-        [("best validation", *valid.values()), ("test accuracy of the chosen", *test.values())],
-        tuple(arms),
-        "accuracy",
-    )
+    panels = [
+        _panel(f"best validation: {verdicts[0]}", *valid.values(), tests[0]),
+        _panel(f"test accuracy of the chosen: {verdicts[1]}", *test.values(), tests[1]),
+    ]
     overall = _overall(verdicts)
     return Finding(
         key="coarse_to_fine",
@@ -373,7 +396,8 @@ def coarse_to_fine(ctx: Context) -> Finding:
         explanation=_explain(overall, "the staged search chose better configurations")
         + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
         f"{_points(tests[1].mean_difference)} on test.",
-        figure=figure.name,
+        figure="coarse_to_fine.png",
+        figure_data=_figure_data("paired_panels", panels=panels, arms=list(arms), ylabel="accuracy"),
     )
 
 
@@ -414,7 +438,6 @@ def log_vs_linear(ctx: Context) -> Finding:
         }
         for arm in shares
     ]
-    figure = figures.accuracy_vs_learning_rate(ctx.figure_dir / "log_vs_linear.png", points)
     overall = verdicts[0]
     return Finding(
         key="log_vs_linear",
@@ -431,7 +454,8 @@ def log_vs_linear(ctx: Context) -> Finding:
         explanation=_explain(overall, "log scales put more trials above the threshold")
         + f" Share of trials reaching {good:.0%}: {np.mean(shares['log']):.0%} on log scales, "
         f"{np.mean(shares['linear']):.0%} on linear ones.",
-        figure=figure.name,
+        figure="log_vs_linear.png",
+        figure_data=_figure_data("accuracy_vs_learning_rate", points=points),
     )
 
 
@@ -484,7 +508,6 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
                 },
             }
         )
-    figure = figures.batchnorm_comparison(ctx.figure_dir / "batchnorm_vs_none.png", accuracy, depths, good)
     overall = verdicts[0]
     return Finding(
         key="batchnorm_vs_none",
@@ -507,7 +530,14 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         f"{reached['BatchNorm'][depths == depths.max()].mean():.0%} with BatchNorm and from "
         f"{reached['no BatchNorm'][depths == depths.min()].mean():.0%} to "
         f"{reached['no BatchNorm'][depths == depths.max()].mean():.0%} without.",
-        figure=figure.name,
+        figure="batchnorm_vs_none.png",
+        figure_data=_figure_data(
+            "batchnorm_comparison",
+            accuracy=accuracy,
+            depths=depths,
+            good=good,
+            depth_label=ctx.science.depth_label,
+        ),
     )
 
 
@@ -583,7 +613,6 @@ def batchnorm_noise(ctx: Context) -> Finding:
         }
         for i, b in enumerate(sizes)
     ]
-    figure = figures.noise_and_gap(ctx.figure_dir / "batchnorm_noise.png", sizes, spreads, gaps)
     overall = _overall([verdicts[0], verdicts[2]])
     return Finding(
         key="batchnorm_noise",
@@ -605,7 +634,8 @@ def batchnorm_noise(ctx: Context) -> Finding:
         f"would be -0.5; within +-{SLOPE_MARGIN} of it: {verdicts[1]}). Regularisation {verdicts[2]}: the "
         f"train-test gap changed by {_points(gap_slopes.mean())} per doubling of the batch. "
         f"Overall: {overall}.",
-        figure=figure.name,
+        figure="batchnorm_noise.png",
+        figure_data=_figure_data("noise_and_gap", sizes=sizes, spreads=spreads, gaps=gaps),
     )
 
 
@@ -655,7 +685,6 @@ def importance_ranking(ctx: Context) -> Finding:
                 "above noise": "-",
             }
         )
-    figure = figures.importance_bars(ctx.figure_dir / "importances.png", measured, tiers)
     overall = _overall(verdicts)
     return Finding(
         key="importances",
@@ -674,7 +703,8 @@ def importance_ranking(ctx: Context) -> Finding:
         verdict=overall,
         explanation=_explain(overall, "the learning rate ranked first for both optimizers")
         + _above_noise(measured),
-        figure=figure.name,
+        figure="importances.png",
+        figure_data=_figure_data("importance_bars", measured=measured, tiers=tiers),
         extra={
             optimizer: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
             for optimizer, found in measured.items()
@@ -700,7 +730,7 @@ def test_time_statistics(ctx: Context) -> Finding:
             update_bn([x_train], model)
             check = max(check, _update_bn_error(model, x_train))
             results[beta]["exact"].append(evaluate(model, *task.test))
-    tests, verdicts, rows = [], [], []
+    tests, verdicts, rows, panels = [], [], [], []
     for beta, arms in results.items():
         test = wilcoxon(
             f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact",
@@ -711,6 +741,8 @@ def test_time_statistics(ctx: Context) -> Finding:
         )
         tests.append(test)
         verdicts.append(equivalence_verdict(test, EQUIVALENCE_MARGIN))
+        claim = f" (the claim): {verdicts[-1]}" if beta == EMA_BETAS[0] else ""
+        panels.append(_panel(f"beta {beta}{claim}", arms["ema"], arms["exact"], test))
         rows.append(
             {
                 "bn_beta": beta,
@@ -719,7 +751,6 @@ def test_time_statistics(ctx: Context) -> Finding:
                 "test, exact statistics": _mean_sd(arms["exact"]),
             }
         )
-    figure = figures.ema_vs_exact(ctx.figure_dir / "test_time_statistics.png", results)
     overall = verdicts[0]
     return Finding(
         key="test_time_statistics",
@@ -742,7 +773,14 @@ def test_time_statistics(ctx: Context) -> Finding:
         f"steps, as long as or longer than this training run, so they still carry the initial statistics and "
         f"those of early weights: {_points(tests[1].mean_difference)} and "
         f"{_points(tests[2].mean_difference)}.",
-        figure=figure.name,
+        figure="test_time_statistics.png",
+        figure_data=_figure_data(
+            "paired_panels",
+            panels=panels,
+            arms=["EMA", "exact"],
+            ylabel="test accuracy",
+            margin=EQUIVALENCE_MARGIN,
+        ),
         extra={"update_bn_max_error": check},
     )
 
@@ -807,12 +845,6 @@ def paper_table(ctx: Context) -> Finding:
                 "seconds per training": "-",
             }
         )
-    figure = figures.paper_table(
-        ctx.figure_dir / "paper_table.png",
-        {model: (published, accuracy[model]) for model, (_, published) in mnist1d.PAPER_MODELS.items()},
-        None if tuned is None else tuned.test_accuracy_all,
-        _overall(verdicts),
-    )
     overall = _overall(verdicts)
     return Finding(
         key="paper_table",
@@ -835,7 +867,16 @@ def paper_table(ctx: Context) -> Finding:
         test_verdicts=verdicts,
         verdict=overall,
         explanation=_paper_explanation(accuracy, tuned),
-        figure=figure.name,
+        figure="paper_table.png",
+        figure_data=_figure_data(
+            "published_vs_reproduced",
+            models={
+                model: {"published": published, "seeds": accuracy[model]}
+                for model, (_, published) in mnist1d.PAPER_MODELS.items()
+            },
+            margin=REPRODUCTION_MARGIN,
+            extra={} if tuned is None else {"fusedbn CNN, tuned": tuned.test_accuracy_all},
+        ),
         extra={"accuracy": accuracy, "seconds_per_training": seconds, "tuned": tuned},
     )
 
@@ -941,15 +982,12 @@ def bias_equivalence(ctx: Context) -> Finding:
             "diverged": int(np.sum(diverged["bias"] != diverged["no bias"])),
         }
     )
+    rows += _differences_by_decade(np.array(learning_rates), differences["validation"])
     overall = _overall(verdicts)
-    figure = figures.equivalence(
-        ctx.figure_dir / "bias_equivalence.png",
-        np.array(learning_rates),
-        differences,
-        tests,
-        EQUIVALENCE_MARGIN,
-        f"Bias before BatchNorm redundant (accuracy within +-{100 * EQUIVALENCE_MARGIN:g} points): {overall}",
-    )
+    panels = [
+        _panel(f"{split} accuracy: {split_verdict}", arm_values["bias"], arm_values["no bias"], test)
+        for (split, arm_values), test, split_verdict in zip(scored.items(), tests, verdicts, strict=True)
+    ]
     return Finding(
         key="bias_equivalence",
         title="A bias before BatchNorm is redundant",
@@ -973,9 +1011,38 @@ def bias_equivalence(ctx: Context) -> Finding:
         f"{_points(tests[1].ci_low)} to {_points(tests[1].ci_high)}); the margin is "
         f"+-{100 * EQUIVALENCE_MARGIN:.1f} points. {int(np.sum(differences['validation'] == 0))} of "
         f"{len(differences['validation'])} configurations scored exactly the same on validation; the "
-        "others differ because the bias changes the rounding of every step and the runs drift apart.",
-        figure=figure.name,
+        "others differ because the bias changes the rounding of every step and the runs drift apart "
+        "(by learning rate in the last rows of the table).",
+        figure="bias_equivalence.png",
+        figure_data=_figure_data(
+            "paired_panels",
+            panels=panels,
+            arms=["bias", "no bias"],
+            ylabel="accuracy",
+            margin=EQUIVALENCE_MARGIN,
+            unit="configuration",
+        ),
     )
+
+
+def _differences_by_decade(learning_rates: np.ndarray, differences: np.ndarray) -> list[dict[str, object]]:
+    """Table rows: per decade of the learning rate, how many paired configurations scored the same and
+    how far apart the others ended (validation accuracy, percentage points)."""
+    decades = np.floor(np.log10(learning_rates)).astype(int)
+    rows = []
+    for decade in sorted(set(decades.tolist())):
+        inside = np.abs(differences[decades == decade])
+        rows.append(
+            {
+                "network": f"learning rate in [{10.0**decade:g}, {10.0 ** (decade + 1):g})",
+                "configurations": f"{len(inside)}, {int(np.sum(inside == 0))} identical on validation",
+                "validation": f"mean |difference| {100 * inside.mean():.2f} points, "
+                f"largest {100 * inside.max():.2f}",
+                "test": "-",
+                "diverged": "-",
+            }
+        )
+    return rows
 
 
 def _above_noise(measured: dict[str, Importances | None]) -> str:
@@ -1095,6 +1162,7 @@ SCIENCE_TASKS = {
         good_accuracy=0.95,
         fixed={"learning_rate": 0.05},
         fixed_label="learning rate 0.05, momentum 0.9, 2 x 64 units",
+        depth_label="hidden layers",
     ),
     "mnist1d": ScienceTask(
         definition=TASKS["mnist1d"],
@@ -1105,5 +1173,6 @@ SCIENCE_TASKS = {
         good_accuracy=0.90,
         fixed={"learning_rate": 0.05},
         fixed_label="learning rate 0.05, momentum 0.9, 4 blocks of 32 channels, batch 64",
+        depth_label="convolution blocks",
     ),
 }

@@ -1,6 +1,7 @@
-"""Writing the findings: ``science.json`` (every number) and ``REPORT.md`` (the same, readable, with the
-figures), with how the run went (:class:`RunInfo`) and, when given another task's ``science.json``, the
-two tasks' verdicts side by side."""
+"""Writing the findings: ``science.json`` (every number, and each figure's data) and ``REPORT.md`` (the
+same, readable, with the figures), with how the run went (:class:`RunInfo`) and, when given another
+task's ``science.json``, the two tasks' verdicts side by side; reading the findings back from
+``science.json``."""
 
 import json
 from collections.abc import Sequence
@@ -8,9 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusedbn.science.experiments import Finding, Preset
+from fusedbn.science.stats import PairedTest
 
 JSON_FILE = "science.json"
 MARKDOWN_FILE = "REPORT.md"
+
+
+class ReportFileError(ValueError):
+    """A science.json that cannot be read back; the message says why."""
 
 
 @dataclass
@@ -43,23 +49,19 @@ class Comparison:
 
 
 def read_comparison(path: str | Path) -> Comparison:
-    """The verdicts in the ``science.json`` at ``path``; raises ValueError naming an unreadable file."""
+    """The task and verdicts of the ``science.json`` at ``path`` (``--compare``); raises
+    :class:`ReportFileError` naming an unreadable file."""
     try:
-        data = json.loads(Path(path).read_text())
-        findings = data["findings"]
-        return Comparison(
-            task=data.get("run", {}).get("task", "digits"),
-            source=str(path),
-            verdicts={f["key"]: f["verdict"] for f in findings},
-            titles={f["key"]: f["title"] for f in findings},
-        )
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"--compare {str(path)!r}: not a readable science.json ({error})") from None
-
-
-def _plain(value: object) -> object:
-    """JSON for what json cannot write itself: dataclasses as dicts, numbers (numpy's) as floats."""
-    return asdict(value) if hasattr(value, "__dataclass_fields__") else float(value)
+        data = _read_json(Path(path))
+        findings = _findings(data, Path(path))
+    except ReportFileError as error:
+        raise ReportFileError(f"--compare: {error}") from None
+    return Comparison(
+        task=data.get("run", {}).get("task", "digits"),
+        source=str(path),
+        verdicts={f.key: f.verdict for f in findings},
+        titles={f.key: f.title for f in findings},
+    )
 
 
 def _cell(value: object) -> str:
@@ -187,6 +189,42 @@ def write_report(
         "findings": [asdict(f) for f in findings],
     }
     json_path, markdown_path = out / JSON_FILE, out / MARKDOWN_FILE
-    json_path.write_text(json.dumps(data, indent=2, default=_plain) + "\n")
+    json_path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     markdown_path.write_text(markdown(findings, preset, command, run, other))
     return [json_path, markdown_path]
+
+
+def read_findings(path: Path) -> list[Finding]:
+    """The findings kept in the science.json at ``path``; :class:`ReportFileError` says what is wrong."""
+    return _findings(_read_json(path), path)
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in the file at ``path``."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise ReportFileError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise ReportFileError(f"{str(path)!r} is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ReportFileError(f"{str(path)!r} is not a science.json (no findings)")
+    return data
+
+
+def _findings(data: dict, path: Path) -> list[Finding]:
+    """The findings of a science.json's ``data`` (read from ``path``), each with its figure data."""
+    findings = []
+    for item in data.get("findings", []):
+        if not item.get("figure_data"):
+            raise ReportFileError(
+                f"{str(path)!r} keeps no figure data for {item.get('key')!r} (an older fusedbn science "
+                "wrote it): run the experiments again"
+            )
+        try:
+            findings.append(Finding(**{**item, "tests": [PairedTest(**t) for t in item["tests"]]}))
+        except (TypeError, KeyError) as error:
+            raise ReportFileError(f"{str(path)!r} holds a finding fusedbn cannot read: {error}") from None
+    if not findings:
+        raise ReportFileError(f"{str(path)!r} holds no findings")
+    return findings

@@ -6,7 +6,9 @@ trained again as in its trial and retrained on all training examples). Runs the 
 fusedbn.tuning), then prints the summary and writes summary.json and PNG plots into --out. Re-running
 with the same --study-name and --storage resumes the study; several processes started with the same
 ones work on it together. With several --seed values, one study per seed runs (NAME-seed<S>, plots in
-OUT/seed<S>/) and a last line gives the spread of their best validation and test accuracies.
+OUT/seed<S>/) and a last line gives the spread of their best validation and test accuracies. Ctrl-C
+stops the running trial and says what is stored; bad arguments are one line on stderr and exit code 2,
+with nothing created.
 """
 
 import argparse
@@ -16,22 +18,26 @@ from pathlib import Path
 
 import optuna
 
+from fusedbn.cli import INTERRUPTED_EXIT_CODE
+from fusedbn.outputs import output_folder
 from fusedbn.tuning import report
 from fusedbn.tuning.search import (
     PRUNERS,
     SAMPLERS,
     SearchConfig,
     TuningError,
+    TuningInterrupted,
     TuningResult,
     score_chosen,
     tune,
 )
 from fusedbn.tuning.space import OPTIMIZERS, with_ranges, with_scales
-from fusedbn.tuning.storage import MEMORY_URL, StorageError
+from fusedbn.tuning.storage import MEMORY_URL, StorageError, display_url
 from fusedbn.tuning.tasks import TASKS, TaskError, get_task
-from fusedbn.tuning.training import HeldOutScores
+from fusedbn.tuning.training import HeldOutScores, torch_threads
 
 DEFAULT_OUT = "runs/tune"
+DEFAULT_THREADS = 1
 
 
 def _by_task(option: str) -> str:
@@ -97,6 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1...")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="torch CPU threads of this process (default: 1: these small networks gain little from "
+        "more, and on busy cores more are far slower); several workers on one machine: keep workers x "
+        "threads <= cores",
+    )
+    parser.add_argument(
         "--optimizer", choices=OPTIMIZERS, help=f"sgd (with momentum) or adam {_by_task('optimizer')}"
     )
     parser.add_argument("--epochs", type=int, help=f"training epochs per trial {_by_task('epochs')}")
@@ -155,9 +169,11 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fusedbn tune``; returns the exit code: 2 for bad arguments or storage, 1 if the study fails."""
+    """Run ``fusedbn tune``; returns the exit code: 2 for bad arguments or storage, 1 if the study fails,
+    130 when Ctrl-C stopped it."""
     out = Path(args.out)
     several = len(args.seed) > 1
+    storage = args.storage or f"sqlite:///{out / 'study.db'}"
     try:
         definition = get_task(args.task)
         seed_of_data = data_seed(args.data_seed)
@@ -172,11 +188,11 @@ def run(args: argparse.Namespace) -> int:
             batchnorm=not args.no_batchnorm,
             data_seed=seed_of_data,
         )
-        study_name = args.study_name or definition.study_name(seed_of_data)
+        study_name = definition.study_name(seed_of_data) if args.study_name is None else args.study_name
         configs = [
             SearchConfig(
                 study_name=f"{study_name}-seed{seed}" if several else study_name,
-                storage=args.storage or f"sqlite:///{out / 'study.db'}",
+                storage=storage,
                 trials=definition.trials if args.trials is None else args.trials,
                 stages=definition.stages if args.stages is None else args.stages,
                 tiers=definition.tiers if args.tiers is None else args.tiers,
@@ -191,22 +207,42 @@ def run(args: argparse.Namespace) -> int:
             )
             for seed in args.seed
         ]
-        out.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         results, held_outs = [], []
-        for config in configs:
-            results.append(tune(task, space, config))
-            held_outs.append(score_chosen(task, results[-1]))
-            print(report(results[-1], out / f"seed{config.seed}" if several else out, held_outs[-1]))
+        with torch_threads(args.threads), output_folder(out):
+            for config in configs:
+                results.append(tune(task, space, config))
+                held_outs.append(score_chosen(task, results[-1]))
+                print(report(results[-1], out / f"seed{config.seed}" if several else out, held_outs[-1]))
     except (ValueError, StorageError) as error:
         print(f"fusedbn tune: error: {error}", file=sys.stderr)
         return 2
     except TuningError as error:
         print(f"fusedbn tune: study stopped: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:
+        print(_interrupted(interrupt, storage), file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     if several:
         print(_spread(results, held_outs))
     return 0
+
+
+def _interrupted(interrupt: KeyboardInterrupt, storage: str) -> str:
+    """What Ctrl-C left behind, and how to go on."""
+    if storage == MEMORY_URL:
+        return "fusedbn tune: interrupted. Nothing is stored (--storage memory): a new run starts over."
+    lines = ["fusedbn tune: interrupted. A trial that was running is marked failed and runs again on resume."]
+    if isinstance(interrupt, TuningInterrupted):
+        per_stage = ", ".join(f"{name}: {count}" for name, count in interrupt.finished.items())
+        lines.append(
+            f"{sum(interrupt.finished.values())} finished trials are stored in {interrupt.storage} "
+            f"({per_stage})."
+        )
+    else:
+        lines.append(f"Finished trials are stored in {display_url(storage)}.")
+    lines.append("Run the same command again to resume.")
+    return "\n".join(lines)
 
 
 def _spread(results: list[TuningResult], held_outs: list[HeldOutScores | None]) -> str:
