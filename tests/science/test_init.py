@@ -1,5 +1,6 @@
 """run_science (fusedbn.science): groups of experiments in worker processes give the one-process results."""
 
+import json
 import os
 from pathlib import Path
 
@@ -67,6 +68,8 @@ def test_worker_processes_run_the_groups_and_keep_the_order(
     assert {f.extra.pop("process") for f in alone} == {os.getpid()}
     assert alone == parallel and alone[0].rows == [{"seeds": PRESETS["smoke"].seeds}]
     assert "2 process(es) of 1 torch thread(s)" in (tmp_path / "two" / "REPORT.md").read_text()
+    run = json.loads((tmp_path / "two" / "science.json").read_text())["run"]
+    assert len(run["group_cpu_seconds"]) == 2 and min(run["group_cpu_seconds"]) >= 0
 
 
 def test_groups_must_hold_every_experiment_once() -> None:

@@ -37,6 +37,14 @@ def test_report_records_wall_and_cpu_time_threads_and_load(tmp_path: Path) -> No
     assert "load average 0.5 at the start, 2.5 at the end" in text
     data = json.loads(json_path.read_text())
     assert data["run"]["task"] == "mnist1d" and data["run"]["cpu_seconds"] == 60
+    assert "groups of experiments" not in text, "one group: nothing to say"
+
+
+def test_report_says_what_the_longest_group_of_experiments_costs(tmp_path: Path) -> None:
+    run = RunInfo(**{**vars(RUN), "workers": 2, "group_cpu_seconds": [600.0, 1230.0]})
+    text = markdown([finding("a", "held")], PRESETS["smoke"], "cmd", run)
+    assert "The 2 groups of experiments used 10.0, 20.5 min of CPU: on idle cores, with a worker per " in text
+    assert "group, the run takes about 20.5 min." in text
 
 
 def test_two_tasks_side_by_side_say_where_they_differ(tmp_path: Path) -> None:

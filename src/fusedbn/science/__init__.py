@@ -94,9 +94,11 @@ def run_science(
             load_before, start, cpu_start = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
             processes = min(workers, len(science.groups))
             if processes > 1:
-                findings = _in_parallel(science, chosen, data_seed, progress, processes)
+                timed = _in_parallel(science, chosen, data_seed, progress, processes)
             else:
-                findings = _run_experiments(context, science.experiments)
+                timed = _run_experiments(context, science.experiments)
+            findings = [finding for finding, _ in timed]
+            cpu = dict(zip(science.experiments, (seconds for _, seconds in timed), strict=True))
             run = RunInfo(
                 task=task,
                 wall_seconds=time.perf_counter() - start,
@@ -105,6 +107,7 @@ def run_science(
                 load_before=load_before,
                 load_after=os.getloadavg()[0],
                 workers=processes,
+                group_cpu_seconds=[sum(cpu[experiment] for experiment in group) for group in science.groups],
             )
             write_report(findings, chosen, command, run, folder, other)
             for finding in findings:
@@ -127,14 +130,18 @@ def _cpu_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> list[Finding]:
-    findings = []
+def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> list[tuple[Finding, float]]:
+    """Run ``experiments`` in order; each one's finding and the CPU seconds it took in this process."""
+    timed = []
     for experiment in experiments:
-        began = time.perf_counter()
-        findings.append(experiment(context))
-        finding = findings[-1]
-        context.progress(f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s)")
-    return findings
+        began, cpu_began = time.perf_counter(), time.process_time()
+        finding = experiment(context)
+        timed.append((finding, time.process_time() - cpu_began))
+        context.progress(
+            f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
+            f"{timed[-1][1]:.0f} s of CPU)"
+        )
+    return timed
 
 
 def _start_worker() -> None:
@@ -151,8 +158,8 @@ def _run_group(
     data_seed: int | None,
     progress: Callable[[str], None],
     experiments: Sequence[Experiment],
-) -> list[Finding]:
-    """One worker process: the ``experiments`` of one group, in order."""
+) -> list[tuple[Finding, float]]:
+    """One worker process: the ``experiments`` of one group, in order (see :func:`_run_experiments`)."""
     context = Context(preset=preset, progress=progress, science=science, data_seed=data_seed)
     return _run_experiments(context, experiments)
 
@@ -163,18 +170,18 @@ def _in_parallel(
     data_seed: int | None,
     progress: Callable[[str], None],
     processes: int,
-) -> list[Finding]:
-    """The task's groups of experiments in ``processes`` spawned processes; the findings in the task's
-    order of experiments. Leaving early (an error, Ctrl-C) stops the workers."""
+) -> list[tuple[Finding, float]]:
+    """The task's groups of experiments in ``processes`` spawned processes; the findings and their CPU
+    seconds in the task's order of experiments. Leaving early (an error, Ctrl-C) stops the workers."""
     with get_context("spawn").Pool(processes, initializer=_start_worker) as pool:
         pending = [
             pool.apply_async(_run_group, (science, preset, data_seed, progress, group))
             for group in science.groups
         ]
         found = {
-            experiment: finding
+            experiment: timed
             for group, result in zip(science.groups, pending, strict=True)
-            for experiment, finding in zip(group, result.get(), strict=True)
+            for experiment, timed in zip(group, result.get(), strict=True)
         }
         pool.close()
         pool.join()  # the workers' CPU time counts once they have ended

@@ -5,7 +5,7 @@ task's ``science.json``, the two tasks' verdicts side by side; reading the findi
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fusedbn.science.experiments import Finding, Preset
@@ -23,7 +23,8 @@ class ReportFileError(ValueError):
 class RunInfo:
     """How a run went: its task, wall and CPU seconds (worker processes included), torch's thread count
     per process, the 1-minute load average before and after (the machine's other work shows there) and
-    the number of worker processes."""
+    the number of worker processes; ``group_cpu_seconds`` holds the CPU seconds of each group of
+    experiments (the longest bounds the wall time with a worker per group on idle cores)."""
 
     task: str
     wall_seconds: float
@@ -32,6 +33,7 @@ class RunInfo:
     load_before: float
     load_after: float
     workers: int = 1
+    group_cpu_seconds: list[float] = field(default_factory=list)
 
     def cpu_share(self) -> float:
         """The CPU time over what the worker processes could have used: wall time x workers x threads."""
@@ -92,6 +94,17 @@ def _tests_table(finding: Finding) -> list[dict[str, object]]:
     ]
 
 
+def _groups_sentence(run: RunInfo) -> str:
+    """The CPU time of each group of experiments, and what it means for the wall time on idle cores."""
+    if len(run.group_cpu_seconds) < 2:
+        return ""
+    minutes = ", ".join(f"{seconds / 60:.1f}" for seconds in run.group_cpu_seconds)
+    return (
+        f" The {len(run.group_cpu_seconds)} groups of experiments used {minutes} min of CPU: on idle cores, "
+        f"with a worker per group, the run takes about {max(run.group_cpu_seconds) / 60:.1f} min."
+    )
+
+
 def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) -> list[str]:
     """The two tasks' verdicts per experiment, and a sentence for each experiment where they differ."""
     keys = list(dict.fromkeys([*other.verdicts, *(f.key for f in findings)]))
@@ -140,7 +153,8 @@ def markdown(
         f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.torch_threads} torch "
         f"thread(s), which had {run.cpu_share():.0%} of their cores' time (below 100%: other work shared "
         f"the machine; 1-minute load average {run.load_before:.1f} at the start, {run.load_after:.1f} at "
-        "the end). Same command, same numbers: every draw is seeded.",
+        "the end). Same command, same numbers: every draw is seeded."
+        + _groups_sentence(run),
         "",
         "Verdicts: *held* (significant at 5% in the claimed direction, bootstrap interval on that side), "
         "*contradicted* (significant the other way), *not shown* (cannot be told from chance with this "
