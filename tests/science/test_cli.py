@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -98,6 +99,47 @@ def test_ctrl_c_stops_science_with_one_message_and_leaves_no_folder(tmp_path: Pa
         "end, so nothing was written to sci/ and the same command starts over."
     )
     assert list(tmp_path.iterdir()) == [], "the folder it had created is gone again"
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+@pytest.mark.usefixtures("mnist1d_offline")
+def test_ctrl_c_stops_the_worker_processes_too(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    argv = ["science", "--task", "mnist1d", "--preset", "smoke", "--workers", "2", "--out", "sci"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fusedbn.cli", *argv],
+        cwd=tmp_path,
+        env=env | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = process.stderr.readline()  # a worker's first progress line: both groups are running
+    assert re.search(r"paper table|coarse-to-fine", first), first + process.communicate()[1]
+    workers = _children(process.pid)
+    assert len(workers) >= 2, "two workers (and multiprocessing's resource tracker)"
+    process.send_signal(signal.SIGINT)
+    output, errors = process.communicate(timeout=60)
+    assert process.returncode == 130 and output == "" and "Traceback" not in errors
+    assert errors.splitlines()[-1].startswith("fusedbn science: interrupted.")
+    assert list(tmp_path.iterdir()) == []
+    deadline = time.monotonic() + 10
+    while workers & {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}:
+        assert time.monotonic() < deadline, "a worker process outlived the command"
+        time.sleep(0.1)
 
 
 def test_an_unknown_preset_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:

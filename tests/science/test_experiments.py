@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import matplotlib.image
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch.optim.swa_utils import update_bn
 
 import fusedbn.backend
 from fusedbn import FusedBatchNorm1d
+from fusedbn.science import replot_science
 from fusedbn.science.experiments import (
     PRESETS,
     SCIENCE_TASKS,
@@ -22,6 +24,7 @@ from fusedbn.science.experiments import (
     random_vs_grid,
 )
 from fusedbn.science.figures import draw_figure
+from fusedbn.science.report import RunInfo, write_report
 from fusedbn.science.stats import CONTRADICTED, HELD, NOT_SHOWN
 from fusedbn.tuning.mnist1d import PAPER_MODELS
 
@@ -107,6 +110,16 @@ def test_paper_table_and_bias_equivalence_on_mnist1d(tmp_path: Path) -> None:
     assert [p["test"] for p in panels] == [vars(test) for test in bias.tests]
     assert all(len(p["first"]) == len(p["second"]) == 2 * 3 for p in panels)
     assert bias.figure_data["margin"] == 0.005 and bias.figure_data["arms"] == ["bias", "no bias"]
+    drawn = {}
     for finding in (table, bias):
         assert json.loads(json.dumps(finding.figure_data)) == finding.figure_data
-        assert draw_figure(finding, tmp_path).stat().st_size > 10_000
+        path = draw_figure(finding, tmp_path)
+        assert path.stat().st_size > 10_000
+        drawn[path.name] = matplotlib.image.imread(path)
+        path.unlink()
+    # --replot draws the same figures from science.json alone.
+    run = RunInfo("mnist1d", 1.0, 1.0, 1, 0.0, 0.0)
+    write_report([table, bias], science.presets["smoke"], "cmd", run, tmp_path)
+    assert [path.name for path in replot_science(tmp_path)] == list(drawn)
+    for name, pixels in drawn.items():
+        assert np.array_equal(matplotlib.image.imread(tmp_path / name), pixels), name
