@@ -104,16 +104,19 @@ def paired_panels(
         handles.append(
             Patch(color="tab:green", alpha=0.15, label=f"equivalence margin +-{100 * margin:g} points")
         )
-    # One legend for every panel, between the title and the panels, where it hides no data.
+    # One legend for every panel, between the title and the panels, where it hides no data: one row of
+    # up to four entries, or rows of three.
+    columns = len(handles) if len(handles) <= 4 else 3
+    rows = -(-len(handles) // columns)
     fig.legend(
         handles=handles,
         loc="upper center",
         bbox_to_anchor=(0.5, 0.94),
-        ncol=len(handles),
+        ncol=columns,
         fontsize=8,
         frameon=False,
     )
-    return _titled(fig, heading, top=0.95)
+    return _titled(fig, heading, top=0.95 - 0.03 * (rows - 1))
 
 
 def _difference_panel(
