@@ -156,6 +156,7 @@ def test_an_unknown_preset_is_an_argparse_error(capsys: pytest.CaptureFixture) -
         (["--task", "mnist1d", "--data-seed", "1.5"], "--data-seed must be an integer, got '1.5'"),
         (["--data-seed", "3"], "task digits has fixed data and takes no data seed"),
         (["--compare", "no/such.json"], "--compare: cannot read 'no/such.json': No such file or directory"),
+        (["--task", "mnist1d", "--workers", "0"], "--workers must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments_print_one_line_exit_2_and_create_nothing(
