@@ -19,9 +19,9 @@ def read_version() -> str:
 
 
 EXTRAS = {
-    # fusedbn.tuning and fusedbn.science: Optuna studies on scikit-learn's digits, statistical tests
-    # (scipy), plots, a progress bar.
-    "tune": ["optuna>=4.0", "sqlalchemy", "scikit-learn", "scipy", "matplotlib", "numpy", "tqdm"],
+    # fusedbn.tuning and fusedbn.science: Optuna studies on scikit-learn's digits and on MNIST-1D (generated
+    # locally by the mnist1d package), statistical tests (scipy), plots, a progress bar.
+    "tune": ["optuna>=4.0", "sqlalchemy", "scikit-learn", "scipy", "matplotlib", "numpy", "tqdm", "mnist1d"],
     # fusedbn.bench: the plots (the timing itself needs torch and triton only).
     "bench": ["matplotlib"],
     # Optuna storage on a PostgreSQL server.

@@ -7,11 +7,11 @@
 #
 # Always: FlagGems (for the per-op suite's flag_gems provider; installed without its pinned
 # dependencies, which would replace numpy) with PyYAML, and Optuna with its dependencies (for
-# tests/tuning and `fusedbn tune`). --with-sklearn adds scikit-learn and SciPy (what `fusedbn tune`'s
-# digits task needs: ~50 MB), --with-matplotlib adds matplotlib and its dependencies (~15 MB), for
-# a machine that lacks them. A device run carries at most 64 MiB: the script prints the total.
-# Every wheel is for CPython 3.12 on manylinux x86_64 (or pure Python); --no-deps with the explicit
-# lists below keeps numpy, torch and the other packages already on the machine out of it.
+# tests/tuning and `fusedbn tune`). --with-sklearn adds scikit-learn and SciPy (the digits task:
+# ~50 MB) and mnist1d with requests (the MNIST-1D task), --with-matplotlib adds matplotlib and its
+# dependencies (~15 MB; mnist1d imports it too), for a machine that lacks them. A device run carries
+# at most 64 MiB: the script prints the total. Every wheel is for CPython 3.12 on manylinux x86_64 (or
+# pure Python); --no-deps with the explicit lists below keeps the packages already there out of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +27,9 @@ packages=(
 dry_run=0
 for option in "$@"; do
     case $option in
-        --with-sklearn) packages+=(scikit-learn scipy joblib threadpoolctl) ;;
+        --with-sklearn)
+            packages+=(scikit-learn scipy joblib threadpoolctl)
+            packages+=(mnist1d requests charset-normalizer idna urllib3 certifi) ;;
         --with-matplotlib)
             packages+=(matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six) ;;
         --dry-run) dry_run=1 ;;

@@ -24,7 +24,9 @@ from fusedbn import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ("torch", "triton")
-EXTRA_ONLY = ("optuna", "sqlalchemy", "sklearn", "matplotlib", "tqdm", "numpy", "psycopg2", "pytest")
+EXTRA_ONLY = (
+    "optuna", "sqlalchemy", "sklearn", "matplotlib", "tqdm", "numpy", "mnist1d", "psycopg2", "pytest"
+)
 
 
 def _requirement_closure(names: tuple[str, ...]) -> list[importlib.metadata.Distribution]:

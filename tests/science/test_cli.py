@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -100,8 +101,79 @@ def test_ctrl_c_stops_science_with_one_message_and_leaves_no_folder(tmp_path: Pa
     assert list(tmp_path.iterdir()) == [], "the folder it had created is gone again"
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+@pytest.mark.usefixtures("mnist1d_offline")
+def test_ctrl_c_stops_the_worker_processes_too(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    argv = ["science", "--task", "mnist1d", "--preset", "smoke", "--workers", "2", "--out", "sci"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fusedbn.cli", *argv],
+        cwd=tmp_path,
+        env=env | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = process.stderr.readline()  # a worker's first progress line: both groups are running
+    assert re.search(r"paper table|coarse-to-fine", first), first + process.communicate()[1]
+    workers = _children(process.pid)
+    assert len(workers) >= 2, "two workers (and multiprocessing's resource tracker)"
+    process.send_signal(signal.SIGINT)
+    output, errors = process.communicate(timeout=60)
+    assert process.returncode == 130 and output == "" and "Traceback" not in errors
+    assert errors.splitlines()[-1].startswith("fusedbn science: interrupted.")
+    assert list(tmp_path.iterdir()) == []
+    deadline = time.monotonic() + 10
+    while workers & {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}:
+        assert time.monotonic() < deadline, "a worker process outlived the command"
+        time.sleep(0.1)
+
+
 def test_an_unknown_preset_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["science", "--preset", "huge"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "mnist"], "unknown task 'mnist'; choose one of digits, mnist1d"),
+        (["--task", "mnist1d", "--data-seed", "1.5"], "--data-seed must be an integer, got '1.5'"),
+        (["--data-seed", "3"], "task digits has fixed data and takes no data seed"),
+        (["--compare", "no/such.json"], "--compare: cannot read 'no/such.json': No such file or directory"),
+        (["--task", "mnist1d", "--workers", "0"], "--workers must be >= 1, got 0"),
+    ],
+)
+def test_bad_arguments_print_one_line_exit_2_and_create_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str
+) -> None:
+    out = tmp_path / "science"
+    assert main(["science", "--preset", "smoke", "--out", str(out), *argv]) == 2
+    errors = capsys.readouterr().err
+    assert errors.count("\n") == 1 and errors.startswith("fusedbn science: error: ") and message in errors
+    assert not out.exists()
+
+
+def test_mnist1d_missing_names_the_install_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mnist1d", None)
+    monkeypatch.setitem(sys.modules, "mnist1d.data", None)
+    assert main(["science", "--task", "mnist1d", "--out", str(tmp_path / "science")]) == 2
+    assert "pip install '.[tune]'" in capsys.readouterr().err
+    assert not (tmp_path / "science").exists()

@@ -1,6 +1,8 @@
 """Fixtures for the tuning tests: torch's native BatchNorm, a tiny digits task, worker subprocesses."""
 
+import importlib.util
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -44,6 +46,23 @@ def make_tiny_task() -> Task:
     task.train = tuple(t[:400] for t in task.train)
     task.valid = tuple(t[:120] for t in task.valid)
     return task
+
+
+@pytest.fixture
+def mnist1d_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MNIST-1D generated here: the mnist1d package must be installed (a skip where it is not, such as
+    on the GPU machine; a failure when CI=true), and any attempt to open a network connection fails."""
+    if importlib.util.find_spec("mnist1d") is None:
+        message = "the mnist1d package is not installed: pip install '.[tune]'"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture

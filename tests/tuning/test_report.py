@@ -10,7 +10,7 @@ from fusedbn.tuning.importance import NOISE, Importances
 from fusedbn.tuning.report import Summary, format_summary, scored_value, summarize, tier_check, write_summary
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
 from fusedbn.tuning.space import default_space
-from fusedbn.tuning.training import Task
+from fusedbn.tuning.training import HeldOutScores, Task
 
 
 def measured(order: list[str], above: dict[tuple[str, str], float]) -> Importances:
@@ -136,3 +136,20 @@ def test_a_long_disagreement_list_is_shortened_in_the_text(tiny_summary: Summary
     # Every one of the 6 pairs is inverted: 3 shown, 3 left to the JSON file.
     assert "0 pair(s) agree, 6 disagree, 0 undecided" in line
     assert line.endswith("; and 3 more (see summary.json)")
+
+
+def test_held_out_scores_are_printed_and_written(tiny_result: TuningResult, tmp_path: Path) -> None:
+    held_out = HeldOutScores(
+        valid_accuracy=0.91,
+        test_accuracy=0.8765,
+        test_accuracy_all=0.9321,
+        train_examples=3,
+        train_examples_all=4,
+    )
+    summary = summarize(tiny_result, resamples=6, held_out=held_out)
+    text = format_summary(summary)
+    assert "0.9321 retrained on all 4 training and validation examples" in text
+    assert "0.8765 trained on the 3 training examples as in its trial (validation 0.9100" in text
+    written = json.loads(write_summary(summary, tmp_path).read_text())
+    assert written["held_out"]["test_accuracy_all"] == 0.9321
+    assert "Held-out" not in format_summary(summarize(tiny_result, resamples=6))

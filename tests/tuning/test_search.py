@@ -25,11 +25,12 @@ from fusedbn.tuning.search import (
     TuningError,
     TuningInterrupted,
     grid_points,
+    score_chosen,
     tune,
 )
 from fusedbn.tuning.space import Param, SpaceError, default_space, with_ranges
 from fusedbn.tuning.storage import FAILURE_ATTR, HEARTBEAT_ATTR, StorageError, open_storage
-from fusedbn.tuning.training import Task
+from fusedbn.tuning.training import Task, evaluate
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -134,6 +135,32 @@ def test_in_memory_storage_runs_a_study_without_heartbeats(tiny_task: Task) -> N
         for t in trials
         if t.state == TrialState.COMPLETE
     )
+
+
+class _Untouchable:
+    """Stands in for a split that must not be read: any use of it fails the test."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the test split was read during the search (.{name})")
+
+
+def test_a_held_out_test_split_is_read_only_to_score_the_chosen_configuration(tiny_task: Task) -> None:
+    tiny_task.score_test = False
+    test = tiny_task.test
+    tiny_task.test = (_Untouchable(), _Untouchable())
+    settings = SearchConfig(study_name="h", storage="memory", trials=3, stages=2, seed=4, progress=False)
+    result = tune(tiny_task, default_space(), settings)
+    assert not any("test_accuracy" in t.user_attrs for stage in result.stages for t in stage.trials())
+    tiny_task.test = test
+    stage, best = result.best()
+    scores = score_chosen(tiny_task, result)
+    # Trained again with the trial's own seed, the chosen model is the trial's: same validation accuracy.
+    assert scores.valid_accuracy == best.value
+    model = tiny_task.train_model(result.params_of(best), settings.trial_seed(stage, best.number))
+    assert scores.test_accuracy == evaluate(model, *test)
+    assert scores.train_examples_all == len(tiny_task.train[0]) + len(tiny_task.valid[0])
+    tiny_task.score_test = True
+    assert score_chosen(tiny_task, result) is None, "a task whose trials score the test split already has it"
 
 
 # Stages, seeding and budget

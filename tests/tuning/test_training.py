@@ -180,6 +180,75 @@ def test_a_task_without_a_test_split_records_no_test_accuracy(tiny_task: Task) -
     assert "test_accuracy" not in trial.attrs and "train_accuracy" in trial.attrs
 
 
+def test_score_test_off_keeps_trials_away_from_the_test_split(tiny_task: Task) -> None:
+    tiny_task.score_test = False
+    trial = Recorder()
+    tiny_task.fit(SGD_PARAMS, trial, seed=0)
+    assert "test_accuracy" not in trial.attrs and "test_loss" not in trial.attrs
+    assert set(tiny_task.splits()) == {"train", "valid", "test"}
+
+
+def test_held_out_scores_rebuild_the_trials_model_and_retrain_on_train_and_valid(tiny_task: Task) -> None:
+    tiny_task.score_test = False
+    accuracy = tiny_task.fit(SGD_PARAMS, Recorder(), seed=9)
+    scores = tiny_task.held_out_scores(SGD_PARAMS, seed=9)
+    assert scores.valid_accuracy == accuracy
+    assert scores.test_accuracy == evaluate(tiny_task.train_model(SGD_PARAMS, seed=9), *tiny_task.test)
+    assert (scores.train_examples, scores.train_examples_all) == (400, 520)
+    everything = tuple(torch.cat(pair) for pair in zip(tiny_task.train, tiny_task.valid, strict=True))
+    retrained = Task(
+        build_model=tiny_task.build_model, train=everything, valid=tiny_task.valid, epochs=tiny_task.epochs
+    ).train_model(SGD_PARAMS, seed=9)
+    assert scores.test_accuracy_all == evaluate(retrained, *tiny_task.test)
+
+
+def test_held_out_scores_need_a_test_split(tiny_task: Task) -> None:
+    tiny_task.test = None
+    with pytest.raises(ValueError, match="no test split"):
+        tiny_task.held_out_scores(SGD_PARAMS, seed=0)
+
+
+class _BatchRecorder(nn.Module):
+    """Records the first input value of every training batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 2)
+        self.batches: list[list[float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.batches.append(x[:, 0].tolist())
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_batches_come_in_order_without_shuffling(shuffle: bool) -> None:
+    inputs = torch.arange(8.0).unsqueeze(1)
+    model = _BatchRecorder()
+    task = Task(
+        build_model=lambda _: model,
+        train=(inputs, torch.zeros(8, dtype=torch.long)),
+        valid=(inputs, torch.zeros(8, dtype=torch.long)),
+        epochs=2,
+        shuffle=shuffle,
+    )
+    task.train_model({**SGD_PARAMS, "batch_size": 4}, seed=0)
+    in_order = [[0.0, 1.0, 2.0, 3.0], [4.0, 5.0, 6.0, 7.0]] * 2
+    assert (model.batches == in_order) is not shuffle
+    assert sorted(v for batch in model.batches for v in batch) == sorted(2 * inputs.flatten().tolist())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weight_decay_is_read_when_the_space_has_it(tiny_task: Task, optimizer: str) -> None:
+    tiny_task.optimizer = optimizer
+    model = nn.Linear(2, 2)
+    params = ADAM_PARAMS if optimizer == "adam" else SGD_PARAMS
+    assert tiny_task._make_optimizer(model, params).param_groups[0]["weight_decay"] == 0.0
+    decayed = tiny_task._make_optimizer(model, {**params, "weight_decay": 0.01})
+    assert decayed.param_groups[0]["weight_decay"] == 0.01
+
+
 def test_torch_threads_holds_for_the_block_and_is_restored_even_on_an_error() -> None:
     before = torch.get_num_threads()
     target = 2 if before != 2 else 3

@@ -1,45 +1,117 @@
-"""``fusedbn science``: paired experiments that test the classic tuning advice on the digits task.
+"""``fusedbn science``: paired experiments that test the classic tuning advice on a built-in task.
 
 Each experiment (:mod:`fusedbn.science.experiments`, one function each) states a claim, runs paired
 arms over several seeds through the tuning harness, tests the differences (:mod:`fusedbn.science.stats`)
-and gives a verdict: held, not shown or contradicted. :func:`run_science` runs them all and writes
-``science.json``, ``REPORT.md`` and one PNG figure per experiment; :func:`replot_science` draws the
+and gives a verdict: held, not shown or contradicted. :func:`run_science` runs a task's experiments and
+writes ``science.json``, ``REPORT.md`` and one PNG figure per experiment; :func:`replot_science` draws the
 figures again from ``science.json`` alone.
+
+With several workers, the task's groups of experiments (experiments that share searches stay in one
+group) run in parallel processes, one torch thread each; every number is the same as in one process.
 """
 
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
+import optuna
+import torch
+
 from fusedbn.outputs import output_folder
-from fusedbn.science.experiments import EXPERIMENTS, PRESETS, Context, Finding
+from fusedbn.science.experiments import (
+    PRESETS,
+    SCIENCE_TASKS,
+    Context,
+    Experiment,
+    Finding,
+    Preset,
+    ScienceTask,
+)
 from fusedbn.science.figures import draw_figure
-from fusedbn.science.report import JSON_FILE, read_findings, write_report
+from fusedbn.science.report import JSON_FILE, RunInfo, read_comparison, read_findings, write_report
+from fusedbn.tuning.tasks import get_task
 from fusedbn.tuning.training import torch_threads
 
 
-def run_science(
-    preset: str, out: str | Path, command: str, progress: Callable[[str], None] = lambda _: None
-) -> list[Finding]:
-    """Run every experiment with the named preset ("full", "quick", "smoke"); write the report to ``out``.
+class ScienceArgumentError(ValueError):
+    """An argument of :func:`run_science` that it cannot run with; the message names it."""
 
-    The folder ``out`` is created first, and everything is written into it once every experiment has
-    run: a run that stops early (an error, Ctrl-C) leaves a folder as it was, and none it created.
+
+def quiet(message: str) -> None:
+    """A progress callback that shows nothing."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A progress callback that prints ``[   12 s] message`` on stderr, counting seconds from ``start``
+    (a ``time.time()``, so that worker processes count from the same instant)."""
+
+    start: float
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.time() - self.start:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+
+def run_science(
+    preset: str,
+    out: str | Path,
+    command: str,
+    progress: Callable[[str], None] = quiet,
+    task: str = "digits",
+    data_seed: int | None = None,
+    compare: str | Path | None = None,
+    workers: int | None = None,
+) -> list[Finding]:
+    """Run the experiments of ``task`` with the named preset ("full", "quick", "smoke") in ``workers``
+    processes (default: the task's); write the report to ``out``, with the verdicts of another task's
+    ``science.json`` (``compare``) beside them. ``progress`` must pickle when ``workers`` > 1.
+
+    Everything is checked before ``out`` is created: an unknown task or preset, a data seed the task
+    cannot take or a missing package (:class:`~fusedbn.tuning.tasks.TaskError`), an unreadable ``compare``
+    file (:class:`~fusedbn.science.report.ReportFileError`), fewer than one worker
+    (:class:`ScienceArgumentError`).
+    Everything is written into ``out`` once every experiment has run: a run that stops early (an error,
+    Ctrl-C) leaves a folder as it was, and none it created.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    science = SCIENCE_TASKS[get_task(task).name]
+    if preset not in science.presets:
+        raise ScienceArgumentError(f"unknown preset {preset!r}; choose one of {', '.join(science.presets)}")
+    workers = science.workers if workers is None else workers
+    if workers < 1:
+        raise ScienceArgumentError(f"--workers must be >= 1, got {workers}")
+    other = None if compare is None else read_comparison(compare)
+    chosen = science.presets[preset]
+    context = Context(preset=chosen, progress=progress, science=science, data_seed=data_seed)
     # Tiny models: one thread is fastest, and the results do not depend on it.
-    with output_folder(out) as folder, torch_threads(1):
-        context = Context(preset=PRESETS[preset], progress=progress)
-        start = time.perf_counter()
-        findings = []
-        for experiment in EXPERIMENTS:
-            began = time.perf_counter()
-            findings.append(experiment(context))
-            progress(f"{findings[-1].title}: {findings[-1].verdict} ({time.perf_counter() - began:.0f} s)")
-        write_report(findings, context.preset, command, time.perf_counter() - start, folder)
-        for finding in findings:
-            draw_figure(finding, folder)
+    with torch_threads(1):
+        context.task()  # builds the data first: a bad data seed or a missing package stops here
+        with output_folder(out) as folder:
+            load_before, start, cpu_start = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
+            processes = min(workers, len(science.groups))
+            if processes > 1:
+                timed = _in_parallel(science, chosen, data_seed, progress, processes)
+            else:
+                timed = _run_experiments(context, science.experiments)
+            findings = [finding for finding, _ in timed]
+            cpu = dict(zip(science.experiments, (seconds for _, seconds in timed), strict=True))
+            run = RunInfo(
+                task=task,
+                wall_seconds=time.perf_counter() - start,
+                cpu_seconds=_cpu_seconds() - cpu_start,
+                torch_threads=1,
+                load_before=load_before,
+                load_after=os.getloadavg()[0],
+                workers=processes,
+                group_cpu_seconds=[sum(cpu[experiment] for experiment in group) for group in science.groups],
+            )
+            write_report(findings, chosen, command, run, folder, other)
+            for finding in findings:
+                draw_figure(finding, folder)
     return findings
 
 
@@ -52,4 +124,76 @@ def replot_science(out: str | Path) -> list[Path]:
     return [draw_figure(finding, Path(out)) for finding in read_findings(Path(out) / JSON_FILE)]
 
 
-__all__ = ["PRESETS", "replot_science", "run_science"]
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished worker processes."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> list[tuple[Finding, float]]:
+    """Run ``experiments`` in order; each one's finding and the CPU seconds it took in this process."""
+    timed = []
+    for experiment in experiments:
+        began, cpu_began = time.perf_counter(), time.process_time()
+        finding = experiment(context)
+        timed.append((finding, time.process_time() - cpu_began))
+        context.progress(
+            f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
+            f"{timed[-1][1]:.0f} s of CPU)"
+        )
+    return timed
+
+
+def _start_worker() -> None:
+    """Set up a worker process: Ctrl-C is the main process's to handle (it stops the workers), one torch
+    thread, no Optuna log lines."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _run_group(
+    science: ScienceTask,
+    preset: Preset,
+    data_seed: int | None,
+    progress: Callable[[str], None],
+    experiments: Sequence[Experiment],
+) -> list[tuple[Finding, float]]:
+    """One worker process: the ``experiments`` of one group, in order (see :func:`_run_experiments`)."""
+    context = Context(preset=preset, progress=progress, science=science, data_seed=data_seed)
+    return _run_experiments(context, experiments)
+
+
+def _in_parallel(
+    science: ScienceTask,
+    preset: Preset,
+    data_seed: int | None,
+    progress: Callable[[str], None],
+    processes: int,
+) -> list[tuple[Finding, float]]:
+    """The task's groups of experiments in ``processes`` spawned processes; the findings and their CPU
+    seconds in the task's order of experiments. Leaving early (an error, Ctrl-C) stops the workers."""
+    with get_context("spawn").Pool(processes, initializer=_start_worker) as pool:
+        pending = [
+            pool.apply_async(_run_group, (science, preset, data_seed, progress, group))
+            for group in science.groups
+        ]
+        found = {
+            experiment: timed
+            for group, result in zip(science.groups, pending, strict=True)
+            for experiment, timed in zip(group, result.get(), strict=True)
+        }
+        pool.close()
+        pool.join()  # the workers' CPU time counts once they have ended
+    return [found[experiment] for experiment in science.experiments]
+
+
+__all__ = [
+    "PRESETS",
+    "SCIENCE_TASKS",
+    "Progress",
+    "ScienceArgumentError",
+    "quiet",
+    "replot_science",
+    "run_science",
+]

@@ -1,10 +1,12 @@
-"""Test the classic tuning advice on the digits task: paired experiments, statistics and verdicts.
+"""Test the classic tuning advice on a built-in task: paired experiments, statistics and verdicts.
 
 Runs each experiment of fusedbn.science (random vs grid, coarse-to-fine, log vs linear scales, with vs
-without BatchNorm, BatchNorm's noise vs batch size, importances for SGD and Adam, test-time statistics)
-and writes science.json, REPORT.md and the figures into --out once all have run. The full preset took
-8.7 minutes on 2 idle CPU cores (17 on busy ones); --quick takes about a minute. --replot draws the
-figures again from OUT/science.json without running anything.
+without BatchNorm, BatchNorm's noise vs batch size, importances for SGD and Adam, test-time statistics;
+on mnist1d also the MNIST-1D paper's table and whether a bias before BatchNorm is redundant) and writes
+science.json, REPORT.md and the figures into --out once all have run. On digits the full preset took
+8.7 minutes on 2 idle CPU cores (17 on busy ones) and --quick about a minute; on mnist1d see
+results/science-mnist1d/REPORT.md. --compare puts the verdicts of another task's science.json beside
+this run's; --replot draws the figures again from OUT/science.json without running anything.
 """
 
 import argparse
@@ -16,8 +18,10 @@ import optuna
 
 from fusedbn.cli import INTERRUPTED_EXIT_CODE
 from fusedbn.outputs import OutputFolderError
-from fusedbn.science import PRESETS, replot_science, run_science
+from fusedbn.science import PRESETS, Progress, ScienceArgumentError, quiet, replot_science, run_science
 from fusedbn.science.report import ReportFileError
+from fusedbn.tuning.cli import add_task_arguments, data_seed
+from fusedbn.tuning.tasks import TaskError
 
 DEFAULT_OUT = "runs/science"
 
@@ -27,6 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, default="full", help="how much to run (default: full)")
     parser.add_argument(
         "--quick", dest="preset", action="store_const", const="quick", help="the same as --preset quick"
+    )
+    add_task_arguments(parser)
+    parser.add_argument(
+        "--compare",
+        metavar="SCIENCE_JSON",
+        help="another task's science.json (e.g. results/science/science.json), whose verdicts go "
+        "beside this run's",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes running groups of experiments in parallel, one torch thread each; the numbers do "
+        "not depend on it (default: 1 for digits, 2 for mnist1d)",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the report ({DEFAULT_OUT})")
     parser.add_argument(
@@ -38,22 +55,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fusedbn science``; returns the exit code: 2 for a bad argument, 130 after Ctrl-C."""
-    start = time.perf_counter()
-
-    def progress(message: str) -> None:
-        if not args.no_progress:
-            print(f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True)
-
+    """Run ``fusedbn science``; returns the exit code: 2 for a bad argument (nothing is written then),
+    130 after Ctrl-C."""
+    progress = quiet if args.no_progress else Progress(time.time())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    command = shlex.join(["fusedbn", "science", "--preset", args.preset, "--out", args.out])
+    words = ["fusedbn", "science", "--preset", args.preset]
+    if args.task != "digits":
+        words += ["--task", args.task]
+    for option, value in (
+        ("--data-seed", args.data_seed),
+        ("--compare", args.compare),
+        ("--workers", args.workers),
+    ):
+        if value is not None:
+            words += [option, str(value)]
+    command = shlex.join([*words, "--out", args.out])
     try:
         if args.replot:
             paths = replot_science(args.out)
             print(f"Drew {', '.join(path.name for path in paths)} in {args.out}/ from science.json")
             return 0
-        findings = run_science(args.preset, args.out, command, progress)
-    except (OutputFolderError, ReportFileError) as error:
+        findings = run_science(
+            args.preset,
+            args.out,
+            command,
+            progress,
+            task=args.task,
+            data_seed=data_seed(args.data_seed),
+            compare=args.compare,
+            workers=args.workers,
+        )
+    except (ScienceArgumentError, TaskError, OutputFolderError, ReportFileError) as error:
         print(f"fusedbn science: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from fusedbn.science.experiments import Finding
@@ -51,14 +52,17 @@ def paired_panels(
     panels: Sequence[Mapping[str, object]],
     arms: Sequence[str],
     ylabel: str,
+    margin: float | None = None,
+    unit: str = "seed",
 ) -> Figure:
     """Paired comparisons, one column per panel.
 
-    Top row: each seed's pair of values joined by a line, and each arm's mean; every panel shares one
-    value axis, whose start the axis label states. Bottom row: the paired differences first - second
-    in percentage points, their mean with its 95% bootstrap interval and p-value, and the zero line;
-    one difference axis, symmetric about zero, for all panels. Each panel is a mapping with ``title``,
-    ``first`` and ``second`` (per-seed values) and ``test`` (a PairedTest as a dict).
+    Top row: each pair of values (one per ``unit``: a seed, a configuration) joined by a line, and each
+    arm's mean; every panel shares one value axis, whose start the axis label states. Bottom row: the
+    paired differences first - second in percentage points, their mean with its 95% bootstrap interval
+    and p-value, the zero line and, for an equivalence test, the band of +-``margin``; one difference
+    axis, symmetric about zero, for all panels. Each panel is a mapping with ``title``, ``first`` and
+    ``second`` (values per unit) and ``test`` (a PairedTest as a dict).
     """
     firsts = [np.asarray(panel["first"], dtype=float) for panel in panels]
     seconds = [np.asarray(panel["second"], dtype=float) for panel in panels]
@@ -71,7 +75,7 @@ def paired_panels(
         max(np.abs(d).max(), 100 * abs(p["test"]["ci_low"]), 100 * abs(p["test"]["ci_high"]))
         for d, p in zip(differences, panels, strict=True)
     )
-    reach = 1.15 * max(reach, 0.1)
+    reach = 1.15 * max(reach, 0.1, 0.0 if margin is None else 100 * margin)
     fig = Figure(figsize=(4.4 * len(panels), 7.2))
     axes = fig.subplots(2, len(panels), squeeze=False)
     for column, panel in enumerate(panels):
@@ -88,21 +92,31 @@ def paired_panels(
         values_ax.set_title(panel["title"], fontsize=10)
         values_ax.grid(True, axis="y", alpha=0.3)
         _difference_panel(difference_ax, differences[column], panel["test"], reach, arms)
-    # One legend for every panel, between the title and the panels, where it hides no data.
+        if margin is not None:
+            difference_ax.axhspan(-100 * margin, 100 * margin, color="tab:green", alpha=0.15, zorder=0)
+    handles = [
+        Line2D([], [], color="grey", alpha=0.45, marker="o", markersize=3, label=f"one {unit} (paired)"),
+        Line2D([], [], color="black", marker="D", linewidth=2, label=f"mean over {unit}s"),
+        Line2D([], [], color="black", marker="D", linestyle="none", label="mean difference, 95% CI"),
+        Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="no difference"),
+    ]
+    if margin is not None:
+        handles.append(
+            Patch(color="tab:green", alpha=0.15, label=f"equivalence margin +-{100 * margin:g} points")
+        )
+    # One legend for every panel, between the title and the panels, where it hides no data: one row of
+    # up to four entries, or rows of three.
+    columns = len(handles) if len(handles) <= 4 else 3
+    rows = -(-len(handles) // columns)
     fig.legend(
-        handles=[
-            Line2D([], [], color="grey", alpha=0.45, marker="o", markersize=3, label="one seed (paired)"),
-            Line2D([], [], color="black", marker="D", linewidth=2, label="mean over seeds"),
-            Line2D([], [], color="black", marker="D", linestyle="none", label="mean difference, 95% CI"),
-            Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="no difference"),
-        ],
+        handles=handles,
         loc="upper center",
         bbox_to_anchor=(0.5, 0.94),
-        ncol=4,
+        ncol=columns,
         fontsize=8,
         frameon=False,
     )
-    return _titled(fig, heading, top=0.95)
+    return _titled(fig, heading, top=0.95 - 0.03 * (rows - 1))
 
 
 def _difference_panel(
@@ -163,9 +177,11 @@ def batchnorm_comparison(
     accuracy: Mapping[str, Sequence[float]],
     depths: Sequence[int],
     good: float,
+    depth_label: str = "hidden layers",
 ) -> Figure:
     """Left: sorted accuracies of the same configurations per arm, with the threshold ``good``.
-    Right: the share of configurations reaching ``good`` by depth, on a 0-1 axis."""
+    Right: the share of configurations reaching ``good`` by depth (``depth_label`` counts what), on a 0-1
+    axis."""
     depths = np.asarray(depths)
     fig = Figure(figsize=(11, 4.6))
     left, right = fig.subplots(1, 2)
@@ -186,7 +202,7 @@ def batchnorm_comparison(
     left.grid(True, alpha=0.3)
     right.set_xticks(np.arange(len(levels)) + width * (len(accuracy) - 1) / 2, [str(d) for d in levels])
     right.set_ylim(0, 1)
-    right.set_xlabel("hidden layers")
+    right.set_xlabel(depth_label)
     right.set_ylabel(f"share of configurations reaching {good}")
     right.set_title("Depth sensitivity", fontsize=10)
     right.legend(fontsize=8)
@@ -254,12 +270,59 @@ def importance_bars(
     return _titled(fig, heading)
 
 
+def published_vs_reproduced(
+    heading: str,
+    models: Mapping[str, Mapping[str, object]],
+    margin: float,
+    extra: Mapping[str, float] | None = None,
+) -> Figure:
+    """Per model: its published accuracy beside the mean reproduced here (each seed a dot), with the
+    band of +-``margin`` around the published value; then ``extra``'s bars (name -> accuracy, nothing
+    published), such as a tuned model's. Each model is a mapping with ``published`` and ``seeds``. The
+    accuracy axis runs from 0 to 1, so that no difference is drawn larger than it is."""
+    extra = extra or {}
+    fig = Figure(figsize=(10, 4.8))
+    ax = fig.subplots()
+    names = list(models)
+    for x, name in enumerate(names):
+        published, seeds = float(models[name]["published"]), np.asarray(models[name]["seeds"], dtype=float)
+        ax.bar(x - 0.2, published, width=0.4, color="lightgrey", edgecolor="black", hatch="//")
+        ax.add_patch(
+            Rectangle((x - 0.45, published - margin), 0.9, 2 * margin, color="tab:green", alpha=0.2, zorder=0)
+        )
+        ax.bar(x + 0.2, seeds.mean(), width=0.4, color=ARM_COLOURS[0])
+        ax.scatter(np.full(len(seeds), x + 0.2), seeds, color="black", s=10, zorder=3)
+        for offset, value in ((-0.2, published), (0.2, seeds.mean())):
+            ax.text(x + offset, value + 0.015, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
+    for x, value in enumerate(extra.values(), start=len(names)):
+        ax.bar(x, value, width=0.4, color=ARM_COLOURS[2])
+        ax.text(x, value + 0.015, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
+    labels = [*names, *extra]
+    ax.set_xticks(np.arange(len(labels)), [label.replace(", ", ",\n") for label in labels], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(
+        handles=[
+            Patch(facecolor="lightgrey", edgecolor="black", hatch="//", label="published"),
+            Patch(color=ARM_COLOURS[0], label="reproduced here (mean)"),
+            Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one seed"),
+            Patch(color="tab:green", alpha=0.2, label=f"published +-{100 * margin:g} points"),
+            *([Patch(color=ARM_COLOURS[2], label="not in the paper")] if extra else []),
+        ],
+        loc="upper left",
+        fontsize=8,
+    )
+    return _titled(fig, heading)
+
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "paired_panels": paired_panels,
     "accuracy_vs_learning_rate": accuracy_vs_learning_rate,
     "batchnorm_comparison": batchnorm_comparison,
     "noise_and_gap": noise_and_gap,
     "importance_bars": importance_bars,
+    "published_vs_reproduced": published_vs_reproduced,
 }
 
 

@@ -1,9 +1,11 @@
 """Writing the findings: ``science.json`` (every number, and each figure's data) and ``REPORT.md`` (the
-same, readable, with the figures); reading the findings back from ``science.json``."""
+same, readable, with the figures), with how the run went (:class:`RunInfo`) and, when given another
+task's ``science.json``, the two tasks' verdicts side by side; reading the findings back from
+``science.json``."""
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fusedbn.science.experiments import Finding, Preset
@@ -11,6 +13,57 @@ from fusedbn.science.stats import PairedTest
 
 JSON_FILE = "science.json"
 MARKDOWN_FILE = "REPORT.md"
+
+
+class ReportFileError(ValueError):
+    """A science.json that cannot be read back; the message says why."""
+
+
+@dataclass
+class RunInfo:
+    """How a run went: its task, wall and CPU seconds (worker processes included), torch's thread count
+    per process, the 1-minute load average before and after (the machine's other work shows there) and
+    the number of worker processes; ``group_cpu_seconds`` holds the CPU seconds of each group of
+    experiments (the longest bounds the wall time with a worker per group on idle cores)."""
+
+    task: str
+    wall_seconds: float
+    cpu_seconds: float
+    torch_threads: int
+    load_before: float
+    load_after: float
+    workers: int = 1
+    group_cpu_seconds: list[float] = field(default_factory=list)
+
+    def cpu_share(self) -> float:
+        """The CPU time over what the worker processes could have used: wall time x workers x threads."""
+        return self.cpu_seconds / max(1e-9, self.wall_seconds * self.workers * self.torch_threads)
+
+
+@dataclass
+class Comparison:
+    """Another task's findings (read from its ``science.json``): its task and each experiment's verdict."""
+
+    task: str
+    source: str
+    verdicts: dict[str, str]
+    titles: dict[str, str]
+
+
+def read_comparison(path: str | Path) -> Comparison:
+    """The task and verdicts of the ``science.json`` at ``path`` (``--compare``); raises
+    :class:`ReportFileError` naming an unreadable file."""
+    try:
+        data = _read_json(Path(path))
+        findings = _findings(data, Path(path))
+    except ReportFileError as error:
+        raise ReportFileError(f"--compare: {error}") from None
+    return Comparison(
+        task=data.get("run", {}).get("task", "digits"),
+        source=str(path),
+        verdicts={f.key: f.verdict for f in findings},
+        titles={f.key: f.title for f in findings},
+    )
 
 
 def _cell(value: object) -> str:
@@ -41,13 +94,67 @@ def _tests_table(finding: Finding) -> list[dict[str, object]]:
     ]
 
 
-def markdown(findings: Sequence[Finding], preset: Preset, command: str, seconds: float) -> str:
-    """The report as Markdown: a verdict table, then one section per experiment with its figure."""
+def _groups_sentence(run: RunInfo) -> str:
+    """The CPU time of each group of experiments, and what it means for the wall time on idle cores."""
+    if len(run.group_cpu_seconds) < 2:
+        return ""
+    minutes = ", ".join(f"{seconds / 60:.1f}" for seconds in run.group_cpu_seconds)
+    return (
+        f" The {len(run.group_cpu_seconds)} groups of experiments used {minutes} min of CPU: on idle cores, "
+        f"with a worker per group, the run takes about {max(run.group_cpu_seconds) / 60:.1f} min."
+    )
+
+
+def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) -> list[str]:
+    """The two tasks' verdicts per experiment, and a sentence for each experiment where they differ."""
+    keys = list(dict.fromkeys([*other.verdicts, *(f.key for f in findings)]))
+    mine = {f.key: f for f in findings}
+    titles = {**other.titles, **{f.key: f.title for f in findings}}
+    rows = [
+        {
+            "experiment": titles[key],
+            other.task: other.verdicts.get(key, "not run"),
+            run.task: mine[key].verdict if key in mine else "not run",
+        }
+        for key in keys
+    ]
+    differ = [
+        f"- {titles[key]}: **{mine[key].verdict}** on {run.task}, **{other.verdicts[key]}** on {other.task}."
+        for key in keys
+        if key in mine and key in other.verdicts and mine[key].verdict != other.verdicts[key]
+    ]
+    return [
+        "",
+        f"## {run.task} beside {other.task}",
+        "",
+        f"The verdicts of this run beside those of `{other.source}`.",
+        "",
+        *_table(rows),
+        "",
+        "Where they differ:" if differ else "The verdicts agree wherever both tasks ran the experiment.",
+        *(["", *differ] if differ else []),
+    ]
+
+
+def markdown(
+    findings: Sequence[Finding],
+    preset: Preset,
+    command: str,
+    run: RunInfo,
+    other: Comparison | None = None,
+) -> str:
+    """The report as Markdown: a verdict table, the other task's verdicts beside them when given, then
+    one section per experiment with its figure."""
     lines = [
         "# `fusedbn science`: the tuning advice put to the test",
         "",
-        f"Command: `{command}` (preset `{preset.name}`: {preset.seeds} seeds, {preset.epochs} epoch(s) per "
-        f"training). Wall time {seconds / 60:.1f} min. Same command, same numbers: every draw is seeded.",
+        f"Command: `{command}` (task `{run.task}`, preset `{preset.name}`: {preset.seeds} seeds, "
+        f"{preset.epochs} epoch(s) per training). Wall time {run.wall_seconds / 60:.1f} min, CPU time "
+        f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.torch_threads} torch "
+        f"thread(s), which had {run.cpu_share():.0%} of their cores' time (below 100%: other work shared "
+        f"the machine; 1-minute load average {run.load_before:.1f} at the start, {run.load_after:.1f} at "
+        "the end). Same command, same numbers: every draw is seeded."
+        + _groups_sentence(run),
         "",
         "Verdicts: *held* (significant at 5% in the claimed direction, bootstrap interval on that side), "
         "*contradicted* (significant the other way), *not shown* (cannot be told from chance with this "
@@ -55,6 +162,8 @@ def markdown(findings: Sequence[Finding], preset: Preset, command: str, seconds:
         "",
         *_table([{"experiment": f.title, "verdict": f"**{f.verdict}**"} for f in findings]),
     ]
+    if other is not None:
+        lines += _side_by_side(findings, run, other)
     for number, finding in enumerate(findings, start=1):
         lines += [
             "",
@@ -78,33 +187,47 @@ def markdown(findings: Sequence[Finding], preset: Preset, command: str, seconds:
 
 
 def write_report(
-    findings: Sequence[Finding], preset: Preset, command: str, seconds: float, out: Path
+    findings: Sequence[Finding],
+    preset: Preset,
+    command: str,
+    run: RunInfo,
+    out: Path,
+    other: Comparison | None = None,
 ) -> list[Path]:
     """Write ``science.json`` and ``REPORT.md`` into ``out``; returns their paths."""
     data = {
         "command": command,
         "preset": asdict(preset),
-        "wall_seconds": round(seconds, 1),
+        "wall_seconds": round(run.wall_seconds, 1),
+        "run": asdict(run),
         "findings": [asdict(f) for f in findings],
     }
     json_path, markdown_path = out / JSON_FILE, out / MARKDOWN_FILE
     json_path.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    markdown_path.write_text(markdown(findings, preset, command, seconds))
+    markdown_path.write_text(markdown(findings, preset, command, run, other))
     return [json_path, markdown_path]
-
-
-class ReportFileError(ValueError):
-    """A science.json that cannot be read back; the message says why."""
 
 
 def read_findings(path: Path) -> list[Finding]:
     """The findings kept in the science.json at ``path``; :class:`ReportFileError` says what is wrong."""
+    return _findings(_read_json(path), path)
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in the file at ``path``."""
     try:
         data = json.loads(path.read_text())
     except OSError as error:
         raise ReportFileError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
     except json.JSONDecodeError as error:
         raise ReportFileError(f"{str(path)!r} is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ReportFileError(f"{str(path)!r} is not a science.json (no findings)")
+    return data
+
+
+def _findings(data: dict, path: Path) -> list[Finding]:
+    """The findings of a science.json's ``data`` (read from ``path``), each with its figure data."""
     findings = []
     for item in data.get("findings", []):
         if not item.get("figure_data"):

@@ -9,7 +9,8 @@ scikit-learn's wine data; the test suite runs it.
 
 :mod:`fusedbn.tuning.space` lists the built-in parameters, their scales, tiers and defaults;
 :mod:`fusedbn.tuning.search` the stages, budget, workers and sampling; :mod:`fusedbn.tuning.storage` the
-storage URLs. ``fusedbn tune`` runs the same on scikit-learn's digits (:mod:`fusedbn.tuning.digits`).
+storage URLs. ``fusedbn tune`` runs the same on its built-in tasks (:mod:`fusedbn.tuning.tasks`):
+scikit-learn's digits (:mod:`fusedbn.tuning.digits`) and MNIST-1D (:mod:`fusedbn.tuning.mnist1d`).
 """
 
 from pathlib import Path
@@ -19,17 +20,18 @@ from fusedbn.tuning.report import format_summary, summarize, write_summary
 from fusedbn.tuning.search import SearchConfig, TuningError, TuningInterrupted, TuningResult, tune
 from fusedbn.tuning.space import Param, SpaceError, default_space
 from fusedbn.tuning.storage import StorageError, display_url
-from fusedbn.tuning.training import Task
+from fusedbn.tuning.training import HeldOutScores, Task
 
 
-def report(result: TuningResult, out_dir: str | Path) -> str:
-    """Write ``summary.json`` and the PNG plots of ``result`` into ``out_dir`` (created).
+def report(result: TuningResult, out_dir: str | Path, held_out: HeldOutScores | None = None) -> str:
+    """Write ``summary.json`` and the PNG plots of ``result`` into ``out_dir`` (created), with the chosen
+    configuration's ``held_out`` test scores when its task keeps the test split out of the search.
 
     Returns the summary as text, ending with a line that names the files written.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(result)
+    summary = summarize(result, held_out=held_out)
     written = [write_summary(summary, out_dir), *write_plots(result, summary, out_dir)]
     files = ", ".join(path.name for path in written)
     storage = display_url(result.config.storage)
@@ -37,6 +39,7 @@ def report(result: TuningResult, out_dir: str | Path) -> str:
 
 
 __all__ = [
+    "HeldOutScores",
     "Param",
     "SearchConfig",
     "SpaceError",

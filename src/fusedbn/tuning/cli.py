@@ -1,11 +1,14 @@
-"""Tune an MLP with fused BatchNorm on scikit-learn's digits: coarse-to-fine Optuna search, summary and plots.
+"""Tune a network with fused BatchNorm on a built-in task: coarse-to-fine Optuna search, summary and plots.
 
-Runs the stages of the built-in digits task (see fusedbn.tuning), then prints the summary and writes
-summary.json and PNG plots into --out. Re-running with the same --study-name and --storage resumes the
-study; several processes started with the same ones work on it together. With several --seed values,
-one study per seed runs (NAME-seed<S>, plots in OUT/seed<S>/) and a last line gives the spread of their
-best validation and test accuracies. Ctrl-C stops the running trial and says what is stored; bad
-arguments are one line on stderr and exit code 2, with nothing created.
+Tasks (--task): digits (scikit-learn's 8x8 digits, an MLP; the default) and mnist1d (MNIST-1D generated
+locally, a 1D CNN; its test split is read only after the search, to score the chosen configuration
+trained again as in its trial and retrained on all training examples). Runs the stages of the task (see
+fusedbn.tuning), then prints the summary and writes summary.json and PNG plots into --out. Re-running
+with the same --study-name and --storage resumes the study; several processes started with the same
+ones work on it together. With several --seed values, one study per seed runs (NAME-seed<S>, plots in
+OUT/seed<S>/) and a last line gives the spread of their best validation and test accuracies. Ctrl-C
+stops the running trial and says what is stored; bad arguments are one line on stderr and exit code 2,
+with nothing created.
 """
 
 import argparse
@@ -18,7 +21,6 @@ import optuna
 from fusedbn.cli import INTERRUPTED_EXIT_CODE
 from fusedbn.outputs import output_folder
 from fusedbn.tuning import report
-from fusedbn.tuning.digits import digits_task
 from fusedbn.tuning.search import (
     PRUNERS,
     SAMPLERS,
@@ -26,14 +28,32 @@ from fusedbn.tuning.search import (
     TuningError,
     TuningInterrupted,
     TuningResult,
+    score_chosen,
     tune,
 )
-from fusedbn.tuning.space import OPTIMIZERS, default_space, with_ranges, with_scales
+from fusedbn.tuning.space import OPTIMIZERS, with_ranges, with_scales
 from fusedbn.tuning.storage import MEMORY_URL, StorageError, display_url
-from fusedbn.tuning.training import torch_threads
+from fusedbn.tuning.tasks import TASKS, TaskError, get_task
+from fusedbn.tuning.training import HeldOutScores, torch_threads
 
 DEFAULT_OUT = "runs/tune"
 DEFAULT_THREADS = 1
+
+
+def _by_task(option: str) -> str:
+    """The help text's note on a default that depends on the task."""
+    defaults = ", ".join(f"{getattr(task, option)} for {name}" for name, task in TASKS.items())
+    return f"(default: {defaults})"
+
+
+def data_seed(text: str | None) -> int | None:
+    """The --data-seed value as an integer (None when not given); raises TaskError naming a bad one."""
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise TaskError(f"--data-seed must be an integer, got {text!r}") from None
 
 
 def _range(text: str) -> tuple[str, tuple[float, float]]:
@@ -56,15 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"postgresql+psycopg2://user:pw@host/db, or {MEMORY_URL} for a throwaway study "
         "(default: sqlite:///OUT/study.db)",
     )
-    parser.add_argument("--study-name", default="fusedbn-digits", help="study name; stages are NAME-stage<k>")
-    parser.add_argument("--trials", type=int, default=10, help="finished trials per stage (default: 10)")
-    parser.add_argument("--stages", type=int, default=3, help="coarse-to-fine stages (default: 3)")
+    add_task_arguments(parser)
+    parser.add_argument(
+        "--study-name",
+        help="study name; stages are NAME-stage<k> (default: fusedbn-TASK, fusedbn-TASK-data<S> for a "
+        "data seed S other than the task's own)",
+    )
+    parser.add_argument("--trials", type=int, help=f"finished trials per stage {_by_task('trials')}")
+    parser.add_argument("--stages", type=int, help=f"coarse-to-fine stages {_by_task('stages')}")
     parser.add_argument(
         "--tiers",
         type=int,
-        default=2,
         choices=range(1, 5),
-        help="tune priority tiers 1..TIERS; the rest keep their defaults (default: 2)",
+        help=f"tune priority tiers 1..TIERS; the rest keep their defaults {_by_task('tiers')}",
     )
     parser.add_argument("--sampler", choices=SAMPLERS, default="random", help="default: random")
     parser.add_argument("--pruner", choices=PRUNERS, default="median", help="default: median")
@@ -86,8 +110,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "more, and on busy cores more are far slower); several workers on one machine: keep workers x "
         "threads <= cores",
     )
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd (with momentum)")
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs per trial (default: 8)")
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help=f"sgd (with momentum) or adam {_by_task('optimizer')}"
+    )
+    parser.add_argument("--epochs", type=int, help=f"training epochs per trial {_by_task('epochs')}")
     parser.add_argument(
         "--no-batchnorm", action="store_true", help="build the network without BatchNorm layers"
     )
@@ -130,6 +156,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare --task and --data-seed (shared with ``fusedbn science``)."""
+    parser.add_argument(
+        "--task", default="digits", help=f"the task to tune: {', '.join(TASKS)} (default: digits)"
+    )
+    parser.add_argument(
+        "--data-seed",
+        metavar="S",
+        help="seed of a generated dataset (mnist1d: the generator's seed, default 42, the paper's data)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``fusedbn tune``; returns the exit code: 2 for bad arguments or storage, 1 if the study fails,
     130 when Ctrl-C stopped it."""
@@ -137,21 +175,27 @@ def run(args: argparse.Namespace) -> int:
     several = len(args.seed) > 1
     storage = args.storage or f"sqlite:///{out / 'study.db'}"
     try:
-        space = with_ranges(default_space(args.optimizer), dict(args.range))
+        definition = get_task(args.task)
+        seed_of_data = data_seed(args.data_seed)
+        optimizer = args.optimizer or definition.optimizer
+        space = with_ranges(definition.space(optimizer), dict(args.range))
         space = with_scales(space, dict.fromkeys(args.linear, "linear"))
-        task = digits_task(
+        definition.check_ranges(space)
+        task = definition.build(
             epochs=args.epochs,
-            optimizer=args.optimizer,
+            optimizer=optimizer,
             device=args.device,
             batchnorm=not args.no_batchnorm,
+            data_seed=seed_of_data,
         )
+        study_name = definition.study_name(seed_of_data) if args.study_name is None else args.study_name
         configs = [
             SearchConfig(
-                study_name=f"{args.study_name}-seed{seed}" if several else args.study_name,
+                study_name=f"{study_name}-seed{seed}" if several else study_name,
                 storage=storage,
-                trials=args.trials,
-                stages=args.stages,
-                tiers=args.tiers,
+                trials=definition.trials if args.trials is None else args.trials,
+                stages=definition.stages if args.stages is None else args.stages,
+                tiers=definition.tiers if args.tiers is None else args.tiers,
                 sampler=args.sampler,
                 seed=seed,
                 train_seed=args.train_seed,
@@ -164,11 +208,12 @@ def run(args: argparse.Namespace) -> int:
             for seed in args.seed
         ]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        results = []
+        results, held_outs = [], []
         with torch_threads(args.threads), output_folder(out):
             for config in configs:
                 results.append(tune(task, space, config))
-                print(report(results[-1], out / f"seed{config.seed}" if several else out))
+                held_outs.append(score_chosen(task, results[-1]))
+                print(report(results[-1], out / f"seed{config.seed}" if several else out, held_outs[-1]))
     except (ValueError, StorageError) as error:
         print(f"fusedbn tune: error: {error}", file=sys.stderr)
         return 2
@@ -179,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         print(_interrupted(interrupt, storage), file=sys.stderr)
         return INTERRUPTED_EXIT_CODE
     if several:
-        print(_spread(results))
+        print(_spread(results, held_outs))
     return 0
 
 
@@ -200,13 +245,19 @@ def _interrupted(interrupt: KeyboardInterrupt, storage: str) -> str:
     return "\n".join(lines)
 
 
-def _spread(results: list[TuningResult]) -> str:
+def _spread(results: list[TuningResult], held_outs: list[HeldOutScores | None]) -> str:
     """One line: mean and standard deviation over seeds of the best validation and test accuracies."""
-    best = [result.best() for result in results]
+    best = [trial for _, trial in filter(None, (result.best() for result in results))]
+    held = [scores for scores in held_outs if scores is not None]
     parts = []
     for label, values in (
-        ("best validation", [trial.value for _, trial in filter(None, best)]),
-        ("its test", [trial.user_attrs["test_accuracy"] for _, trial in filter(None, best)]),
+        ("best validation", [trial.value for trial in best]),
+        (
+            "its test",
+            [trial.user_attrs["test_accuracy"] for trial in best if "test_accuracy" in trial.user_attrs],
+        ),
+        ("its test retrained on all training examples", [scores.test_accuracy_all for scores in held]),
+        ("its test as trained in its trial", [scores.test_accuracy for scores in held]),
     ):
         if len(values) >= 2:
             parts.append(f"{label} {statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}")

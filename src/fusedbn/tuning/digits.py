@@ -12,7 +12,9 @@ With one shared scale, every input lies within about +-3 and a pixel that is con
 stays a harmless 0.
 
 Each hidden layer is ``Linear(bias=False) -> FusedBatchNorm1d -> ReLU`` (the BatchNorm's shift replaces
-the Linear's bias), or ``Linear -> ReLU`` when built without BatchNorm.
+the Linear's bias), or ``Linear -> ReLU`` when built without BatchNorm. A variant keeps a bias in each
+Linear before a BatchNorm (to test that it is redundant there), drawn after all weights so that the
+weights are those of the plain network.
 """
 
 from collections.abc import Mapping
@@ -25,7 +27,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from fusedbn import FusedBatchNorm1d
-from fusedbn.tuning.training import Task
+from fusedbn.tuning.training import Task, add_biases
 
 VALID_FRACTION = 0.2
 TEST_FRACTION = 0.2
@@ -38,10 +40,13 @@ def build_mlp(
     in_features: int = 64,
     num_classes: int = NUM_CLASSES,
     batchnorm: bool = True,
+    bias: bool = False,
 ) -> nn.Module:
     """An MLP of ``num_layers`` hidden layers of ``hidden_units``, BatchNorm momentum 1 - ``bn_beta``.
 
     ``batchnorm=False`` builds the same network without BatchNorm (the Linear layers keep their bias).
+    ``bias=True`` keeps the BatchNorm layers and gives each Linear before one a bias too, drawn after
+    every weight (:func:`~fusedbn.tuning.training.add_biases`).
     """
     layers: list[nn.Module] = []
     width = in_features
@@ -57,6 +62,8 @@ def build_mlp(
         layers.append(nn.ReLU())
         width = hidden
     layers.append(nn.Linear(width, num_classes))
+    if batchnorm and bias:
+        add_biases([layer for layer in layers[:-1] if isinstance(layer, nn.Linear)])
     return nn.Sequential(*layers)
 
 
@@ -87,15 +94,13 @@ def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def digits_task(
-    epochs: int = 10, optimizer: str = "sgd", device: str = "cpu", batchnorm: bool = True
+    epochs: int = 10, optimizer: str = "sgd", device: str = "cpu", batchnorm: bool = True, bias: bool = False
 ) -> Task:
     """The digits classification :class:`Task`: the fixed splits and :func:`build_mlp`."""
     splits = digits_splits()
     return Task(
-        build_model=partial(build_mlp, batchnorm=batchnorm),
-        train=splits["train"],
-        valid=splits["valid"],
-        test=splits["test"],
+        build_model=partial(build_mlp, batchnorm=batchnorm, bias=bias),
+        **splits,
         epochs=epochs,
         optimizer=optimizer,
         device=device,

@@ -1,6 +1,10 @@
 """The study's summary (a :class:`Summary`): best trial with its held-out test accuracy, every stage's
 bounds and counts, importances with their noise floor, and what they say about the priority tiers.
 
+The test accuracy is the best trial's own (a task whose trials record it) or, for a task that keeps its
+test split out of the search, the chosen configuration's :class:`~fusedbn.tuning.training.HeldOutScores`
+(trained again as in its trial, and retrained on the training and validation splits together).
+
 Importances (:mod:`fusedbn.tuning.importance`) are fANOVA on each parameter's sampled coordinate, over
 every stage's scored trials: complete trials at their final accuracy and pruned trials at their last
 reported accuracy (the pruner stopped them for scoring below the median at that epoch, so that report
@@ -25,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from fusedbn.tuning.importance import Importances, fanova_importances
 from fusedbn.tuning.search import StageResult, TuningResult
 from fusedbn.tuning.storage import FAILURE_ATTR, display_url
+from fusedbn.tuning.training import HeldOutScores
 
 TRIALS_PER_PARAMETER = 4
 IMPORTANCE_RESAMPLES = 20
@@ -87,6 +92,7 @@ class Summary:
     importance_note: str
     tier_check: TierCheck | None
     objective: str = "validation accuracy (maximised)"
+    held_out: HeldOutScores | None = None
 
     def to_json(self) -> dict:
         """The summary as plain JSON-ready data."""
@@ -178,8 +184,11 @@ def _stage_summary(stage_result: StageResult) -> StageSummary:
     )
 
 
-def summarize(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> Summary:
-    """The :class:`Summary` of ``result`` (betas shown as beta, not 1 - beta)."""
+def summarize(
+    result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES, held_out: HeldOutScores | None = None
+) -> Summary:
+    """The :class:`Summary` of ``result`` (betas shown as beta, not 1 - beta), with the chosen
+    configuration's ``held_out`` scores when its task keeps the test split out of the search."""
     config = result.config
     tiers = {p.name: p.tier for p in result.tuned}
     measured = importances(result, resamples)
@@ -207,6 +216,7 @@ def summarize(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> Su
         importances=measured,
         importance_note=note,
         tier_check=None if measured is None else tier_check(measured, tiers),
+        held_out=held_out,
     )
 
 
@@ -251,6 +261,17 @@ def _importance_lines(summary: Summary) -> list[str]:
     return lines
 
 
+def _held_out_lines(held_out: HeldOutScores | None) -> list[str]:
+    if held_out is None:
+        return []
+    return [
+        f"Held-out test accuracy of the chosen configuration: {held_out.test_accuracy_all:.4f} retrained on "
+        f"all {held_out.train_examples_all} training and validation examples; {held_out.test_accuracy:.4f} "
+        f"trained on the {held_out.train_examples} training examples as in its trial (validation "
+        f"{held_out.valid_accuracy:.4f} on that retraining)"
+    ]
+
+
 def format_summary(summary: Summary) -> str:
     """The summary as text for a terminal."""
     lines = [f"Study {summary.study_name} ({summary.sampler} search, tiers 1-{summary.tiers_tuned})"]
@@ -261,6 +282,7 @@ def format_summary(summary: Summary) -> str:
         test = "" if best.test_accuracy is None else f"; held-out test accuracy {best.test_accuracy:.4f}"
         where = f"stage {best.stage}, trial {best.trial}"
         lines.append(f"Best validation accuracy {best.valid_accuracy:.4f} ({where}){test}")
+        lines += _held_out_lines(summary.held_out)
         lines.append("Best hyperparameters:")
         for name, value in best.params.items():
             origin = f"tuned, tier {summary.tiers[name]}" if name in summary.tiers else "default"

@@ -50,6 +50,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import optuna
@@ -68,7 +69,7 @@ from fusedbn.tuning.storage import (
     is_in_memory,
     open_storage,
 )
-from fusedbn.tuning.training import Task
+from fusedbn.tuning.training import HeldOutScores, Task
 
 SAMPLERS = ("random", "grid", "tpe")
 PRUNERS = ("median", "none")
@@ -255,6 +256,10 @@ class SearchConfig:
         """The seed the trials' training seeds derive from."""
         return self.seed if self.train_seed is None else self.train_seed
 
+    def trial_seed(self, stage: int, trial_number: int) -> int:
+        """The training seed (initial weights, batch order) of trial ``trial_number`` of stage ``stage``."""
+        return derive_seed(derive_seed(self.training_seed, stage), trial_number)
+
 
 @dataclass
 class StageResult:
@@ -386,12 +391,23 @@ def _run_stages(
             tuned,
             fixed,
             bounds,
-            derive_seed(config.training_seed, number),
+            partial(config.trial_seed, number),
             None if is_in_memory(storage) else config.grace_period_s,
         )
         _run_stage(stage, objective, config, f"stage {number}/{config.stages}", notify)
         stages.append(stage)
     return stages
+
+
+def score_chosen(task: Task, result: TuningResult) -> HeldOutScores | None:
+    """The held-out test scores of the configuration ``result`` chose (see
+    :meth:`~fusedbn.tuning.training.Task.held_out_scores`), for a task whose trials leave its test split
+    alone; None for a task whose trials score it, or when no trial completed."""
+    best = result.best()
+    if task.score_test or task.test is None or best is None:
+        return None
+    stage, trial = best
+    return task.held_out_scores(result.params_of(trial), result.config.trial_seed(stage, trial.number))
 
 
 def _check_same_space(storage: optuna.storages.BaseStorage, study_name: str, fingerprint: dict) -> None:
@@ -447,10 +463,11 @@ def _objective(
     tuned: Sequence[Param],
     fixed: Mapping[str, float],
     bounds: Bounds,
-    stage_seed: int,
+    trial_seed: Callable[[int], int],
     grace_s: float | None,
 ) -> Callable[[optuna.Trial], float]:
-    """The stage's objective; with ``grace_s`` (a shared storage) each trial records heartbeats."""
+    """The stage's objective; trial n trains with seed ``trial_seed(n)``; with ``grace_s`` (a shared
+    storage) each trial records heartbeats."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: optuna.Trial) -> float:
@@ -460,7 +477,7 @@ def _objective(
             params = dict(fixed)
             for param in tuned:
                 params[param.name] = param.suggest(trial, *bounds[param.name])
-            return task.fit(params, trial, seed=derive_seed(stage_seed, trial.number))
+            return task.fit(params, trial, seed=trial_seed(trial.number))
 
     return objective
 

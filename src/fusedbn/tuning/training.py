@@ -3,22 +3,25 @@
 A :class:`Task` is what a user brings: a model builder and training/validation tensors, and optionally a
 held-out test split. The training loop reads these hyperparameters from the dict it is given (the tuned
 ones and the defaults of the others; see :mod:`fusedbn.tuning.space`): ``learning_rate``, ``lr_decay``,
-``batch_size``, and ``momentum`` for SGD or ``adam_beta1``, ``adam_beta2``, ``adam_epsilon`` for Adam.
-The model builder gets the same dict, so it can read ``hidden_units``, ``num_layers``, ``bn_beta`` or
-any parameter of the user's own.
+``batch_size``, and ``momentum`` for SGD or ``adam_beta1``, ``adam_beta2``, ``adam_epsilon`` for Adam, and
+``weight_decay`` (an L2 penalty passed to the optimizer) where the space has it, 0 otherwise. The model
+builder gets the same dict, so it can read ``hidden_units``, ``num_layers``, ``bn_beta`` or any parameter
+of the user's own.
 
 Scoring: validation accuracy after every epoch, reported to Optuna so its pruner can stop a poor trial
 early. When a trial ends, its user attributes record the final model's accuracy and loss on the
 training split (in eval mode), the validation loss and, when the task has one, the test accuracy
-(:data:`SCORE_ATTRS`); the search never reads the test accuracy. A diverging trial (a NaN or infinite
+(:data:`SCORE_ATTRS`); the search never reads the test accuracy. A task built with
+``score_test=False`` does not even compute it: its test split is read only by :meth:`Task.held_out_scores`,
+after the search, to score the chosen configuration. A diverging trial (a NaN or infinite
 training loss) raises :class:`optuna.TrialPruned` with the reason in the trial's user attribute
 ``failure``: the trial counts towards the stage's budget and its sampled point stays visible in the
 history, but it has no score.
 """
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import torch
@@ -32,8 +35,33 @@ EpochCallback = Callable[[int, nn.Module], None]
 SCORE_ATTRS = ("train_accuracy", "train_loss", "valid_loss", "test_accuracy")
 
 
+def add_biases(layers: Sequence[nn.Module]) -> None:
+    """Give each layer (Linear or convolution) a bias drawn as torch draws one: uniform within
+    +-1/sqrt(fan-in), from torch's global generator. Called after every weight of a model is drawn, it
+    leaves those weights as they would be without biases."""
+    for layer in layers:
+        bound = 1.0 / layer.weight[0].numel() ** 0.5
+        layer.bias = nn.Parameter(torch.empty(layer.weight.shape[0]).uniform_(-bound, bound))
+
+
 class Diverged(ArithmeticError):
     """The training loss became NaN or infinite."""
+
+
+@dataclass
+class HeldOutScores:
+    """A configuration scored on the held-out test split (:meth:`Task.held_out_scores`).
+
+    ``valid_accuracy`` and ``test_accuracy`` belong to the model trained on the ``train_examples`` of the
+    training split; ``test_accuracy_all`` to the one retrained on the ``train_examples_all`` of the
+    training and validation splits together.
+    """
+
+    valid_accuracy: float
+    test_accuracy: float
+    test_accuracy_all: float
+    train_examples: int
+    train_examples_all: int
 
 
 @dataclass
@@ -42,7 +70,9 @@ class Task:
 
     ``train``, ``valid`` and the optional ``test`` are ``(inputs, integer class targets)`` tensor pairs.
     Each trial trains for ``epochs`` epochs with ``optimizer`` ("sgd": SGD with momentum, or "adam") on
-    ``device``.
+    ``device``, taking the mini-batches in a new random order every epoch (``shuffle=False``: in the
+    order of ``train``, every epoch). ``score_test`` says whether each trial records its test accuracy;
+    without it the test split is left for :meth:`held_out_scores`.
     """
 
     build_model: ModelBuilder
@@ -52,6 +82,8 @@ class Task:
     optimizer: str = "sgd"
     device: str = "cpu"
     test: tuple[Tensor, Tensor] | None = None
+    score_test: bool = True
+    shuffle: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -77,6 +109,10 @@ class Task:
         named = {"train": self.train, "valid": self.valid}
         return named if self.test is None else {**named, "test": self.test}
 
+    def trial_splits(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """The splits each trial scores: all of them, or all but "test" when ``score_test`` is off."""
+        return {name: pair for name, pair in self.splits().items() if self.score_test or name != "test"}
+
     def required_params(self) -> set[str]:
         """The hyperparameters the training loop itself reads (the model builder may read more)."""
         common = {"learning_rate", "lr_decay", "batch_size"}
@@ -97,7 +133,7 @@ class Task:
             torch.manual_seed(seed)
             model = self.build_model(params).to(device)
         optimizer = self._make_optimizer(model, params)
-        shuffle = torch.Generator().manual_seed(seed)
+        batch_order = torch.Generator().manual_seed(seed)
         x_train, y_train = (t.to(device) for t in self.train)
         batch_size = int(params["batch_size"])
         loss_fn = nn.CrossEntropyLoss()
@@ -105,7 +141,11 @@ class Task:
             for group in optimizer.param_groups:
                 group["lr"] = params["learning_rate"] / (1.0 + params["lr_decay"] * epoch)
             model.train()
-            order = torch.randperm(len(x_train), generator=shuffle).to(device)
+            order = (
+                torch.randperm(len(x_train), generator=batch_order)
+                if self.shuffle
+                else torch.arange(len(x_train))
+            ).to(device)
             # Drop a last batch of one example: BatchNorm cannot normalise a single value.
             n_used = len(order) - 1 if len(order) % batch_size == 1 else len(order)
             for start in range(0, n_used, batch_size):
@@ -121,10 +161,11 @@ class Task:
         return model
 
     def scores(self, model: nn.Module) -> dict[str, float]:
-        """Accuracy and mean loss of ``model`` (eval mode) per split: "<split>_accuracy", "<split>_loss"."""
+        """Accuracy and mean loss of ``model`` (eval mode) on each of :meth:`trial_splits`:
+        "<split>_accuracy", "<split>_loss"."""
         device = torch.device(self.device)
         measured: dict[str, float] = {}
-        for split, (inputs, targets) in self.splits().items():
+        for split, (inputs, targets) in self.trial_splits().items():
             accuracy, loss = evaluate_with_loss(model, inputs.to(device), targets.to(device))
             measured[f"{split}_accuracy"], measured[f"{split}_loss"] = accuracy, loss
         return measured
@@ -160,16 +201,40 @@ class Task:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    def held_out_scores(self, params: Mapping[str, float], seed: int) -> "HeldOutScores":
+        """Score ``params`` on the test split: trained on the training split with ``seed`` (as a trial
+        with that seed trains, so the model is the trial's), and retrained on the training and
+        validation splits together. Raises ValueError when the task has no test split."""
+        if self.test is None:
+            raise ValueError("the task has no test split to score on")
+        device = torch.device(self.device)
+        x_test, y_test = (t.to(device) for t in self.test)
+        model = self.train_model(params, seed)
+        everything = tuple(torch.cat(pair) for pair in zip(self.train, self.valid, strict=True))
+        retrained = replace(self, train=everything).train_model(params, seed)
+        return HeldOutScores(
+            valid_accuracy=evaluate(model, *(t.to(device) for t in self.valid)),
+            test_accuracy=evaluate(model, x_test, y_test),
+            test_accuracy_all=evaluate(retrained, x_test, y_test),
+            train_examples=len(self.train[0]),
+            train_examples_all=len(everything[0]),
+        )
+
     def _make_optimizer(self, model: nn.Module, params: Mapping[str, float]) -> torch.optim.Optimizer:
+        weight_decay = params.get("weight_decay", 0.0)
         if self.optimizer == "sgd":
             return torch.optim.SGD(
-                model.parameters(), lr=params["learning_rate"], momentum=params["momentum"]
+                model.parameters(),
+                lr=params["learning_rate"],
+                momentum=params["momentum"],
+                weight_decay=weight_decay,
             )
         return torch.optim.Adam(
             model.parameters(),
             lr=params["learning_rate"],
             betas=(params["adam_beta1"], params["adam_beta2"]),
             eps=params["adam_epsilon"],
+            weight_decay=weight_decay,
         )
 
 

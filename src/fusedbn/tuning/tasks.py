@@ -1,0 +1,137 @@
+"""The built-in tasks of ``fusedbn tune --task`` and ``fusedbn science --task``, as data.
+
+A :class:`TaskDefinition` says how to build the task's :class:`~fusedbn.tuning.training.Task` and search
+space, which command-line defaults suit it, and which ranges its model can take. Both commands take one,
+so each task runs through the same search, training loop, storage, summary and plots.
+
+- ``digits``: scikit-learn's 8x8 digits and an MLP (:mod:`fusedbn.tuning.digits`); every trial records
+  its test accuracy, as it always has.
+- ``mnist1d``: MNIST-1D and a 1D CNN (:mod:`fusedbn.tuning.mnist1d`); the generator's seed is an option,
+  and the test split is read only after the search, to score the chosen configuration.
+"""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fusedbn.tuning import digits, mnist1d
+from fusedbn.tuning.space import Param, SpaceError, default_space
+from fusedbn.tuning.training import Task
+
+
+class TaskError(ValueError):
+    """An unknown task, or a task that cannot be built here."""
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """One built-in task.
+
+    ``make(epochs=, optimizer=, device=, batchnorm=, bias=, data_seed=)`` builds the :class:`Task` the search
+    runs on; ``space(optimizer)`` gives its search space. ``epochs``, ``optimizer``, ``tiers``,
+    ``trials`` and ``stages`` are the command-line defaults for it. ``data_seed`` is the default seed of a
+    generated dataset (None: the data are fixed and take no seed). ``limits`` bounds the ranges a
+    parameter may be given (name -> (lowest, highest), None for no bound). ``width`` and ``layer`` name
+    the parameter that sets the layers' width and the layer before each BatchNorm, for the experiments.
+    """
+
+    name: str
+    description: str
+    make: Callable[..., Task]
+    space: Callable[[str], list[Param]]
+    epochs: int
+    optimizer: str
+    tiers: int
+    trials: int
+    stages: int
+    width: str
+    layer: str
+    data_seed: int | None = None
+    limits: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def study_name(self, data_seed: int | None) -> str:
+        """The default study name: ``fusedbn-<task>``, with ``-data<seed>`` for a non-default data seed."""
+        suffix = "" if data_seed in (None, self.data_seed) else f"-data{data_seed}"
+        return f"fusedbn-{self.name}{suffix}"
+
+    def build(
+        self,
+        epochs: int | None = None,
+        optimizer: str | None = None,
+        device: str = "cpu",
+        batchnorm: bool = True,
+        data_seed: int | None = None,
+        bias: bool = False,
+    ) -> Task:
+        """The task's :class:`Task` (defaults: this definition's); ``bias`` gives the layers before each
+        BatchNorm a bias. Raises :class:`TaskError` for a data seed the task cannot take, or a package
+        it needs that is not installed."""
+        settings = {
+            "epochs": self.epochs if epochs is None else epochs,
+            "optimizer": self.optimizer if optimizer is None else optimizer,
+            "device": device,
+            "batchnorm": batchnorm,
+            "bias": bias,
+        }
+        if self.data_seed is None:
+            if data_seed is not None:
+                raise TaskError(f"--data-seed: task {self.name} has fixed data and takes no data seed")
+            return self.make(**settings)
+        seed = self.data_seed if data_seed is None else data_seed
+        if not 0 <= seed < 2**32:
+            raise TaskError(f"--data-seed must be an integer in [0, 2**32), got {seed}")
+        try:
+            return self.make(**settings, data_seed=seed)
+        except mnist1d.MissingPackage as error:
+            raise TaskError(str(error)) from None
+
+    def check_ranges(self, space: Sequence[Param]) -> None:
+        """Raise :class:`~fusedbn.tuning.space.SpaceError` for a parameter whose range leaves the task's
+        limits."""
+        for param in space:
+            lowest, highest = self.limits.get(param.name, (None, None))
+            if (lowest is not None and param.low < lowest) or (highest is not None and param.high > highest):
+                allowed = f"[{'-inf' if lowest is None else lowest}, {'inf' if highest is None else highest}]"
+                raise SpaceError(
+                    f"{param.name}: range [{param.low}, {param.high}] does not fit task {self.name}, "
+                    f"which takes {allowed}"
+                )
+
+
+TASKS: dict[str, TaskDefinition] = {
+    "digits": TaskDefinition(
+        name="digits",
+        description="scikit-learn's 8x8 digits, an MLP with FusedBatchNorm1d",
+        make=digits.digits_task,
+        space=default_space,
+        epochs=8,
+        optimizer="sgd",
+        tiers=2,
+        trials=10,
+        stages=3,
+        width="hidden_units",
+        layer="Linear",
+    ),
+    "mnist1d": TaskDefinition(
+        name="mnist1d",
+        description="MNIST-1D (generated locally), a 1D CNN with FusedBatchNorm1d",
+        make=mnist1d.mnist1d_task,
+        space=mnist1d.cnn_space,
+        epochs=30,
+        optimizer="adam",
+        tiers=2,
+        trials=10,
+        stages=3,
+        width="channels",
+        layer="Conv1d",
+        data_seed=mnist1d.DATA_SEED,
+        # A CNN needs a convolution; a batch cannot be larger than the training split.
+        limits={"num_layers": (1, None), "batch_size": (None, mnist1d.TRAIN_EXAMPLES)},
+    ),
+}
+
+
+def get_task(name: str) -> TaskDefinition:
+    """The built-in task called ``name``; raises :class:`TaskError` naming the known ones."""
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return TASKS[name]
