@@ -45,6 +45,7 @@ from fusedbn.kernels.tiles import (
     sum_over_tile,
     tile_offsets,
     unpack_bits,
+    zero_where_off,
 )
 
 
@@ -70,7 +71,7 @@ def load_grad_output(
             stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
         )
         packed = tl.load(mask_ptr + m_offsets, mask=m_bounds, other=0)
-        dy = tl.where(unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C), dy, 0.0)
+        dy = zero_where_off(dy, unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C))
     return dy, dy_offsets, in_bounds
 
 

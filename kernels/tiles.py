@@ -140,6 +140,25 @@ def store_statistics(
 
 
 @triton.jit
+def zero_where_off(values, keep):
+    """``values`` where ``keep`` is set and +0.0 elsewhere: tl.where(keep, values, 0.0), bit for bit.
+
+    Computed on the bits, as an AND with all ones or all zeros, instead of a select: Triton 3.9's
+    LLVM segfaults (in the SLP vectoriser's horizontal-reduction matcher) compiling for sm_90 a
+    per-thread sum of 16 or more such selects over float16/bfloat16 values, which is what the fused
+    ReLU's backward takes with 4096-element tiles.
+    """
+    if values.dtype.primitive_bitwidth == 16:
+        bits = values.to(tl.int16, bitcast=True)
+    elif values.dtype.primitive_bitwidth == 32:
+        bits = values.to(tl.int32, bitcast=True)
+    else:
+        bits = values.to(tl.int64, bitcast=True)
+    all_ones = 0 - keep.to(bits.dtype)
+    return (bits & all_ones).to(values.dtype, bitcast=True)
+
+
+@triton.jit
 def pack_bits(flags, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
     """Pack a boolean [BLOCK_N, BLOCK_S, BLOCK_C] tile into bytes along the inner dim.
 
