@@ -38,6 +38,7 @@ from fusedbn.kernels.layout import (
     finalize_block_splits,
     finalize_grid,
     plan_batch_norm,
+    vector_alignment,
 )
 from fusedbn.kernels.tiles import (
     channel_block,
@@ -55,6 +56,7 @@ def load_grad_output(
     stride_dy_outer, stride_dy_c, stride_dy_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    DY_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """dy of one tile, zeroed where a fused ReLU's mask is off; its offsets and in-bounds mask.
 
@@ -62,13 +64,13 @@ def load_grad_output(
     """
     dy_offsets, in_bounds = tile_offsets(
         tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-        stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C, DY_ALIGN,
     )
     dy = tl.load(dy_ptr + dy_offsets, mask=in_bounds, other=0.0)
     if RELU:
         m_offsets, m_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
-            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
+            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C, M_ALIGN,
         )
         packed = tl.load(mask_ptr + m_offsets, mask=m_bounds, other=0)
         dy = zero_where_off(dy, unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C))
@@ -89,6 +91,7 @@ def gradient_sums(
     stride_m_outer, stride_m_c, stride_m_byte,
     stride_x_outer, stride_x_c, stride_x_inner,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Per-channel sums of dy and dy * xhat over tiles [first_tile, last_tile).
 
@@ -103,11 +106,12 @@ def gradient_sums(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+            DY_ALIGN, M_ALIGN,
         )
         dy = dy.to(mean.dtype)
         x_offsets, _ = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
         )
         x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
         sum_dy += dy
@@ -125,6 +129,7 @@ def grad_input_tiles(
     stride_x_outer, stride_x_c, stride_x_inner,
     BATCH_STATS: tl.constexpr, RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Write grad_input (and a fused residual's gradient) on tiles [first_tile, last_tile).
 
@@ -142,12 +147,13 @@ def grad_input_tiles(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+            DY_ALIGN, M_ALIGN,
         )
         dy = dy.to(mean.dtype)
         if BATCH_STATS:
             x_offsets, _ = tile_offsets(
                 tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-                stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+                stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
             )
             x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
             dx = batch_stats_grad_input(
@@ -184,6 +190,7 @@ def whole_channel_backward_kernel(
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """One program computes all gradients of BLOCK_C whole channels: the sums, then grad_input."""
     first_tile = tl.program_id(1)  # always 0: the grid has a single split
@@ -198,6 +205,7 @@ def whole_channel_backward_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        X_ALIGN, DY_ALIGN, M_ALIGN,
     )
     tl.store(grad_bias_ptr + channels, sum_dy, mask=channel_mask)
     tl.store(grad_weight_ptr + channels, sum_dy_xhat, mask=channel_mask)
@@ -209,6 +217,7 @@ def whole_channel_backward_kernel(
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
+        X_ALIGN, DY_ALIGN, M_ALIGN,
     )
 
 
@@ -221,6 +230,7 @@ def partial_sums_kernel(
     stride_x_outer, stride_x_c, stride_x_inner,
     tiles_inner, num_tiles, tiles_per_split,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split]."""
     split = tl.program_id(1)
@@ -236,6 +246,7 @@ def partial_sums_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        X_ALIGN, DY_ALIGN, M_ALIGN,
     )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
@@ -280,6 +291,7 @@ def grad_input_kernel(
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) writes grad_input on its tiles from the finished sums.
 
@@ -305,6 +317,7 @@ def grad_input_kernel(
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
+        X_ALIGN, DY_ALIGN, M_ALIGN,
     )
 
 
@@ -374,11 +387,18 @@ def batch_norm_backward(
     weight_arg = mean if weight is None else weight
     tensor_args = (dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd)
     stride_args = (*dy_strides, *mask_strides, *x_strides)
+    alignments = dict(
+        X_ALIGN=vector_alignment(x_strides, view, launch, x.element_size()),
+        DY_ALIGN=vector_alignment(
+            dy_strides, view, launch, min(dy.element_size(), dx.element_size())
+        ),
+        M_ALIGN=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
+    )
     flags = dict(
         HAS_WEIGHT=weight is not None, BATCH_STATS=use_batch_stats, RELU=relu,
         WRITE_GRAD_RESIDUAL=write_grad_residual,
         BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-        num_warps=launch.num_warps,
+        **alignments, num_warps=launch.num_warps,
     )
 
     if need_sums and launch.whole_channel and combine_sums is None:
@@ -401,7 +421,7 @@ def batch_norm_backward(
             view.n_outer, view.n_inner, view.num_channels,
             *dy_strides, *mask_strides, *x_strides, *tiling,
             RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-            num_warps=launch.num_warps,
+            **alignments, num_warps=launch.num_warps,
         )
         launch_finalize_sums(
             finalize_grid(view.num_channels),

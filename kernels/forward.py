@@ -35,6 +35,7 @@ from fusedbn.kernels.layout import (
     finalize_grid,
     plan_batch_norm,
     relu_mask_like,
+    vector_alignment,
 )
 from fusedbn.kernels.tiles import (
     channel_block,
@@ -54,7 +55,7 @@ def store_output(
     n_outer, n_inner, num_channels,
     stride_m_outer, stride_m_c, stride_m_byte,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Apply the epilogue to the normalised tile ``y`` and store it (and the ReLU mask).
 
@@ -72,7 +73,7 @@ def store_output(
         y = tl.where(positive, y, 0.0)
         m_offsets, m_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
-            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
+            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C, M_ALIGN,
         )
         tl.store(mask_ptr + m_offsets, pack_bits(positive, BLOCK_N, BLOCK_S, BLOCK_C), mask=m_bounds)
     tl.store(y_ptr + y_offsets, y, mask=in_bounds)
@@ -82,7 +83,7 @@ def store_output(
 def shifted_moments(
     x_ptr, stats_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner, num_channels,
     stride_x_outer, stride_x_c, stride_x_inner,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, X_ALIGN: tl.constexpr,
 ):
     """(count, shift, mean - shift, M2) per channel of tiles [first_tile, last_tile) of x.
 
@@ -95,7 +96,7 @@ def shifted_moments(
     """
     offsets, in_bounds = tile_offsets(
         first_tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
     )
     acc_dtype = stats_ptr.dtype.element_ty
     x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
@@ -107,7 +108,7 @@ def shifted_moments(
     for tile in range(first_tile + 1, last_tile):
         offsets, in_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
         )
         x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
         deviation = tl.where(in_bounds, x - shift[None, None, :], 0.0)
@@ -133,6 +134,7 @@ def normalize_tiles(
     stride_m_outer, stride_m_c, stride_m_byte,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Write y = (x - mean) * scale + bias, then the epilogue, on tiles [first_tile, last_tile)."""
     mean = mean[None, None, :]
@@ -141,18 +143,18 @@ def normalize_tiles(
     for tile in range(first_tile, last_tile):
         x_offsets, in_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
         )
         x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
         y_offsets, _ = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C, Y_ALIGN,
         )
         store_output(
             (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr, y_offsets, in_bounds,
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_m_outer, stride_m_c, stride_m_byte,
-            HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+            HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, M_ALIGN,
         )
 
 
@@ -168,6 +170,7 @@ def whole_channel_forward_kernel(
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """One program normalises BLOCK_C whole channels: statistics over all tiles, then y."""
     acc_dtype = mean_ptr.dtype.element_ty
@@ -176,7 +179,7 @@ def whole_channel_forward_kernel(
     channel_mask = channels < num_channels
     _, shift, mean_dev, m2 = shifted_moments(
         x_ptr, mean_ptr, channels, first_tile, num_tiles, tiles_inner, n_outer, n_inner,
-        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
     )
     mean = shift + mean_dev
     invstd = store_statistics(
@@ -193,7 +196,7 @@ def whole_channel_forward_kernel(
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
-        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN, Y_ALIGN, M_ALIGN,
     )
 
 
@@ -203,7 +206,7 @@ def partial_moments_kernel(
     n_outer, n_inner, num_channels,
     stride_x_outer, stride_x_c, stride_x_inner,
     tiles_inner, num_tiles, tiles_per_split,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, X_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
 
@@ -215,7 +218,7 @@ def partial_moments_kernel(
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     count, shift, mean_dev, m2 = shifted_moments(
         x_ptr, partial_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner,
-        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
     )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
@@ -294,6 +297,7 @@ def apply_kernel(
     FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
@@ -325,7 +329,7 @@ def apply_kernel(
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
-        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN, Y_ALIGN, M_ALIGN,
     )
 
 
@@ -396,11 +400,17 @@ def batch_norm_forward(
         x, y, pointer(residual), relu_mask, pointer(weight), pointer(bias),
         mean, invstd, pointer(running_mean), pointer(running_var),
     )
-    stride_args = (*x_strides, *y_strides, *(relu_mask.stride() if relu else (0, 0, 0)))
+    mask_strides = relu_mask.stride() if relu else (0, 0, 0)
+    stride_args = (*x_strides, *y_strides, *mask_strides)
+    y_itemsize = y.element_size() if residual is None else min(y.element_size(), residual.element_size())
+    x_align = vector_alignment(x_strides, view, launch, x.element_size())
     flags = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         HAS_RESIDUAL=residual is not None, RELU=relu,
         BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
+        X_ALIGN=x_align,
+        Y_ALIGN=vector_alignment(y_strides, view, launch, y_itemsize),
+        M_ALIGN=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
         num_warps=launch.num_warps,
     )
     statistics_flags = dict(
@@ -426,7 +436,7 @@ def batch_norm_forward(
         launch_partial_moments(
             grid, x, partial, view.n_outer, view.n_inner, view.num_channels, *x_strides, *tiling,
             BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-            num_warps=launch.num_warps,
+            X_ALIGN=x_align, num_warps=launch.num_warps,
         )
         n_per_channel = view.n_per_channel
         if combine_moments is not None:

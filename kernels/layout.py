@@ -316,6 +316,34 @@ def plan_batch_norm(
     return x, Plan(view, copy_format, choose_launch(view, x, 8 if relu else 1, limits))
 
 
+# The widest global access one thread makes (128 bits); alignment beyond it buys nothing.
+WIDEST_ACCESS_BYTES = 16
+
+
+def vector_alignment(
+    strides: tuple[int, int, int], view: ChannelView, launch: Launch, itemsize: int, bits: int = 1
+) -> int:
+    """The ALIGN constexpr of tile_offsets for the tensors addressed with ``strides`` (outer, c, inner).
+
+    Their accesses are vectorised along the channel dim when launch.block_c > 1 (channels are the
+    contiguous dim), else along the inner dim. The result is the largest power of two, at most the
+    tile's size along that dim and the elements of ``itemsize`` bytes in a 128-bit access, that
+    divides the other two strides and the extent of the vectorised dim: every row of that dim then
+    starts at a multiple of it, and its bounds mask is constant over that many elements. ``bits`` is
+    the elements per stored element along the inner dim: 8 for the packed ReLU mask, whose rows hold
+    ceil(n_inner / 8) bytes.
+    """
+    stride_outer, stride_c, stride_inner = strides
+    if launch.block_c > 1:
+        values, block = (stride_outer, stride_inner, view.num_channels), launch.block_c
+    else:
+        extent = (view.n_inner + bits - 1) // bits
+        values, block = (stride_outer, stride_c, extent), max(launch.block_s // bits, 1)
+    limit = min(block, max(WIDEST_ACCESS_BYTES // itemsize, 1))
+    common = math.gcd(*values)
+    return min(common & -common, limit) if common else limit
+
+
 # Channels per program of the finalize kernels, which read the [splits, C] partial sums.
 FINALIZE_BLOCK_C = 32
 

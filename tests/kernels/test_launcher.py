@@ -189,7 +189,7 @@ def bound_partial_moments(fake_gpu) -> tuple[FakeGpuKernel, KernelLauncher, tupl
     x = torch.randn(4, 3, 5)
     partial = torch.empty(4, 2, 3)
     args = (x, partial, 4, 5, 3, 15, 5, 1, 1, 5, 3)
-    kwargs = dict(BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, num_warps=4)
+    kwargs = dict(BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, X_ALIGN=1, num_warps=4)
     kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
     fast = KernelLauncher(kernel.jit)
     fast((3, 2), *args, **kwargs)
@@ -268,7 +268,7 @@ def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
     fast = KernelLauncher(kernel.jit)
     x, partial = torch.randn(4, 3, 5), torch.empty(4, 2, 3)
     # tiles_per_split, a runtime int, by keyword: its value could change without the key seeing it.
-    kwargs = dict(tiles_per_split=3, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1)
+    kwargs = dict(tiles_per_split=3, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, X_ALIGN=1)
     for _ in range(2):
         fast((3, 2), x, partial, 4, 5, 3, 15, 5, 1, 1, 5, **kwargs)
     assert kernel.triton_launches == 2

@@ -1,5 +1,6 @@
 """channel_view folding, fold_input, and choose_launch's tiles, splits and path choice."""
 
+import inspect
 import itertools
 import math
 import threading
@@ -424,3 +425,121 @@ def test_conform_keeps_a_tensor_that_shares_the_layout():
     assert conform(odd, like1, view1, view1.strides(like1)) is odd
     same = torch.randn(x.shape).contiguous(memory_format=torch.channels_last)
     assert conform(same, y, view, view.strides(y)) is same
+
+
+# ----------------------------------------------------------------------------------------------
+# The alignment constexprs (X_ALIGN, Y_ALIGN, DY_ALIGN, M_ALIGN) the launchers pass to tile_offsets
+# ----------------------------------------------------------------------------------------------
+
+
+def _views(dtype):
+    """(name, x, expected X_ALIGN): views whose alignment is limited by one thing each."""
+    base = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(5)).to(dtype)
+    storage = torch.randn(64, generator=torch.Generator().manual_seed(6)).to(dtype)
+    half = dtype == torch.float16
+    cl = torch.randn(2, 32, 3, 3, generator=torch.Generator().manual_seed(7)).to(dtype)
+    cl = cl.to(memory_format=torch.channels_last)
+    cl36 = torch.randn(2, 36, 3, 3).to(dtype).to(memory_format=torch.channels_last)
+    storage36 = torch.randn(300).to(dtype)
+    return [
+        # Rows of 14 * 14 = 196 elements: 4-element (8-byte in float16) alignment.
+        ("rows of 196", torch.randn(2, 3, 14, 14).to(dtype), 4),
+        # x[..., 1:13]: 12 elements a row, rows 16 apart, the data pointer one element in.
+        ("misaligned row slice", base[..., 1:13], 4),
+        # x[..., 1:]: 15 elements a row: the extent allows no vector.
+        ("odd row length", base[..., 1:], 1),
+        # An odd batch stride: rows of 8 elements 8 apart, but batch entries 25 apart.
+        ("odd outer stride", storage[:50].as_strided((2, 3, 8), (25, 8, 1)), 1),
+        # channels_last, 24 channels: runs of 24 channels, 8-element aligned (float16; float32: 4).
+        ("24 channels", cl[:, :24].contiguous(memory_format=torch.channels_last), 8 if half else 4),
+        # A channel slice of channels_last: 20 channels read in place, rows 32 apart.
+        ("channel slice", cl[:, 4:24], 4),
+        # 32 of 36 channels: the runs hold 32 channels but start 36 apart.
+        ("32 of 36 channels", cl36[:, 2:34], 4),
+        # channels_last with batch entries 148 elements apart (4-element aligned).
+        ("channels_last, odd batch stride",
+         storage36.as_strided((2, 24, 2, 3), (148, 1, 72, 24)), 4),
+        # Rows of 256: float16 vectors of 8; the ReLU mask's 32-byte rows fill its 8-byte tiles.
+        ("rows of 256", torch.randn(2, 3, 16, 16).to(dtype), 8 if half else 4),
+    ]
+
+
+GROUP_STRIDES = {  # each ALIGN constexpr and the kernel parameters of the strides it covers
+    "X_ALIGN": ("stride_x_outer", "stride_x_c", "stride_x_inner"),
+    "Y_ALIGN": ("stride_y_outer", "stride_y_c", "stride_y_inner"),
+    "DY_ALIGN": ("stride_dy_outer", "stride_dy_c", "stride_dy_inner"),
+    "M_ALIGN": ("stride_m_outer", "stride_m_c", "stride_m_byte"),
+}
+
+
+def check_alignment_claims(fn, args, kwargs):
+    """What tile_offsets assumes of each ALIGN of a launch holds for its arguments: a power of two,
+    at most the tile's size along the vectorised dim (channels when BLOCK_C > 1, else the inner
+    dim), dividing the strides of the other two dims and the vectorised dim's extent."""
+    values = dict(zip(inspect.signature(fn).parameters, args, strict=False)) | kwargs
+    checked = []
+    for constexpr, (outer, channel, inner) in GROUP_STRIDES.items():
+        if constexpr not in values or outer not in values:
+            continue
+        align = values[constexpr]
+        if constexpr == "M_ALIGN" and not values.get("RELU"):
+            continue
+        assert align >= 1 and align & (align - 1) == 0, (fn.__name__, constexpr, align)
+        bits = 8 if constexpr == "M_ALIGN" else 1
+        if values["BLOCK_C"] > 1:
+            block, others, extent = values["BLOCK_C"], (outer, inner), values["num_channels"]
+        else:
+            block, others = values["BLOCK_S"] // bits, (outer, channel)
+            extent = -(-values["n_inner"] // bits)
+        assert align <= block, (fn.__name__, constexpr, align, block)
+        for name in others:
+            assert values[name] % align == 0, (fn.__name__, constexpr, align, name, values[name])
+        assert extent % align == 0, (fn.__name__, constexpr, align, "extent", extent)
+        checked.append((fn.__name__, constexpr, align))
+    return checked
+
+
+def _recorded_step(x, dtype, monkeypatch):
+    """A training step with residual and ReLU, forward and backward, fused and in torch; the fused
+    step's launches as (kernel function, args, kwargs), and both steps' results."""
+    from fusedbn.kernels.launcher import KernelLauncher
+
+    launches = []
+    original = KernelLauncher.__call__
+
+    def recording_call(self, grid, *args, **kwargs):
+        launches.append((self.kernel.fn, args, kwargs))
+        return original(self, grid, *args, **kwargs)
+
+    outputs = {}
+    for mode in ("fused", "torch"):
+        # The fused step reads the view itself, strides and offset as they are.
+        xi = (x.detach().clone() if mode == "torch" else x.detach()).requires_grad_(True)
+        residual = torch.ones_like(x, requires_grad=True)
+        if mode == "fused":
+            monkeypatch.setattr(KernelLauncher, "__call__", recording_call)
+            with layout.launch_limits(LaunchLimits(single_tile=64, stream_tile=64)):
+                y = fused_batch_norm(xi, None, None, None, None, True, 0.1, 1e-5,
+                                     residual=residual, activation="relu")
+                y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(dtype))
+            monkeypatch.setattr(KernelLauncher, "__call__", original)
+        else:
+            y = F.relu(F.batch_norm(xi.float(), None, None, None, None, True, 0.1, 1e-5)
+                       + residual.float()).to(dtype)
+            y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(dtype))
+        outputs[mode] = (y, xi.grad, residual.grad)
+    return launches, outputs
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
+def test_alignment_constexprs_hold_for_every_view(dtype, monkeypatch, assert_close):
+    """Every ALIGN of every launch of a training step with residual and ReLU (forward, backward) is
+    what tile_offsets may assume, on views where a stride, a row's length or the data pointer
+    limits it; X_ALIGN is the largest such; and the results are torch's."""
+    for name, x, expected in _views(dtype):
+        launches, outputs = _recorded_step(x, dtype, monkeypatch)
+        for ours, theirs in zip(outputs["fused"], outputs["torch"], strict=True):
+            assert_close(ours, theirs, dtype=dtype, msg=name)
+        claims = [c for fn, args, kwargs in launches for c in check_alignment_claims(fn, args, kwargs)]
+        assert {c[1] for c in claims} == {"X_ALIGN", "Y_ALIGN", "DY_ALIGN", "M_ALIGN"}, name
+        assert {align for _, constexpr, align in claims if constexpr == "X_ALIGN"} == {expected}, name
