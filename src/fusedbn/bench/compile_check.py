@@ -225,20 +225,47 @@ def dtype_class(dtype: str) -> str:
     return {"float16": "16", "bfloat16": "16", "float32": "32", "float64": "64"}[dtype]
 
 
+def elements_per_thread(launch: Launch) -> int:
+    """Tile elements each thread holds: where register pressure and compiler trouble grow."""
+    kwargs = dict(launch.kwargs)
+    tile = kwargs.get("BLOCK_N", 1) * kwargs.get("BLOCK_S", 1) * kwargs.get("BLOCK_C", 1)
+    return tile // (32 * kwargs.get("num_warps", 4))
+
+
+# Cases that once crashed the compiler (issue 15: Triton 3.9, sm_90, the fused ReLU's backward in
+# float16): the representative subset always compiles every specialisation they launch.
+REGRESSION_CASES = (
+    ("64x256x56x56", "float16", NCHW, "relu", TRAIN, 132),
+    ("64x1024x14x14", "float16", NCHW, "relu", TRAIN, 132),
+)
+
+
 def representative_subset(specs: list[Specialisation], cases: list[Case]) -> list[int]:
     """Indices of a few specialisations that launch each kernel with each epilogue, dtype class and
-    layout at least once (a greedy cover: the specialisation covering most uncovered combinations
-    first), in index order."""
+    layout at least once, and all those of the REGRESSION_CASES in ``cases``, in index order.
+
+    A greedy cover: the specialisation covering most uncovered combinations first and, among
+    equals, the one with the most elements per thread, so that each combination is compiled at its
+    heaviest.
+    """
+    regressions = {
+        i for i, case in enumerate(cases)
+        if (case.shape.name, case.dtype, case.layout, case.epilogue, case.mode,
+            case.multiprocessors) in REGRESSION_CASES
+    }
     covers = []
     for spec in specs:
         covers.append({
             (spec.launch.name, cases[i].epilogue, dtype_class(cases[i].dtype), cases[i].layout)
             for i in spec.cases
         })
-    uncovered = set().union(*covers) if covers else set()
-    chosen: list[int] = []
+    chosen = [i for i, spec in enumerate(specs) if regressions.intersection(spec.cases)]
+    uncovered = set().union(*covers) - set().union(*(covers[i] for i in chosen)) if covers else set()
     while uncovered:
-        best = max(range(len(specs)), key=lambda i: (len(covers[i] & uncovered), -i))
+        best = max(
+            range(len(specs)),
+            key=lambda i: (len(covers[i] & uncovered), elements_per_thread(specs[i].launch), -i),
+        )
         chosen.append(best)
         uncovered -= covers[best]
     return sorted(chosen)
@@ -428,14 +455,22 @@ def run_gate(
     }
 
 
+def spills(result: dict[str, Any]) -> bool:
+    """Whether a compiled kernel spills registers: spill stores, or a stack or local memory."""
+    return result["status"] == "ok" and bool(
+        result["spill_stores"] or result["stack_bytes"] or result["local_bytes"]
+    )
+
+
 def failures(report: dict[str, Any]) -> list[str]:
     """One line per crash, compile error, timeout or spill in a run_gate result."""
     found = []
     for spec in report["specialisations"]:
         for target, result in spec["results"].items():
             what = result["status"]
-            if what == "ok" and (result["local_bytes"] or result["spill_stores"]):
-                what = f"spill ({result['local_bytes']} bytes local memory)"
+            if what == "ok" and spills(result):
+                what = (f"spill ({result['spill_stores']} spill stores, {result['stack_bytes']} "
+                        f"bytes of stack, {result['local_bytes']} bytes of local memory)")
             if what != "ok":
                 detail = result.get("signal") or result.get("error", "")
                 found.append(f"sm_{target} {spec['kernel']} #{spec['id']}: {what} {detail}".rstrip())

@@ -7,9 +7,9 @@ argument as its value) and a target (``80``, ``90``, ``100``). The worker turns 
 specialisation with Triton's own binder (``JITFunction.run`` in warm-up mode on a fake driver, whose
 compile step is replaced by one that keeps what the binder decided: signature, constexprs,
 attributes and options), compiles that with ``triton.compile(ASTSource(...), target=...)``, and reads
-the cubin with the cuobjdump and nvdisasm that ship in the Triton wheel: registers, local memory,
-spill instructions, and the width of every global load and store, each tied to the source line of the
-``tl.load``/``tl.store`` it comes from.
+the cubin with the cuobjdump that ships in the Triton wheel: registers, local memory, spill
+instructions and the width of every global load and store; each load and store of a tile is named
+after the tensor it reaches (traced in the PTX from its address to the kernel's pointer argument).
 
 A compiler that crashes takes the worker with it; the gate (compile_check.py) sees the process die and
 records the crash. Which Triton this is follows ``sys.path``: the gate puts another version's site
@@ -96,136 +96,157 @@ def _run_tool(name: str, *args: str) -> str:
 
 
 RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
-LINE_INFO = re.compile(r'//## File "([^"]+)", line (\d+)')
-INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
-WIDTH_SUFFIX = {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 128, "256": 256}
+SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+SASS_WIDTH_SUFFIX = {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 128, "256": 256}
 
 
-def access_width(opcode: str) -> int:
-    """Bits moved per thread by an LDG/STG opcode (``LDG.E.128`` -> 128; no size suffix: 32)."""
+def sass_width(opcode: str) -> int:
+    """Bits per thread of an LDG/STG opcode (``LDG.E.128`` -> 128; no size suffix: 32)."""
     for part in opcode.split(".")[1:]:
-        if part in WIDTH_SUFFIX:
-            return WIDTH_SUFFIX[part]
+        if part in SASS_WIDTH_SUFFIX:
+            return SASS_WIDTH_SUFFIX[part]
     return 32
 
 
-def sass_accesses(cubin_path: str) -> tuple[list[tuple[str, int, str]], Counter]:
-    """Global accesses of a cubin, each as (file, line, opcode), and a count of every opcode's base.
+PTX_POINTER_PARAM = re.compile(r"\.param \.u64 \.ptr [^\n]*?_param_(\d+)")
+PTX_INSTRUCTION = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][\w.:]*)\s+([^;]*);", re.MULTILINE)
+PTX_PARAM_LOAD = re.compile(r"\[\w+_param_(\d+)\]")
+PTX_REGISTER = re.compile(r"%\w+")
+PTX_ADDRESS = re.compile(r"\[\s*(%\w+)")
 
-    The SASS comes from nvdisasm with line information, so each access names the source line of
-    the tl.load or tl.store it implements.
+
+def ptx_width(opcode: str) -> int:
+    """Bits per thread of a PTX ld/st opcode (``ld.global.v4.b32`` -> 128)."""
+    vector = re.search(r"\.v(\d+)\b", opcode)
+    bits = re.findall(r"\.[bsuf](\d+)\b", opcode)
+    return (int(vector.group(1)) if vector else 1) * int(bits[-1])
+
+
+def ptx_accesses(ptx: str) -> list[tuple[str, int, int | None]]:
+    """Global accesses in PTX as (load or store, bits, pointer parameter or None).
+
+    Each access's address is traced back through the registers it is computed from to the kernel
+    parameters it reads; the one pointer parameter among them is the tensor it accesses.
     """
-    sass = _run_tool("nvdisasm", "-g", "-c", cubin_path)
-    where = ("", 0)
+    pointers = {int(n) for n in PTX_POINTER_PARAM.findall(ptx)}
+    sources: dict[str, set[str]] = {}
+    params: dict[str, int] = {}
     accesses = []
-    opcodes: Counter = Counter()
-    for text in sass.splitlines():
-        located = LINE_INFO.search(text)
-        if located:
-            where = (located.group(1), int(located.group(2)))
+    for opcode, operands in PTX_INSTRUCTION.findall(ptx):
+        if opcode.startswith(("ld.global", "st.global")):
+            address = PTX_ADDRESS.search(operands)
+            kind = "load" if opcode.startswith("ld") else "store"
+            accesses.append((kind, ptx_width(opcode), address.group(1) if address else None))
             continue
-        found = INSTRUCTION.search(text)
-        if not found:
+        registers = PTX_REGISTER.findall(operands)
+        if not registers or opcode.startswith(("st.", "bra", "bar")):
             continue
-        opcode = found.group(1)
-        base = opcode.split(".")[0]
-        opcodes[base] += 1
-        if base in ("LDG", "STG"):
-            accesses.append((*where, opcode))
-    return accesses, opcodes
+        target, used = registers[0], registers[1:]
+        param = PTX_PARAM_LOAD.search(operands)
+        if opcode.startswith("ld.param") and param:
+            params[target] = int(param.group(1))
+        sources.setdefault(target, set()).update(used)
+
+    def pointer_of(register: str | None) -> int | None:
+        seen, stack, found = set(), [register], set()
+        while stack:
+            reg = stack.pop()
+            if reg is None or reg in seen:
+                continue
+            seen.add(reg)
+            if params.get(reg) in pointers:
+                found.add(params[reg])
+            stack.extend(sources.get(reg, ()))
+        return found.pop() if len(found) == 1 else None
+
+    return [(kind, width, pointer_of(address)) for kind, width, address in accesses]
 
 
-LOC_DEFINITION = re.compile(r"^#(loc\d*) = loc\((.*)\)\s*$", re.MULTILINE)
-LOC_FILE = re.compile(r'^"([^"]+)":(\d+):\d+')
-LOC_REFERENCE = re.compile(r"#(loc\d*)")
-MEMORY_OP = re.compile(
-    r"\btt\.(load|store) .*?: tensor<((?:\d+x)+)!tt\.ptr<(\w+)>.*loc\(#(loc\d*)\)\s*$", re.MULTILINE
+TTGIR_FUNCTION = re.compile(r"tt\.func public @\w+\((.*)\)")
+TTGIR_DEFINITION = re.compile(r"^\s*(%[\w.]+)(?::\d+)? = [\w.]+ (%[\w.]+)", re.MULTILINE)
+TTGIR_ITER_ARG = re.compile(r"(%[\w.]+) = (%[\w.]+)")
+TTGIR_TILE_ACCESS = re.compile(
+    r"\btt\.(?:load|store) (%[\w.]+)[^\n]*: tensor<(?:\d+x){3}!tt\.ptr<\w+>", re.MULTILINE
 )
 
 
-def _resolve(loc: str, table: dict[str, str]) -> tuple[str, int] | None:
-    """The innermost source (file, line) of an MLIR location (callsites resolve to the callee)."""
-    for _ in range(64):
-        body = table.get(loc)
-        if body is None:
-            return None
-        found = LOC_FILE.match(body)
-        if found:
-            return found.group(1), int(found.group(2))
-        reference = LOC_REFERENCE.search(body)
-        if reference is None:
-            return None
-        loc = reference.group(1)
-    return None
-
-
-def tile_memory_ops(ttgir: str) -> dict[tuple[str, int], tuple[str, str]]:
-    """Source (file, line) -> (load or store, element type) of every access to a 3-D tile.
+def tile_parameters(ttgir: str) -> set[int]:
+    """Kernel parameters (by position) that 3-D tiles are loaded from or stored to.
 
     Tiles are the [BLOCK_N, BLOCK_S, BLOCK_C] blocks of x, y, dy, dx, residuals and ReLU masks; the
-    other accesses read or write per-channel values and partial sums.
+    other accesses read or write per-channel values and partial sums. Each tile access's pointer is
+    traced back, through the first operand of the ops that compute it, to a function argument
+    (``%arg3``, or ``%x_ptr`` where Triton names them).
     """
-    table = dict(LOC_DEFINITION.findall(ttgir))
-    found = {}
-    for kind, dims, element, loc in MEMORY_OP.findall(ttgir):
-        if dims.count("x") != 3:
-            continue
-        where = _resolve(loc, table)
-        if where is not None:
-            found[where] = (kind, element)
+    signature = TTGIR_FUNCTION.search(ttgir).group(1)
+    arguments = {name: i for i, name in enumerate(re.findall(r"(%[\w.]+): ", signature))}
+    first_operand = dict(TTGIR_DEFINITION.findall(ttgir))
+    for loop in re.findall(r"iter_args\(([^)]*)\)", ttgir):
+        first_operand.update(TTGIR_ITER_ARG.findall(loop))
+    found = set()
+    for value in TTGIR_TILE_ACCESS.findall(ttgir):
+        for _ in range(256):
+            if value in arguments:
+                found.add(arguments[value])
+                break
+            if value not in first_operand:
+                break
+            value = first_operand[value]
     return found
 
 
-POINTER_NAME = re.compile(r"\b(\w+)_ptr\b")
+def _widths(count: Counter) -> dict[str, int]:
+    return {str(width): n for width, n in sorted(count.items())}
 
 
-def access_name(path: str, line: int) -> str:
-    """The tensor a source line reads or writes, named after its pointer (``dy_ptr + ...`` -> dy)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8").splitlines()[line - 1]
-    except (OSError, IndexError):
-        return f"{Path(path).name}:{line}"
-    found = POINTER_NAME.search(text)
-    return found.group(1) if found else text.strip()
+def inspect(compiled: Any, parameter_names: list[str]) -> dict[str, Any]:
+    """Registers, local memory, spills, shared memory and access widths of a compiled kernel.
 
-
-def inspect(compiled: Any) -> dict[str, Any]:
-    """Registers, local memory, spills, shared memory and access widths of a compiled kernel."""
+    ``parameter_names``: the kernel's runtime parameters in order (its non-constexpr arguments).
+    The SASS gives the width of every load and store; each tile access is also named after its
+    pointer parameter (``dy_ptr`` -> dy) with its width in the PTX, where every address traces back
+    to a parameter. ``sass_agrees`` says whether ptxas kept every width the PTX asked for.
+    """
     with tempfile.TemporaryDirectory() as folder:
         cubin = os.path.join(folder, "kernel.cubin")
         Path(cubin).write_bytes(compiled.asm["cubin"])
         usage = RESOURCE.search(_run_tool("cuobjdump", "-res-usage", cubin))
-        accesses, opcodes = sass_accesses(cubin)
+        sass = _run_tool("cuobjdump", "-sass", cubin)
     registers, stack, static_shared, local = (int(v) for v in usage.groups())
-    tiles = tile_memory_ops(compiled.asm["ttgir"])
-    tile_widths: dict[tuple[str, str, str], Counter] = {}
-    other: dict[str, Counter] = {"load": Counter(), "store": Counter()}
-    for path, line, opcode in accesses:
-        kind = "load" if opcode.startswith("LDG") else "store"
-        width = access_width(opcode)
-        if (path, line) in tiles:
-            _, element = tiles[(path, line)]
-            key = (access_name(path, line), kind, element)
-            tile_widths.setdefault(key, Counter())[width] += 1
-        else:
-            other[kind][width] += 1
+    opcodes = SASS_OPCODE.findall(sass)
+    bases = Counter(opcode.split(".")[0] for opcode in opcodes)
+    sass_widths = {"load": Counter(), "store": Counter()}
+    for opcode in opcodes:
+        if opcode.startswith(("LDG", "STG")):
+            sass_widths["load" if opcode.startswith("LDG") else "store"][sass_width(opcode)] += 1
+    tiles = tile_parameters(compiled.asm["ttgir"])
+    ptx_widths = {"load": Counter(), "store": Counter()}
+    tile_widths: dict[tuple[str, str], Counter] = {}
+    for kind, width, parameter in ptx_accesses(compiled.asm["ptx"]):
+        ptx_widths[kind][width] += 1
+        if parameter in tiles:
+            name = parameter_names[parameter].removesuffix("_ptr")
+            tile_widths.setdefault((name, kind), Counter())[width] += 1
     return {
         "num_warps": compiled.metadata.num_warps,
         "registers": registers,
         "stack_bytes": stack,
         "local_bytes": local,
-        "spill_stores": opcodes["STL"],
-        "spill_loads": opcodes["LDL"],
+        "spill_stores": bases["STL"],
+        "spill_loads": bases["LDL"],
         "shared_bytes": max(compiled.metadata.shared, static_shared),
         "tile_accesses": [
-            {"tensor": name, "kind": kind, "element": element,
-             "widths": {str(w): n for w, n in sorted(count.items())}}
-            for (name, kind, element), count in sorted(tile_widths.items())
+            {"tensor": name, "kind": kind, "widths": _widths(count)}
+            for (name, kind), count in sorted(tile_widths.items())
         ],
-        "other_accesses": {
-            kind: {str(w): n for w, n in sorted(count.items())} for kind, count in other.items()
-        },
+        "sass_widths": {kind: _widths(count) for kind, count in sass_widths.items()},
+        "sass_agrees": sass_widths == ptx_widths,
     }
+
+
+def runtime_parameters(signature: dict[str, str]) -> list[str]:
+    """The kernel's runtime parameters in order: its arguments that are not constexprs."""
+    return [name for name, kind in signature.items() if kind != "constexpr"]
 
 
 def specialisation_text(decided: dict[str, Any]) -> str:
@@ -256,7 +277,8 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         return {
             "status": "ok", "compile_s": round(seconds, 3),
-            "specialisation": specialisation_text(decided), **inspect(compiled),
+            "specialisation": specialisation_text(decided),
+            **inspect(compiled, runtime_parameters(decided["signature"])),
         }
     except Exception as error:  # a compile error is a result, not the end of the worker
         lines = traceback.format_exception_only(type(error), error)

@@ -13,8 +13,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from fusedbn.bench.compile_check import spills
+
 REPORT_FILE = "REPORT.md"
-ELEMENT_BITS = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64, "i8": 8, "u8": 8}
 ITEM_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 # The widest access a thread makes to global memory (the caps of the alignment the report quotes).
 WIDEST_ACCESS_BYTES = 16
@@ -30,10 +31,6 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: _version_key(r["triton"]))
 
 
-def spills(result: dict[str, Any]) -> bool:
-    return result["status"] == "ok" and bool(result["local_bytes"] or result["spill_stores"])
-
-
 def _summary(report: dict[str, Any]) -> list[str]:
     lines = []
     for target in report["targets"]:
@@ -47,7 +44,8 @@ def _summary(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {report['triton']} | sm_{target} | {len(results)} | {status['ok']} | "
             f"{status['crash']} | {status['error']} | {status['timeout']} | "
-            f"{sum(spills(r) for r in ok)} | {max((r['registers'] for r in ok), default=0)} | "
+            f"{sum(spills(r) for r in ok)} | {sum(not r['sass_agrees'] for r in ok)} | "
+            f"{max((r['registers'] for r in ok), default=0)} | "
             f"{max((r['shared_bytes'] for r in ok), default=0)} | {sum(times):.0f} | "
             f"{max(times, default=0):.1f} |"
         )
@@ -117,36 +115,44 @@ def row_alignment(shape: str, layout: str, dtype: str) -> int:
     return min(row_bytes & -row_bytes, WIDEST_ACCESS_BYTES)
 
 
-def case_widths(report: dict[str, Any], target: str) -> dict[tuple[str, str, str], dict]:
-    """(shape, dtype, layout) -> (tensor, load/store) -> (element, widths seen) on ``target``."""
-    found: dict[tuple[str, str, str], dict] = defaultdict(dict)
+def case_widths(
+    report: dict[str, Any], target: str
+) -> dict[tuple[str, str, str], tuple[dict[tuple[str, str], set[int]], int]]:
+    """(shape, dtype, layout) -> ((tensor, load/store) -> widths seen, specialisations that did
+    not compile) on ``target``, over every epilogue, mode and SM count of the case."""
+    found: dict[tuple[str, str, str], tuple[dict, set]] = {}
     specs = {s["id"]: s for s in report["specialisations"]}
     for case in report["cases"]:
-        key = (case["shape"], case["dtype"], case["layout"])
+        accesses, failed = found.setdefault((case["shape"], case["dtype"], case["layout"]), ({}, set()))
         for spec_id in case["launches"]:
             result = specs.get(spec_id, {}).get("results", {}).get(target)
-            if not result or result["status"] != "ok":
+            if result is None:
+                continue
+            if result["status"] != "ok":
+                failed.add(spec_id)
                 continue
             for access in result["tile_accesses"]:
-                slot = found[key].setdefault((access["tensor"], access["kind"]),
-                                             (access["element"], set()))
-                slot[1].update(int(w) for w in access["widths"])
-    return found
+                widths = accesses.setdefault((access["tensor"], access["kind"]), set())
+                widths.update(int(w) for w in access["widths"])
+    return {key: (accesses, len(failed)) for key, (accesses, failed) in found.items()}
 
 
-def _widths_cell(accesses: dict, kind: str) -> str:
+def _widths_cell(accesses: dict[tuple[str, str], set[int]], kind: str) -> str:
     parts = []
-    for (tensor, access_kind), (_, widths) in sorted(accesses.items()):
+    for (tensor, access_kind), widths in sorted(accesses.items()):
         if access_kind == kind:
             parts.append(f"{tensor} {'/'.join(str(w) for w in sorted(widths))}")
     return ", ".join(parts) or "-"
 
 
-def scalar_reason(shape: str, dtype: str, layout: str, accesses: dict) -> str | None:
+def scalar_reason(
+    shape: str, dtype: str, layout: str, accesses: dict[tuple[str, str], set[int]]
+) -> str | None:
     """Why the case's data accesses (all but the ReLU mask) stay one element wide, or None."""
+    element_bits = 8 * ITEM_BYTES[dtype]
     narrow = sorted({
-        tensor for (tensor, _), (element, widths) in accesses.items()
-        if tensor != "mask" and min(widths) <= ELEMENT_BITS.get(element, 0)
+        tensor for (tensor, _), widths in accesses.items()
+        if tensor != "mask" and min(widths) <= element_bits
     })
     if not narrow:
         return None
@@ -163,12 +169,14 @@ def scalar_reason(shape: str, dtype: str, layout: str, accesses: dict) -> str | 
 
 def _cases(report: dict[str, Any], target: str) -> tuple[list[str], list[str]]:
     rows, sentences = [], []
-    for (shape, dtype, layout), accesses in sorted(case_widths(report, target).items()):
+    for (shape, dtype, layout), (accesses, failed) in sorted(case_widths(report, target).items()):
         reason = scalar_reason(shape, dtype, layout, accesses)
+        verdict = "scalar" if reason else "vector"
+        if failed:
+            verdict += f" ({failed} not compiled)"
         rows.append(
             f"| {shape} | {dtype} | {layout} | {row_alignment(shape, layout, dtype)} | "
-            f"{_widths_cell(accesses, 'load')} | {_widths_cell(accesses, 'store')} | "
-            f"{'scalar' if reason else 'vector'} |"
+            f"{_widths_cell(accesses, 'load')} | {_widths_cell(accesses, 'store')} | {verdict} |"
         )
         if reason:
             sentences.append(f"- {shape} {dtype} {layout}: {reason}")
@@ -187,7 +195,7 @@ def render(results: list[dict[str, Any]]) -> str:
         "functional API, forward and backward, is called on fake tensors for each case of the grid "
         "below, each kernel launch is recorded, bound by Triton's own binder and compiled with "
         "`triton.compile` for each target; widths, registers and spills are read from the SASS "
-        "(cuobjdump and nvdisasm from the Triton wheel).",
+        "(cuobjdump from the Triton wheel), each tile access named after its tensor through the PTX.",
         "",
         "| Triton | fusedbn commit | date | cases | specialisations | subset |",
         "|---|---|---|---:|---:|---|",
@@ -204,9 +212,9 @@ def render(results: list[dict[str, Any]]) -> str:
                                          for field, values in grid.items()) + ".", ""]
     lines += [
         "## Summary", "",
-        "| Triton | target | specialisations | ok | crash | error | timeout | spilling | max registers "
-        "| max shared bytes | compile s (sum) | slowest s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Triton | target | specialisations | ok | crash | error | timeout | spilling | SASS != PTX "
+        "| max registers | max shared bytes | compile s (sum) | slowest s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for report in results:
         lines += _summary(report)
@@ -223,10 +231,12 @@ def render(results: list[dict[str, Any]]) -> str:
         rows, sentences = _cases(newest, str(target))
         lines += [
             "", f"## Tile access widths per case (Triton {newest['triton']}, sm_{target})", "",
-            "Bits per thread of each global load and store of a tile in the SASS, over every "
-            "epilogue, mode, SM count and kernel of the case (mask: the fused ReLU's packed mask, "
-            "one bit per element). Alignment: bytes to which the rows of the vectorised dim start "
-            "(H*W elements in NCHW, C in channels_last), up to 16.", "",
+            "Bits per thread of each global load and store of a tile, over every epilogue, mode, "
+            "SM count and kernel of the case, named after the tensor it reaches (mask: the fused "
+            "ReLU's packed mask, one bit per element). The widths are the PTX's, each traced to its "
+            "pointer argument; the SASS has the same widths wherever the summary's SASS != PTX "
+            "count is 0. Alignment: bytes to which the rows of the vectorised dim start (H*W "
+            "elements in NCHW, C in channels_last), up to 16.", "",
             "| shape | dtype | layout | alignment | loads | stores | data accesses |",
             "|---|---|---|---:|---|---|---|",
         ]

@@ -1,0 +1,220 @@
+"""The compile gate: launches recorded on fake tensors, Triton's specialisation, crash-proof workers,
+the kernel report, and the CI subset compiled for sm_90 with the real compiler."""
+
+import json
+
+import pytest
+import torch
+import triton
+
+import fusedbn
+from fusedbn.bench import compile_check, compile_worker, kernel_report
+from fusedbn.bench.cases import Shape, parse_shapes
+from fusedbn.bench.compile_check import Case, Launch
+from fusedbn.kernels.layout import LaunchLimits, launch_limits
+
+SMALL = Shape((3, 5, 7, 6), "custom")
+
+
+def _record_real(case: Case) -> list[Launch]:
+    """The launches of ``case`` made on real (small) CPU tensors, as a user's call makes them."""
+    dtype = compile_check.DTYPES[case.dtype]
+    generator = torch.Generator().manual_seed(7)
+
+    def tensor(shape, requires_grad=False):
+        t = torch.randn(shape, generator=generator).to(dtype)
+        if case.layout == "channels_last":
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t.requires_grad_(requires_grad)
+
+    channels = case.shape.num_channels
+    params = [torch.rand(channels, generator=generator) + 0.5 for _ in range(4)]
+    weight, bias = (p.requires_grad_(True) for p in params[:2])
+    residual = tensor(case.shape.dims, True) if case.epilogue == "add_relu" else None
+    with compile_check.recording_launches() as launches:
+        with launch_limits(LaunchLimits(multiprocessors=case.multiprocessors)):
+            y = fusedbn.fused_batch_norm(
+                tensor(case.shape.dims, True), params[2], params[3], weight, bias,
+                case.mode == "train", 0.1, 1e-5, residual=residual,
+                activation=None if case.epilogue == "none" else "relu",
+            )
+            y.backward(torch.ones_like(y))
+    return launches
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("epilogue", compile_check.EPILOGUES)
+@pytest.mark.parametrize("mode", compile_check.MODES)
+@pytest.mark.parametrize("multiprocessors", [1, 132])
+def test_fake_tensors_launch_what_real_tensors_launch(layout, epilogue, mode, multiprocessors):
+    case = Case(SMALL, "float32", layout, epilogue, mode, multiprocessors)
+    recorded = compile_check.record_case(case)
+    assert recorded == _record_real(case)
+    assert any(launch.name.startswith(("whole_channel", "partial")) for launch in recorded)
+
+
+def test_resnet_sized_and_larger_inputs_are_never_allocated():
+    """A terabyte of input: only fake tensors make recording it possible."""
+    case = Case(Shape((4096, 1024, 256, 256), "custom"), "float32", "nchw", "add_relu", "train", 132)
+    launches = compile_check.record_case(case)
+    assert {launch.name for launch in launches} == {
+        "whole_channel_forward_kernel", "whole_channel_backward_kernel"
+    }
+
+
+def test_describe_tells_aligned_from_misaligned_addresses():
+    half = torch.empty(16, dtype=torch.float16)
+    double = torch.empty(8, dtype=torch.float64)
+    assert compile_check.describe(half) == {"dtype": "float16", "aligned": True}
+    assert compile_check.describe(half[1:])["aligned"] is False
+    assert compile_check.describe(half[8:])["aligned"] is True
+    assert compile_check.describe(double[1:])["aligned"] is False
+    assert compile_check.describe(double[2:])["aligned"] is True
+    assert compile_check.describe(17) == 17 and compile_check.describe(0.5) == 0.5
+
+
+def _partial_moments_launch(x: torch.Tensor, n_inner: int, stride_c: int) -> Launch:
+    partial = torch.empty(4, 2, 3)
+    args = (x, partial, 4, n_inner, 3, 3 * stride_c, stride_c, 1, 1, 5, 3)
+    kwargs = (("BLOCK_C", 1), ("BLOCK_N", 4), ("BLOCK_S", 8), ("X_ALIGN", 1), ("num_warps", 4))
+    return Launch("fusedbn.kernels.forward:partial_moments_kernel", (3, 2),
+                  tuple(compile_check.describe(a) for a in args), kwargs)
+
+
+def test_launch_keys_are_equal_exactly_when_tritons_binder_specialises_alike(monkeypatch):
+    """Our dedup key against Triton's own binder (the worker's), on launches that differ in an
+    int's value (equal, 1, a multiple of 16 or not) or a tensor's alignment."""
+    monkeypatch.setattr(triton.runtime.driver, "_active", None)  # bind() sets its own driver
+    x = torch.empty(64)
+    launches = [
+        _partial_moments_launch(x, 17, 17), _partial_moments_launch(x, 19, 19),
+        _partial_moments_launch(x, 32, 17), _partial_moments_launch(x, 1, 17),
+        _partial_moments_launch(x[1:], 17, 17), _partial_moments_launch(x, 17, 48),
+    ]
+    decided = []
+    for launch in launches:
+        _, binding = compile_worker.bind(compile_check.task_for(launch, 90))
+        decided.append(compile_worker.specialisation_text(binding))
+    for a, b in [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (2, 5)]:
+        assert (launches[a].key() == launches[b].key()) == (decided[a] == decided[b]), (a, b)
+    assert launches[0].key() == launches[1].key()  # 17 and 19: both plain i32
+    assert decided[0] != decided[2] and decided[0] != decided[4]
+
+
+def _small_grid() -> list[Case]:
+    return compile_check.grid_cases(
+        [SMALL, Shape((64, 256, 56, 56), "resnet50"), Shape((64, 1024, 14, 14), "resnet50")],
+        ["float16", "float32", "float64"], ["nchw", "channels_last"], compile_check.EPILOGUES,
+        compile_check.MODES, [132],
+    )
+
+
+def test_representative_subset_covers_every_combination_and_the_regressions():
+    cases = _small_grid()
+    specs, per_case = compile_check.collect_specialisations(cases)
+    chosen = compile_check.representative_subset(specs, cases)
+    assert len(chosen) < len(specs) / 2
+
+    def combinations(indices):
+        return {
+            (specs[i].launch.name, cases[c].epilogue, compile_check.dtype_class(cases[c].dtype),
+             cases[c].layout)
+            for i in indices for c in specs[i].cases
+        }
+
+    assert combinations(chosen) == combinations(range(len(specs)))
+    for index, case in enumerate(cases):
+        key = (case.shape.name, case.dtype, case.layout, case.epilogue, case.mode,
+               case.multiprocessors)
+        if key in compile_check.REGRESSION_CASES:
+            assert set(per_case[index]) <= set(chosen), case.label
+
+
+def test_crash_error_and_timeout_are_results_and_the_run_goes_on(monkeypatch, request):
+    monkeypatch.chdir(request.config.rootpath)  # the workers import tests.bench.broken_kernels
+    small = _partial_moments_launch(torch.empty(64), 16, 16)
+    task = compile_check.task_for(small, 90)
+    tasks = [
+        ((0, 90), {**task, "kernel": "tests.bench.broken_kernels:segfault_kernel"}),
+        ((1, 90), {"kernel": "tests.bench.broken_kernels:failing_kernel", "grid": [1],
+                   "args": [{"dtype": "float32", "aligned": True}], "kwargs": {"BLOCK": 4},
+                   "capability": 90}),
+        ((2, 80), compile_check.task_for(small, 80)),
+        ((3, 90), {**task, "kernel": "tests.bench.broken_kernels:hanging_kernel"}),
+    ]
+    seen = []
+    results, triton_info = compile_check.compile_all(
+        tasks, site=None, jobs=2, timeout=20.0, progress=lambda done, total, counts: seen.append(done)
+    )
+    assert results[(0, 90)]["status"] == "crash" and results[(0, 90)]["signal"] == "SIGSEGV"
+    assert results[(1, 90)]["status"] == "error"
+    assert "never compiles" in results[(1, 90)]["error"]
+    assert results[(2, 80)]["status"] == "ok" and results[(2, 80)]["registers"] > 0
+    assert results[(3, 90)]["status"] == "timeout"
+    assert triton_info["triton"] == triton.__version__
+    assert sorted(seen) == [1, 2, 3, 4]
+
+
+def test_site_folder_without_triton_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        compile_check.build_parser().parse_args(["--site", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "holds no triton package" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "shape, layout, dtype, expected",
+    [("64x1024x14x14", "nchw", "float16", 8), ("64x2048x7x7", "nchw", "float16", 2),
+     ("64x2048x7x7", "nchw", "float32", 4), ("64x256x56x56", "nchw", "float16", 16),
+     ("64x24x7x7", "channels_last", "float16", 16), ("64x20x7x7", "channels_last", "float32", 16),
+     ("64x20x7x7", "channels_last", "float16", 8), ("4096x100", "nchw", "float32", 16)],
+)
+def test_row_alignment(shape, layout, dtype, expected):
+    assert kernel_report.row_alignment(shape, layout, dtype) == expected
+
+
+def test_scalar_reason_says_why_or_flags_a_missed_vector():
+    scalar = {("x", "load"): {16}, ("mask", "load"): {8}, ("y", "store"): {16}}
+    why = kernel_report.scalar_reason("64x2048x7x7", "float16", "nchw", scalar)
+    assert "49 elements are 98 bytes, 2-byte aligned" in why and "x, y scalar" in why
+    missed = kernel_report.scalar_reason("64x1024x14x14", "float16", "nchw", scalar)
+    assert "although" in missed and "8-byte aligned" in missed
+    vector = {("x", "load"): {64}, ("mask", "load"): {8}, ("y", "store"): {64}}
+    assert kernel_report.scalar_reason("64x1024x14x14", "float16", "nchw", vector) is None
+
+
+@pytest.fixture(scope="module")
+def ci_gate() -> dict:
+    """The CI subset: each kernel x epilogue x dtype class x layout of the ResNet-50 grid on an H100
+    at least once, and every specialisation of the REGRESSION_CASES, compiled for sm_90."""
+    cases = compile_check.grid_cases(
+        parse_shapes("resnet50"), ["float16", "float32", "float64"], ["nchw", "channels_last"],
+        compile_check.EPILOGUES, compile_check.MODES, [compile_check.MULTIPROCESSORS["h100"]],
+    )
+    return compile_check.run_gate(cases, [90], jobs=2, subset=True)
+
+
+def test_ci_subset_compiles_for_sm_90_without_crash_error_or_spill(ci_gate):
+    assert ci_gate["specialisations"], "nothing compiled"
+    assert compile_check.failures(ci_gate) == []
+    assert all(s["results"]["90"]["sass_agrees"] for s in ci_gate["specialisations"])
+
+
+def test_ci_subset_14x14_half_nchw_tiles_use_vector_access(ci_gate):
+    """Rows of 196 half-precision elements are 8-byte aligned: 64-bit accesses (issue 15)."""
+    widths = kernel_report.case_widths(ci_gate, "90")
+    accesses, failed = widths[("64x1024x14x14", "float16", "nchw")]
+    assert failed == 0
+    data = {key: w for key, w in accesses.items() if key[0] != "mask"}
+    assert {"x", "dy", "dx", "y"} <= {tensor for tensor, _ in data}
+    assert all(min(w) >= 64 for w in data.values()), data
+
+
+def test_ci_report_renders_every_section(ci_gate, tmp_path):
+    (tmp_path / f"triton-{ci_gate['triton']}.json").write_text(
+        json.dumps(ci_gate), encoding="utf-8"
+    )
+    text = kernel_report.write_report(tmp_path).read_text(encoding="utf-8")
+    assert f"| {ci_gate['triton']} | sm_90 | {len(ci_gate['specialisations'])} |" in text
+    assert "None: every specialisation compiled, none spills." in text
+    assert "| 64x1024x14x14 | float16 | nchw | 8 |" in text
