@@ -426,7 +426,8 @@ def batch_norm_backward(
         launch_finalize_sums(
             finalize_grid(view.num_channels),
             partial, grad_bias, grad_weight, launch.num_splits, view.num_channels,
-            BLOCK_SPLITS=finalize_block_splits(launch.num_splits), BLOCK_C=FINALIZE_BLOCK_C,
+            BLOCK_SPLITS=finalize_block_splits(launch.num_splits, partial.element_size()),
+            BLOCK_C=FINALIZE_BLOCK_C,
         )
     # grad_bias and grad_weight hold this call's sums of dy and dy * xhat (garbage without
     # need_sums, when grad_input_kernel does not read them: no batch statistics).

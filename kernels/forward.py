@@ -447,7 +447,8 @@ def batch_norm_forward(
             partial, mean, invstd, pointer(running_mean), pointer(running_var),
             pointer(num_batches_tracked), num_splits, view.num_channels,
             n_per_channel, momentum, eps, **statistics_flags,
-            BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
+            BLOCK_SPLITS=finalize_block_splits(num_splits, partial.element_size()),
+            BLOCK_C=FINALIZE_BLOCK_C,
         )
     launch_apply(
         grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,

@@ -229,8 +229,11 @@ def _multiprocessors(device: torch.device) -> int:
     return 2
 
 
-def _warps_for(tile: int) -> int:
-    return 8 if tile >= 4096 else 4 if tile >= 1024 else 2
+def _warps_for(tile: int, itemsize: int) -> int:
+    """Warps for a tile of ``tile`` elements; 64-bit elements hold two registers each, so their
+    tiles get twice the warps (without, float64 tiles of 4096 elements spill on sm_100)."""
+    warps = 8 if tile >= 4096 else 4 if tile >= 1024 else 2
+    return warps * 2 if itemsize == 8 else warps
 
 
 def choose_launch(
@@ -243,13 +246,14 @@ def choose_launch(
     """
     limits = limits or _LIMITS.get()
     sms = limits.multiprocessors or _multiprocessors(x.device)
-    return _choose_launch(view, channels_contiguous(x), sms, min_block_s, limits)
+    return _choose_launch(view, channels_contiguous(x), x.element_size(), sms, min_block_s, limits)
 
 
 @functools.lru_cache(maxsize=4096)
 def _choose_launch(
     view: ChannelView,
     channels_are_contiguous: bool,
+    itemsize: int,
     sms: int,
     min_block_s: int,
     limits: LaunchLimits,
@@ -281,7 +285,7 @@ def _choose_launch(
         block_n=block_n,
         block_s=block_s,
         block_c=block_c,
-        num_warps=_warps_for(block_n * block_s * block_c),
+        num_warps=_warps_for(block_n * block_s * block_c, itemsize),
         channel_blocks=channel_blocks,
         tiles_inner=tiles_inner,
         num_tiles=num_tiles,
@@ -356,6 +360,7 @@ def finalize_grid(num_channels: int) -> tuple[int]:
     return ((num_channels + FINALIZE_BLOCK_C - 1) // FINALIZE_BLOCK_C,)
 
 
-def finalize_block_splits(num_splits: int) -> int:
-    """Splits a finalize program reads at once: all of them up to 128."""
-    return min(_pow2(num_splits), 128)
+def finalize_block_splits(num_splits: int, itemsize: int) -> int:
+    """Splits a finalize program reads at once: all of them up to 128 (64 for the 64-bit partials
+    of float64 input, whose [128, FINALIZE_BLOCK_C] blocks spill on sm_90 and sm_100)."""
+    return min(_pow2(num_splits), 64 if itemsize == 8 else 128)

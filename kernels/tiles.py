@@ -162,9 +162,10 @@ def zero_where_off(values, keep):
     """``values`` where ``keep`` is set and +0.0 elsewhere: tl.where(keep, values, 0.0), bit for bit.
 
     Computed on the bits, as an AND with all ones or all zeros, instead of a select: Triton 3.9's
-    LLVM segfaults (in the SLP vectoriser's horizontal-reduction matcher) compiling for sm_90 a
-    per-thread sum of 16 or more such selects over float16/bfloat16 values, which is what the fused
-    ReLU's backward takes with 4096-element tiles.
+    LLVM segfaults (in the SLP vectoriser's horizontal-reduction matcher, isFixedVectorShuffle)
+    compiling for sm_90 the fused ReLU's backward sums, which add 16 such selects per thread
+    (4096-element tiles over 8 warps): 32 of the 736 ResNet-50 specialisations of fusedbn 84e4f93,
+    float16, bfloat16 and float32 (benchmarks/NOTES.md).
     """
     if values.dtype.primitive_bitwidth == 16:
         bits = values.to(tl.int16, bitcast=True)
