@@ -2,10 +2,14 @@
 the kernel report, and the CI subset compiled for sm_90 with the real compiler."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 import triton
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 import fusedbn
 from fusedbn.bench import compile_check, compile_worker, kernel_report
@@ -218,3 +222,25 @@ def test_ci_report_renders_every_section(ci_gate, tmp_path):
     assert f"| {ci_gate['triton']} | sm_90 | {len(ci_gate['specialisations'])} |" in text
     assert "None: every specialisation compiled, none spills." in text
     assert "| 64x1024x14x14 | float16 | nchw | 8 |" in text
+
+
+def test_every_supported_triton_passed_the_full_sweep():
+    """setup.py's Triton range holds exactly the minor versions whose full sweep is committed, and
+    each sweep compiled everything for sm_80, sm_90 and sm_100 without a problem."""
+    root = Path(__file__).resolve().parents[2]
+    setup = (root / "setup.py").read_text(encoding="utf-8")
+    supported = SpecifierSet(re.search(r'"triton([^"]+)"', setup).group(1))
+    folder = root / "benchmarks" / "results" / "compile-check"
+    sweeps = {}
+    for path in sorted(folder.glob("triton-*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        version = Version(report["triton"])
+        assert version in supported, f"{path.name}: Triton {version} is outside {supported}"
+        assert not report["subset"] and report["targets"] == list(compile_check.TARGETS), path.name
+        assert compile_check.failures(report) == [], path.name
+        sweeps[(version.major, version.minor)] = report
+    lower = min(s.version for s in supported if s.operator == ">=")
+    upper = min(s.version for s in supported if s.operator == "<")
+    low, high = Version(lower), Version(upper)
+    wanted = {(low.major, minor) for minor in range(low.minor, high.minor)}
+    assert low.major == high.major and set(sweeps) == wanted

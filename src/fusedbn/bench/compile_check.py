@@ -478,6 +478,9 @@ def failures(report: dict[str, Any]) -> list[str]:
 
 
 def _commit() -> str | None:
+    """The checkout's commit; FUSEDBN_COMMIT names it for a copy without .git (as in gpu_check.sh)."""
+    if os.environ.get("FUSEDBN_COMMIT"):
+        return os.environ["FUSEDBN_COMMIT"]
     try:
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True)
@@ -564,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
                       progress_printer())
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"triton-{report['triton']}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(report) + "\n", encoding="utf-8")
     write_report(args.out)
     problems = failures(report)
     print(f"{len(report['specialisations'])} specialisations x {len(args.targets)} targets with "
