@@ -291,7 +291,7 @@ class Worker:
 
     def __init__(self, env: dict[str, str], log_dir: str, number: int) -> None:
         self.log_path = Path(log_dir) / f"worker-{number}.log"
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop())
+        self.log = open(self.log_path, "ab")  # closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fusedbn.bench.compile_worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True,
@@ -429,8 +429,8 @@ def run_gate(
     target, and return the JSON-ready result (see the module docstring)."""
     targets = list(targets)
     specs, per_case = collect_specialisations(cases)
-    chosen = representative_subset(specs, cases) if subset else list(range(len(specs)))
-    tasks = [((i, cc), task_for(specs[i].launch, cc)) for i in chosen for cc in targets]
+    chosen = set(representative_subset(specs, cases) if subset else range(len(specs)))
+    tasks = [((i, cc), task_for(specs[i].launch, cc)) for i in sorted(chosen) for cc in targets]
     results, triton_info = compile_all(tasks, site, jobs, timeout, progress or (lambda *a: None))
     for (i, cc), result in results.items():
         specs[i].results[cc] = result
@@ -450,7 +450,7 @@ def run_gate(
              "grid": list(spec.launch.grid), "args": list(spec.launch.args),
              "kwargs": dict(spec.launch.kwargs), "cases": spec.cases,
              "results": {str(cc): result for cc, result in sorted(spec.results.items())}}
-            for i, spec in enumerate(specs) if i in set(chosen)
+            for i, spec in enumerate(specs) if i in chosen
         ],
     }
 
