@@ -110,8 +110,12 @@ def test_nan_and_inf_stay_in_their_channel(training, value, activation, launch_p
     launch_path.check()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=str)
+@pytest.mark.parametrize(
+    "dtype, value",
+    [(torch.float16, float("inf")), (torch.bfloat16, float("nan")), (torch.float32, float("nan")),
+     (torch.float64, float("inf"))],
+    ids=str,
+)
 def test_nonfinite_gradient_where_the_relu_is_off_stays_out(dtype, value, launch_path, device,
                                                              assert_close):
     """An upstream gradient that is NaN or infinite where the fused ReLU output 0 contributes

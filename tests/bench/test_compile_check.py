@@ -148,7 +148,7 @@ def test_crash_error_and_timeout_are_results_and_the_run_goes_on(monkeypatch, re
     ]
     seen = []
     results, triton_info = compile_check.compile_all(
-        tasks, site=None, jobs=2, timeout=20.0, progress=lambda done, total, counts: seen.append(done)
+        tasks, site=None, jobs=2, timeout=12.0, progress=lambda done, total, counts: seen.append(done)
     )
     assert results[(0, 90)]["status"] == "crash" and results[(0, 90)]["signal"] == "SIGSEGV"
     assert results[(1, 90)]["status"] == "error"
@@ -187,39 +187,29 @@ def test_scalar_reason_says_why_or_flags_a_missed_vector():
     assert kernel_report.scalar_reason("64x1024x14x14", "float16", "nchw", vector) is None
 
 
-@pytest.fixture(scope="module")
-def ci_gate() -> dict:
+def test_ci_subset_compiles_for_sm_90_without_crash_error_or_spill(tmp_path):
     """The CI subset: each kernel x epilogue x dtype class x layout of the ResNet-50 grid on an H100
-    at least once, and every specialisation of the REGRESSION_CASES, compiled for sm_90."""
+    at least once, and every specialisation of the REGRESSION_CASES, compiled for sm_90; its 14x14
+    half-precision NCHW tiles use vector access (rows of 196 elements are 8-byte aligned), and the
+    report renders. One test, so that pytest-xdist does not compile the subset twice."""
     cases = compile_check.grid_cases(
         parse_shapes("resnet50"), ["float16", "float32", "float64"], ["nchw", "channels_last"],
         compile_check.EPILOGUES, compile_check.MODES, [compile_check.MULTIPROCESSORS["h100"]],
     )
-    return compile_check.run_gate(cases, [90], jobs=2, subset=True)
+    gate = compile_check.run_gate(cases, [90], jobs=2, subset=True)
+    assert gate["specialisations"], "nothing compiled"
+    assert compile_check.failures(gate) == []
+    assert all(s["results"]["90"]["sass_agrees"] for s in gate["specialisations"])
 
-
-def test_ci_subset_compiles_for_sm_90_without_crash_error_or_spill(ci_gate):
-    assert ci_gate["specialisations"], "nothing compiled"
-    assert compile_check.failures(ci_gate) == []
-    assert all(s["results"]["90"]["sass_agrees"] for s in ci_gate["specialisations"])
-
-
-def test_ci_subset_14x14_half_nchw_tiles_use_vector_access(ci_gate):
-    """Rows of 196 half-precision elements are 8-byte aligned: 64-bit accesses (issue 15)."""
-    widths = kernel_report.case_widths(ci_gate, "90")
-    accesses, failed = widths[("64x1024x14x14", "float16", "nchw")]
+    accesses, failed = kernel_report.case_widths(gate, "90")[("64x1024x14x14", "float16", "nchw")]
     assert failed == 0
-    data = {key: w for key, w in accesses.items() if key[0] != "mask"}
+    data = {key: widths for key, widths in accesses.items() if key[0] != "mask"}
     assert {"x", "dy", "dx", "y"} <= {tensor for tensor, _ in data}
-    assert all(min(w) >= 64 for w in data.values()), data
+    assert all(min(widths) >= 64 for widths in data.values()), data
 
-
-def test_ci_report_renders_every_section(ci_gate, tmp_path):
-    (tmp_path / f"triton-{ci_gate['triton']}.json").write_text(
-        json.dumps(ci_gate), encoding="utf-8"
-    )
+    (tmp_path / f"triton-{gate['triton']}.json").write_text(json.dumps(gate), encoding="utf-8")
     text = kernel_report.write_report(tmp_path).read_text(encoding="utf-8")
-    assert f"| {ci_gate['triton']} | sm_90 | {len(ci_gate['specialisations'])} |" in text
+    assert f"| {gate['triton']} | sm_90 | {len(gate['specialisations'])} |" in text
     assert "None: every specialisation compiled, none spills." in text
     assert "| 64x1024x14x14 | float16 | nchw | 8 |" in text
 

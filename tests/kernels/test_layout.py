@@ -433,10 +433,9 @@ def test_conform_keeps_a_tensor_that_shares_the_layout():
 
 
 def _views(dtype):
-    """(name, x, expected X_ALIGN): views whose alignment is limited by one thing each."""
+    """(name, x, expected X_ALIGN in float16): views whose alignment is limited by one thing each."""
     base = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(5)).to(dtype)
     storage = torch.randn(64, generator=torch.Generator().manual_seed(6)).to(dtype)
-    half = dtype == torch.float16
     cl = torch.randn(2, 32, 3, 3, generator=torch.Generator().manual_seed(7)).to(dtype)
     cl = cl.to(memory_format=torch.channels_last)
     cl36 = torch.randn(2, 36, 3, 3).to(dtype).to(memory_format=torch.channels_last)
@@ -450,8 +449,8 @@ def _views(dtype):
         ("odd row length", base[..., 1:], 1),
         # An odd batch stride: rows of 8 elements 8 apart, but batch entries 25 apart.
         ("odd outer stride", storage[:50].as_strided((2, 3, 8), (25, 8, 1)), 1),
-        # channels_last, 24 channels: runs of 24 channels, 8-element aligned (float16; float32: 4).
-        ("24 channels", cl[:, :24].contiguous(memory_format=torch.channels_last), 8 if half else 4),
+        # channels_last, 24 channels: runs of 24 channels, 8-element aligned.
+        ("24 channels", cl[:, :24].contiguous(memory_format=torch.channels_last), 8),
         # A channel slice of channels_last: 20 channels read in place, rows 32 apart.
         ("channel slice", cl[:, 4:24], 4),
         # 32 of 36 channels: the runs hold 32 channels but start 36 apart.
@@ -459,8 +458,9 @@ def _views(dtype):
         # channels_last with batch entries 148 elements apart (4-element aligned).
         ("channels_last, odd batch stride",
          storage36.as_strided((2, 24, 2, 3), (148, 1, 72, 24)), 4),
-        # Rows of 256: float16 vectors of 8; the ReLU mask's 32-byte rows fill its 8-byte tiles.
-        ("rows of 256", torch.randn(2, 3, 16, 16).to(dtype), 8 if half else 4),
+        # Rows of 256: vectors of 8 (one 128-bit access); the ReLU mask's 32-byte rows fill its
+        # 8-byte tiles.
+        ("rows of 256", torch.randn(2, 3, 16, 16).to(dtype), 8),
     ]
 
 
@@ -531,11 +531,11 @@ def _recorded_step(x, dtype, monkeypatch):
     return launches, outputs
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
-def test_alignment_constexprs_hold_for_every_view(dtype, monkeypatch, assert_close):
-    """Every ALIGN of every launch of a training step with residual and ReLU (forward, backward) is
-    what tile_offsets may assume, on views where a stride, a row's length or the data pointer
-    limits it; X_ALIGN is the largest such; and the results are torch's."""
+def test_alignment_constexprs_hold_for_every_view(monkeypatch, assert_close):
+    """Every ALIGN of every launch of a float16 training step with residual and ReLU (forward,
+    backward) is what tile_offsets may assume, on views where a stride, a row's length or the data
+    pointer limits it; X_ALIGN is the largest such; and the results are torch's."""
+    dtype = torch.float16
     for name, x, expected in _views(dtype):
         launches, outputs = _recorded_step(x, dtype, monkeypatch)
         for ours, theirs in zip(outputs["fused"], outputs["torch"], strict=True):
