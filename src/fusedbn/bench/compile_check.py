@@ -462,18 +462,28 @@ def spills(result: dict[str, Any]) -> bool:
     )
 
 
+def problem(result: dict[str, Any]) -> str | None:
+    """A result's problem in words (crash, compile error, timeout or spill), or None."""
+    if result["status"] == "crash":
+        return f"crash {result.get('signal') or result.get('returncode')}"
+    if result["status"] == "error":
+        return "error " + (result["error"].strip().splitlines() or [""])[-1]
+    if result["status"] == "timeout":
+        return f"timeout after {result['seconds']:.0f} s"
+    if spills(result):
+        return (f"spill ({result['spill_stores']} spill stores, {result['stack_bytes']} bytes of "
+                f"stack, {result['local_bytes']} bytes of local memory)")
+    return None
+
+
 def failures(report: dict[str, Any]) -> list[str]:
     """One line per crash, compile error, timeout or spill in a run_gate result."""
     found = []
     for spec in report["specialisations"]:
         for target, result in spec["results"].items():
-            what = result["status"]
-            if what == "ok" and spills(result):
-                what = (f"spill ({result['spill_stores']} spill stores, {result['stack_bytes']} "
-                        f"bytes of stack, {result['local_bytes']} bytes of local memory)")
-            if what != "ok":
-                detail = result.get("signal") or result.get("error", "")
-                found.append(f"sm_{target} {spec['kernel']} #{spec['id']}: {what} {detail}".rstrip())
+            what = problem(result)
+            if what:
+                found.append(f"sm_{target} {spec['kernel']} #{spec['id']}: {what}")
     return found
 
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fusedbn.bench.compile_check import spills
+from fusedbn.bench.compile_check import problem, spills
 
 REPORT_FILE = "REPORT.md"
 ITEM_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -56,20 +56,20 @@ def _problems(report: dict[str, Any]) -> list[str]:
     lines = []
     for spec in report["specialisations"]:
         for target, result in spec["results"].items():
-            if result["status"] == "ok" and not spills(result):
+            what = problem(result)
+            if what is None:
                 continue
-            what = result["status"] if result["status"] != "ok" else "spill"
-            detail = result.get("signal") or result.get("error", "").splitlines()[-1:] or ""
-            if isinstance(detail, list):
-                detail = detail[0] if detail else ""
             cases = [report["cases"][i] for i in spec["cases"]]
             labels = sorted({f"{c['shape']} {c['dtype']} {c['layout']} {c['epilogue']} {c['mode']}"
                              for c in cases})
             shown = "; ".join(labels[:4]) + (f"; and {len(labels) - 4} more" if len(labels) > 4 else "")
             kwargs = spec["kwargs"]
-            block = f"{kwargs.get('BLOCK_N')}x{kwargs.get('BLOCK_S')}x{kwargs.get('BLOCK_C')}"
+            if "BLOCK_SPLITS" in kwargs:
+                block = f"{kwargs['BLOCK_SPLITS']} splits x {kwargs['BLOCK_C']} channels"
+            else:
+                block = f"{kwargs['BLOCK_N']}x{kwargs['BLOCK_S']}x{kwargs['BLOCK_C']}"
             lines.append(
-                f"- Triton {report['triton']} sm_{target} **{what}** {detail}: `{spec['kernel']}` "
+                f"- Triton {report['triton']} sm_{target} **{what}**: `{spec['kernel']}` "
                 f"(#{spec['id']}, block {block}, {kwargs.get('num_warps', 4)} warps) in {shown}"
             )
     return lines
