@@ -229,11 +229,8 @@ def _multiprocessors(device: torch.device) -> int:
     return 2
 
 
-def _warps_for(tile: int, itemsize: int) -> int:
-    """Warps for a tile of ``tile`` elements; 64-bit elements hold two registers each, so their
-    tiles get twice the warps (without, float64 tiles of 4096 elements spill on sm_100)."""
-    warps = 8 if tile >= 4096 else 4 if tile >= 1024 else 2
-    return warps * 2 if itemsize == 8 else warps
+def _warps_for(tile: int) -> int:
+    return 8 if tile >= 4096 else 4 if tile >= 1024 else 2
 
 
 def choose_launch(
@@ -246,14 +243,13 @@ def choose_launch(
     """
     limits = limits or _LIMITS.get()
     sms = limits.multiprocessors or _multiprocessors(x.device)
-    return _choose_launch(view, channels_contiguous(x), x.element_size(), sms, min_block_s, limits)
+    return _choose_launch(view, channels_contiguous(x), sms, min_block_s, limits)
 
 
 @functools.lru_cache(maxsize=4096)
 def _choose_launch(
     view: ChannelView,
     channels_are_contiguous: bool,
-    itemsize: int,
     sms: int,
     min_block_s: int,
     limits: LaunchLimits,
@@ -285,7 +281,7 @@ def _choose_launch(
         block_n=block_n,
         block_s=block_s,
         block_c=block_c,
-        num_warps=_warps_for(block_n * block_s * block_c, itemsize),
+        num_warps=_warps_for(block_n * block_s * block_c),
         channel_blocks=channel_blocks,
         tiles_inner=tiles_inner,
         num_tiles=num_tiles,
@@ -362,5 +358,6 @@ def finalize_grid(num_channels: int) -> tuple[int]:
 
 def finalize_block_splits(num_splits: int, itemsize: int) -> int:
     """Splits a finalize program reads at once: all of them up to 128 (64 for the 64-bit partials
-    of float64 input, whose [128, FINALIZE_BLOCK_C] blocks spill on sm_90 and sm_100)."""
+    of float64 input: finalize_moments_kernel's [128, FINALIZE_BLOCK_C] blocks of them need more
+    than 255 registers a thread and spill on sm_90 and sm_100)."""
     return min(_pow2(num_splits), 64 if itemsize == 8 else 128)

@@ -210,7 +210,7 @@ def test_ci_subset_compiles_for_sm_90_without_crash_error_or_spill(tmp_path):
     (tmp_path / f"triton-{gate['triton']}.json").write_text(json.dumps(gate), encoding="utf-8")
     text = kernel_report.write_report(tmp_path).read_text(encoding="utf-8")
     assert f"| {gate['triton']} | sm_90 | {len(gate['specialisations'])} |" in text
-    assert "None: every specialisation compiled, none spills." in text
+    assert "None: every specialisation compiled, none spills at its register limit." in text
     assert "| 64x1024x14x14 | float16 | nchw | 8 |" in text
 
 
@@ -234,3 +234,23 @@ def test_every_supported_triton_passed_the_full_sweep():
     low, high = Version(lower), Version(upper)
     wanted = {(low.major, minor) for minor in range(low.minor, high.minor)}
     assert low.major == high.major and set(sweeps) == wanted
+
+
+def _compiled(registers: int, num_warps: int, spill_stores: int) -> dict:
+    return {"status": "ok", "registers": registers, "num_warps": num_warps,
+            "register_limit": compile_worker.register_limit(num_warps), "spill_stores": spill_stores,
+            "stack_bytes": 8 * spill_stores, "local_bytes": 0}
+
+
+def test_spills_at_the_register_limit_fail_the_gate_occupancy_spills_do_not():
+    assert compile_worker.register_limit(4) == 255 and compile_worker.register_limit(8) == 255
+    assert compile_worker.register_limit(16) == 128 and compile_worker.register_limit(32) == 64
+    at_limit = _compiled(255, 4, 1)
+    assert compile_check.spills_for_lack_of_registers(at_limit)
+    assert "spill at the register limit" in compile_check.problem(at_limit)
+    assert compile_check.spills_for_lack_of_registers(_compiled(128, 16, 2))
+    for occupancy in (_compiled(64, 8, 1), _compiled(40, 16, 1), _compiled(128, 4, 1)):
+        assert compile_check.occupancy_spills(occupancy)
+        assert compile_check.problem(occupancy) is None
+    assert not compile_check.spills(_compiled(255, 8, 0))
+    assert compile_check.problem({"status": "crash", "signal": "SIGSEGV"}) == "crash SIGSEGV"

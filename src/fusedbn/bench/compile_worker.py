@@ -195,6 +195,16 @@ def tile_parameters(ttgir: str) -> set[int]:
     return found
 
 
+# Registers of an SM (all GPUs since sm_80), and the most one thread may have.
+REGISTER_FILE = 65536
+MAX_THREAD_REGISTERS = 255
+
+
+def register_limit(num_warps: int) -> int:
+    """The most registers a thread of a ``num_warps`` block can have (allocated 8 at a time)."""
+    return min(MAX_THREAD_REGISTERS, REGISTER_FILE // (num_warps * WARP_SIZE) // 8 * 8)
+
+
 def _widths(count: Counter) -> dict[str, int]:
     return {str(width): n for width, n in sorted(count.items())}
 
@@ -230,6 +240,7 @@ def inspect(compiled: Any, parameter_names: list[str]) -> dict[str, Any]:
     return {
         "num_warps": compiled.metadata.num_warps,
         "registers": registers,
+        "register_limit": register_limit(compiled.metadata.num_warps),
         "stack_bytes": stack,
         "local_bytes": local,
         "spill_stores": bases["STL"],

@@ -13,7 +13,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fusedbn.bench.compile_check import problem, spills
+from fusedbn.bench.compile_check import (
+    occupancy_spills,
+    problem,
+    spill_text,
+    spills_for_lack_of_registers,
+)
 
 REPORT_FILE = "REPORT.md"
 ITEM_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -44,7 +49,8 @@ def _summary(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {report['triton']} | sm_{target} | {len(results)} | {status['ok']} | "
             f"{status['crash']} | {status['error']} | {status['timeout']} | "
-            f"{sum(spills(r) for r in ok)} | {sum(not r['sass_agrees'] for r in ok)} | "
+            f"{sum(spills_for_lack_of_registers(r) for r in ok)} | "
+            f"{sum(occupancy_spills(r) for r in ok)} | {sum(not r['sass_agrees'] for r in ok)} | "
             f"{max((r['registers'] for r in ok), default=0)} | "
             f"{max((r['shared_bytes'] for r in ok), default=0)} | {sum(times):.0f} | "
             f"{max(times, default=0):.1f} |"
@@ -52,26 +58,40 @@ def _summary(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _case_labels(report: dict[str, Any], spec: dict[str, Any]) -> str:
+    cases = [report["cases"][i] for i in spec["cases"]]
+    labels = sorted({f"{c['shape']} {c['dtype']} {c['layout']} {c['epilogue']} {c['mode']}"
+                     for c in cases})
+    return "; ".join(labels[:4]) + (f"; and {len(labels) - 4} more" if len(labels) > 4 else "")
+
+
+def _kernel_label(spec: dict[str, Any]) -> str:
+    kwargs = spec["kwargs"]
+    if "BLOCK_SPLITS" in kwargs:
+        block = f"{kwargs['BLOCK_SPLITS']} splits x {kwargs['BLOCK_C']} channels"
+    else:
+        block = f"{kwargs['BLOCK_N']}x{kwargs['BLOCK_S']}x{kwargs['BLOCK_C']}"
+    return f"`{spec['kernel']}` (#{spec['id']}, block {block}, {kwargs.get('num_warps', 4)} warps)"
+
+
 def _problems(report: dict[str, Any]) -> list[str]:
     lines = []
     for spec in report["specialisations"]:
         for target, result in spec["results"].items():
             what = problem(result)
-            if what is None:
-                continue
-            cases = [report["cases"][i] for i in spec["cases"]]
-            labels = sorted({f"{c['shape']} {c['dtype']} {c['layout']} {c['epilogue']} {c['mode']}"
-                             for c in cases})
-            shown = "; ".join(labels[:4]) + (f"; and {len(labels) - 4} more" if len(labels) > 4 else "")
-            kwargs = spec["kwargs"]
-            if "BLOCK_SPLITS" in kwargs:
-                block = f"{kwargs['BLOCK_SPLITS']} splits x {kwargs['BLOCK_C']} channels"
-            else:
-                block = f"{kwargs['BLOCK_N']}x{kwargs['BLOCK_S']}x{kwargs['BLOCK_C']}"
-            lines.append(
-                f"- Triton {report['triton']} sm_{target} **{what}**: `{spec['kernel']}` "
-                f"(#{spec['id']}, block {block}, {kwargs.get('num_warps', 4)} warps) in {shown}"
-            )
+            if what is not None:
+                lines.append(f"- Triton {report['triton']} sm_{target} **{what}**: "
+                             f"{_kernel_label(spec)} in {_case_labels(report, spec)}")
+    return lines
+
+
+def _occupancy_spills(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for spec in report["specialisations"]:
+        for target, result in spec["results"].items():
+            if occupancy_spills(result):
+                lines.append(f"- Triton {report['triton']} sm_{target} {spill_text(result)}: "
+                             f"{_kernel_label(spec)} in {_case_labels(report, spec)}")
     return lines
 
 
@@ -212,14 +232,25 @@ def render(results: list[dict[str, Any]]) -> str:
                                          for field, values in grid.items()) + ".", ""]
     lines += [
         "## Summary", "",
-        "| Triton | target | specialisations | ok | crash | error | timeout | spilling | SASS != PTX "
-        "| max registers | max shared bytes | compile s (sum) | slowest s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Triton | target | specialisations | ok | crash | error | timeout | spills at the register "
+        "limit | occupancy spills | SASS != PTX | max registers | max shared bytes | compile s (sum) "
+        "| slowest s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for report in results:
         lines += _summary(report)
     problems = [line for report in results for line in _problems(report)]
-    lines += ["", "## Problems", ""] + (problems or ["None: every specialisation compiled, none spills."])
+    lines += ["", "## Problems", ""] + (
+        problems or ["None: every specialisation compiled, none spills at its register limit."]
+    )
+    occupancy = [line for report in results for line in _occupancy_spills(report)]
+    lines += [
+        "", "## Occupancy spills", "",
+        "ptxas (at its default -O3) spills a value or two of a kernel well under its register limit "
+        "to keep it at a register count that fits one more block per SM (64 registers for 256 "
+        "threads, say); ptxas -O1 compiles the same kernels without spilling, with more registers. "
+        "These few bytes stay in L1; they are listed here and are not gate failures.", "",
+    ] + (occupancy or ["None."])
     lines += [
         "", f"## Kernels (Triton {newest['triton']})", "",
         "| kernel | target | specialisations | warps | registers | max shared bytes | median compile s "
