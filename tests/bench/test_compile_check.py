@@ -236,10 +236,10 @@ def test_every_supported_triton_passed_the_full_sweep():
     assert low.major == high.major and set(sweeps) == wanted
 
 
-def _compiled(registers: int, num_warps: int, spill_stores: int) -> dict:
+def _compiled(registers: int, num_warps: int, spill_stores: int, at_o1: int = 0) -> dict:
     return {"status": "ok", "registers": registers, "num_warps": num_warps,
             "register_limit": compile_worker.register_limit(num_warps), "spill_stores": spill_stores,
-            "stack_bytes": 8 * spill_stores, "local_bytes": 0}
+            "stack_bytes": 8 * spill_stores, "local_bytes": 0, "spill_bytes_at_o1": at_o1}
 
 
 def test_spills_at_the_register_limit_fail_the_gate_occupancy_spills_do_not():
@@ -249,6 +249,7 @@ def test_spills_at_the_register_limit_fail_the_gate_occupancy_spills_do_not():
     assert compile_check.spills_for_lack_of_registers(at_limit)
     assert "spill at the register limit" in compile_check.problem(at_limit)
     assert compile_check.spills_for_lack_of_registers(_compiled(128, 16, 2))
+    assert compile_check.spills_for_lack_of_registers(_compiled(64, 8, 1, at_o1=4))
     for occupancy in (_compiled(64, 8, 1), _compiled(40, 16, 1), _compiled(128, 4, 1)):
         assert compile_check.occupancy_spills(occupancy)
         assert compile_check.problem(occupancy) is None

@@ -209,10 +209,33 @@ def _widths(count: Counter) -> dict[str, int]:
     return {str(width): n for width, n in sorted(count.items())}
 
 
-def inspect(compiled: Any, parameter_names: list[str]) -> dict[str, Any]:
+PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores")
+
+
+def spill_bytes_at_o1(ptx: str, capability: int) -> int:
+    """Spill store bytes when ptxas compiles ``ptx`` at -O1 (Triton's own ptxas for the target).
+
+    At -O1 ptxas does not trade registers for occupancy: a kernel that still spills there is short
+    of registers.
+    """
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        Path(source).write_text(ptx, encoding="utf-8")
+        done = subprocess.run(
+            [get_ptxas(capability).path, "-v", "--opt-level=1",
+             f"--gpu-name={sm_arch_from_capability(capability)}", source, "-o", source + ".o"],
+            capture_output=True, text=True, check=True,
+        )
+    return sum(int(n) for n in PTXAS_SPILLS.findall(done.stderr + done.stdout))
+
+
+def inspect(compiled: Any, parameter_names: list[str], capability: int) -> dict[str, Any]:
     """Registers, local memory, spills, shared memory and access widths of a compiled kernel.
 
     ``parameter_names``: the kernel's runtime parameters in order (its non-constexpr arguments).
+    A kernel that spills is compiled again by ptxas at -O1 (``spill_bytes_at_o1``).
     The SASS gives the width of every load and store; each tile access is also named after its
     pointer parameter (``dy_ptr`` -> dy) with its width in the PTX, where every address traces back
     to a parameter. ``sass_agrees`` says whether the SASS has the widths the PTX asked for, and no other.
@@ -237,6 +260,7 @@ def inspect(compiled: Any, parameter_names: list[str]) -> dict[str, Any]:
         if parameter in tiles:
             name = parameter_names[parameter].removesuffix("_ptr")
             tile_widths.setdefault((name, kind), Counter())[width] += 1
+    spilling = bool(bases["STL"] or stack or local)
     return {
         "num_warps": compiled.metadata.num_warps,
         "registers": registers,
@@ -244,6 +268,7 @@ def inspect(compiled: Any, parameter_names: list[str]) -> dict[str, Any]:
         "stack_bytes": stack,
         "local_bytes": local,
         "spill_stores": bases["STL"],
+        "spill_bytes_at_o1": spill_bytes_at_o1(compiled.asm["ptx"], capability) if spilling else 0,
         "spill_loads": bases["LDL"],
         "shared_bytes": max(compiled.metadata.shared, static_shared),
         "tile_accesses": [
@@ -289,7 +314,7 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
         return {
             "status": "ok", "compile_s": round(seconds, 3),
             "specialisation": specialisation_text(decided),
-            **inspect(compiled, runtime_parameters(decided["signature"])),
+            **inspect(compiled, runtime_parameters(decided["signature"]), task["capability"]),
         }
     except Exception as error:  # a compile error is a result, not the end of the worker
         lines = traceback.format_exception_only(type(error), error)

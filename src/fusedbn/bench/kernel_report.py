@@ -248,8 +248,9 @@ def render(results: list[dict[str, Any]]) -> str:
         "", "## Occupancy spills", "",
         "ptxas (at its default -O3) spills a value or two of a kernel well under its register limit "
         "to keep it at a register count that fits one more block per SM (64 registers for 256 "
-        "threads, say); ptxas -O1 compiles the same kernels without spilling, with more registers. "
-        "These few bytes stay in L1; they are listed here and are not gate failures.", "",
+        "threads, say). Each kernel listed here was compiled again with ptxas -O1, which used more "
+        "registers and did not spill. These few bytes stay in L1; they are listed, not gate "
+        "failures (a spill at the register limit, or one that -O1 makes too, is).", "",
     ] + (occupancy or ["None."])
     lines += [
         "", f"## Kernels (Triton {newest['triton']})", "",
