@@ -12,7 +12,7 @@
 #                                                      installs nothing, writes only into OUT)
 #
 # Writes into $OUT (6 files): steps.txt (each step's exit code and seconds), console.log (everything
-# printed), summary.txt (per-op suite), host_time.txt, training_step.txt, and gpu-check.tar.gz with
+# printed), summary.txt (per-op suite), host_time.md, training_step.txt, and gpu-check.tar.gz with
 # every step's files (logs, CSVs, plots, kernel tables, tuning summary) under run/.
 # A failing or stuck step does not stop the later ones; the script exits with the first failing
 # step's code. Where the copy has no .git, set FUSEDBN_COMMIT to the commit it was made from.
@@ -28,7 +28,7 @@ TOTAL_BUDGET=${TOTAL_BUDGET:-470}
 INSTALL_TIMEOUT=${INSTALL_TIMEOUT:-60}
 TESTS_TIMEOUT=${TESTS_TIMEOUT:-120}
 TUNING_TESTS_TIMEOUT=${TUNING_TESTS_TIMEOUT:-60}
-HOST_TIMEOUT=${HOST_TIMEOUT:-60}
+HOST_TIMEOUT=${HOST_TIMEOUT:-90}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-170}
 STEP_TIMEOUT=${STEP_TIMEOUT:-140}
 TUNE_TIMEOUT=${TUNE_TIMEOUT:-60}
@@ -163,8 +163,9 @@ else
     skip tuning-tests "optuna, scikit-learn or matplotlib does not import"
 fi
 
-# 5. Host time of one training forward+backward of a small layer, fusedbn against torch eager.
-pick_args --smoke --layouts channels_last --steps 3 --warmup 1 --
+# 5. Host time per call of a small layer, fusedbn against torch eager, variant by variant (the
+#    rehearsal runs it on the fake GPU).
+pick_args --smoke --fake-gpu --
 step host-time "$HOST_TIMEOUT" "$RUN/host_time.log" \
     "$python" -m fusedbn.bench.host_time "${ARGS[@]}" --out "$RUN/host-time"
 
@@ -197,7 +198,7 @@ else
 fi
 
 # 9. The few files that come back, everything else packed, and a short summary last.
-for file in bench/summary.txt host-time/host_time.txt training-step/training_step.txt; do
+for file in bench/summary.txt host-time/host_time.md training-step/training_step.txt; do
     [ -s "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"
 done
 echo

@@ -12,8 +12,9 @@ masked dy is also the gradient of a fused residual.
 
 Whole-channel path: whole_channel_backward_kernel gives each program whole channels; it reads x
 and dy for the sums and again, from cache, to write grad_input. One launch.
-Split path: partial_sums_kernel sums each split's tiles, finalize_sums_kernel adds the splits in a
-fixed order (no atomics), grad_input_kernel writes grad_input.
+Split path, two launches: partial_sums_kernel sums each split's tiles, and the last program of each
+channel block to finish (an atomic ticket, tickets.py) adds the splits' sums in a fixed split order,
+so results are bitwise reproducible; grad_input_kernel then writes grad_input.
 
 Strides: x is read through its own (stride_x_*), since a strided view of x is read in place;
 grad_input and grad_residual are allocated with torch.empty_like(x), and dy is laid out like them
@@ -30,16 +31,12 @@ from torch import Tensor
 
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import (
-    FINALIZE_BLOCK_C,
     ChannelView,
     Plan,
     accumulator_dtype,
     conform,
-    finalize_block_splits,
-    finalize_grid,
-    plan_batch_norm,
-    vector_alignment,
 )
+from fusedbn.kernels.tickets import last_to_arrive, launch_with_arrivals
 from fusedbn.kernels.tiles import (
     channel_block,
     load_affine,
@@ -222,8 +219,31 @@ def whole_channel_backward_kernel(
 
 
 @triton.jit
+def merge_sums(partial_ptr, channels, channel_mask, num_splits, num_channels,
+               BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-channel totals of the per-split sums of dy and dy * xhat in partial.
+
+    BLOCK_SPLITS splits at a time in a fixed order, each row of the [BLOCK_SPLITS, BLOCK_C] block
+    adding up its own splits (r, r + BLOCK_SPLITS, ...); the rows are added once at the end. The
+    loads bypass L1 (.cg): other programs of the same launch stored the partials (see tickets.py).
+    """
+    sum_dy = tl.zeros([BLOCK_SPLITS, BLOCK_C], partial_ptr.dtype.element_ty)
+    sum_dy_xhat = tl.zeros([BLOCK_SPLITS, BLOCK_C], partial_ptr.dtype.element_ty)
+    for start in range(0, num_splits, BLOCK_SPLITS):
+        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
+        in_bounds = (splits < num_splits) & channel_mask[None, :]
+        part = partial_ptr + splits * num_channels + channels[None, :]
+        sum_dy += tl.load(part, mask=in_bounds, other=0.0, cache_modifier=".cg")
+        sum_dy_xhat += tl.load(
+            part + num_splits * num_channels, mask=in_bounds, other=0.0, cache_modifier=".cg"
+        )
+    return tl.sum(sum_dy, axis=0), tl.sum(sum_dy_xhat, axis=0)
+
+
+@triton.jit
 def partial_sums_kernel(
-    dy_ptr, mask_ptr, x_ptr, mean_ptr, invstd_ptr, partial_ptr,
+    arrivals_ptr, dy_ptr, mask_ptr, x_ptr, mean_ptr, invstd_ptr, partial_ptr,
+    sum_dy_ptr, sum_dy_xhat_ptr,
     n_outer, n_inner, num_channels,
     stride_dy_outer, stride_dy_c, stride_dy_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
@@ -232,7 +252,12 @@ def partial_sums_kernel(
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
     X_ALIGN: tl.constexpr, DY_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
-    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split]."""
+    """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split].
+
+    The channel block's last program to store its sums (arrivals_ptr holds a ticket counter per
+    channel block, see tickets.py) adds all splits' sums in split order into sum_dy and
+    sum_dy_xhat: this call's grad_bias and grad_weight.
+    """
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
@@ -252,31 +277,14 @@ def partial_sums_kernel(
     out = partial_ptr + split * num_channels + channels
     tl.store(out, sum_dy, mask=channel_mask)
     tl.store(out + num_splits * num_channels, sum_dy_xhat, mask=channel_mask)
-
-
-@triton.jit
-def finalize_sums_kernel(
-    partial_ptr, sum_dy_ptr, sum_dy_xhat_ptr, num_splits, num_channels,
-    BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """One program adds the per-split sums of BLOCK_C channels, BLOCK_SPLITS splits at a time.
-
-    The sums of dy and dy * xhat are this call's grad_bias and grad_weight.
-    """
-    channels = channel_block(BLOCK_C)
-    channel_mask = channels < num_channels
-    sum_dy = tl.zeros([BLOCK_C], sum_dy_ptr.dtype.element_ty)
-    sum_dy_xhat = tl.zeros([BLOCK_C], sum_dy_xhat_ptr.dtype.element_ty)
-    for start in range(0, num_splits, BLOCK_SPLITS):
-        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
-        in_bounds = (splits < num_splits) & channel_mask[None, :]
-        part = partial_ptr + splits * num_channels + channels[None, :]
-        sum_dy += tl.sum(tl.load(part, mask=in_bounds, other=0.0), axis=0)
-        sum_dy_xhat += tl.sum(
-            tl.load(part + num_splits * num_channels, mask=in_bounds, other=0.0), axis=0
+    if last_to_arrive(arrivals_ptr + tl.program_id(0), num_splits):
+        # [splits, channels] blocks of a quarter of the loop's [N, S, C] tile, as in the forward.
+        sum_dy, sum_dy_xhat = merge_sums(
+            partial_ptr, channels, channel_mask, num_splits, num_channels,
+            (BLOCK_N * BLOCK_S + 3) // 4, BLOCK_C,
         )
-    tl.store(sum_dy_ptr + channels, sum_dy, mask=channel_mask)
-    tl.store(sum_dy_xhat_ptr + channels, sum_dy_xhat, mask=channel_mask)
+        tl.store(sum_dy_ptr + channels, sum_dy, mask=channel_mask)
+        tl.store(sum_dy_xhat_ptr + channels, sum_dy_xhat, mask=channel_mask)
 
 
 @triton.jit
@@ -324,7 +332,6 @@ def grad_input_kernel(
 # One launcher per kernel: each launch after a specialisation's first skips Triton's binding.
 launch_whole_channel_backward = KernelLauncher(whole_channel_backward_kernel)
 launch_partial_sums = KernelLauncher(partial_sums_kernel)
-launch_finalize_sums = KernelLauncher(finalize_sums_kernel)
 launch_grad_input = KernelLauncher(grad_input_kernel)
 
 
@@ -344,6 +351,7 @@ def allocate_backward_outputs(
 def batch_norm_backward(
     dy: Tensor,
     x: Tensor,
+    plan: Plan,
     weight: Tensor | None,
     mean: Tensor,
     invstd: Tensor,
@@ -352,53 +360,43 @@ def batch_norm_backward(
     relu_mask: Tensor | None = None,
     write_grad_residual: bool = False,
     combine_sums: Callable[[Tensor], tuple[Tensor, int]] | None = None,
-    plan: Plan | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the backward pass; returns (grad_input, grad_weight, grad_bias, grad_residual).
 
+    ``x`` and ``plan`` are the forward's (plan_batch_norm's folded input and its plan).
     grad_weight and grad_bias are in the statistics' dtype (float32 or float64) and are only
     computed when ``use_batch_stats`` or ``need_param_grads`` (otherwise they hold garbage).
     ``relu_mask`` is the forward's packed mask when a ReLU was fused; then ``write_grad_residual``
     also returns the masked dy, the gradient of a fused residual (else grad_residual is None).
-    ``plan`` is the forward's (plan_batch_norm(x, relu)), when the caller kept it.
 
     ``combine_sums`` (synchronized BatchNorm) takes this call's [2, C] sums of (dy, dy * xhat) and
     returns those of the whole batch with its element count per channel; grad_input then follows
     the whole batch's statistics, while grad_weight and grad_bias stay this call's own, as in torch.
     """
     relu = relu_mask is not None
-    if plan is None:
-        x, plan = plan_batch_norm(x, relu)
-    else:
-        x = plan.fold(x)
     view, launch = plan.view, plan.launch
     write_grad_residual = write_grad_residual and relu
     dx, grad_weight, grad_bias, grad_residual = allocate_backward_outputs(x, view, write_grad_residual)
-    if x.numel() == 0:
+    if plan.empty:
         return dx, grad_weight.zero_(), grad_bias.zero_(), grad_residual
     need_sums = use_batch_stats or need_param_grads
 
-    x_strides = view.strides(x)
-    dy_strides = view.strides_like(dx, x, x_strides)  # grad_input's, which dy is made to share
-    dy = conform(dy, dx, view, dy_strides)
+    x_strides = plan.x_strides
+    dy_strides = plan.y_strides  # grad_input's, which dy is made to share
+    if dy.stride() != plan.y_stride:
+        dy = conform(dy, dx, view, dy_strides)
     mask_arg = relu_mask if relu else mean
-    mask_strides = relu_mask.stride() if relu else (0, 0, 0)
+    mask_strides = plan.mask_strides
     dr_arg = grad_residual if write_grad_residual else dx
     weight_arg = mean if weight is None else weight
     tensor_args = (dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd)
     stride_args = (*dy_strides, *mask_strides, *x_strides)
-    alignments = dict(
-        X_ALIGN=vector_alignment(x_strides, view, launch, x.element_size()),
-        DY_ALIGN=vector_alignment(
-            dy_strides, view, launch, min(dy.element_size(), dx.element_size())
-        ),
-        M_ALIGN=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
-    )
     flags = dict(
         HAS_WEIGHT=weight is not None, BATCH_STATS=use_batch_stats, RELU=relu,
         WRITE_GRAD_RESIDUAL=write_grad_residual,
         BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-        **alignments, num_warps=launch.num_warps,
+        X_ALIGN=plan.x_align, DY_ALIGN=plan.y_align, M_ALIGN=plan.mask_align,
+        num_warps=launch.num_warps,
     )
 
     if need_sums and launch.whole_channel and combine_sums is None:
@@ -416,18 +414,13 @@ def batch_norm_backward(
         partial = torch.empty(
             (2, launch.num_splits, view.num_channels), dtype=grad_weight.dtype, device=x.device
         )
-        launch_partial_sums(
-            grid, dy, mask_arg, x, mean, invstd, partial,
-            view.n_outer, view.n_inner, view.num_channels,
+        launch_with_arrivals(
+            launch_partial_sums, grid, x.device, dy, mask_arg, x, mean, invstd, partial,
+            grad_bias, grad_weight, view.n_outer, view.n_inner, view.num_channels,
             *dy_strides, *mask_strides, *x_strides, *tiling,
             RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-            **alignments, num_warps=launch.num_warps,
-        )
-        launch_finalize_sums(
-            finalize_grid(view.num_channels),
-            partial, grad_bias, grad_weight, launch.num_splits, view.num_channels,
-            BLOCK_SPLITS=finalize_block_splits(launch.num_splits, partial.element_size()),
-            BLOCK_C=FINALIZE_BLOCK_C,
+            X_ALIGN=plan.x_align, DY_ALIGN=plan.y_align, M_ALIGN=plan.mask_align,
+            num_warps=launch.num_warps,
         )
     # grad_bias and grad_weight hold this call's sums of dy and dy * xhat (garbage without
     # need_sums, when grad_input_kernel does not read them: no batch statistics).

@@ -3,10 +3,14 @@
 Training, when there are enough channel blocks to fill the GPU or a channel fits one tile
 (whole-channel path): whole_channel_forward_kernel gives each program whole channels; it reads them
 once for the statistics and again, from cache, to write y. One launch.
-Training otherwise (split path), with no atomics so results are bitwise reproducible:
-    partial_moments_kernel   each program summarises its share of tiles (count, mean, M2);
-    finalize_moments_kernel  combines the shares of each channel in a fixed order;
+Training otherwise (split path), two launches:
+    partial_moments_kernel   each program summarises its share of tiles (count, mean, M2); the last
+                             program of each channel block to finish (an atomic ticket, tickets.py)
+                             merges the shares in a fixed split order and stores the statistics;
     apply_kernel             normalises x with the finished statistics.
+The merge order never depends on which program finishes last, so results are bitwise reproducible.
+Synchronized BatchNorm gathers the partials of every process between the two, so its statistics
+are merged by a third launch, finalize_moments_kernel.
 Eval with running statistics: apply_kernel alone, one elementwise pass.
 
 Both kernels that write y can finish with an epilogue: y = relu(bn(x) + residual), with the
@@ -24,6 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fusedbn.kernels.call import BatchNormCall
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import (
     FINALIZE_BLOCK_C,
@@ -33,10 +38,9 @@ from fusedbn.kernels.layout import (
     conform,
     finalize_block_splits,
     finalize_grid,
-    plan_batch_norm,
     relu_mask_like,
-    vector_alignment,
 )
+from fusedbn.kernels.tickets import last_to_arrive, launch_with_arrivals
 from fusedbn.kernels.tiles import (
     channel_block,
     inverse_std,
@@ -88,7 +92,7 @@ def shifted_moments(
     """(count, shift, mean - shift, M2) per channel of tiles [first_tile, last_tile) of x.
 
     In stats_ptr's dtype. The mean is returned as the shift plus a small deviation, so that merging
-    several such summaries keeps the deviation's precision (see finalize_moments_kernel).
+    several such summaries keeps the deviation's precision (see merge_moments).
 
     Sums are taken of x - shift, where the shift is the mean of the first tile, so the squares are
     of the order of the variance and offset data such as 1000 + randn keeps its precision. Each
@@ -201,16 +205,73 @@ def whole_channel_forward_kernel(
 
 
 @triton.jit
+def chan_merge(n_a, dev_a, m2_a, n_b, dev_b, m2_b):
+    """Two (count, mean deviation from a common shift, M2) summaries of disjoint sets, merged as
+    Chan et al. merge two halves (elementwise; empty summaries have count 0)."""
+    n = n_a + n_b
+    share_b = n_b / tl.maximum(n, 1.0)  # 0 / 1 when both are empty (and in the channels past C)
+    delta = dev_b - dev_a
+    return n, dev_a + delta * share_b, m2_a + m2_b + delta * delta * n_a * share_b
+
+
+@triton.jit
+def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
+                  BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(mean, M2) per channel from the per-split (count, shift, mean - shift, M2) in partial.
+
+    Every mean is taken relative to split 0's shift: dev_i = shift_i - shift_0 + (mean_i - shift_i)
+    (differences of shifts are exact, so nothing of the order of the data's offset is ever added to
+    a deviation). One pass over the splits, BLOCK_SPLITS at a time in a fixed order: each row of the
+    [BLOCK_SPLITS, BLOCK_C] block keeps its own summary (splits r, r + BLOCK_SPLITS, ...) with
+    chan_merge, so no iteration waits for a reduction across threads; the rows are merged once at
+    the end, by a fixed reduction tree.
+
+    The loads bypass L1 (.cg): other programs of the same launch stored the partials (tickets.py).
+    """
+    acc_dtype = partial_ptr.dtype.element_ty
+    counts_ptr = partial_ptr + channels[None, :]
+    shifts_ptr = counts_ptr + num_splits * num_channels
+    mean_devs_ptr = shifts_ptr + num_splits * num_channels
+    m2s_ptr = mean_devs_ptr + num_splits * num_channels
+    shift0 = tl.load(
+        partial_ptr + num_splits * num_channels + channels, mask=channel_mask, other=0.0,
+        cache_modifier=".cg",
+    )
+    n = tl.zeros([BLOCK_SPLITS, BLOCK_C], acc_dtype)
+    dev = tl.zeros([BLOCK_SPLITS, BLOCK_C], acc_dtype)
+    m2 = tl.zeros([BLOCK_SPLITS, BLOCK_C], acc_dtype)
+    for start in range(0, num_splits, BLOCK_SPLITS):
+        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
+        in_bounds = (splits < num_splits) & channel_mask[None, :]
+        rows = splits * num_channels
+        count = tl.load(counts_ptr + rows, mask=in_bounds, other=0.0, cache_modifier=".cg")
+        shift = tl.load(shifts_ptr + rows, mask=in_bounds, other=0.0, cache_modifier=".cg")
+        mean_dev = tl.load(mean_devs_ptr + rows, mask=in_bounds, other=0.0, cache_modifier=".cg")
+        split_m2 = tl.load(m2s_ptr + rows, mask=in_bounds, other=0.0, cache_modifier=".cg")
+        n, dev, m2 = chan_merge(
+            n, dev, m2, count, (shift - shift0[None, :]) + mean_dev, split_m2
+        )
+    _, dev, m2 = tl.reduce((n, dev, m2), 0, chan_merge)
+    return shift0 + dev, m2
+
+
+@triton.jit
 def partial_moments_kernel(
-    x_ptr, partial_ptr,
-    n_outer, n_inner, num_channels,
+    arrivals_ptr, x_ptr, partial_ptr, mean_ptr, invstd_ptr,
+    running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+    n_outer, n_inner, num_channels, n_per_channel,
     stride_x_outer, stride_x_c, stride_x_inner,
-    tiles_inner, num_tiles, tiles_per_split,
+    tiles_inner, num_tiles, tiles_per_split, momentum: tl.float64, eps: tl.float64,
+    FINALIZE: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, X_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
 
-    The result lands in partial[0..3, split, channels] as (count, shift, mean - shift, M2).
+    The summary lands in partial[0..3, split, channels] as (count, shift, mean - shift, M2). With
+    FINALIZE, the channel block's last program to store its summary (arrivals_ptr holds a ticket
+    counter per channel block, see tickets.py) merges all of them in split order and stores the
+    statistics, as finalize_moments_kernel would. Without it (synchronized BatchNorm, whose
+    partials are gathered from every process first) the partials are the only result.
     """
     split = tl.program_id(1)
     channels = channel_block(BLOCK_C)
@@ -227,6 +288,19 @@ def partial_moments_kernel(
     tl.store(out + num_splits * num_channels, shift, mask=channel_mask)
     tl.store(out + 2 * num_splits * num_channels, mean_dev, mask=channel_mask)
     tl.store(out + 3 * num_splits * num_channels, m2, mask=channel_mask)
+    if FINALIZE:
+        if last_to_arrive(arrivals_ptr + tl.program_id(0), num_splits):
+            # [splits, channels] blocks of a quarter of the loop's [N, S, C] tile: the merge holds
+            # three summaries and four partials per element, and so stays within its registers.
+            mean, m2 = merge_moments(
+                partial_ptr, channels, channel_mask, num_splits, num_channels,
+                (BLOCK_N * BLOCK_S + 3) // 4, BLOCK_C,
+            )
+            store_statistics(
+                channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
+                mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+                UPDATE_RUNNING, CUMULATIVE,
+            )
 
 
 @triton.jit
@@ -236,48 +310,16 @@ def finalize_moments_kernel(
     UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program combines the per-split (count, shift, mean - shift, M2) of BLOCK_C channels.
+    """One program merges the per-split partials of BLOCK_C channels and stores their statistics.
 
-    The exact parallel formula, in two vectorised passes over the splits in a fixed order, with
-    every mean taken relative to split 0's shift (differences of shifts are exact, so nothing of
-    the order of the data's offset is ever added to a deviation):
-    mean = shift_0 + sum(count_i * dev_i) / n with dev_i = shift_i - shift_0 + (mean_i - shift_i),
-    then M2 = sum(M2_i + count_i * (dev_i - (mean - shift_0))^2).
+    Used by synchronized BatchNorm only, whose partials (of every process) are gathered between
+    partial_moments_kernel and this kernel; otherwise partial_moments_kernel finalizes itself.
     """
-    acc_dtype = mean_ptr.dtype.element_ty
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    counts_ptr = partial_ptr + channels[None, :]
-    shifts_ptr = counts_ptr + num_splits * num_channels
-    mean_devs_ptr = shifts_ptr + num_splits * num_channels
-    m2s_ptr = mean_devs_ptr + num_splits * num_channels
-    shift0 = tl.load(partial_ptr + num_splits * num_channels + channels, mask=channel_mask, other=0.0)
-
-    total = tl.zeros([BLOCK_C], acc_dtype)
-    weighted_dev = tl.zeros([BLOCK_C], acc_dtype)
-    for start in range(0, num_splits, BLOCK_SPLITS):
-        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
-        in_bounds = (splits < num_splits) & channel_mask[None, :]
-        count = tl.load(counts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        shift = tl.load(shifts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        mean_dev = tl.load(mean_devs_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        total += tl.sum(count, axis=0)
-        weighted_dev += tl.sum(count * ((shift - shift0[None, :]) + mean_dev), axis=0)
-    # tl.maximum: no 0 / 0 in the channels past C.
-    overall_dev = weighted_dev / tl.maximum(total, 1.0)
-
-    m2 = tl.zeros([BLOCK_C], acc_dtype)
-    for start in range(0, num_splits, BLOCK_SPLITS):
-        splits = start + tl.arange(0, BLOCK_SPLITS)[:, None]
-        in_bounds = (splits < num_splits) & channel_mask[None, :]
-        count = tl.load(counts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        shift = tl.load(shifts_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        mean_dev = tl.load(mean_devs_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        split_m2 = tl.load(m2s_ptr + splits * num_channels, mask=in_bounds, other=0.0)
-        deviation = (shift - shift0[None, :]) + mean_dev - overall_dev[None, :]
-        m2 += tl.sum(split_m2 + count * deviation * deviation, axis=0)
-    mean = shift0 + overall_dev
-
+    mean, m2 = merge_moments(
+        partial_ptr, channels, channel_mask, num_splits, num_channels, BLOCK_SPLITS, BLOCK_C
+    )
     store_statistics(
         channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
         mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
@@ -294,15 +336,16 @@ def apply_kernel(
     stride_y_outer, stride_y_c, stride_y_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     tiles_inner, num_tiles, tiles_per_split, eps: tl.float64,
-    FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
+    FROM_RUNNING: tl.constexpr, STORE_STATISTICS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
     X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
     With FROM_RUNNING the statistics are the running ones (eval): mean and invstd are derived here
-    and split 0 stores them for the backward pass; otherwise they are read from mean/invstd.
+    and, with STORE_STATISTICS (a backward will need them), split 0 stores them; otherwise they are
+    read from mean/invstd.
     """
     acc_dtype = mean_ptr.dtype.element_ty
     split = tl.program_id(1)
@@ -312,7 +355,7 @@ def apply_kernel(
         mean = tl.load(running_mean_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
         var = tl.load(running_var_ptr + channels, mask=channel_mask, other=1.0).to(acc_dtype)
         invstd = inverse_std(var, eps)
-        if split == 0:
+        if STORE_STATISTICS and split == 0:
             tl.store(mean_ptr + channels, mean, mask=channel_mask)
             tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
     else:
@@ -341,117 +384,114 @@ launch_apply = KernelLauncher(apply_kernel)
 
 
 def allocate_forward_outputs(
-    x: Tensor, view: ChannelView, relu: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x: Tensor, view: ChannelView, relu: bool, statistics: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Uninitialised (y, mean, invstd, relu_mask) for the folded input ``x``.
 
-    y is laid out like x; the statistics are float32 (float64 for float64 input); relu_mask is the
-    packed mask when ``relu`` is set and an empty tensor otherwise.
+    y is laid out like x; the statistics are float32 (float64 for float64 input), None without
+    ``statistics``; relu_mask is the packed mask when ``relu`` is set, else None.
     """
+    relu_mask = relu_mask_like(x, view) if relu else None
+    if not statistics:
+        return torch.empty_like(x), None, None, relu_mask
     mean = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
-    relu_mask = relu_mask_like(x, view) if relu else torch.empty(0, dtype=torch.uint8, device=x.device)
     return torch.empty_like(x), mean, torch.empty_like(mean), relu_mask
 
 
 def batch_norm_forward(
     x: Tensor,
+    plan: Plan,
+    call: BatchNormCall,
     weight: Tensor | None,
     bias: Tensor | None,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    num_batches_tracked: Tensor | None,
-    use_batch_stats: bool,
-    momentum: float,
-    eps: float,
     residual: Tensor | None = None,
-    relu: bool = False,
     combine_moments: Callable[[Tensor], tuple[Tensor, int]] | None = None,
-    plan: Plan | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    statistics: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """Launch the forward pass; returns (y, mean, invstd, relu_mask) as allocate_forward_outputs.
 
-    ``num_batches_tracked``, when given, selects the cumulative average and must already count this
-    batch. Running statistics are updated in place when ``use_batch_stats`` and given. ``plan`` is
-    plan_batch_norm(x, relu)'s, when the caller already made it (to save it for the backward).
+    ``x`` and ``plan`` are what plan_batch_norm(input, call.relu) returned; ``call`` says what to
+    compute (batch or running statistics, the running statistics' update, eps, the fused ReLU).
+    Without ``statistics`` (no backward will follow) an eval call whose running statistics have
+    the statistics' dtype neither stores nor allocates mean and invstd, which are then None.
 
     ``combine_moments`` (synchronized BatchNorm) takes this call's per-split partials, a
     [4, splits, C] tensor of (count, shift, mean - shift, M2), and returns the partials of the whole
     batch with its element count per channel; the statistics are then those of the whole batch.
     """
-    if plan is None:
-        x, plan = plan_batch_norm(x, relu)
-    else:
-        x = plan.fold(x)
     view, launch = plan.view, plan.launch
-    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, relu)
-    if x.numel() == 0:  # nothing to normalise; the running statistics stay as they are
-        return y, mean.zero_(), invstd.zero_(), relu_mask
-    update_running = use_batch_stats and running_mean is not None
-    x_strides = view.strides(x)
-    y_strides = view.strides_like(y, x, x_strides)
-    if residual is not None:
+    # An eval call with nothing to differentiate needs no statistics; the kernel reads the running
+    # ones in their dtype, which must then be the statistics' (the unused pointers have it).
+    statistics = statistics or call.use_batch_stats or call.running_mean.dtype != plan.stats_dtype
+    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, call.relu, statistics)
+    if plan.empty:  # nothing to normalise; the running statistics stay as they are
+        if statistics:
+            mean.zero_()
+            invstd.zero_()
+        return y, mean, invstd, relu_mask
+    x_strides, y_strides = plan.x_strides, plan.y_strides
+    if residual is not None and residual.stride() != plan.y_stride:
         residual = conform(residual, y, view, y_strides)  # the kernels read it with y's strides
 
     # Kernels take a pointer for every optional tensor; constexpr flags keep unused ones untouched.
-    def pointer(t: Tensor | None) -> Tensor:
-        return mean if t is None else t
-
+    unused = mean if statistics else call.running_mean
+    running_mean = unused if call.running_mean is None else call.running_mean
+    running_var = unused if call.running_var is None else call.running_var
+    num_batches_tracked = unused if call.num_batches_tracked is None else call.num_batches_tracked
     tensor_args = (
-        x, y, pointer(residual), relu_mask, pointer(weight), pointer(bias),
-        mean, invstd, pointer(running_mean), pointer(running_var),
+        x, y, unused if residual is None else residual, unused if relu_mask is None else relu_mask,
+        unused if weight is None else weight, unused if bias is None else bias,
+        unused if mean is None else mean, unused if invstd is None else invstd,
+        running_mean, running_var,
     )
-    mask_strides = relu_mask.stride() if relu else (0, 0, 0)
-    stride_args = (*x_strides, *y_strides, *mask_strides)
-    y_itemsize = y.element_size() if residual is None else min(y.element_size(), residual.element_size())
-    x_align = vector_alignment(x_strides, view, launch, x.element_size())
+    stride_args = (*x_strides, *y_strides, *plan.mask_strides)
     flags = dict(
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, RELU=relu,
+        HAS_RESIDUAL=residual is not None, RELU=call.relu,
         BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-        X_ALIGN=x_align,
-        Y_ALIGN=vector_alignment(y_strides, view, launch, y_itemsize),
-        M_ALIGN=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
+        X_ALIGN=plan.x_align, Y_ALIGN=plan.y_align, M_ALIGN=plan.mask_align,
         num_warps=launch.num_warps,
     )
-    statistics_flags = dict(
-        UPDATE_RUNNING=update_running, CUMULATIVE=num_batches_tracked is not None
-    )
+    statistics_flags = dict(UPDATE_RUNNING=call.update_running, CUMULATIVE=call.cumulative)
 
-    if use_batch_stats and launch.whole_channel and combine_moments is None:
+    if call.use_batch_stats and launch.whole_channel and combine_moments is None:
         launch_whole_channel_forward(
             (launch.channel_blocks, 1),
-            *tensor_args, pointer(num_batches_tracked),
+            *tensor_args, num_batches_tracked,
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
-            *stride_args, launch.tiles_inner, launch.num_tiles, momentum, eps,
+            *stride_args, launch.tiles_inner, launch.num_tiles, call.momentum, call.eps,
             **statistics_flags, **flags,
         )
         return y, mean, invstd, relu_mask
 
     grid = (launch.channel_blocks, launch.num_splits)
     tiling = (launch.tiles_inner, launch.num_tiles, launch.tiles_per_split)
-    if use_batch_stats:
+    if call.use_batch_stats:
         partial = torch.empty(
             (4, launch.num_splits, view.num_channels), dtype=mean.dtype, device=x.device
         )
-        launch_partial_moments(
-            grid, x, partial, view.n_outer, view.n_inner, view.num_channels, *x_strides, *tiling,
+        statistics_args = (mean, invstd, running_mean, running_var, num_batches_tracked)
+        launch_with_arrivals(
+            launch_partial_moments, grid, x.device, x, partial, *statistics_args,
+            view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
+            *x_strides, *tiling, call.momentum, call.eps, FINALIZE=combine_moments is None,
+            **statistics_flags,
             BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-            X_ALIGN=x_align, num_warps=launch.num_warps,
+            X_ALIGN=plan.x_align, num_warps=launch.num_warps,
         )
-        n_per_channel = view.n_per_channel
         if combine_moments is not None:
             partial, n_per_channel = combine_moments(partial)
-        num_splits = partial.shape[1]
-        launch_finalize_moments(
-            finalize_grid(view.num_channels),
-            partial, mean, invstd, pointer(running_mean), pointer(running_var),
-            pointer(num_batches_tracked), num_splits, view.num_channels,
-            n_per_channel, momentum, eps, **statistics_flags,
-            BLOCK_SPLITS=finalize_block_splits(num_splits, partial.element_size()),
-            BLOCK_C=FINALIZE_BLOCK_C,
-        )
+            num_splits = partial.shape[1]
+            launch_finalize_moments(
+                finalize_grid(view.num_channels), partial, *statistics_args,
+                num_splits, view.num_channels, n_per_channel, call.momentum, call.eps,
+                **statistics_flags,
+                BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
+                num_warps=8,
+            )
     launch_apply(
         grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,
-        eps, FROM_RUNNING=not use_batch_stats, **flags,
+        call.eps, FROM_RUNNING=not call.use_batch_stats, STORE_STATISTICS=statistics,
+        **flags,
     )
     return y, mean, invstd, relu_mask

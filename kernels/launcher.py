@@ -8,29 +8,43 @@ GPU for a small layer.
 
 A KernelLauncher makes that binding once per specialisation. Its key holds what Triton specialises
 on (each tensor's dtype and whether its address is 16-byte aligned, each int's value, the type of
-the other scalars) plus the keyword arguments and the current device. On a miss the call goes
-through ``kernel[grid]``, which compiles if needed, launches, and returns the compiled kernel; the
-launcher keeps that kernel's C launcher and the constexpr values that follow the positional
-arguments. On a hit it calls the C launcher directly with the same argument list Triton would pass:
-every kernel parameter in signature order, the tensors themselves (the C launcher reads their
-addresses), and the stream read on every call, so CUDA streams and graph capture behave as with
-``kernel[grid]``.
+the other scalars) plus the keyword arguments and the current device; once a kernel's arguments
+are seen to come as tensors, then ints, then floats (as fusedbn passes them), the key is built
+from that layout without looking at each argument's type. On a miss the call goes through
+``kernel[grid]``, which compiles if needed, launches, and returns the compiled kernel; the launcher
+keeps that kernel's C launcher and the constexpr values that follow the positional arguments. On a
+hit it calls the C launcher directly with the same argument list Triton would pass: every kernel
+parameter in signature order, the tensors themselves (the C launcher reads their addresses), and the
+stream read on every call, so CUDA streams and graph capture behave as with ``kernel[grid]``. At
+most ``MAX_SPECIALISATIONS`` (256) bindings are kept per kernel, the oldest dropped first.
 
 Runtime arguments are passed positionally and constexprs by keyword. Everything else takes the
-plain ``kernel[grid]`` path: Triton's interpreter, torch.compile tracing, a registered launch hook
-(profilers such as proton), kernel pre-run hooks, ``FUSEDBN_FAST_LAUNCH=0`` in the environment,
-and any specialisation whose binding failed.
+plain ``kernel[grid]`` path: Triton's interpreter, Triton before 3.4 (no ``triton.knobs``, whose
+launchers take other arguments), torch.compile tracing, a registered launch hook (profilers such as
+proton), kernel pre-run hooks, ``FUSEDBN_FAST_LAUNCH=0`` in the environment when the launcher is
+made (at import), and any specialisation whose binding failed. A binding or direct launch that
+raises is reported once per kernel (a RuntimeWarning naming the kernel and the error); that
+specialisation then keeps Triton's path.
 """
 
+import operator
 import os
+import warnings
 from dataclasses import dataclass
+from functools import reduce
+from operator import or_
 from typing import Any
 
 import torch
 import triton
+from torch import Tensor
 from triton.runtime.jit import JITFunction
 
 FAST_LAUNCH_ENV = "FUSEDBN_FAST_LAUNCH"
+_dtype_of = operator.attrgetter("dtype")
+# Specialisations kept per kernel by default; past that, the one bound first is dropped (and bound
+# again if it comes back).
+MAX_SPECIALISATIONS = 256
 
 
 def fast_launch_enabled() -> bool:
@@ -41,9 +55,10 @@ def fast_launch_enabled() -> bool:
 def launch_hooks_registered() -> bool:
     """True when Triton has a launch hook to call (HookChain objects with calls, or older hooks)."""
     runtime = triton.knobs.runtime
-    return any(
-        hook is not None and bool(getattr(hook, "calls", True))
-        for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook)
+    enter, exit_hook = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return bool(
+        (enter is not None and getattr(enter, "calls", True))
+        or (exit_hook is not None and getattr(exit_hook, "calls", True))
     )
 
 
@@ -63,6 +78,20 @@ def specialization(args: tuple[Any, ...]) -> tuple[Any, ...]:
         else:
             key.append((arg.dtype, arg.data_ptr() % 16 == 0))
     return tuple(key)
+
+
+def argument_layout(args: tuple[Any, ...]) -> tuple[int, int] | None:
+    """(tensors, ints) when ``args`` are that many tensors, then that many ints and bools, then
+    floats only (the order of every fusedbn kernel's parameters); else None."""
+    tensors = 0
+    while tensors < len(args) and isinstance(args[tensors], Tensor):
+        tensors += 1
+    end = tensors
+    while end < len(args) and type(args[end]) in (int, bool):
+        end += 1
+    if not all(type(arg) is float for arg in args[end:]):
+        return None
+    return tensors, end - tensors
 
 
 @dataclass(frozen=True)
@@ -107,50 +136,101 @@ def bind(kernel: JITFunction, compiled: Any, args: tuple[Any, ...], kwargs: dict
     )
 
 
-_NOT_BOUND = object()
-
-
 class KernelLauncher:
-    """``launcher(grid, *args, **constexprs)`` launches ``kernel`` like ``kernel[grid](...)``."""
+    """``launcher(grid, *args, **constexprs)`` launches ``kernel`` like ``kernel[grid](...)``.
 
-    def __init__(self, kernel: Any) -> None:
+    ``fast``: whether the direct path may be used at all (default: the environment's choice, read
+    here, once); ``max_specialisations``: how many bindings are kept.
+    """
+
+    def __init__(
+        self, kernel: Any, fast: bool | None = None, max_specialisations: int = MAX_SPECIALISATIONS
+    ) -> None:
         self.kernel = kernel
-        # Under TRITON_INTERPRET the kernel is an InterpretedFunction: nothing to bind.
-        self.compiled = isinstance(kernel, JITFunction)
-        self.bound: dict[tuple[Any, ...], BoundKernel | None] = {}
-
-    def fast_path_allowed(self) -> bool:
-        return (
-            self.compiled
-            and fast_launch_enabled()
-            and not torch.compiler.is_compiling()
-            and not launch_hooks_registered()
-            and not self.kernel.pre_run_hooks
+        self.name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
+        # Under TRITON_INTERPRET the kernel is an InterpretedFunction: nothing to bind. The launch
+        # hooks and the launcher arguments the direct path follows are those of the Triton versions
+        # with triton.knobs (3.4 and later).
+        self.fast = (
+            isinstance(kernel, JITFunction)
+            and hasattr(triton, "knobs")
+            and (fast_launch_enabled() if fast is None else fast)
         )
+        self.max_specialisations = max_specialisations
+        self.bound: dict[tuple[Any, ...], BoundKernel | None] = {}
+        # (tensors, ints) leading the positional arguments, learned on the first binding.
+        self.layout: tuple[int, int] | None = None
+        self.warned = False
+
+    def key(self, device: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """The specialisation key of a call (may raise AttributeError or TypeError: not keyable)."""
+        if self.layout is None:
+            return (device, specialization(args), tuple(kwargs.items()))
+        # The leading tensors' dtypes and alignment (all aligned, the usual case, or which are),
+        # the ints by value; the floats after them are floats by the argument layout.
+        count, ints = self.layout
+        tensors = args[:count]
+        if reduce(or_, map(Tensor.data_ptr, tensors)) % 16:
+            aligned = tuple([pointer % 16 == 0 for pointer in map(Tensor.data_ptr, tensors)])
+        else:
+            aligned = True
+        dtypes = tuple(map(_dtype_of, tensors))
+        return (device, dtypes, aligned, args[count:count + ints], *kwargs, *kwargs.values())
 
     def __call__(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-        if not self.fast_path_allowed():
+        if not (
+            self.fast
+            and not torch.compiler.is_compiling()
+            and not launch_hooks_registered()
+            and not getattr(self.kernel, "pre_run_hooks", None)
+        ):
             self.kernel[grid](*args, **kwargs)
             return
         driver = triton.runtime.driver.active
         device = driver.get_current_device()
         try:
-            key = (device, specialization(args), *kwargs.items())
-            bound = self.bound.get(key, _NOT_BOUND)
+            key = self.key(device, args, kwargs)
+            bound = self.bound.get(key, self)
         except (AttributeError, TypeError):  # an argument Triton accepts but this key cannot hold
             bound = None
-        if bound is _NOT_BOUND:  # first call of this specialisation: launch through Triton, bind
+        if bound is self:  # first call of this specialisation: launch through Triton, then bind
             compiled = self.kernel[grid](*args, **kwargs)
-            try:
-                self.bound[key] = bind(self.kernel, compiled, args, kwargs)
-            except Exception:  # binding failed: this specialisation keeps the plain path
-                self.bound[key] = None
+            self._remember(device, compiled, args, kwargs)
             return
         if bound is None:
             self.kernel[grid](*args, **kwargs)
             return
         try:
             bound.launch(grid, driver.get_current_stream(device), args)
-        except Exception:  # the launcher refused the call, so nothing ran: take the plain path
+        except Exception as error:  # the launcher refused the call, so nothing ran: Triton's path
+            self._report(error, "launching it directly")
             self.bound[key] = None
             self.kernel[grid](*args, **kwargs)
+
+    def _remember(self, device: Any, compiled: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Keep the binding of ``compiled`` for later calls like this one (None: Triton's path)."""
+        try:
+            bound = bind(self.kernel, compiled, args, kwargs)
+        except Exception as error:
+            self._report(error, "binding it")
+            bound = None
+        layout = argument_layout(args)
+        if self.layout is None and layout is not None:
+            self.layout = layout  # keys take the quicker form from now on
+            self.bound.clear()
+        elif layout != self.layout:
+            return  # arguments laid out otherwise than the quick key expects: never kept
+        if len(self.bound) >= self.max_specialisations:
+            del self.bound[next(iter(self.bound))]
+        self.bound[self.key(device, args, kwargs)] = bound
+
+    def _report(self, error: Exception, doing: str) -> None:
+        """Warn, once per kernel, that a direct launch failed and Triton's path is taken instead."""
+        if not self.warned:
+            self.warned = True
+            warnings.warn(
+                f"fusedbn: {doing} failed for kernel {self.name} ({type(error).__name__}: {error}); "
+                "that specialisation takes Triton's launch path from now on",
+                RuntimeWarning,
+                stacklevel=3,
+            )

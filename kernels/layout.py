@@ -12,6 +12,7 @@ strided view whose reduction dims fold into two this way is read in place.
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import itertools
 import math
@@ -172,6 +173,13 @@ class LaunchLimits:
     # tests so that the number of splits is the same on the CPU and on any GPU.
     multiprocessors: int | None = None
 
+    def __post_init__(self) -> None:
+        # Hashed on every call (the plan cache's key): computed once.
+        object.__setattr__(self, "_hash", hash(dataclasses.astuple(self)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
 
 _LIMITS: contextvars.ContextVar[LaunchLimits] = contextvars.ContextVar(
     "fusedbn_launch_limits", default=LaunchLimits()  # noqa: B039 (a frozen dataclass)
@@ -292,15 +300,34 @@ def _choose_launch(
 
 @dataclass(frozen=True)
 class Plan:
-    """How one BatchNorm call runs: how its input folds, and the launch; reused by its backward."""
+    """How a BatchNorm runs on inputs of one shape, strides, dtype and device, under one set of limits.
+
+    Made once per such input (``plan_batch_norm`` caches it) and reused by the call's backward: how
+    the input folds, the launch, and the strides every launch of the call passes.
+    """
 
     view: ChannelView
     copy_format: torch.memory_format | None  # the layout x is copied to first, None: read in place
     launch: Launch
+    stats_dtype: torch.dtype  # of mean, invstd and the parameter gradients (accumulator_dtype)
+    x_strides: tuple[int, int, int]  # of x as the kernels read it (after the copy, if any)
+    # The folded strides of y = torch.empty_like(x), which a residual, dy, grad_input and
+    # grad_residual share, and y's own strides (a residual or dy with these is read in place).
+    y_strides: tuple[int, int, int]
+    y_stride: tuple[int, ...]
+    mask_strides: tuple[int, int, int]  # of relu_mask_like(x); (0, 0, 0) without a fused ReLU
+    empty: bool  # no element to normalise: the launchers return at once
+    # The ALIGN constexprs of tile_offsets (vector_alignment) for the tensors read with x_strides,
+    # y_strides (y, a residual, dy, grad_input, grad_residual) and mask_strides (1 without a ReLU).
+    # They depend on strides and extents only; a data pointer's own alignment is Triton's to see
+    # (it specialises every pointer on 16-byte alignment).
+    x_align: int
+    y_align: int
+    mask_align: int
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (of the planned shape and strides) as the kernels read it, as fold_input folds it."""
-        return _copy_to(x, self.copy_format)
+        return x if self.copy_format is None else x.contiguous(memory_format=self.copy_format)
 
 
 def plan_batch_norm(
@@ -309,14 +336,15 @@ def plan_batch_norm(
     """``x`` folded as fold_input folds it, and the Plan of a BatchNorm of it.
 
     ``relu``: with a fused ReLU, whose packed mask needs inner tiles of at least 8. ``limits``
-    defaults to current_limits().
+    defaults to current_limits(). Plans are cached by shape, strides, dtype, device, ``relu`` and
+    limits (the last ``PLAN_CACHE_SIZE`` of them); the same arguments give the same Plan object.
     """
-    view, copy_format = _fold(x)
-    x = _copy_to(x, copy_format)
-    return x, Plan(view, copy_format, choose_launch(view, x, 8 if relu else 1, limits))
+    plan = _cached_plan(x.shape, x.stride(), x.dtype, x.device, relu, limits or _LIMITS.get())
+    return plan.fold(x), plan
 
 
-# The widest global access one thread makes (128 bits); alignment beyond it buys nothing.
+# The widest global access one thread makes (128 bits): alignment beyond it buys nothing, and would
+# only make more specialisations to compile.
 WIDEST_ACCESS_BYTES = 16
 
 
@@ -331,7 +359,8 @@ def vector_alignment(
     divides the other two strides and the extent of the vectorised dim: every row of that dim then
     starts at a multiple of it, and its bounds mask is constant over that many elements. ``bits`` is
     the elements per stored element along the inner dim: 8 for the packed ReLU mask, whose rows hold
-    ceil(n_inner / 8) bytes.
+    ceil(n_inner / 8) bytes. The result is a fact about element offsets whatever the dtype; the
+    ``itemsize`` only caps it (a residual of a wider dtype than y's shares y's value).
     """
     stride_outer, stride_c, stride_inner = strides
     if launch.block_c > 1:
@@ -344,20 +373,63 @@ def vector_alignment(
     return min(common & -common, limit) if common else limit
 
 
-# Channels per program of the finalize kernels, which read the [splits, C] partial sums.
+def clear_plans() -> None:
+    """Forget every cached Plan (the next call of each kind plans anew)."""
+    _cached_plan.cache_clear()
+
+
+PLAN_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=PLAN_CACHE_SIZE)
+def _cached_plan(
+    shape: torch.Size,
+    strides: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    relu: bool,
+    limits: LaunchLimits,
+) -> Plan:
+    view, copy_format = _fold_plan.__wrapped__(tuple(shape), tuple(strides))
+    x = _copy_to(torch.empty_strided(shape, strides, dtype=dtype, device="meta"), copy_format)
+    if limits.multiprocessors is None:  # x is on the meta device: the count of the real one
+        limits = dataclasses.replace(limits, multiprocessors=_multiprocessors(device))
+    launch = choose_launch(view, x, 8 if relu else 1, limits)
+    y = torch.empty_like(x)
+    x_strides = view.strides(x)
+    y_strides = view.strides_like(y, x, x_strides)
+    mask_strides = relu_mask_like(x, view).stride() if relu else (0, 0, 0)
+    itemsize = x.element_size()
+    return Plan(
+        view=view,
+        copy_format=copy_format,
+        launch=launch,
+        stats_dtype=accumulator_dtype(dtype),
+        x_strides=x_strides,
+        y_strides=y_strides,
+        y_stride=y.stride(),
+        mask_strides=mask_strides,
+        empty=x.numel() == 0,
+        x_align=vector_alignment(x_strides, view, launch, itemsize),
+        y_align=vector_alignment(y_strides, view, launch, itemsize),
+        mask_align=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
+    )
+
+
+# Channels per program of finalize_moments_kernel (synchronized BatchNorm's separate finalize),
+# which reads the [splits, C] partials of every process.
 FINALIZE_BLOCK_C = 32
 
 
 def finalize_grid(num_channels: int) -> tuple[int]:
-    """The finalize kernels' grid: one program per FINALIZE_BLOCK_C channels.
+    """The finalize kernel's grid: one program per FINALIZE_BLOCK_C channels.
 
     (Integer arithmetic: triton.cdiv is a jit function whose Python call costs microseconds.)
     """
     return ((num_channels + FINALIZE_BLOCK_C - 1) // FINALIZE_BLOCK_C,)
 
 
-def finalize_block_splits(num_splits: int, itemsize: int) -> int:
-    """Splits a finalize program reads at once: all of them up to 128 (64 for the 64-bit partials
-    of float64 input: finalize_moments_kernel's [128, FINALIZE_BLOCK_C] blocks of them need more
-    than 255 registers a thread and spill on sm_90 and sm_100)."""
-    return min(_pow2(num_splits), 64 if itemsize == 8 else 128)
+def finalize_block_splits(num_splits: int) -> int:
+    """Splits a finalize program reads at once: all of them up to 64 (a [64, 32] block of four
+    partials and three running summaries per row fits 8 warps' registers in float64)."""
+    return min(_pow2(num_splits), 64)

@@ -1,17 +1,70 @@
 #!/usr/bin/env bash
-# Install what fusedbn needs into the current Python environment.
-# - No torch yet: the CPU build of torch 2.13.0 (an unpinned torch would pull a multi-GB CUDA build).
-#   An existing torch (a CUDA build, say) is left alone.
-# - Then fusedbn itself, editable, with the "test" extra: the core (torch, triton), the harnesses'
-#   extras ("tune": optuna, scikit-learn, ...; "bench": matplotlib; "postgres") and the test tools,
-#   which is what both `make tune` and `make test` need.
+# Install what fusedbn needs into the current Python environment ($PYTHON, default python3):
+# torch 2.13.0 as chosen below, then fusedbn itself, editable, with the "test" extra: the core
+# (torch, triton), the harnesses' extras ("tune": optuna, scikit-learn, ...; "bench": matplotlib;
+# "postgres") and the test tools, which is what both `make tune` and `make test` need.
+#
+# Which torch (option --torch, or the environment variable FUSEDBN_TORCH; `make tune FUSEDBN_TORCH=cuda`):
+#   auto (default)  keep an installed torch, whatever its build; without one, install the CPU build
+#   cpu             install the CPU build of torch 2.13.0 (a 190 MB download), replacing another build
+#   cuda            install torch 2.13.0 from PyPI, which on Linux is the CUDA build: with its nvidia-*
+#                   packages several GB (a CUDA 13 build of torch measured 5.4 GB and 503 s to install)
+# The CPU build is taken from where pip finds "torch==2.13.0+cpu" (a local wheel, a configured index),
+# else from PyTorch's CPU index. --dry-run prints the pip commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+choice=${FUSEDBN_TORCH:-auto}
+dry_run=0
+TORCH_VERSION=2.13.0
+CPU_INDEX=https://download.pytorch.org/whl/cpu
 
-if ! "$python" -c "import torch" 2>/dev/null; then
-    echo "setup: installing the CPU build of torch 2.13.0" >&2
-    "$python" -m pip install --quiet torch==2.13.0
+usage="usage: scripts/setup.sh [--torch auto|cpu|cuda] [--dry-run]"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --torch) choice=${2:-}; shift 2 || { echo "$usage" >&2; exit 2; } ;;
+        --torch=*) choice=${1#--torch=}; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        -h|--help) echo "$usage"; exit 0 ;;
+        *) echo "setup: unknown option $1; $usage" >&2; exit 2 ;;
+    esac
+done
+case "$choice" in
+    auto|cpu|cuda) ;;
+    *) echo "setup: unknown torch choice '$choice' (FUSEDBN_TORCH or --torch): use auto, cpu or cuda" >&2; exit 2 ;;
+esac
+
+run() {
+    if [ "$dry_run" = 1 ]; then echo "$*"; else "$@"; fi
+}
+
+install_cpu_torch() {
+    echo "setup: installing the CPU build of torch $TORCH_VERSION" >&2
+    if [ "$dry_run" = 1 ]; then
+        echo "$python -m pip install --quiet torch==$TORCH_VERSION+cpu"
+        echo "  (if that finds none: $python -m pip install --quiet torch==$TORCH_VERSION+cpu --index-url $CPU_INDEX)"
+    elif ! "$python" -m pip install --quiet "torch==$TORCH_VERSION+cpu" 2>/dev/null; then
+        "$python" -m pip install --quiet "torch==$TORCH_VERSION+cpu" --index-url "$CPU_INDEX"
+    fi
+}
+
+case "$choice" in
+    auto)
+        if "$python" -c "import torch" 2>/dev/null; then
+            echo "setup: keeping the installed torch (--torch cpu or cuda replaces it)" >&2
+        else
+            install_cpu_torch
+        fi ;;
+    cpu) install_cpu_torch ;;
+    cuda)
+        echo "setup: installing torch $TORCH_VERSION from PyPI, the CUDA build: several GB" >&2
+        # A CPU build of the same version would satisfy torch==VERSION: take it out first.
+        if "$python" -c "import sys, torch; sys.exit(torch.version.cuda is not None)" 2>/dev/null; then
+            run "$python" -m pip uninstall --quiet --yes torch
+        fi
+        run "$python" -m pip install --quiet "torch==$TORCH_VERSION" ;;
+esac
+run "$python" -m pip install --quiet -e ".[test]"
+if [ "$dry_run" = 0 ]; then
+    "$python" -c "import fusedbn, torch, triton; print(f'setup: fusedbn {fusedbn.__version__}, torch {torch.__version__} (CUDA {torch.version.cuda or \"none: CPU build\"}), triton {triton.__version__}')" >&2
 fi
-"$python" -m pip install --quiet -e ".[test]"
-"$python" -c "import fusedbn, torch, triton; print(f'setup: fusedbn {fusedbn.__version__}, torch {torch.__version__}, triton {triton.__version__}')" >&2

@@ -118,6 +118,7 @@ def _force_path(monkeypatch, name: str) -> Iterator[LaunchPath]:
         return launch
 
     monkeypatch.setattr(layout, "choose_launch", recording_choose_launch)
+    layout.clear_plans()  # plans are cached: every one the test uses is chosen (and recorded) anew
     with layout.launch_limits(PATH_LIMITS[name]):
         yield path
 

@@ -199,6 +199,31 @@ def test_running_stats_with_tangents(training, device):
         assert outcomes["fused"] == outcomes["torch"]
 
 
+@pytest.mark.parametrize("module", [False, True], ids=["functional", "module"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_running_stats_with_tangents_and_an_input_without(training, module, device):
+    """torch raises only when the input (or an affine parameter) carries a tangent too: running
+    statistics with tangents and a plain input give an output without a tangent, in training and
+    in eval (PyTorch's test_nn does this with BatchNorm's modules)."""
+    x = torch.randn(6, 3, 4, dtype=torch.float64, device=device)
+    outcomes = {}
+    for name, cls in (("fused", fusedbn.FusedBatchNorm1d), ("torch", torch.nn.BatchNorm1d)):
+        bn = cls(3, dtype=torch.float64, device=device).train(training)
+        with fwAD.dual_level():
+            running = [fwAD.make_dual(t.clone(), torch.ones_like(t))
+                       for t in (bn.running_mean, bn.running_var)]
+            if module:
+                bn.running_mean, bn.running_var = running
+                y = bn(x)
+            else:
+                y = (fused_batch_norm if name == "fused" else F.batch_norm)(
+                    x, *running, bn.weight, bn.bias, training, 0.1, 1e-5
+                )
+            outcomes[name] = (fwAD.unpack_dual(y).tangent, y.detach().clone())
+    assert outcomes["fused"][0] is None and outcomes["torch"][0] is None
+    torch.testing.assert_close(outcomes["fused"][1], outcomes["torch"][1], rtol=1e-10, atol=1e-10)
+
+
 def test_first_order_backward_still_runs_the_kernels(device, monkeypatch):
     """Without create_graph the backward is the kernels' (the differentiable path is not used)."""
     from fusedbn import autograd
@@ -247,3 +272,64 @@ def test_synchronized_batch_norm_refuses_gradients_of_gradients(tmp_path, device
         torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-4)
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# The lean call path: what the Function keeps, and what it does not do again
+# ----------------------------------------------------------------------------------------------
+
+
+def test_eager_functions_have_no_setup_context():
+    """Function.apply binds the arguments with inspect on every call when setup_context is
+    defined; the eager and compiled Functions take ctx in forward instead."""
+    from fusedbn import autograd
+
+    base = torch.autograd.Function.setup_context
+    assert autograd.FusedBatchNormFunction.setup_context is base
+    assert autograd.ForwardADBatchNormFunction.setup_context is base
+
+
+@pytest.mark.parametrize("layout", ["foldable", "copied"])
+def test_saved_tensors_and_the_plan_serve_the_backward(layout, device, monkeypatch):
+    """The input as given (its graph serves gradients of gradients), the copy the kernels read when
+    it does not fold in place, and no second plan in the backward."""
+    from fusedbn import autograd
+
+    base = torch.randn(4, 3, 7, 8, device=device)
+    x = (base if layout == "foldable" else base[:, :, 1:-1, 1:-1]).requires_grad_()
+    weight = torch.rand(3, device=device, requires_grad=True)
+    plans = []
+    original = autograd.plan_batch_norm
+
+    def counting_plan(*args, **kwargs):
+        plans.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(autograd, "plan_batch_norm", counting_plan)
+    y = fused_batch_norm(x, None, None, weight, None, True)
+    saved = y.grad_fn.saved_tensors
+    assert saved[0] is x and saved[1] is weight and saved[2] is None
+    folded = saved[6]
+    if layout == "foldable":
+        assert folded is None
+    else:
+        assert folded.is_contiguous() and torch.equal(folded, x.detach())
+    assert saved[5] is None  # no ReLU mask without a ReLU
+    y.backward(torch.randn_like(y))
+    assert len(plans) == 1, "the backward planned again"
+    expected = F.batch_norm(x.detach(), None, None, weight.detach(), None, True)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_nothing_to_differentiate_runs_no_function(device):
+    x = torch.randn(4, 3, 5, device=device)
+    running = (torch.zeros(3, device=device), torch.ones(3, device=device))
+    weight = torch.rand(3, device=device, requires_grad=True)
+    with torch.no_grad():
+        y = fused_batch_norm(x, *running, weight, None, False)
+    assert y.grad_fn is None and not y.requires_grad
+    torch.testing.assert_close(
+        y, F.batch_norm(x, *running, weight.detach(), None, False), rtol=1e-5, atol=1e-5
+    )
+    assert fused_batch_norm(x, *running, weight, None, False).grad_fn is not None
+    assert fused_batch_norm(x, *running, weight.detach(), None, True).grad_fn is None

@@ -43,8 +43,9 @@ def test_subcommand_help_is_the_subcommand_module_s(name, capsys):
 
 @pytest.fixture
 def subcommand_modules(tmp_path, monkeypatch):
-    """Three throwaway subcommand modules: one that works, one whose third-party dependency is
-    missing, one that imports a fusedbn module that does not exist (a bug, not a missing extra)."""
+    """Four throwaway subcommand modules: one that works, one that Ctrl-C stops, one whose
+    third-party dependency is missing, one that imports a fusedbn module that does not exist (a bug,
+    not a missing extra)."""
     works = '''
         """Echo the --value option."""
         def add_arguments(parser):
@@ -54,6 +55,7 @@ def subcommand_modules(tmp_path, monkeypatch):
             return args.value
     '''
     files = {
+        "cli_test_interrupted": "def add_arguments(parser): pass\ndef run(args): raise KeyboardInterrupt\n",
         "cli_test_works": works,
         "cli_test_needs_extra": "import fusedbn_no_such_dependency\n" + textwrap.dedent(works),
         "cli_test_broken": "import fusedbn.no_such_module\n" + textwrap.dedent(works),
@@ -62,6 +64,7 @@ def subcommand_modules(tmp_path, monkeypatch):
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(text))
     monkeypatch.syspath_prepend(str(tmp_path))
     yield {
+        "interrupted": cli.Subcommand(module="cli_test_interrupted", extra="one", help="Ctrl-C"),
         "works": cli.Subcommand(module="cli_test_works", extra="one", help="works"),
         "needs": cli.Subcommand(module="cli_test_needs_extra", extra="two", help="needs an extra"),
         "broken": cli.Subcommand(module="cli_test_broken", extra="three", help="broken"),
@@ -76,7 +79,32 @@ def test_a_subcommand_parses_its_own_options_and_returns_its_exit_code(subcomman
     with pytest.raises(SystemExit) as stop:
         cli.main(["works", "--value", "x"], subcommand_modules)
     assert stop.value.code == 2
-    assert "usage: fusedbn works" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "fusedbn works: error: argument --value: invalid int value: 'x' (see fusedbn works --help)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["works"], "fusedbn works: error: the following arguments are required: --value"),
+        (["works", "--value", "1", "--extra"], "fusedbn works: error: unrecognized arguments: --extra"),
+        (["nothing"], "fusedbn: error: argument COMMAND: invalid choice: 'nothing'"),
+        ([], "fusedbn: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_code_2(subcommand_modules, capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv, subcommand_modules)
+    assert stop.value.code == 2
+    errors = capsys.readouterr().err
+    assert errors.startswith(message) and len(errors.splitlines()) == 1, errors
+
+
+def test_ctrl_c_in_a_subcommand_is_one_line_and_exit_code_130(subcommand_modules, capsys):
+    assert cli.main(["interrupted"], subcommand_modules) == cli.INTERRUPTED_EXIT_CODE == 130
+    captured = capsys.readouterr()
+    assert captured.err == "fusedbn interrupted: interrupted\n" and captured.out == ""
 
 
 def test_a_missing_extra_is_one_line_naming_it_and_exit_code_2(subcommand_modules, capsys):
@@ -84,7 +112,7 @@ def test_a_missing_extra_is_one_line_naming_it_and_exit_code_2(subcommand_module
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        "fusedbn needs needs the 'two' extra: pip install 'fusedbn[two]' "
+        "fusedbn needs needs the 'two' extra: pip install '.[two]' in a clone of fusedbn "
         "(no module named 'fusedbn_no_such_dependency')\n"
     )
 
@@ -125,6 +153,6 @@ def test_tune_without_optuna_names_the_tune_extra(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env
     )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("fusedbn tune needs the 'tune' extra: pip install 'fusedbn[tune]'")
+    assert result.stderr.startswith("fusedbn tune needs the 'tune' extra: pip install '.[tune]' in a clone")
     assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()

@@ -62,6 +62,29 @@ def test_empty_batch_counts_in_module(device):
         assert torch.equal(ours.state_dict()[key], value), key
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("input_dtype,module_dtype", [(torch.float64, torch.float32),
+                                                      (torch.float32, torch.float64)], ids=str)
+def test_empty_batch_of_another_dtype_than_the_module(input_dtype, module_dtype, training, device):
+    """torch returns an empty output (of the input's dtype) and zero gradients for an empty batch
+    before any dtype check; so does fusedbn (PyTorch's own test_nn tries a 0x3x2x2 float64 batch
+    through a float32 BatchNorm2d)."""
+    results = {}
+    for name, cls in (("fused", fusedbn.FusedBatchNorm2d), ("torch", torch.nn.BatchNorm2d)):
+        module = cls(3).to(device=device, dtype=module_dtype).train(training)
+        x = torch.empty(0, 3, 2, 2, device=device, dtype=input_dtype, requires_grad=True)
+        y = module(x)
+        y.sum().backward()
+        results[name] = (y, x.grad, module.weight.grad, module.bias.grad, module.state_dict())
+    ours, theirs = results["fused"], results["torch"]
+    for actual, expected in zip(ours[:4], theirs[:4], strict=True):
+        assert actual.shape == expected.shape and actual.dtype == expected.dtype
+        assert torch.equal(actual, expected)
+    assert ours[0].dtype == input_dtype and not ours[2].any()
+    for key, value in theirs[4].items():
+        assert torch.equal(ours[4][key], value), key
+
+
 def poisoned_input(shape, layout, value, device, seed):
     """Random input with ``value`` (NaN or inf) at one element of channel 1."""
     x, _ = make_input(shape, layout, torch.float64, device, seed=seed)

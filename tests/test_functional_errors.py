@@ -11,6 +11,7 @@ from conftest import (
 )
 
 from fusedbn import fused_batch_norm
+from fusedbn.functional import check_batch_norm_args, usual_call
 
 
 def _state(device):
@@ -173,3 +174,55 @@ def test_momentum_none_needs_num_batches_tracked(training, device):
     with pytest.raises(TypeError, match="num_batches_tracked"):
         fused_batch_norm(x, running_mean, running_var, weight, bias, training, None)
     assert torch.equal(running_mean, before[0]) and torch.equal(running_var, before[1])
+
+
+def _usual(state):
+    return usual_call(
+        state["input"], state["running_mean"], state["running_var"], state["weight"],
+        state["bias"], state["training"], state["eps"], state["num_batches_tracked"],
+        state.get("residual"), state.get("activation"),
+    )
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_the_quick_check_never_passes_a_bad_call(case, device):
+    """Every call the full diagnosis rejects fails the quick check, so it reaches the diagnosis."""
+    error, _, corrupt = BAD_CALLS[case]
+    state = _state(device)
+    assert _usual(state)
+    corrupt(state)
+    assert not _usual(state)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s.update(weight=torch.rand(10, device=s["input"].device)[::2]),  # strided
+        lambda s: s.update(running_mean=None, running_var=None, training=False),
+        lambda s: s.update(running_var=None),
+        lambda s: s.update(bias=s["bias"].double()),
+        lambda s: s.update(input=s["input"].half()),  # float32 parameters: allowed
+        lambda s: s.update(input=s["input"].double()),
+        lambda s: s.update(input=s["input"][:0]),  # empty: no dtype rule
+        lambda s: s.update(num_batches_tracked=torch.tensor([1, 2], device=s["input"].device)),
+        lambda s: s.update(residual=s["input"][:, :2]),
+        lambda s: s.update(residual=s["input"].long()),
+        lambda s: s.update(activation="gelu"),
+        lambda s: s.update(training=False, eps=0.0),
+        lambda s: s.update(training=False, eps=-1.0),
+        lambda s: s.update(input=torch.empty(5, 0, 3, device=s["input"].device), weight=None,
+                           bias=None, running_mean=None, running_var=None),
+    ],
+)
+def test_the_quick_check_passes_only_what_the_full_check_passes(change, device):
+    state = _state(device)
+    change(state)
+    usual = _usual(state)
+    try:
+        check_batch_norm_args(
+            state["input"], state["running_mean"], state["running_var"], state["weight"],
+            state["bias"], state["training"], state["eps"], state["num_batches_tracked"],
+            state.get("residual"), state.get("activation"),
+        )
+    except (TypeError, ValueError, RuntimeError):
+        assert not usual

@@ -17,6 +17,7 @@ from conftest import (
 from fusedbn import fused_batch_norm
 from fusedbn.kernels import backward as backward_kernels
 from fusedbn.kernels import forward as forward_kernels
+from fusedbn.kernels.launcher import KernelLauncher
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -85,4 +86,65 @@ def test_gradcheck(layout, training, launch_path, device):
         return fused_batch_norm(x, running_mean, running_var, weight, bias, training, 0.1, 1e-3)
 
     assert torch.autograd.gradcheck(fn, (x, weight, bias), fast_mode=launch_path.split)
+    launch_path.check()
+
+
+@pytest.mark.parametrize(
+    "dtype,param_dtype",
+    [(torch.float32, torch.float32), (torch.float16, torch.float32), (torch.float16, torch.float16)],
+    ids=str,
+)
+def test_eval_without_autograd(dtype, param_dtype, launch_path, monkeypatch, device, assert_close):
+    """Inference (no_grad, eval) keeps no statistics for a backward; every output element is still
+    written, from running statistics of the statistics' dtype or of another (half) one."""
+    monkeypatch.setattr(forward_kernels, "torch", _PoisonedTorch())
+    shape = SHAPES[4]
+    x, _ = make_input(shape, "channels_last", dtype, device, seed=97)
+    weight, bias, running_mean, running_var = params_for(shape[1], param_dtype, device, seed=98)
+    with torch.no_grad():
+        y = fused_batch_norm(x, running_mean, running_var, weight, bias, False, 0.1, 1e-5)
+    expected = reference(x, weight, bias, running_mean, running_var, False, 0.1, 1e-5)
+    assert y.grad_fn is None and y.dtype == dtype and torch.isfinite(y).all()
+    assert_close(y, expected["y"].to(dtype), dtype=dtype)
+    launch_path.check()
+
+
+# Kernel launches per direction: the split path finalizes in its partials kernel (tickets.py).
+LAUNCHES = {
+    ("single", True): (["whole_channel_forward_kernel"], ["whole_channel_backward_kernel"]),
+    ("whole", True): (["whole_channel_forward_kernel"], ["whole_channel_backward_kernel"]),
+    ("split", True): (
+        ["partial_moments_kernel", "apply_kernel"], ["partial_sums_kernel", "grad_input_kernel"]
+    ),
+    # Eval: one elementwise pass forward; backward sums dy and dy * xhat for grad_weight and
+    # grad_bias, then writes grad_input (one launch on the whole-channel paths).
+    ("single", False): (["apply_kernel"], ["whole_channel_backward_kernel"]),
+    ("whole", False): (["apply_kernel"], ["whole_channel_backward_kernel"]),
+    ("split", False): (["apply_kernel"], ["partial_sums_kernel", "grad_input_kernel"]),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_launches_per_direction(training, launch_path, monkeypatch, device):
+    launched = []
+    original = KernelLauncher.__call__
+
+    def recording_call(self, grid, *args, **kwargs):
+        launched.append(self.kernel.fn.__name__)
+        original(self, grid, *args, **kwargs)
+
+    monkeypatch.setattr(KernelLauncher, "__call__", recording_call)
+    shape = SHAPES[4]
+    x, _ = make_input(shape, "contiguous", torch.float32, device, seed=70, offset=2.0)
+    grad_output, _ = make_input(shape, "contiguous", torch.float32, device, seed=71)
+    weight, bias, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=72)
+    x.requires_grad_()
+    weight.requires_grad_()
+    bias.requires_grad_()
+    y = fused_batch_norm(x, running_mean, running_var, weight, bias, training, 0.1, 1e-5)
+    forward_launches = list(launched)
+    y.backward(grad_output)
+    expected_forward, expected_backward = LAUNCHES[launch_path.name, training]
+    assert forward_launches == expected_forward
+    assert launched[len(forward_launches):] == expected_backward
     launch_path.check()

@@ -4,7 +4,7 @@ The environment sees torch, triton and the packages they declare, and nothing el
 Python: the virtual environment has no system site-packages, and a .pth file adds a folder of links
 to exactly those distributions. pip installs the wheel there without an index, so the install
 succeeds only if fusedbn's own requirements are torch and triton; a harness's dependency (optuna,
-scikit-learn, matplotlib, ...) is then missing, as after a plain ``pip install fusedbn``.
+scikit-learn, matplotlib, ...) is then missing, as after a plain ``pip install .`` in a clone.
 """
 
 import importlib.metadata
@@ -148,7 +148,9 @@ def test_subcommand_without_its_extra_names_the_extra(core_env, tmp_path, comman
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"fusedbn {command} needs the '{extra}' extra: pip install 'fusedbn[{extra}]'")
+    assert lines[0].startswith(
+        f"fusedbn {command} needs the '{extra}' extra: pip install '.[{extra}]' in a clone of fusedbn"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -159,3 +161,17 @@ def test_version_names_fusedbn_torch_and_triton(core_env, tmp_path):
     result = _run([str(fusedbn), "--version"], cwd=tmp_path, env=_clean_env())
     expected = f"fusedbn {__version__} (torch {torch.__version__}, triton {triton.__version__})\n"
     assert result.stdout == expected
+
+
+@pytest.mark.parametrize("command", [["-c", "import fusedbn"], ["-m", "fusedbn.cli", "--version"]])
+def test_the_interpreter_without_numpy_is_one_clear_line(core_env, tmp_path, command):
+    """TRITON_INTERPRET=1 needs numpy, which a core install lacks: fusedbn says so instead of letting
+    Triton's import fail on a raw ModuleNotFoundError."""
+    env = _clean_env() | {"TRITON_INTERPRET": "1"}
+    result = subprocess.run([str(core_env), *command], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "ImportError: TRITON_INTERPRET=1 runs fusedbn's kernels under Triton's interpreter, which needs "
+        "numpy: pip install numpy, or unset TRITON_INTERPRET"
+    )
+    assert "ModuleNotFoundError" not in result.stderr

@@ -2,8 +2,9 @@
 ``fusedbn science`` the experiments on the tuning advice.
 
 Each subcommand lives in a module of its own, imported only when that subcommand runs, and needs an
-extra of the package (``pip install 'fusedbn[tune]'``, ``'fusedbn[bench]'``); without it the command
-says which extra to install and exits with code 2.
+extra of the package (``pip install '.[tune]'`` or ``'.[bench]'`` in a clone of fusedbn, which is not
+on PyPI); without it the command says which extra to install and exits with code 2. A bad option is
+one line on stderr and exit code 2; Ctrl-C ends a command with exit code 130 and no traceback.
 """
 
 import argparse
@@ -11,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import triton
@@ -18,6 +20,7 @@ import triton
 from fusedbn._version import __version__
 
 MISSING_EXTRA_EXIT_CODE = 2
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a process that Ctrl-C stopped
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,17 @@ def version_line() -> str:
     return f"fusedbn {__version__} (torch {torch.__version__}, triton {triton.__version__})"
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit code 2), pointing to --help
+    instead of printing the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _command_parser(subcommands: Mapping[str, Subcommand]) -> argparse.ArgumentParser:
     """The parser of ``fusedbn [--version] COMMAND ...``; a command's own options are parsed later."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="fusedbn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=version_line())
@@ -81,13 +92,18 @@ def main(argv: list[str] | None = None, subcommands: Mapping[str, Subcommand] = 
             raise
         print(
             f"fusedbn {args.command} needs the '{subcommand.extra}' extra: "
-            f"pip install 'fusedbn[{subcommand.extra}]' (no module named {error.name!r})",
+            f"pip install '.[{subcommand.extra}]' in a clone of fusedbn (no module named {error.name!r})",
             file=sys.stderr,
         )
         return MISSING_EXTRA_EXIT_CODE
-    parser = argparse.ArgumentParser(prog=f"fusedbn {args.command}", description=module.__doc__)
+    parser = OneLineErrorParser(prog=f"fusedbn {args.command}", description=module.__doc__)
     module.add_arguments(parser)
-    return module.run(parser.parse_args(rest))
+    options = parser.parse_args(rest)
+    try:
+        return module.run(options)
+    except KeyboardInterrupt:  # a subcommand that has more to say about Ctrl-C says it in run()
+        print(f"fusedbn {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
 
 
 if __name__ == "__main__":

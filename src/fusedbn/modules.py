@@ -5,11 +5,11 @@ from typing import Any
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fusedbn.functional import ACTIVATIONS, fused_batch_norm
+from fusedbn.functional import ACTIVATIONS, batch_norm
 
 
 class _FusedBatchNorm(_BatchNorm):
-    """torch's _BatchNorm with the forward routed through :func:`fusedbn.fused_batch_norm`.
+    """torch's _BatchNorm with the forward run by fusedbn's kernels, as :func:`fusedbn.fused_batch_norm`.
 
     Takes torch's constructor arguments, plus ``activation=None`` or ``"relu"`` to fuse a ReLU
     after the normalisation; ``forward(input, residual=None)`` adds ``residual`` before it.
@@ -39,37 +39,24 @@ class _FusedBatchNorm(_BatchNorm):
 
     def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
         self._check_input_dim(input)
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        # Running statistics are passed when they normalise (eval) or are updated (training).
-        pass_running = not self.training or self.track_running_stats
-        running_mean = self.running_mean if pass_running else None
-        running_var = self.running_var if pass_running else None
-        num_batches_tracked = (
-            self.num_batches_tracked if self.training and self.track_running_stats else None
-        )
-        # As in torch: momentum None is the cumulative average of the batches counted, and a
-        # factor of 0 where no running statistic is updated.
-        momentum = self.momentum
-        if momentum is None and num_batches_tracked is None:
-            momentum = 0.0
-        return fused_batch_norm(
-            input,
-            running_mean,
-            running_var,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            momentum,
-            self.eps,
-            num_batches_tracked=num_batches_tracked,
-            residual=residual,
-            activation=self.activation,
-            **self._synchronization(),
+        training = self.training
+        running_mean, running_var = self.running_mean, self.running_var
+        # As in torch: batch statistics in training or without running statistics; the running
+        # statistics are passed when they normalise (eval) or are updated (training, tracked), and
+        # num_batches_tracked is counted in tracked training.
+        use_batch_stats = training or (running_mean is None and running_var is None)
+        tracked = training and self.track_running_stats
+        if training and not tracked:
+            running_mean = running_var = None
+        return batch_norm(
+            input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
+            self.momentum, self.eps, self.num_batches_tracked if tracked else None, residual,
+            self.activation, *self._synchronization(),
         )
 
-    def _synchronization(self) -> dict[str, Any]:
-        """Keyword arguments that synchronize the statistics across processes (none here)."""
-        return {}
+    def _synchronization(self) -> tuple[bool, Any]:
+        """Whether to synchronize the statistics across processes, and over which group (no)."""
+        return False, None
 
 
 class FusedBatchNorm1d(_FusedBatchNorm):

@@ -11,8 +11,9 @@ from torch import Tensor
 
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.kernels.backward import allocate_backward_outputs
+from fusedbn.kernels.call import BatchNormCall
 from fusedbn.kernels.forward import allocate_forward_outputs
-from fusedbn.kernels.layout import fold_input
+from fusedbn.kernels.layout import fold_input, plan_batch_norm
 
 
 @torch.library.custom_op("fusedbn::batch_norm_forward", mutates_args=("running_mean", "running_var"))
@@ -29,17 +30,31 @@ def forward_op(
     residual: Tensor | None,
     relu: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """BatchNorm forward (+ residual, + ReLU); returns (output, mean, invstd, relu_mask)."""
-    return batch_norm_forward(
-        input, weight, bias, running_mean, running_var, num_batches_tracked,
-        use_batch_stats, momentum, eps, residual, relu,
+    """BatchNorm forward (+ residual, + ReLU); returns (output, mean, invstd, relu_mask).
+
+    The arguments are BatchNormCall's, flat (``num_batches_tracked`` only for the cumulative
+    average); relu_mask is empty without a ReLU.
+    """
+    x, plan = plan_batch_norm(input, relu)
+    call = BatchNormCall(
+        use_batch_stats, running_mean, running_var, num_batches_tracked, momentum, eps, relu
     )
+    return _with_empty_relu_mask(*batch_norm_forward(x, plan, call, weight, bias, residual))
+
+
+def _with_empty_relu_mask(
+    y: Tensor, mean: Tensor, invstd: Tensor, relu_mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    # A custom operator returns tensors: no relu_mask is an empty one.
+    if relu_mask is None:
+        relu_mask = torch.empty(0, dtype=torch.uint8, device=y.device)
+    return y, mean, invstd, relu_mask
 
 
 @forward_op.register_fake
 def _forward_fake(input, weight, bias, running_mean, running_var, num_batches_tracked,
                   use_batch_stats, momentum, eps, residual, relu):
-    return allocate_forward_outputs(*fold_input(input), relu)
+    return _with_empty_relu_mask(*allocate_forward_outputs(*fold_input(input), relu))
 
 
 @torch.library.custom_op("fusedbn::batch_norm_backward", mutates_args=())
@@ -58,8 +73,9 @@ def backward_op(
 
     grad_residual is only computed with a ReLU mask and need_grad_residual (else it is empty).
     """
+    x, plan = plan_batch_norm(input, relu_mask is not None)
     return _with_empty_grad_residual(*batch_norm_backward(
-        grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads,
+        grad_output, x, plan, weight, mean, invstd, use_batch_stats, need_param_grads,
         relu_mask, need_grad_residual,
     ))
 

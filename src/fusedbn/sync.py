@@ -39,14 +39,14 @@ class FusedSyncBatchNorm(_FusedBatchNorm):
         )
         self.process_group = process_group
 
-    def _synchronization(self) -> dict[str, Any]:
+    def _synchronization(self) -> tuple[bool, Any]:
         synchronize = (
             self.training
             and dist.is_available()
             and dist.is_initialized()
             and dist.get_world_size(self.process_group) > 1
         )
-        return {"synchronize": synchronize, "process_group": self.process_group}
+        return synchronize, self.process_group
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:

@@ -3,11 +3,14 @@
 import argparse
 import csv
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from fusedbn.backend import backend_for
 from fusedbn.bench import cli, providers
+from fusedbn.bench.results import Result, ResultFile, collect_run_info
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -119,14 +122,34 @@ def test_smoke_end_to_end_then_report(tmp_path, capsys):
     summary = (out / "summary.txt").read_text()
     assert "2x4x3x4x4       bfloat16  channels_last  eval" in summary and "target" in summary
     assert summary.strip() in printed
+    # The summary names what ran fusedbn's cases: on the CPU, the interpreter or torch's own BatchNorm.
+    assert f"fusedbn backend: {backend_for('cpu')}, " in summary.splitlines()[3]
     for name in ("speedup.png", "bandwidth.png"):
         assert (out / name).stat().st_size > 1000
+    # What the README lists for --smoke, and nothing else: no kernel profile on the CPU.
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["bandwidth.png", "results.csv", "speedup.png", "summary.txt"]
 
     # --report renders the same run again from the file, into another folder.
     again = tmp_path / "again"
     assert cli.main(["--report", str(out / "results.csv"), "--out", str(again)]) == 0
     assert (again / "summary.txt").read_text() == summary
     assert (again / "speedup.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+@pytest.mark.parametrize("argv", [["--smoke"], ["--report", "results.csv"]])
+def test_an_output_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    if "--report" in argv:
+        ResultFile(tmp_path / "results.csv", collect_run_info(torch.device("cpu"), 1.0)).append(
+            Result("4x8x6x6", "float32", "nchw", "fwd", "eager", "torch", "ok", median_ms=1.0)
+        )
+    assert cli.main([*argv, "--out", "/proc/fusedbn-bench"]) == 2
+    assert capsys.readouterr().err == (
+        "fusedbn bench: error: cannot create the output folder '/proc/fusedbn-bench': "
+        "No such file or directory\n"
+    )
 
 
 def test_report_of_a_missing_file_is_an_error(tmp_path, capsys):

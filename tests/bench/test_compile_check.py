@@ -78,9 +78,11 @@ def test_describe_tells_aligned_from_misaligned_addresses():
 
 
 def _partial_moments_launch(x: torch.Tensor, n_inner: int, stride_c: int) -> Launch:
-    partial = torch.empty(4, 2, 3)
-    args = (x, partial, 4, n_inner, 3, 3 * stride_c, stride_c, 1, 1, 5, 3)
-    kwargs = (("BLOCK_C", 1), ("BLOCK_N", 4), ("BLOCK_S", 8), ("X_ALIGN", 1), ("num_warps", 4))
+    arrivals, partial, statistics = torch.zeros(3, dtype=torch.int32), torch.empty(4, 2, 3), torch.empty(3)
+    args = (arrivals, x, partial, *[statistics] * 5, 4, n_inner, 3, 4 * n_inner,
+            3 * stride_c, stride_c, 1, 1, 5, 3, 0.1, 1e-5)
+    kwargs = (("BLOCK_C", 1), ("BLOCK_N", 4), ("BLOCK_S", 8), ("CUMULATIVE", False),
+              ("FINALIZE", True), ("UPDATE_RUNNING", False), ("X_ALIGN", 1), ("num_warps", 4))
     return Launch("fusedbn.kernels.forward:partial_moments_kernel", (3, 2),
                   tuple(compile_check.describe(a) for a in args), kwargs)
 

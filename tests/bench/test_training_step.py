@@ -43,6 +43,23 @@ def test_smoke_run_trains_every_variant_alike(tmp_path, capsys):
     assert (tmp_path / training_step.PLOT_FILE).stat().st_size > 0
 
 
+def test_the_plot_says_what_it_shows_and_labels_every_case_part() -> None:
+    results = [
+        StepResult(StepCase(variant, EAGER, "fp32", "channels_last", 4), "ok", backend, images_per_s=ips)
+        for variant, backend, ips in (("torch", "torch", 10.0), ("fusedbn", "torch", 11.0))
+    ]
+    info = {"device": "cpu x86_64", "model": "fusedbn.bench.resnet (tiny)", "image_size": "16"}
+    figure = training_step.plot_figure(results, info)
+    (axes,) = figure.axes
+    assert figure.get_suptitle() == "Training steps of fusedbn.bench.resnet (tiny) at 16x16 on cpu x86_64"
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["eager\nfp32\nchannels_last\nbatch 4"]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == [
+        "torch (BatchNorm run by torch)",
+        "fusedbn (BatchNorm run by torch)",
+    ]
+    assert "higher is better" in axes.get_ylabel()
+
+
 def _result(variant: str, losses: list[float], stats: list[float], precision: str = "bf16") -> StepResult:
     return StepResult(
         StepCase(variant, EAGER, precision, "channels_last", 8),

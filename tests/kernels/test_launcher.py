@@ -1,94 +1,32 @@
 """KernelLauncher: the direct launch passes what Triton's own binder passes, and falls back when it must.
 
-Without a GPU the kernels are checked on a fake one: a real JITFunction of each fusedbn kernel, a
-fake Triton driver, and a fake compiled kernel that Triton itself installs in its cache under its
-own key (its compile step is replaced) and whose launcher records its arguments. The launches
+Without a GPU the kernels are checked on fusedbn.bench.fake_gpu's fake one: a real JITFunction of each
+fusedbn kernel, a fake Triton driver, and a fake compiled kernel that Triton itself installs in its
+cache under its own key (its compile step is replaced) and whose launcher records its arguments. The launches
 replayed are the ones fusedbn's launchers make on every path, recorded under the interpreter. On a
 GPU, the fast path and Triton's path must give bitwise identical results.
 """
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.runtime.jit import JITFunction
 
 import fusedbn
+from fusedbn.bench.fake_gpu import FakeDriver, FakeGpuKernel, fake_driver
 from fusedbn.kernels import backward, forward, launcher, layout
 from fusedbn.kernels.launcher import KernelLauncher
 
 PATHS = ["single", "whole", "split"]
 
 
-class FakeDriver:
-    """The parts of a Triton driver that a launch asks for: device, stream and target."""
-
-    def __init__(self) -> None:
-        self.stream = 7
-
-    def get_current_device(self) -> int:
-        return 0
-
-    def get_current_stream(self, device: int) -> int:
-        return self.stream
-
-    def get_current_target(self) -> GPUTarget:
-        return GPUTarget("cuda", 90, 32)
-
-
-class FakeCompiledKernel:
-    """A compiled kernel whose C launcher records the arguments of every launch."""
-
-    function = "device-function-handle"
-    packed_metadata = ("packed", "metadata")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.launches: list[tuple] = []
-
-    def launch_metadata(self, grid, stream, *args):
-        return None
-
-    @property
-    def run(self):
-        return lambda *launch: self.launches.append(launch)
-
-
-class FakeGpuKernel:
-    """A JITFunction of ``fn`` on the fake GPU, counting the launches that go through Triton."""
-
-    def __init__(self, fn) -> None:
-        self.jit = JITFunction(fn)
-        self.compiled: dict[str, FakeCompiledKernel] = {}
-        self.triton_launches = 0
-        self.jit._do_compile = self._compile
-        run = self.jit.run
-
-        def counting_run(*args, **kwargs):
-            self.triton_launches += 1
-            return run(*args, **kwargs)
-
-        self.jit.run = counting_run
-
-    def _compile(self, key, signature, device, constexprs, options, attrs, warmup):
-        # Triton's own key: the compiled kernel lands in its cache as a real compile's would.
-        kernel = self.compiled[key] = FakeCompiledKernel(key)
-        self.jit.device_caches[device][0][key] = kernel
-        return kernel
-
-    def all_launches(self) -> list[tuple]:
-        return [launch for kernel in self.compiled.values() for launch in kernel.launches]
-
-
 @pytest.fixture
-def fake_gpu(monkeypatch) -> FakeDriver:
-    driver = FakeDriver()
-    # Triton keeps the active driver here; monkeypatch puts the previous one back.
-    monkeypatch.setattr(triton.runtime.driver, "_active", driver)
+def fake_gpu(monkeypatch) -> Iterator[FakeDriver]:
     monkeypatch.delenv(launcher.FAST_LAUNCH_ENV, raising=False)
-    return driver
+    with fake_driver() as driver:
+        yield driver
 
 
 def record_launches(monkeypatch, **call) -> list[tuple]:
@@ -150,10 +88,7 @@ CASES = [
 TRAINING_KERNELS = {
     "single": {"whole_channel_forward_kernel", "whole_channel_backward_kernel"},
     "whole": {"whole_channel_forward_kernel", "whole_channel_backward_kernel"},
-    "split": {
-        "partial_moments_kernel", "finalize_moments_kernel", "apply_kernel",
-        "partial_sums_kernel", "finalize_sums_kernel", "grad_input_kernel",
-    },
+    "split": {"partial_moments_kernel", "apply_kernel", "partial_sums_kernel", "grad_input_kernel"},
 }
 
 
@@ -167,7 +102,7 @@ def test_direct_launch_passes_what_triton_passes(case, launch_path, fake_gpu, mo
     kernels = set()
     for fn, grid, args, kwargs in launches:
         kernels.add(fn.__name__)
-        kernel = FakeGpuKernel(fn)
+        kernel = FakeGpuKernel(fn, record=True)
         fast = KernelLauncher(kernel.jit)
         fast(grid, *args, **kwargs)  # first call: through Triton, then bound
         assert kernel.triton_launches == 1 and len(kernel.compiled) == 1
@@ -184,13 +119,23 @@ def test_direct_launch_passes_what_triton_passes(case, launch_path, fake_gpu, mo
         assert kernels == TRAINING_KERNELS[launch_path.name]
 
 
+def partial_moments_call(tiles_per_split: int = 3) -> tuple[tuple, dict]:
+    """Positional and keyword arguments of a partial_moments launch over a (4, 3, 5) input."""
+    x = torch.randn(4, 3, 5)
+    partial, arrivals, statistics = torch.empty(4, 2, 3), torch.zeros(3, dtype=torch.int32), torch.empty(3)
+    args = (
+        arrivals, x, partial, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, tiles_per_split,
+        0.1, 1e-5,
+    )
+    kwargs = dict(FINALIZE=True, UPDATE_RUNNING=False, CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1,
+                  X_ALIGN=1, num_warps=4)
+    return args, kwargs
+
+
 def bound_partial_moments(fake_gpu) -> tuple[FakeGpuKernel, KernelLauncher, tuple, dict]:
     """A partial_moments launcher on the fake GPU, bound by one call; its grid, args and kwargs."""
-    x = torch.randn(4, 3, 5)
-    partial = torch.empty(4, 2, 3)
-    args = (x, partial, 4, 5, 3, 15, 5, 1, 1, 5, 3)
-    kwargs = dict(BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, X_ALIGN=1, num_warps=4)
-    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+    args, kwargs = partial_moments_call()
+    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn, record=True)
     fast = KernelLauncher(kernel.jit)
     fast((3, 2), *args, **kwargs)
     fast((3, 2), *args, **kwargs)
@@ -199,13 +144,22 @@ def bound_partial_moments(fake_gpu) -> tuple[FakeGpuKernel, KernelLauncher, tupl
 
 
 def test_environment_switch_takes_tritons_path(fake_gpu, monkeypatch):
-    kernel, fast, args, kwargs = bound_partial_moments(fake_gpu)
+    """FUSEDBN_FAST_LAUNCH=0 when a launcher is made (fusedbn's are made at import) keeps every
+    launch on Triton's path; the launcher's own ``fast`` argument does the same."""
+    _, _, args, kwargs = bound_partial_moments(fake_gpu)
     monkeypatch.setenv(launcher.FAST_LAUNCH_ENV, "0")
-    fast((3, 2), *args, **kwargs)
-    assert kernel.triton_launches == 2
+    for made in (lambda jit: KernelLauncher(jit), lambda jit: KernelLauncher(jit, fast=False)):
+        kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+        slow = made(kernel.jit)
+        for _ in range(3):
+            slow((3, 2), *args, **kwargs)
+        assert kernel.triton_launches == 3 and not slow.bound
     monkeypatch.setenv(launcher.FAST_LAUNCH_ENV, "1")
-    fast((3, 2), *args, **kwargs)
-    assert kernel.triton_launches == 2
+    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+    fast = KernelLauncher(kernel.jit)
+    for _ in range(3):
+        fast((3, 2), *args, **kwargs)
+    assert kernel.triton_launches == 1 and kernel.launch_count() == 3
 
 
 def test_launch_hook_takes_tritons_path(fake_gpu):
@@ -244,7 +198,7 @@ def test_interpreted_kernels_are_never_bound():
     # conftest runs the suite under TRITON_INTERPRET when there is no GPU.
     if torch.cuda.is_available():
         pytest.skip("the kernels are compiled on a GPU")
-    assert not KernelLauncher(forward.partial_moments_kernel).compiled
+    assert not KernelLauncher(forward.partial_moments_kernel).fast
     assert not forward.launch_apply.bound and not backward.launch_grad_input.bound
 
 
@@ -252,30 +206,32 @@ def test_alignment_change_rebinds(fake_gpu):
     kernel, fast, args, kwargs = bound_partial_moments(fake_gpu)
     shifted = torch.randn(61)[1:].view(4, 3, 5)  # 4 bytes past an aligned address
     assert shifted.data_ptr() % 16 != 0
-    moved = (shifted, *args[1:])
+    moved = (args[0], shifted, *args[2:])  # x, after the arrival counters
     fast((3, 2), *moved, **kwargs)
     assert kernel.triton_launches == 2 and len(kernel.compiled) == 2, "not bound anew"
     fast((3, 2), *moved, **kwargs)
     fast((3, 2), *args, **kwargs)
     assert kernel.triton_launches == 2, "a known alignment went through Triton again"
     aligned, unaligned = kernel.compiled.values()
-    assert [launch[9] for launch in unaligned.launches] == [shifted, shifted]
-    assert [launch[9] for launch in aligned.launches] == [args[0]] * 3
+    assert [launch[10] for launch in unaligned.launches] == [shifted, shifted]
+    assert [launch[10] for launch in aligned.launches] == [args[1]] * 3
 
 
 def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
-    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn, record=True)
     fast = KernelLauncher(kernel.jit)
-    x, partial = torch.randn(4, 3, 5), torch.empty(4, 2, 3)
+    x, partial, arrivals = torch.randn(4, 3, 5), torch.empty(4, 2, 3), torch.zeros(3, dtype=torch.int32)
     # tiles_per_split, a runtime int, by keyword: its value could change without the key seeing it.
-    kwargs = dict(tiles_per_split=3, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, X_ALIGN=1)
+    kwargs = dict(tiles_per_split=3, momentum=0.1, eps=1e-5, FINALIZE=True, UPDATE_RUNNING=False,
+                  CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1, X_ALIGN=1)
+    statistics = torch.empty(3)
     for _ in range(2):
-        fast((3, 2), x, partial, 4, 5, 3, 15, 5, 1, 1, 5, **kwargs)
+        fast((3, 2), arrivals, x, partial, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, **kwargs)
     assert kernel.triton_launches == 2
     assert list(fast.bound.values()) == [None]
 
 
-def test_failed_binding_keeps_tritons_path(fake_gpu, monkeypatch):
+def test_failed_binding_keeps_tritons_path_and_warns_once(fake_gpu, monkeypatch):
     kernel, _, args, kwargs = bound_partial_moments(fake_gpu)
     fast = KernelLauncher(kernel.jit)
 
@@ -283,10 +239,74 @@ def test_failed_binding_keeps_tritons_path(fake_gpu, monkeypatch):
         raise RuntimeError("binding failed")
 
     monkeypatch.setattr(launcher, "bind", failing_bind)
-    for _ in range(2):
+    with pytest.warns(RuntimeWarning, match="partial_moments_kernel.*RuntimeError: binding failed") as seen:
+        for _ in range(2):
+            fast((3, 2), *args, **kwargs)
+        # tiles_per_split 4: another specialisation, which fails to bind too
+        fast((3, 1), *args[:-3], 4, *args[-2:], **kwargs)
+    assert len(seen) == 1
+    assert kernel.triton_launches == 4
+    assert list(fast.bound.values()) == [None, None]
+
+
+def test_failed_direct_launch_warns_once_and_takes_tritons_path(fake_gpu):
+    kernel, fast, args, kwargs = bound_partial_moments(fake_gpu)
+    (compiled,) = kernel.compiled.values()
+    refused = []
+
+    def refusing_launcher(*launch):
+        refused.append(launch)
+        raise TypeError("function takes 40 arguments")
+
+    for bound in fast.bound.values():
+        object.__setattr__(bound, "run", refusing_launcher)
+    with pytest.warns(RuntimeWarning, match="partial_moments_kernel.*TypeError: function takes") as seen:
         fast((3, 2), *args, **kwargs)
+        fast((3, 2), *args, **kwargs)
+    assert len(seen) == 1 and len(refused) == 1
+    # The refused launch ran through Triton instead, and so does every later one.
+    assert kernel.triton_launches == 3 and compiled.launch_count == 4
+
+
+def test_the_specialisation_cache_is_bounded(fake_gpu):
+    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+    fast = KernelLauncher(kernel.jit, max_specialisations=3)
+
+    def launch(tiles_per_split):
+        fast((3, 2), *partial_moments_call(tiles_per_split)[0], **partial_moments_call()[1])
+
+    for tiles_per_split in range(2, 7):  # five specialisations (each int value is one)
+        launch(tiles_per_split)
+    assert len(fast.bound) == 3 and kernel.triton_launches == 5
+    launch(6)  # among the three kept: direct
+    assert kernel.triton_launches == 5
+    launch(2)  # the first one was dropped: through Triton again, and kept again
+    assert kernel.triton_launches == 6 and len(fast.bound) == 3
+    launch(2)
+    assert kernel.triton_launches == 6
+
+
+def test_without_triton_knobs_every_launch_takes_tritons_path(fake_gpu, monkeypatch):
+    """Triton before 3.4 has no triton.knobs (and its launchers take other arguments)."""
+    _, _, args, kwargs = bound_partial_moments(fake_gpu)
+    monkeypatch.delattr(triton, "knobs")
+    kernel = FakeGpuKernel(forward.partial_moments_kernel.fn)
+    old_triton = KernelLauncher(kernel.jit)
+    for _ in range(3):
+        old_triton((3, 2), *args, **kwargs)
+    assert not old_triton.fast and not old_triton.bound
     assert kernel.triton_launches == 3
-    assert list(fast.bound.values()) == [None]
+
+
+def test_arguments_laid_out_otherwise_are_never_kept(fake_gpu):
+    """The quick key reads the leading tensors and ints; a call that does not fit that layout
+    (here a tensor where an int was) takes Triton's path and is not kept."""
+    kernel, fast, args, kwargs = bound_partial_moments(fake_gpu)
+    assert fast.layout == (8, 10)
+    odd = (*args[:8], torch.tensor(4), *args[9:])
+    fast((3, 2), *odd, **kwargs)
+    fast((3, 2), *odd, **kwargs)
+    assert kernel.triton_launches == 3 and len(fast.bound) == 1
 
 
 def test_pending_compile_is_not_bound(fake_gpu):
@@ -345,14 +365,16 @@ def test_fast_and_triton_paths_are_bitwise_equal(path, dtype, channels_last, mon
         forward.launch_whole_channel_forward, forward.launch_partial_moments,
         forward.launch_finalize_moments, forward.launch_apply,
         backward.launch_whole_channel_backward, backward.launch_partial_sums,
-        backward.launch_finalize_sums, backward.launch_grad_input,
+        backward.launch_grad_input,
     ]
     with layout.launch_limits(limits):
         for training, epilogue in itertools.product((True, False), (False, True)):
             args = (x, residual if epilogue else None, epilogue, training, grad)
-            monkeypatch.setenv(launcher.FAST_LAUNCH_ENV, "0")
+            for fast in launchers:
+                monkeypatch.setattr(fast, "fast", False)
             expected = _step(*args)
-            monkeypatch.setenv(launcher.FAST_LAUNCH_ENV, "1")
+            for fast in launchers:
+                monkeypatch.setattr(fast, "fast", True)
             _step(*args)  # binds any specialisation not seen yet
             bound_before = sum(len(fast.bound) for fast in launchers)
             results = _step(*args)

@@ -428,6 +428,85 @@ def test_conform_keeps_a_tensor_that_shares_the_layout():
 
 
 # ----------------------------------------------------------------------------------------------
+# The plan cache
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_cache_hit_returns_the_same_plan():
+    x = distinct((4, 6, 5, 7))
+    first = layout.plan_batch_norm(x)[1]
+    again = layout.plan_batch_norm(torch.empty_like(x))[1]  # another tensor of the same kind
+    assert again is first
+    assert layout.plan_batch_norm(x, limits=layout.current_limits())[1] is first
+    # Equal limits (another object) are the same key.
+    assert layout.plan_batch_norm(x, limits=LaunchLimits())[1] is first
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        lambda x: (x.to(memory_format=torch.channels_last), {}),  # strides
+        lambda x: (x.double(), {}),  # dtype
+        lambda x: (x.to("meta"), {}),  # device
+        lambda x: (x, {"relu": True}),
+        lambda x: (x, {"limits": LaunchLimits(single_tile=16)}),
+        lambda x: (x[:, :, :4], {}),  # shape
+    ],
+    ids=["strides", "dtype", "device", "relu", "limits", "shape"],
+)
+def test_another_kind_of_input_gets_another_plan(other):
+    x = distinct((4, 6, 5, 7))
+    plan = layout.plan_batch_norm(x)[1]
+    y, kwargs = other(x)
+    assert layout.plan_batch_norm(y, **kwargs)[1] is not plan
+
+
+def test_the_plan_cache_is_bounded():
+    assert layout._cached_plan.cache_info().maxsize == layout.PLAN_CACHE_SIZE
+    layout.clear_plans()
+    for n in range(1, 6):
+        layout.plan_batch_norm(torch.empty(n, 3, 2))
+    assert layout._cached_plan.cache_info().currsize == 5
+    layout.clear_plans()
+    assert layout._cached_plan.cache_info().currsize == 0
+
+
+LAYOUT_CASES = {
+    "nchw": lambda: distinct((4, 6, 5, 7)),
+    "channels_last": lambda: distinct((4, 6, 5, 7)).to(memory_format=torch.channels_last),
+    "sliced": lambda: distinct((4, 6, 5, 14))[:, :, :, ::2],  # read in place, y laid out otherwise
+    "cropped": lambda: distinct((4, 6, 7, 9))[:, :, 1:-1, 1:-1],  # copied first
+    "nc": lambda: distinct((37, 5)),
+    "empty": lambda: torch.empty(0, 6, 3),
+}
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("kind", list(LAYOUT_CASES))
+def test_the_plan_holds_the_strides_of_the_tensors_it_launches_on(kind, relu):
+    """What the plan precomputes (on the meta device) is what the real tensors have."""
+    x = LAYOUT_CASES[kind]()
+    folded, plan = layout.plan_batch_norm(x, relu=relu)
+    expected, view = fold_input(x)
+    assert plan.view == view and folded.stride() == expected.stride()
+    assert plan.x_strides == view.strides(folded)
+    y = torch.empty_like(folded)
+    assert plan.y_stride == y.stride()
+    assert plan.y_strides == view.strides(y)
+    assert plan.mask_strides == (layout.relu_mask_like(folded, view).stride() if relu else (0, 0, 0))
+    assert plan.stats_dtype == torch.float32 and plan.empty == (x.numel() == 0)
+    assert plan.launch == choose_launch(view, folded, 8 if relu else 1)
+
+
+def test_the_plan_counts_the_multiprocessors_of_the_inputs_device():
+    x = torch.empty(64, 3, 32, 32)
+    default = layout.plan_batch_norm(x)[1].launch
+    assert default == choose_launch(channel_view(x), x)  # the CPU counts 2
+    pinned = layout.plan_batch_norm(x, limits=LaunchLimits(multiprocessors=16))[1].launch
+    assert pinned.num_splits > default.num_splits
+
+
+# ----------------------------------------------------------------------------------------------
 # The alignment constexprs (X_ALIGN, Y_ALIGN, DY_ALIGN, M_ALIGN) the launchers pass to tile_offsets
 # ----------------------------------------------------------------------------------------------
 

@@ -1,10 +1,16 @@
-"""``fusedbn science`` end to end on the smallest preset: report, JSON, figures, verdicts."""
+"""``fusedbn science`` end to end on the smallest preset: report, JSON, figures, verdicts; redrawing
+the figures from science.json; bad arguments; Ctrl-C on a real process."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from fusedbn.cli import main
@@ -31,6 +37,67 @@ def test_science_writes_a_report_with_a_verdict_and_a_figure_per_experiment(
         for test in finding["tests"]:
             assert 0.0 <= test["p_value"] <= 1.0 and test["ci_low"] <= test["ci_high"]
     assert len(re.findall(r"\*\*Verdict: (held|not shown|contradicted)\.\*\*", report)) == len(EXPERIMENTS)
+
+    # --replot draws the same figures from science.json alone.
+    drawn = {f["figure"]: matplotlib.image.imread(out / f["figure"]) for f in data["findings"]}
+    for name in drawn:
+        (out / name).unlink()
+    assert main(["science", "--replot", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("Drew random_vs_grid.png, coarse_to_fine.png")
+    for name, pixels in drawn.items():
+        assert np.array_equal(matplotlib.image.imread(out / name), pixels), name
+    assert json.loads((out / "science.json").read_text()) == data, "--replot changes no number"
+
+
+def test_replot_without_figure_data_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    old = {"findings": [{"key": "random_vs_grid", "figure": "x.png"}]}  # as fusedbn science wrote before
+    (tmp_path / "science.json").write_text(json.dumps(old))
+    assert main(["science", "--replot", "--out", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err
+    assert errors.startswith("fusedbn science: error: ") and len(errors.splitlines()) == 1
+    assert "keeps no figure data for 'random_vs_grid'" in errors
+    assert main(["science", "--replot", "--out", str(tmp_path / "missing")]) == 2
+    errors = capsys.readouterr().err
+    assert errors.startswith("fusedbn science: error: cannot read ") and len(errors.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["science.json"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_experiment(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    assert main(["science", "--preset", "smoke", "--out", "/proc/fusedbn-x"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        "fusedbn science: error: cannot create the output folder '/proc/fusedbn-x': "
+        "No such file or directory\n"
+    )
+    assert captured.out == ""
+
+
+def test_ctrl_c_stops_science_with_one_message_and_leaves_no_folder(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fusedbn.cli", "science", "--preset", "smoke", "--out", "sci"],
+        cwd=tmp_path,
+        env=env | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = process.stderr.readline()  # the first progress line: the experiments are running
+    assert "random vs grid" in first, first + process.communicate()[1]
+    process.send_signal(signal.SIGINT)
+    output, errors = process.communicate(timeout=60)
+    assert process.returncode == 130 and output == ""
+    assert "Traceback" not in errors
+    assert errors.splitlines()[-1] == (
+        "fusedbn science: interrupted. The experiments run in memory and write their report only at the "
+        "end, so nothing was written to sci/ and the same command starts over."
+    )
+    assert list(tmp_path.iterdir()) == [], "the folder it had created is gone again"
 
 
 def test_an_unknown_preset_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:

@@ -1,5 +1,6 @@
 """The experiments of fusedbn.science: update_bn on the fused modules, the noise measure, determinism."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from fusedbn.science.experiments import (
     batchnorm_noise,
     random_vs_grid,
 )
+from fusedbn.science.figures import draw_figure
 from fusedbn.science.stats import CONTRADICTED, HELD, NOT_SHOWN
 
 
@@ -57,15 +59,18 @@ def test_normalised_spread_shrinks_like_one_over_the_root_of_the_batch() -> None
     assert np.allclose(ratios, 2.0, rtol=0.2), spreads  # 4x the batch: half the spread
 
 
-def test_experiments_are_seeded(tmp_path: Path) -> None:
-    def run(folder: str) -> list:
-        (tmp_path / folder).mkdir()
-        context = Context(preset=PRESETS["smoke"], figure_dir=tmp_path / folder, progress=lambda _: None)
+def test_experiments_are_seeded_and_keep_their_figure_data(tmp_path: Path) -> None:
+    def run() -> list:
+        context = Context(preset=PRESETS["smoke"], progress=lambda _: None)
         return [experiment(context) for experiment in (random_vs_grid, batchnorm_noise)]
 
-    first, second = run("a"), run("b")
+    first, second = run(), run()
     assert first == second
     for finding in first:
         assert finding.verdict in (HELD, NOT_SHOWN, CONTRADICTED)
         assert len(finding.tests) == len(finding.test_verdicts) and finding.rows
-        assert (tmp_path / "a" / finding.figure).stat().st_size > 10_000
+        assert json.loads(json.dumps(finding.figure_data)) == finding.figure_data, "plain JSON values"
+        assert draw_figure(finding, tmp_path).stat().st_size > 10_000
+    panels = first[0].figure_data["panels"]
+    assert [p["test"] for p in panels] == [vars(first[0].tests[0]), vars(first[0].tests[2])]
+    assert all(len(p["first"]) == len(p["second"]) == PRESETS["smoke"].seeds for p in panels)

@@ -7,8 +7,12 @@ from pathlib import Path
 import matplotlib.image
 import matplotlib.pyplot as plt
 import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
 
-from fusedbn.tuning.plots import beta_label, write_plots
+from fusedbn.tuning.importance import Importances
+from fusedbn.tuning.plots import beta_label, draw_importances, write_plots
 from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
 from fusedbn.tuning.space import default_space, with_scales
@@ -70,3 +74,31 @@ def test_plots_leave_pyplot_and_the_backend_alone(
 )
 def test_beta_axes_are_labelled_in_beta(one_minus_beta: float, label: str) -> None:
     assert beta_label(one_minus_beta) == label
+
+
+def test_importances_draw_the_noise_floor_behind_the_bars_and_name_it_in_the_legend() -> None:
+    measured = Importances(
+        trials=30,
+        resamples=20,
+        values={"learning_rate": 0.5, "momentum": 0.3},
+        # The fit on all trials may lie outside its bootstrap interval (momentum's does here).
+        intervals={"learning_rate": (0.2, 0.7), "momentum": (0.05, 0.25)},
+        noise=0.08,
+        noise_interval=(0.02, 0.31),
+        above={},
+    )
+    ax = Figure().subplots()
+    draw_importances(ax, measured, {"learning_rate": 1, "momentum": 2})
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    band = [p for p in ax.patches if p not in bars]
+    assert [round(b.get_width(), 3) for b in bars] == [0.5, 0.3]
+    assert band and max(p.get_zorder() for p in band) < min(b.get_zorder() for b in bars), "band over bars"
+    noise_lines = [line for line in ax.get_lines() if list(line.get_xdata()) == [0.08, 0.08]]
+    assert noise_lines and noise_lines[0].get_linestyle() == "--"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "noise floor: dummy's 5-95% interval",
+        "noise floor: dummy's importance",
+    ]
+    (whiskers,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    spans = sorted((float(seg[0][0]), float(seg[1][0])) for seg in whiskers.get_segments())
+    assert spans == [pytest.approx((0.05, 0.25)), pytest.approx((0.2, 0.7))], "whiskers span the intervals"

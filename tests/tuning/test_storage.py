@@ -1,5 +1,6 @@
 """Storage URLs, heartbeats and the failing of stale trials (fusedbn.tuning.storage)."""
 
+import sys
 import threading
 import time
 import uuid
@@ -43,6 +44,15 @@ def test_local_storages_hold_a_study(tmp_path: Path, scheme: str) -> None:
 def test_unusable_urls_raise_a_storage_error_naming_the_url(url: str, message: str) -> None:
     with pytest.raises(StorageError, match=message):
         open_storage(url)
+
+
+def test_a_missing_database_driver_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # as without the postgres extra
+    with pytest.raises(StorageError) as refused:
+        open_storage("postgresql+psycopg2://user:secret@127.0.0.1/db")
+    message = str(refused.value)
+    assert message.startswith("cannot open storage 'postgresql+psycopg2://user:***@127.0.0.1/db': its ")
+    assert message.endswith("for PostgreSQL: pip install '.[postgres]' in a clone of fusedbn")
 
 
 def test_memory_storage_holds_a_study_in_this_process_only(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fusedbn.tuning.storage import FAILURE_ATTR
-from fusedbn.tuning.training import Task, evaluate
+from fusedbn.tuning.training import Task, evaluate, torch_threads
 
 SGD_PARAMS = {
     "learning_rate": 0.05,
@@ -131,6 +131,7 @@ def test_evaluate_counts_correct_predictions() -> None:
         ({"epochs": 0}, "epochs must be >= 1"),
         ({"valid": (torch.zeros(3, 64), torch.zeros(2, dtype=torch.long))}, "valid: need as many targets"),
         ({"train": (torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))}, "at least one"),
+        ({"device": "gpu0"}, "unknown device 'gpu0': "),
     ],
 )
 def test_unusable_tasks_are_refused(tiny_task: Task, change: dict, message: str) -> None:
@@ -177,3 +178,15 @@ def test_a_task_without_a_test_split_records_no_test_accuracy(tiny_task: Task) -
     trial = Recorder()
     tiny_task.fit(SGD_PARAMS, trial, seed=0)
     assert "test_accuracy" not in trial.attrs and "train_accuracy" in trial.attrs
+
+
+def test_torch_threads_holds_for_the_block_and_is_restored_even_on_an_error() -> None:
+    before = torch.get_num_threads()
+    target = 2 if before != 2 else 3
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(target):
+        assert torch.get_num_threads() == target
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"), torch_threads(0):
+        pytest.fail("the block must not run")
+    assert torch.get_num_threads() == before

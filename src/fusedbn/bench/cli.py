@@ -40,10 +40,17 @@ from fusedbn.bench.cases import (
 from fusedbn.bench.kernel_profile import KERNELS_FILE, format_kernel_summary, profile_cases, write_kernel_rows
 from fusedbn.bench.metrics import mismatches
 from fusedbn.bench.plots import write_plots
-from fusedbn.bench.report import format_header, format_problems, format_table, format_targets
+from fusedbn.bench.report import (
+    format_backend,
+    format_header,
+    format_problems,
+    format_table,
+    format_targets,
+)
 from fusedbn.bench.results import Result, ResultFile, RunInfo, collect_run_info, read_results
 from fusedbn.bench.runner import Plan, Unit, run_plan
 from fusedbn.bench.timing import TimingSettings, copy_bandwidth
+from fusedbn.outputs import OutputFolderError, output_folder
 
 RESULTS_FILE = "results.csv"
 SUMMARY_FILE = "summary.txt"
@@ -279,7 +286,12 @@ def _finish(info: RunInfo, results: list[Result], out: Path) -> None:
     problems = format_problems(results)
     text = "\n\n".join(
         part
-        for part in (format_header(info), format_table(results), format_targets(results), problems)
+        for part in (
+            format_header(info) + "\n" + format_backend(results),
+            format_table(results),
+            format_targets(results),
+            problems,
+        )
         if part
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -333,15 +345,29 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(_list_shapes())
         return 0
-    if args.report is not None:
-        try:
-            info, results = read_results(args.report, args.run_id)
-        except (OSError, ValueError) as error:
-            print(f"fusedbn bench: error: {error}", file=sys.stderr)
-            return 2
-        _finish(info, results, args.out)
-        return 0
+    try:
+        if args.report is not None:
+            return _render(args)
+        return _benchmark(args)
+    except OutputFolderError as error:
+        print(f"fusedbn bench: error: {error}", file=sys.stderr)
+        return 2
 
+
+def _render(args: argparse.Namespace) -> int:
+    """``--report``: the table, targets and plots of a result file, into ``--out``."""
+    try:
+        info, results = read_results(args.report, args.run_id)
+    except (OSError, ValueError) as error:
+        print(f"fusedbn bench: error: {error}", file=sys.stderr)
+        return 2
+    with output_folder(args.out):
+        _finish(info, results, args.out)
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    """Measure the plan that the options ask for, into ``--out``; see :func:`run` for the exit code."""
     plan = build_plan(args)
     if plan.device.type == "cuda" and not torch.cuda.is_available():
         print(
@@ -350,22 +376,23 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    copy_gbps = copy_bandwidth(plan.device, plan.copy_bytes, plan.settings)
-    info = collect_run_info(plan.device, copy_gbps)
-    try:
-        result_file = ResultFile(args.out / RESULTS_FILE, info)
-    except ValueError as error:
-        print(f"fusedbn bench: error: {error}", file=sys.stderr)
-        return 2
-    print(format_header(info), flush=True)
-    results = _measure(plan, copy_gbps, result_file)
-    print()
-    _finish(info, results, args.out)
-    profile_budget = PRESETS[_preset_name(args)].profile_budget
-    if args.profile_kernels is not None:
-        profile_budget = args.profile_kernels
-    if profile_budget > 0:
-        _profile_kernels(plan, profile_budget, args.out)
+    with output_folder(args.out):
+        copy_gbps = copy_bandwidth(plan.device, plan.copy_bytes, plan.settings)
+        info = collect_run_info(plan.device, copy_gbps)
+        try:
+            result_file = ResultFile(args.out / RESULTS_FILE, info)
+        except ValueError as error:
+            print(f"fusedbn bench: error: {error}", file=sys.stderr)
+            return 2
+        print(format_header(info), flush=True)
+        results = _measure(plan, copy_gbps, result_file)
+        print()
+        _finish(info, results, args.out)
+        profile_budget = PRESETS[_preset_name(args)].profile_budget
+        if args.profile_kernels is not None:
+            profile_budget = args.profile_kernels
+        if profile_budget > 0:
+            _profile_kernels(plan, profile_budget, args.out)
     failed = any(r.status.startswith("error") for r in results) or mismatches(results)
     return 1 if failed else 0
 

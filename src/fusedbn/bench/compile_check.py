@@ -49,6 +49,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import fusedbn
 from fusedbn.backend import TRITON_INTERPRETER, backend_for
 from fusedbn.bench.cases import CHANNELS_LAST, NCHW, Shape, option_type, parse_choices, parse_shapes
+from fusedbn.kernels import tickets
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import LaunchLimits, launch_limits
 
@@ -149,7 +150,12 @@ def recording_launches() -> Iterator[list[Launch]]:
             tuple(sorted(kwargs.items())),
         ))
 
-    with mock.patch.object(KernelLauncher, "__call__", record):
+    # The split path's ticket counters made meanwhile are fake tensors: kept apart from the cache
+    # that real calls on this thread use (tickets.py), and dropped afterwards.
+    with (
+        mock.patch.object(KernelLauncher, "__call__", record),
+        mock.patch.dict(tickets._counters, clear=True),
+    ):
         yield launches
 
 

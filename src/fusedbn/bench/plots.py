@@ -1,22 +1,58 @@
 """Plots of a run, as PNG files: speedup over torch eager, and share of the measured copy bandwidth.
 
 Each figure is a grid of bar charts, a row per mode and a column per dtype, with a group of bars per
-shape and a bar per provider and layout.
+shape and a bar per provider and layout. The title names the device and what ran fusedbn's cases
+(its backend: on the CPU without TRITON_INTERPRET=1, PyTorch's own BatchNorm); the legend sits
+between the title and the charts, over no data. The speedup axis is logarithmic, with ticks at round
+ratios written as plain numbers ("0.7x", "2x").
 """
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 
 from fusedbn.bench.cases import COMPILE, EAGER, FLAG_GEMS, FUSEDBN, MODES
 from fusedbn.bench.metrics import BANDWIDTH_GOALS
+from fusedbn.bench.report import format_backend
 from fusedbn.bench.results import Result
 
 SPEEDUP_FILE = "speedup.png"
 BANDWIDTH_FILE = "bandwidth.png"
+ROW_INCHES = 3.2
+TITLE_LINE_INCHES = 0.3
+LEGEND_ROW_INCHES = 0.3
+LEGEND_COLUMNS = 4
+
+
+class RatioLocator(Locator):
+    """Ticks for a log axis of ratios at round numbers: the coarsest ladder of mantissas that puts at
+    least three ticks in view."""
+
+    LADDERS = ((1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.1, 1.2, 1.3, 1.5, 1.7, 2, 2.5, 3, 4, 5, 6, 7, 8, 9))
+
+    def __call__(self) -> list[float]:
+        low, high = sorted(self.axis.get_view_interval())
+        ticks: list[float] = []
+        for mantissas in self.LADDERS:
+            ticks = [
+                round(m * 10.0**exponent, 6)
+                for exponent in range(-4, 5)
+                for m in mantissas
+                if low <= m * 10.0**exponent <= high
+            ]
+            if len(ticks) >= 3:
+                break
+        return ticks
+
+
+def ratio_label(value: float, _position: object = None) -> str:
+    """A ratio as a tick label: 0.7 -> "0.7x", 2 -> "2x"."""
+    return f"{value:g}x"
 
 
 def _bar_grid(
@@ -27,8 +63,7 @@ def _bar_grid(
     lines: dict[str, float],
     log_scale: bool,
     title: str,
-    path: Path,
-) -> None:
+) -> Figure:
     modes = [m for m in MODES if any(r.mode == m for r in results)]
     dtypes = list(dict.fromkeys(r.dtype for r in results))
     shapes = list(dict.fromkeys(r.shape for r in results))
@@ -43,7 +78,12 @@ def _bar_grid(
     ]
     colours = {s: f"C{i}" for i, s in enumerate(series)}
     rows, cols = max(len(modes), 1), max(len(dtypes), 1)
-    figure = Figure(figsize=(max(6.0, 0.45 * len(shapes) + 1.0) * cols, 3.2 * rows))
+    width_inches = max(6.0, 0.45 * len(shapes) + 1.0) * cols
+    title = "\n".join(textwrap.fill(line, width=int(13 * width_inches)) for line in title.splitlines())
+    legend_rows = -(-len(series) // LEGEND_COLUMNS)
+    header_inches = TITLE_LINE_INCHES * (len(title.splitlines()) + 0.5) + LEGEND_ROW_INCHES * legend_rows
+    height_inches = ROW_INCHES * rows + header_inches
+    figure = Figure(figsize=(width_inches, height_inches))
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, cols, squeeze=False)
     width = 0.8 / max(len(series), 1)
@@ -73,46 +113,69 @@ def _bar_grid(
                 ax.axhline(line, color="black", linewidth=0.8, linestyle="--")
             if log_scale:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_locator(RatioLocator())
+                ax.yaxis.set_minor_locator(NullLocator())
+                ax.yaxis.set_major_formatter(FuncFormatter(ratio_label))
             ax.set_xticks(range(len(shapes)))
             ax.set_xticklabels(shapes, rotation=60, ha="right", fontsize=7)
             ax.set_title(f"{mode}, {dtype}", fontsize=9)
             ax.set_ylabel(ylabel, fontsize=8)
-    figure.suptitle(title)
-    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    top = 1 - header_inches / height_inches
+    figure.suptitle(title, y=1 - 0.1 / height_inches, va="top", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, top))
     if series:
         handles = [Patch(color=colours[s], label=f"{s[0]} {s[1]}") for s in series]
-        figure.legend(handles=handles, loc="upper left", fontsize=8, ncol=len(series))
-    figure.savefig(path, dpi=90)
+        figure.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, top),
+            ncol=min(len(series), LEGEND_COLUMNS),
+            fontsize=8,
+            frameon=False,
+        )
+    return figure
 
 
-def write_plots(results: list[Result], out_dir: Path, device: str) -> list[Path]:
-    """Draw speedup.png and bandwidth.png for ``results`` (one run on ``device``) into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def speedup_figure(results: list[Result], device: str) -> Figure:
+    """Each provider's speedup over torch eager (eager time / its time), per case, on a log axis."""
     eager = {r.key: r.median_ms for r in results if r.ok and r.provider == EAGER}
 
     def speedup(result: Result) -> float | None:
         baseline = eager.get(result.key)
         return None if baseline is None else baseline / result.median_ms
 
-    speedup_path, bandwidth_path = out_dir / SPEEDUP_FILE, out_dir / BANDWIDTH_FILE
-    _bar_grid(
+    return _bar_grid(
         results,
         (FUSEDBN, COMPILE, FLAG_GEMS),
         speedup,
-        "eager time / time",
+        "eager time / time (log axis)",
         dict.fromkeys(MODES, 1.0),
         True,
-        f"Speedup over torch eager BatchNorm ({device})",
-        speedup_path,
+        f"Speedup over torch eager BatchNorm ({device}); dashed: 1x, as fast as eager\n"
+        f"{format_backend(results)}",
     )
-    _bar_grid(
+
+
+def bandwidth_figure(results: list[Result], device: str) -> Figure:
+    """Each provider's effective bandwidth as a share of the measured copy bandwidth, per case."""
+    return _bar_grid(
         results,
         (FUSEDBN, EAGER, COMPILE, FLAG_GEMS),
         lambda result: result.copy_share,
         "share of copy bandwidth",
         BANDWIDTH_GOALS,
         False,
-        f"Effective bandwidth (minimal bytes / time) over measured copy bandwidth ({device})",
-        bandwidth_path,
+        f"Effective bandwidth (minimal bytes / time) over measured copy bandwidth ({device}); "
+        f"dashed: the project's goal\n{format_backend(results)}",
     )
-    return [speedup_path, bandwidth_path]
+
+
+def write_plots(results: list[Result], out_dir: Path, device: str) -> list[Path]:
+    """Draw speedup.png and bandwidth.png for ``results`` (one run on ``device``) into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / SPEEDUP_FILE, out_dir / BANDWIDTH_FILE]
+    for figure, path in zip(
+        (speedup_figure(results, device), bandwidth_figure(results, device)), paths, strict=True
+    ):
+        figure.savefig(path, dpi=90)
+    return paths

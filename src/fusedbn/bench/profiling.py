@@ -25,7 +25,6 @@ FUSEDBN_KERNELS = (
     "apply_kernel",
     "whole_channel_backward_kernel",
     "partial_sums_kernel",
-    "finalize_sums_kernel",
     "grad_input_kernel",
 )
 # torch's native kernels (batch_norm_collect_statistics..., batch_norm_backward_reduce...), cuDNN's

@@ -2,9 +2,18 @@
 
 import math
 
+from fusedbn.backend import TORCH, TRITON, TRITON_INTERPRETER
 from fusedbn.bench.cases import COMPILE, EAGER, FLAG_GEMS, FUSEDBN
 from fusedbn.bench.metrics import DIFF_LIMITS, breakdown, compute_targets, mismatches
 from fusedbn.bench.results import Result, RunInfo
+
+# What each backend (fusedbn.backend_for) means for the numbers of fusedbn's rows.
+BACKEND_MEANINGS = {
+    TRITON: "its compiled Triton kernels",
+    TRITON_INTERPRETER: "its Triton kernels under Triton's interpreter on the CPU: slow, no measure of speed",
+    TORCH: "PyTorch's own BatchNorm behind fusedbn's checks (CPU without TRITON_INTERPRET=1): "
+    "its rows measure torch, not fusedbn's kernels",
+}
 
 COLUMNS = (
     ("shape", "<", 14),
@@ -124,6 +133,14 @@ def format_problems(results: list[Result]) -> str:
         for r in mismatches(results)
     ]
     return "\n".join(lines)
+
+
+def format_backend(results: list[Result]) -> str:
+    """One line naming what ran fusedbn's cases (its backend) and what that means for its numbers."""
+    backends = sorted({r.backend for r in results if r.provider == FUSEDBN and r.backend})
+    if not backends:
+        return "fusedbn backend: none (no fusedbn case)"
+    return "; ".join(f"fusedbn backend: {b}, {BACKEND_MEANINGS.get(b, 'unknown')}" for b in backends)
 
 
 def format_header(info: RunInfo) -> str:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,10 @@ from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
 from fusedbn.bench.results import device_name, error_status, git_commit
 from fusedbn.bench.timing import synchronize
 from fusedbn.convert import convert_model
+from fusedbn.outputs import OutputFolderError, output_folder
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 TORCH_BN = "torch"
 FUSEDBN = "fusedbn"
@@ -577,8 +582,9 @@ def format_summary(results: list[StepResult], info: dict[str, str], top_kernels:
     return "\n".join(lines)
 
 
-def write_plot(results: list[StepResult], out: Path) -> Path | None:
-    """A bar chart of images/s per case, a group of bars per (mode, precision, layout, batch)."""
+def plot_figure(results: list[StepResult], info: dict[str, str]) -> "Figure | None":
+    """A bar chart of images/s per case, a group of bars per (mode, precision, layout, batch), each bar
+    labelled with its variant and what ran its BatchNorm; None when no case was measured."""
     measured = [r for r in results if r.ok]
     if not measured:
         return None
@@ -587,20 +593,38 @@ def write_plot(results: list[StepResult], out: Path) -> Path | None:
 
     groups = list(dict.fromkeys((r.case.mode, *r.case.group) for r in measured))
     variants = list(dict.fromkeys(r.case.variant for r in measured))
+    backends = {r.case.variant: r.backend for r in measured}
     value = {((r.case.mode, *r.case.group), r.case.variant): r.images_per_s for r in measured}
-    figure = Figure(figsize=(max(6.0, 1.2 * len(groups) + 2), 4.0))
+    figure = Figure(figsize=(max(7.0, 1.2 * len(groups) + 2), 4.6))
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
         xs = [g + i * width for g, key in enumerate(groups) if (key, variant) in value]
         ys = [value[(key, variant)] for key in groups if (key, variant) in value]
-        axes.bar(xs, ys, width, label=variant, color=f"C{i}")
+        axes.bar(xs, ys, width, label=f"{variant} (BatchNorm run by {backends[variant]})", color=f"C{i}")
     axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    axes.set_xticklabels(["\n".join(str(part) for part in key) for key in groups], fontsize=7)
-    axes.set_ylabel("images/s")
-    axes.legend(fontsize=8)
+    axes.set_xticklabels(
+        [f"{mode}\n{precision}\n{layout}\nbatch {batch}" for mode, precision, layout, batch in groups],
+        fontsize=7,
+    )
+    axes.set_ylabel("images/s (higher is better)")
+    figure.suptitle(
+        f"Training steps of {info['model']} at {info['image_size']}x{info['image_size']} on {info['device']}",
+        fontsize=10,
+    )
+    # Below the case labels, where it hides no bar.
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(variants), 2))
     figure.tight_layout()
+    return figure
+
+
+def write_plot(results: list[StepResult], info: dict[str, str], out: Path) -> Path | None:
+    """Write :func:`plot_figure` to ``out``/training_step.png; returns its path, or None when no case was
+    measured."""
+    figure = plot_figure(results, info)
+    if figure is None:
+        return None
     path = out / PLOT_FILE
     figure.savefig(path, dpi=110)
     return path
@@ -734,7 +758,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if plan.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    try:
+        with output_folder(args.out):
+            return _measure_and_write(plan, args.out)
+    except OutputFolderError as error:
+        print(f"training step: error: {error}", file=sys.stderr)
+        return 2
 
+
+def _measure_and_write(plan: StepPlan, out: Path) -> int:
+    """Run ``plan``, write its files into ``out`` as :func:`run` says, and return the exit code."""
     base, source = base_model(plan.settings)
     info = {
         "device": device_name(plan.device),
@@ -747,19 +780,19 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(results: list[StepResult]) -> None:
         # The CSVs are rewritten after every case, so a run that is cut short keeps what it measured.
-        write_csv(results, info, args.out)
+        write_csv(results, info, out)
         result = results[-1]
         speed = f"{result.images_per_s:.1f} img/s" if result.ok else result.status
         print(f"{result.case.label}: {speed}", flush=True)
 
     results = run_plan(plan, base, progress)
-    paths = write_csv(results, info, args.out)
+    paths = write_csv(results, info, out)
     text = format_summary(results, info)
-    (args.out / SUMMARY_FILE).write_text(text + "\n")
-    plot = write_plot(results, args.out)
+    (out / SUMMARY_FILE).write_text(text + "\n")
+    plot = write_plot(results, info, out)
     print("\n" + text)
     print(
-        f"\nwrote {', '.join(str(p) for p in [*paths, args.out / SUMMARY_FILE] + ([plot] if plot else []))}"
+        f"\nwrote {', '.join(str(p) for p in [*paths, out / SUMMARY_FILE] + ([plot] if plot else []))}"
     )
     failed = any(r.status.startswith("error") or r.agrees == "NO" for r in results)
     return 1 if failed else 0

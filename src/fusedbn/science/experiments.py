@@ -7,10 +7,11 @@ training seed (initial weights and batch order). Accuracy is validation accuracy
 "test" is the held-out test split, read only to score configurations chosen on validation.
 """
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +19,6 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from fusedbn.science import figures
 from fusedbn.science.stats import (
     CONTRADICTED,
     HELD,
@@ -79,7 +79,9 @@ class Finding:
     """One experiment's outcome: the claim, the setup, the numbers, the tests and the verdict.
 
     ``rows`` are the table of numbers; ``test_verdicts`` holds one verdict per test in ``tests`` (the
-    importance experiment has no paired test and gives one verdict per optimizer instead).
+    importance experiment has no paired test and gives one verdict per optimizer instead). ``figure``
+    is the figure's file name and ``figure_data`` what :mod:`fusedbn.science.figures` draws it from:
+    its ``kind`` and plain JSON values.
     """
 
     key: str
@@ -92,15 +94,15 @@ class Finding:
     verdict: str
     explanation: str
     figure: str
+    figure_data: dict[str, object] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
 class Context:
-    """What every experiment needs: the preset, where figures go, a progress callback, cached tasks."""
+    """What every experiment needs: the preset, a progress callback, cached tasks and searches."""
 
     preset: Preset
-    figure_dir: Path
     progress: Callable[[str], None]
     tasks: dict[tuple[str, bool], Task] = field(default_factory=dict)
     searches: dict[tuple, TuningResult] = field(default_factory=dict)
@@ -173,6 +175,27 @@ def _trial_accuracies(result: TuningResult) -> list[float]:
     return [t.value if t.state == TrialState.COMPLETE else math.nan for t in _trials(result)]
 
 
+def _plain(value: object) -> object:
+    """``value`` as JSON can hold it: arrays as lists, numpy numbers as Python's, dataclasses as dicts."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot keep {type(value).__name__} in science.json")
+
+
+def _figure_data(kind: str, **data: object) -> dict[str, object]:
+    """A figure's kind and data in plain JSON values, the same after science.json is read back."""
+    return {"kind": kind, **json.loads(json.dumps(data, default=_plain))}
+
+
+def _panel(title: str, first: Sequence[float], second: Sequence[float], test: PairedTest) -> dict:
+    """One panel of a paired figure: per-seed values of both arms and the test of their differences."""
+    return {"title": title, "first": first, "second": second, "test": test}
+
+
 def _overall(verdicts: Sequence[str]) -> str:
     """One verdict from the primary tests': contradicted if any is, held if all are, else not shown."""
     if CONTRADICTED in verdicts:
@@ -226,10 +249,8 @@ def random_vs_grid(ctx: Context) -> Finding:
             ),
         ]
         verdicts += [verdict(primary, +1), verdict(tests[-1], +1)]
-        panels.append((f"{len(names)} parameters, {trials} trials", valid["random"], valid["grid"]))
-    figure = figures.paired_panels(
-        ctx.figure_dir / "random_vs_grid.png", panels, ("random", "grid"), "best validation accuracy"
-    )
+        title = f"{len(names)} parameters, {trials} trials: {verdicts[-2]}"
+        panels.append(_panel(title, valid["random"], valid["grid"], primary))
     overall = _overall(verdicts[0::2])
     return Finding(
         key="random_vs_grid",
@@ -248,7 +269,10 @@ def random_vs_grid(ctx: Context) -> Finding:
         explanation=_explain(overall, "random search beat the grid on validation accuracy")
         + f" Random minus grid, best validation: {_points(tests[0].mean_difference)} with 2 parameters, "
         f"{_points(tests[2].mean_difference)} with 4.",
-        figure=figure.name,
+        figure="random_vs_grid.png",
+        figure_data=_figure_data(
+            "paired_panels", panels=panels, arms=["random", "grid"], ylabel="best validation accuracy"
+        ),
     )
 
 
@@ -278,12 +302,10 @@ def coarse_to_fine(ctx: Context) -> Finding:
         }
         for a in arms
     ]
-    figure = figures.paired_panels(
-        ctx.figure_dir / "coarse_to_fine.png",
-        [("best validation", *valid.values()), ("test accuracy of the chosen", *test.values())],
-        tuple(arms),
-        "accuracy",
-    )
+    panels = [
+        _panel(f"best validation: {verdicts[0]}", *valid.values(), tests[0]),
+        _panel(f"test accuracy of the chosen: {verdicts[1]}", *test.values(), tests[1]),
+    ]
     overall = _overall(verdicts)
     return Finding(
         key="coarse_to_fine",
@@ -301,7 +323,8 @@ def coarse_to_fine(ctx: Context) -> Finding:
         explanation=_explain(overall, "the staged search chose better configurations")
         + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
         f"{_points(tests[1].mean_difference)} on test.",
-        figure=figure.name,
+        figure="coarse_to_fine.png",
+        figure_data=_figure_data("paired_panels", panels=panels, arms=list(arms), ylabel="accuracy"),
     )
 
 
@@ -342,7 +365,6 @@ def log_vs_linear(ctx: Context) -> Finding:
         }
         for arm in shares
     ]
-    figure = figures.accuracy_vs_learning_rate(ctx.figure_dir / "log_vs_linear.png", points)
     overall = verdicts[0]
     return Finding(
         key="log_vs_linear",
@@ -359,7 +381,8 @@ def log_vs_linear(ctx: Context) -> Finding:
         explanation=_explain(overall, "log scales put more trials above the threshold")
         + f" Share of trials reaching {GOOD_ACCURACY:.0%}: {np.mean(shares['log']):.0%} on log scales, "
         f"{np.mean(shares['linear']):.0%} on linear ones.",
-        figure=figure.name,
+        figure="log_vs_linear.png",
+        figure_data=_figure_data("accuracy_vs_learning_rate", points=points),
     )
 
 
@@ -411,9 +434,6 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
                 },
             }
         )
-    figure = figures.batchnorm_comparison(
-        ctx.figure_dir / "batchnorm_vs_none.png", accuracy, depths, GOOD_ACCURACY
-    )
     overall = verdicts[0]
     return Finding(
         key="batchnorm_vs_none",
@@ -436,7 +456,10 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         f"{reached['BatchNorm'][depths == depths.max()].mean():.0%} with BatchNorm and from "
         f"{reached['no BatchNorm'][depths == depths.min()].mean():.0%} to "
         f"{reached['no BatchNorm'][depths == depths.max()].mean():.0%} without.",
-        figure=figure.name,
+        figure="batchnorm_vs_none.png",
+        figure_data=_figure_data(
+            "batchnorm_comparison", accuracy=accuracy, depths=depths, good=GOOD_ACCURACY
+        ),
     )
 
 
@@ -508,7 +531,6 @@ def batchnorm_noise(ctx: Context) -> Finding:
         }
         for i, b in enumerate(sizes)
     ]
-    figure = figures.noise_and_gap(ctx.figure_dir / "batchnorm_noise.png", sizes, spreads, gaps)
     overall = _overall([verdicts[0], verdicts[2]])
     return Finding(
         key="batchnorm_noise",
@@ -530,7 +552,8 @@ def batchnorm_noise(ctx: Context) -> Finding:
         f"would be -0.5; within +-{SLOPE_MARGIN} of it: {verdicts[1]}). Regularisation {verdicts[2]}: the "
         f"train-test gap changed by {_points(gap_slopes.mean())} per doubling of the batch. "
         f"Overall: {overall}.",
-        figure=figure.name,
+        figure="batchnorm_noise.png",
+        figure_data=_figure_data("noise_and_gap", sizes=sizes, spreads=spreads, gaps=gaps),
     )
 
 
@@ -580,7 +603,6 @@ def importance_ranking(ctx: Context) -> Finding:
                 "above noise": "-",
             }
         )
-    figure = figures.importance_bars(ctx.figure_dir / "importances.png", measured, tiers)
     overall = _overall(verdicts)
     return Finding(
         key="importances",
@@ -599,7 +621,8 @@ def importance_ranking(ctx: Context) -> Finding:
         verdict=overall,
         explanation=_explain(overall, "the learning rate ranked first for both optimizers")
         + _above_noise(measured),
-        figure=figure.name,
+        figure="importances.png",
+        figure_data=_figure_data("importance_bars", measured=measured, tiers=tiers),
         extra={
             optimizer: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
             for optimizer, found in measured.items()
@@ -625,7 +648,7 @@ def test_time_statistics(ctx: Context) -> Finding:
             update_bn([x_train], model)
             check = max(check, _update_bn_error(model, x_train))
             results[beta]["exact"].append(evaluate(model, *task.test))
-    tests, verdicts, rows = [], [], []
+    tests, verdicts, rows, panels = [], [], [], []
     for beta, arms in results.items():
         test = wilcoxon(
             f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact",
@@ -636,6 +659,8 @@ def test_time_statistics(ctx: Context) -> Finding:
         )
         tests.append(test)
         verdicts.append(equivalence_verdict(test, EQUIVALENCE_MARGIN))
+        claim = f" (the claim): {verdicts[-1]}" if beta == EMA_BETAS[0] else ""
+        panels.append(_panel(f"beta {beta}{claim}", arms["ema"], arms["exact"], test))
         rows.append(
             {
                 "bn_beta": beta,
@@ -644,7 +669,6 @@ def test_time_statistics(ctx: Context) -> Finding:
                 "test, exact statistics": _mean_sd(arms["exact"]),
             }
         )
-    figure = figures.ema_vs_exact(ctx.figure_dir / "test_time_statistics.png", results)
     overall = verdicts[0]
     return Finding(
         key="test_time_statistics",
@@ -667,7 +691,10 @@ def test_time_statistics(ctx: Context) -> Finding:
         f"steps, as long as or longer than this training run, so they still carry the initial statistics and "
         f"those of early weights: {_points(tests[1].mean_difference)} and "
         f"{_points(tests[2].mean_difference)}.",
-        figure=figure.name,
+        figure="test_time_statistics.png",
+        figure_data=_figure_data(
+            "paired_panels", panels=panels, arms=["EMA", "exact"], ylabel="test accuracy"
+        ),
         extra={"update_bn_max_error": check},
     )
 

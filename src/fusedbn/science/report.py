@@ -1,5 +1,5 @@
-"""Writing the findings: ``science.json`` (every number) and ``REPORT.md`` (the same, readable, with the
-figures)."""
+"""Writing the findings: ``science.json`` (every number, and each figure's data) and ``REPORT.md`` (the
+same, readable, with the figures); reading the findings back from ``science.json``."""
 
 import json
 from collections.abc import Sequence
@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fusedbn.science.experiments import Finding, Preset
+from fusedbn.science.stats import PairedTest
 
 JSON_FILE = "science.json"
 MARKDOWN_FILE = "REPORT.md"
@@ -90,3 +91,31 @@ def write_report(
     json_path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     markdown_path.write_text(markdown(findings, preset, command, seconds))
     return [json_path, markdown_path]
+
+
+class ReportFileError(ValueError):
+    """A science.json that cannot be read back; the message says why."""
+
+
+def read_findings(path: Path) -> list[Finding]:
+    """The findings kept in the science.json at ``path``; :class:`ReportFileError` says what is wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as error:
+        raise ReportFileError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise ReportFileError(f"{str(path)!r} is not JSON: {error}") from None
+    findings = []
+    for item in data.get("findings", []):
+        if not item.get("figure_data"):
+            raise ReportFileError(
+                f"{str(path)!r} keeps no figure data for {item.get('key')!r} (an older fusedbn science "
+                "wrote it): run the experiments again"
+            )
+        try:
+            findings.append(Finding(**{**item, "tests": [PairedTest(**t) for t in item["tests"]]}))
+        except (TypeError, KeyError) as error:
+            raise ReportFileError(f"{str(path)!r} holds a finding fusedbn cannot read: {error}") from None
+    if not findings:
+        raise ReportFileError(f"{str(path)!r} holds no findings")
+    return findings

@@ -4,7 +4,8 @@ Runs the stages of the built-in digits task (see fusedbn.tuning), then prints th
 summary.json and PNG plots into --out. Re-running with the same --study-name and --storage resumes the
 study; several processes started with the same ones work on it together. With several --seed values,
 one study per seed runs (NAME-seed<S>, plots in OUT/seed<S>/) and a last line gives the spread of their
-best validation and test accuracies.
+best validation and test accuracies. Ctrl-C stops the running trial and says what is stored; bad
+arguments are one line on stderr and exit code 2, with nothing created.
 """
 
 import argparse
@@ -14,13 +15,25 @@ from pathlib import Path
 
 import optuna
 
+from fusedbn.cli import INTERRUPTED_EXIT_CODE
+from fusedbn.outputs import output_folder
 from fusedbn.tuning import report
 from fusedbn.tuning.digits import digits_task
-from fusedbn.tuning.search import PRUNERS, SAMPLERS, SearchConfig, TuningError, TuningResult, tune
+from fusedbn.tuning.search import (
+    PRUNERS,
+    SAMPLERS,
+    SearchConfig,
+    TuningError,
+    TuningInterrupted,
+    TuningResult,
+    tune,
+)
 from fusedbn.tuning.space import OPTIMIZERS, default_space, with_ranges, with_scales
-from fusedbn.tuning.storage import MEMORY_URL, StorageError
+from fusedbn.tuning.storage import MEMORY_URL, StorageError, display_url
+from fusedbn.tuning.training import torch_threads
 
 DEFAULT_OUT = "runs/tune"
+DEFAULT_THREADS = 1
 
 
 def _range(text: str) -> tuple[str, tuple[float, float]]:
@@ -65,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: each study's sampling seed)",
     )
     parser.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1...")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help="torch CPU threads of this process (default: 1: these small networks gain little from "
+        "more, and on busy cores more are far slower); several workers on one machine: keep workers x "
+        "threads <= cores",
+    )
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd (with momentum)")
     parser.add_argument("--epochs", type=int, default=8, help="training epochs per trial (default: 8)")
     parser.add_argument(
@@ -110,9 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fusedbn tune``; returns the exit code: 2 for bad arguments or storage, 1 if the study fails."""
+    """Run ``fusedbn tune``; returns the exit code: 2 for bad arguments or storage, 1 if the study fails,
+    130 when Ctrl-C stopped it."""
     out = Path(args.out)
     several = len(args.seed) > 1
+    storage = args.storage or f"sqlite:///{out / 'study.db'}"
     try:
         space = with_ranges(default_space(args.optimizer), dict(args.range))
         space = with_scales(space, dict.fromkeys(args.linear, "linear"))
@@ -125,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         configs = [
             SearchConfig(
                 study_name=f"{args.study_name}-seed{seed}" if several else args.study_name,
-                storage=args.storage or f"sqlite:///{out / 'study.db'}",
+                storage=storage,
                 trials=args.trials,
                 stages=args.stages,
                 tiers=args.tiers,
@@ -140,21 +163,41 @@ def run(args: argparse.Namespace) -> int:
             )
             for seed in args.seed
         ]
-        out.mkdir(parents=True, exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         results = []
-        for config in configs:
-            results.append(tune(task, space, config))
-            print(report(results[-1], out / f"seed{config.seed}" if several else out))
+        with torch_threads(args.threads), output_folder(out):
+            for config in configs:
+                results.append(tune(task, space, config))
+                print(report(results[-1], out / f"seed{config.seed}" if several else out))
     except (ValueError, StorageError) as error:
         print(f"fusedbn tune: error: {error}", file=sys.stderr)
         return 2
     except TuningError as error:
         print(f"fusedbn tune: study stopped: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as interrupt:
+        print(_interrupted(interrupt, storage), file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     if several:
         print(_spread(results))
     return 0
+
+
+def _interrupted(interrupt: KeyboardInterrupt, storage: str) -> str:
+    """What Ctrl-C left behind, and how to go on."""
+    if storage == MEMORY_URL:
+        return "fusedbn tune: interrupted. Nothing is stored (--storage memory): a new run starts over."
+    lines = ["fusedbn tune: interrupted. A trial that was running is marked failed and runs again on resume."]
+    if isinstance(interrupt, TuningInterrupted):
+        per_stage = ", ".join(f"{name}: {count}" for name, count in interrupt.finished.items())
+        lines.append(
+            f"{sum(interrupt.finished.values())} finished trials are stored in {interrupt.storage} "
+            f"({per_stage})."
+        )
+    else:
+        lines.append(f"Finished trials are stored in {display_url(storage)}.")
+    lines.append("Run the same command again to resume.")
+    return "\n".join(lines)
 
 
 def _spread(results: list[TuningResult]) -> str:

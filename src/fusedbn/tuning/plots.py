@@ -6,14 +6,15 @@
   first tuned beta), on a log axis of 1 - beta labelled in beta (a linear axis when sampled linearly).
 - ``learning_rate_beta.png``: learning rate x beta, coloured by accuracy, with accuracy contours.
 - ``importances.png``: parameter importances from the summary with their bootstrap intervals, coloured
-  by tier, and the noise floor (the importance of a dummy parameter with no effect).
+  by tier, over the noise floor (the importance of a dummy parameter with no effect, and its interval),
+  when the summary has importances.
 
 Complete trials are filled dots coloured by stage; pruned trials are grey crosses at their last reported
 accuracy; diverged and failed trials have no accuracy and are left out (the summary counts them).
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib.ticker as mticker
@@ -21,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
+from fusedbn.tuning.importance import Importances
 from fusedbn.tuning.report import Summary, scored_value
 from fusedbn.tuning.search import TuningResult
 from fusedbn.tuning.space import LogNear1Scale, LogScale, Param
@@ -168,27 +170,47 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path
     fig.savefig(path, dpi=110)
 
 
+def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) -> None:
+    """Importances on ``ax``: a bar per parameter (most important on top, coloured by tier) with its
+    5-95% bootstrap interval, over the noise floor drawn behind the bars: the noise dummy's importance
+    (dashed line) and its interval (grey band). Both are in the legend."""
+    order = measured.order()
+    rows = list(range(len(order)))[::-1]
+    # The whisker spans the interval, which need not contain the fit on all trials (the bar).
+    intervals = [measured.intervals[name] for name in order]
+    low, high = measured.noise_interval
+    ax.axvspan(low, high, color="grey", alpha=0.25, zorder=0, label="noise floor: dummy's 5-95% interval")
+    ax.axvline(
+        measured.noise, color="dimgrey", linestyle="--", zorder=1, label="noise floor: dummy's importance"
+    )
+    colours = [_stage_colour(tiers[name] - 1) for name in order]
+    ax.barh(rows, [measured.values[name] for name in order], color=colours, zorder=2)
+    ax.errorbar(
+        [(a + b) / 2 for a, b in intervals],
+        rows,
+        xerr=[(b - a) / 2 for a, b in intervals],
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+        zorder=3,
+    )
+    ax.set_yticks(rows, [f"{name} (tier {tiers[name]})" for name in order])
+    ax.set_xlim(0, max(high, *(b for _, b in intervals), *measured.values.values()) * 1.1)
+    ax.set_xlabel("fANOVA importance (sampled scales); whiskers: 5-95% bootstrap interval")
+    # Below the axes, where it hides no bar or whisker.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+
+
 def _importances(summary: Summary, path: Path) -> None:
     measured = summary.importances
-    order = measured.order()
-    fig = Figure(figsize=(7, 0.5 * len(order) + 1.8))
+    fig = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0))
     ax = fig.subplots()
-    rows = list(range(len(order)))[::-1]
-    values = [measured.values[name] for name in order]
-    errors = [
-        [value - measured.intervals[name][0] for name, value in zip(order, values, strict=True)],
-        [measured.intervals[name][1] - value for name, value in zip(order, values, strict=True)],
-    ]
-    colours = [_stage_colour(summary.tiers[name] - 1) for name in order]
-    ax.barh(rows, values, xerr=errors, color=colours, capsize=3)
-    ax.set_yticks(rows, [f"{name} (tier {summary.tiers[name]})" for name in order])
-    low, high = measured.noise_interval
-    ax.axvspan(low, high, color="grey", alpha=0.25, label="noise floor (5-95%)")
-    ax.axvline(measured.noise, color="grey", linestyle="--")
-    ax.set_xlim(0, max(high, *(measured.intervals[n][1] for n in order)) * 1.1)
-    ax.set_xlabel("importance (fANOVA on sampled scales; 5-95% bootstrap interval)")
-    ax.set_title(f"Parameter importances over {measured.trials} trials (bar colour = tier)")
-    ax.legend(loc="lower right", fontsize=8)
+    draw_importances(ax, measured, summary.tiers)
+    ax.set_title(
+        f"Parameter importances over {measured.trials} trials (bar colour = tier)\n"
+        f"above the noise floor in 95% of resamples: {', '.join(measured.above_noise()) or 'none'}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -32,11 +32,19 @@ studies with one ``train_seed`` and different sampling ``seed`` values train the
 Failures: a diverging trial is PRUNED with its reason in the user attribute ``failure`` (see
 :mod:`fusedbn.tuning.training`); a CUDA out-of-memory error fails that one trial (reason in ``failure``)
 and the study goes on. A stage stops with :class:`TuningError` once more trials failed than its budget.
+Any other exception fails the running trial (reason in ``failure``) and stops the search; Ctrl-C
+(KeyboardInterrupt) does so too and surfaces as :class:`TuningInterrupted`, which says how many
+finished trials each stage has stored. No trial is left RUNNING by an exception.
+
+Notes: :func:`tune` tells ``notify`` (default: a line on stderr) when it resumes a study ("resuming: N
+finished trials"), when it fails a trial that a stopped worker left RUNNING, and when a stage waits for
+running trials, and why.
 """
 
 import math
 import os
 import socket
+import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -51,7 +59,15 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from fusedbn.tuning.space import Bounds, Param, SpaceError, check_space, full_bounds, narrow, split_by_tier
-from fusedbn.tuning.storage import FAILURE_ATTR, fail_stale_trials, heartbeat, is_in_memory, open_storage
+from fusedbn.tuning.storage import (
+    FAILURE_ATTR,
+    HEARTBEAT_ATTR,
+    display_url,
+    fail_stale_trials,
+    heartbeat,
+    is_in_memory,
+    open_storage,
+)
 from fusedbn.tuning.training import Task
 
 SAMPLERS = ("random", "grid", "tpe")
@@ -68,6 +84,25 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 class TuningError(RuntimeError):
     """A study that cannot go on."""
+
+
+class TuningInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`tune`. The trial that was running is FAIL (it runs again on resume);
+    ``finished`` holds each stage study's number of finished trials, as stored in ``storage``
+    (a URL with any password hidden)."""
+
+    def __init__(self, storage: str, finished: dict[str, int]) -> None:
+        super().__init__(f"interrupted; finished trials stored: {finished}")
+        self.storage = storage
+        self.finished = finished
+
+
+Notify = Callable[[str], None]
+
+
+def print_note(message: str) -> None:
+    """Write ``message`` as a line on stderr, above any progress bar."""
+    tqdm.write(message, file=sys.stderr)
 
 
 def derive_seed(*parts: int) -> int:
@@ -258,11 +293,14 @@ class TuningResult:
         return {**{p.name: p.value_from(trial.params) for p in self.tuned}, **self.fixed}
 
 
-def tune(task: Task, space: Sequence[Param], config: SearchConfig) -> TuningResult:
+def tune(
+    task: Task, space: Sequence[Param], config: SearchConfig, notify: Notify = print_note
+) -> TuningResult:
     """Tune ``task`` over the tiers of ``space`` chosen by ``config``; returns every stage's study.
 
     Arguments are checked before the storage is opened, and the storage before any trial runs:
-    ValueError (:class:`SpaceError` for the space) or :class:`StorageError` otherwise.
+    ValueError (:class:`SpaceError` for the space) or :class:`StorageError` otherwise. Ctrl-C raises
+    :class:`TuningInterrupted`. ``notify`` receives the notes listed in the module docstring.
     """
     check_space(space)
     tuned, fixed = split_by_tier(space, config.tiers)
@@ -275,6 +313,55 @@ def tune(task: Task, space: Sequence[Param], config: SearchConfig) -> TuningResu
     fingerprint = {p.name: [p.low, p.high, p.scale.name] for p in tuned}
     _check_same_space(storage, f"{config.study_name}-stage1", fingerprint)
 
+    _note_resume(storage, config, notify)
+    try:
+        stages = _run_stages(task, tuned, fixed, fingerprint, storage, config, notify)
+    except KeyboardInterrupt as interrupt:
+        finished = {name: counts[0] for name, counts in _stored_trials(storage, config).items()}
+        raise TuningInterrupted(display_url(config.storage), finished) from interrupt
+    return TuningResult(config=config, tuned=tuned, fixed=fixed, stages=stages)
+
+
+def _stored_trials(storage: optuna.storages.BaseStorage, config: SearchConfig) -> dict[str, tuple[int, int]]:
+    """(finished, running) trials of each stage study that ``storage`` holds, by study name."""
+    names = set(optuna.get_all_study_names(storage))
+    counts = {}
+    for number in range(1, config.stages + 1):
+        name = f"{config.study_name}-stage{number}"
+        if name in names:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+            counts[name] = (
+                sum(t.state in FINISHED for t in trials),
+                sum(t.state == TrialState.RUNNING for t in trials),
+            )
+    return counts
+
+
+def _note_resume(storage: optuna.storages.BaseStorage, config: SearchConfig, notify: Notify) -> None:
+    """Say how many finished (and running) trials the study already has, when it has any."""
+    counts = _stored_trials(storage, config)
+    if any(finished or running for finished, running in counts.values()):
+        per_stage = ", ".join(
+            f"stage {name.rpartition('-stage')[2]}: {finished} finished"
+            + (f", {running} running" if running else "")
+            for name, (finished, running) in counts.items()
+        )
+        notify(
+            f"resuming: {sum(finished for finished, _ in counts.values())} finished trials of study "
+            f"{config.study_name!r} in {display_url(config.storage)} ({per_stage})"
+        )
+
+
+def _run_stages(
+    task: Task,
+    tuned: list[Param],
+    fixed: dict[str, float],
+    fingerprint: dict,
+    storage: optuna.storages.BaseStorage,
+    config: SearchConfig,
+    notify: Notify,
+) -> list[StageResult]:
+    """Run every stage in turn, each after the one before it is complete."""
     stages: list[StageResult] = []
     for number in range(1, config.stages + 1):
         study = optuna.create_study(
@@ -302,9 +389,9 @@ def tune(task: Task, space: Sequence[Param], config: SearchConfig) -> TuningResu
             derive_seed(config.training_seed, number),
             None if is_in_memory(storage) else config.grace_period_s,
         )
-        _run_stage(stage, objective, config, f"stage {number}/{config.stages}")
+        _run_stage(stage, objective, config, f"stage {number}/{config.stages}", notify)
         stages.append(stage)
-    return TuningResult(config=config, tuned=tuned, fixed=fixed, stages=stages)
+    return stages
 
 
 def _check_same_space(storage: optuna.storages.BaseStorage, study_name: str, fingerprint: dict) -> None:
@@ -373,23 +460,58 @@ def _objective(
             params = dict(fixed)
             for param in tuned:
                 params[param.name] = param.suggest(trial, *bounds[param.name])
-            try:
-                return task.fit(params, trial, seed=derive_seed(stage_seed, trial.number))
-            except torch.cuda.OutOfMemoryError as error:
-                trial.set_user_attr(FAILURE_ATTR, f"out of memory: {str(error).splitlines()[0]}")
-                raise
+            return task.fit(params, trial, seed=derive_seed(stage_seed, trial.number))
 
     return objective
 
 
+def _failure(error: BaseException) -> str:
+    """The ``failure`` user attribute of a trial that ``error`` stopped."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); runs again on resume"
+    lines = str(error).strip().splitlines()
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return f"out of memory: {lines[0] if lines else ''}"
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def _run_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float], notify: Notify) -> None:
+    """Ask ``study`` for a trial, run ``objective`` on it and tell the outcome, so that the trial never
+    stays RUNNING: PRUNED when the objective prunes it, FAIL (with its ``failure``) when it raises. An
+    out-of-memory error ends the trial only; any other exception, Ctrl-C included, goes on."""
+    trial = study.ask()
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    except BaseException as error:
+        trial.set_user_attr(FAILURE_ATTR, _failure(error))
+        study.tell(trial, state=TrialState.FAIL)
+        if not isinstance(error, torch.cuda.OutOfMemoryError):
+            raise
+        notify(f"{study.study_name}: trial {trial.number} failed: {_failure(error)}")
+        return
+    study.tell(trial, value)
+
+
 def _run_stage(
-    stage: StageResult, objective: Callable[[optuna.Trial], float], config: SearchConfig, label: str
+    stage: StageResult,
+    objective: Callable[[optuna.Trial], float],
+    config: SearchConfig,
+    label: str,
+    notify: Notify,
 ) -> None:
     """Run trials until the stage has its budget of finished trials and no trial is running."""
     budget = config.trials
+    waited_for: set[int] = set()
     with tqdm(total=budget, desc=label, unit="trial", disable=not config.progress) as bar:
         while True:
-            fail_stale_trials(stage.study, config.grace_period_s)
+            for number in fail_stale_trials(stage.study, config.grace_period_s):
+                notify(
+                    f"{label}: trial {number} had no heartbeat for over {config.grace_period_s:g} s (its "
+                    "worker stopped): marked failed; it runs again"
+                )
             trials = stage.trials()
             finished = sum(t.state in FINISHED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -407,6 +529,25 @@ def _run_stage(
                     f"budget of {budget}; last failure: {reason}"
                 )
             if finished + running < budget:
-                stage.study.optimize(objective, n_trials=1, catch=(torch.cuda.OutOfMemoryError,))
-            else:
-                time.sleep(POLL_S)
+                _run_trial(stage.study, objective, notify)
+                continue
+            elsewhere = [t for t in trials if t.state == TrialState.RUNNING]  # this worker runs none now
+            if {t.number for t in elsewhere} - waited_for:
+                waited_for |= {t.number for t in elsewhere}
+                notify(_waiting_note(label, elsewhere, config.grace_period_s))
+            time.sleep(POLL_S)
+
+
+def _waiting_note(label: str, running: Sequence[FrozenTrial], grace_s: float) -> str:
+    """Why a stage waits: the trials still running elsewhere, and when they count as lost."""
+    now = time.time()
+    described = ", ".join(
+        f"trial {t.number} (worker {t.user_attrs.get(WORKER_ATTR, 'unknown')}, last heartbeat "
+        f"{now - t.user_attrs.get(HEARTBEAT_ATTR, t.datetime_start.timestamp()):.0f} s ago)"
+        for t in running
+    )
+    return (
+        f"{label}: waiting for {described}: another worker may still be running it, or it was left "
+        f"by a worker that was killed. A trial without a heartbeat for {grace_s:g} s (the grace "
+        "period) counts as lost and runs again here."
+    )

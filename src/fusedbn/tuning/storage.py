@@ -42,6 +42,7 @@ FAILURE_ATTR = "failure"
 SQLITE_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
 TABLE_RACE_RETRIES = 3
+POSTGRES_INSTALL = "pip install '.[postgres]' in a clone of fusedbn"
 
 
 class StorageError(RuntimeError):
@@ -81,6 +82,8 @@ def open_storage(url: str) -> BaseStorage:
         return _rdb_storage(url, connect_args)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, ImportError):  # the database's driver
+            reason = f"its database driver does not import ({reason}); for PostgreSQL: {POSTGRES_INSTALL}"
         raise StorageError(f"cannot open storage {display_url(url)!r}: {reason}") from error
 
 

@@ -16,7 +16,8 @@ training loss) raises :class:`optuna.TrialPruned` with the reason in the trial's
 history, but it has no score.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
@@ -64,7 +65,11 @@ class Task:
                     f"{split}: need as many targets as inputs, and at least one, "
                     f"got {len(inputs)} inputs and {len(targets)} targets"
                 )
-        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+        try:
+            device_type = torch.device(self.device).type
+        except RuntimeError as error:
+            raise ValueError(f"unknown device {self.device!r}: {str(error).splitlines()[0]}") from None
+        if device_type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for, but torch finds no CUDA GPU")
 
     def splits(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -166,6 +171,23 @@ class Task:
             betas=(params["adam_beta1"], params["adam_beta2"]),
             eps=params["adam_epsilon"],
         )
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` CPU threads in torch's intra-op pool, then restore the count.
+
+    The tuning tasks train small networks on small batches: one thread is about as fast as several
+    on idle cores, and much faster on busy ones, where threads wait on each other.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()

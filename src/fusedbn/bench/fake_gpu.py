@@ -1,0 +1,160 @@
+"""A fake GPU: fusedbn's host path, Triton's binder and cache included, run on the CPU with no device.
+
+Measuring (``python -m fusedbn.bench.host_time --fake-gpu``) and testing (tests/kernels) the host side
+of a launch needs everything Triton does on the host except the compiler and the device:
+
+- a fake Triton driver (``FakeDriver``) with a real ``GPUTarget("cuda", 90, 32)``, so Triton builds its
+  real binder and cache key for a CUDA target;
+- each kernel as a real ``JITFunction`` (``FakeGpuKernel``) whose compile step is replaced: on the
+  first call of a specialisation Triton binds the arguments, computes its key and, instead of
+  compiling, gets a ``FakeCompiledKernel`` that it keeps in its own cache under that key;
+- the compiled kernel's C launcher replaced by one that counts launches (and, when asked, records
+  their arguments), so everything up to the launcher call is what a GPU run executes.
+
+``fake_gpu()`` puts all of it in place for fusedbn itself: every KernelLauncher of the kernel modules
+launches a FakeGpuKernel, and CPU tensors take fusedbn's Triton path instead of torch's BatchNorm.
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.jit import JITFunction
+
+from fusedbn.backend import triton_on_cpu
+from fusedbn.kernels import backward, forward
+from fusedbn.kernels.launcher import KernelLauncher
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+class FakeDriver:
+    """The parts of a Triton driver that a launch asks for: device, stream and target."""
+
+    def __init__(self) -> None:
+        self.stream = 7
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int) -> int:
+        return self.stream
+
+    def get_current_target(self) -> GPUTarget:
+        return TARGET
+
+
+class FakeCompiledKernel:
+    """A compiled kernel whose C launcher counts its launches, and records them if ``record``."""
+
+    function = "device-function-handle"
+    packed_metadata = ("packed", "metadata")
+
+    def __init__(self, key: str, record: bool) -> None:
+        self.key = key
+        self.record = record
+        self.launch_count = 0
+        self.launches: list[tuple[Any, ...]] = []
+
+    def launch_metadata(self, grid: Any, stream: int, *args: Any) -> None:
+        return None
+
+    @property
+    def run(self) -> Callable[..., None]:
+        return self._launch
+
+    def _launch(self, *launch: Any) -> None:
+        self.launch_count += 1
+        if self.record:
+            self.launches.append(launch)
+
+
+class FakeGpuKernel:
+    """A real JITFunction of ``fn`` whose compile step is faked; counts the launches through Triton."""
+
+    def __init__(self, fn: Callable[..., Any], record: bool = False) -> None:
+        self.jit = JITFunction(fn)
+        self.record = record
+        self.compiled: dict[str, FakeCompiledKernel] = {}
+        self.triton_launches = 0
+        self.jit._do_compile = self._compile
+        run = self.jit.run
+
+        def counting_run(*args: Any, **kwargs: Any) -> Any:
+            self.triton_launches += 1
+            return run(*args, **kwargs)
+
+        self.jit.run = counting_run
+
+    def _compile(self, key, signature, device, constexprs, options, attrs, warmup):
+        # Triton's own key: the compiled kernel lands in its cache as a real compile's would.
+        kernel = self.compiled[key] = FakeCompiledKernel(key, self.record)
+        self.jit.device_caches[device][0][key] = kernel
+        return kernel
+
+    def launch_count(self) -> int:
+        """Launches of every specialisation, through Triton or directly."""
+        return sum(kernel.launch_count for kernel in self.compiled.values())
+
+    def all_launches(self) -> list[tuple[Any, ...]]:
+        """The recorded launches (with ``record``), specialisation by specialisation."""
+        return [launch for kernel in self.compiled.values() for launch in kernel.launches]
+
+
+@contextlib.contextmanager
+def fake_driver() -> Iterator[FakeDriver]:
+    """Triton's active driver is a FakeDriver inside the block; the previous one is put back."""
+    driver = FakeDriver()
+    config = triton.runtime.driver
+    previous = config._active
+    config.set_active(driver)
+    try:
+        yield driver
+    finally:
+        config._active = previous
+
+
+def kernel_launchers(*modules: ModuleType) -> list[KernelLauncher]:
+    """The KernelLaunchers defined in ``modules``."""
+    return [
+        value for module in modules for value in vars(module).values() if isinstance(value, KernelLauncher)
+    ]
+
+
+class FakeGpu:
+    """What ``fake_gpu()`` installed: a FakeGpuKernel per fusedbn kernel, by kernel name."""
+
+    def __init__(self, driver: FakeDriver, kernels: dict[str, FakeGpuKernel]) -> None:
+        self.driver = driver
+        self.kernels = kernels
+
+    def launch_count(self) -> int:
+        """Kernel launches so far, all kernels together."""
+        return sum(kernel.launch_count() for kernel in self.kernels.values())
+
+
+@contextlib.contextmanager
+def fake_gpu(record: bool = False) -> Iterator[FakeGpu]:
+    """fusedbn on the fake GPU inside the block: CPU tensors take the Triton path, and every launcher
+    of fusedbn's kernels launches a FakeGpuKernel through Triton's driver, binder and cache.
+
+    Works whether or not Triton's interpreter is on (the kernels are rebuilt as JITFunctions of
+    their Python functions). Everything is put back on exit, the launchers' bindings included.
+    """
+    launchers = kernel_launchers(forward, backward)
+    saved = [dict(launcher.__dict__) for launcher in launchers]
+    kernels = {}
+    with fake_driver() as driver, triton_on_cpu():
+        try:
+            for launcher in launchers:
+                kernel = FakeGpuKernel(launcher.kernel.fn, record)
+                kernels[launcher.kernel.fn.__name__] = kernel
+                vars(launcher).update(vars(KernelLauncher(kernel.jit)))
+            yield FakeGpu(driver, kernels)
+        finally:
+            for launcher, state in zip(launchers, saved, strict=True):
+                vars(launcher).clear()
+                vars(launcher).update(state)
