@@ -18,6 +18,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -317,13 +318,10 @@ class Plan:
     y_stride: tuple[int, ...]
     mask_strides: tuple[int, int, int]  # of relu_mask_like(x); (0, 0, 0) without a fused ReLU
     empty: bool  # no element to normalise: the launchers return at once
-    # The ALIGN constexprs of tile_offsets (vector_alignment) for the tensors read with x_strides,
-    # y_strides (y, a residual, dy, grad_input, grad_residual) and mask_strides (1 without a ReLU).
-    # They depend on strides and extents only; a data pointer's own alignment is Triton's to see
-    # (it specialises every pointer on 16-byte alignment).
-    x_align: int
-    y_align: int
-    mask_align: int
+    # The constexprs every kernel that reads tiles takes, in a dict passed as **tile_constexprs
+    # (made once here: building it per call would cost every launch): BLOCK_N, BLOCK_S, BLOCK_C,
+    # num_warps and ALIGN, the Alignment of the tiles' strides. Never modified.
+    tile_constexprs: dict[str, object] = dataclasses.field(compare=False)
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (of the planned shape and strides) as the kernels read it, as fold_input folds it."""
@@ -341,6 +339,18 @@ def plan_batch_norm(
     """
     plan = _cached_plan(x.shape, x.stride(), x.dtype, x.device, relu, limits or _LIMITS.get())
     return plan.fold(x), plan
+
+
+class Alignment(NamedTuple):
+    """The ALIGN constexpr of the tile kernels: the alignment (vector_alignment) of the tiles read
+    and written with each stride triple of a plan. It depends on shape and strides only; a data
+    pointer's own alignment is Triton's to see (it specialises every pointer on 16-byte alignment).
+    One constexpr rather than three keeps the launch's keyword arguments few (each costs the host
+    a little on every launch)."""
+
+    x: int  # x_strides: x
+    y: int  # y_strides: y, a residual, dy, grad_input, grad_residual
+    mask: int  # mask_strides: the fused ReLU's packed mask (1 without a ReLU)
 
 
 # The widest global access one thread makes (128 bits): alignment beyond it buys nothing, and would
@@ -410,9 +420,15 @@ def _cached_plan(
         y_stride=y.stride(),
         mask_strides=mask_strides,
         empty=x.numel() == 0,
-        x_align=vector_alignment(x_strides, view, launch, itemsize),
-        y_align=vector_alignment(y_strides, view, launch, itemsize),
-        mask_align=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
+        tile_constexprs=dict(
+            BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
+            ALIGN=Alignment(
+                x=vector_alignment(x_strides, view, launch, itemsize),
+                y=vector_alignment(y_strides, view, launch, itemsize),
+                mask=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
+            ),
+            num_warps=launch.num_warps,
+        ),
     )
 
 

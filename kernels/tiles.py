@@ -33,12 +33,13 @@ def tile_offsets(
     """Element offsets (int64) and in-bounds mask of tile number ``tile`` for ``channels``.
 
     Loads and stores are vectorised along the channel dim when BLOCK_C > 1 (channels are the
-    contiguous dim, see choose_launch) and along the inner dim otherwise. ALIGN (see
-    vector_alignment in layout.py) is a power of two, at most the tile's size along that dim, that
-    divides the strides of the two other dims and the vectorised dim's extent. Telling the compiler
-    so (every row of the vectorised dim starts at a multiple of ALIGN elements, and its bounds mask is
-    constant over ALIGN elements) allows vector accesses that Triton's own specialisation, which
-    only learns whether an int is divisible by 16, does not: rows of 14x14 = 196 elements, say.
+    contiguous dim, see choose_launch) and along the inner dim otherwise. ALIGN (the tensor's field
+    of the kernel's Alignment, see vector_alignment in layout.py) is a power of two, at most the
+    tile's size along that dim, that divides the strides of the two other dims and the vectorised
+    dim's extent. Telling the compiler so (every row of the vectorised dim starts at a multiple of
+    ALIGN elements, and its bounds mask is constant over ALIGN elements) allows vector accesses that
+    Triton's own specialisation, which only learns whether an int is divisible by 16, does not: rows
+    of 14x14 = 196 elements, say.
     """
     tile_outer = tile // tiles_inner
     tile_inner = tile % tiles_inner

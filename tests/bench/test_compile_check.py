@@ -15,7 +15,8 @@ import fusedbn
 from fusedbn.bench import compile_check, compile_worker, kernel_report
 from fusedbn.bench.cases import Shape, parse_shapes
 from fusedbn.bench.compile_check import Case, Launch
-from fusedbn.kernels.layout import LaunchLimits, launch_limits
+from fusedbn.kernels import tickets
+from fusedbn.kernels.layout import Alignment, LaunchLimits, launch_limits
 
 SMALL = Shape((3, 5, 7, 6), "custom")
 
@@ -66,6 +67,21 @@ def test_resnet_sized_and_larger_inputs_are_never_allocated():
     }
 
 
+def test_recording_keeps_its_fake_ticket_counters_apart_from_real_calls():
+    """The split path's ticket counters are cached per thread (tickets.py); those that a recorded
+    (fake) call makes must not be the ones a later real call on this thread counts with."""
+    split_shape = Shape((2, 4, 64, 65), "custom")  # 2 x 4160 per channel: 4 tiles of 4096
+    x = torch.randn(split_shape.dims, generator=torch.Generator().manual_seed(8))
+    before = dict(tickets._counters)
+    launches = compile_check.record_case(Case(split_shape, "float32", "nchw", "relu", "train", 132))
+    assert any(launch.name == "partial_sums_kernel" for launch in launches)  # the split path
+    assert tickets._counters == before
+    with launch_limits(LaunchLimits(multiprocessors=132)):
+        y = fusedbn.fused_batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
+    expected = torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_describe_tells_aligned_from_misaligned_addresses():
     half = torch.empty(16, dtype=torch.float16)
     double = torch.empty(8, dtype=torch.float64)
@@ -82,7 +98,8 @@ def _partial_moments_launch(x: torch.Tensor, n_inner: int, stride_c: int) -> Lau
     args = (arrivals, x, partial, *[statistics] * 5, 4, n_inner, 3, 4 * n_inner,
             3 * stride_c, stride_c, 1, 1, 5, 3, 0.1, 1e-5)
     kwargs = (("BLOCK_C", 1), ("BLOCK_N", 4), ("BLOCK_S", 8), ("CUMULATIVE", False),
-              ("FINALIZE", True), ("UPDATE_RUNNING", False), ("X_ALIGN", 1), ("num_warps", 4))
+              ("FINALIZE", True), ("UPDATE_RUNNING", False), ("ALIGN", Alignment(1, 1, 1)),
+              ("num_warps", 4))
     return Launch("fusedbn.kernels.forward:partial_moments_kernel", (3, 2),
                   tuple(compile_check.describe(a) for a in args), kwargs)
 
@@ -222,7 +239,8 @@ def test_every_supported_triton_passed_the_full_sweep():
     root = Path(__file__).resolve().parents[2]
     setup = (root / "setup.py").read_text(encoding="utf-8")
     supported = SpecifierSet(re.search(r'"triton([^"]+)"', setup).group(1))
-    folder = root / "benchmarks" / "results" / "compile-check"
+    # The newest full sweep: benchmarks/results/<date>-compile-gate (benchmarks/compile_check.sh).
+    folder = sorted((root / "benchmarks" / "results").glob("*-compile-gate"))[-1]
     sweeps = {}
     for path in sorted(folder.glob("triton-*.json")):
         report = json.loads(path.read_text(encoding="utf-8"))
@@ -231,6 +249,7 @@ def test_every_supported_triton_passed_the_full_sweep():
         assert not report["subset"] and report["targets"] == list(compile_check.TARGETS), path.name
         assert compile_check.failures(report) == [], path.name
         sweeps[(version.major, version.minor)] = report
+    assert len({report["commit"] for report in sweeps.values()}) == 1, "sweeps of other kernels"
     lower = min(s.version for s in supported if s.operator == ">=")
     upper = min(s.version for s in supported if s.operator == "<")
     low, high = Version(lower), Version(upper)

@@ -238,11 +238,15 @@ def elements_per_thread(launch: Launch) -> int:
     return tile // (32 * kwargs.get("num_warps", 4))
 
 
-# Cases that once crashed the compiler (issue 15: Triton 3.9, sm_90, the fused ReLU's backward in
-# float16): the representative subset always compiles every specialisation they launch.
+# Cases that once crashed the compiler (issue 15: Triton 3.9, sm_90, the fused ReLU's backward
+# with a select: whole_channel_backward_kernel and partial_sums_kernel in float16 and bfloat16,
+# and partial_sums_kernel on the split path in float32 too): the representative subset always
+# compiles every specialisation they launch.
 REGRESSION_CASES = (
     ("64x256x56x56", "float16", NCHW, "relu", TRAIN, 132),
     ("64x1024x14x14", "float16", NCHW, "relu", TRAIN, 132),
+    ("64x256x14x14", "float32", NCHW, "relu", TRAIN, 132),
+    ("64x128x28x28", "float32", NCHW, "relu", TRAIN, 132),
 )
 
 
