@@ -10,11 +10,11 @@
 #   bash benchmarks/compile_check.sh triton-sites/3.6.0 triton-sites/3.7.1 triton-sites/3.8.0
 #
 # Writes OUT/triton-<version>.json per version and OUT/REPORT.md over all of them (OUT defaults to
-# benchmarks/results/compile-check). Exits 1 if any version had a crash, a compile error, a timeout
+# benchmarks/results/<today>-compile-gate). Exits 1 if any version had a crash, a compile error, a timeout
 # or a spill. About 40 minutes of two cores per version; JOBS sets the worker processes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-benchmarks/results/compile-check}
+OUT=${OUT:-benchmarks/results/$(date -u +%F)-compile-gate}
 JOBS=${JOBS:-2}
 python=${PYTHON:-python3}
 status=0
