@@ -19,7 +19,9 @@ so results are bitwise reproducible; grad_input_kernel then writes grad_input.
 Strides: x is read through its own (stride_x_*), since a strided view of x is read in place;
 grad_input and grad_residual are allocated with torch.empty_like(x), and dy is laid out like them
 (conform() copies one that is not), so dy, grad_input and grad_residual share one triple
-(stride_dy_*); the packed mask has its own (stride_m_*).
+(stride_dy_*); the packed mask has its own (stride_m_*). That triple is the forward's y's: the
+kernels take the forward's tile constexprs, and ALIGN.y is the alignment of dy's tiles (ALIGN.x
+and ALIGN.mask of x's and the mask's, as in the forward).
 """
 
 from collections.abc import Callable
@@ -43,6 +45,7 @@ from fusedbn.kernels.tiles import (
     sum_over_tile,
     tile_offsets,
     unpack_bits,
+    zero_where_off,
 )
 
 
@@ -52,6 +55,7 @@ def load_grad_output(
     stride_dy_outer, stride_dy_c, stride_dy_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """dy of one tile, zeroed where a fused ReLU's mask is off; its offsets and in-bounds mask.
 
@@ -59,16 +63,16 @@ def load_grad_output(
     """
     dy_offsets, in_bounds = tile_offsets(
         tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-        stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        stride_dy_outer, stride_dy_c, stride_dy_inner, BLOCK_N, BLOCK_S, BLOCK_C, Y_ALIGN,
     )
     dy = tl.load(dy_ptr + dy_offsets, mask=in_bounds, other=0.0)
     if RELU:
         m_offsets, m_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
-            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
+            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C, M_ALIGN,
         )
         packed = tl.load(mask_ptr + m_offsets, mask=m_bounds, other=0)
-        dy = tl.where(unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C), dy, 0.0)
+        dy = zero_where_off(dy, unpack_bits(packed, BLOCK_N, BLOCK_S, BLOCK_C))
     return dy, dy_offsets, in_bounds
 
 
@@ -86,6 +90,7 @@ def gradient_sums(
     stride_m_outer, stride_m_c, stride_m_byte,
     stride_x_outer, stride_x_c, stride_x_inner,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Per-channel sums of dy and dy * xhat over tiles [first_tile, last_tile).
 
@@ -100,11 +105,12 @@ def gradient_sums(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+            Y_ALIGN, M_ALIGN,
         )
         dy = dy.to(mean.dtype)
         x_offsets, _ = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
         )
         x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
         sum_dy += dy
@@ -122,6 +128,7 @@ def grad_input_tiles(
     stride_x_outer, stride_x_c, stride_x_inner,
     BATCH_STATS: tl.constexpr, RELU: tl.constexpr, WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Write grad_input (and a fused residual's gradient) on tiles [first_tile, last_tile).
 
@@ -139,12 +146,13 @@ def grad_input_tiles(
             dy_ptr, mask_ptr, tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_dy_outer, stride_dy_c, stride_dy_inner,
             stride_m_outer, stride_m_c, stride_m_byte, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+            Y_ALIGN, M_ALIGN,
         )
         dy = dy.to(mean.dtype)
         if BATCH_STATS:
             x_offsets, _ = tile_offsets(
                 tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-                stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+                stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
             )
             x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
             dx = batch_stats_grad_input(
@@ -181,6 +189,7 @@ def whole_channel_backward_kernel(
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """One program computes all gradients of BLOCK_C whole channels: the sums, then grad_input."""
     first_tile = tl.program_id(1)  # always 0: the grid has a single split
@@ -195,6 +204,7 @@ def whole_channel_backward_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        ALIGN.x, ALIGN.y, ALIGN.mask,
     )
     tl.store(grad_bias_ptr + channels, sum_dy, mask=channel_mask)
     tl.store(grad_weight_ptr + channels, sum_dy_xhat, mask=channel_mask)
@@ -206,6 +216,7 @@ def whole_channel_backward_kernel(
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
+        ALIGN.x, ALIGN.y, ALIGN.mask,
     )
 
 
@@ -241,6 +252,7 @@ def partial_sums_kernel(
     stride_x_outer, stride_x_c, stride_x_inner,
     tiles_inner, num_tiles, tiles_per_split,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split].
 
@@ -261,6 +273,7 @@ def partial_sums_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        ALIGN.x, ALIGN.y, ALIGN.mask,
     )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
@@ -288,6 +301,7 @@ def grad_input_kernel(
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) writes grad_input on its tiles from the finished sums.
 
@@ -313,6 +327,7 @@ def grad_input_kernel(
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
+        ALIGN.x, ALIGN.y, ALIGN.mask,
     )
 
 
@@ -378,12 +393,10 @@ def batch_norm_backward(
     weight_arg = mean if weight is None else weight
     tensor_args = (dy, mask_arg, x, dx, dr_arg, weight_arg, mean, invstd)
     stride_args = (*dy_strides, *mask_strides, *x_strides)
-    flags = dict(
-        HAS_WEIGHT=weight is not None, BATCH_STATS=use_batch_stats, RELU=relu,
-        WRITE_GRAD_RESIDUAL=write_grad_residual,
-        BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-        num_warps=launch.num_warps,
-    )
+    flags = {
+        "HAS_WEIGHT": weight is not None, "BATCH_STATS": use_batch_stats, "RELU": relu,
+        "WRITE_GRAD_RESIDUAL": write_grad_residual, **plan.tile_constexprs,
+    }
 
     if need_sums and launch.whole_channel and combine_sums is None:
         launch_whole_channel_backward(
@@ -404,8 +417,7 @@ def batch_norm_backward(
             launch_partial_sums, grid, x.device, dy, mask_arg, x, mean, invstd, partial,
             grad_bias, grad_weight, view.n_outer, view.n_inner, view.num_channels,
             *dy_strides, *mask_strides, *x_strides, *tiling,
-            RELU=relu, BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-            num_warps=launch.num_warps,
+            RELU=relu, **plan.tile_constexprs,
         )
     # grad_bias and grad_weight hold this call's sums of dy and dy * xhat (garbage without
     # need_sums, when grad_input_kernel does not read them: no batch statistics).

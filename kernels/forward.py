@@ -19,6 +19,9 @@ residual and the ReLU each optional. The ReLU stores a packed one-bit mask of y 
 Strides: x is read through its own (stride_x_*), since a strided view of x is read in place; y is
 allocated with torch.empty_like(x), and a residual is laid out like y (conform() copies one that is
 not), so y and the residual share one triple (stride_y_*); the packed mask has its own (stride_m_*).
+Every kernel that reads tiles takes the plan's tile constexprs (Plan.tile_constexprs): the tile's
+BLOCK_N, BLOCK_S, BLOCK_C and ALIGN, the Alignment of the tiles of x, y and the mask (their rows
+start at multiples of ALIGN.x, ALIGN.y and ALIGN.mask elements, see tiles.tile_offsets).
 """
 
 from collections.abc import Callable
@@ -59,7 +62,7 @@ def store_output(
     n_outer, n_inner, num_channels,
     stride_m_outer, stride_m_c, stride_m_byte,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Apply the epilogue to the normalised tile ``y`` and store it (and the ReLU mask).
 
@@ -77,7 +80,7 @@ def store_output(
         y = tl.where(positive, y, 0.0)
         m_offsets, m_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, (n_inner + 7) // 8, num_channels,
-            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C,
+            stride_m_outer, stride_m_c, stride_m_byte, BLOCK_N, BLOCK_S // 8, BLOCK_C, M_ALIGN,
         )
         tl.store(mask_ptr + m_offsets, pack_bits(positive, BLOCK_N, BLOCK_S, BLOCK_C), mask=m_bounds)
     tl.store(y_ptr + y_offsets, y, mask=in_bounds)
@@ -87,7 +90,7 @@ def store_output(
 def shifted_moments(
     x_ptr, stats_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner, num_channels,
     stride_x_outer, stride_x_c, stride_x_inner,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, X_ALIGN: tl.constexpr,
 ):
     """(count, shift, mean - shift, M2) per channel of tiles [first_tile, last_tile) of x.
 
@@ -100,7 +103,7 @@ def shifted_moments(
     """
     offsets, in_bounds = tile_offsets(
         first_tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
     )
     acc_dtype = stats_ptr.dtype.element_ty
     x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
@@ -112,7 +115,7 @@ def shifted_moments(
     for tile in range(first_tile + 1, last_tile):
         offsets, in_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
         )
         x = tl.load(x_ptr + offsets, mask=in_bounds, other=0.0).to(acc_dtype)
         deviation = tl.where(in_bounds, x - shift[None, None, :], 0.0)
@@ -138,6 +141,7 @@ def normalize_tiles(
     stride_m_outer, stride_m_c, stride_m_byte,
     HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Write y = (x - mean) * scale + bias, then the epilogue, on tiles [first_tile, last_tile)."""
     mean = mean[None, None, :]
@@ -146,18 +150,18 @@ def normalize_tiles(
     for tile in range(first_tile, last_tile):
         x_offsets, in_bounds = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
         )
         x = tl.load(x_ptr + x_offsets, mask=in_bounds, other=0.0).to(mean.dtype)
         y_offsets, _ = tile_offsets(
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
-            stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+            stride_y_outer, stride_y_c, stride_y_inner, BLOCK_N, BLOCK_S, BLOCK_C, Y_ALIGN,
         )
         store_output(
             (x - mean) * scale + bias, y_ptr, residual_ptr, mask_ptr, y_offsets, in_bounds,
             tile, tiles_inner, channels, n_outer, n_inner, num_channels,
             stride_m_outer, stride_m_c, stride_m_byte,
-            HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+            HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, M_ALIGN,
         )
 
 
@@ -173,6 +177,7 @@ def whole_channel_forward_kernel(
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """One program normalises BLOCK_C whole channels: statistics over all tiles, then y."""
     acc_dtype = mean_ptr.dtype.element_ty
@@ -181,7 +186,7 @@ def whole_channel_forward_kernel(
     channel_mask = channels < num_channels
     _, shift, mean_dev, m2 = shifted_moments(
         x_ptr, mean_ptr, channels, first_tile, num_tiles, tiles_inner, n_outer, n_inner,
-        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x,
     )
     mean = shift + mean_dev
     invstd = store_statistics(
@@ -198,7 +203,7 @@ def whole_channel_forward_kernel(
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
-        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x, ALIGN.y, ALIGN.mask,
     )
 
 
@@ -261,7 +266,7 @@ def partial_moments_kernel(
     stride_x_outer, stride_x_c, stride_x_inner,
     tiles_inner, num_tiles, tiles_per_split, momentum: tl.float64, eps: tl.float64,
     FINALIZE: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
 
@@ -277,7 +282,7 @@ def partial_moments_kernel(
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     count, shift, mean_dev, m2 = shifted_moments(
         x_ptr, partial_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner,
-        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x,
     )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
@@ -337,6 +342,7 @@ def apply_kernel(
     FROM_RUNNING: tl.constexpr, STORE_STATISTICS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
@@ -369,7 +375,7 @@ def apply_kernel(
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
-        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x, ALIGN.y, ALIGN.mask,
     )
 
 
@@ -442,12 +448,10 @@ def batch_norm_forward(
         running_mean, running_var,
     )
     stride_args = (*x_strides, *y_strides, *plan.mask_strides)
-    flags = dict(
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
-        HAS_RESIDUAL=residual is not None, RELU=call.relu,
-        BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-        num_warps=launch.num_warps,
-    )
+    flags = {
+        "HAS_WEIGHT": weight is not None, "HAS_BIAS": bias is not None,
+        "HAS_RESIDUAL": residual is not None, "RELU": call.relu, **plan.tile_constexprs,
+    }
     statistics_flags = dict(UPDATE_RUNNING=call.update_running, CUMULATIVE=call.cumulative)
 
     if call.use_batch_stats and launch.whole_channel and combine_moments is None:
@@ -471,9 +475,7 @@ def batch_norm_forward(
             launch_partial_moments, grid, x.device, x, partial, *statistics_args,
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
             *x_strides, *tiling, call.momentum, call.eps, FINALIZE=combine_moments is None,
-            **statistics_flags,
-            BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-            num_warps=launch.num_warps,
+            **statistics_flags, **plan.tile_constexprs,
         )
         if combine_moments is not None:
             partial, n_per_channel = combine_moments(partial)

@@ -18,6 +18,7 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -317,6 +318,10 @@ class Plan:
     y_stride: tuple[int, ...]
     mask_strides: tuple[int, int, int]  # of relu_mask_like(x); (0, 0, 0) without a fused ReLU
     empty: bool  # no element to normalise: the launchers return at once
+    # The constexprs every kernel that reads tiles takes, in a dict passed as **tile_constexprs
+    # (made once here: building it per call would cost every launch): BLOCK_N, BLOCK_S, BLOCK_C,
+    # num_warps and ALIGN, the Alignment of the tiles' strides. Never modified.
+    tile_constexprs: dict[str, object] = dataclasses.field(compare=False)
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (of the planned shape and strides) as the kernels read it, as fold_input folds it."""
@@ -334,6 +339,48 @@ def plan_batch_norm(
     """
     plan = _cached_plan(x.shape, x.stride(), x.dtype, x.device, relu, limits or _LIMITS.get())
     return plan.fold(x), plan
+
+
+class Alignment(NamedTuple):
+    """The ALIGN constexpr of the tile kernels: the alignment (vector_alignment) of the tiles read
+    and written with each stride triple of a plan. It depends on shape and strides only; a data
+    pointer's own alignment is Triton's to see (it specialises every pointer on 16-byte alignment).
+    One constexpr rather than three keeps the launch's keyword arguments few (each costs the host
+    a little on every launch)."""
+
+    x: int  # x_strides: x
+    y: int  # y_strides: y, a residual, dy, grad_input, grad_residual
+    mask: int  # mask_strides: the fused ReLU's packed mask (1 without a ReLU)
+
+
+# The widest global access one thread makes (128 bits): alignment beyond it buys nothing, and would
+# only make more specialisations to compile.
+WIDEST_ACCESS_BYTES = 16
+
+
+def vector_alignment(
+    strides: tuple[int, int, int], view: ChannelView, launch: Launch, itemsize: int, bits: int = 1
+) -> int:
+    """The ALIGN constexpr of tile_offsets for the tensors addressed with ``strides`` (outer, c, inner).
+
+    Their accesses are vectorised along the channel dim when launch.block_c > 1 (channels are the
+    contiguous dim), else along the inner dim. The result is the largest power of two, at most the
+    tile's size along that dim and the elements of ``itemsize`` bytes in a 128-bit access, that
+    divides the other two strides and the extent of the vectorised dim: every row of that dim then
+    starts at a multiple of it, and its bounds mask is constant over that many elements. ``bits`` is
+    the elements per stored element along the inner dim: 8 for the packed ReLU mask, whose rows hold
+    ceil(n_inner / 8) bytes. The result is a fact about element offsets whatever the dtype; the
+    ``itemsize`` only caps it (a residual of a wider dtype than y's shares y's value).
+    """
+    stride_outer, stride_c, stride_inner = strides
+    if launch.block_c > 1:
+        values, block = (stride_outer, stride_inner, view.num_channels), launch.block_c
+    else:
+        extent = (view.n_inner + bits - 1) // bits
+        values, block = (stride_outer, stride_c, extent), max(launch.block_s // bits, 1)
+    limit = min(block, max(WIDEST_ACCESS_BYTES // itemsize, 1))
+    common = math.gcd(*values)
+    return min(common & -common, limit) if common else limit
 
 
 def clear_plans() -> None:
@@ -360,16 +407,28 @@ def _cached_plan(
     launch = choose_launch(view, x, 8 if relu else 1, limits)
     y = torch.empty_like(x)
     x_strides = view.strides(x)
+    y_strides = view.strides_like(y, x, x_strides)
+    mask_strides = relu_mask_like(x, view).stride() if relu else (0, 0, 0)
+    itemsize = x.element_size()
     return Plan(
         view=view,
         copy_format=copy_format,
         launch=launch,
         stats_dtype=accumulator_dtype(dtype),
         x_strides=x_strides,
-        y_strides=view.strides_like(y, x, x_strides),
+        y_strides=y_strides,
         y_stride=y.stride(),
-        mask_strides=relu_mask_like(x, view).stride() if relu else (0, 0, 0),
+        mask_strides=mask_strides,
         empty=x.numel() == 0,
+        tile_constexprs=dict(
+            BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
+            ALIGN=Alignment(
+                x=vector_alignment(x_strides, view, launch, itemsize),
+                y=vector_alignment(y_strides, view, launch, itemsize),
+                mask=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
+            ),
+            num_warps=launch.num_warps,
+        ),
     )
 
 

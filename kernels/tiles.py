@@ -28,22 +28,41 @@ def tile_offsets(
     BLOCK_N: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
-    """Element offsets (int64) and in-bounds mask of tile number ``tile`` for ``channels``."""
+    """Element offsets (int64) and in-bounds mask of tile number ``tile`` for ``channels``.
+
+    Loads and stores are vectorised along the channel dim when BLOCK_C > 1 (channels are the
+    contiguous dim, see choose_launch) and along the inner dim otherwise. ALIGN (the tensor's field
+    of the kernel's Alignment, see vector_alignment in layout.py) is a power of two, at most the
+    tile's size along that dim, that divides the strides of the two other dims and the vectorised
+    dim's extent. Telling the compiler so (every row of the vectorised dim starts at a multiple of
+    ALIGN elements, and its bounds mask is constant over ALIGN elements) allows vector accesses that
+    Triton's own specialisation, which only learns whether an int is divisible by 16, does not: rows
+    of 14x14 = 196 elements, say.
+    """
     tile_outer = tile // tiles_inner
     tile_inner = tile % tiles_inner
     outer = tile_outer.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     inner = tile_inner.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
+    outer_offsets = outer * stride_outer
+    inner_offsets = inner * stride_inner
+    channel_offsets = channels * stride_c
+    inner_mask = inner < n_inner
+    channel_mask = channels < num_channels
+    # The hints go on the 1-D terms: a term of one element becomes a scalar in the compiled code.
+    if ALIGN > 1:
+        outer_offsets = tl.multiple_of(outer_offsets, [ALIGN])
+        if BLOCK_C > 1:
+            inner_offsets = tl.multiple_of(inner_offsets, [ALIGN])
+            channel_mask = tl.max_constancy(channel_mask, [ALIGN])
+        else:
+            channel_offsets = tl.multiple_of(channel_offsets, [ALIGN])
+            inner_mask = tl.max_constancy(inner_mask, [ALIGN])
     offsets = (
-        outer[:, None, None] * stride_outer
-        + inner[None, :, None] * stride_inner
-        + channels[None, None, :] * stride_c
+        outer_offsets[:, None, None] + inner_offsets[None, :, None] + channel_offsets[None, None, :]
     )
-    mask = (
-        (outer < n_outer)[:, None, None]
-        & (inner < n_inner)[None, :, None]
-        & (channels < num_channels)[None, None, :]
-    )
+    mask = (outer < n_outer)[:, None, None] & inner_mask[None, :, None] & channel_mask[None, None, :]
     return offsets, mask
 
 
@@ -137,6 +156,25 @@ def store_statistics(
         tl.store(running_mean_ptr + channels, running_mean, mask=channel_mask)
         tl.store(running_var_ptr + channels, running_var, mask=channel_mask)
     return invstd
+
+
+@triton.jit
+def zero_where_off(values, keep):
+    """``values`` where ``keep`` is set and +0.0 elsewhere: tl.where(keep, values, 0.0), bit for bit.
+
+    Computed on the bits, as an AND with all ones or all zeros, instead of a select: Triton 3.9's
+    LLVM segfaults (in the SLP vectoriser's horizontal-reduction matcher, isFixedVectorShuffle)
+    compiling for sm_90 the fused ReLU's backward sums, which add 16 such selects per thread
+    (4096-element tiles over 8 warps); see the compile gate in benchmarks/NOTES.md.
+    """
+    if values.dtype.primitive_bitwidth == 16:
+        bits = values.to(tl.int16, bitcast=True)
+    elif values.dtype.primitive_bitwidth == 32:
+        bits = values.to(tl.int32, bitcast=True)
+    else:
+        bits = values.to(tl.int64, bitcast=True)
+    all_ones = 0 - keep.to(bits.dtype)
+    return (bits & all_ones).to(values.dtype, bitcast=True)
 
 
 @triton.jit

@@ -131,3 +131,36 @@ def test_nan_and_inf_stay_in_their_channel(training, value, activation, launch_p
         if key == "running_var" and training and value != value:
             assert actual[1].isnan()
     launch_path.check()
+
+
+@pytest.mark.parametrize(
+    "dtype, value",
+    [(torch.float16, float("inf")), (torch.bfloat16, float("nan")), (torch.float32, float("nan")),
+     (torch.float64, float("inf"))],
+    ids=str,
+)
+def test_nonfinite_gradient_where_the_relu_is_off_stays_out(dtype, value, launch_path, device,
+                                                             assert_close):
+    """An upstream gradient that is NaN or infinite where the fused ReLU output 0 contributes
+    nothing, as in torch's ReLU backward: every gradient stays finite and equals torch's."""
+    shape = (4, 3, 3, 5)
+    x, _ = make_input(shape, "contiguous", dtype, device, seed=320)
+    grad_output, _ = make_input(shape, "contiguous", dtype, device, seed=321)
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    weight, bias, running_mean, running_var = params_for(shape[1], param_dtype, device, seed=322)
+    results = {}
+    for name in ("fused", "torch"):
+        xi, w, b = leaf(x), leaf(weight), leaf(bias)
+        rm, rv = running_mean.clone(), running_var.clone()
+        if name == "fused":
+            y = fused_batch_norm(xi, rm, rv, w, b, True, 0.1, 1e-5, activation="relu")
+        else:
+            y = F.relu(F.batch_norm(xi.to(param_dtype), rm, rv, w, b, True, 0.1, 1e-5)).to(dtype)
+        off = (y == 0).detach()
+        assert off.any(dim=(0, 2, 3)).all(), "every channel needs a zeroed output"
+        y.backward(torch.where(off, torch.full_like(grad_output, value), grad_output))
+        results[name] = (xi.grad, w.grad, b.grad)
+    for ours, theirs in zip(results["fused"], results["torch"], strict=True):
+        assert ours.isfinite().all()
+        assert_close(ours, theirs.to(ours.dtype), dtype=dtype)
+    launch_path.check()

@@ -1,4 +1,5 @@
-"""The GPU run's scripts: they parse, and the wheel download asks for what the GPU machine needs.
+"""The GPU run's scripts and the compile gate's sweep: they parse, and the wheel download asks for
+what the GPU machine needs.
 
 The whole run rehearses on the CPU with ``GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh`` (about
 half a minute, so not part of the suite).
@@ -12,9 +13,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
 FETCH_WHEELS = ROOT / "scripts" / "fetch-gpu-wheels.sh"
+COMPILE_CHECK = ROOT / "benchmarks" / "compile_check.sh"
 
 
-@pytest.mark.parametrize("script", [GPU_CHECK, FETCH_WHEELS], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [GPU_CHECK, FETCH_WHEELS, COMPILE_CHECK], ids=lambda p: p.name)
 def test_script_parses(script):
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -1,5 +1,6 @@
 """channel_view folding, fold_input, and choose_launch's tiles, splits and path choice."""
 
+import inspect
 import itertools
 import math
 import threading
@@ -503,3 +504,122 @@ def test_the_plan_counts_the_multiprocessors_of_the_inputs_device():
     assert default == choose_launch(channel_view(x), x)  # the CPU counts 2
     pinned = layout.plan_batch_norm(x, limits=LaunchLimits(multiprocessors=16))[1].launch
     assert pinned.num_splits > default.num_splits
+
+
+# ----------------------------------------------------------------------------------------------
+# The alignment constexpr (ALIGN, an Alignment) the launchers pass to the tile kernels
+# ----------------------------------------------------------------------------------------------
+
+
+def _views(dtype):
+    """(name, x, expected ALIGN.x in float16): views whose alignment is limited by one thing each."""
+    base = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(5)).to(dtype)
+    storage = torch.randn(64, generator=torch.Generator().manual_seed(6)).to(dtype)
+    cl = torch.randn(2, 32, 3, 3, generator=torch.Generator().manual_seed(7)).to(dtype)
+    cl = cl.to(memory_format=torch.channels_last)
+    cl36 = torch.randn(2, 36, 3, 3).to(dtype).to(memory_format=torch.channels_last)
+    storage36 = torch.randn(300).to(dtype)
+    return [
+        # Rows of 14 * 14 = 196 elements: 4-element (8-byte in float16) alignment.
+        ("rows of 196", torch.randn(2, 3, 14, 14).to(dtype), 4),
+        # x[..., 1:13]: 12 elements a row, rows 16 apart, the data pointer one element in.
+        ("misaligned row slice", base[..., 1:13], 4),
+        # x[..., 1:]: 15 elements a row: the extent allows no vector.
+        ("odd row length", base[..., 1:], 1),
+        # An odd batch stride: rows of 8 elements 8 apart, but batch entries 25 apart.
+        ("odd outer stride", storage[:50].as_strided((2, 3, 8), (25, 8, 1)), 1),
+        # channels_last, 24 channels: runs of 24 channels, 8-element aligned.
+        ("24 channels", cl[:, :24].contiguous(memory_format=torch.channels_last), 8),
+        # A channel slice of channels_last: 20 channels read in place, rows 32 apart.
+        ("channel slice", cl[:, 4:24], 4),
+        # 32 of 36 channels: the runs hold 32 channels but start 36 apart.
+        ("32 of 36 channels", cl36[:, 2:34], 4),
+        # channels_last with batch entries 148 elements apart (4-element aligned).
+        ("channels_last, odd batch stride",
+         storage36.as_strided((2, 24, 2, 3), (148, 1, 72, 24)), 4),
+        # Rows of 256: vectors of 8 (one 128-bit access); the ReLU mask's 32-byte rows fill its
+        # 8-byte tiles.
+        ("rows of 256", torch.randn(2, 3, 16, 16).to(dtype), 8),
+    ]
+
+
+GROUP_STRIDES = [  # each field of ALIGN and the kernel parameters of the strides it covers
+    ("x", ("stride_x_outer", "stride_x_c", "stride_x_inner")),
+    ("y", ("stride_y_outer", "stride_y_c", "stride_y_inner")),  # forward: y, residual
+    ("y", ("stride_dy_outer", "stride_dy_c", "stride_dy_inner")),  # backward: dy, dx, ...
+    ("mask", ("stride_m_outer", "stride_m_c", "stride_m_byte")),
+]
+
+
+def check_alignment_claims(fn, args, kwargs):
+    """What tile_offsets assumes of each field of a launch's ALIGN holds for its arguments: a power
+    of two, at most the tile's size along the vectorised dim (channels when BLOCK_C > 1, else the
+    inner dim), dividing the strides of the other two dims and the vectorised dim's extent."""
+    values = dict(zip(inspect.signature(fn).parameters, args, strict=False)) | kwargs
+    checked = []
+    for field, (outer, channel, inner) in GROUP_STRIDES:
+        if "ALIGN" not in values or outer not in values:
+            continue
+        align = getattr(values["ALIGN"], field)
+        if field == "mask" and not values.get("RELU"):
+            continue
+        assert align >= 1 and align & (align - 1) == 0, (fn.__name__, field, align)
+        bits = 8 if field == "mask" else 1
+        if values["BLOCK_C"] > 1:
+            block, others, extent = values["BLOCK_C"], (outer, inner), values["num_channels"]
+        else:
+            block, others = values["BLOCK_S"] // bits, (outer, channel)
+            extent = -(-values["n_inner"] // bits)
+        assert align <= block, (fn.__name__, field, align, block)
+        for name in others:
+            assert values[name] % align == 0, (fn.__name__, field, align, name, values[name])
+        assert extent % align == 0, (fn.__name__, field, align, "extent", extent)
+        checked.append((fn.__name__, field, outer, align))
+    return checked
+
+
+def _recorded_step(x, dtype, monkeypatch):
+    """A training step with residual and ReLU, forward and backward, fused and in torch; the fused
+    step's launches as (kernel function, args, kwargs), and both steps' results."""
+    from fusedbn.kernels.launcher import KernelLauncher
+
+    launches = []
+    original = KernelLauncher.__call__
+
+    def recording_call(self, grid, *args, **kwargs):
+        launches.append((self.kernel.fn, args, kwargs))
+        return original(self, grid, *args, **kwargs)
+
+    outputs = {}
+    for mode in ("fused", "torch"):
+        # The fused step reads the view itself, strides and offset as they are.
+        xi = (x.detach().clone() if mode == "torch" else x.detach()).requires_grad_(True)
+        residual = torch.ones_like(x, requires_grad=True)
+        if mode == "fused":
+            monkeypatch.setattr(KernelLauncher, "__call__", recording_call)
+            with layout.launch_limits(LaunchLimits(single_tile=64, stream_tile=64)):
+                y = fused_batch_norm(xi, None, None, None, None, True, 0.1, 1e-5,
+                                     residual=residual, activation="relu")
+                y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(dtype))
+            monkeypatch.setattr(KernelLauncher, "__call__", original)
+        else:
+            y = F.relu(F.batch_norm(xi.float(), None, None, None, None, True, 0.1, 1e-5)
+                       + residual.float()).to(dtype)
+            y.backward(torch.linspace(-1, 1, y.numel()).reshape(y.shape).to(dtype))
+        outputs[mode] = (y, xi.grad, residual.grad)
+    return launches, outputs
+
+
+def test_alignment_constexprs_hold_for_every_view(monkeypatch, assert_close):
+    """Every field of ALIGN of every launch of a float16 training step with residual and ReLU
+    (forward, backward) is what tile_offsets may assume, on views where a stride or a row's length
+    limits it (and one whose data pointer is not 16-byte aligned, which Triton's own specialisation
+    sees); ALIGN.x is the largest such; and the results are torch's."""
+    dtype = torch.float16
+    for name, x, expected in _views(dtype):
+        launches, outputs = _recorded_step(x, dtype, monkeypatch)
+        for ours, theirs in zip(outputs["fused"], outputs["torch"], strict=True):
+            assert_close(ours, theirs, dtype=dtype, msg=name)
+        claims = [c for fn, args, kwargs in launches for c in check_alignment_claims(fn, args, kwargs)]
+        assert {(c[1], c[2]) for c in claims} == {(c, strides[0]) for c, strides in GROUP_STRIDES}, name
+        assert {align for _, field, _, align in claims if field == "x"} == {expected}, name

@@ -1,0 +1,343 @@
+"""The compile gate's worker: compiles kernel specialisations with the Triton it imports, one at a time.
+
+``python -m fusedbn.bench.compile_worker`` reads one JSON task per line on stdin and answers each with
+one JSON line on stdout. A task names a kernel (``module:name``), the arguments of one launch as the
+gate recorded them (a tensor as its dtype and whether its address is 16-byte aligned, every other
+argument as its value) and a target (``80``, ``90``, ``100``). The worker turns the launch into a
+specialisation with Triton's own binder (``JITFunction.run`` in warm-up mode on a fake driver, whose
+compile step is replaced by one that keeps what the binder decided: signature, constexprs,
+attributes and options), compiles that with ``triton.compile(ASTSource(...), target=...)``, and reads
+the cubin with the cuobjdump that ships in the Triton wheel: registers, local memory, spill
+instructions and the width of every global load and store; each load and store of a tile is named
+after the tensor it reaches (traced in the PTX from its address to the kernel's pointer argument).
+
+A compiler that crashes takes the worker with it; the gate (compile_check.py) sees the process die and
+records the crash. Which Triton this is follows ``sys.path``: the gate puts another version's site
+folder first to check it.
+"""
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from triton.runtime.jit import JITFunction
+
+from fusedbn.kernels.layout import Alignment
+
+WARP_SIZE = 32
+
+
+class BindingDriver:
+    """The parts of a Triton driver that binding asks for; the target is the one compiled for."""
+
+    def __init__(self, capability: int) -> None:
+        self.target = GPUTarget("cuda", capability, WARP_SIZE)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+
+def stand_in(arg: Any) -> Any:
+    """A launch argument for the binder: a recorded tensor becomes a small CPU tensor of its dtype
+    whose address is 16-byte aligned or not, as the recorded one was; other values stay as they are."""
+    if not isinstance(arg, dict):
+        return arg
+    dtype = getattr(torch, arg["dtype"])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    # torch's CPU allocator aligns to 64 bytes; one element in is not 16-byte aligned (itemsize < 16).
+    offset = 0 if arg["aligned"] else 1
+    tensor = torch.empty(64 // itemsize + offset, dtype=dtype)[offset:]
+    assert (tensor.data_ptr() % 16 == 0) == arg["aligned"]
+    return tensor
+
+
+def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
+    """The kernel's JITFunction and what Triton's binder makes of the task's launch."""
+    module_name, name = task["kernel"].split(":")
+    kernel = getattr(importlib.import_module(module_name), name)
+    jit = JITFunction(kernel.fn)
+    decided: dict[str, Any] = {}
+
+    def keep(key, signature, device, constexprs, options, attrs, warmup):
+        decided.update(signature=signature, constexprs=constexprs, options=options, attrs=attrs)
+        return None
+
+    jit._do_compile = keep  # the one hook every Triton since 3.3 calls with these arguments
+    triton.runtime.driver.set_active(BindingDriver(task["capability"]))
+    args = [stand_in(arg) for arg in task["args"]]
+    kwargs = dict(task["kwargs"])
+    if "ALIGN" in kwargs:  # the tile kernels' one structured constexpr, a list in JSON
+        kwargs["ALIGN"] = Alignment(*kwargs["ALIGN"])
+    jit.run(*args, grid=tuple(task["grid"]), warmup=True, **kwargs)
+    return jit, decided
+
+
+def _tool(name: str) -> str:
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
+
+
+def _run_tool(name: str, *args: str) -> str:
+    done = subprocess.run([_tool(name), *args], capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+SASS_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+SASS_WIDTH_SUFFIX = {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 128, "256": 256}
+
+
+def sass_width(opcode: str) -> int:
+    """Bits per thread of an LDG/STG opcode (``LDG.E.128`` -> 128; no size suffix: 32)."""
+    for part in opcode.split(".")[1:]:
+        if part in SASS_WIDTH_SUFFIX:
+            return SASS_WIDTH_SUFFIX[part]
+    return 32
+
+
+PTX_POINTER_PARAM = re.compile(r"\.param \.u64 \.ptr [^\n]*?_param_(\d+)")
+PTX_INSTRUCTION = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][\w.:]*)\s+([^;]*);", re.MULTILINE)
+PTX_PARAM_LOAD = re.compile(r"\[\w+_param_(\d+)\]")
+PTX_REGISTER = re.compile(r"%\w+")
+PTX_ADDRESS = re.compile(r"\[\s*(%\w+)")
+
+
+def ptx_width(opcode: str) -> int:
+    """Bits per thread of a PTX ld/st opcode (``ld.global.v4.b32`` -> 128)."""
+    vector = re.search(r"\.v(\d+)\b", opcode)
+    bits = re.findall(r"\.[bsuf](\d+)\b", opcode)
+    return (int(vector.group(1)) if vector else 1) * int(bits[-1])
+
+
+def ptx_accesses(ptx: str) -> list[tuple[str, int, int | None]]:
+    """Global accesses in PTX as (load or store, bits, pointer parameter or None).
+
+    Each access's address is traced back through the registers it is computed from to the kernel
+    parameters it reads; the one pointer parameter among them is the tensor it accesses.
+    """
+    pointers = {int(n) for n in PTX_POINTER_PARAM.findall(ptx)}
+    sources: dict[str, set[str]] = {}
+    params: dict[str, int] = {}
+    accesses = []
+    for opcode, operands in PTX_INSTRUCTION.findall(ptx):
+        if opcode.startswith(("ld.global", "st.global")):
+            address = PTX_ADDRESS.search(operands)
+            kind = "load" if opcode.startswith("ld") else "store"
+            accesses.append((kind, ptx_width(opcode), address.group(1) if address else None))
+            continue
+        registers = PTX_REGISTER.findall(operands)
+        if not registers or opcode.startswith(("st.", "bra", "bar")):
+            continue
+        target, used = registers[0], registers[1:]
+        param = PTX_PARAM_LOAD.search(operands)
+        if opcode.startswith("ld.param") and param:
+            params[target] = int(param.group(1))
+        sources.setdefault(target, set()).update(used)
+
+    def pointer_of(register: str | None) -> int | None:
+        seen, stack, found = set(), [register], set()
+        while stack:
+            reg = stack.pop()
+            if reg is None or reg in seen:
+                continue
+            seen.add(reg)
+            if params.get(reg) in pointers:
+                found.add(params[reg])
+            stack.extend(sources.get(reg, ()))
+        return found.pop() if len(found) == 1 else None
+
+    return [(kind, width, pointer_of(address)) for kind, width, address in accesses]
+
+
+TTGIR_FUNCTION = re.compile(r"tt\.func public @\w+\((.*)\)")
+TTGIR_DEFINITION = re.compile(r"^\s*(%[\w.]+)(?::\d+)? = [\w.]+ (%[\w.]+)", re.MULTILINE)
+TTGIR_ITER_ARG = re.compile(r"(%[\w.]+) = (%[\w.]+)")
+TTGIR_TILE_ACCESS = re.compile(
+    r"\btt\.(?:load|store) (%[\w.]+)[^\n]*: tensor<(?:\d+x){3}!tt\.ptr<\w+>", re.MULTILINE
+)
+
+
+def tile_parameters(ttgir: str) -> set[int]:
+    """Kernel parameters (by position) that 3-D tiles are loaded from or stored to.
+
+    Tiles are the [BLOCK_N, BLOCK_S, BLOCK_C] blocks of x, y, dy, dx, residuals and ReLU masks; the
+    other accesses read or write per-channel values and partial sums. Each tile access's pointer is
+    traced back, through the first operand of the ops that compute it, to a function argument
+    (``%arg3``, or ``%x_ptr`` where Triton names them).
+    """
+    signature = TTGIR_FUNCTION.search(ttgir).group(1)
+    arguments = {name: i for i, name in enumerate(re.findall(r"(%[\w.]+): ", signature))}
+    first_operand = dict(TTGIR_DEFINITION.findall(ttgir))
+    for loop in re.findall(r"iter_args\(([^)]*)\)", ttgir):
+        first_operand.update(TTGIR_ITER_ARG.findall(loop))
+    found = set()
+    for value in TTGIR_TILE_ACCESS.findall(ttgir):
+        for _ in range(256):
+            if value in arguments:
+                found.add(arguments[value])
+                break
+            if value not in first_operand:
+                break
+            value = first_operand[value]
+    return found
+
+
+# Registers of an SM (all GPUs since sm_80), and the most one thread may have.
+REGISTER_FILE = 65536
+MAX_THREAD_REGISTERS = 255
+
+
+def register_limit(num_warps: int) -> int:
+    """The most registers a thread of a ``num_warps`` block can have (allocated 8 at a time)."""
+    return min(MAX_THREAD_REGISTERS, REGISTER_FILE // (num_warps * WARP_SIZE) // 8 * 8)
+
+
+def _widths(count: Counter) -> dict[str, int]:
+    return {str(width): n for width, n in sorted(count.items())}
+
+
+PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores")
+
+
+def spill_bytes_at_o1(ptx: str, capability: int) -> int:
+    """Spill store bytes when ptxas compiles ``ptx`` at -O1 (Triton's own ptxas for the target).
+
+    At -O1 ptxas does not trade registers for occupancy: a kernel that still spills there is short
+    of registers.
+    """
+    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kernel.ptx")
+        Path(source).write_text(ptx, encoding="utf-8")
+        done = subprocess.run(
+            [get_ptxas(capability).path, "-v", "--opt-level=1",
+             f"--gpu-name={sm_arch_from_capability(capability)}", source, "-o", source + ".o"],
+            capture_output=True, text=True, check=True,
+        )
+    return sum(int(n) for n in PTXAS_SPILLS.findall(done.stderr + done.stdout))
+
+
+def inspect(compiled: Any, parameter_names: list[str], capability: int) -> dict[str, Any]:
+    """Registers, local memory, spills, shared memory and access widths of a compiled kernel.
+
+    ``parameter_names``: the kernel's runtime parameters in order (its non-constexpr arguments).
+    A kernel that spills is compiled again by ptxas at -O1 (``spill_bytes_at_o1``).
+    The SASS gives the width of every load and store; each tile access is also named after its
+    pointer parameter (``dy_ptr`` -> dy) with its width in the PTX, where every address traces back
+    to a parameter. ``sass_agrees`` says whether the SASS has the widths the PTX asked for, and no other.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = os.path.join(folder, "kernel.cubin")
+        Path(cubin).write_bytes(compiled.asm["cubin"])
+        usage = RESOURCE.search(_run_tool("cuobjdump", "-res-usage", cubin))
+        sass = _run_tool("cuobjdump", "-sass", cubin)
+    registers, stack, static_shared, local = (int(v) for v in usage.groups())
+    opcodes = SASS_OPCODE.findall(sass)
+    bases = Counter(opcode.split(".")[0] for opcode in opcodes)
+    sass_widths = {"load": Counter(), "store": Counter()}
+    for opcode in opcodes:
+        if opcode.startswith(("LDG", "STG")):
+            sass_widths["load" if opcode.startswith("LDG") else "store"][sass_width(opcode)] += 1
+    tiles = tile_parameters(compiled.asm["ttgir"])
+    ptx_widths = {"load": Counter(), "store": Counter()}
+    tile_widths: dict[tuple[str, str], Counter] = {}
+    for kind, width, parameter in ptx_accesses(compiled.asm["ptx"]):
+        ptx_widths[kind][width] += 1
+        if parameter in tiles:
+            name = parameter_names[parameter].removesuffix("_ptr")
+            tile_widths.setdefault((name, kind), Counter())[width] += 1
+    spilling = bool(bases["STL"] or stack or local)
+    return {
+        "num_warps": compiled.metadata.num_warps,
+        "registers": registers,
+        "register_limit": register_limit(compiled.metadata.num_warps),
+        "stack_bytes": stack,
+        "local_bytes": local,
+        "spill_stores": bases["STL"],
+        "spill_bytes_at_o1": spill_bytes_at_o1(compiled.asm["ptx"], capability) if spilling else 0,
+        "spill_loads": bases["LDL"],
+        "shared_bytes": max(compiled.metadata.shared, static_shared),
+        "tile_accesses": [
+            {"tensor": name, "kind": kind, "widths": _widths(count)}
+            for (name, kind), count in sorted(tile_widths.items())
+        ],
+        "sass_widths": {kind: _widths(count) for kind, count in sass_widths.items()},
+        "sass_agrees": all(set(sass_widths[k]) == set(ptx_widths[k]) for k in sass_widths),
+    }
+
+
+def runtime_parameters(signature: dict[str, str]) -> list[str]:
+    """The kernel's runtime parameters in order: its arguments that are not constexprs."""
+    return [name for name, kind in signature.items() if kind != "constexpr"]
+
+
+def specialisation_text(decided: dict[str, Any]) -> str:
+    """The binder's decision in words: each argument's type, 16-byte divisibility and constants."""
+    parts = []
+    attrs = {path[0]: value for path, value in decided["attrs"].items() if len(path) == 1}
+    for index, (name, kind) in enumerate(decided["signature"].items()):
+        if kind == "constexpr":
+            value = decided["constexprs"].get((index,))
+            parts.append(f"{name}={value}")
+        elif any(attr[0] == "tt.divisibility" for attr in attrs.get(index, [])):
+            parts.append(f"{name}:{kind}:16")
+        else:
+            parts.append(f"{name}:{kind}")
+    return ", ".join(parts)
+
+
+def compile_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Bind, compile and inspect one task; an exception becomes an ``error`` result."""
+    try:
+        jit, decided = bind(task)
+        started = time.perf_counter()
+        compiled = triton.compile(
+            ASTSource(jit, decided["signature"], decided["constexprs"], decided["attrs"]),
+            target=GPUTarget("cuda", task["capability"], WARP_SIZE),
+            options=decided["options"].__dict__,
+        )
+        seconds = time.perf_counter() - started
+        return {
+            "status": "ok", "compile_s": round(seconds, 3),
+            "specialisation": specialisation_text(decided),
+            **inspect(compiled, runtime_parameters(decided["signature"]), task["capability"]),
+        }
+    except Exception as error:  # a compile error is a result, not the end of the worker
+        lines = traceback.format_exception_only(type(error), error)
+        return {"status": "error", "error": "".join(lines).strip()[-2000:]}
+
+
+def main() -> None:
+    """Answer every task line on stdin with a result line on stdout, in order."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything the compiler prints must not mix with the results
+    hello = {"triton": triton.__version__, "triton_path": str(Path(triton.__file__).parent)}
+    out.write(json.dumps(hello) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        if line.strip():
+            out.write(json.dumps(compile_task(json.loads(line))) + "\n")
+            out.flush()
+
+
+if __name__ == "__main__":
+    main()
