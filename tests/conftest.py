@@ -7,6 +7,7 @@ the compiled kernels on the GPU.
 """
 
 import os
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -52,6 +53,16 @@ PATH_LIMITS = {
     "whole": WHOLE_CHANNEL_LIMITS,
     "split": SPLIT_LIMITS,
 }
+
+
+def interruptible() -> None:
+    """Popen's preexec_fn for a command that a test stops with SIGINT, as Ctrl-C would.
+
+    A shell starts a background job (``make test &``, nohup) with SIGINT ignored, children inherit
+    that, and a Python started with SIGINT ignored never raises KeyboardInterrupt: the command would
+    not see the test's Ctrl-C. This gives the child SIGINT's default, as at a terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _assert_close(actual, expected, dtype=None, scale=None, msg=""):

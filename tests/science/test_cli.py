@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import interruptible
 
 from fusedbn.cli import main
 from fusedbn.science.experiments import EXPERIMENTS
@@ -87,6 +88,7 @@ def test_ctrl_c_stops_science_with_one_message_and_leaves_no_folder(tmp_path: Pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     first = process.stderr.readline()  # the first progress line: the experiments are running
     assert "random vs grid" in first, first + process.communicate()[1]
@@ -126,6 +128,7 @@ def test_ctrl_c_stops_the_worker_processes_too(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     first = process.stderr.readline()  # a worker's first progress line: both groups are running
     assert re.search(r"paper table|coarse-to-fine", first), first + process.communicate()[1]

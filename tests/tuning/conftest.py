@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from conftest import interruptible
 
 import fusedbn.backend
 from fusedbn.tuning.digits import digits_task
@@ -89,6 +90,7 @@ def start_tune(tmp_path: Path) -> Callable[..., subprocess.Popen]:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=interruptible,
         )
 
     return start
