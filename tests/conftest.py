@@ -8,7 +8,10 @@ the compiled kernels on the GPU.
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -55,14 +58,24 @@ PATH_LIMITS = {
 }
 
 
-def interruptible() -> None:
-    """Popen's preexec_fn for a command that a test stops with SIGINT, as Ctrl-C would.
+def start_fusedbn(cwd: Path, *argv: str) -> subprocess.Popen:
+    """Start ``python -m fusedbn.cli ARGV`` in ``cwd``, stdout and stderr captured as text.
 
-    A shell starts a background job (``make test &``, nohup) with SIGINT ignored, children inherit
-    that, and a Python started with SIGINT ignored never raises KeyboardInterrupt: the command would
-    not see the test's Ctrl-C. This gives the child SIGINT's default, as at a terminal.
+    It runs without TRITON_INTERPRET (fusedbn then uses torch's native CPU BatchNorm) and with one
+    torch thread. Its SIGINT is the default, as at a terminal, so a test can stop it as Ctrl-C would:
+    a shell starts a background job (``make test &``, nohup) with SIGINT ignored, children inherit
+    that, and a Python started so never raises KeyboardInterrupt.
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fusedbn.cli", *argv],
+        cwd=cwd,
+        env=env | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _assert_close(actual, expected, dtype=None, scale=None, msg=""):

@@ -2,10 +2,8 @@
 the figures from science.json; bad arguments; Ctrl-C on a real process."""
 
 import json
-import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import interruptible
+from conftest import start_fusedbn
 
 from fusedbn.cli import main
 from fusedbn.science.experiments import EXPERIMENTS
@@ -80,16 +78,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_before_any_experiment(
 
 
 def test_ctrl_c_stops_science_with_one_message_and_leaves_no_folder(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fusedbn.cli", "science", "--preset", "smoke", "--out", "sci"],
-        cwd=tmp_path,
-        env=env | {"OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
+    process = start_fusedbn(tmp_path, "science", "--preset", "smoke", "--out", "sci")
     first = process.stderr.readline()  # the first progress line: the experiments are running
     assert "random vs grid" in first, first + process.communicate()[1]
     process.send_signal(signal.SIGINT)
@@ -119,17 +108,8 @@ def _children(pid: int) -> set[int]:
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux's /proc")
 @pytest.mark.usefixtures("mnist1d_offline")
 def test_ctrl_c_stops_the_worker_processes_too(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     argv = ["science", "--task", "mnist1d", "--preset", "smoke", "--workers", "2", "--out", "sci"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fusedbn.cli", *argv],
-        cwd=tmp_path,
-        env=env | {"OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=interruptible,
-    )
+    process = start_fusedbn(tmp_path, *argv)
     first = process.stderr.readline()  # a worker's first progress line: both groups are running
     assert re.search(r"paper table|coarse-to-fine", first), first + process.communicate()[1]
     workers = _children(process.pid)

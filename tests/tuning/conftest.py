@@ -4,14 +4,13 @@ import importlib.util
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import interruptible
+from conftest import start_fusedbn
 
 import fusedbn.backend
 from fusedbn.tuning.digits import digits_task
@@ -74,24 +73,10 @@ def tiny_task() -> Task:
 
 @pytest.fixture
 def start_tune(tmp_path: Path) -> Callable[..., subprocess.Popen]:
-    """Start ``python -m fusedbn.cli tune --no-progress ARGS`` in ``tmp_path``, output captured.
-
-    The subprocess runs without TRITON_INTERPRET, so fusedbn uses torch's native CPU BatchNorm, and
-    with one torch thread.
-    """
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["OMP_NUM_THREADS"] = "1"
+    """Start ``fusedbn tune --no-progress ARGS`` in ``tmp_path`` (see conftest.start_fusedbn)."""
 
     def start(*args: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            [sys.executable, "-m", "fusedbn.cli", "tune", "--no-progress", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            preexec_fn=interruptible,
-        )
+        return start_fusedbn(tmp_path, "tune", "--no-progress", *args)
 
     return start
 

@@ -35,25 +35,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
+from fusedbn.bench.fake_gpu import FakeDriver
 from fusedbn.kernels.layout import Alignment
 
 WARP_SIZE = 32
-
-
-class BindingDriver:
-    """The parts of a Triton driver that binding asks for; the target is the one compiled for."""
-
-    def __init__(self, capability: int) -> None:
-        self.target = GPUTarget("cuda", capability, WARP_SIZE)
-
-    def get_current_device(self) -> int:
-        return 0
-
-    def get_current_stream(self, device: int) -> int:
-        return 0
-
-    def get_current_target(self) -> GPUTarget:
-        return self.target
 
 
 def stand_in(arg: Any) -> Any:
@@ -82,7 +67,7 @@ def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
         return None
 
     jit._do_compile = keep  # the one hook every Triton since 3.3 calls with these arguments
-    triton.runtime.driver.set_active(BindingDriver(task["capability"]))
+    triton.runtime.driver.set_active(FakeDriver(GPUTarget("cuda", task["capability"], WARP_SIZE)))
     args = [stand_in(arg) for arg in task["args"]]
     kwargs = dict(task["kwargs"])
     if "ALIGN" in kwargs:  # the tile kernels' one structured constexpr, a list in JSON

@@ -32,9 +32,11 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 
 class FakeDriver:
-    """The parts of a Triton driver that a launch asks for: device, stream and target."""
+    """The parts of a Triton driver that a launch or Triton's binder asks for: device, stream and
+    target (sm_90 unless another is given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, target: GPUTarget = TARGET) -> None:
+        self.target = target
         self.stream = 7
 
     def get_current_device(self) -> int:
@@ -44,7 +46,7 @@ class FakeDriver:
         return self.stream
 
     def get_current_target(self) -> GPUTarget:
-        return TARGET
+        return self.target
 
 
 class FakeCompiledKernel:
