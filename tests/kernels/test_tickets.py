@@ -14,15 +14,17 @@ import threading
 
 import pytest
 import torch
-from conftest import SHAPES, make_input, params_for, reference, run_both
+from helpers import SHAPES, make_input, params_for, reference, run_both
 from triton.runtime import interpreter
 
 from fusedbn import fused_batch_norm
 from fusedbn.kernels import forward, tickets
-from fusedbn.kernels.call import batch_norm_call
+from fusedbn.kernels.call import BatchNormOptions
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import plan_batch_norm
 from fusedbn.kernels.tickets import arrival_counters, launch_with_arrivals
+
+pytestmark = pytest.mark.kernels  # the kernels and their launch machinery
 
 KEYS = ("y", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
 
@@ -186,9 +188,10 @@ def test_synchronized_forward_keeps_a_separate_finalize(split_path, device, asse
     try:
         KernelLauncher.__call__ = recording_call
         folded, plan = plan_batch_norm(x)
-        call = batch_norm_call(True, None, None, None, 0.1, 1e-5, relu=False)
+        options = BatchNormOptions(True, 0.1, 1e-5, relu=False)
         y, mean, invstd, _ = forward.batch_norm_forward(
-            folded, plan, call, weight, bias, combine_moments=combine_moments
+            folded, plan, options, weight, bias, None, None, None, None,
+            combine_moments=combine_moments,
         )
     finally:
         KernelLauncher.__call__ = original

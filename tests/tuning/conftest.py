@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import start_fusedbn
+from helpers import start_fusedbn
 
 import fusedbn.backend
 from fusedbn.tuning.digits import digits_task
