@@ -9,8 +9,8 @@ Training otherwise (split path), two launches:
                              merges the shares in a fixed split order and stores the statistics;
     apply_kernel             normalises x with the finished statistics.
 The merge order never depends on which program finishes last, so results are bitwise reproducible.
-Synchronized BatchNorm gathers the partials of every process between the two, so its statistics
-are merged by a third launch, finalize_moments_kernel.
+Synchronized BatchNorm merges its partials into one summary per process (finalize_moments_kernel),
+gathers every process's, and merges those (finalize_moments_kernel again) before apply_kernel.
 Eval with running statistics: apply_kernel alone, one elementwise pass.
 
 Both kernels that write y can finish with an epilogue: y = relu(bn(x) + residual), with the
@@ -220,7 +220,7 @@ def chan_merge(n_a, dev_a, m2_a, n_b, dev_b, m2_b):
 @triton.jit
 def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
                   BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(mean, M2) per channel from the per-split (count, shift, mean - shift, M2) in partial.
+    """(count, mean, M2) per channel from the per-split (count, shift, mean - shift, M2) in partial.
 
     Every mean is taken relative to split 0's shift: dev_i = shift_i - shift_0 + (mean_i - shift_i)
     (differences of shifts are exact, so nothing of the order of the data's offset is ever added to
@@ -254,8 +254,8 @@ def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
         n, dev, m2 = chan_merge(
             n, dev, m2, count, (shift - shift0[None, :]) + mean_dev, split_m2
         )
-    _, dev, m2 = tl.reduce((n, dev, m2), 0, chan_merge)
-    return shift0 + dev, m2
+    n, dev, m2 = tl.reduce((n, dev, m2), 0, chan_merge)
+    return n, shift0 + dev, m2
 
 
 @triton.jit
@@ -295,7 +295,7 @@ def partial_moments_kernel(
         if last_to_arrive(arrivals_ptr + tl.program_id(0), num_splits):
             # [splits, channels] blocks of a quarter of the loop's [N, S, C] tile: the merge holds
             # three summaries and four partials per element, and so stays within its registers.
-            mean, m2 = merge_moments(
+            _, mean, m2 = merge_moments(
                 partial_ptr, channels, channel_mask, num_splits, num_channels,
                 (BLOCK_N * BLOCK_S + 3) // 4, BLOCK_C,
             )
@@ -308,26 +308,34 @@ def partial_moments_kernel(
 
 @triton.jit
 def finalize_moments_kernel(
-    partial_ptr, mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
-    num_splits, num_channels, n_per_channel, momentum: tl.float64, eps: tl.float64,
-    UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
+    partial_ptr, summary_ptr, mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr,
+    num_batches_tracked_ptr, num_splits, num_channels, momentum: tl.float64, eps: tl.float64,
+    SUMMARY: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program merges the per-split partials of BLOCK_C channels and stores their statistics.
+    """One program merges the per-split partials of BLOCK_C channels, in split order.
 
-    Used by synchronized BatchNorm only, whose partials (of every process) are gathered between
-    partial_moments_kernel and this kernel; otherwise partial_moments_kernel finalizes itself.
+    Synchronized BatchNorm only. With SUMMARY it stores the merged (count, mean, 0, M2) as the one
+    split of summary (this process's summary, which the processes gather); without, it stores the
+    statistics of the gathered summaries. The element count is the merged one: no process needs
+    another's batch size on the host.
     """
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    mean, m2 = merge_moments(
+    n, mean, m2 = merge_moments(
         partial_ptr, channels, channel_mask, num_splits, num_channels, BLOCK_SPLITS, BLOCK_C
     )
-    store_statistics(
-        channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
-        mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
-        UPDATE_RUNNING, CUMULATIVE,
-    )
+    if SUMMARY:
+        tl.store(summary_ptr + channels, n, mask=channel_mask)
+        tl.store(summary_ptr + num_channels + channels, mean, mask=channel_mask)
+        tl.store(summary_ptr + 2 * num_channels + channels, tl.zeros_like(mean), mask=channel_mask)
+        tl.store(summary_ptr + 3 * num_channels + channels, m2, mask=channel_mask)
+    else:
+        store_statistics(
+            channels, channel_mask, mean, m2 / n, n, eps, momentum,
+            mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+            UPDATE_RUNNING, CUMULATIVE,
+        )
 
 
 @triton.jit
@@ -408,7 +416,7 @@ def batch_norm_forward(
     running_mean: Tensor | None,
     running_var: Tensor | None,
     num_batches_tracked: Tensor | None,
-    combine_moments: Callable[[Tensor], tuple[Tensor, int]] | None = None,
+    combine_moments: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the forward pass; returns (y, mean, invstd, relu_mask) as allocate_forward_outputs.
 
@@ -417,9 +425,9 @@ def batch_norm_forward(
     averaging factor). Running statistics that are given are updated in place when the batch's
     statistics normalise; ``num_batches_tracked`` is read, never written, for ``momentum=None``.
 
-    ``combine_moments`` (synchronized BatchNorm) takes this call's per-split partials, a
-    [4, splits, C] tensor of (count, shift, mean - shift, M2), and returns the partials of the whole
-    batch with its element count per channel; the statistics are then those of the whole batch.
+    ``combine_moments`` (synchronized BatchNorm) takes this process's summary, a [4, 1, C] tensor
+    of (count, mean, 0, M2), and returns every process's, [4, processes, C] in a fixed order; the
+    statistics are then those of the whole batch, merged on the device.
     """
     view, launch = plan.view, plan.launch
     y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, options.relu)
@@ -472,15 +480,16 @@ def batch_norm_forward(
             **statistics_flags, **plan.tile_constexprs,
         )
         if combine_moments is not None:
-            partial, n_per_channel = combine_moments(partial)
-            num_splits = partial.shape[1]
-            launch_finalize_moments(
-                finalize_grid(view.num_channels), partial, *statistics_args,
-                num_splits, view.num_channels, n_per_channel, momentum, options.eps,
-                **statistics_flags,
-                BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
-                num_warps=8,
-            )
+            summary = torch.empty((4, 1, view.num_channels), dtype=mean.dtype, device=x.device)
+            for partials, summarise in ((partial, True), (None, False)):
+                partials = combine_moments(summary) if partials is None else partials
+                launch_finalize_moments(
+                    finalize_grid(view.num_channels), partials, summary, *statistics_args,
+                    partials.shape[1], view.num_channels, momentum, options.eps,
+                    SUMMARY=summarise, **statistics_flags,
+                    BLOCK_SPLITS=finalize_block_splits(partials.shape[1]), BLOCK_C=FINALIZE_BLOCK_C,
+                    num_warps=8,
+                )
     launch_apply(
         grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,
         options.eps, FROM_RUNNING=not options.use_batch_stats, **flags,

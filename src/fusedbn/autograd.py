@@ -93,34 +93,27 @@ def output_tangent(
 def _synchronized_forward(
     x: Tensor, plan: Any, options: BatchNormOptions, weight: Tensor | None, bias: Tensor | None,
     running_mean: Tensor | None, running_var: Tensor | None, num_batches_tracked: Tensor | None,
-) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor | None], int]:
-    """The forward launches of synchronized BatchNorm, and the element count of the whole batch.
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor | None], Tensor]:
+    """The forward launches of synchronized BatchNorm, and the element count per channel of the
+    whole batch (on the device).
 
-    Each process computes its per-split (count, shift, mean - shift, M2) partials; they are
-    all-gathered (padded to the largest split count with empty splits) and merged in a fixed order,
-    so every process gets the same statistics and running statistics.
+    Each process merges its partials into one (count, mean, M2) summary per channel; the summaries
+    are all-gathered (one per process, whatever its batch size) and merged in rank order, so every
+    process gets the same statistics and running statistics, and nothing is read on the host.
     """
-    group = options.process_group
-    totals = []
+    gathered = []
 
-    def combine_moments(partial: Tensor) -> tuple[Tensor, int]:
-        world = dist.get_world_size(group)
-        sizes = torch.tensor([partial.shape[1], x.numel() // x.shape[1]], device=partial.device)
-        all_sizes = [torch.empty_like(sizes) for _ in range(world)]
-        dist.all_gather(all_sizes, sizes, group=group)
-        all_sizes = torch.stack(all_sizes).tolist()
-        padded = partial.new_zeros((partial.shape[0], max(s for s, _ in all_sizes), partial.shape[2]))
-        padded[:, : partial.shape[1]] = partial
-        gathered = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(gathered, padded, group=group)
-        totals.append(sum(n for _, n in all_sizes))
-        return torch.cat(gathered, dim=1), totals[0]
+    def combine_moments(summary: Tensor) -> Tensor:
+        summaries = [torch.empty_like(summary) for _ in range(dist.get_world_size(options.process_group))]
+        dist.all_gather(summaries, summary, group=options.process_group)
+        gathered.append(torch.cat(summaries, dim=1))
+        return gathered[0]
 
     outputs = batch_norm_forward(
         x, plan, options, weight, bias, None, running_mean, running_var, num_batches_tracked,
         combine_moments=combine_moments,
     )
-    return outputs, totals[0] if totals else x.numel() // max(x.shape[1], 1)
+    return outputs, gathered[0][0].sum(dim=0)
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -207,7 +200,7 @@ class BatchNormFunction(torch.autograd.Function):
 def save_for_derivatives(
     ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None,
     options: BatchNormOptions, y: Tensor, mean: Tensor, invstd: Tensor, relu_mask: Tensor | None,
-    folded: Tensor | None, plan: Any, n_total: int | None, constants: tuple[Tensor, ...] = (),
+    folded: Tensor | None, plan: Any, n_total: Tensor | None, constants: tuple[Tensor, ...] = (),
 ) -> None:
     """Keep what the backward and jvp use (for BatchNormFunction and the custom operator alike).
 
@@ -217,7 +210,7 @@ def save_for_derivatives(
     """
     ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(
-        *(t for t in (mean, invstd, relu_mask, folded, *constants) if t is not None)
+        *(t for t in (mean, invstd, relu_mask, folded, n_total, *constants) if t is not None)
     )
     saved = (input, weight, bias, mean, invstd, relu_mask, folded, y if options.relu else None)
     ctx.save_for_backward(*saved)
@@ -230,10 +223,10 @@ def _launch_backward(ctx: Any) -> Any:
     """The backward launcher with the forward's plan (and, synchronized, the group's sums)."""
     options = ctx.options
 
-    def combine_sums(sums: Tensor) -> tuple[Tensor, int]:
+    def combine_sums(sums: Tensor) -> Tensor:
         total = sums.clone()
         dist.all_reduce(total, group=options.process_group)
-        return total, ctx.n_total
+        return total / ctx.n_total
 
     def launch(grad_output, x, weight, mean, invstd, use_batch_stats, need_param_grads, relu_mask,
                write_grad_residual):
