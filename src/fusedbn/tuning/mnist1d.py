@@ -25,7 +25,6 @@ The paper's baselines (:data:`PAPER_MODELS`) and their training (:func:`paper_ta
 table: logistic regression 32%, MLP 68%, CNN 94% test accuracy.
 """
 
-import random
 from collections.abc import Mapping
 from functools import partial
 
@@ -36,7 +35,7 @@ from torch import nn
 
 from fusedbn import FusedBatchNorm1d
 from fusedbn.tuning.space import Param, default_space
-from fusedbn.tuning.training import Task, add_biases
+from fusedbn.tuning.training import Task, add_biases, kept_global_random_state
 
 NAME = "mnist1d"
 DATA_SEED = 42  # the generator's default seed: the paper's data
@@ -65,12 +64,8 @@ def generate(data_seed: int = DATA_SEED, num_samples: int = NUM_SAMPLES) -> dict
         raise MissingPackage(f"--task {NAME} needs the mnist1d package: {INSTALL}") from error
     args = get_dataset_args()
     args.seed, args.num_samples = data_seed, num_samples
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
+    with kept_global_random_state():
         data = make_dataset(args)
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
     return {key: data[key] for key in ("x", "y", "x_test", "y_test")}
 
 
