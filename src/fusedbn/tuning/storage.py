@@ -1,4 +1,4 @@
-"""Where studies live: opening a storage URL, and failing the trials that a dead worker left RUNNING.
+"""Where studies live: opening a storage URL, and failing the trials that a stopped worker left RUNNING.
 
 Storage URLs:
 
@@ -16,37 +16,69 @@ its end) each commit to the file: about 0.13 s per trial of 8 epochs on the digi
 nothing in memory. The search asks Optuna for no full garbage collection after each trial, which cost
 another 0.3 s per trial here.
 
-Each running trial records a heartbeat (the user attribute ``heartbeat``, a Unix time) every few
-seconds. A RUNNING trial whose heartbeat is older than the grace period belongs to a worker that was
-killed: :func:`fail_stale_trials` marks it FAIL, with the reason in the user attribute ``failure``, so that
-its budget is run again. Workers on several machines need clocks that agree (NTP) to within the grace.
+Lost trials (a :class:`Heartbeat`): a running trial records a heartbeat every ``grace_s / 5`` seconds (at
+least every second), and a RUNNING trial without one for ``grace_s`` seconds belongs to a worker that
+was killed: it is marked FAIL so that its budget runs again (its ``failure`` is then :data:`LOST`).
+
+- Database storages use Optuna's own heartbeat: ``RDBStorage(heartbeat_interval, grace_period)``, beating
+  from a thread while :meth:`optuna.Study.optimize` runs a trial, and ``optuna.storages.fail_stale_trials``.
+  It counts whole seconds (hence an integer grace period) on the database server's clock, so workers on
+  several machines need not agree on the time.
+- Optuna's journal storage has no heartbeat (in Optuna 5.1 only ``RDBStorage`` implements one), so here
+  the running trial writes its heartbeat itself, as the user attribute ``heartbeat`` (a Unix time), from a
+  thread, and :func:`fail_lost_trials` fails a trial whose heartbeat is too old with ``Study.tell`` (a trial
+  number is all the public API needs). The journal's workers share one machine, hence one clock.
+- In-memory studies belong to one process: no other worker can leave a trial behind.
+
+A trial that Optuna failed can no longer take user attributes, so a lost trial carries no ``failure``
+attribute: :func:`failure` gives its reason.
 """
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 import sqlalchemy.engine
 import sqlalchemy.exc
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, InMemoryStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 MEMORY_URL = "memory"
 HEARTBEAT_ATTR = "heartbeat"
 FAILURE_ATTR = "failure"
+LOST = "worker stopped: no heartbeat within the grace period"
+BEATS_PER_GRACE = 5
 SQLITE_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
 TABLE_RACE_RETRIES = 3
 POSTGRES_INSTALL = "pip install '.[postgres]' in a clone of fusedbn"
 
+LostTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
 
 class StorageError(RuntimeError):
     """A storage URL that cannot be opened."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Running trials beat every :attr:`interval_s` seconds; one without a beat for ``grace_s`` seconds is
+    lost, marked FAIL, and ``on_lost(study, trial)`` is told (see the module docstring)."""
+
+    grace_s: int
+    on_lost: LostTrialCallback
+
+    @property
+    def interval_s(self) -> int:
+        """Seconds between two heartbeats of a running trial."""
+        return max(1, self.grace_s // BEATS_PER_GRACE)
 
 
 def _local_path(url: str, scheme: str) -> Path:
@@ -60,13 +92,9 @@ def _local_path(url: str, scheme: str) -> Path:
     return path
 
 
-def is_in_memory(storage: BaseStorage) -> bool:
-    """Whether ``storage`` lives in this process only (no other worker can see its trials)."""
-    return isinstance(storage, InMemoryStorage)
-
-
-def open_storage(url: str) -> BaseStorage:
-    """Open the Optuna storage at ``url`` (see the module docstring); raises :class:`StorageError`."""
+def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
+    """Open the Optuna storage at ``url`` (see the module docstring), a database storage with Optuna's
+    ``heartbeat`` when given; raises :class:`StorageError`."""
     if url == MEMORY_URL:
         return InMemoryStorage()
     try:
@@ -79,7 +107,7 @@ def open_storage(url: str) -> BaseStorage:
             connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
         else:
             connect_args = {}
-        return _rdb_storage(url, connect_args)
+        return _rdb_storage(url, connect_args, heartbeat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if isinstance(error, ImportError):  # the database's driver
@@ -97,13 +125,22 @@ def display_url(url: str) -> str:
         return url
 
 
-def _rdb_storage(url: str, connect_args: dict[str, int]) -> RDBStorage:
+def _rdb_storage(url: str, connect_args: dict[str, int], heartbeat: Heartbeat | None) -> RDBStorage:
     """Open a database storage. Workers that open a new database at the same time race to create its
     tables; the losers get an integrity error or "already exists" and succeed on a second try."""
+    beats = {}
+    if heartbeat is not None:
+        beats = {
+            "heartbeat_interval": heartbeat.interval_s,
+            "grace_period": heartbeat.grace_s,
+            "heartbeat_stale_trial_callback": heartbeat.on_lost,
+        }
     retries = 0
     while True:
         try:
-            return RDBStorage(url, engine_kwargs={"connect_args": connect_args})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval is "experimental"
+                return RDBStorage(url, engine_kwargs={"connect_args": connect_args}, **beats)
         except sqlalchemy.exc.SQLAlchemyError as error:
             lost_race = isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
             if not lost_race or retries == TABLE_RACE_RETRIES:
@@ -112,9 +149,17 @@ def _rdb_storage(url: str, connect_args: dict[str, int]) -> RDBStorage:
             time.sleep(0.2 * retries)
 
 
+def beating(storage: BaseStorage, trial: optuna.Trial, heartbeat: Heartbeat) -> AbstractContextManager[None]:
+    """A block during which ``trial`` beats: on a journal storage, by recording its heartbeat now and
+    every ``heartbeat.interval_s`` seconds until the block ends; elsewhere Optuna beats, or nothing needs
+    to (memory)."""
+    if isinstance(storage, JournalStorage):
+        return _beating_attribute(trial, heartbeat.interval_s)
+    return nullcontext()
+
+
 @contextmanager
-def heartbeat(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
-    """Record a heartbeat on ``trial`` now and every ``interval_s`` seconds until the block ends."""
+def _beating_attribute(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
     trial.set_user_attr(HEARTBEAT_ATTR, time.time())
     stop = threading.Event()
 
@@ -131,22 +176,29 @@ def heartbeat(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
         thread.join()
 
 
-def fail_stale_trials(study: optuna.Study, grace_s: float) -> list[int]:
-    """Mark FAIL every RUNNING trial whose last heartbeat is older than ``grace_s``; returns their numbers."""
+def fail_lost_trials(study: optuna.Study, storage: BaseStorage, heartbeat: Heartbeat) -> None:
+    """Mark FAIL every RUNNING trial of ``study`` (kept in ``storage``) without a heartbeat for the grace
+    period, telling ``heartbeat.on_lost`` about each."""
+    if isinstance(storage, RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # tells on_lost, the storage's callback
+    if not isinstance(storage, JournalStorage):
+        return
     now = time.time()
-    failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        last = trial.user_attrs.get(HEARTBEAT_ATTR, trial.datetime_start.timestamp())
-        if now - last <= grace_s:
+        if now - trial.user_attrs.get(HEARTBEAT_ATTR, trial.datetime_start.timestamp()) <= heartbeat.grace_s:
             continue
-        # Optuna has no public call that writes a trial owned by another process: use the storage.
-        storage, trial_id = study._storage, trial._trial_id
         try:
-            storage.set_trial_user_attr(
-                trial_id, FAILURE_ATTR, f"worker stopped: no heartbeat for {now - last:.0f} s"
-            )
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        except UpdateFinishedTrialError:
-            continue  # another worker failed it first
-        failed.append(trial.number)
-    return failed
+            lost = study.tell(trial.number, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError):  # another worker failed it first
+            continue
+        heartbeat.on_lost(study, lost)
+
+
+def failure(trial: FrozenTrial) -> str | None:
+    """Why ``trial`` failed or diverged (its ``failure`` attribute; :data:`LOST` for a failed trial
+    without one), or None."""
+    if FAILURE_ATTR in trial.user_attrs:
+        return trial.user_attrs[FAILURE_ATTR]
+    return LOST if trial.state == TrialState.FAIL else None
