@@ -14,10 +14,10 @@ import torch
 from conftest import start_fusedbn
 
 import fusedbn.backend
-from fusedbn.tuning.digits import digits_task
 from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
 from fusedbn.tuning.space import default_space
+from fusedbn.tuning.tasks import get_task
 from fusedbn.tuning.training import Task
 
 
@@ -43,7 +43,7 @@ def quiet_optuna() -> None:
 
 def make_tiny_task() -> Task:
     """Digits cut to 400 training and 120 validation images, two epochs per trial."""
-    task = digits_task(epochs=2)
+    task = get_task("digits").build(epochs=2)
     task.train = tuple(t[:400] for t in task.train)
     task.valid = tuple(t[:120] for t in task.valid)
     return task

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from fusedbn.tuning.importance import Importances
-from fusedbn.tuning.plots import beta_figure, beta_label, draw_importances, history_figure, write_plots
+from fusedbn.tuning.plots import accuracy_figure, beta_label, draw_importances, history_figure, write_plots
 from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningInterrupted, TuningResult, tune
 from fusedbn.tuning.space import default_space, with_scales
@@ -122,7 +122,7 @@ def test_pruned_trials_are_in_the_legends_when_drawn_and_the_beta_plot_says_what
 ) -> None:
     assert any(t.state == TrialState.PRUNED for stage in tiny_result.stages for t in stage.trials())
     momentum = next(p for p in tiny_result.tuned if p.name == "momentum")
-    figure = beta_figure(tiny_result, momentum)
+    figure = accuracy_figure(tiny_result, momentum)
     assert "pruned (last report)" in legend_texts(figure)
     assert "pruned (last report)" in legend_texts(history_figure(tiny_result))
     assert figure.axes[0].get_title() == "Validation accuracy of each trial vs momentum, SGD's momentum beta"

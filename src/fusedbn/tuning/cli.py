@@ -37,6 +37,8 @@ from fusedbn.tuning.tasks import TASKS, TaskError, get_task
 from fusedbn.tuning.training import HeldOutScores
 
 DEFAULT_OUT = "runs/tune"
+BY_TASK = ("trials", "stages", "tiers")  # SearchConfig settings whose default depends on the task
+PASSED_ON = (*BY_TASK, "sampler", "train_seed", "pruner", "keep_top", "margin", "grace_period_s", "threads")
 
 
 def _by_task(option: str) -> str:
@@ -146,6 +148,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--grace-period",
+        dest="grace_period_s",
+        metavar="SECONDS",
         type=int,
         default=SearchConfig.grace_period_s,
         help="whole seconds without heartbeat after which a running trial counts as lost "
@@ -190,22 +194,15 @@ def run(args: argparse.Namespace) -> int:
             data_seed=seed_of_data,
         )
         study_name = definition.study_name(seed_of_data) if args.study_name is None else args.study_name
+        settings = {name: getattr(args, name) for name in PASSED_ON}
+        settings |= {name: getattr(definition, name) for name in BY_TASK if settings[name] is None}
         configs = [
             SearchConfig(
                 study_name=f"{study_name}-seed{seed}" if several else study_name,
                 storage=storage,
-                trials=definition.trials if args.trials is None else args.trials,
-                stages=definition.stages if args.stages is None else args.stages,
-                tiers=definition.tiers if args.tiers is None else args.tiers,
-                sampler=args.sampler,
                 seed=seed,
-                train_seed=args.train_seed,
-                pruner=args.pruner,
-                keep_top=args.keep_top,
-                margin=args.margin,
-                grace_period_s=args.grace_period,
-                threads=args.threads,
                 progress=not args.no_progress,
+                **settings,
             )
             for seed in args.seed
         ]

@@ -144,32 +144,6 @@ def cnn_space(optimizer: str = "sgd") -> list[Param]:
     return [changed.get(p.name, p) for p in space] + [weight_decay]
 
 
-def mnist1d_task(
-    epochs: int = 30,
-    optimizer: str = "adam",
-    device: str = "cpu",
-    batchnorm: bool = True,
-    data_seed: int = DATA_SEED,
-    bias: bool = False,
-    score_test: bool = False,
-    num_samples: int = NUM_SAMPLES,
-) -> Task:
-    """The MNIST-1D :class:`Task`: the splits of :func:`mnist1d_splits` and :func:`build_cnn`.
-
-    By default trials do not read the test split (``score_test=False``): it is read only to score the
-    chosen configuration (:meth:`Task.held_out_scores`).
-    """
-    splits = mnist1d_splits(data_seed, num_samples)
-    return Task(
-        build_model=partial(build_cnn, batchnorm=batchnorm, bias=bias),
-        **splits,
-        epochs=epochs,
-        optimizer=optimizer,
-        device=device,
-        score_test=score_test,
-    )
-
-
 def _logistic_regression() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(LENGTH, NUM_CLASSES))
 

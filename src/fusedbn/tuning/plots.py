@@ -36,7 +36,8 @@ STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
 MIN_POINTS_FOR_CONTOUR = 8
 MAX_TICKS = 24
 MOMENTUM_BETAS = ("momentum", "adam_beta1")
-BETA_MEANINGS = {
+MEANINGS = {
+    "learning_rate": "the initial learning rate",
     "momentum": "SGD's momentum beta",
     "adam_beta1": "Adam's first-moment beta",
     "adam_beta2": "Adam's second-moment beta",
@@ -58,7 +59,7 @@ def _scored(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
 
 def _coord_limits(result: TuningResult, param: Param, pad: float = 0.05) -> tuple[float, float]:
     """The declared range of ``param`` on its scale's coordinate, padded by ``pad`` x its width per side."""
-    lo, hi = sorted(param.to_coord(v) for v in result.stages[0].bounds[param.name])
+    lo, hi = result.coord_range(param)
     return lo - pad * (hi - lo), hi + pad * (hi - lo)
 
 
@@ -151,34 +152,24 @@ def history_figure(result: TuningResult) -> Figure:
     return fig
 
 
-def _learning_rate(result: TuningResult, lr: Param) -> Figure:
+def accuracy_figure(result: TuningResult, param: Param) -> Figure:
+    """Validation accuracy against ``param`` on its scale: a log axis for ``log``, a log axis of 1 - beta
+    labelled in beta (growing to the right) for ``log-near-1``, else a linear one."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    _scatter(ax, result, lr)
-    if isinstance(lr.scale, LogScale):
+    near_1 = isinstance(param.scale, LogNear1Scale)
+    _scatter(ax, result, param, x_of=(lambda value: 1.0 - value) if near_1 else None)
+    if near_1:
         ax.set_xscale("log")
-    ax.set_xlim(*(lr.from_coord(c) for c in _coord_limits(result, lr)))
-    ax.set_xlabel(lr.axis_label())
-    ax.set_title("Validation accuracy of each trial vs its learning rate")
-    return fig
-
-
-def beta_figure(result: TuningResult, beta: Param) -> Figure:
-    """Validation accuracy against ``beta``, on a log axis of 1 - beta labelled in beta (or linear)."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    if isinstance(beta.scale, LogNear1Scale):
-        _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
-        ax.set_xscale("log")
-        ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
+        ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, param))))
         ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(v)))
         ax.xaxis.set_minor_formatter(mticker.NullFormatter())
     else:
-        _scatter(ax, result, beta)
-        ax.set_xlim(*_coord_limits(result, beta))
-    ax.set_xlabel(beta.axis_label())
-    meaning = BETA_MEANINGS.get(beta.name, "a beta")
-    ax.set_title(f"Validation accuracy of each trial vs {beta.name}, {meaning}")
+        ax.set_xscale("log" if isinstance(param.scale, LogScale) else "linear")
+        ax.set_xlim(*(param.from_coord(c) for c in _coord_limits(result, param)))
+    ax.set_xlabel(param.axis_label())
+    meaning = f", {MEANINGS[param.name]}" if param.name in MEANINGS else ""
+    ax.set_title(f"Validation accuracy of each trial vs {param.name}{meaning}")
     return fig
 
 
@@ -267,9 +258,9 @@ def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
     beta = betas[0] if betas else None
     drawn = {"history.png": history_figure(result)}
     if lr is not None:
-        drawn["learning_rate.png"] = _learning_rate(result, lr)
+        drawn["learning_rate.png"] = accuracy_figure(result, lr)
     if beta is not None:
-        drawn["beta.png"] = beta_figure(result, beta)
+        drawn["beta.png"] = accuracy_figure(result, beta)
     if lr is not None and beta is not None:
         drawn["learning_rate_beta.png"] = _learning_rate_beta(result, lr, beta)
     if summary.importances is not None:

@@ -125,12 +125,11 @@ def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> 
     if len(result.tuned) < 2 or len(scored) < TRIALS_PER_PARAMETER * (len(result.tuned) + 1):
         return None
     coords = np.array([[p.to_coord(p.value_from(t.params)) for p in result.tuned] for t, _ in scored])
-    bounds = [tuple(sorted(p.to_coord(v) for v in result.stages[0].bounds[p.name])) for p in result.tuned]
     return fanova_importances(
         [p.name for p in result.tuned],
         coords,
         np.array([value for _, value in scored]),
-        bounds,
+        [result.coord_range(p) for p in result.tuned],
         seed=result.config.seed,
         resamples=resamples,
     )

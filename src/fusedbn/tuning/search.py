@@ -292,10 +292,14 @@ class StageResult:
         """The stage's trials in the given states (all states when none given)."""
         return self.study.get_trials(deepcopy=False, states=states or None)
 
+    def ranked(self) -> list[FrozenTrial]:
+        """The complete trials with a finite accuracy, the highest first."""
+        complete = [t for t in self.trials(TrialState.COMPLETE) if math.isfinite(t.value)]
+        return sorted(complete, key=lambda t: t.value, reverse=True)
+
     def best_trial(self) -> FrozenTrial | None:
         """The complete trial with the highest accuracy, or None when no trial completed."""
-        complete = [t for t in self.trials(TrialState.COMPLETE) if math.isfinite(t.value)]
-        return max(complete, key=lambda t: t.value, default=None)
+        return next(iter(self.ranked()), None)
 
 
 @dataclass
@@ -312,6 +316,11 @@ class TuningResult:
         candidates = [(i + 1, s.best_trial()) for i, s in enumerate(self.stages)]
         candidates = [(i, t) for i, t in candidates if t is not None]
         return max(candidates, key=lambda c: c[1].value, default=None)
+
+    def coord_range(self, param: Param) -> tuple[float, float]:
+        """``param``'s declared range (the first stage's bounds) on its scale's coordinate, low first."""
+        low, high = sorted(param.to_coord(v) for v in self.stages[0].bounds[param.name])
+        return low, high
 
     def params_of(self, trial: FrozenTrial) -> dict[str, float]:
         """All hyperparameters of ``trial`` in natural units (betas as beta), the fixed ones included."""
@@ -438,12 +447,10 @@ def _make_sampler(
 
 def _narrowed(previous: StageResult, tuned: Sequence[Param], config: SearchConfig) -> Bounds:
     """The next stage's bounds: narrowed around the previous stage's best complete trials."""
-    complete = [t for t in previous.trials(TrialState.COMPLETE) if math.isfinite(t.value)]
-    if not complete:
+    ranked = previous.ranked()
+    if not ranked:
         return dict(previous.bounds)
-    best = sorted(complete, key=lambda t: t.value, reverse=True)[
-        : max(1, math.ceil(config.keep_top * len(complete)))
-    ]
+    best = ranked[: max(1, math.ceil(config.keep_top * len(ranked)))]
     return {
         p.name: narrow(p, previous.bounds[p.name], [p.value_from(t.params) for t in best], config.margin)
         for p in tuned

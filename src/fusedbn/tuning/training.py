@@ -226,21 +226,11 @@ class Task:
         )
 
     def _make_optimizer(self, model: nn.Module, params: Mapping[str, float]) -> torch.optim.Optimizer:
-        weight_decay = params.get("weight_decay", 0.0)
+        common = {"lr": params["learning_rate"], "weight_decay": params.get("weight_decay", 0.0)}
         if self.optimizer == "sgd":
-            return torch.optim.SGD(
-                model.parameters(),
-                lr=params["learning_rate"],
-                momentum=params["momentum"],
-                weight_decay=weight_decay,
-            )
-        return torch.optim.Adam(
-            model.parameters(),
-            lr=params["learning_rate"],
-            betas=(params["adam_beta1"], params["adam_beta2"]),
-            eps=params["adam_epsilon"],
-            weight_decay=weight_decay,
-        )
+            return torch.optim.SGD(model.parameters(), momentum=params["momentum"], **common)
+        betas = (params["adam_beta1"], params["adam_beta2"])
+        return torch.optim.Adam(model.parameters(), betas=betas, eps=params["adam_epsilon"], **common)
 
 
 @contextmanager
