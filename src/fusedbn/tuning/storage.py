@@ -34,6 +34,7 @@ A trial that Optuna failed can no longer take user attributes, so a lost trial c
 attribute: :func:`failure` gives its reason.
 """
 
+import inspect
 import threading
 import time
 import warnings
@@ -61,6 +62,12 @@ TABLE_RACE_RETRIES = 3
 POSTGRES_INSTALL = "pip install '.[postgres]' in a clone of fusedbn"
 
 LostTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+# Optuna 5 renamed RDBStorage's failed_trial_callback, deprecating the old name.
+STALE_CALLBACK = next(
+    name
+    for name in ("heartbeat_stale_trial_callback", "failed_trial_callback")
+    if name in inspect.signature(RDBStorage).parameters
+)
 
 
 class StorageError(RuntimeError):
@@ -133,7 +140,7 @@ def _rdb_storage(url: str, connect_args: dict[str, int], heartbeat: Heartbeat | 
         beats = {
             "heartbeat_interval": heartbeat.interval_s,
             "grace_period": heartbeat.grace_s,
-            "heartbeat_stale_trial_callback": heartbeat.on_lost,
+            STALE_CALLBACK: heartbeat.on_lost,
         }
     retries = 0
     while True:
