@@ -1,6 +1,7 @@
 """Storage URLs, heartbeats and the failing of lost trials (fusedbn.tuning.storage), on real SQLite,
 journal files and PostgreSQL."""
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -76,6 +77,15 @@ def test_a_missing_database_driver_says_how_to_install_it(monkeypatch: pytest.Mo
     message = str(refused.value)
     assert message.startswith("cannot open storage 'postgresql+psycopg2://user:***@127.0.0.1/db': its ")
     assert message.endswith("for PostgreSQL: pip install '.[postgres]' in a clone of fusedbn")
+
+
+def test_sqlite_commits_do_not_wait_for_the_disk(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    optuna.create_study(storage=storage).optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL, not FULL (2)
+    with sqlite3.connect(tmp_path / "study.db") as reader:  # write-ahead logging is kept in the file
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_memory_storage_holds_a_study_in_this_process_only() -> None:

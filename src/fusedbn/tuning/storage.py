@@ -3,7 +3,10 @@
 Storage URLs:
 
 - ``sqlite:///path/study.db`` (relative path; ``sqlite:////abs/path.db`` absolute): a local file, opened
-  with a 60 s lock timeout so a few workers on one machine can share it.
+  with a 60 s lock timeout so a few workers on one machine can share it, in SQLite's write-ahead-log
+  mode with ``synchronous=NORMAL``: a commit does not wait for the disk (SQLite's default waited about
+  17 ms per commit on this project's machine, 0.3 s per trial of 8 epochs), and survives a killed
+  process; a power cut can lose the last trials, which a resumed study runs again.
 - ``journal:///path/study.log`` (``journal:////abs/path.log`` absolute): Optuna's journal file storage,
   the recommended way for several worker processes on one machine.
 - ``postgresql+psycopg2://user:password@host/db`` (or ``postgresql://``, ``mysql://``...): a database
@@ -11,10 +14,9 @@ Storage URLs:
 - ``memory``: Optuna's in-memory storage, for a throwaway study in one process: nothing is written, the
   study cannot be resumed or shared, and trials record no heartbeat.
 
-Cost: with SQLite, a trial's writes (its start, parameters, one report per epoch, the user attributes,
-its end) each commit to the file: about 0.13 s per trial of 8 epochs on the digits task, against next to
-nothing in memory. The search asks Optuna for no full garbage collection after each trial, which cost
-another 0.3 s per trial here.
+Cost: a trial's writes (its start, parameters, one report per epoch, the user attributes, its end) each
+commit to the storage. The search asks Optuna for no full garbage collection after each trial, which
+cost another 0.3 s per trial here.
 
 Lost trials (a :class:`Heartbeat`): a running trial records a heartbeat every ``grace_s / 5`` seconds (at
 least every second), and a RUNNING trial without one for ``grace_s`` seconds belongs to a worker that
@@ -35,12 +37,14 @@ attribute: :func:`failure` gives its reason.
 """
 
 import inspect
+import sqlite3
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -108,13 +112,12 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
         if url.startswith("journal:"):
             return JournalStorage(JournalFileBackend(str(_local_path(url, "journal"))))
         if url.startswith("sqlite:"):
-            _local_path(url, "sqlite")
-            connect_args: dict[str, int] = {"timeout": SQLITE_TIMEOUT_S}
+            engine: dict[str, object] = {"creator": partial(_sqlite_connection, _local_path(url, "sqlite"))}
         elif url.startswith("postgresql"):
-            connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
+            engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
         else:
-            connect_args = {}
-        return _rdb_storage(url, connect_args, heartbeat)
+            engine = {}
+        return _rdb_storage(url, engine, heartbeat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         if isinstance(error, ImportError):  # the database's driver
@@ -132,7 +135,15 @@ def display_url(url: str) -> str:
         return url
 
 
-def _rdb_storage(url: str, connect_args: dict[str, int], heartbeat: Heartbeat | None) -> RDBStorage:
+def _sqlite_connection(path: Path) -> sqlite3.Connection:
+    """A connection to the SQLite file at ``path``: write-ahead log, commits not waiting for the disk."""
+    connection = sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    return connection
+
+
+def _rdb_storage(url: str, engine: dict[str, object], heartbeat: Heartbeat | None) -> RDBStorage:
     """Open a database storage. Workers that open a new database at the same time race to create its
     tables; the losers get an integrity error or "already exists" and succeed on a second try."""
     beats = {}
@@ -147,7 +158,7 @@ def _rdb_storage(url: str, connect_args: dict[str, int], heartbeat: Heartbeat | 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval is "experimental"
-                return RDBStorage(url, engine_kwargs={"connect_args": connect_args}, **beats)
+                return RDBStorage(url, engine_kwargs=engine, **beats)
         except sqlalchemy.exc.SQLAlchemyError as error:
             lost_race = isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
             if not lost_race or retries == TABLE_RACE_RETRIES:
