@@ -16,13 +16,11 @@ from optuna.trial import TrialState
 from fusedbn.tuning.storage import (
     FAILURE_ATTR,
     HEARTBEAT_ATTR,
-    LOST,
     Heartbeat,
     StorageError,
     beating,
     display_url,
     fail_lost_trials,
-    failure,
     open_storage,
 )
 
@@ -124,7 +122,7 @@ def test_a_lost_trial_is_failed_and_told_and_a_live_one_keeps_running(study_at: 
     states = [trial.state for trial in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
     assert lost == [killed.number], "the lost trial is told once, the live one never"
-    assert failure(study.get_trials()[0]) == LOST
+    assert FAILURE_ATTR not in study.get_trials()[0].user_attrs, "a failed trial takes no attribute"
 
 
 def test_a_journal_trial_records_its_heartbeat_until_its_block_ends(tmp_path: Path) -> None:
@@ -139,16 +137,6 @@ def test_a_journal_trial_records_its_heartbeat_until_its_block_ends(tmp_path: Pa
     assert later > first
     time.sleep(1.2)
     assert study.trials[0].user_attrs[HEARTBEAT_ATTR] == later, "the heartbeat outlived its block"
-
-
-def test_failure_is_the_recorded_reason_or_a_lost_heartbeat() -> None:
-    study = optuna.create_study()
-    recorded, lost, done = study.ask(), study.ask(), study.ask()
-    recorded.set_user_attr(FAILURE_ATTR, "RuntimeError: a bug")
-    study.tell(recorded, state=TrialState.FAIL)
-    study.tell(lost, state=TrialState.FAIL)
-    study.tell(done, 1.0)
-    assert [failure(trial) for trial in study.trials] == ["RuntimeError: a bug", LOST, None]
 
 
 def test_passwords_are_hidden_when_urls_are_shown() -> None:

@@ -67,11 +67,11 @@ from tqdm import tqdm
 from fusedbn.tuning.space import Bounds, Param, SpaceError, check_space, full_bounds, narrow, split_by_tier
 from fusedbn.tuning.storage import (
     FAILURE_ATTR,
+    LOST,
     Heartbeat,
     beating,
     display_url,
     fail_lost_trials,
-    failure,
     open_storage,
 )
 from fusedbn.tuning.training import HeldOutScores, Task, torch_threads
@@ -560,7 +560,7 @@ class _Search:
                 if len(failed) > budget:
                     raise TuningError(
                         f"{stage.study.study_name}: {len(failed)} trials failed, more than the "
-                        f"budget of {budget}; last failure: {failure(failed[-1])}"
+                        f"budget of {budget}; last failure: {failed[-1].user_attrs.get(FAILURE_ATTR, LOST)}"
                     )
                 if finished + len(running) < budget:
                     with optuna_logs(optuna.logging.ERROR):  # failures are told and raised here

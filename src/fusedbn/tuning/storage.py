@@ -20,7 +20,7 @@ cost another 0.3 s per trial here.
 
 Lost trials (a :class:`Heartbeat`): a running trial records a heartbeat every ``grace_s / 5`` seconds (at
 least every second), and a RUNNING trial without one for ``grace_s`` seconds belongs to a worker that
-was killed: it is marked FAIL so that its budget runs again (its ``failure`` is then :data:`LOST`).
+was killed: it is marked FAIL so that its budget runs again.
 
 - Database storages use Optuna's own heartbeat: ``RDBStorage(heartbeat_interval, grace_period)``, beating
   from a thread while :meth:`optuna.Study.optimize` runs a trial, and ``optuna.storages.fail_stale_trials``.
@@ -33,7 +33,7 @@ was killed: it is marked FAIL so that its budget runs again (its ``failure`` is 
 - In-memory studies belong to one process: no other worker can leave a trial behind.
 
 A trial that Optuna failed can no longer take user attributes, so a lost trial carries no ``failure``
-attribute: :func:`failure` gives its reason.
+attribute: :data:`LOST` is its reason.
 """
 
 import inspect
@@ -58,7 +58,7 @@ from optuna.trial import FrozenTrial, TrialState
 MEMORY_URL = "memory"
 HEARTBEAT_ATTR = "heartbeat"
 FAILURE_ATTR = "failure"
-LOST = "worker stopped: no heartbeat within the grace period"
+LOST = "worker stopped: no heartbeat within the grace period"  # a FAIL trial without a failure attribute
 BEATS_PER_GRACE = 5
 SQLITE_TIMEOUT_S = 60
 CONNECT_TIMEOUT_S = 10
@@ -213,10 +213,3 @@ def fail_lost_trials(study: optuna.Study, storage: BaseStorage, heartbeat: Heart
             continue
         heartbeat.on_lost(study, lost)
 
-
-def failure(trial: FrozenTrial) -> str | None:
-    """Why ``trial`` failed or diverged (its ``failure`` attribute; :data:`LOST` for a failed trial
-    without one), or None."""
-    if FAILURE_ATTR in trial.user_attrs:
-        return trial.user_attrs[FAILURE_ATTR]
-    return LOST if trial.state == TrialState.FAIL else None
