@@ -278,34 +278,34 @@ def test_synchronized_batch_norm_refuses_gradients_of_gradients(tmp_path, device
 
 @pytest.mark.kernels
 @pytest.mark.parametrize("layout", ["foldable", "copied"])
-def test_saved_tensors_and_the_plan_serve_the_backward(layout, device, monkeypatch):
-    """The input as given (its graph serves gradients of gradients), the copy the kernels read when
-    it does not fold in place, and no second plan in the backward."""
+def test_the_forwards_plan_and_copy_serve_the_backward(layout, device, monkeypatch):
+    """The input is saved as given (its graph serves gradients of gradients); the backward reuses
+    the forward's plan and the copy the kernels read when the input does not fold in place."""
     from fusedbn import autograd
+    from fusedbn.kernels.layout import Plan
 
     base = torch.randn(4, 3, 7, 8, device=device)
     x = (base if layout == "foldable" else base[:, :, 1:-1, 1:-1]).requires_grad_()
     weight = torch.rand(3, device=device, requires_grad=True)
-    plans = []
-    original = autograd.plan_batch_norm
+    calls = {"plan": 0, "fold": 0}
+    plan, fold = autograd.plan_batch_norm, Plan.fold
 
     def counting_plan(*args, **kwargs):
-        plans.append(args[0].shape)
-        return original(*args, **kwargs)
+        calls["plan"] += 1
+        return plan(*args, **kwargs)
+
+    def counting_fold(self, x):
+        calls["fold"] += 1
+        return fold(self, x)
 
     monkeypatch.setattr(autograd, "plan_batch_norm", counting_plan)
+    monkeypatch.setattr(Plan, "fold", counting_fold)
     y = fused_batch_norm(x, None, None, weight, None, True)
     saved = y.grad_fn.saved_tensors
     assert saved[0] is x and saved[1] is weight and saved[2] is None
-    folded = saved[6]
-    assert saved[7] is None  # the output is only kept with a fused ReLU
-    if layout == "foldable":
-        assert folded is None
-    else:
-        assert folded.is_contiguous() and torch.equal(folded, x.detach())
-    assert saved[5] is None  # no ReLU mask without a ReLU
+    assert saved[5] is None and saved[6] is None  # no ReLU: no mask, and the output is not kept
     y.backward(torch.randn_like(y))
-    assert len(plans) == 1, "the backward planned again"
+    assert calls == {"plan": 1, "fold": 1}, "the backward planned or folded again"
     expected = F.batch_norm(x.detach(), None, None, weight.detach(), None, True)
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
 

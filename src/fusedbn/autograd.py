@@ -8,7 +8,9 @@ kernels' statistics; ``vmap`` runs the kernels once over the samples' channels s
 Compiled code uses the custom operators of :mod:`fusedbn.ops` instead.
 """
 
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.kernels.call import BatchNormOptions
-from fusedbn.kernels.layout import plan_batch_norm
+from fusedbn.kernels.layout import Plan, plan_batch_norm
 
 RUNNING_TANGENT_ERROR = (
     "batch_norm is not differentiable wrt running_mean and running_var, they cannot have forward "
@@ -90,22 +92,33 @@ def output_tangent(
     return tangent.to(input.dtype)
 
 
+class Launched(NamedTuple):
+    """What a forward's launches leave its backward besides tensors: the plan, the copy of the
+    input the kernels read when the input does not fold in place (else None) and, synchronized,
+    how to combine the backward's sums over the processes (else None)."""
+
+    plan: Plan
+    folded: Tensor | None
+    combine_sums: Callable[[Tensor], Tensor] | None
+
+
 def _synchronized_forward(
-    x: Tensor, plan: Any, options: BatchNormOptions, weight: Tensor | None, bias: Tensor | None,
+    x: Tensor, plan: Plan, options: BatchNormOptions, weight: Tensor | None, bias: Tensor | None,
     running_mean: Tensor | None, running_var: Tensor | None, num_batches_tracked: Tensor | None,
-) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor | None], Tensor]:
-    """The forward launches of synchronized BatchNorm, and the element count per channel of the
-    whole batch (on the device).
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor | None], Callable[[Tensor], Tensor]]:
+    """The forward launches of synchronized BatchNorm, and how its backward combines its sums.
 
     Each process merges its partials into one (count, mean, M2) summary per channel; the summaries
     are all-gathered (one per process, whatever its batch size) and merged in rank order, so every
-    process gets the same statistics and running statistics, and nothing is read on the host.
+    process gets the same statistics and running statistics, and nothing is read on the host. The
+    backward all-reduces the sums of dy and dy * xhat and divides them by the gathered count.
     """
+    group = options.process_group
     gathered = []
 
     def combine_moments(summary: Tensor) -> Tensor:
-        summaries = [torch.empty_like(summary) for _ in range(dist.get_world_size(options.process_group))]
-        dist.all_gather(summaries, summary, group=options.process_group)
+        summaries = [torch.empty_like(summary) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(summaries, summary, group=group)
         gathered.append(torch.cat(summaries, dim=1))
         return gathered[0]
 
@@ -113,7 +126,14 @@ def _synchronized_forward(
         x, plan, options, weight, bias, None, running_mean, running_var, num_batches_tracked,
         combine_moments=combine_moments,
     )
-    return outputs, gathered[0][0].sum(dim=0)
+    count = gathered[0][0].sum(dim=0)
+
+    def combine_sums(sums: Tensor) -> Tensor:
+        total = sums.clone()
+        dist.all_reduce(total, group=group)
+        return total / count
+
+    return outputs, combine_sums
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -121,11 +141,9 @@ class BatchNormFunction(torch.autograd.Function):
 
     Inputs: (input, weight, bias, residual, running_mean, running_var, num_batches_tracked, options),
     checked by the caller; ``options`` (BatchNormOptions) says what to compute. Outputs: (y, mean,
-    invstd, relu_mask, folded, plan, n_total): the output, the statistics the backward uses, the
-    fused ReLU's packed one-bit mask (None without a ReLU), the copy of the input the kernels read
-    when the input does not fold in place (else None), the launch plan the backward reuses, and,
-    synchronized, the count per channel the statistics are over (else None). Only y is
-    differentiable.
+    invstd, relu_mask, launched): the output, the statistics the backward uses, the fused ReLU's
+    packed one-bit mask (None without a ReLU) and what the launches leave the backward (Launched).
+    Only y is differentiable.
 
     The backward keeps the input, the statistics and the mask; with a fused ReLU it also keeps y,
     whose sign gives the ReLU's Jacobian to the differentiable paths (as torch's ReLU keeps its
@@ -144,12 +162,12 @@ class BatchNormFunction(torch.autograd.Function):
                 x, plan, options, weight, bias, residual, running_mean, running_var,
                 num_batches_tracked,
             )
-            n_total = None
+            combine_sums = None
         else:
-            outputs, n_total = _synchronized_forward(
+            outputs, combine_sums = _synchronized_forward(
                 x, plan, options, weight, bias, running_mean, running_var, num_batches_tracked
             )
-        return (*outputs, None if x is input else x, plan, n_total)
+        return (*outputs, Launched(plan, None if x is input else x, combine_sums))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
@@ -163,14 +181,14 @@ class BatchNormFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             grads = differentiable_backward(ctx, grad_output)
         else:
-            grads = kernel_backward(ctx, grad_output, _launch_backward(ctx))
+            grads = kernel_backward(ctx, grad_output, _launch_with_plan)
         return (*grads, None, None, None, None)
 
     @staticmethod
     def jvp(ctx: Any, t_input: Tensor | None, t_weight: Tensor | None, t_bias: Tensor | None,
             t_residual: Tensor | None, t_running_mean: Tensor | None,
             t_running_var: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-        input, weight, _, mean, invstd, _, _, y = ctx.saved_tensors
+        input, weight, _, mean, invstd, _, y = ctx.saved_tensors
         options = ctx.options
         if options.process_group is not None:
             raise RuntimeError("synchronized BatchNorm has no forward-mode derivatives")
@@ -184,7 +202,7 @@ class BatchNormFunction(torch.autograd.Function):
         tangent = output_tangent(
             input, weight, mean, invstd, y, options, t_input, t_weight, t_bias, t_residual
         )
-        return tangent, None, None, None, None, None, None
+        return tangent, None, None, None, None
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[int | None, ...], input: Tensor, weight: Tensor | None,
@@ -197,56 +215,55 @@ class BatchNormFunction(torch.autograd.Function):
         )
 
 
+# Function.apply binds its arguments through inspect.signature(forward) on every call when the
+# Function defines setup_context: about 25 us for these eight arguments, a sixth of a small layer's
+# host time. They are always passed positionally, so a signature of *args binds them alike at a
+# tenth of the cost.
+BatchNormFunction.forward.__signature__ = inspect.Signature(
+    [inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)]
+)
+
+
 def save_for_derivatives(
     ctx: Any, input: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None,
     options: BatchNormOptions, y: Tensor, mean: Tensor, invstd: Tensor, relu_mask: Tensor | None,
-    folded: Tensor | None, plan: Any, n_total: Tensor | None, constants: tuple[Tensor, ...] = (),
+    launched: Launched | None, constants: tuple[Tensor, ...] = (),
 ) -> None:
     """Keep what the backward and jvp use (for BatchNormFunction and the custom operator alike).
 
-    The input is kept as given (its graph serves gradients of gradients) and, when the kernels
-    read a copy of it, that copy too, so that the backward does not fold it again. Every output but
-    y is non-differentiable: the statistics, the mask, the copy and any other ``constants``.
+    The input is kept as given (its graph serves gradients of gradients). Every output but y is
+    non-differentiable: the statistics, the mask and any other ``constants``.
     """
     ctx.set_materialize_grads(False)
-    ctx.mark_non_differentiable(
-        *(t for t in (mean, invstd, relu_mask, folded, n_total, *constants) if t is not None)
-    )
-    saved = (input, weight, bias, mean, invstd, relu_mask, folded, y if options.relu else None)
+    ctx.mark_non_differentiable(mean, invstd, *constants, *(() if relu_mask is None else (relu_mask,)))
+    saved = (input, weight, bias, mean, invstd, relu_mask, y if options.relu else None)
     ctx.save_for_backward(*saved)
     ctx.save_for_forward(*saved)
-    ctx.options, ctx.plan, ctx.n_total = options, plan, n_total
+    ctx.options, ctx.launched = options, launched
     ctx.residual_dtype = None if residual is None else residual.dtype
 
 
-def _launch_backward(ctx: Any) -> Any:
-    """The backward launcher with the forward's plan (and, synchronized, the group's sums)."""
-    options = ctx.options
-
-    def combine_sums(sums: Tensor) -> Tensor:
-        total = sums.clone()
-        dist.all_reduce(total, group=options.process_group)
-        return total / ctx.n_total
-
-    def launch(grad_output, x, weight, mean, invstd, use_batch_stats, need_param_grads, relu_mask,
-               write_grad_residual):
-        return batch_norm_backward(
-            grad_output, x, ctx.plan, weight, mean, invstd, use_batch_stats, need_param_grads,
-            relu_mask, write_grad_residual,
-            combine_sums=None if options.process_group is None else combine_sums,
-        )
-
-    return launch
+def _launch_with_plan(
+    ctx: Any, grad_output: Tensor, input: Tensor, *arguments: Any
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The backward launches of an eager call: with its forward's plan, on the copy of the input
+    that the forward read, and combining the sums over the processes when synchronized."""
+    launched = ctx.launched
+    x = input if launched.folded is None else launched.folded
+    return batch_norm_backward(
+        grad_output, x, launched.plan, *arguments, combine_sums=launched.combine_sums
+    )
 
 
-def kernel_backward(ctx: Any, grad_output: Tensor, launch: Any) -> tuple[Tensor | None, ...]:
-    """(grad_input, grad_weight, grad_bias, grad_residual) from the kernels, run by ``launch``
-    (batch_norm_backward's arguments without the plan)."""
-    input, weight, bias, mean, invstd, relu_mask, folded, _ = ctx.saved_tensors
+def kernel_backward(ctx: Any, grad_output: Tensor, launch: Callable) -> tuple[Tensor | None, ...]:
+    """(grad_input, grad_weight, grad_bias, grad_residual) from the kernels, run by
+    ``launch(ctx, grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads,
+    relu_mask, write_grad_residual)``."""
+    input, weight, bias, mean, invstd, relu_mask, _ = ctx.saved_tensors
     needs_input, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
     grad_input, grad_weight, grad_bias, grad_residual = launch(
-        grad_output, input if folded is None else folded, weight, mean, invstd,
-        ctx.options.use_batch_stats, needs_weight or needs_bias, relu_mask, needs_residual,
+        ctx, grad_output, input, weight, mean, invstd, ctx.options.use_batch_stats,
+        needs_weight or needs_bias, relu_mask, needs_residual,
     )
     if needs_residual:
         # Without a ReLU the residual's gradient is dy itself, and the kernels computed none.
@@ -279,7 +296,7 @@ def differentiable_backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | Non
             "synchronized BatchNorm has no gradients of gradients (create_graph=True) and no "
             "torch.func transforms: its backward is the kernels' first derivative only"
         )
-    input, weight, bias, mean, invstd, _, _, y = ctx.saved_tensors
+    input, weight, bias, mean, invstd, _, y = ctx.saved_tensors
     needs_input, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
     if y is not None:
         grad_output = grad_output * relu_passes(y)
@@ -362,6 +379,6 @@ def _batched_forward(
     y, mean, invstd = outputs[:3]
     per_sample = (
         y.unflatten(1, (batch, num_channels)), mean.view(batch, num_channels),
-        invstd.view(batch, num_channels), None, None, outputs[5], outputs[6],
+        invstd.view(batch, num_channels), None, outputs[4],
     )
-    return per_sample, (1, 0, 0, None, None, None, None)
+    return per_sample, (1, 0, 0, None, None)

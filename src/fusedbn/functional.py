@@ -51,6 +51,9 @@ def check_epilogue(input: Tensor, residual: Tensor | None, activation: str | Non
     return activation is not None
 
 
+PER_CHANNEL = ("running_mean", "running_var", "weight", "bias")
+
+
 def check_batch_norm_args(
     input: Tensor,
     running_mean: Tensor | None,
@@ -60,37 +63,34 @@ def check_batch_norm_args(
     training: bool,
     eps: float,
     num_batches_tracked: Tensor | None,
-) -> None:
+) -> bool:
     """Raise the error torch would raise for a bad BatchNorm call, with a message naming the problem.
 
     Run before the kernels touch anything, so a rejected call changes nothing. As in torch, an
     empty input is not held to the dtype rule (its output and gradients are empty or zero).
+    Returns whether every per-channel tensor has stride 1, as the kernels address them.
     """
-    if input.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"batch_norm: input must be float16, bfloat16, float32 or float64, got {input.dtype}"
-        )
+    dtype = input.dtype
+    allowed = PARAMETER_DTYPES.get(dtype)
+    if allowed is None:
+        raise TypeError(f"batch_norm: input must be float16, bfloat16, float32 or float64, got {dtype}")
     if input.dim() < 2:
         raise ValueError(
             f"batch_norm: expected input of shape (N, C, ...) with at least 2 dims, "
             f"got {input.dim()}D input of shape {tuple(input.shape)}"
         )
-    num_channels, device = input.shape[1], input.device
-    allowed = PARAMETER_DTYPES[input.dtype]
-    common_dtype = None
-    for name, tensor in (
-        ("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-        ("bias", bias),
-    ):
+    num_channels, device, numel = input.shape[1], input.device, input.numel()
+    common_dtype, stride_one = None, True
+    for name, tensor in zip(PER_CHANNEL, (running_mean, running_var, weight, bias), strict=True):
         if tensor is None:
             continue
         if tensor.dtype not in FLOAT_DTYPES:
             raise TypeError(f"batch_norm: {name} must be a floating tensor, got {tensor.dtype}")
         common_dtype = common_dtype or tensor.dtype
-        if (tensor.dtype not in allowed or tensor.dtype != common_dtype) and input.numel() > 0:
+        if (tensor.dtype not in allowed or tensor.dtype != common_dtype) and numel > 0:
             raise RuntimeError(
-                f"batch_norm: mixed dtypes: {name} is {tensor.dtype} with {input.dtype} input; "
-                f"weight, bias and running statistics must all be {input.dtype}"
+                f"batch_norm: mixed dtypes: {name} is {tensor.dtype} with {dtype} input; "
+                f"weight, bias and running statistics must all be {dtype}"
                 + (" or all float32" if len(allowed) > 1 else "")
             )
         if tensor.numel() != num_channels:
@@ -103,6 +103,7 @@ def check_batch_norm_args(
                 f"batch_norm: expected all tensors on one device, but input is on {device} "
                 f"and {name} is on {tensor.device}"
             )
+        stride_one = stride_one and tensor.stride() == (1,)
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: running_mean and running_var must be given together")
     if not training and running_mean is None:
@@ -117,12 +118,13 @@ def check_batch_norm_args(
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if training:
         # Like torch: exactly one value per channel is an error; an empty batch is not.
-        if input.numel() == num_channels and num_channels > 0:
+        if numel == num_channels and num_channels > 0:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.shape}"
             )
         if eps <= 0:
             raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    return stride_one
 
 
 def statistics_arguments(
@@ -227,39 +229,25 @@ def batch_norm(
             input, running_mean, running_var, weight, bias, training, momentum, eps,
             num_batches_tracked, residual, relu,
         )
-    check_batch_norm_args(
+    stride_one = check_batch_norm_args(
         input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked
     )
     options = BatchNormOptions(training, momentum, eps, relu, process_group)
-    weight, bias, running = _stride_one(weight, bias, running_mean, running_var)
+    per_channel = (weight, bias, running_mean, running_var)
+    if not stride_one:  # strided views (weight[::2]): read, and updated, through copies
+        per_channel = tuple(None if t is None else t.contiguous() for t in per_channel)
     if torch.compiler.is_compiling() and not synchronize:
-        output = compiled_batch_norm(
-            input, weight, bias, residual, *running, num_batches_tracked, options
-        )
+        output = compiled_batch_norm(input, *per_channel[:2], residual, *per_channel[2:],
+                                     num_batches_tracked, options)
     else:
-        output = BatchNormFunction.apply(
-            input, weight, bias, residual, *running, num_batches_tracked, options
-        )[0]
-    if running[0] is not running_mean and training and running_mean is not None:
-        running_mean.copy_(running[0])  # strided running statistics: the copies' values
-        running_var.copy_(running[1])
+        output = BatchNormFunction.apply(input, *per_channel[:2], residual, *per_channel[2:],
+                                         num_batches_tracked, options)[0]
+    if not stride_one and training and running_mean is not None:
+        running_mean.copy_(per_channel[2])
+        running_var.copy_(per_channel[3])
     if training and num_batches_tracked is not None and running_mean is not None:
         num_batches_tracked.add_(1)
     return output
-
-
-def _stride_one(
-    weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
-    running_var: Tensor | None,
-) -> tuple[Tensor | None, Tensor | None, tuple[Tensor | None, Tensor | None]]:
-    """The per-channel tensors with stride 1, as the kernels address them: strided views
-    (weight[::2], a column of a matrix) are read, and running statistics updated, through copies."""
-    if all(t is None or t.stride() == (1,) for t in (weight, bias, running_mean, running_var)):
-        return weight, bias, (running_mean, running_var)
-    weight, bias, running_mean, running_var = (
-        None if t is None else t.contiguous() for t in (weight, bias, running_mean, running_var)
-    )
-    return weight, bias, (running_mean, running_var)
 
 
 def fused_batch_norm(

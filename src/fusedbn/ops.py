@@ -142,13 +142,13 @@ def _backward_fake(grad_output, input, weight, mean, invstd, use_batch_stats, ne
 
 
 def _launch_backward(
-    grad_output: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
-    use_batch_stats: bool, need_param_grads: bool, relu_mask: Tensor | None,
+    ctx: Any, grad_output: Tensor, input: Tensor, weight: Tensor | None, mean: Tensor,
+    invstd: Tensor, use_batch_stats: bool, need_param_grads: bool, relu_mask: Tensor | None,
     write_grad_residual: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The backward operator, with no grad_residual as None (as the launcher returns it)."""
     grad_input, grad_weight, grad_bias, grad_residual = backward_op(
-        grad_output, x, weight, mean, invstd, use_batch_stats, need_param_grads, relu_mask,
+        grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads, relu_mask,
         write_grad_residual,
     )
     wrote = relu_mask is not None and write_grad_residual
@@ -161,7 +161,7 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
     options = BatchNormOptions(use_batch_stats, momentum, eps, relu)
     save_for_derivatives(
         ctx, input, weight, bias, residual, options, y, mean, invstd,
-        relu_mask if relu else None, None, None, None, constants=(new_mean, new_var),
+        relu_mask if relu else None, None, constants=(new_mean, new_var),
     )
 
 
