@@ -9,9 +9,10 @@ on the same tensors, in blocks of back-to-back calls. Blocks are interleaved (ev
 fusedbn and torch in alternating order, round after round), so both sides of a ratio see the same
 machine; each round gives one paired ratio, and the report gives their median and quartiles.
 Counts that a noisy machine cannot blur come next, per call: Python function calls (cProfile,
-builtins included), tensor allocations (torch.profiler's memory events), kernel launches, and
-fusedbn's time split into stages (argument checks, planning, kernel launches, the rest of the
-autograd Function's apply and backward, and the autograd engine with the Python around them).
+builtins included), tensor allocations (torch.profiler's memory events) and kernel launches; and
+where fusedbn's host time goes: the share of cProfile's self time spent in each of fusedbn's source
+files, in torch, in Triton and in C functions (the profiler slows Python code more than C code, so
+the shares lean towards Python; they say where the time goes, not how many microseconds).
 
 ``--fake-gpu`` runs all of it on any machine without a GPU (fusedbn.bench.fake_gpu): CPU tensors take
 fusedbn's Triton path; Triton's driver is a fake one with a real CUDA target, its binder and cache
@@ -25,21 +26,15 @@ import argparse
 import contextlib
 import copy
 import cProfile
-import csv
 import dataclasses
-import datetime
-import importlib
 import math
-import os
-import platform
 import pstats
 import statistics
 import sys
+import sysconfig
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,177 +42,32 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import triton
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from fusedbn.bench.cases import (
     CHANNELS_LAST,
+    EVAL,
+    FWDBWD,
     NCHW,
     Shape,
-    option_type,
-    parse_choices,
+    choices,
     parse_dtypes,
+    random_tensor,
     shape_named,
 )
-from fusedbn.bench.cases import random_tensor as case_tensor
-from fusedbn.bench.fake_gpu import fake_gpu, kernel_launchers
-from fusedbn.bench.providers import reference_module
-from fusedbn.bench.results import device_name, git_commit
-from fusedbn.bench.runner import GRAD_SEED, MODULE_SEED, X_OFFSET, X_SEED
-from fusedbn.bench.timing import synchronize
-from fusedbn.convert import convert_model
-from fusedbn.kernels import backward, forward
-from fusedbn.kernels.layout import LaunchLimits, launch_limits
-from fusedbn.sync import FusedSyncBatchNorm
-
-# ----------------------------------------------------------------------------------------------
-# Stages: fusedbn's host path cut into named parts, timed by wall clocks around their functions
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A named part of the host path and the functions (``module``, ``attribute path``) it consists of."""
-
-    name: str
-    targets: tuple[tuple[str, str], ...]
-
-
-# Functions that do not exist in the installed versions are skipped and listed in the report.
-CHECKS = Stage(
-    "argument checks",
-    (("fusedbn.functional", "usual_call"), ("fusedbn.functional", "check_batch_norm_args")),
+from fusedbn.bench.core import (
+    KERNEL_SOURCES,
+    LAUNCHERS,
+    FusedSyncBatchNorm,
+    LaunchLimits,
+    convert_model,
+    launch_limits,
 )
-# plan_batch_norm folds the input and chooses the launch (or finds the cached plan); each module
-# that calls it holds its own name.
-PLANNING = Stage(
-    "planning",
-    tuple((module, "plan_batch_norm") for module in ("fusedbn.autograd", "fusedbn.ops")),
-)
-LAUNCHES = Stage(
-    "kernel launches",
-    (
-        ("triton.runtime.jit", "JITFunction.run"),
-        ("triton.runtime.interpreter", "InterpretedFunction.run"),
-        ("fusedbn.kernels.launcher", "KernelLauncher.__call__"),
-    ),
-)
-# apply_batch_norm (called from fusedbn.functional) applies the autograd Function (or, with nothing
-# to differentiate, runs the launcher itself); the backward is the Function's.
-FUNCTION = Stage(
-    "autograd Function",
-    (
-        ("fusedbn.functional", "apply_batch_norm"),
-        ("fusedbn.autograd", "FusedBatchNormFunction.backward"),
-    ),
-)
-STAGES = (CHECKS, PLANNING, LAUNCHES, FUNCTION)
-LAUNCHER_CALL = ("fusedbn.kernels.launcher", "KernelLauncher.__call__")
-
-
-class StageClock:
-    """Seconds spent per stage; a call inside another call of the same stage is not counted twice."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._depth = threading.local()
-
-    def wrap(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            depth = getattr(self._depth, stage, 0)
-            setattr(self._depth, stage, depth + 1)
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                setattr(self._depth, stage, depth)
-                if depth == 0:
-                    self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
-
-        return timed
-
-
-def _resolve(module_name: str, path: str) -> tuple[Any, str] | None:
-    """The object that holds the attribute ``path`` of ``module_name`` and the attribute's name."""
-    try:
-        owner: Any = importlib.import_module(module_name)
-        *parents, name = path.split(".")
-        for parent in parents:
-            owner = getattr(owner, parent)
-    except (ImportError, AttributeError):
-        return None
-    return (owner, name) if name in vars(owner) else None
-
-
-@contextmanager
-def _patched(
-    owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]
-) -> Iterator[None]:
-    original = vars(owner)[name]
-    if isinstance(original, staticmethod):
-        setattr(owner, name, staticmethod(wrapper(original.__func__)))
-    else:
-        setattr(owner, name, wrapper(original))
-    try:
-        yield
-    finally:
-        setattr(owner, name, original)
-
-
-@contextmanager
-def instrumented(clock: StageClock, stages: tuple[Stage, ...] = STAGES) -> Iterator[list[str]]:
-    """Wrap every function of ``stages`` with ``clock`` while inside; yields the targets not found.
-
-    Everything is put back on exit, also after an error.
-    """
-    missing = []
-    with ExitStack() as stack:
-        for stage in stages:
-            for module_name, path in stage.targets:
-                found = _resolve(module_name, path)
-                if found is None:
-                    missing.append(f"{module_name}.{path}")
-                    continue
-                stack.enter_context(_patched(*found, lambda fn, s=stage.name: clock.wrap(s, fn)))
-        yield missing
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    """Microseconds per call of fusedbn's stages; ``rest_of_function`` and ``autograd_and_glue`` are
-    what the named stages leave of the Function bodies and of the whole call."""
-
-    total: float
-    checks: float
-    planning: float
-    launches: float
-    rest_of_function: float
-    autograd_and_glue: float
-
-    @classmethod
-    def from_clock(cls, clock: StageClock, total_s: float, steps: int) -> "StageTimes":
-        us = {name: seconds / steps * 1e6 for name, seconds in clock.seconds.items()}
-        function = us.get(FUNCTION.name, 0.0)
-        checks, planning, launches = (us.get(s.name, 0.0) for s in (CHECKS, PLANNING, LAUNCHES))
-        total = total_s / steps * 1e6
-        return cls(
-            total, checks, planning, launches, function - planning - launches, total - checks - function
-        )
-
-    def rows(self) -> list[tuple[str, float]]:
-        return [
-            (CHECKS.name, self.checks),
-            (PLANNING.name, self.planning),
-            (LAUNCHES.name, self.launches),
-            ("rest of the Function's apply and backward", self.rest_of_function),
-            ("autograd engine and glue", self.autograd_and_glue),
-        ]
-
-
-# ----------------------------------------------------------------------------------------------
-# Variants: what fusedbn runs, and torch's eager equivalent on the same tensors
-# ----------------------------------------------------------------------------------------------
+from fusedbn.bench.fake_gpu import fake_gpu, recording_launches
+from fusedbn.bench.providers import RESIDUAL_SEED, case_inputs, mode_call
+from fusedbn.bench.timing import time_calls
+from fusedbn.records import SOURCE, RunRecord, run_record, table, write_csv
 
 
 @dataclass(frozen=True)
@@ -322,55 +172,33 @@ def torch_module(variant: Variant, reference: nn.Module, device: torch.device) -
 
 def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device) -> Case:
     """Both calls of ``variant`` on one input (and residual and upstream gradient)."""
-    reference = reference_module(shape, device, MODULE_SEED)
-    fused = fused_module(variant, reference)
-    eager = torch_module(variant, reference, device)
-    x = case_tensor(shape, dtype, variant.layout, device, X_SEED, X_OFFSET)
-    residual = case_tensor(shape, dtype, variant.layout, device, X_SEED + 10) if variant.residual else None
-    grad_output = case_tensor(shape, dtype, variant.layout, device, GRAD_SEED)
+    reference, x, grad_output = case_inputs(shape, dtype, variant.layout, device)
+    residual = random_tensor(shape, dtype, variant.layout, device, RESIDUAL_SEED) if variant.residual else None
+    mode = FWDBWD if variant.training else EVAL
 
-    def epilogue(y: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-        if extra is not None:
-            y = y + extra
+    def torch_forward(module: nn.Module, data: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        y = module(data) if extra is None else module(data) + extra
         return F.relu(y) if variant.activation == "relu" else y
 
-    def call(module: nn.Module, fused_epilogue: bool) -> Callable[[], Any]:
-        module.train(variant.training)
-        if not variant.training:
-            data = x.detach()
-
-            def evaluate() -> torch.Tensor:
-                with torch.no_grad():
-                    return module(data)
-
-            return evaluate
-        x_leaf = x.detach().requires_grad_(True)
-        extra = None if residual is None else residual.detach().requires_grad_(True)
-        inputs = [x_leaf, *module.parameters(), *([extra] if extra is not None else [])]
-        if fused_epilogue:
-            def forward() -> torch.Tensor:
-                return module(x_leaf) if extra is None else module(x_leaf, extra)
-        else:
-            def forward() -> torch.Tensor:
-                return epilogue(module(x_leaf), extra)
-        return lambda: torch.autograd.grad(forward(), inputs, grad_output)
+    def fused_forward(module: nn.Module, data: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        return module(data) if extra is None else module(data, extra)
 
     return Case(
         variant=variant,
-        fusedbn=call(fused, fused_epilogue=not variant.floor),
-        torch=call(eager, fused_epilogue=False),
+        fusedbn=mode_call(fused_module(variant, reference), mode, x, grad_output, residual,
+                          torch_forward if variant.floor else fused_forward),
+        torch=mode_call(torch_module(variant, reference, device), mode, x, grad_output, residual, torch_forward),
         context=lambda: fused_setting(variant, shape),
-    )
+    )  # fmt: skip
 
 
 @contextmanager
 def fused_setting(variant: Variant, shape: Shape) -> Iterator[None]:
     """What fusedbn's blocks of ``variant`` run inside: the split path's limits, or Triton's own
     launches (every KernelLauncher's direct path off, put back after)."""
-    launchers = [] if variant.direct_launch else kernel_launchers(forward, backward)
+    launchers = [] if variant.direct_launch else LAUNCHERS
     fast = [launcher.fast for launcher in launchers]
-    limits = split_limits(shape) if variant.split else None
-    with launch_limits(limits) if limits else contextlib.nullcontext():
+    with launch_limits(split_limits(shape)) if variant.split else contextlib.nullcontext():
         try:
             for launcher in launchers:
                 launcher.fast = False
@@ -394,60 +222,27 @@ def single_process_group(needed: bool) -> Iterator[None]:
             dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------------------------
-# Measuring
-# ----------------------------------------------------------------------------------------------
+# Where a source file's code belongs, by the folder it is in: fusedbn's own files by name.
+_AREAS = {
+    str(SOURCE): "fusedbn/",
+    str(KERNEL_SOURCES): "fusedbn/kernels/",
+    sysconfig.get_paths()["purelib"]: "",  # other installed packages, by package name
+    sysconfig.get_paths()["stdlib"]: "Python standard library",
+}
 
 
-def time_block(step: Callable[[], Any], steps: int, device: torch.device, context: Any) -> float:
-    """Microseconds per call of ``step`` over ``steps`` calls back to back inside ``context``."""
-    with context:
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        synchronize(device)
-        return (time.perf_counter() - start) / steps * 1e6
-
-
-def python_calls(step: Callable[[], Any], steps: int, context: Any) -> float:
-    """Function calls per call of ``step`` as cProfile counts them (Python and builtin functions)."""
-    profiler = cProfile.Profile()
-    with context:
-        profiler.enable()
-        for _ in range(steps):
-            step()
-        profiler.disable()
-    return pstats.Stats(profiler).total_calls / steps
-
-
-def allocations(step: Callable[[], Any], steps: int, device: torch.device, context: Any) -> float:
-    """Tensor allocations per call of ``step``: torch.profiler's memory events of positive size."""
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with context, profile(activities=activities, profile_memory=True) as profiler:
-        for _ in range(steps):
-            step()
-        synchronize(device)
-    events = profiler.profiler.kineto_results.events()
-    return sum(1 for e in events if e.name() == "[memory]" and e.nbytes() > 0) / steps
-
-
-def launches(step: Callable[[], Any], steps: int, context: Any) -> float:
-    """KernelLauncher calls (kernel launches) per call of ``step``."""
-    counter = [0]
-
-    def counting(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            counter[0] += 1
-            return fn(*args, **kwargs)
-
-        return call
-
-    owner, name = _resolve(*LAUNCHER_CALL)
-    with context, _patched(owner, name, counting):
-        for _ in range(steps):
-            step()
-    return counter[0] / steps
+def source_area(filename: str) -> str:
+    """What a profiled function's file belongs to: one of fusedbn's files (``fusedbn/functional.py``),
+    torch, Triton (or another installed package), the standard library, C functions (``~``), or the
+    benchmark's own code."""
+    if filename == "~":
+        return "C functions"
+    path = str(Path(filename).resolve())
+    for folder, area in sorted(_AREAS.items(), key=lambda item: -len(item[0])):
+        if path.startswith(folder + "/"):
+            rest = path[len(folder) + 1 :]
+            return area + rest if area.endswith("/") else area or rest.split("/")[0]
+    return "the benchmark's own calls"
 
 
 @dataclass
@@ -458,6 +253,31 @@ class Side:
     python_calls: float = math.nan
     allocations: float = math.nan
     launches: float = math.nan
+    self_time: dict[str, float] = field(default_factory=dict)  # share of cProfile's self time by area
+
+
+def profile_calls(
+    side: Side, step: Callable[[], Any], steps: int, device: torch.device, context: Callable[[], Any]
+) -> None:
+    """Count, per call of ``step``, its Python function calls (and where their self time goes), its tensor
+    allocations (torch.profiler's memory events of positive size) and its kernel launches, into ``side``."""
+    profiler = cProfile.Profile()
+    with context():
+        profiler.enable()
+        time_calls(step, device, steps)
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    side.python_calls = stats.total_calls / steps
+    total = sum(row[2] for row in stats.stats.values()) or 1.0
+    for (filename, _, _), row in stats.stats.items():
+        area = source_area(filename)
+        side.self_time[area] = side.self_time.get(area, 0.0) + row[2] / total
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with context(), profile(activities=activities, profile_memory=True) as memory, recording_launches() as calls:
+        time_calls(step, device, steps)
+    events = memory.profiler.kineto_results.events()
+    side.allocations = sum(1 for e in events if e.name() == "[memory]" and e.nbytes() > 0) / steps
+    side.launches = len(calls) / steps
 
 
 @dataclass
@@ -465,21 +285,16 @@ class VariantResult:
     variant: Variant
     fusedbn: Side
     torch: Side
-    stages: StageTimes | None = None
-    missing: tuple[str, ...] = ()
 
     @property
     def ratios(self) -> list[float]:
         """fusedbn's time over torch's, round by round (paired)."""
         return [f / t for f, t in zip(self.fusedbn.us, self.torch.us, strict=True)]
 
-
-def quartiles(values: list[float]) -> tuple[float, float, float]:
-    """(first quartile, median, third quartile) of ``values``."""
-    if len(values) < 2:
-        return values[0], values[0], values[0]
-    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
-    return q1, median, q3
+    def quartiles(self) -> tuple[float, float, float]:
+        """(first quartile, median, third quartile) of the ratios."""
+        ratios = self.ratios
+        return tuple(statistics.quantiles(ratios, n=4, method="inclusive")) if len(ratios) > 1 else ratios * 3
 
 
 @dataclass(frozen=True)
@@ -489,236 +304,136 @@ class Settings:
     rounds: int
     steps: int  # calls per timed block
     warmup: int  # untimed calls of each side first
-    count_steps: int  # calls under cProfile, torch.profiler and the stage clocks
+    count_steps: int  # calls under cProfile and torch.profiler
 
 
 def measure(cases: list[Case], device: torch.device, settings: Settings) -> list[VariantResult]:
-    """Warm up, time the cases round by round (interleaved), then count calls, allocations, launches
-    and fusedbn's stages."""
+    """Warm up, time the cases round by round (interleaved), then count calls, allocations and launches."""
     results = [VariantResult(case.variant, Side(), Side()) for case in cases]
 
-    def sides(case: Case, result: VariantResult) -> list[tuple[Callable[[], Any], Any, Side]]:
-        return [
-            (case.fusedbn, case.context, result.fusedbn),
-            (case.torch, contextlib.nullcontext, result.torch),
-        ]
+    def sides(case: Case, result: VariantResult) -> list[tuple[Callable[[], Any], Callable[[], Any], Side]]:
+        return [(case.fusedbn, case.context, result.fusedbn), (case.torch, contextlib.nullcontext, result.torch)]
 
-    for case, result in zip(cases, results, strict=True):
-        for step, context, _ in sides(case, result):
-            time_block(step, settings.warmup, device, context())
-    for round_index in range(settings.rounds):
+    for round_index in range(-1, settings.rounds):  # round -1: the warm-up
         for case, result in zip(cases, results, strict=True):
             # fusedbn first in even rounds, torch first in odd ones
             for step, context, side in sides(case, result)[:: 1 if round_index % 2 == 0 else -1]:
-                side.us.append(time_block(step, settings.steps, device, context()))
+                with context():
+                    calls = time_calls(step, device, settings.warmup if round_index < 0 else settings.steps)
+                if round_index >= 0:
+                    side.us.append(calls.us_per_call)
     for case, result in zip(cases, results, strict=True):
         for step, context, side in sides(case, result):
-            side.python_calls = python_calls(step, settings.count_steps, context())
-            side.allocations = allocations(step, settings.count_steps, device, context())
-            side.launches = launches(step, settings.count_steps, context())
-        if not case.variant.floor:
-            result.stages, result.missing = staged(case, device, settings)
+            profile_calls(side, step, settings.count_steps, device, context)
     return results
-
-
-def staged(case: Case, device: torch.device, settings: Settings) -> tuple[StageTimes, tuple[str, ...]]:
-    """fusedbn's stages per call: each stage's median over ``rounds`` instrumented blocks of
-    ``count_steps`` calls (a block that the machine interrupts moves one value of each, not the
-    result); the functions not found."""
-    blocks = []
-    steps = settings.count_steps
-    for _ in range(settings.rounds):
-        clock = StageClock()
-        with instrumented(clock) as missing:
-            total_us = time_block(case.fusedbn, steps, device, case.context())
-        blocks.append(StageTimes.from_clock(clock, total_us * steps / 1e6, steps))
-    columns = zip(*map(dataclasses.astuple, blocks), strict=True)
-    medians = [statistics.median(values) for values in columns]
-    return StageTimes(*medians), tuple(missing)
-
-
-# ----------------------------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------------------------
-
-
-def machine_info(device: torch.device, fake_gpu: bool, load_before: tuple[float, ...]) -> dict[str, str]:
-    """Where and with what the run was measured, the load averages before and after included."""
-    load_after = os.getloadavg()
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": "fake GPU (GPUTarget cuda 90, launches stubbed) on " + device_name(device) if fake_gpu
-        else device_name(device),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
-        f"{platform.python_version()}",
-        "load": "before " + " ".join(f"{v:.2f}" for v in load_before)
-        + ", after " + " ".join(f"{v:.2f}" for v in load_after),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "torch_threads": str(torch.get_num_threads()),
-        "commit": git_commit(),
-    }  # fmt: skip
 
 
 CSV_FILE = "host_time.csv"
 MARKDOWN_FILE = "host_time.md"
 
 
-def csv_rows(results: list[VariantResult]) -> list[tuple[str, str, str, float]]:
-    """(variant, side, metric, value) rows: per-round times, ratio quartiles, counts, stages."""
+def csv_rows(results: list[VariantResult], record: RunRecord) -> list[dict[str, object]]:
+    """A row per (variant, side, metric): per-round times, ratio quartiles, counts, self-time shares."""
     rows = []
     for result in results:
-        name = result.variant.name
-        q1, median, q3 = quartiles(result.ratios)
-        rows += [(name, "fusedbn/torch", "ratio_q1", q1), (name, "fusedbn/torch", "ratio_median", median),
-                 (name, "fusedbn/torch", "ratio_q3", q3)]  # fmt: skip
+        name, (q1, median, q3) = result.variant.name, result.quartiles()
+        values = [("fusedbn/torch", "ratio_q1", q1), ("fusedbn/torch", "ratio_median", median),
+                  ("fusedbn/torch", "ratio_q3", q3)]  # fmt: skip
         for side_name, side in (("fusedbn", result.fusedbn), ("torch", result.torch)):
-            rows.append((name, side_name, "us_per_call_median", statistics.median(side.us)))
-            rows += [(name, side_name, f"us_round_{i}", us) for i, us in enumerate(side.us)]
-            rows += [(name, side_name, "python_calls_per_call", side.python_calls),
-                     (name, side_name, "allocations_per_call", side.allocations),
-                     (name, side_name, "launches_per_call", side.launches)]  # fmt: skip
-        if result.stages is not None:
-            rows.append((name, "fusedbn", "stage_total_us", result.stages.total))
-            rows += [(name, "fusedbn", f"stage_us:{stage}", us) for stage, us in result.stages.rows()]
+            values += [(side_name, "us_per_call_median", statistics.median(side.us)),
+                       *((side_name, f"us_round_{i}", us) for i, us in enumerate(side.us)),
+                       (side_name, "python_calls_per_call", side.python_calls),
+                       (side_name, "allocations_per_call", side.allocations),
+                       (side_name, "launches_per_call", side.launches),
+                       *((side_name, f"self_time_share:{area}", share) for area, share in side.self_time.items())]
+        rows += [dataclasses.asdict(record) | {"variant": name, "side": side, "metric": metric, "value": f"{value:.4g}"}
+                 for side, metric, value in values]  # fmt: skip
     return rows
 
 
-def write_csv(results: list[VariantResult], info: dict[str, str], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*info, "variant", "side", "metric", "value"])
-        for row in csv_rows(results):
-            writer.writerow([*info.values(), *row[:3], f"{row[3]:.4g}"])
-
-
-def format_markdown(results: list[VariantResult], info: dict[str, str], shape: Shape, dtype: str,
-                    settings: Settings) -> str:  # fmt: skip
-    """The summary: machine, the ratio table, the counts, fusedbn's stages."""
-    lines = [
-        f"# Host time per call: fusedbn vs torch eager, {shape.name} {dtype}",
-        "",
-        *(f"- {key}: {value}" for key, value in info.items()),
-        f"- {settings.rounds} rounds of {settings.steps} calls per side and variant, interleaved; counts "
-        f"over {settings.count_steps} calls; stages: medians of {settings.rounds} blocks of "
-        f"{settings.count_steps} calls",
-        "",
-        "| variant | fusedbn | torch runs | fusedbn / torch, median [quartiles] | fusedbn us | torch us "
-        "| launches | Python calls fusedbn / torch | allocations fusedbn / torch |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+def format_markdown(
+    results: list[VariantResult], record: RunRecord, shape: Shape, dtype: str, settings: Settings, fake: bool
+) -> str:
+    """The summary: the run's record, the ratio table, the counts, where fusedbn's time goes."""
+    device = f"fake GPU (GPUTarget cuda 90, launches stubbed) on {record.device}" if fake else record.device
+    rows = []
     for result in results:
-        q1, median, q3 = quartiles(result.ratios)
+        q1, median, q3 = result.quartiles()
         f, t = result.fusedbn, result.torch
-        lines.append(
-            f"| {result.variant.name} | {result.variant.description} | {result.variant.reference} "
-            f"| {median:.2f}x [{q1:.2f}, {q3:.2f}] "
-            f"| {statistics.median(f.us):.1f} | {statistics.median(t.us):.1f} "
-            f"| {f.launches:.0f} | {f.python_calls:.0f} / {t.python_calls:.0f} "
-            f"| {f.allocations:.1f} / {t.allocations:.1f} |"
-        )
-    staged = [r for r in results if r.stages is not None]
-    if staged:
-        names = [name for name, _ in staged[0].stages.rows()]
-        lines += [
-            "",
-            "fusedbn's time per call by stage, us (share of the instrumented total), with a wall clock "
-            "around each stage's functions (the clocks add their own cost: the instrumented total is "
-            "shown; each value is a median over blocks, so they need not add up exactly):",
-            "",
-            "| variant | instrumented total | " + " | ".join(names) + " |",
-            "|---|---|" + "---|" * len(names),
-        ]
-        for result in staged:
-            stages = result.stages
-            cells = " | ".join(f"{us:.1f} ({us / stages.total:.0%})" for _, us in stages.rows())
-            lines.append(f"| {result.variant.name} | {stages.total:.1f} | {cells} |")
-        missing = sorted({m for r in staged for m in r.missing})
-        if missing:
-            lines += ["", f"Not present in this version, so not timed: {', '.join(missing)}"]
-    return "\n".join(lines) + "\n"
+        rows.append({
+            "variant": result.variant.name, "fusedbn": result.variant.description, "torch runs": result.variant.reference,
+            "fusedbn / torch, median [quartiles]": f"{median:.2f}x [{q1:.2f}, {q3:.2f}]",
+            "fusedbn us": f"{statistics.median(f.us):.1f}", "torch us": f"{statistics.median(t.us):.1f}",
+            "launches": f"{f.launches:.0f}", "Python calls fusedbn / torch": f"{f.python_calls:.0f} / {t.python_calls:.0f}",
+            "allocations fusedbn / torch": f"{f.allocations:.1f} / {t.allocations:.1f}",
+        })  # fmt: skip
+    where = [
+        {"variant": r.variant.name, "fusedbn's profiled self time, largest shares first": ", ".join(
+            f"{area} {share:.0%}" for area, share in sorted(r.fusedbn.self_time.items(), key=lambda a: -a[1])[:6])}
+        for r in results
+    ]  # fmt: skip
+    return "\n".join([
+        f"# Host time per call: fusedbn vs torch eager, {shape.name} {dtype}", "",
+        f"- device: {device}", f"- machine: {record.machine}, {record.torch_threads} torch thread(s)",
+        f"- load average: {record.load_before:.2f} before, {record.load_after:.2f} after",
+        f"- torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, {record.date}",
+        f"- {settings.rounds} rounds of {settings.steps} calls per side and variant, interleaved; counts "
+        f"over {settings.count_steps} calls", "", table(rows), "",
+        "Where fusedbn's host time goes: each area's share of the self time cProfile measured over those calls "
+        "(fusedbn's own files by name; the profiler slows Python code more than C code).", "", table(where),
+    ]) + "\n"  # fmt: skip
 
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
 
 DEFAULTS = {"rounds": 15, "steps": 200, "warmup": 50, "count_steps": 50}
 SMOKE = {"rounds": 3, "steps": 3, "warmup": 2, "count_steps": 2}
 FAKE_GPU_SHAPE, CUDA_SHAPE = "2x4x2x2", "8x64x8x8"
+HELP = {
+    "rounds": "interleaved rounds, each giving one paired ratio per variant",
+    "steps": "calls per timed block",
+    "warmup": "untimed calls of each side first",
+    "count_steps": "calls counted under cProfile and torch.profiler",
+}
 
 
-def parse_variants(text: str) -> list[str]:
-    """Comma-separated variant names, checked."""
-    return parse_choices(text, VARIANT_NAMES, "variant")
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the host-time benchmark's options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--fake-gpu", action="store_true",
-        help="run on the CPU with a fake GPU (no device needed); without it, CUDA is needed",
-    )  # fmt: skip
-    parser.add_argument(
-        "--smoke", action="store_true",
-        help="a few calls of each variant: checks that the benchmark measures, claims no speed",
-    )  # fmt: skip
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs/host-time"), help="output folder (default: runs/host-time)"
-    )
-    parser.add_argument(
-        "--shape", type=option_type(shape_named),
-        help=f"NxCx... input shape (default: {FAKE_GPU_SHAPE} with --fake-gpu, {CUDA_SHAPE} on CUDA)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--dtype", type=option_type(lambda text: parse_dtypes(text)[0]),
-        help="float32, float16, bfloat16 (default: float32 with --fake-gpu, float16 on CUDA)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--variants", type=option_type(parse_variants),
-        help=f"comma-separated, from {', '.join(VARIANT_NAMES)} (default: all)",
-    )  # fmt: skip
-    for name, help_text in (
-        ("rounds", "interleaved rounds, each giving one paired ratio per variant"),
-        ("steps", "calls per timed block"),
-        ("warmup", "untimed calls of each side first"),
-        ("count_steps", "calls counted under cProfile, torch.profiler and the stage clocks"),
-    ):
-        parser.add_argument(
-            f"--{name.replace('_', '-')}", type=_positive_int, dest=name,
-            help=f"{help_text} (default: {DEFAULTS[name]}; smoke: {SMOKE[name]})",
-        )  # fmt: skip
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    add = parser.add_argument
+    add("--fake-gpu", action="store_true", help="run on the CPU with a fake GPU (no device needed); "
+        "without it, CUDA is needed")
+    add("--smoke", action="store_true", help="a few calls of each variant: checks that it measures, claims no speed")
+    add("--out", type=Path, default=Path("runs/host-time"), help="output folder (default: runs/host-time)")
+    add("--shape", type=shape_named, help=f"NxCx... input shape (default: {FAKE_GPU_SHAPE} with --fake-gpu, "
+        f"{CUDA_SHAPE} on CUDA)")
+    add("--dtype", type=lambda text: parse_dtypes(text)[0],
+        help="float32, float16, bfloat16 (default: float32 with --fake-gpu, float16 on CUDA)")
+    add("--variants", type=choices(VARIANT_NAMES, "variant"),
+        help=f"comma-separated, from {', '.join(VARIANT_NAMES)} (default: all)")
+    for name, text in HELP.items():
+        add(f"--{name.replace('_', '-')}", type=_positive_int, dest=name,
+            help=f"{text} (default: {DEFAULTS[name]}; smoke: {SMOKE[name]})")
 
 
 @contextmanager
-def _host_setting(fake: bool) -> Iterator[Any]:
+def _host_setting(fake: bool) -> Iterator[None]:
     """The fake GPU when asked for, and one torch thread, put back after."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if fake:
-            with fake_gpu() as gpu:
-                yield gpu
-        else:
-            yield None
+        with fake_gpu() if fake else contextlib.nullcontext():
+            yield
     finally:
         torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure and report; 0 on success, 2 when the machine cannot run it."""
-    load_before = os.getloadavg()
     device = torch.device("cpu" if args.fake_gpu else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         print("host time: error: no CUDA device (--fake-gpu measures on the CPU)", file=sys.stderr)
@@ -728,17 +443,16 @@ def run(args: argparse.Namespace) -> int:
     shape = args.shape or shape_named(FAKE_GPU_SHAPE if args.fake_gpu else CUDA_SHAPE)
     dtype = args.dtype or ("float32" if args.fake_gpu else "float16")
     chosen = args.variants or list(VARIANT_NAMES)
-    variants = [
-        v for v in VARIANTS if v.name in chosen and (v.layout != CHANNELS_LAST or len(shape.dims) > 2)
-    ]
+    variants = [v for v in VARIANTS if v.name in chosen and (v.layout != CHANNELS_LAST or len(shape.dims) > 2)]
     with _host_setting(args.fake_gpu), single_process_group(any(v.sync for v in variants)):
-        cases = [build_case(variant, shape, dtype, device) for variant in variants]
-        results = measure(cases, device, settings)
-        info = machine_info(device, args.fake_gpu, load_before)
+        record = run_record(device)
+        results = measure([build_case(variant, shape, dtype, device) for variant in variants], device, settings)
+        record = record.finished()
     args.out.mkdir(parents=True, exist_ok=True)
-    text = format_markdown(results, info, shape, dtype, settings)
+    text = format_markdown(results, record, shape, dtype, settings, args.fake_gpu)
     (args.out / MARKDOWN_FILE).write_text(text)
-    write_csv(results, info, args.out / CSV_FILE)
+    rows = csv_rows(results, record)
+    write_csv(args.out / CSV_FILE, rows, list(rows[0]))
     print(text)
     print(f"wrote {args.out / MARKDOWN_FILE}, {args.out / CSV_FILE}")
     return 0
