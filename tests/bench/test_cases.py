@@ -128,10 +128,11 @@ def test_parse_lists_accept_aliases_keep_order_and_drop_repeats():
 @pytest.mark.parametrize(
     "parse, text, message",
     [
-        (cases.parse_dtypes, "float64", "unknown dtype 'float64'; choose from: float32, float16, bfloat16, fp32, "
-         "fp16, bf16$"),
+        (cases.parse_dtypes, "float64",
+         "unknown dtype 'float64'; choose from: float32, float16, bfloat16, fp32, fp16, bf16$"),
         (cases.parse_dtypes, "fp64", "unknown dtype 'fp64'"),  # the compile gate's dtype, not the benchmarks'
-        (cases.choices(tuple(cases.DTYPES), "dtype", cases.DTYPE_ALIASES), "fp8", "choose from: .*, float64, .*fp64"),
+        (cases.choices(tuple(cases.DTYPES), "dtype", cases.DTYPE_ALIASES), "fp8",
+         "choose from: .*, float64, .*fp64"),
         (cases.parse_layouts, "nhwc", "unknown layout 'nhwc'"),
         (cases.parse_modes, "fwd,backward", "unknown mode 'backward'"),
         (cases.parse_providers, "cudnn", "unknown provider 'cudnn'"),

@@ -20,6 +20,8 @@ from fusedbn.bench.core import TICKET_COUNTERS, Alignment, LaunchLimits, launch_
 from fusedbn.bench.fake_gpu import KernelCall, recording_launches
 from fusedbn.kernels import forward
 
+from .helpers import table_rows
+
 SMALL = Shape((3, 5, 7, 6), "custom")
 
 
@@ -65,7 +67,8 @@ def test_resnet_sized_and_larger_inputs_are_never_allocated():
     case = Case(Shape((4096, 1024, 256, 256), "custom"), "float32", "nchw", "add_relu", FWDBWD, 132)
     launches = compile_check.record_case(case)
     assert {launch["kernel"] for launch in launches} == {
-        "fusedbn.kernels.forward:whole_channel_forward_kernel", "fusedbn.kernels.backward:whole_channel_backward_kernel"
+        "fusedbn.kernels.forward:whole_channel_forward_kernel",
+        "fusedbn.kernels.backward:whole_channel_backward_kernel",
     }
 
 
@@ -177,7 +180,8 @@ def test_crash_error_and_timeout_are_results_and_the_run_goes_on(monkeypatch, re
     "argv, message",
     [(["--site", "{tmp}"], "holds no triton package"), (["--targets", "75"], "unknown target 75"),
      (["--modes", "train"], "unknown mode 'train'; choose from: fwdbwd, eval"),
-     (["--dtypes", "fp8"], "unknown dtype 'fp8'"), (["--multiprocessors", "0"], "expected positive integers")],
+     (["--dtypes", "fp8"], "unknown dtype 'fp8'"),
+     (["--multiprocessors", "0"], "expected positive integers")],
 )  # fmt: skip
 def test_bad_options_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -233,7 +237,7 @@ def test_ci_subset_compiles_for_sm_90_without_crash_error_or_spill(tmp_path):
 
     (tmp_path / f"triton-{gate['triton']}.json").write_text(json.dumps(gate), encoding="utf-8")
     text = kernel_report.write_report(tmp_path).read_text(encoding="utf-8")
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line[:1] == "|"]
+    rows = table_rows(text)
     assert [gate["triton"], "sm_90", str(len(gate["specialisations"]))] in [row[:3] for row in rows]
     assert "None: every specialisation compiled, none spills at its register limit." in text
     assert ["64x1024x14x14", "float16", "nchw", "8"] in [row[:4] for row in rows]

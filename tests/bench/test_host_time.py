@@ -9,9 +9,12 @@ import torch
 import triton
 
 import fusedbn
-from fusedbn.bench import host_time
 from fusedbn.bench.core import KERNEL_SOURCES
-from fusedbn.bench.host_time import source_area
+
+from .helpers import load
+
+host_time = load("host_time")
+source_area = host_time.source_area
 
 
 def test_source_areas_name_fusedbn_files_packages_c_functions_and_the_rest(tmp_path):
@@ -44,7 +47,7 @@ def test_fake_gpu_smoke_run_measures_every_variant(tmp_path, capsys):
                       if (n, s) == (name, side) and m.startswith("self_time_share:")}  # fmt: skip
             assert math.isclose(sum(shares.values()), 1.0, abs_tol=0.01), (name, side)
             # fusedbn's own files take part in fusedbn's calls (but for the floor), never in torch's.
-            core = {area for area in shares if area.startswith("fusedbn/") and not area.startswith("fusedbn/bench/")}
+            core = {a for a in shares if a.startswith("fusedbn/") and not a.startswith("fusedbn/bench/")}
             assert bool(core) == (side == "fusedbn" and name != "floor"), (name, side, shares)
     launches = {name: values[(name, "fusedbn", "launches_per_call")] for name in host_time.VARIANT_NAMES}
     assert launches["whole-channel"] == launches["channels_last"] == launches["add-relu"] == 2

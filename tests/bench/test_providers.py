@@ -94,7 +94,8 @@ def test_a_residual_and_a_forward_of_its_own_get_their_gradient():
 
 
 def test_case_inputs_are_seeded_and_the_input_is_offset():
-    first, second = (providers.case_inputs(SHAPE, "float32", cases.NCHW, torch.device("cpu")) for _ in range(2))
+    cpu = torch.device("cpu")
+    first, second = (providers.case_inputs(SHAPE, "float32", cases.NCHW, cpu) for _ in range(2))
     for a, b in zip(first[1:], second[1:], strict=True):
         assert torch.equal(a, b)
     assert torch.equal(first[0].running_var, second[0].running_var)

@@ -4,6 +4,8 @@ from fusedbn.bench import report
 from fusedbn.bench.results import Result, Run
 from fusedbn.records import RunRecord
 
+from .helpers import table_rows
+
 
 def _r(mode, provider, ms, status="ok", dtype="float16", rel_diff=1e-4, gbps=1500.0, share=0.5):
     return Result("64x64x56x56", dtype, "nchw", mode, provider, "triton", status, median_ms=ms, gbps=gbps,
@@ -11,8 +13,7 @@ def _r(mode, provider, ms, status="ok", dtype="float16", rel_diff=1e-4, gbps=150
 
 
 def _cells(line: str) -> list[str]:
-    """The cells of a Markdown table row."""
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+    return table_rows(line)[0]
 
 
 def test_table_has_a_line_per_case_with_providers_side_by_side():
@@ -54,7 +55,7 @@ def test_targets_text_lists_each_target_and_the_breakdown():
             results.append(Result(shape, "bfloat16", "channels_last", "fwdbwd", provider, "triton", "ok",
                                   median_ms=ms, copy_share=0.85))  # fmt: skip
     text = report.format_targets(results)
-    rows = [_cells(line) for line in text.splitlines() if line.startswith("|")]
+    rows = table_rows(text)
     assert rows[0] == ["target", "measured", "goal", "met", "cases", "where"]
     speed, floor, compiled, training, evaluation = rows[2:7]
     assert "geomean" in speed[0] and speed[1:5] == ["1.73x", ">= 1.25x", "yes", "2"]

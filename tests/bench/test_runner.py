@@ -79,7 +79,9 @@ def test_a_run_measures_every_case_against_eager():
     bench = _bench(modes=["fwd", "eval"], layouts=["nchw", "channels_last"])
     seen_units = []
     results = list(
-        runner.run_benchmark(bench, COPY_GBPS, lambda i, unit, rs: seen_units.append((i, unit.shape.name, len(rs))))
+        runner.run_benchmark(
+            bench, COPY_GBPS, lambda i, unit, rs: seen_units.append((i, unit.shape.name, len(rs)))
+        )
     )
     assert len(results) == bench.case_count() == 6 * 2 * 2
     assert seen_units == [(i, name, 4) for i, name in enumerate(["4x8x6x6"] * 4 + ["64x16"] * 2)]

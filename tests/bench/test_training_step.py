@@ -8,18 +8,13 @@ import pytest
 import torch
 
 from fusedbn.backend import backend_for
-from fusedbn.bench import training_step
-from fusedbn.bench.training_step import (
-    EAGER,
-    EPILOGUES,
-    FUSEDBN,
-    TOLERANCES,
-    TORCH_BN,
-    VARIANTS,
-    StepCase,
-    StepResult,
-    check_agreement,
-)
+
+from .helpers import load
+
+training_step = load("training_step")
+EAGER, EPILOGUES, FUSEDBN = training_step.EAGER, training_step.EPILOGUES, training_step.FUSEDBN
+TORCH_BN, TOLERANCES, VARIANTS = training_step.TORCH_BN, training_step.TOLERANCES, training_step.VARIANTS
+StepCase, StepResult = training_step.StepCase, training_step.StepResult
 
 
 def test_smoke_run_trains_every_variant_alike(tmp_path, capsys):
@@ -83,7 +78,7 @@ def test_agreement_flags_a_variant_beyond_tolerance():
     orphan = _result(FUSEDBN, [2.0, 1.5], [1.0, 4.0], precision="fp16")
     failed = StepResult(StepCase(EPILOGUES, "compile", "bf16", "channels_last", 8), "error: boom")
     results = [reference, close, far_loss, far_stats, orphan, failed]
-    check_agreement(results)
+    training_step.check_agreement(results)
     assert [r.agrees for r in results] == ["yes", "yes", "NO", "NO", "-", ""]
     assert close.loss_diff == pytest.approx(tolerance.loss / 2, rel=1e-3)
     assert far_stats.stats_diff == pytest.approx(2 * tolerance.running_stats, rel=1e-3)
@@ -92,7 +87,7 @@ def test_agreement_flags_a_variant_beyond_tolerance():
 def test_nan_loss_disagrees():
     reference = _result(TORCH_BN, [2.0, 1.5], [1.0, 4.0])
     broken = _result(FUSEDBN, [2.0, math.nan], [1.0, 4.0])
-    check_agreement([reference, broken])
+    training_step.check_agreement([reference, broken])
     assert broken.agrees == "NO"
 
 
@@ -143,9 +138,9 @@ def test_cuda_eager_and_graph_steps_train_alike(tmp_path):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         plan = training_step.build_plan(
-            _parse("--model", "tiny", "--image-size", "32", "--batches", "8", "--executions", "eager,cuda-graph",
-                   "--precisions", "fp32,fp16", "--layouts", "channels_last", "--warmup", "2", "--steps", "3",
-                   "--profile-steps", "1")
+            _parse("--model", "tiny", "--image-size", "32", "--batches", "8",
+                   "--executions", "eager,cuda-graph", "--precisions", "fp32,fp16",
+                   "--layouts", "channels_last", "--warmup", "2", "--steps", "3", "--profile-steps", "1")
         )  # fmt: skip
         results = training_step.run_plan(plan, training_step.base_model(plan.settings)[0])
     finally:
@@ -156,6 +151,7 @@ def test_cuda_eager_and_graph_steps_train_alike(tmp_path):
         assert all(math.isfinite(loss) for loss in result.losses)
         assert result.gpu_ms > 0
         # Kernels replayed from a CUDA graph may not reach the profiler one by one.
-        assert 0 < result.bn_share < 1 or (result.case.execution == "cuda-graph" and math.isnan(result.bn_share))
+        graph = result.case.execution == "cuda-graph"
+        assert 0 < result.bn_share < 1 or (graph and math.isnan(result.bn_share))
         if result.case.precision == "fp32":
             assert result.agrees == "yes", (result.case, result.loss_diff, result.stats_diff)

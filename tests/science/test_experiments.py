@@ -12,6 +12,7 @@ from torch.optim.swa_utils import update_bn
 
 import fusedbn.backend
 from fusedbn import FusedBatchNorm1d
+from fusedbn.records import run_record
 from fusedbn.science import replot_science
 from fusedbn.science.experiments import (
     PRESETS,
@@ -24,7 +25,6 @@ from fusedbn.science.experiments import (
     random_vs_grid,
 )
 from fusedbn.science.figures import draw_figure
-from fusedbn.records import run_record
 from fusedbn.science.report import RunInfo, write_report
 from fusedbn.science.stats import CONTRADICTED, HELD, NOT_SHOWN
 from fusedbn.tuning.mnist1d import PAPER_MODELS

@@ -26,8 +26,8 @@ def finding(key: str, verdict: str) -> Finding:
     )
 
 
-RECORD = RunRecord("r", "2026-01-01T00:00:00+00:00", "cpu x86_64", "x86_64, 2 CPUs, Python 3.11", "2.13", "3.9",
-                   "none", "0.1.0", "abc1234", 1, 0.5, 2.5)  # fmt: skip
+RECORD = RunRecord("r", "2026-01-01T00:00:00+00:00", "cpu x86_64", "x86_64, 2 CPUs, Python 3.11", "2.13",
+                   "3.9", "none", "0.1.0", "abc1234", 1, 0.5, 2.5)  # fmt: skip
 RUN = RunInfo(task="mnist1d", record=RECORD, wall_seconds=90, cpu_seconds=60)
 
 
@@ -61,7 +61,8 @@ def test_two_tasks_side_by_side_say_where_they_differ(tmp_path: Path) -> None:
     mine = [finding("paper", "contradicted"), finding("a", "held"), finding("b", "held")]
     text = markdown(mine, PRESETS["smoke"], "cmd", RUN, comparison)
     assert "## mnist1d beside digits" in text
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line[:1] == "|"]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]  # fmt: skip
     assert ["title of a", "held", "held"] in rows and ["title of paper", "not run", "contradicted"] in rows
     assert "- title of b: **held** on mnist1d, **not shown** on digits." in text
     assert "- title of a:" not in text

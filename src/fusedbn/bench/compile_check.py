@@ -117,13 +117,15 @@ def describe(arg: Any) -> Any:
 def described(call: KernelCall) -> dict[str, Any]:
     """A recorded launch as the gate keeps it: ``kernel`` is ``module:name``."""
     return {"kernel": f"{call.kernel.__module__}:{call.kernel.__name__}", "grid": list(call.grid),
-            "args": [describe(a) for a in call.args], "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
+            "args": [describe(a) for a in call.args],
+            "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
 
 
 def _layout_tensor(shape: tuple[int, ...], dtype: torch.dtype, layout: str) -> torch.Tensor:
     tensor = torch.empty(shape, dtype=dtype)
     if layout == CHANNELS_LAST:
-        tensor = tensor.contiguous(memory_format=torch.channels_last if len(shape) == 4 else torch.channels_last_3d)
+        channels_last = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+        tensor = tensor.contiguous(memory_format=channels_last)
     return tensor
 
 
@@ -489,13 +491,14 @@ def _targets(text: str) -> list[int]:
     values = _ints(text)
     unknown = [v for v in values if v not in TARGETS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown target {unknown[0]}; choose from {', '.join(map(str, TARGETS))}")
+        known = ", ".join(map(str, TARGETS))
+        raise argparse.ArgumentTypeError(f"unknown target {unknown[0]}; choose from {known}")
     return values
 
 
 def _site(text: str) -> str:
     if not (Path(text) / "triton" / "__init__.py").is_file():
-        raise argparse.ArgumentTypeError(f"{text} holds no triton package (pip install --target {text} triton==X)")
+        raise argparse.ArgumentTypeError(f"{text} holds no triton package (pip install --target DIR triton)")
     return str(Path(text).resolve())
 
 
@@ -508,9 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "on the CPU and report crashes, errors, spills and access widths.",
     )
     add = parser.add_argument
-    add("--out", type=Path, default=Path("runs/compile-check"), help="folder for triton-<version>.json and REPORT.md")
-    add("--site", type=_site, help="a Triton site folder (pip install --target DIR triton==X) to compile with "
-        "instead of this environment's Triton")
+    add("--out", type=Path, default=Path("runs/compile-check"),
+        help="folder for triton-<version>.json and REPORT.md")
+    add("--site", type=_site, help="a Triton site folder (pip install --target DIR triton==X) to compile "
+        "with instead of this environment's Triton")
     add("--targets", type=_targets, default=list(TARGETS), help="compute capabilities, e.g. 80,90,100")
     add("--shapes", type=parse_shapes, default=parse_shapes("resnet50"),
         help="shape groups or NxCx... shapes (default: resnet50)")
@@ -520,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--modes", type=choices(MODES, "mode"), default=list(MODES), help="fwdbwd (training), eval")
     add("--multiprocessors", type=_ints, default=list(MULTIPROCESSORS.values()),
         help="SM counts to plan launches for (default: 108,132,148)")
-    add("--subset", action="store_true", help="compile only the representative subset (what the CI test compiles)")
+    add("--subset", action="store_true", help="compile the representative subset (what the CI test does)")
     add("--jobs", type=int, default=2, help="worker processes")
     add("--timeout", type=float, default=600.0, help="seconds per compile")
     return parser
@@ -529,8 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the gate with ``argv``; 0 when every specialisation compiled without a problem, else 1."""
     args = build_parser().parse_args(argv)
-    cases = grid_cases(args.shapes, args.dtypes, args.layouts, args.epilogues, args.modes, args.multiprocessors)
-    report = run_gate(cases, args.targets, args.site, args.jobs, args.timeout, args.subset, progress_printer())
+    grid = (args.shapes, args.dtypes, args.layouts, args.epilogues, args.modes, args.multiprocessors)
+    report = run_gate(grid_cases(*grid), args.targets, args.site, args.jobs, args.timeout, args.subset,
+                      progress_printer())  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"triton-{report['triton']}.json"
     path.write_text(json.dumps(report) + "\n", encoding="utf-8")

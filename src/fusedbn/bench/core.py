@@ -17,8 +17,9 @@ from fusedbn.kernels.layout import WIDEST_ACCESS_BYTES, Alignment, LaunchLimits,
 
 # Every kernel launcher of fusedbn (the launch_* objects of the kernel modules).
 LAUNCHERS: tuple[KernelLauncher, ...] = tuple(
-    value for module in (forward, backward) for value in vars(module).values() if isinstance(value, KernelLauncher)
-)
+    value for module in (forward, backward) for value in vars(module).values()
+    if isinstance(value, KernelLauncher)
+)  # fmt: skip
 # The names of fusedbn's kernels, as profilers and the compile gate see them.
 KERNEL_NAMES: tuple[str, ...] = tuple(launcher.kernel.fn.__name__ for launcher in LAUNCHERS)
 TICKET_COUNTERS = tickets._counters

@@ -1,6 +1,6 @@
 """A fake GPU: fusedbn's host path, Triton's binder and cache included, run on the CPU with no device.
 
-Measuring (``python -m fusedbn.bench.host_time --fake-gpu``) and testing (tests/kernels) the host side
+Measuring (``python benchmarks/host_time.py --fake-gpu``) and testing (tests/kernels) the host side
 of a launch needs everything Triton does on the host except the compiler and the device:
 
 - a fake Triton driver (``FakeDriver``) with a real ``GPUTarget("cuda", 90, 32)``, so Triton builds its
@@ -111,7 +111,7 @@ class FakeGpuKernel:
 
 @contextlib.contextmanager
 def fake_driver(target: GPUTarget = TARGET) -> Iterator[FakeDriver]:
-    """Triton's active driver is a FakeDriver for ``target`` inside the block; the previous one is put back."""
+    """Triton's active driver is a FakeDriver for ``target`` inside the block, the previous one after."""
     driver = FakeDriver(target)
     config = triton.runtime.driver
     previous = config._active

@@ -70,15 +70,19 @@ def spill_text(result: dict[str, Any]) -> str:
             f"{result['stack_bytes']} bytes of stack, {result['local_bytes']} bytes of local memory)")
 
 
-def _listed(report: dict[str, Any], describe: Callable[[dict[str, Any]], str | None]) -> list[tuple[str, dict, str]]:
+Describe = Callable[[dict[str, Any]], "str | None"]
+
+
+def _listed(report: dict[str, Any], describe: Describe) -> list[tuple[str, dict, str]]:
     """(target, specialisation, words) for every result of ``report`` that ``describe`` has words for."""
-    return [(target, spec, words) for spec in report["specialisations"] for target, result in spec["results"].items()
-            if (words := describe(result))]  # fmt: skip
+    return [(target, spec, words) for spec in report["specialisations"]
+            for target, result in spec["results"].items() if (words := describe(result))]  # fmt: skip
 
 
 def failures(report: dict[str, Any]) -> list[str]:
     """One line per crash, compile error, timeout or spill at the register limit in a gate result."""
-    return [f"sm_{target} {spec['kernel']} #{spec['id']}: {what}" for target, spec, what in _listed(report, problem)]
+    return [f"sm_{target} {spec['kernel']} #{spec['id']}: {what}"
+            for target, spec, what in _listed(report, problem)]  # fmt: skip
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -94,7 +98,8 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
 def _summary(report: dict[str, Any]) -> list[dict[str, object]]:
     rows = []
     for target in report["targets"]:
-        results = [s["results"][str(target)] for s in report["specialisations"] if str(target) in s["results"]]
+        results = [s["results"][str(target)] for s in report["specialisations"]
+                   if str(target) in s["results"]]  # fmt: skip
         status = Counter(result["status"] for result in results)
         ok = [r for r in results if r["status"] == "ok"]
         times = [r["compile_s"] for r in ok]
@@ -102,7 +107,8 @@ def _summary(report: dict[str, Any]) -> list[dict[str, object]]:
             "Triton": report["triton"], "target": f"sm_{target}", "specialisations": len(results),
             **{name: status[name] for name in ("ok", "crash", "error", "timeout")},
             "spills at the register limit": sum(map(spills_for_lack_of_registers, ok)),
-            "occupancy spills": sum(map(occupancy_spills, ok)), "SASS != PTX": sum(not r["sass_agrees"] for r in ok),
+            "occupancy spills": sum(map(occupancy_spills, ok)),
+            "SASS != PTX": sum(not r["sass_agrees"] for r in ok),
             "max registers": max((r["registers"] for r in ok), default=0),
             "max shared bytes": max((r["shared_bytes"] for r in ok), default=0),
             "compile s (sum)": f"{sum(times):.0f}", "slowest s": f"{max(times, default=0):.1f}",
@@ -126,7 +132,7 @@ def _kernel_label(spec: dict[str, Any]) -> str:
     return f"`{spec['kernel']}` (#{spec['id']}, block {block}, {kwargs.get('num_warps', 4)} warps)"
 
 
-def _lines(results: list[dict[str, Any]], describe: Callable[[dict[str, Any]], str | None], bold: bool) -> list[str]:
+def _lines(results: list[dict[str, Any]], describe: Describe, bold: bool) -> list[str]:
     """A list item per result that ``describe`` has words for, naming its kernel and cases."""
     return [
         f"- Triton {report['triton']} sm_{target} {f'**{what}**' if bold else what}: "
@@ -142,7 +148,8 @@ def _kernels(report: dict[str, Any]) -> list[dict[str, object]]:
         by_kernel[spec["kernel"]].append(spec)
     for kernel, specs in sorted(by_kernel.items()):
         for target in report["targets"]:
-            ok = [s["results"][str(target)] for s in specs if s["results"].get(str(target), {}).get("status") == "ok"]
+            found = [s["results"].get(str(target)) for s in specs]
+            ok = [r for r in found if r and r["status"] == "ok"]
             if ok:
                 registers, times = [r["registers"] for r in ok], [r["compile_s"] for r in ok]
                 rows.append({
@@ -226,8 +233,9 @@ def _cases(report: dict[str, Any], target: str) -> tuple[list[dict[str, object]]
         reason = scalar_reason(shape, dtype, layout, accesses)
         verdict = ("scalar" if reason else "vector") + (f" ({failed} not compiled)" if failed else "")
         rows.append({"shape": shape, "dtype": dtype, "layout": layout,
-                     "alignment": row_alignment(shape, layout, dtype), "loads": _widths_cell(accesses, "load"),
-                     "stores": _widths_cell(accesses, "store"), "data accesses": verdict})  # fmt: skip
+                     "alignment": row_alignment(shape, layout, dtype),
+                     "loads": _widths_cell(accesses, "load"), "stores": _widths_cell(accesses, "store"),
+                     "data accesses": verdict})  # fmt: skip
         if reason:
             sentences.append(f"- {shape} {dtype} {layout}: {reason}")
     return rows, sentences
@@ -238,9 +246,10 @@ def render(results: list[dict[str, Any]]) -> str:
     if not results:
         return "# Kernel report\n\nNo compile-check results.\n"
     newest = results[-1]
-    runs = [{"Triton": r["triton"], "fusedbn commit": r["commit"], "kernels digest": r.get("kernels_digest", "-")[:12],
-             "date": r["date"], "cases": len(r["cases"]), "specialisations": len(r["specialisations"]),
-             "subset": "yes" if r["subset"] else "no"} for r in results]  # fmt: skip
+    runs = [{"Triton": r["triton"], "fusedbn commit": r["commit"],
+             "kernels digest": r.get("kernels_digest", "-")[:12], "date": r["date"], "cases": len(r["cases"]),
+             "specialisations": len(r["specialisations"]), "subset": "yes" if r["subset"] else "no"}
+            for r in results]  # fmt: skip
     grid = defaultdict(set)
     for case in newest["cases"]:
         for field in ("shape", "dtype", "layout", "epilogue", "mode", "multiprocessors"):
@@ -255,15 +264,18 @@ def render(results: list[dict[str, Any]]) -> str:
         "`triton.compile` for each target; widths, registers and spills are read from the SASS "
         "(cuobjdump from the Triton wheel), each tile access named after its tensor through the PTX.", "",
         table(runs), "",
-        "Grid: " + "; ".join(f"{field}: {', '.join(sorted(values))}" for field, values in grid.items()) + ".", "",
+        "Grid: " + "; ".join(f"{field}: {', '.join(sorted(values))}" for field, values in grid.items()) + ".",
+        "",
         "## Summary", "", table([row for report in results for row in _summary(report)]), "",
-        "## Problems", "", *(problems or ["None: every specialisation compiled, none spills at its register limit."]),
+        "## Problems", "",
+        *(problems or ["None: every specialisation compiled, none spills at its register limit."]),
         "", "## Occupancy spills", "",
         "ptxas (at its default -O3) spills a value or two of a kernel well under its register limit "
         "to keep it at a register count that fits one more block per SM (64 registers for 256 "
         "threads, say). Each kernel listed here was compiled again with ptxas -O1, which used more "
         "registers and did not spill. These few bytes stay in L1; they are listed, not gate "
-        "failures (a spill at the register limit, or one that -O1 makes too, is).", "", *(occupancy or ["None."]),
+        "failures (a spill at the register limit, or one that -O1 makes too, is).", "",
+        *(occupancy or ["None."]),
         "", f"## Kernels (Triton {newest['triton']})", "", table(_kernels(newest)),
     ]  # fmt: skip
     for target in newest["targets"]:

@@ -137,8 +137,8 @@ def profile_cases(
         for provider in (p for p in PROFILED_PROVIDERS if unavailable_reason(p) is None):
             call = mode_call(provider_module(provider, reference), FWDBWD, x, grad_output)
             call()  # compiles and autotunes outside the profile
-            rows += [KernelRow(shape.name, dtype, layout, provider, k.name, k.device_us, k.launches, k.batchnorm)
-                     for k in profiler(call, device, CALLS)]  # fmt: skip
+            rows += [KernelRow(shape.name, dtype, layout, provider, k.name, k.device_us, k.launches,
+                               k.batchnorm) for k in profiler(call, device, CALLS)]  # fmt: skip
     return rows, 0
 
 

@@ -49,8 +49,9 @@ def format_table(results: list[Result]) -> str:
         rows.append({
             "shape": shape, "dtype": dtype, "layout": layout, "mode": mode, "eager us": _time(eager),
             "fusedbn us": _time(fused), "compile us": _time(compiled), "gems us": _time(gems),
-            "vs eager": _ratio(eager, fused), "vs compile": _ratio(compiled, fused), "vs gems": _ratio(gems, fused),
-            "GB/s": f"{fused.gbps:.4g}" if measured else "-", "copy": f"{fused.copy_share:.0%}" if measured else "-",
+            "vs eager": _ratio(eager, fused), "vs compile": _ratio(compiled, fused),
+            "vs gems": _ratio(gems, fused), "GB/s": f"{fused.gbps:.4g}" if measured else "-",
+            "copy": f"{fused.copy_share:.0%}" if measured else "-",
             "diff": f"{fused.rel_diff:.0e}{flag}" if measured else "-",
         })  # fmt: skip
     return table(rows)
@@ -73,7 +74,8 @@ def format_targets(results: list[Result]) -> str:
     ]  # fmt: skip
     text = table(targets)
     rows = [
-        {"dtype": dtype, "layout": layout, "geomean": f"{mean:.2f}x", "network": f"{weighted:.2f}x", "shapes": n}
+        {"dtype": dtype, "layout": layout, "geomean": f"{mean:.2f}x", "network": f"{weighted:.2f}x",
+         "shapes": n}
         for dtype, layout, mean, weighted, n in breakdown(results)
     ]
     if rows:

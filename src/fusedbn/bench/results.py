@@ -102,6 +102,6 @@ def read_results(path: Path, run_id: str | None = None) -> tuple[Run, list[Resul
     if not rows:
         raise ValueError(f"{path} has no run {wanted!r}")
     fields = dataclasses.fields(Result)
-    results = [Result(**{f.name: f.type(row[f.name]) if f.type in (int, float) else row[f.name] for f in fields})
-               for row in rows]  # fmt: skip
+    results = [Result(**{f.name: f.type(row[f.name]) if f.type in (int, float) else row[f.name]
+                         for f in fields}) for row in rows]  # fmt: skip
     return Run(RunRecord.from_row(rows[0]), float(rows[0]["copy_gbps"])), results

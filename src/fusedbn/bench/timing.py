@@ -54,7 +54,8 @@ def time_calls(
     too with ``device_times`` (CUDA only: the events add host time of their own)."""
     events = []
     if device_times and device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(calls)]
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(calls)]  # fmt: skip
     results, host_s = [], []
     synchronize(device)
     start = perf_counter()

@@ -4,7 +4,8 @@ Variants: ``torch`` (torch's BatchNorm), ``fusedbn`` (the same model after fused
 ``fusedbn-epilogues`` (fusedbn with the ReLUs and the bottlenecks' residual adds fused into the
 BatchNorms, fusedbn.bench.resnet.fuse_epilogues). Executions (how the step runs): ``eager``;
 ``cuda-graph``, the whole step captured once and replayed; ``compile`` and ``compile-reduce-overhead``,
-the model under torch.compile in that mode. Precisions: ``bf16`` (autocast), ``fp16`` (autocast and a GradScaler), ``fp32``.
+the model under torch.compile in that mode. Precisions: ``bf16`` (autocast), ``fp16`` (autocast and a
+GradScaler), ``fp32``.
 
 Every case starts from the same weights and the same synthetic batch (random images and labels made
 on the device), warms up, then times its steps: images/s and wall time per step (timed loop, one
@@ -15,8 +16,7 @@ the timed steps, and its running statistics after them, are compared with those 
 case of the same batch, precision and layout (tolerances in TOLERANCES).
 
 Cases run execution by execution (eager first), so a time budget that runs out costs the
-slower-to-prepare ones.
-Writes OUT/training_step.csv, OUT/training_step_kernels.csv, OUT/training_step.txt and
+slower-to-prepare ones. Writes OUT/training_step.csv, OUT/training_step_kernels.csv, OUT/training_step.txt and
 OUT/training_step.png. ``--smoke`` is the CPU check of the harness: a tiny ResNet on 16x16 images,
 eager only, a few steps.
 """
@@ -41,6 +41,7 @@ from torch import nn
 from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, choices
 from fusedbn.bench.core import backend_for, convert_model
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
+from fusedbn.bench.providers import relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
 from fusedbn.bench.results import error_status
 from fusedbn.bench.timing import synchronize, time_calls
@@ -166,10 +167,6 @@ class StepPlan:
             for layout in self.layouts
             for variant in self.variants
         ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Building one case: the model, its data, its optimiser, and the step that a mode runs.
 
 
 def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
@@ -311,10 +308,6 @@ def prepared_step(case: StepCase, model: nn.Module, plan: StepPlan) -> Callable[
     return run
 
 
-# ---------------------------------------------------------------------------------------------
-# Measuring one case.
-
-
 def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every BatchNorm's running mean and variance, by state_dict name, as float32 CPU tensors."""
     return {
@@ -362,17 +355,10 @@ def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
     )
 
 
-def relative_gap(actual: list[float] | torch.Tensor, expected: list[float] | torch.Tensor) -> float:
-    """Largest |actual - expected| over the largest |expected| (NaN anywhere gives NaN)."""
-    actual, expected = torch.as_tensor(actual).float(), torch.as_tensor(expected).float()
-    if actual.shape != expected.shape:
-        raise ValueError(f"cannot compare shapes {tuple(actual.shape)} and {tuple(expected.shape)}")
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-
-
 def _torch_eager_by_group(results: list[StepResult]) -> dict[tuple[str, str, int], StepResult]:
     """The measured torch-BatchNorm eager result of each group: the reference its cases are held to."""
-    return {r.case.group: r for r in results if r.ok and r.case.variant == TORCH_BN and r.case.execution == EAGER}
+    return {r.case.group: r for r in results
+            if r.ok and r.case.variant == TORCH_BN and r.case.execution == EAGER}  # fmt: skip
 
 
 def check_agreement(results: list[StepResult]) -> None:
@@ -386,10 +372,10 @@ def check_agreement(results: list[StepResult]) -> None:
         if reference is None:
             result.agrees = "-"
             continue
-        result.loss_diff = relative_gap(result.losses, reference.losses)
-        result.stats_diff = max(
-            relative_gap(result.running_stats[name], value) for name, value in reference.running_stats.items()
-        )
+        result.loss_diff = relative_difference(torch.tensor(result.losses), torch.tensor(reference.losses))
+        names = list(reference.running_stats)
+        result.stats_diff = relative_difference([result.running_stats[n] for n in names],
+                                                [reference.running_stats[n] for n in names])  # fmt: skip
         tolerance = TOLERANCES[result.case.precision]
         within = result.loss_diff <= tolerance.loss and result.stats_diff <= tolerance.running_stats
         result.agrees = "yes" if within else "NO"
@@ -430,25 +416,24 @@ CSV_FILE = "training_step.csv"
 KERNELS_FILE = "training_step_kernels.csv"
 SUMMARY_FILE = "training_step.txt"
 PLOT_FILE = "training_step.png"
-RESULT_COLUMNS = [
-    *StepCase.__dataclass_fields__, "status", "backend", "images_per_s", "step_ms", "gpu_ms", "host_ms", "bn_share",
-    "loss_first", "loss_last", "loss_diff", "stats_diff", "agrees", "prepare_s",
-]  # fmt: skip
+CASE_COLUMNS = list(StepCase.__dataclass_fields__)
+RESULT_COLUMNS = ["status", "backend", "images_per_s", "step_ms", "gpu_ms", "host_ms", "bn_share",
+                  "loss_first", "loss_last", "loss_diff", "stats_diff", "agrees", "prepare_s"]  # fmt: skip
+KERNEL_COLUMNS = ["kernel", "device_us_per_step", "launches_per_step", "batchnorm"]
 
 
 def write_csvs(results: list[StepResult], record: RunRecord, out: Path) -> list[Path]:
     """Write one row per case and one row per (case, kernel) into ``out``; returns the paths."""
     paths = [out / CSV_FILE, out / KERNELS_FILE]
     record_row = dataclasses.asdict(record)
-    rows = [record_row | dataclasses.asdict(r.case) | {c: getattr(r, c) for c in RESULT_COLUMNS[5:]} for r in results]
-    write_csv(paths[0], rows, [*record_row, *RESULT_COLUMNS])
-    kernels = [
-        dataclasses.asdict(r.case) | {"kernel": k.name, "device_us_per_step": f"{k.device_us:.2f}",
-                                      "launches_per_step": f"{k.launches:g}", "batchnorm": int(k.batchnorm)}
-        for r in results for k in r.kernels
-    ]  # fmt: skip
-    write_csv(paths[1], kernels, [*StepCase.__dataclass_fields__, "kernel", "device_us_per_step",
-                                  "launches_per_step", "batchnorm"])  # fmt: skip
+    rows = [record_row | dataclasses.asdict(r.case) | {c: getattr(r, c) for c in RESULT_COLUMNS}
+            for r in results]  # fmt: skip
+    write_csv(paths[0], rows, [*record_row, *CASE_COLUMNS, *RESULT_COLUMNS])
+    kernels = [dataclasses.asdict(r.case) | {"kernel": k.name, "device_us_per_step": f"{k.device_us:.2f}",
+                                             "launches_per_step": f"{k.launches:g}",
+                                             "batchnorm": int(k.batchnorm)}
+               for r in results for k in r.kernels]  # fmt: skip
+    write_csv(paths[1], kernels, CASE_COLUMNS + KERNEL_COLUMNS)
     return paths
 
 
@@ -463,29 +448,25 @@ def format_summary(results: list[StepResult], record: RunRecord, top_kernels: in
     rows = []
     for r in results:
         reference = eager_torch.get(r.case.group)
-        row = dataclasses.asdict(r.case) | {"status": r.status}
-        if r.ok:
-            row |= {
-                "img/s": f"{r.images_per_s:.1f}", "vs torch": _number(r.images_per_s / reference.images_per_s, ".2f")
-                if reference else "-", "step ms": f"{r.step_ms:.2f}", "gpu ms": _number(r.gpu_ms, ".2f"),
-                "host ms": f"{r.host_ms:.2f}", "BN %": _number(r.bn_share * 100, ".1f"),
-                "loss gap": _number(r.loss_diff, ".1e"), "stats gap": _number(r.stats_diff, ".1e"), "agrees": r.agrees,
-                "backend": r.backend,
-            }  # fmt: skip
-        rows.append(row)
+        speedup = r.images_per_s / reference.images_per_s if reference else math.nan
+        rows.append(dataclasses.asdict(r.case) | {"status": r.status} | ({
+            "img/s": f"{r.images_per_s:.1f}", "vs torch": _number(speedup, ".2f"),
+            "step ms": f"{r.step_ms:.2f}", "gpu ms": _number(r.gpu_ms, ".2f"), "host ms": f"{r.host_ms:.2f}",
+            "BN %": _number(r.bn_share * 100, ".1f"), "loss gap": _number(r.loss_diff, ".1e"),
+            "stats gap": _number(r.stats_diff, ".1e"), "agrees": r.agrees, "backend": r.backend,
+        } if r.ok else {}))  # fmt: skip
     lines = [
-        f"{record.device} ({record.machine}, load {record.load_before:.2f} before, {record.load_after:.2f} after): "
-        f"torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, {record.date}",
-        "", table(rows), "",
+        f"{record.device} ({record.machine}, load {record.load_before:.2f} before, {record.load_after:.2f} "
+        f"after): torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, "
+        f"{record.date}", "", table(rows), "",
         "vs torch: images/s over torch BatchNorm's in eager mode, same precision, layout and batch.",
         "Tolerances (relative, loss over the timed steps / running statistics after them): "
         + ", ".join(f"{p} {t.loss:g}/{t.running_stats:g}" for p, t in TOLERANCES.items()),
     ]  # fmt: skip
     for r in (r for r in results if r.kernels):
         lines += ["", f"BatchNorm kernels of {r.case.label} (device us per step, launches per step):"]
-        lines += [f"  {k.device_us:>10.1f} {k.launches:>6g}  {k.name[:110]}" for k in r.kernels if k.batchnorm][
-            :top_kernels
-        ]
+        bn_kernels = [k for k in r.kernels if k.batchnorm][:top_kernels]
+        lines += [f"  {k.device_us:>10.1f} {k.launches:>6g}  {k.name[:110]}" for k in bn_kernels]
     problems = [r for r in results if r.status.startswith("error") or r.agrees == "NO"]
     lines += ["", *(f"PROBLEM {r.case.label}: {r.status if not r.ok else 'disagrees with torch eager'}"
                     for r in problems)] if problems else []  # fmt: skip
@@ -514,8 +495,7 @@ def plot_figure(results: list[StepResult], title: str) -> "Figure | None":
         ys = [value[(key, variant)] for key in groups if (key, variant) in value]
         axes.bar(xs, ys, width, label=f"{variant} (BatchNorm run by {backends[variant]})", color=f"C{i}")
     axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    labels = [f"{execution}\n{precision}\n{layout}\nbatch {batch}" for execution, precision, layout, batch in groups]
-    axes.set_xticklabels(labels, fontsize=7)
+    axes.set_xticklabels([f"{e}\n{p}\n{layout}\nbatch {b}" for e, p, layout, b in groups], fontsize=7)
     axes.set_ylabel("images/s (higher is better)")
     figure.suptitle(title, fontsize=10)
     # Below the case labels, where it hides no bar.
@@ -524,11 +504,12 @@ def plot_figure(results: list[StepResult], title: str) -> "Figure | None":
     return figure
 
 
-GPU_DEFAULTS = dict(model="resnet50", image_size=224, variants=",".join(VARIANTS), executions=",".join(EXECUTIONS),
-                    precisions="bf16,fp16", layouts="channels_last,nchw", batches="128,64", warmup=20, steps=50,
-                    profile_steps=3)  # fmt: skip
+GPU_DEFAULTS = dict(model="resnet50", image_size=224, variants=",".join(VARIANTS),
+                    executions=",".join(EXECUTIONS), precisions="bf16,fp16", layouts="channels_last,nchw",
+                    batches="128,64", warmup=20, steps=50, profile_steps=3)  # fmt: skip
 SMOKE_DEFAULTS = dict(model="tiny", image_size=16, variants=",".join(VARIANTS), executions=EAGER,
-                      precisions="fp32", layouts="channels_last", batches="4", warmup=1, steps=2, profile_steps=0)
+                      precisions="fp32", layouts="channels_last", batches="4", warmup=1, steps=2,
+                      profile_steps=0)
 OPTION_TYPES = {
     "variants": choices(VARIANTS, "variant"), "executions": choices(EXECUTIONS, "execution"),
     "precisions": choices(tuple(PRECISIONS), "precision"), "layouts": choices(LAYOUTS, "layout"),
@@ -541,7 +522,7 @@ def _batches(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
     if min(values) < 2:
-        raise argparse.ArgumentTypeError(f"batch sizes must be at least 2 (BatchNorm trains on them), got {text!r}")
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 2 (BatchNorm trains on them): {text}")
     return values
 
 
@@ -555,20 +536,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training-step benchmark's options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add = parser.add_argument
-    add("--smoke", action="store_true", help="CPU harness check in seconds: tiny ResNet, 16x16 images, eager, fp32")
+    add("--smoke", action="store_true", help="CPU check in seconds: tiny ResNet, 16x16 images, eager, fp32")
     add("--out", type=Path, default=Path("runs/training-step"), help="output folder")
     add("--model", choices=("resnet50", "tiny"), help="default: resnet50; smoke: tiny")
     add("--image-size", type=_at_least_one, help="default: 224; smoke: 16")
     add("--variants", type=OPTION_TYPES["variants"], help=f"default: {','.join(VARIANTS)}")
     add("--executions", type=OPTION_TYPES["executions"], help=f"how each step runs: {', '.join(EXECUTIONS)} "
         "(default: all; smoke: eager)")
-    add("--precisions", type=OPTION_TYPES["precisions"], help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)")
+    add("--precisions", type=OPTION_TYPES["precisions"],
+        help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)")
     add("--layouts", type=OPTION_TYPES["layouts"], help="default: channels_last,nchw")
     add("--batches", type=_batches, help="default: 128,64; smoke: 4")
     add("--warmup", type=_at_least_one, help="warm-up steps per case (default: 20; smoke: 1)")
     add("--steps", type=_at_least_one, help="timed steps per case (default: 50; smoke: 2)")
-    add("--profile-steps", type=int, help="steps profiled per case for kernel times and the BN share, 0: none "
-        "(default: 3)")
+    add("--profile-steps", type=int,
+        help="steps profiled per case for kernel times and the BN share, 0: none (default: 3)")
     add("--time-budget", type=float, default=math.inf, metavar="SECONDS",
         help="start no case after this long; the rest are recorded as skipped (default: none)")  # fmt: skip
 
@@ -590,7 +572,8 @@ def build_plan(args: argparse.Namespace) -> StepPlan:
     return StepPlan(
         device=torch.device("cpu" if args.smoke else "cuda"),
         settings=settings,
-        **{name: tuple(pick[name]) for name in ("variants", "executions", "precisions", "layouts", "batches")},
+        **{name: tuple(pick[name]) for name in ("variants", "executions", "precisions", "layouts",
+                                                "batches")},  # fmt: skip
         time_budget_s=args.time_budget,
     )
 
@@ -621,15 +604,16 @@ def _measure_and_write(plan: StepPlan, out: Path) -> int:
         # The CSVs are rewritten after every case, so a run that is cut short keeps what it measured.
         write_csvs(results, record, out)
         result = results[-1]
-        print(f"{result.case.label}: {f'{result.images_per_s:.1f} img/s' if result.ok else result.status}", flush=True)
+        speed = f"{result.images_per_s:.1f} img/s" if result.ok else result.status
+        print(f"{result.case.label}: {speed}", flush=True)
 
     results = run_plan(plan, base, progress)
     record = record.finished()
     paths = [*write_csvs(results, record, out), out / SUMMARY_FILE]
-    text = f"{source} at {plan.settings.image_size}x{plan.settings.image_size}, {plan.settings.timed_steps} " \
-        f"timed steps per case, on " + format_summary(results, record)  # fmt: skip
-    paths[-1].write_text(text + "\n")
     size = plan.settings.image_size
+    text = f"{source} at {size}x{size}, {plan.settings.timed_steps} timed steps per case, on "
+    text += format_summary(results, record)
+    paths[-1].write_text(text + "\n")
     figure = plot_figure(results, f"Training steps of {source} at {size}x{size} on {record.device}")
     if figure is not None:
         figure.savefig(out / PLOT_FILE, dpi=110)
@@ -640,8 +624,8 @@ def _measure_and_write(plan: StepPlan, out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusedbn.bench.training_step``."""
-    parser = argparse.ArgumentParser(prog="python -m fusedbn.bench.training_step", description=__doc__)
+    """``python benchmarks/training_step.py``: run the benchmark with ``argv`` (default: the command line)."""
+    parser = argparse.ArgumentParser(prog="python benchmarks/training_step.py", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

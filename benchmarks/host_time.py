@@ -173,7 +173,8 @@ def torch_module(variant: Variant, reference: nn.Module, device: torch.device) -
 def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device) -> Case:
     """Both calls of ``variant`` on one input (and residual and upstream gradient)."""
     reference, x, grad_output = case_inputs(shape, dtype, variant.layout, device)
-    residual = random_tensor(shape, dtype, variant.layout, device, RESIDUAL_SEED) if variant.residual else None
+    residual = random_tensor(shape, dtype, variant.layout, device, RESIDUAL_SEED)
+    residual = residual if variant.residual else None
     mode = FWDBWD if variant.training else EVAL
 
     def torch_forward(module: nn.Module, data: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
@@ -187,7 +188,8 @@ def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device)
         variant=variant,
         fusedbn=mode_call(fused_module(variant, reference), mode, x, grad_output, residual,
                           torch_forward if variant.floor else fused_forward),
-        torch=mode_call(torch_module(variant, reference, device), mode, x, grad_output, residual, torch_forward),
+        torch=mode_call(torch_module(variant, reference, device), mode, x, grad_output, residual,
+                        torch_forward),
         context=lambda: fused_setting(variant, shape),
     )  # fmt: skip
 
@@ -273,8 +275,9 @@ def profile_calls(
         area = source_area(filename)
         side.self_time[area] = side.self_time.get(area, 0.0) + row[2] / total
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with context(), profile(activities=activities, profile_memory=True) as memory, recording_launches() as calls:
-        time_calls(step, device, steps)
+    with context(), profile(activities=activities, profile_memory=True) as memory:
+        with recording_launches() as calls:
+            time_calls(step, device, steps)
     events = memory.profiler.kineto_results.events()
     side.allocations = sum(1 for e in events if e.name() == "[memory]" and e.nbytes() > 0) / steps
     side.launches = len(calls) / steps
@@ -312,7 +315,8 @@ def measure(cases: list[Case], device: torch.device, settings: Settings) -> list
     results = [VariantResult(case.variant, Side(), Side()) for case in cases]
 
     def sides(case: Case, result: VariantResult) -> list[tuple[Callable[[], Any], Callable[[], Any], Side]]:
-        return [(case.fusedbn, case.context, result.fusedbn), (case.torch, contextlib.nullcontext, result.torch)]
+        return [(case.fusedbn, case.context, result.fusedbn),
+                (case.torch, contextlib.nullcontext, result.torch)]  # fmt: skip
 
     for round_index in range(-1, settings.rounds):  # round -1: the warm-up
         for case, result in zip(cases, results, strict=True):
@@ -345,8 +349,9 @@ def csv_rows(results: list[VariantResult], record: RunRecord) -> list[dict[str, 
                        (side_name, "python_calls_per_call", side.python_calls),
                        (side_name, "allocations_per_call", side.allocations),
                        (side_name, "launches_per_call", side.launches),
-                       *((side_name, f"self_time_share:{area}", share) for area, share in side.self_time.items())]
-        rows += [dataclasses.asdict(record) | {"variant": name, "side": side, "metric": metric, "value": f"{value:.4g}"}
+                       *((side_name, f"self_time_share:{a}", share) for a, share in side.self_time.items())]
+        rows += [dataclasses.asdict(record) | {"variant": name, "side": side, "metric": metric,
+                                               "value": f"{value:.4g}"}
                  for side, metric, value in values]  # fmt: skip
     return rows
 
@@ -361,26 +366,32 @@ def format_markdown(
         q1, median, q3 = result.quartiles()
         f, t = result.fusedbn, result.torch
         rows.append({
-            "variant": result.variant.name, "fusedbn": result.variant.description, "torch runs": result.variant.reference,
+            "variant": result.variant.name, "fusedbn": result.variant.description,
+            "torch runs": result.variant.reference,
             "fusedbn / torch, median [quartiles]": f"{median:.2f}x [{q1:.2f}, {q3:.2f}]",
             "fusedbn us": f"{statistics.median(f.us):.1f}", "torch us": f"{statistics.median(t.us):.1f}",
-            "launches": f"{f.launches:.0f}", "Python calls fusedbn / torch": f"{f.python_calls:.0f} / {t.python_calls:.0f}",
+            "launches": f"{f.launches:.0f}",
+            "Python calls fusedbn / torch": f"{f.python_calls:.0f} / {t.python_calls:.0f}",
             "allocations fusedbn / torch": f"{f.allocations:.1f} / {t.allocations:.1f}",
         })  # fmt: skip
     where = [
         {"variant": r.variant.name, "fusedbn's profiled self time, largest shares first": ", ".join(
-            f"{area} {share:.0%}" for area, share in sorted(r.fusedbn.self_time.items(), key=lambda a: -a[1])[:6])}
+            f"{area} {share:.0%}" for area, share in sorted(r.fusedbn.self_time.items(),
+                                                            key=lambda item: -item[1])[:6]
+        )}
         for r in results
     ]  # fmt: skip
     return "\n".join([
         f"# Host time per call: fusedbn vs torch eager, {shape.name} {dtype}", "",
         f"- device: {device}", f"- machine: {record.machine}, {record.torch_threads} torch thread(s)",
         f"- load average: {record.load_before:.2f} before, {record.load_after:.2f} after",
-        f"- torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, {record.date}",
+        f"- torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, "
+        f"{record.date}",
         f"- {settings.rounds} rounds of {settings.steps} calls per side and variant, interleaved; counts "
         f"over {settings.count_steps} calls", "", table(rows), "",
-        "Where fusedbn's host time goes: each area's share of the self time cProfile measured over those calls "
-        "(fusedbn's own files by name; the profiler slows Python code more than C code).", "", table(where),
+        "Where fusedbn's host time goes: each area's share of the self time cProfile measured over those "
+        "calls (fusedbn's own files by name; the profiler slows Python code more than C code).", "",
+        table(where),
     ]) + "\n"  # fmt: skip
 
 
@@ -407,7 +418,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--fake-gpu", action="store_true", help="run on the CPU with a fake GPU (no device needed); "
         "without it, CUDA is needed")
-    add("--smoke", action="store_true", help="a few calls of each variant: checks that it measures, claims no speed")
+    add("--smoke", action="store_true", help="a few calls of each variant: checks that it measures, no speed")
     add("--out", type=Path, default=Path("runs/host-time"), help="output folder (default: runs/host-time)")
     add("--shape", type=shape_named, help=f"NxCx... input shape (default: {FAKE_GPU_SHAPE} with --fake-gpu, "
         f"{CUDA_SHAPE} on CUDA)")
@@ -442,11 +453,11 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(**{name: getattr(args, name) or preset[name] for name in DEFAULTS})
     shape = args.shape or shape_named(FAKE_GPU_SHAPE if args.fake_gpu else CUDA_SHAPE)
     dtype = args.dtype or ("float32" if args.fake_gpu else "float16")
-    chosen = args.variants or list(VARIANT_NAMES)
-    variants = [v for v in VARIANTS if v.name in chosen and (v.layout != CHANNELS_LAST or len(shape.dims) > 2)]
+    variants = [v for v in VARIANTS if v.name in (args.variants or VARIANT_NAMES)
+                and (v.layout != CHANNELS_LAST or len(shape.dims) > 2)]  # fmt: skip
     with _host_setting(args.fake_gpu), single_process_group(any(v.sync for v in variants)):
         record = run_record(device)
-        results = measure([build_case(variant, shape, dtype, device) for variant in variants], device, settings)
+        results = measure([build_case(v, shape, dtype, device) for v in variants], device, settings)
         record = record.finished()
     args.out.mkdir(parents=True, exist_ok=True)
     text = format_markdown(results, record, shape, dtype, settings, args.fake_gpu)
@@ -459,8 +470,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusedbn.bench.host_time``."""
-    parser = argparse.ArgumentParser(prog="python -m fusedbn.bench.host_time", description=__doc__)
+    """``python benchmarks/host_time.py``: run the benchmark with ``argv`` (default: the command line)."""
+    parser = argparse.ArgumentParser(prog="python benchmarks/host_time.py", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
