@@ -53,6 +53,7 @@ from fusedbn.bench.cases import (
     Shape,
     choices,
     parse_dtypes,
+    positive,
     random_tensor,
     shape_named,
 )
@@ -406,12 +407,6 @@ HELP = {
 }
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the host-time benchmark's options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -427,7 +422,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--variants", type=choices(VARIANT_NAMES, "variant"),
         help=f"comma-separated, from {', '.join(VARIANT_NAMES)} (default: all)")
     for name, text in HELP.items():
-        add(f"--{name.replace('_', '-')}", type=_positive_int, dest=name,
+        add(f"--{name.replace('_', '-')}", type=positive(int), dest=name,
             help=f"{text} (default: {DEFAULTS[name]}; smoke: {SMOKE[name]})")
 
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, choices
+from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, choices, positive
 from fusedbn.bench.core import backend_for, convert_model
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.providers import relative_difference
@@ -526,12 +526,6 @@ def _batches(text: str) -> list[int]:
     return values
 
 
-def _at_least_one(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return int(text)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training-step benchmark's options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -539,7 +533,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--smoke", action="store_true", help="CPU check in seconds: tiny ResNet, 16x16 images, eager, fp32")
     add("--out", type=Path, default=Path("runs/training-step"), help="output folder")
     add("--model", choices=("resnet50", "tiny"), help="default: resnet50; smoke: tiny")
-    add("--image-size", type=_at_least_one, help="default: 224; smoke: 16")
+    add("--image-size", type=positive(int), help="default: 224; smoke: 16")
     add("--variants", type=OPTION_TYPES["variants"], help=f"default: {','.join(VARIANTS)}")
     add("--executions", type=OPTION_TYPES["executions"], help=f"how each step runs: {', '.join(EXECUTIONS)} "
         "(default: all; smoke: eager)")
@@ -547,8 +541,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)")
     add("--layouts", type=OPTION_TYPES["layouts"], help="default: channels_last,nchw")
     add("--batches", type=_batches, help="default: 128,64; smoke: 4")
-    add("--warmup", type=_at_least_one, help="warm-up steps per case (default: 20; smoke: 1)")
-    add("--steps", type=_at_least_one, help="timed steps per case (default: 50; smoke: 2)")
+    add("--warmup", type=positive(int), help="warm-up steps per case (default: 20; smoke: 1)")
+    add("--steps", type=positive(int), help="timed steps per case (default: 50; smoke: 2)")
     add("--profile-steps", type=int,
         help="steps profiled per case for kernel times and the BN share, 0: none (default: 3)")
     add("--time-budget", type=float, default=math.inf, metavar="SECONDS",

@@ -71,7 +71,7 @@ def test_without_cuda_or_fake_gpu_it_refuses(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [(["--shape", "4x"], "unknown shape '4x'"), (["--variants", "whole"], "unknown variant 'whole'"),
-     (["--rounds", "0"], "positive integer")],
+     (["--rounds", "0"], "expected a positive number, got '0'")],
 )  # fmt: skip
 def test_bad_options_are_refused(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

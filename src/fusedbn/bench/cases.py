@@ -179,6 +179,22 @@ def choices(
     return parse
 
 
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """A parser (and argparse ``type``) of a positive ``kind`` (int or float); anything else is an
+    ArgumentTypeError naming it."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
 parse_dtypes = choices(BENCH_DTYPES, "dtype", DTYPE_ALIASES)
 parse_layouts = choices(LAYOUTS, "layout")
 parse_modes = choices(MODES, "mode")

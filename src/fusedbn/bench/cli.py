@@ -35,6 +35,7 @@ from fusedbn.bench.cases import (
     parse_modes,
     parse_providers,
     parse_shapes,
+    positive,
 )
 from fusedbn.bench.metrics import mismatches
 from fusedbn.bench.plots import write_plots
@@ -79,113 +80,51 @@ PRESETS = {
 }  # fmt: skip
 
 
-def _positive(kind):
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-
-    return convert
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fusedbn bench`` to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     kind = parser.add_mutually_exclusive_group()
-    kind.add_argument(
-        "--smoke", action="store_true", help="CPU harness check in seconds: tiny shapes, no timing claims"
-    )
-    kind.add_argument(
-        "--quick", action="store_true", help="the GPU run's subset (about 4 minutes on an H100)"
-    )
-    kind.add_argument(
-        "--report", type=Path, metavar="CSV", help="render the table, targets and plots of a result file"
-    )
+    kind.add_argument("--smoke", action="store_true",
+                      help="CPU harness check in seconds: tiny shapes, no timing claims")
+    kind.add_argument("--quick", action="store_true", help="the GPU run's subset (about 4 minutes, H100)")
+    kind.add_argument("--report", type=Path, metavar="CSV",
+                      help="render the table, targets and plots of a result file")
     kind.add_argument("--list", action="store_true", help="list the shape groups and shapes, then exit")
-    parser.add_argument("--run-id", help="with --report: the run to render (default: the file's last run)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs/bench"),
-        help="folder for results.csv, summary.txt and plots (default: runs/bench)",
-    )
-    parser.add_argument(
-        "--shapes",
-        type=parse_shapes,
+    add = parser.add_argument
+    add("--run-id", help="with --report: the run to render (default: the file's last run)")
+    add("--out", type=Path, default=Path("runs/bench"),
+        help="folder for results.csv, summary.txt and plots (default: runs/bench)")
+    add("--shapes", type=parse_shapes,
         help="comma-separated groups (resnet50, extra, smoke, all) or NxCx... shapes "
-        "(default: all; smoke: smoke)",
-    )
-    parser.add_argument(
-        "--dtypes",
-        type=parse_dtypes,
-        help="float32, float16, bfloat16 (or fp32, fp16, bf16) (default: all three; quick: float16,bfloat16)",
-    )
-    parser.add_argument(
-        "--layouts", type=parse_layouts, help="nchw, channels_last (default: both)"
-    )
-    parser.add_argument(
-        "--modes",
-        type=parse_modes,
-        help="fwd (training forward), bwd (its backward), fwdbwd, eval (default: all four)",
-    )
-    parser.add_argument(
-        "--providers",
-        type=parse_providers,
-        help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped "
-        "where it does not import), compile (torch.compile of torch's) "
-        "(default: all four; smoke: fusedbn,eager,flag_gems)",
-    )
-    parser.add_argument(
-        "--compile-shapes",
-        type=parse_shapes,
-        help="shapes torch.compile is timed on, like --shapes (default: as --shapes; quick: resnet50)",
-    )
-    parser.add_argument(
-        "--compile-modes",
-        type=parse_modes,
-        help="modes torch.compile is timed in (default: as --modes; quick: fwd,bwd,fwdbwd)",
-    )
-    parser.add_argument(
-        "--compile-mode",
-        choices=("default", "max-autotune-no-cudagraphs"),
-        default="default",
-        help="torch.compile's mode (default: default)",
-    )
-    parser.add_argument(
-        "--warmup-ms", type=_positive(int), help="do_bench warm-up per case in ms (default: 25; quick: 10)"
-    )
-    parser.add_argument(
-        "--rep-ms",
-        type=_positive(int),
-        help="do_bench measuring time per case in ms (default: 100; quick: 40)",
-    )
-    parser.add_argument(
-        "--copy-mib", type=_positive(int), help="size of the copy-bandwidth buffer in MiB (default: 1024)"
-    )
-    parser.add_argument(
-        "--time-budget",
-        type=_positive(float),
-        metavar="SECONDS",
-        help="stop measuring after this long and record the rest as skipped (default: none; quick: 240)",
-    )
-    parser.add_argument(
-        "--profile-kernels",
-        type=float,
-        metavar="SECONDS",
-        help="after the timed cases, profile each provider's fwd+bwd kernels on the ResNet-50 shapes "
-        "for at most this long, into kernels.csv and the summary; 0: not at all (default: 120; "
-        "quick: 30; smoke: 0)",
-    )
-    parser.add_argument(
-        "--compile-budget",
-        type=_positive(float),
-        metavar="SECONDS",
-        help="skip torch.compile once its first calls (compiling) took this long (default: none; quick: 150)",
-    )
+        "(default: all; smoke: smoke)")
+    add("--dtypes", type=parse_dtypes,
+        help="float32, float16, bfloat16 (or fp32, fp16, bf16) (default: all three; quick: float16,bfloat16)")
+    add("--layouts", type=parse_layouts, help="nchw, channels_last (default: both)")
+    add("--modes", type=parse_modes,
+        help="fwd (training forward), bwd (its backward), fwdbwd, eval (default: all four)")
+    add("--providers", type=parse_providers,
+        help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped where "
+        "it does not import), compile (torch.compile of torch's) (default: all four; smoke: fusedbn,eager,"
+        "flag_gems)")
+    add("--compile-shapes", type=parse_shapes,
+        help="shapes torch.compile is timed on, like --shapes (default: as --shapes; quick: resnet50)")
+    add("--compile-modes", type=parse_modes,
+        help="modes torch.compile is timed in (default: as --modes; quick: fwd,bwd,fwdbwd)")
+    add("--compile-mode", choices=("default", "max-autotune-no-cudagraphs"), default="default",
+        help="torch.compile's mode (default: default)")
+    add("--warmup-ms", type=positive(int), help="do_bench warm-up per case in ms (default: 25; quick: 10)")
+    add("--rep-ms", type=positive(int),
+        help="do_bench measuring time per case in ms (default: 100; quick: 40)")
+    add("--copy-mib", type=positive(int), help="size of the copy-bandwidth buffer in MiB (default: 1024)")
+    add("--time-budget", type=positive(float), metavar="SECONDS",
+        help="stop measuring after this long and record the rest as skipped (default: none; quick: 240)")
+    add("--profile-kernels", type=float, metavar="SECONDS",
+        help="after the timed cases, profile each provider's fwd+bwd kernels on the ResNet-50 shapes for "
+        "at most this long, into kernels.csv and the summary; 0: not at all (default: 120; quick: 30; "
+        "smoke: 0)")
+    add("--compile-budget", type=positive(float), metavar="SECONDS",
+        help="skip torch.compile once its first calls (compiling) took this long (default: none; "
+        "quick: 150)")
 
 
 def _preset_name(args: argparse.Namespace) -> str:

@@ -57,6 +57,7 @@ from fusedbn.bench.cases import (
     Shape,
     choices,
     parse_shapes,
+    positive,
 )
 from fusedbn.bench.compile_worker import bind, specialisation_text
 from fusedbn.bench.core import (
@@ -525,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--multiprocessors", type=_ints, default=list(MULTIPROCESSORS.values()),
         help="SM counts to plan launches for (default: 108,132,148)")
     add("--subset", action="store_true", help="compile the representative subset (what the CI test does)")
-    add("--jobs", type=int, default=2, help="worker processes")
-    add("--timeout", type=float, default=600.0, help="seconds per compile")
+    add("--jobs", type=positive(int), default=2, help="worker processes")
+    add("--timeout", type=positive(float), default=600.0, help="seconds per compile")
     return parser
 
 
