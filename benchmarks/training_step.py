@@ -44,7 +44,7 @@ from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.providers import relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
 from fusedbn.bench.results import error_status
-from fusedbn.bench.timing import synchronize, time_calls
+from fusedbn.bench.timing import Budget, synchronize, time_calls
 from fusedbn.outputs import OutputFolderError, output_folder
 from fusedbn.records import RunRecord, run_record, table, write_csv
 
@@ -397,13 +397,10 @@ def run_plan(
     ``on_result(results so far)`` is called after each case; the agreement with torch eager is
     filled in once all cases ran.
     """
-    start = time.perf_counter()
+    budget = Budget(plan.time_budget_s)
     results = []
     for case in plan.cases():
-        if time.perf_counter() - start > plan.time_budget_s:
-            result = StepResult(case, f"skipped: time budget of {plan.time_budget_s:g} s spent")
-        else:
-            result = run_case(case, plan, base)
+        result = StepResult(case, f"skipped: {budget}") if budget.spent() else run_case(case, plan, base)
         results.append(result)
         _release_memory(plan.device)
         if on_result is not None:

@@ -294,11 +294,6 @@ def kernels_digest(commit: str | None = None) -> str:
     return digest.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------
-# Compiling in worker processes that may crash
-# ----------------------------------------------------------------------------------------------
-
-
 def worker_environment(site: str | None, cache_dir: str) -> dict[str, str]:
     """The workers' environment: compiled kernels (no interpreter), ``site`` first on the path, and
     a Triton cache of their own, so that every specialisation is really compiled."""
@@ -366,13 +361,21 @@ def compile_all(
     pending = list(reversed(tasks))
     with tempfile.TemporaryDirectory(prefix="fusedbn-compile-") as scratch:
         env = worker_environment(site, os.path.join(scratch, "cache"))
-        started = 0
-        workers = []
-        for _ in range(max(1, min(jobs, len(tasks)))):
-            workers.append(Worker(env, scratch, started))
-            started += 1
+        numbers = itertools.count()
+        workers = [Worker(env, scratch, next(numbers)) for _ in range(max(1, min(jobs, len(tasks))))]
         triton_info = workers[0].hello
         selector = selectors.DefaultSelector()
+
+        def finish(worker: Worker, result: dict[str, Any], replace: bool) -> None:
+            results[worker.task] = result
+            counts[result["status"]] += 1
+            worker.task = None
+            progress(len(results), len(tasks), counts)
+            if replace:  # a worker that died or was killed: a new one takes its place
+                workers.remove(worker)
+                worker.stop()
+                workers.append(Worker(env, scratch, next(numbers)))
+
         try:
             while pending or any(w.task for w in workers):
                 for worker in workers:
@@ -384,30 +387,15 @@ def compile_all(
                     line = worker.process.stdout.readline()
                     selector.unregister(worker.process.stdout)
                     if line:
-                        result = json.loads(line)
+                        finish(worker, json.loads(line), replace=False)
                     else:  # the worker died: the compiler crashed on this task
                         worker.process.wait()
-                        result = {**_death(worker.process.returncode),
-                                  "stderr_tail": worker.log_tail()}
-                    results[worker.task] = result
-                    counts[result["status"]] += 1
-                    worker.task = None
-                    progress(len(results), len(tasks), counts)
-                    if not line:
-                        workers.remove(worker)
-                        worker.stop()
-                        workers.append(Worker(env, scratch, started))
-                        started += 1
+                        died = {**_death(worker.process.returncode), "stderr_tail": worker.log_tail()}
+                        finish(worker, died, replace=True)
                 for worker in list(workers):
                     if worker.task and time.monotonic() - worker.started > timeout:
                         selector.unregister(worker.process.stdout)
-                        results[worker.task] = {"status": "timeout", "seconds": timeout}
-                        counts["timeout"] += 1
-                        progress(len(results), len(tasks), counts)
-                        workers.remove(worker)
-                        worker.stop()
-                        workers.append(Worker(env, scratch, started))
-                        started += 1
+                        finish(worker, {"status": "timeout", "seconds": timeout}, replace=True)
         finally:
             for worker in workers:
                 worker.stop()
@@ -466,16 +454,11 @@ def run_gate(
                   for i, case in enumerate(cases)],
         "specialisations": [
             {"id": i, "kernel": spec.kernel, "module": spec.launch["kernel"].split(":")[0],
-             "grid": spec.launch["grid"], "args": spec.launch["args"], "kwargs": spec.launch["kwargs"],
-             "cases": spec.cases, "results": {str(cc): result for cc, result in sorted(spec.results.items())}}
+             **{key: spec.launch[key] for key in ("grid", "args", "kwargs")}, "cases": spec.cases,
+             "results": {str(cc): result for cc, result in sorted(spec.results.items())}}
             for i, spec in enumerate(specs) if i in chosen
         ],
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
 
 
 def _ints(text: str) -> list[int]:

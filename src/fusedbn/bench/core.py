@@ -26,21 +26,7 @@ TICKET_COUNTERS = tickets._counters
 KERNEL_SOURCES = Path(forward.__file__).resolve().parent  # the kernel modules' folder
 
 __all__ = [
-    "KERNEL_NAMES",
-    "KERNEL_SOURCES",
-    "LAUNCHERS",
-    "TICKET_COUNTERS",
-    "TORCH",
-    "TRITON",
-    "TRITON_INTERPRETER",
-    "WIDEST_ACCESS_BYTES",
-    "Alignment",
-    "FusedSyncBatchNorm",
-    "KernelLauncher",
-    "LaunchLimits",
-    "backend_for",
-    "convert_model",
-    "fused_batch_norm",
-    "launch_limits",
-    "triton_on_cpu",
-]
+    "KERNEL_NAMES", "KERNEL_SOURCES", "LAUNCHERS", "TICKET_COUNTERS", "TORCH", "TRITON", "TRITON_INTERPRETER",
+    "WIDEST_ACCESS_BYTES", "Alignment", "FusedSyncBatchNorm", "KernelLauncher", "LaunchLimits", "backend_for",
+    "convert_model", "fused_batch_norm", "launch_limits", "triton_on_cpu",
+]  # fmt: skip

@@ -14,7 +14,6 @@ in L2 look as they would in a model. On the CPU nothing is written but the heade
 
 import math
 import re
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 from fusedbn.bench.cases import EAGER, FLAG_GEMS, FUSEDBN, FWDBWD, RESNET50, Shape, layout_applies
 from fusedbn.bench.core import KERNEL_NAMES
 from fusedbn.bench.providers import case_inputs, mode_call, provider_module, unavailable_reason
-from fusedbn.bench.timing import synchronize
+from fusedbn.bench.timing import Budget, synchronize
 from fusedbn.records import table, write_csv
 
 # torch's native kernels (batch_norm_collect_statistics..., batch_norm_backward_reduce...), cuDNN's
@@ -128,10 +127,10 @@ def profile_cases(
         for shape in shapes
         if shape.group == RESNET50 and layout_applies(shape, layout)
     ]
-    start = time.perf_counter()
+    budget = Budget(budget_s)
     rows: list[KernelRow] = []
     for index, (shape, dtype, layout) in enumerate(cases):
-        if time.perf_counter() - start > budget_s:
+        if budget.spent():
             return rows, len(cases) - index
         reference, x, grad_output = case_inputs(shape, dtype, layout, device)
         for provider in (p for p in PROFILED_PROVIDERS if unavailable_reason(p) is None):

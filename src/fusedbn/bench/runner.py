@@ -10,7 +10,6 @@ output is compared with eager's.
 """
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -38,7 +37,7 @@ from fusedbn.bench.providers import (
     unavailable_reason,
 )
 from fusedbn.bench.results import OK, Result, error_status
-from fusedbn.bench.timing import Measurement, TimingSettings, gigabytes_per_second, measure
+from fusedbn.bench.timing import Budget, Measurement, TimingSettings, gigabytes_per_second, measure
 
 # Providers in the order they are timed: eager first, since its output is the reference.
 PROVIDER_ORDER = (EAGER, FUSEDBN, FLAG_GEMS, COMPILE)
@@ -113,10 +112,8 @@ class Benchmark:
         return chosen
 
     def case_count(self) -> int:
-        """How many results the bench produces."""
-        return sum(
-            len(self.providers_for(shape, mode)) for shape, _, _ in self.groups() for mode in self.modes
-        )
+        """How many results the run produces."""
+        return sum(len(self.providers_for(s, mode)) for s, _, _ in self.groups() for mode in self.modes)
 
 
 @dataclass(frozen=True)
@@ -132,15 +129,16 @@ class Unit:
 class _Budgets:
     def __init__(self, bench: Benchmark):
         self.bench = bench
-        self.start = time.perf_counter()
+        self.time = Budget(bench.time_budget_s)
         self.compile_s = 0.0
 
     def skip_reason(self, provider: str) -> str | None:
-        if time.perf_counter() - self.start > self.bench.time_budget_s:
-            return f"skipped: time budget of {self.bench.time_budget_s:g} s spent"
+        """Why ``provider``'s next case is not measured (a spent budget, FlagGems missing), or None."""
+        if self.time.spent():
+            return f"skipped: {self.time}"
         if provider == COMPILE and self.compile_s > self.bench.compile_budget_s:
             return f"skipped: compile budget of {self.bench.compile_budget_s:g} s spent"
-        return None
+        return None if unavailable_reason(provider) is None else f"skipped: {unavailable_reason(provider)}"
 
 
 def _run_unit(bench: Benchmark, unit: Unit, copy_gbps: float, budgets: _Budgets) -> Iterator[Result]:
@@ -154,16 +152,9 @@ def _run_unit(bench: Benchmark, unit: Unit, copy_gbps: float, budgets: _Budgets)
         # Eager's output, computed when the first provider of this mode is about to be measured.
         expected, reference_error, reference_ran = None, None, False
         for provider in (p for p in bench.providers_for(shape, mode) if p in unit.providers):
-            base = dict(
-                shape=shape.name,
-                dtype=dtype,
-                layout=layout,
-                mode=mode,
-                provider=provider,
-                backend=backend_name(provider, device),
-                bytes=nbytes,
-            )
-            reason = _skip_reason(budgets, provider)
+            base = dict(shape=shape.name, dtype=dtype, layout=layout, mode=mode, provider=provider,
+                        backend=backend_name(provider, device), bytes=nbytes)  # fmt: skip
+            reason = budgets.skip_reason(provider)
             if reason is not None:
                 yield Result(status=reason, **base)
                 continue
@@ -190,14 +181,6 @@ def _run_unit(bench: Benchmark, unit: Unit, copy_gbps: float, budgets: _Budgets)
                 budgets.compile_s += measured.first_call_s
             rel_diff = math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
             yield _measured_result(measured, nbytes, copy_gbps, rel_diff, base)
-
-
-def _skip_reason(budgets: _Budgets, provider: str) -> str | None:
-    """Why ``provider``'s next case is not measured (a spent budget, FlagGems missing), or None."""
-    reason = budgets.skip_reason(provider)
-    if reason is None and unavailable_reason(provider) is not None:
-        reason = f"skipped: {unavailable_reason(provider)}"
-    return reason
 
 
 def _measured_result(

@@ -106,6 +106,20 @@ def measure(fn: Callable[[], Any], device: torch.device, settings: TimingSetting
     return Measurement(first.results[0], first.wall_s, timing)
 
 
+class Budget:
+    """A time budget of ``seconds`` that starts when it is made."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.start = seconds, perf_counter()
+
+    def spent(self) -> bool:
+        """Whether the budget's time has run out."""
+        return perf_counter() - self.start > self.seconds
+
+    def __str__(self) -> str:
+        return f"time budget of {self.seconds:g} s spent"
+
+
 def gigabytes_per_second(nbytes: int, milliseconds: float) -> float:
     """Bandwidth in GB/s (10**9 bytes per second) of moving ``nbytes`` in ``milliseconds``."""
     return nbytes / (milliseconds * 1e-3) / 1e9
