@@ -153,13 +153,9 @@ class Context:
         its test split; ``bias`` gives the layers before each BatchNorm a bias."""
         key = (optimizer, batchnorm, bias)
         if key not in self.tasks:
-            task = self.science.definition.build(
-                epochs=self.preset.epochs,
-                optimizer=optimizer,
-                batchnorm=batchnorm,
-                bias=bias,
-                data_seed=self.data_seed,
-            )
+            build = self.science.definition.build
+            task = build(epochs=self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm, bias=bias,
+                         data_seed=self.data_seed)  # fmt: skip
             task.score_test = True
             if self.preset.train_examples is not None:
                 task.train = tuple(t[: self.preset.train_examples] for t in task.train)
@@ -218,18 +214,9 @@ class Context:
         if key not in self.searches:
             space = [replace(p, tier=1 if p.name in names else 2) for p in self.space(optimizer)]
             space = with_scales(space, dict.fromkeys(linear, "linear"))
-            config = SearchConfig(
-                study_name="science",
-                storage="memory",
-                trials=trials,
-                stages=stages,
-                tiers=1,
-                sampler=sampler,
-                seed=seed,
-                train_seed=seed,
-                pruner="none",
-                progress=False,
-            )
+            config = SearchConfig(study_name="science", storage="memory", trials=trials, stages=stages,
+                                  tiers=1, sampler=sampler, seed=seed, train_seed=seed, pruner="none",
+                                  progress=False)  # fmt: skip
             self.searches[key] = tune(self.task(optimizer, batchnorm, bias), space, config)
         return self.searches[key]
 
@@ -319,10 +306,7 @@ def random_vs_grid(ctx: Context) -> Finding:
         f"({preset.grid_points_4d}^4 grid); random search draws as many trials on the same scales. "
         f"Grid points are the centres of equal cells on each parameter's scale. {preset.seeds} seeds, "
         "paired (same seed: same training seeds).",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "random search beat the grid on validation accuracy")
         + f" Random minus grid, best validation: {_points(tests[0].mean_difference)} with 2 parameters, "
         f"{_points(tests[2].mean_difference)} with 4.",
@@ -365,10 +349,7 @@ def coarse_to_fine(ctx: Context) -> Finding:
         "stage draws the same configurations as the first trials of the one-stage search. "
         f"{preset.seeds} seeds. Held needs both validation and test accuracy of the chosen configuration "
         "to improve.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "the staged search chose better configurations")
         + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
         f"{_points(tests[1].mean_difference)} on test.",
@@ -408,10 +389,7 @@ def log_vs_linear(ctx: Context) -> Finding:
         setup=f"SGD, random search over learning rate [1e-4, 1] and momentum [0.9, 0.999], {trials} trials, "
         f"{preset.seeds} seeds; the same seeds draw on log scales or on linear scales. The primary measure "
         f"is the share of trials reaching {good:.0%} validation accuracy.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "log scales put more trials above the threshold")
         + f" Share of trials reaching {good:.0%}: {np.mean(shares['log']):.0%} on log scales, "
         f"{np.mean(shares['linear']):.0%} on linear ones.",
@@ -471,10 +449,7 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         f"(default ranges), {preset.seeds} seeds; each configuration trains once with FusedBatchNorm1d after "
         f"every hidden {layer} and once without ({layer} with bias), same initial seed. Paired per "
         "configuration: exact McNemar tests. Diverged trials count as not reaching the threshold.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, f"more configurations reached {good:.0%} with BatchNorm")
         + f" {reached['BatchNorm'].mean():.0%} of the configurations reached it with BatchNorm, "
         f"{reached['no BatchNorm'].mean():.0%} without; {int(diverged['BatchNorm'].sum())} vs "
@@ -484,13 +459,8 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         f"{reached['no BatchNorm'][depths == depths.min()].mean():.0%} to "
         f"{reached['no BatchNorm'][depths == depths.max()].mean():.0%} without.",
         figure="batchnorm_vs_none.png",
-        figure_data=_figure_data(
-            "batchnorm_comparison",
-            accuracy=accuracy,
-            depths=depths,
-            good=good,
-            depth_label=ctx.science.depth_label,
-        ),
+        figure_data=_figure_data("batchnorm_comparison", accuracy=accuracy, depths=depths, good=good,
+                                 depth_label=ctx.science.depth_label),  # fmt: skip
     )
 
 
@@ -566,10 +536,7 @@ def batchnorm_noise(ctx: Context) -> Finding:
         "containing it (model trained at the middle batch size); slope of log spread vs log batch size "
         "per seed. Gap: train accuracy - test accuracy (eval mode) per batch size, slope per doubling. "
         "The batch size also changes the number of steps, so the gap mixes both effects.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"Mechanism {verdicts[0]}: the spread fell as B^{noise_slopes.mean():.3f} (B^-1/2 "
         f"would be -0.5; within +-{SLOPE_MARGIN} of it: {verdicts[1]}). Regularisation {verdicts[2]}: the "
         f"train-test gap changed by {_points(gap_slopes.mean())} per doubling of the batch. "
@@ -637,10 +604,7 @@ def importance_ranking(ctx: Context) -> Finding:
         f"dummy noise parameter and {preset.importance_resamples} bootstrap resamples of the trials (90% "
         "intervals). Diverged trials have no accuracy and are left out, as in `fusedbn tune`. Held needs "
         "the learning rate to rank above every other parameter in 95% of the resamples.",
-        rows=rows,
-        tests=[],
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "the learning rate ranked first for both optimizers")
         + _above_noise(measured),
         figure="importances.png",
@@ -692,10 +656,7 @@ def test_time_statistics(ctx: Context) -> Finding:
         "exact statistics from torch.optim.swa_utils.update_bn over the whole training split in one batch "
         f"(it works on FusedBatchNorm1d: the largest gap to a float64 recomputation was {check:.1e}). "
         f"Held: the 95% interval of the difference lies within +-{EQUIVALENCE_MARGIN} for beta 0.9.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"{overall.capitalize()}: with beta 0.9 the moving averages scored "
         f"{_points(tests[0].mean_difference)} against the exact statistics (95% interval "
         f"{_points(tests[0].ci_low)} to {_points(tests[0].ci_high)}; the margin is "
@@ -792,10 +753,7 @@ def paper_table(ctx: Context) -> Finding:
         f"mnist1d` chooses with its defaults ({preset.tuned_stages} stages x {preset.tuned_trials} trials, "
         "sampling seed 0, chosen on validation), retrained on all training examples and scored once on the "
         "test split. The paper also lists a GRU (91%) and a human expert (96%); neither is run here.",
-        rows=rows,
-        tests=[],
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
         explanation=_paper_explanation(accuracy, tuned),
         figure="paper_table.png",
         figure_data=_figure_data(
@@ -923,10 +881,7 @@ def bias_equivalence(ctx: Context) -> Finding:
         "batches. Diverged trials count at chance (0.1). Equivalence: held when the 95% bootstrap interval "
         f"of the mean difference lies within +-{100 * EQUIVALENCE_MARGIN:.1f} points, on validation and on "
         "test accuracy.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"{overall.capitalize()}: with the bias minus without, "
         f"{_points(tests[0].mean_difference)} on validation (95% interval {_points(tests[0].ci_low)} to "
         f"{_points(tests[0].ci_high)}) and {_points(tests[1].mean_difference)} on test (95% interval "
