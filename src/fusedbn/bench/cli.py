@@ -5,9 +5,10 @@ triton.testing.do_bench (median, min and max; L2 flushed before each repetition)
 data; the device-to-device copy bandwidth is measured in the same run. Each case's minimal bytes
 (forward and eval: read x, write y; backward: read x and dy, write dx; fwdbwd: both) over its median
 time is its effective bandwidth, reported as a share of the copy bandwidth. Outputs are compared with
-eager's. Rows are appended to OUT/results.csv as they are measured (with device, versions, date and
-commit); the table, the project's speed targets and any failures are printed and written to
-OUT/summary.txt, with plots OUT/speedup.png and OUT/bandwidth.png. Then (--profile-kernels) each
+eager's. Rows are appended to OUT/results.csv as they are measured (with the run's record: device,
+machine, versions, date, commit, load); the table and the project's speed targets (Markdown tables)
+and any failures are printed and written to OUT/summary.txt, with plots OUT/speedup.png and
+OUT/bandwidth.png. Then (--profile-kernels) each
 provider's fwd+bwd kernels on the ResNet-50 shapes are profiled into OUT/kernels.csv.
 
 Runs: the default (full) run times every shape, dtype, layout, mode and provider on CUDA. --quick
