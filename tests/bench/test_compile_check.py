@@ -122,6 +122,15 @@ def test_launches_are_one_specialisation_exactly_when_triton_binds_them_alike():
     assert launches[4]["args"][1] == {"dtype": "float32", "aligned": False}
 
 
+def test_a_binding_takes_its_targets_options_whatever_was_bound_before():
+    """Triton keeps the binder and compile options of the first target a JITFunction binds for: the
+    worker binds each target with a JITFunction of its own (sm_80 has no fp8e4nv, sm_90 has)."""
+    task = compile_check.task_for(_partial_moments_launch(torch.empty(64), 17, 17), 90)
+    options = {cc: compile_worker.bind({**task, "capability": cc})[1]["options"] for cc in (90, 80, 90)}
+    assert "fp8e4nv" in options[90].supported_fp8_dtypes
+    assert "fp8e4nv" not in options[80].supported_fp8_dtypes
+
+
 def _small_grid() -> list[Case]:
     return compile_check.grid_cases(
         [SMALL, Shape((64, 256, 56, 56), "resnet50"), Shape((64, 1024, 14, 14), "resnet50")],

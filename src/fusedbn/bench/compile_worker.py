@@ -58,15 +58,16 @@ def stand_in(arg: Any) -> Any:
 
 
 @functools.cache
-def _jit_function(kernel: str) -> JITFunction:
-    """A JITFunction of the kernel named ``module:name`` (made once; a task's binding hooks it anew)."""
+def _jit_function(kernel: str, capability: int) -> JITFunction:
+    """A JITFunction of the kernel named ``module:name``, made once per target: Triton keeps the binder
+    and the compile options of the first target it binds for (a task's binding hooks it anew)."""
     module_name, name = kernel.split(":")
     return JITFunction(getattr(importlib.import_module(module_name), name).fn)
 
 
 def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
     """The kernel's JITFunction and what Triton's binder makes of the task's launch."""
-    jit = _jit_function(task["kernel"])
+    jit = _jit_function(task["kernel"], task["capability"])
     decided: dict[str, Any] = {}
 
     def keep(key, signature, device, constexprs, options, attrs, warmup):
