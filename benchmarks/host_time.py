@@ -68,6 +68,7 @@ from fusedbn.bench.core import (
 from fusedbn.bench.fake_gpu import fake_gpu, recording_launches
 from fusedbn.bench.providers import RESIDUAL_SEED, case_inputs, mode_call
 from fusedbn.bench.timing import time_calls
+from fusedbn.cli import OneLineErrorParser
 from fusedbn.records import SOURCE, RunRecord, run_record, table, write_csv
 
 
@@ -466,7 +467,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python benchmarks/host_time.py``: run the benchmark with ``argv`` (default: the command line)."""
-    parser = argparse.ArgumentParser(prog="python benchmarks/host_time.py", description=__doc__)
+    parser = OneLineErrorParser(prog="python benchmarks/host_time.py", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

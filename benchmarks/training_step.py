@@ -45,6 +45,7 @@ from fusedbn.bench.providers import relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
 from fusedbn.bench.results import error_status
 from fusedbn.bench.timing import Budget, synchronize, time_calls
+from fusedbn.cli import OneLineErrorParser
 from fusedbn.outputs import OutputFolderError, output_folder
 from fusedbn.records import RunRecord, run_record, table, write_csv
 
@@ -616,7 +617,7 @@ def _measure_and_write(plan: StepPlan, out: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python benchmarks/training_step.py``: run the benchmark with ``argv`` (default: the command line)."""
-    parser = argparse.ArgumentParser(prog="python benchmarks/training_step.py", description=__doc__)
+    parser = OneLineErrorParser(prog="python benchmarks/training_step.py", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -197,7 +197,7 @@ def test_bad_options_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, a
     with pytest.raises(SystemExit) as exit_info:
         compile_check.main([*(a.format(tmp=tmp_path) for a in argv), "--out", str(out)])
     assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
+    (error,) = capsys.readouterr().err.splitlines()
     assert message in error and error.startswith("python -m fusedbn.bench.compile_check: error:")
     assert not out.exists()
 

@@ -45,6 +45,7 @@ from fusedbn.bench.report import format_backend, format_header, format_problems,
 from fusedbn.bench.results import Result, ResultFile, Run, read_results
 from fusedbn.bench.runner import Benchmark, Unit, run_benchmark
 from fusedbn.bench.timing import TimingSettings, copy_bandwidth
+from fusedbn.cli import OneLineErrorParser
 from fusedbn.outputs import OutputFolderError, output_folder
 from fusedbn.records import run_record
 
@@ -265,7 +266,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fusedbn.bench.cli``: the same as ``fusedbn bench``, without the other subcommands."""
-    parser = argparse.ArgumentParser(prog="fusedbn bench", description=__doc__)
+    parser = OneLineErrorParser(prog="fusedbn bench", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -70,6 +70,7 @@ from fusedbn.bench.core import (
 )
 from fusedbn.bench.fake_gpu import KernelCall, recording_launches
 from fusedbn.bench.kernel_report import failures, write_report
+from fusedbn.cli import OneLineErrorParser
 from fusedbn.records import run_record
 
 EPILOGUES = ("none", "relu", "add_relu")
@@ -489,7 +490,7 @@ def _site(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The gate's options; the grid's defaults are ResNet-50's shapes in every dtype, layout, epilogue
     and mode, planned for every SM count, compiled for every target."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m fusedbn.bench.compile_check",
         description="Compile every kernel specialisation fusedbn launches for sm_80/sm_90/sm_100 "
                     "on the CPU and report crashes, errors, spills and access widths.",
