@@ -111,15 +111,16 @@ def _cell(value: object) -> str:
 def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
     """``rows`` as a Markdown table, a column per key (default: every key, in order of appearance).
 
-    Cells are padded to their column's width; a column of numbers (and "-" for none) is aligned right.
-    A missing value is an empty cell. No rows: "".
+    Cells are padded to their column's width; a column of numbers (and "-" for none) is aligned right,
+    an empty one left. A missing value is an empty cell. No rows: "".
     """
     if not rows:
         return ""
     columns = list(columns or dict.fromkeys(key for row in rows for key in row))
     cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    right = [all(_NUMBER.fullmatch(row[i]) for row in cells if row[i]) for i in range(len(columns))]
+    right = [any(row[i] for row in cells) and all(_NUMBER.fullmatch(row[i]) for row in cells if row[i])
+             for i in range(len(columns))]  # fmt: skip
 
     def line(values: Sequence[str]) -> str:
         padded = (v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right, strict=True))

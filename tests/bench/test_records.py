@@ -69,7 +69,7 @@ def test_a_table_pads_its_columns_aligns_numbers_right_and_escapes_pipes():
         "| a\\|b   | 1.5 |       |",
         "| longer |   - | x     |",
     ]
-    assert records.table([{"n": 1}], columns=["n", "m"]).splitlines()[2] == "| 1 |   |"
+    assert records.table([{"n": 1}], columns=["n", "m"]).splitlines()[1:] == ["|--:|---|", "| 1 |   |"]
     assert records.table([]) == ""
 
 
