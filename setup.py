@@ -28,9 +28,12 @@ EXTRAS = {
     "postgres": ["psycopg2-binary"],
 }
 EXTRAS["all"] = sorted({requirement for extra in EXTRAS.values() for requirement in extra})
-# The test suite covers every harness; numpy (in "tune") is also what Triton's interpreter needs
-# to run the kernels on the CPU.
-EXTRAS["test"] = ["pytest", "pytest-xdist", "ruff", "hypothesis", "packaging", *EXTRAS["all"]]
+# The test suite covers every harness and exports to ONNX (run in onnxruntime); numpy (in "tune")
+# is also what Triton's interpreter needs to run the kernels on the CPU.
+EXTRAS["test"] = [
+    "pytest", "pytest-xdist", "ruff", "hypothesis", "packaging", "onnx", "onnxscript", "onnxruntime",
+    *EXTRAS["all"],
+]
 
 setup(
     name="fusedbn",
@@ -41,6 +44,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages("src") + ["fusedbn.kernels"],
     package_dir={"fusedbn": "src/fusedbn", "fusedbn.kernels": "kernels"},
+    # The cost model's tables (fusedbn.costs), one per GPU kind.
+    package_data={"fusedbn": ["cost_tables/*.json"]},
     # Triton: every version in this range passes the compile gate's full sweep (no crash, compile
     # error or spill for sm_80/sm_90/sm_100; benchmarks/results/*-compile-gate/REPORT.md);
     # widen it only with a sweep of the new version (tests/bench/test_compile_check.py checks).

@@ -361,7 +361,7 @@ def batch_norm_backward(
     need_param_grads: bool,
     relu_mask: Tensor | None = None,
     write_grad_residual: bool = False,
-    combine_sums: Callable[[Tensor], tuple[Tensor, int]] | None = None,
+    combine_sums: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the backward pass; returns (grad_input, grad_weight, grad_bias, grad_residual).
 
@@ -372,8 +372,9 @@ def batch_norm_backward(
     also returns the masked dy, the gradient of a fused residual (else grad_residual is None).
 
     ``combine_sums`` (synchronized BatchNorm) takes this call's [2, C] sums of (dy, dy * xhat) and
-    returns those of the whole batch with its element count per channel; grad_input then follows
-    the whole batch's statistics, while grad_weight and grad_bias stay this call's own, as in torch.
+    returns the whole batch's means of them (its sums over its element count, on the device);
+    grad_input then follows the whole batch's statistics, while grad_weight and grad_bias stay this
+    call's own, as in torch.
     """
     relu = relu_mask is not None
     view, launch = plan.view, plan.launch
@@ -422,8 +423,8 @@ def batch_norm_backward(
     # grad_bias and grad_weight hold this call's sums of dy and dy * xhat (garbage without
     # need_sums, when grad_input_kernel does not read them: no batch statistics).
     sum_dy, sum_dy_xhat, n_per_channel = grad_bias, grad_weight, view.n_per_channel
-    if combine_sums is not None:
-        (sum_dy, sum_dy_xhat), n_per_channel = combine_sums(torch.stack([grad_bias, grad_weight]))
+    if combine_sums is not None:  # the whole batch's means: its sums over a count of 1
+        (sum_dy, sum_dy_xhat), n_per_channel = combine_sums(torch.stack([grad_bias, grad_weight])), 1
     launch_grad_input(
         grid, *tensor_args, sum_dy, sum_dy_xhat,
         view.n_outer, view.n_inner, view.num_channels, n_per_channel,

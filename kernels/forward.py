@@ -9,8 +9,8 @@ Training otherwise (split path), two launches:
                              merges the shares in a fixed split order and stores the statistics;
     apply_kernel             normalises x with the finished statistics.
 The merge order never depends on which program finishes last, so results are bitwise reproducible.
-Synchronized BatchNorm gathers the partials of every process between the two, so its statistics
-are merged by a third launch, finalize_moments_kernel.
+Synchronized BatchNorm merges its partials into one summary per process (finalize_moments_kernel),
+gathers every process's, and merges those (finalize_moments_kernel again) before apply_kernel.
 Eval with running statistics: apply_kernel alone, one elementwise pass.
 
 Both kernels that write y can finish with an epilogue: y = relu(bn(x) + residual), with the
@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fusedbn.kernels.call import BatchNormCall
+from fusedbn.kernels.call import BatchNormOptions
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import (
     FINALIZE_BLOCK_C,
@@ -220,7 +220,7 @@ def chan_merge(n_a, dev_a, m2_a, n_b, dev_b, m2_b):
 @triton.jit
 def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
                   BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr):
-    """(mean, M2) per channel from the per-split (count, shift, mean - shift, M2) in partial.
+    """(count, mean, M2) per channel from the per-split (count, shift, mean - shift, M2) in partial.
 
     Every mean is taken relative to split 0's shift: dev_i = shift_i - shift_0 + (mean_i - shift_i)
     (differences of shifts are exact, so nothing of the order of the data's offset is ever added to
@@ -254,8 +254,8 @@ def merge_moments(partial_ptr, channels, channel_mask, num_splits, num_channels,
         n, dev, m2 = chan_merge(
             n, dev, m2, count, (shift - shift0[None, :]) + mean_dev, split_m2
         )
-    _, dev, m2 = tl.reduce((n, dev, m2), 0, chan_merge)
-    return shift0 + dev, m2
+    n, dev, m2 = tl.reduce((n, dev, m2), 0, chan_merge)
+    return n, shift0 + dev, m2
 
 
 @triton.jit
@@ -295,7 +295,7 @@ def partial_moments_kernel(
         if last_to_arrive(arrivals_ptr + tl.program_id(0), num_splits):
             # [splits, channels] blocks of a quarter of the loop's [N, S, C] tile: the merge holds
             # three summaries and four partials per element, and so stays within its registers.
-            mean, m2 = merge_moments(
+            _, mean, m2 = merge_moments(
                 partial_ptr, channels, channel_mask, num_splits, num_channels,
                 (BLOCK_N * BLOCK_S + 3) // 4, BLOCK_C,
             )
@@ -308,26 +308,34 @@ def partial_moments_kernel(
 
 @triton.jit
 def finalize_moments_kernel(
-    partial_ptr, mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
-    num_splits, num_channels, n_per_channel, momentum: tl.float64, eps: tl.float64,
-    UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
+    partial_ptr, summary_ptr, mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr,
+    num_batches_tracked_ptr, num_splits, num_channels, momentum: tl.float64, eps: tl.float64,
+    SUMMARY: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """One program merges the per-split partials of BLOCK_C channels and stores their statistics.
+    """One program merges the per-split partials of BLOCK_C channels, in split order.
 
-    Used by synchronized BatchNorm only, whose partials (of every process) are gathered between
-    partial_moments_kernel and this kernel; otherwise partial_moments_kernel finalizes itself.
+    Synchronized BatchNorm only. With SUMMARY it stores the merged (count, mean, 0, M2) as the one
+    split of summary (this process's summary, which the processes gather); without, it stores the
+    statistics of the gathered summaries. The element count is the merged one: no process needs
+    another's batch size on the host.
     """
     channels = channel_block(BLOCK_C)
     channel_mask = channels < num_channels
-    mean, m2 = merge_moments(
+    n, mean, m2 = merge_moments(
         partial_ptr, channels, channel_mask, num_splits, num_channels, BLOCK_SPLITS, BLOCK_C
     )
-    store_statistics(
-        channels, channel_mask, mean, m2 / n_per_channel, n_per_channel, eps, momentum,
-        mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
-        UPDATE_RUNNING, CUMULATIVE,
-    )
+    if SUMMARY:
+        tl.store(summary_ptr + channels, n, mask=channel_mask)
+        tl.store(summary_ptr + num_channels + channels, mean, mask=channel_mask)
+        tl.store(summary_ptr + 2 * num_channels + channels, tl.zeros_like(mean), mask=channel_mask)
+        tl.store(summary_ptr + 3 * num_channels + channels, m2, mask=channel_mask)
+    else:
+        store_statistics(
+            channels, channel_mask, mean, m2 / n, n, eps, momentum,
+            mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr, num_batches_tracked_ptr,
+            UPDATE_RUNNING, CUMULATIVE,
+        )
 
 
 @triton.jit
@@ -339,7 +347,7 @@ def apply_kernel(
     stride_y_outer, stride_y_c, stride_y_inner,
     stride_m_outer, stride_m_c, stride_m_byte,
     tiles_inner, num_tiles, tiles_per_split, eps: tl.float64,
-    FROM_RUNNING: tl.constexpr, STORE_STATISTICS: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
     ALIGN: tl.constexpr,
@@ -347,8 +355,7 @@ def apply_kernel(
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
     With FROM_RUNNING the statistics are the running ones (eval): mean and invstd are derived here
-    and, with STORE_STATISTICS (a backward will need them), split 0 stores them; otherwise they are
-    read from mean/invstd.
+    and split 0 stores them for the backward; otherwise they are read from mean/invstd.
     """
     acc_dtype = mean_ptr.dtype.element_ty
     split = tl.program_id(1)
@@ -358,7 +365,7 @@ def apply_kernel(
         mean = tl.load(running_mean_ptr + channels, mask=channel_mask, other=0.0).to(acc_dtype)
         var = tl.load(running_var_ptr + channels, mask=channel_mask, other=1.0).to(acc_dtype)
         invstd = inverse_std(var, eps)
-        if STORE_STATISTICS and split == 0:
+        if split == 0:
             tl.store(mean_ptr + channels, mean, mask=channel_mask)
             tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
     else:
@@ -387,16 +394,14 @@ launch_apply = KernelLauncher(apply_kernel)
 
 
 def allocate_forward_outputs(
-    x: Tensor, view: ChannelView, relu: bool, statistics: bool = True
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    x: Tensor, view: ChannelView, relu: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Uninitialised (y, mean, invstd, relu_mask) for the folded input ``x``.
 
-    y is laid out like x; the statistics are float32 (float64 for float64 input), None without
-    ``statistics``; relu_mask is the packed mask when ``relu`` is set, else None.
+    y is laid out like x; the statistics are float32 (float64 for float64 input); relu_mask is the
+    packed mask when ``relu`` is set, else None.
     """
     relu_mask = relu_mask_like(x, view) if relu else None
-    if not statistics:
-        return torch.empty_like(x), None, None, relu_mask
     mean = torch.empty(view.num_channels, dtype=accumulator_dtype(x.dtype), device=x.device)
     return torch.empty_like(x), mean, torch.empty_like(mean), relu_mask
 
@@ -404,69 +409,66 @@ def allocate_forward_outputs(
 def batch_norm_forward(
     x: Tensor,
     plan: Plan,
-    call: BatchNormCall,
+    options: BatchNormOptions,
     weight: Tensor | None,
     bias: Tensor | None,
-    residual: Tensor | None = None,
-    combine_moments: Callable[[Tensor], tuple[Tensor, int]] | None = None,
-    statistics: bool = True,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    residual: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    combine_moments: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Launch the forward pass; returns (y, mean, invstd, relu_mask) as allocate_forward_outputs.
 
-    ``x`` and ``plan`` are what plan_batch_norm(input, call.relu) returned; ``call`` says what to
-    compute (batch or running statistics, the running statistics' update, eps, the fused ReLU).
-    Without ``statistics`` (no backward will follow) an eval call whose running statistics have
-    the statistics' dtype neither stores nor allocates mean and invstd, which are then None.
+    ``x`` and ``plan`` are what plan_batch_norm(input, options.relu) returned; ``options`` says
+    what to compute (batch or running statistics, eps, the fused ReLU, the running statistics'
+    averaging factor). Running statistics that are given are updated in place when the batch's
+    statistics normalise; ``num_batches_tracked`` is read, never written, for ``momentum=None``.
 
-    ``combine_moments`` (synchronized BatchNorm) takes this call's per-split partials, a
-    [4, splits, C] tensor of (count, shift, mean - shift, M2), and returns the partials of the whole
-    batch with its element count per channel; the statistics are then those of the whole batch.
+    ``combine_moments`` (synchronized BatchNorm) takes this process's summary, a [4, 1, C] tensor
+    of (count, mean, 0, M2), and returns every process's, [4, processes, C] in a fixed order; the
+    statistics are then those of the whole batch, merged on the device.
     """
     view, launch = plan.view, plan.launch
-    # An eval call with nothing to differentiate needs no statistics; the kernel reads the running
-    # ones in their dtype, which must then be the statistics' (the unused pointers have it).
-    statistics = statistics or call.use_batch_stats or call.running_mean.dtype != plan.stats_dtype
-    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, call.relu, statistics)
+    y, mean, invstd, relu_mask = allocate_forward_outputs(x, view, options.relu)
     if plan.empty:  # nothing to normalise; the running statistics stay as they are
-        if statistics:
-            mean.zero_()
-            invstd.zero_()
-        return y, mean, invstd, relu_mask
+        return y, mean.zero_(), invstd.zero_(), relu_mask
     x_strides, y_strides = plan.x_strides, plan.y_strides
     if residual is not None and residual.stride() != plan.y_stride:
         residual = conform(residual, y, view, y_strides)  # the kernels read it with y's strides
 
     # Kernels take a pointer for every optional tensor; constexpr flags keep unused ones untouched.
-    unused = mean if statistics else call.running_mean
-    running_mean = unused if call.running_mean is None else call.running_mean
-    running_var = unused if call.running_var is None else call.running_var
-    num_batches_tracked = unused if call.num_batches_tracked is None else call.num_batches_tracked
+    update_running = options.use_batch_stats and running_mean is not None
+    cumulative = update_running and options.momentum is None
+    running_mean = mean if running_mean is None else running_mean
+    running_var = mean if running_var is None else running_var
+    num_batches_tracked = num_batches_tracked if cumulative else mean
+    momentum = 0.0 if options.momentum is None else options.momentum
     tensor_args = (
-        x, y, unused if residual is None else residual, unused if relu_mask is None else relu_mask,
-        unused if weight is None else weight, unused if bias is None else bias,
-        unused if mean is None else mean, unused if invstd is None else invstd,
+        x, y, mean if residual is None else residual, mean if relu_mask is None else relu_mask,
+        mean if weight is None else weight, mean if bias is None else bias, mean, invstd,
         running_mean, running_var,
     )
     stride_args = (*x_strides, *y_strides, *plan.mask_strides)
     flags = {
         "HAS_WEIGHT": weight is not None, "HAS_BIAS": bias is not None,
-        "HAS_RESIDUAL": residual is not None, "RELU": call.relu, **plan.tile_constexprs,
+        "HAS_RESIDUAL": residual is not None, "RELU": options.relu, **plan.tile_constexprs,
     }
-    statistics_flags = dict(UPDATE_RUNNING=call.update_running, CUMULATIVE=call.cumulative)
+    statistics_flags = dict(UPDATE_RUNNING=update_running, CUMULATIVE=cumulative)
 
-    if call.use_batch_stats and launch.whole_channel and combine_moments is None:
+    if options.use_batch_stats and launch.whole_channel and combine_moments is None:
         launch_whole_channel_forward(
             (launch.channel_blocks, 1),
             *tensor_args, num_batches_tracked,
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
-            *stride_args, launch.tiles_inner, launch.num_tiles, call.momentum, call.eps,
+            *stride_args, launch.tiles_inner, launch.num_tiles, momentum, options.eps,
             **statistics_flags, **flags,
         )
         return y, mean, invstd, relu_mask
 
     grid = (launch.channel_blocks, launch.num_splits)
     tiling = (launch.tiles_inner, launch.num_tiles, launch.tiles_per_split)
-    if call.use_batch_stats:
+    if options.use_batch_stats:
         partial = torch.empty(
             (4, launch.num_splits, view.num_channels), dtype=mean.dtype, device=x.device
         )
@@ -474,22 +476,22 @@ def batch_norm_forward(
         launch_with_arrivals(
             launch_partial_moments, grid, x.device, x, partial, *statistics_args,
             view.n_outer, view.n_inner, view.num_channels, view.n_per_channel,
-            *x_strides, *tiling, call.momentum, call.eps, FINALIZE=combine_moments is None,
+            *x_strides, *tiling, momentum, options.eps, FINALIZE=combine_moments is None,
             **statistics_flags, **plan.tile_constexprs,
         )
         if combine_moments is not None:
-            partial, n_per_channel = combine_moments(partial)
-            num_splits = partial.shape[1]
-            launch_finalize_moments(
-                finalize_grid(view.num_channels), partial, *statistics_args,
-                num_splits, view.num_channels, n_per_channel, call.momentum, call.eps,
-                **statistics_flags,
-                BLOCK_SPLITS=finalize_block_splits(num_splits), BLOCK_C=FINALIZE_BLOCK_C,
-                num_warps=8,
-            )
+            summary = torch.empty((4, 1, view.num_channels), dtype=mean.dtype, device=x.device)
+            for partials, summarise in ((partial, True), (None, False)):
+                partials = combine_moments(summary) if partials is None else partials
+                launch_finalize_moments(
+                    finalize_grid(view.num_channels), partials, summary, *statistics_args,
+                    partials.shape[1], view.num_channels, momentum, options.eps,
+                    SUMMARY=summarise, **statistics_flags,
+                    BLOCK_SPLITS=finalize_block_splits(partials.shape[1]), BLOCK_C=FINALIZE_BLOCK_C,
+                    num_warps=8,
+                )
     launch_apply(
         grid, *tensor_args, view.n_outer, view.n_inner, view.num_channels, *stride_args, *tiling,
-        call.eps, FROM_RUNNING=not call.use_batch_stats, STORE_STATISTICS=statistics,
-        **flags,
+        options.eps, FROM_RUNNING=not options.use_batch_stats, **flags,
     )
     return y, mean, invstd, relu_mask

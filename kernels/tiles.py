@@ -137,15 +137,16 @@ def store_statistics(
     """Store the batch mean and invstd, and fold the batch into the running statistics.
 
     The running variance takes the unbiased batch variance. With CUMULATIVE the averaging factor is
-    1 / num_batches_tracked (already incremented for this batch), else ``momentum`` (a float64
-    kernel argument). The update is computed in the statistics' dtype, so float64 stays float64.
+    1 / (num_batches_tracked + 1): num_batches_tracked counts the earlier batches, and the caller
+    counts this one after the launch. Otherwise it is ``momentum`` (a float64 kernel argument). The
+    update is computed in the statistics' dtype, so float64 stays float64.
     """
     invstd = inverse_std(var, eps)
     tl.store(mean_ptr + channels, mean, mask=channel_mask)
     tl.store(invstd_ptr + channels, invstd, mask=channel_mask)
     if UPDATE_RUNNING:
         if CUMULATIVE:
-            factor = 1.0 / tl.load(num_batches_tracked_ptr).to(mean.dtype)
+            factor = 1.0 / (tl.load(num_batches_tracked_ptr).to(mean.dtype) + 1.0)
         else:
             factor = tl.full(mean.shape, momentum, mean.dtype)
         unbiased_var = var * n_per_channel / (n_per_channel - 1)

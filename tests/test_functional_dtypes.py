@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     ALL_KEYS,
     SHAPES,
     compare,

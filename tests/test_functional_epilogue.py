@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     ALL_KEYS,
     SHAPES,
     clone_or_none,
@@ -29,9 +29,12 @@ def test_fused_epilogue_matches_torch_ops(
 ):
     """Outputs, the gradients of input, weight, bias and residual, and the running statistics.
 
-    torch runs in float32 on the same (upcast) values, so a half-precision result differs from it only
-    by the rounding of the output dtype, and the ReLU masks agree.
+    The kernels round once, to the output dtype: torch runs in float32 on the same (upcast) values,
+    so a half-precision result differs from it only by that rounding, and the ReLU masks agree. On
+    the torch path the epilogue is torch's add and ReLU in the input's dtype, which torch runs the
+    same way here.
     """
+    reference_dtype = torch.float32 if launch_path.name != "torch" else dtype
     shape = SHAPES[4]
     with_residual, activation = EPILOGUES[epilogue]
     x, _ = make_input(shape, layout, dtype, device, seed=200)
@@ -42,10 +45,10 @@ def test_fused_epilogue_matches_torch_ops(
     results = {}
     for name in ("fused", "torch"):
         # detach() keeps x's memory and strides for the fused call; torch gets float32 copies.
-        xi = x.detach() if name == "fused" else x.detach().float()
+        xi = x.detach() if name == "fused" else x.detach().to(reference_dtype)
         ri = None if residual is None else residual.detach().clone()
         if name == "torch" and ri is not None:
-            ri = ri.float()
+            ri = ri.to(reference_dtype)
         xi.requires_grad_()
         if ri is not None:
             ri.requires_grad_()
@@ -62,7 +65,7 @@ def test_fused_epilogue_matches_torch_ops(
                 y = y + ri
             if activation == "relu":
                 y = F.relu(y)
-            y.backward(grad_output.float())
+            y.backward(grad_output.to(reference_dtype))
         results[name] = {
             "y": y.detach(),
             "grad_input": xi.grad,

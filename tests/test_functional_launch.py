@@ -4,7 +4,7 @@ import types
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     ALL_KEYS,
     SHAPES,
     compare,
@@ -52,6 +52,7 @@ class _PoisonedTorch(types.SimpleNamespace):
         return self._poison(torch.empty_like(*args, **kwargs))
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_every_output_element_is_written(training, launch_path, monkeypatch, device, assert_close):
     """Outputs, statistics and partial buffers start as NaN: any element left unwritten shows up."""
@@ -95,8 +96,8 @@ def test_gradcheck(layout, training, launch_path, device):
     ids=str,
 )
 def test_eval_without_autograd(dtype, param_dtype, launch_path, monkeypatch, device, assert_close):
-    """Inference (no_grad, eval) keeps no statistics for a backward; every output element is still
-    written, from running statistics of the statistics' dtype or of another (half) one."""
+    """Inference (no_grad, eval): every output element is written, from running statistics of the
+    statistics' dtype or of another (half) one, and the output needs no gradient."""
     monkeypatch.setattr(forward_kernels, "torch", _PoisonedTorch())
     shape = SHAPES[4]
     x, _ = make_input(shape, "channels_last", dtype, device, seed=97)
@@ -124,6 +125,7 @@ LAUNCHES = {
 }
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_launches_per_direction(training, launch_path, monkeypatch, device):
     launched = []

@@ -4,7 +4,7 @@ which inputs need gradients."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     SHAPES,
     check_float32_step,
     make_input,

@@ -175,11 +175,33 @@ def test_channels_last_module(device, assert_close):
 
 @pytest.mark.parametrize("name", ["1d-NC", "2d", "3d"])
 def test_is_a_torch_batchnorm(name):
+    """An instance of torch's own class, so recipes keyed on it (no weight decay on BatchNorm,
+    freezing BatchNorm layers, counting them) treat fusedbn's layers as torch's."""
     fused_cls, torch_cls, _ = PAIRS[name]
-    module = fused_cls(4)
-    assert isinstance(module, _BatchNorm)
-    assert isinstance(module, nn.Module)
-    assert not isinstance(module, torch_cls)  # a sibling of torch's class, not a subclass of it
+    model = nn.Sequential(nn.Linear(4, 4, bias=False), fused_cls(4), torch_cls(4))
+    assert isinstance(model[1], torch_cls) and isinstance(model[1], _BatchNorm)
+    batchnorms = [m for m in model.modules() if isinstance(m, torch_cls)]
+    assert batchnorms == [model[1], model[2]]
+    no_decay = {id(p) for m in model.modules() if isinstance(m, _BatchNorm) for p in m.parameters()}
+    assert {id(model[1].weight), id(model[1].bias)} <= no_decay
+    assert id(model[0].weight) not in no_decay
+
+
+@pytest.mark.parametrize("name", ["1d-NC", "2d", "3d"])
+def test_constructor_takes_torch_arguments_spelled_out(name):
+    """torch's constructor arguments by name (bias= included), plus activation and backend, as
+    help() and IDEs show them; and a docstring of the class's own."""
+    fused_cls, torch_cls, _ = PAIRS[name]
+    ours = inspect.signature(fused_cls).parameters
+    theirs = inspect.signature(torch_cls).parameters
+    added = ["activation", "backend"] if "bias" in theirs else ["bias", "activation", "backend"]
+    assert list(ours) == list(theirs) + added
+    for name, parameter in theirs.items():
+        assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default), name
+    assert all(ours[name].kind is inspect.Parameter.KEYWORD_ONLY for name in added)
+    doc = inspect.getdoc(fused_cls)
+    assert torch_cls.__name__ in doc and "activation" in doc and "backend" in doc
+    assert "residual" in inspect.getdoc(fused_cls.forward)
 
 
 @pytest.mark.parametrize(
@@ -195,8 +217,10 @@ def test_state_dict_and_repr_match_torch(name, kwargs):
     for key, value in reference.state_dict().items():
         assert fused.state_dict()[key].dtype == value.dtype, key
         assert torch.equal(fused.state_dict()[key], value), key
-    assert repr(fused) == repr(reference).replace(torch_cls.__name__, fused_cls.__name__)
-    assert fused_cls.__name__ in repr(fused)
+    torch_repr = repr(reference).replace(torch_cls.__name__, fused_cls.__name__)
+    assert repr(fused) == torch_repr[:-1] + ", backend='auto')"
+    pinned = fused_cls(6, activation="relu", backend="torch", **kwargs)
+    assert repr(pinned) == torch_repr[:-1] + ", activation='relu', backend='torch')"
 
 
 @pytest.mark.parametrize("name", ["1d-NC", "2d", "3d"])

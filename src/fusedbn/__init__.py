@@ -1,7 +1,7 @@
 """fusedbn: BatchNorm computed by fused Triton kernels, as a drop-in for torch.nn.BatchNorm*."""
 
 from fusedbn._version import __version__
-from fusedbn.backend import backend_for
+from fusedbn.backend import backend_for, use_backend
 from fusedbn.convert import convert_model, fuse_batchnorm_relu, revert_model
 from fusedbn.functional import fused_batch_norm
 from fusedbn.modules import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d
@@ -18,4 +18,5 @@ __all__ = [
     "fuse_batchnorm_relu",
     "fused_batch_norm",
     "revert_model",
+    "use_backend",
 ]

@@ -1,14 +1,25 @@
-"""The functional BatchNorm: torch.nn.functional.batch_norm's signature, run by fusedbn's kernels."""
+"""The functional BatchNorm: torch.nn.functional.batch_norm's signature, run by fusedbn's kernels.
+
+One call path serves the functional API and the modules: :func:`batch_norm` picks the implementation
+(:mod:`fusedbn.backend`), then runs torch's BatchNorm (:func:`torch_batch_norm`) or checks the
+arguments and runs the kernels, through :class:`fusedbn.autograd.BatchNormFunction` in eager code
+and through the custom operator of :mod:`fusedbn.ops` in compiled code. Both public entry points
+(:func:`fused_batch_norm` and :func:`module_batch_norm`) are torch functions that tracers such as
+``torch.fx.symbolic_trace`` record as one node.
+"""
 
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from fusedbn.autograd import SyncBatchNormFunction, apply_batch_norm
-from fusedbn.backend import backend_for, kernels_run_on
-from fusedbn.kernels.call import BatchNormCall, batch_norm_call
+from fusedbn.autograd import BatchNormFunction
+from fusedbn.backend import TORCH, implementation
+from fusedbn.kernels.call import BatchNormOptions
+from fusedbn.ops import compiled_batch_norm
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ACTIVATIONS = (None, "relu")
@@ -22,77 +33,10 @@ PARAMETER_DTYPES = {
 }
 
 
-def check_batch_norm_args(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    training: bool,
-    eps: float,
-    num_batches_tracked: Tensor | None = None,
-    residual: Tensor | None = None,
-    activation: str | None = None,
-) -> None:
-    """Raise the error torch would raise for a bad BatchNorm call, with a message naming the problem.
-
-    Everything is checked before any state is touched, so a rejected call changes nothing. As in
-    torch, an empty input is not held to the dtype rule (its output and gradients are empty or
-    zero).
-    """
-    if not isinstance(input, Tensor):
-        raise TypeError(f"batch_norm: input must be a Tensor, got {type(input).__name__}")
-    if input.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"batch_norm: input must be float16, bfloat16, float32 or float64, got {input.dtype}"
-        )
-    if input.dim() < 2:
-        raise ValueError(
-            f"batch_norm: expected input of shape (N, C, ...) with at least 2 dims, "
-            f"got {input.dim()}D input of shape {tuple(input.shape)}"
-        )
-    num_channels = input.shape[1]
-    per_channel = {
-        "running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias
-    }
-    allowed = PARAMETER_DTYPES[input.dtype]
-    param_dtypes = {t.dtype for t in per_channel.values() if t is not None}
-    for name, tensor in per_channel.items():
-        if tensor is None:
-            continue
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"batch_norm: {name} must be a floating tensor, got {tensor.dtype}")
-        if input.numel() > 0 and (tensor.dtype not in allowed or len(param_dtypes) > 1):
-            raise RuntimeError(
-                f"batch_norm: mixed dtypes: {name} is {tensor.dtype} with {input.dtype} input; "
-                f"weight, bias and running statistics must all be {input.dtype}"
-                + (" or all float32" if len(allowed) > 1 else "")
-            )
-        if tensor.numel() != num_channels:
-            raise RuntimeError(
-                f"batch_norm: {name} should contain {num_channels} elements (one per channel of "
-                f"input {tuple(input.shape)}), not {tensor.numel()}"
-            )
-        if tensor.device != input.device:
-            raise RuntimeError(
-                f"batch_norm: expected all tensors on one device, but input is on {input.device} "
-                f"and {name} is on {tensor.device}"
-            )
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("batch_norm: running_mean and running_var must be given together")
-    if not training and running_mean is None:
-        raise ValueError(
-            "batch_norm: running_mean and running_var are required when training=False"
-        )
-    if num_batches_tracked is not None:
-        if num_batches_tracked.numel() != 1 or num_batches_tracked.device != input.device:
-            raise RuntimeError(
-                "batch_norm: num_batches_tracked must be a one-element tensor on the input's device"
-            )
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"batch_norm: activation must be one of {ACTIVATIONS}, got {activation!r}"
-        )
+def check_epilogue(input: Tensor, residual: Tensor | None, activation: str | None) -> bool:
+    """Check the fused epilogue's arguments; returns whether a ReLU is fused."""
+    if activation is not None and activation != "relu":
+        raise ValueError(f"batch_norm: activation must be one of {ACTIVATIONS}, got {activation!r}")
     if residual is not None:
         if residual.shape != input.shape:
             raise RuntimeError(
@@ -104,20 +48,10 @@ def check_batch_norm_args(
                 f"batch_norm: residual must be a floating tensor on {input.device}, got "
                 f"{residual.dtype} on {residual.device}"
             )
-    if eps < 0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if training:
-        # Like torch: exactly one value per channel is an error; an empty batch is not.
-        if input.numel() == num_channels and num_channels > 0:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size "
-                f"{input.shape}"
-            )
-        if eps <= 0:
-            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    return activation is not None
 
 
-def usual_call(
+def check_batch_norm_args(
     input: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -126,47 +60,112 @@ def usual_call(
     training: bool,
     eps: float,
     num_batches_tracked: Tensor | None,
-    residual: Tensor | None,
-    activation: str | None,
-) -> bool:
-    """True for a call in the usual form, which check_batch_norm_args accepts: a floating input of
-    2 or more dims; per-channel tensors of one allowed dtype, one per channel, contiguous, on the
-    input's device; running statistics given together (or none, in training); a one-element
-    num_batches_tracked and a floating residual of the input's shape on that device; a known
-    activation; a valid eps. Anything else goes to check_batch_norm_args for the full diagnosis
-    (a call that is not usual may still be valid: strided parameters, an empty input).
+) -> None:
+    """Raise the error torch would raise for a bad BatchNorm call, with a message naming the problem.
+
+    Run before the kernels touch anything, so a rejected call changes nothing. As in torch, an
+    empty input is not held to the dtype rule (its output and gradients are empty or zero).
     """
-    if not isinstance(input, Tensor):
-        return False
-    allowed = PARAMETER_DTYPES.get(input.dtype)
-    if allowed is None or input.dim() < 2 or activation not in ACTIVATIONS:
-        return False
-    channels, device, dtype = input.shape[1], input.device, None
-    for tensor in (weight, bias, running_mean, running_var):
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"batch_norm: input must be float16, bfloat16, float32 or float64, got {input.dtype}"
+        )
+    if input.dim() < 2:
+        raise ValueError(
+            f"batch_norm: expected input of shape (N, C, ...) with at least 2 dims, "
+            f"got {input.dim()}D input of shape {tuple(input.shape)}"
+        )
+    num_channels, device = input.shape[1], input.device
+    allowed = PARAMETER_DTYPES[input.dtype]
+    common_dtype = None
+    for name, tensor in (
+        ("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+        ("bias", bias),
+    ):
         if tensor is None:
             continue
-        if dtype is None:
-            dtype = tensor.dtype
-            if dtype not in allowed:
-                return False
-        if tensor.dtype != dtype or tensor.numel() != channels or tensor.device != device:
-            return False
-        if not tensor.is_contiguous():
-            return False
-    if (running_mean is None) != (running_var is None) or (running_mean is None and not training):
-        return False
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"batch_norm: {name} must be a floating tensor, got {tensor.dtype}")
+        common_dtype = common_dtype or tensor.dtype
+        if (tensor.dtype not in allowed or tensor.dtype != common_dtype) and input.numel() > 0:
+            raise RuntimeError(
+                f"batch_norm: mixed dtypes: {name} is {tensor.dtype} with {input.dtype} input; "
+                f"weight, bias and running statistics must all be {input.dtype}"
+                + (" or all float32" if len(allowed) > 1 else "")
+            )
+        if tensor.numel() != num_channels:
+            raise RuntimeError(
+                f"batch_norm: {name} should contain {num_channels} elements (one per channel of "
+                f"input {tuple(input.shape)}), not {tensor.numel()}"
+            )
+        if tensor.device != device:
+            raise RuntimeError(
+                f"batch_norm: expected all tensors on one device, but input is on {device} "
+                f"and {name} is on {tensor.device}"
+            )
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var must be given together")
+    if not training and running_mean is None:
+        raise ValueError("batch_norm: running_mean and running_var are required when training=False")
     if num_batches_tracked is not None and (
         num_batches_tracked.numel() != 1 or num_batches_tracked.device != device
     ):
-        return False
-    if residual is not None and (
-        residual.shape != input.shape or residual.dtype not in FLOAT_DTYPES
-        or residual.device != device
-    ):
-        return False
+        raise RuntimeError(
+            "batch_norm: num_batches_tracked must be a one-element tensor on the input's device"
+        )
+    if eps < 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if training:
-        return eps > 0 and input.numel() != channels
-    return eps >= 0
+        # Like torch: exactly one value per channel is an error; an empty batch is not.
+        if input.numel() == num_channels and num_channels > 0:
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {input.shape}"
+            )
+        if eps <= 0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+
+
+def averaging_factor(momentum: float | None, num_batches_tracked: Tensor | None) -> float:
+    """The factor that folds a batch into the running statistics, torch's rule: ``momentum``, or
+    for ``momentum=None`` the cumulative average's ``1 / (earlier batches + 1)``, where
+    ``num_batches_tracked`` counts the earlier batches (0.0 when nothing is counted)."""
+    if momentum is not None:
+        return momentum
+    if num_batches_tracked is None:
+        return 0.0
+    return 1.0 / (float(num_batches_tracked) + 1.0)
+
+
+def torch_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    num_batches_tracked: Tensor | None,
+    residual: Tensor | None,
+    relu: bool,
+) -> Tensor:
+    """fused_batch_norm's result computed by torch: ``F.batch_norm``, then torch's add and ReLU.
+
+    ``num_batches_tracked`` counts the batches folded into the running statistics, after the
+    normalisation, so a call torch rejects changes nothing. Written in TorchScript's subset:
+    scripted modules run it.
+    """
+    output = F.batch_norm(
+        input, running_mean, running_var, weight, bias, training,
+        averaging_factor(momentum, num_batches_tracked), eps,
+    )
+    if training and num_batches_tracked is not None and running_mean is not None:
+        num_batches_tracked.add_(1)
+    if residual is not None:
+        output = output + residual
+    if relu:
+        output = F.relu(output)
+    return output
 
 
 def batch_norm(
@@ -175,74 +174,74 @@ def batch_norm(
     running_var: Tensor | None,
     weight: Tensor | None,
     bias: Tensor | None,
-    use_batch_stats: bool,
+    training: bool,
     momentum: float | None,
     eps: float,
     num_batches_tracked: Tensor | None,
     residual: Tensor | None,
     activation: str | None,
-    synchronize: bool,
-    process_group: Any,
+    backend: str,
+    synchronize: bool = False,
+    process_group: Any = None,
 ) -> Tensor:
-    """fused_batch_norm's work after its own argument rule, shared with the modules: check the
-    arguments (quickly for the usual form), decide the call once (BatchNormCall), count the batch,
-    run it. ``momentum`` None without ``num_batches_tracked`` is a factor never used (nothing to
-    update: the modules pass it so)."""
-    usual = usual_call(
-        input, running_mean, running_var, weight, bias, use_batch_stats, eps, num_batches_tracked,
-        residual, activation,
-    )
-    if not usual:
-        check_batch_norm_args(
-            input, running_mean, running_var, weight, bias, use_batch_stats, eps,
-            num_batches_tracked, residual, activation,
-        )
-    kernels = kernels_run_on(input.device.type)
-    if synchronize and (not kernels or residual is not None or activation is not None):
-        raise ValueError(
-            "batch_norm: synchronized BatchNorm runs fusedbn's kernels only (CUDA tensors, or CPU "
-            f"tensors with TRITON_INTERPRET=1; here: {backend_for(input.device)}) and fuses no "
-            "residual or activation"
-        )
-    call = batch_norm_call(
-        use_batch_stats, running_mean, running_var, num_batches_tracked, momentum, eps,
-        activation == "relu",
-    )
-    if num_batches_tracked is not None and call.update_running:
-        num_batches_tracked.add_(1)
-
-    if not kernels:
-        factor = 1.0 / float(num_batches_tracked) if call.cumulative else call.momentum
-        output = F.batch_norm(
-            input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps
-        )
-        if residual is not None:
-            output = output + residual
-        return F.relu(output) if call.relu else output
-
-    if not usual:
-        weight, bias, call = _contiguous(weight, bias, call)
+    """The BatchNorm of both entry points, arguments as :func:`fused_batch_norm`'s (``synchronize``
+    only in training)."""
+    relu = check_epilogue(input, residual, activation)
     if synchronize:
-        output = SyncBatchNormFunction.apply(input, weight, bias, call, process_group)
+        if residual is not None or relu:
+            raise ValueError("batch_norm: synchronized BatchNorm fuses no residual or activation")
+        process_group = dist.group.WORLD if process_group is None else process_group
+        if process_group is None:
+            raise ValueError(
+                "batch_norm: synchronized BatchNorm needs torch.distributed's process group: "
+                "call torch.distributed.init_process_group first"
+            )
     else:
-        output = apply_batch_norm(input, weight, bias, residual, call)
-    if call.running_mean is not running_mean and call.update_running:
-        running_mean.copy_(call.running_mean)  # strided running statistics: the copies' values
-        running_var.copy_(call.running_var)
+        process_group = None
+    if implementation(backend, input, training, weight, bias, residual, relu, synchronize) == TORCH:
+        if synchronize:
+            raise ValueError(
+                "batch_norm: synchronized BatchNorm runs fusedbn's kernels only, with the "
+                "backend 'triton' or 'auto' where the kernels run (torch.nn.SyncBatchNorm is "
+                "torch's own)"
+            )
+        return torch_batch_norm(
+            input, running_mean, running_var, weight, bias, training, momentum, eps,
+            num_batches_tracked, residual, relu,
+        )
+    check_batch_norm_args(
+        input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked
+    )
+    options = BatchNormOptions(training, momentum, eps, relu, process_group)
+    weight, bias, running = _stride_one(weight, bias, running_mean, running_var)
+    if torch.compiler.is_compiling() and not synchronize:
+        output = compiled_batch_norm(
+            input, weight, bias, residual, *running, num_batches_tracked, options
+        )
+    else:
+        output = BatchNormFunction.apply(
+            input, weight, bias, residual, *running, num_batches_tracked, options
+        )[0]
+    if running[0] is not running_mean and training and running_mean is not None:
+        running_mean.copy_(running[0])  # strided running statistics: the copies' values
+        running_var.copy_(running[1])
+    if training and num_batches_tracked is not None and running_mean is not None:
+        num_batches_tracked.add_(1)
     return output
 
 
-def _contiguous(
-    weight: Tensor | None, bias: Tensor | None, call: BatchNormCall
-) -> tuple[Tensor | None, Tensor | None, BatchNormCall]:
-    """The kernels address per-channel tensors with stride 1: strided views (weight[::2], a column
-    of a matrix) are read through contiguous copies; running statistics are copied back after."""
-    running = [None if t is None else t.contiguous() for t in (call.running_mean, call.running_var)]
-    return (
-        None if weight is None else weight.contiguous(),
-        None if bias is None else bias.contiguous(),
-        call._replace(running_mean=running[0], running_var=running[1]),
+def _stride_one(
+    weight: Tensor | None, bias: Tensor | None, running_mean: Tensor | None,
+    running_var: Tensor | None,
+) -> tuple[Tensor | None, Tensor | None, tuple[Tensor | None, Tensor | None]]:
+    """The per-channel tensors with stride 1, as the kernels address them: strided views
+    (weight[::2], a column of a matrix) are read, and running statistics updated, through copies."""
+    if all(t is None or t.stride() == (1,) for t in (weight, bias, running_mean, running_var)):
+        return weight, bias, (running_mean, running_var)
+    weight, bias, running_mean, running_var = (
+        None if t is None else t.contiguous() for t in (weight, bias, running_mean, running_var)
     )
+    return weight, bias, (running_mean, running_var)
 
 
 def fused_batch_norm(
@@ -258,38 +257,71 @@ def fused_batch_norm(
     num_batches_tracked: Tensor | None = None,
     residual: Tensor | None = None,
     activation: str | None = None,
+    backend: str = "auto",
     synchronize: bool = False,
     process_group: Any = None,
 ) -> Tensor:
     """BatchNorm with the signature and results of ``torch.nn.functional.batch_norm``.
 
-    In training the batch statistics normalise ``input`` and, when running statistics are given,
-    update them in place: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
-    batch variance. If ``num_batches_tracked`` is given it is incremented in training, and
-    ``momentum=None`` then selects the cumulative average (factor ``1 / num_batches_tracked``), as
-    ``torch.nn.BatchNorm*`` does; without ``num_batches_tracked`` it is a TypeError, as in torch.
-    Outside training the running statistics normalise ``input``.
+    ``input`` is (N, C, ...); ``running_mean``, ``running_var``, ``weight`` and ``bias`` hold one
+    value per channel (or are None). In training the batch statistics normalise ``input`` and, when
+    running statistics are given, update them in place:
+    ``running = (1 - momentum) * running + momentum * batch`` with the unbiased batch variance.
+    ``num_batches_tracked``, if given, counts the batches folded into the running statistics, and
+    ``momentum=None`` then selects the cumulative average (factor 1 / the count including this
+    batch), as ``torch.nn.BatchNorm*`` does; without ``num_batches_tracked`` it is a TypeError, as
+    in torch. Outside training the
+    running statistics normalise ``input``.
 
-    ``residual`` (same shape as input) is added to the normalised output and ``activation="relu"``
+    ``residual`` (the input's shape) is added to the normalised output and ``activation="relu"``
     applies a ReLU after that, both inside the same kernels: relu(batch_norm(input) + residual).
+
+    ``backend`` chooses the implementation: ``"auto"`` (fusedbn's choice, see :mod:`fusedbn.backend`),
+    ``"triton"`` or ``"torch"``; :func:`fusedbn.backend_for` tells which one runs where.
 
     With ``synchronize=True`` in training, the batch statistics are those of the batches of every
     process in ``process_group`` (default: the whole torch.distributed world), as in
     ``torch.nn.SyncBatchNorm``; every process must make the call.
 
     The output has the input's dtype and memory format; statistics are computed in float32 (float64
-    for float64 input). :func:`fusedbn.backend_for` tells which implementation runs.
+    for float64 input).
     """
-    if momentum is None and num_batches_tracked is None:
-        check_batch_norm_args(
-            input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked,
-            residual, activation,
+    if has_torch_function_variadic(input, running_mean, running_var, weight, bias, residual):
+        return handle_torch_function(
+            fused_batch_norm, (input, running_mean, running_var, weight, bias, residual), input,
+            running_mean, running_var, weight, bias, training, momentum, eps,
+            num_batches_tracked=num_batches_tracked, residual=residual, activation=activation,
+            backend=backend, synchronize=synchronize, process_group=process_group,
         )
+    if momentum is None and num_batches_tracked is None:
         raise TypeError(
             "batch_norm: momentum=None (the cumulative average) needs num_batches_tracked; "
             "torch.nn.functional.batch_norm takes a float momentum"
         )
     return batch_norm(
         input, running_mean, running_var, weight, bias, training, momentum, eps,
-        num_batches_tracked, residual, activation, synchronize and training, process_group,
+        num_batches_tracked, residual, activation, backend, synchronize and training,
+        process_group,
+    )
+
+
+def module_batch_norm(module: nn.Module, input: Tensor, residual: Tensor | None = None) -> Tensor:
+    """The forward of fusedbn's BatchNorm modules, as torch's ``_BatchNorm.forward`` decides it.
+
+    Batch statistics in training, or when the module has no running statistics; the running
+    statistics are passed when they normalise (eval) or are updated (training, tracked), and
+    ``num_batches_tracked`` is counted in tracked training. Tracers record it as one node taking
+    the module, so a traced model still follows the module's training flag.
+    """
+    if has_torch_function_variadic(input, residual):
+        return handle_torch_function(module_batch_norm, (input, residual), module, input, residual)
+    module._check_input_dim(input)
+    running_mean, running_var, use_batch_stats, num_batches_tracked = module.statistics_arguments()
+    group = module.synchronization_group()
+    if group is not None and implementation(module.backend, input, True, synchronize=True) == TORCH:
+        return nn.SyncBatchNorm.forward(module, input)
+    return batch_norm(
+        input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
+        module.momentum, module.eps, num_batches_tracked, residual, module.activation,
+        module.backend, group is not None, group,
     )

@@ -1,77 +1,126 @@
-"""Drop-in replacements for torch.nn.BatchNorm1d/2d/3d that run fusedbn's kernels."""
+"""Drop-in replacements for torch.nn.BatchNorm1d/2d/3d that run fusedbn's kernels.
 
-from typing import Any
+Each class is a subclass of torch's own (``FusedBatchNorm2d`` is an ``nn.BatchNorm2d``), so
+parameters, buffers, state_dict keys, old-checkpoint loading, ``isinstance`` checks and tools keyed
+on torch's classes treat it as torch's. The forward is :func:`fusedbn.functional.module_batch_norm`;
+under TorchScript it is torch's BatchNorm (see :mod:`fusedbn.backend`).
+"""
 
-from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
+from typing import Any, Optional
 
-from fusedbn.functional import ACTIVATIONS, batch_norm
+import torch
+from torch import Tensor, nn
+
+from fusedbn.backend import AUTO, check_backend
+from fusedbn.functional import ACTIVATIONS, module_batch_norm, torch_batch_norm
 
 
-class _FusedBatchNorm(_BatchNorm):
-    """torch's _BatchNorm with the forward run by fusedbn's kernels, as :func:`fusedbn.fused_batch_norm`.
+class FusedBatchNormMixin:
+    """What fusedbn adds to a torch BatchNorm module: the fused epilogue, the backend setting and a
+    forward that runs :func:`fusedbn.functional.module_batch_norm`. Comes first among the bases."""
 
-    Takes torch's constructor arguments, plus ``activation=None`` or ``"relu"`` to fuse a ReLU
-    after the normalisation; ``forward(input, residual=None)`` adds ``residual`` before it.
-    Parameters, buffers, state_dict keys and old-checkpoint loading are torch's own.
-    """
+    # TorchScript reads the attributes' types from here.
+    activation: Optional[str]  # noqa: UP045 (TorchScript needs typing.Optional)
+    backend: str
 
-    _expected_dims: tuple[int, ...] = ()
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+        affine: bool = True, track_running_stats: bool = True, device: Any = None,
+        dtype: Any = None, *, bias: bool = True, activation: str | None = None,
+        backend: str = AUTO,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self._set_fused_options(activation, backend, bias)
 
-    def __init__(self, *args: Any, activation: str | None = None, **kwargs: Any) -> None:
+    def _set_fused_options(self, activation: str | None, backend: str, bias: bool) -> None:
+        """Check and keep ``activation`` and ``backend``; drop the bias for ``bias=False``."""
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"{type(self).__name__}: activation must be one of {ACTIVATIONS}, got {activation!r}"
             )
-        super().__init__(*args, **kwargs)
+        check_backend(backend)
         self.activation = activation
+        self.backend = backend
+        if not bias and self.affine:
+            # torch 2.12 and later take bias=False themselves; this works on earlier ones too.
+            self.register_parameter("bias", None)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
-        return text if self.activation is None else f"{text}, activation={self.activation!r}"
+        if self.activation is not None:
+            text += f", activation={self.activation!r}"
+        return f"{text}, backend={self.backend!r}"
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() not in self._expected_dims:
-            expected = " or ".join(f"{d}D" for d in self._expected_dims)
-            raise ValueError(
-                f"{type(self).__name__}: expected {expected} input (got {input.dim()}D input)"
-            )
-
-    def forward(self, input: Tensor, residual: Tensor | None = None) -> Tensor:
-        self._check_input_dim(input)
-        training = self.training
-        running_mean, running_var = self.running_mean, self.running_var
-        # As in torch: batch statistics in training or without running statistics; the running
-        # statistics are passed when they normalise (eval) or are updated (training, tracked), and
-        # num_batches_tracked is counted in tracked training.
-        use_batch_stats = training or (running_mean is None and running_var is None)
-        tracked = training and self.track_running_stats
-        if training and not tracked:
-            running_mean = running_var = None
-        return batch_norm(
-            input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
-            self.momentum, self.eps, self.num_batches_tracked if tracked else None, residual,
-            self.activation, *self._synchronization(),
+    def statistics_arguments(
+        self,
+    ) -> tuple[Optional[Tensor], Optional[Tensor], bool, Optional[Tensor]]:  # noqa: UP045
+        """(running_mean, running_var, use_batch_stats, num_batches_tracked) for a call now, by
+        torch's rule: batch statistics in training or without running statistics; the running
+        statistics when they normalise (eval) or are updated (tracked training); the counter in
+        tracked training."""
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        tracked = self.training and self.track_running_stats
+        if self.training and not self.track_running_stats:
+            return None, None, use_batch_stats, None
+        return (
+            self.running_mean, self.running_var, use_batch_stats,
+            self.num_batches_tracked if tracked else None,
         )
 
-    def _synchronization(self) -> tuple[bool, Any]:
-        """Whether to synchronize the statistics across processes, and over which group (no)."""
-        return False, None
+    def synchronization_group(self) -> Any:
+        """The process group whose batches the statistics cover now (None: this batch only)."""
+        return None
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:  # noqa: UP045
+        """Normalise ``input``, add ``residual`` (same shape) if given, then apply the activation.
+
+        Returns relu(batch_norm(input) + residual) with the ReLU only for ``activation="relu"``.
+        """
+        if torch.jit.is_scripting():
+            self._check_input_dim(input)
+            running_mean, running_var, use_batch_stats, counter = self.statistics_arguments()
+            return torch_batch_norm(
+                input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
+                self.momentum, self.eps, counter, residual, self.activation is not None,
+            )
+        return module_batch_norm(self, input, residual)
 
 
-class FusedBatchNorm1d(_FusedBatchNorm):
-    """Drop-in for ``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L)."""
+_ARGUMENTS = """
+    Args:
+        num_features: C, the number of channels.
+        eps: added to the variance for numerical stability. Default: 1e-5.
+        momentum: the weight of each batch in the running statistics, ``running = (1 - momentum) *
+            running + momentum * batch``; None for the cumulative average. Default: 0.1.
+        affine: learn a per-channel scale (weight) and shift (bias). Default: True.
+        track_running_stats: keep running statistics for eval; without them batch statistics
+            normalise in eval too. Default: True.
+        device, dtype: of the parameters and buffers.
+        bias: with ``affine``, learn the shift too (False: a scale only). Default: True.
+        activation: None, or ``"relu"`` to apply a ReLU after the normalisation (and after adding
+            ``residual``) inside the same kernels. Default: None.
+        backend: ``"auto"`` (fusedbn's kernels where they run, torch's BatchNorm elsewhere, or the
+            enclosing ``fusedbn.use_backend`` block's choice), ``"triton"`` or ``"torch"``.
 
-    _expected_dims = (2, 3)
+    ``forward(input, residual=None)`` returns relu(batch_norm(input) + residual), with the add only
+    when ``residual`` (input's shape) is given and the ReLU only for ``activation="relu"``. The output
+    keeps the input's dtype and memory format; statistics are computed in float32 (float64 for
+    float64 input). On CUDA tensors the Triton kernels run; on CPU tensors torch's BatchNorm runs,
+    unless ``TRITON_INTERPRET=1`` was set before fusedbn was imported (the kernels then run under
+    Triton's interpreter).
+"""
 
 
-class FusedBatchNorm2d(_FusedBatchNorm):
-    """Drop-in for ``torch.nn.BatchNorm2d``: input (N, C, H, W)."""
+class FusedBatchNorm1d(FusedBatchNormMixin, nn.BatchNorm1d):
+    __doc__ = """Drop-in for ``torch.nn.BatchNorm1d``: input (N, C) or (N, C, L).
+""" + _ARGUMENTS
 
-    _expected_dims = (4,)
+
+class FusedBatchNorm2d(FusedBatchNormMixin, nn.BatchNorm2d):
+    __doc__ = """Drop-in for ``torch.nn.BatchNorm2d``: input (N, C, H, W).
+""" + _ARGUMENTS
 
 
-class FusedBatchNorm3d(_FusedBatchNorm):
-    """Drop-in for ``torch.nn.BatchNorm3d``: input (N, C, D, H, W)."""
-
-    _expected_dims = (5,)
+class FusedBatchNorm3d(FusedBatchNormMixin, nn.BatchNorm3d):
+    __doc__ = """Drop-in for ``torch.nn.BatchNorm3d``: input (N, C, D, H, W).
+""" + _ARGUMENTS

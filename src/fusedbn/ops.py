@@ -1,60 +1,105 @@
-"""The Triton launchers registered as PyTorch custom operators.
+"""fusedbn's kernel launchers as PyTorch custom operators, for compiled and exported code.
 
-Registering them (``torch.ops.fusedbn.batch_norm_forward`` and ``...backward``) with fake
-implementations lets ``torch.compile(model, fullgraph=True)`` and ``torch.export`` treat a fused
-BatchNorm as one opaque operator instead of breaking the graph at the kernel launches; the
-operator schema records that the forward updates the running statistics in place.
+``torch.compile(model, fullgraph=True)`` and ``torch.export`` see a fused BatchNorm as one functional
+operator, ``torch.ops.fusedbn.batch_norm_forward``, which returns the updated running statistics
+(:func:`compiled_batch_norm` copies them into the buffers, a mutation the compiler sees); its
+derivatives are registered with ``torch.library.register_autograd`` and are those of eager code
+(:mod:`fusedbn.autograd`): the backward operator ``torch.ops.fusedbn.batch_norm_backward`` for first
+derivatives, torch operations for gradients of gradients.
 """
+
+import hashlib
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
+import fusedbn.kernels
+from fusedbn.autograd import differentiable_backward, kernel_backward, save_for_derivatives
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.kernels.backward import allocate_backward_outputs
-from fusedbn.kernels.call import BatchNormCall
+from fusedbn.kernels.call import BatchNormOptions
 from fusedbn.kernels.forward import allocate_forward_outputs
 from fusedbn.kernels.layout import fold_input, plan_batch_norm
 
 
-@torch.library.custom_op("fusedbn::batch_norm_forward", mutates_args=("running_mean", "running_var"))
+def tag_compile_caches() -> None:
+    """Add a digest of fusedbn's host and kernel sources to torch.compile's cache key tag.
+
+    torch.compile's caches (the FX graph and AOT autograd caches) know a custom operator by its name
+    and schema only, so a compiled graph could outlive a change to the operator's implementation or
+    derivatives and be reused with them. The tag keys every cached graph to this fusedbn's sources;
+    a tag set by the user is kept, with fusedbn's appended.
+    """
+    folders = (Path(__file__).parent, Path(fusedbn.kernels.__file__).parent)
+    sources = [path for folder in folders for path in sorted(folder.glob("*.py"))]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
+    tag = f"fusedbn-{digest}"
+    config = torch.compiler.config
+    if tag not in config.cache_key_tag:
+        config.cache_key_tag = f"{config.cache_key_tag}+{tag}" if config.cache_key_tag else tag
+
+
+tag_compile_caches()
+
+
+@torch.library.custom_op("fusedbn::batch_norm_forward", mutates_args=())
 def forward_op(
     input: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
+    residual: Tensor | None,
     running_mean: Tensor | None,
     running_var: Tensor | None,
     num_batches_tracked: Tensor | None,
     use_batch_stats: bool,
-    momentum: float,
+    momentum: float | None,
     eps: float,
-    residual: Tensor | None,
     relu: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """BatchNorm forward (+ residual, + ReLU); returns (output, mean, invstd, relu_mask).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """BatchNorm forward (+ residual, + ReLU): (output, mean, invstd, relu_mask, new running_mean,
+    new running_var).
 
-    The arguments are BatchNormCall's, flat (``num_batches_tracked`` only for the cumulative
-    average); relu_mask is empty without a ReLU.
+    The arguments are those of BatchNormFunction with the options spelled out. The running
+    statistics are read, never written: their updated values are returned (empty when there is no
+    update), and relu_mask is empty without a ReLU.
     """
     x, plan = plan_batch_norm(input, relu)
-    call = BatchNormCall(
-        use_batch_stats, running_mean, running_var, num_batches_tracked, momentum, eps, relu
+    options = BatchNormOptions(use_batch_stats, momentum, eps, relu)
+    if use_batch_stats and running_mean is not None:  # the kernels update copies
+        running_mean, running_var = running_mean.clone(), running_var.clone()
+        outputs = batch_norm_forward(
+            x, plan, options, weight, bias, residual, running_mean, running_var,
+            num_batches_tracked,
+        )
+        return _op_outputs(*outputs, running_mean, running_var)
+    outputs = batch_norm_forward(
+        x, plan, options, weight, bias, residual, running_mean, running_var, num_batches_tracked
     )
-    return _with_empty_relu_mask(*batch_norm_forward(x, plan, call, weight, bias, residual))
+    return _op_outputs(*outputs, None, None)
 
 
-def _with_empty_relu_mask(
-    y: Tensor, mean: Tensor, invstd: Tensor, relu_mask: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # A custom operator returns tensors: no relu_mask is an empty one.
-    if relu_mask is None:
-        relu_mask = torch.empty(0, dtype=torch.uint8, device=y.device)
-    return y, mean, invstd, relu_mask
+def _op_outputs(
+    y: Tensor, mean: Tensor, invstd: Tensor, relu_mask: Tensor | None, new_mean: Tensor | None,
+    new_var: Tensor | None,
+) -> tuple[Tensor, ...]:
+    # A custom operator returns new tensors, none aliasing another: what is not there is an empty one.
+    return (
+        y, mean, invstd,
+        y.new_empty(0, dtype=torch.uint8) if relu_mask is None else relu_mask,
+        y.new_empty(0) if new_mean is None else new_mean,
+        y.new_empty(0) if new_var is None else new_var,
+    )
 
 
 @forward_op.register_fake
-def _forward_fake(input, weight, bias, running_mean, running_var, num_batches_tracked,
-                  use_batch_stats, momentum, eps, residual, relu):
-    return _with_empty_relu_mask(*allocate_forward_outputs(*fold_input(input), relu))
+def _forward_fake(input, weight, bias, residual, running_mean, running_var, num_batches_tracked,
+                  use_batch_stats, momentum, eps, relu):
+    outputs = allocate_forward_outputs(*fold_input(input), relu)
+    if use_batch_stats and running_mean is not None:
+        return _op_outputs(*outputs, torch.empty_like(running_mean), torch.empty_like(running_var))
+    return _op_outputs(*outputs, None, None)
 
 
 @torch.library.custom_op("fusedbn::batch_norm_backward", mutates_args=())
@@ -94,3 +139,57 @@ def _backward_fake(grad_output, input, weight, mean, invstd, use_batch_stats, ne
                    relu_mask, need_grad_residual):
     outputs = allocate_backward_outputs(*fold_input(input), relu_mask is not None and need_grad_residual)
     return _with_empty_grad_residual(*outputs)
+
+
+def _launch_backward(
+    grad_output: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor,
+    use_batch_stats: bool, need_param_grads: bool, relu_mask: Tensor | None,
+    write_grad_residual: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The backward operator, with no grad_residual as None (as the launcher returns it)."""
+    grad_input, grad_weight, grad_bias, grad_residual = backward_op(
+        grad_output, x, weight, mean, invstd, use_batch_stats, need_param_grads, relu_mask,
+        write_grad_residual,
+    )
+    wrote = relu_mask is not None and write_grad_residual
+    return grad_input, grad_weight, grad_bias, grad_residual if wrote else None
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    input, weight, bias, residual, _, _, _, use_batch_stats, momentum, eps, relu = inputs
+    y, mean, invstd, relu_mask, new_mean, new_var = output
+    options = BatchNormOptions(use_batch_stats, momentum, eps, relu)
+    save_for_derivatives(
+        ctx, input, weight, bias, residual, options, y, mean, invstd,
+        relu_mask if relu else None, None, None, None, constants=(new_mean, new_var),
+    )
+
+
+def _backward(ctx: Any, grad_output: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+    if grad_output is None:
+        return (None,) * 11
+    if torch.is_grad_enabled():
+        grads = differentiable_backward(ctx, grad_output)
+    else:
+        grads = kernel_backward(ctx, grad_output, _launch_backward)
+    return (*grads, *(None,) * 7)
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def compiled_batch_norm(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, residual: Tensor | None,
+    running_mean: Tensor | None, running_var: Tensor | None, num_batches_tracked: Tensor | None,
+    options: BatchNormOptions,
+) -> Tensor:
+    """The fused BatchNorm's output through the forward operator (what compiled code calls); the
+    running statistics, when the batch updates them, take the operator's new values."""
+    y, _, _, _, new_mean, new_var = forward_op(
+        input, weight, bias, residual, running_mean, running_var, num_batches_tracked,
+        options.use_batch_stats, options.momentum, options.eps, options.relu,
+    )
+    if options.use_batch_stats and running_mean is not None:
+        running_mean.copy_(new_mean)
+        running_var.copy_(new_var)
+    return y

@@ -19,6 +19,8 @@ from fusedbn.bench.fake_gpu import FakeDriver, FakeGpuKernel, fake_driver
 from fusedbn.kernels import backward, forward, launcher, layout
 from fusedbn.kernels.launcher import KernelLauncher
 
+pytestmark = pytest.mark.kernels  # the kernels and their launch machinery
+
 PATHS = ["single", "whole", "split"]
 
 

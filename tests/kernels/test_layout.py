@@ -19,6 +19,8 @@ from fusedbn.kernels.layout import (
     fold_input,
 )
 
+pytestmark = pytest.mark.kernels  # the kernels and their launch machinery
+
 
 def element_offsets(x, view):
     """Offsets outer * stride_outer + c * stride_c + inner * stride_inner of every element of x,

@@ -14,15 +14,17 @@ import threading
 
 import pytest
 import torch
-from conftest import SHAPES, make_input, params_for, reference, run_both
+from helpers import SHAPES, make_input, params_for, reference, run_both
 from triton.runtime import interpreter
 
 from fusedbn import fused_batch_norm
 from fusedbn.kernels import forward, tickets
-from fusedbn.kernels.call import batch_norm_call
+from fusedbn.kernels.call import BatchNormOptions
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import plan_batch_norm
 from fusedbn.kernels.tickets import arrival_counters, launch_with_arrivals
+
+pytestmark = pytest.mark.kernels  # the kernels and their launch machinery
 
 KEYS = ("y", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var")
 
@@ -164,9 +166,10 @@ def test_an_interrupted_launch_leaves_no_counter_behind(split_path, device, monk
     split_path.check()
 
 
-def test_synchronized_forward_keeps_a_separate_finalize(split_path, device, assert_close):
+def test_synchronized_forward_merges_a_summary_then_the_gathered_ones(split_path, device, assert_close):
     """With combine_moments the partials leave the kernel unmerged; finalize_moments_kernel merges
-    what the combine returns (here this call's own partials), then apply_kernel: three launches."""
+    them into this process's one-split summary, then merges what the combine returns (here that
+    summary twice, as two processes with the same batch would gather), then apply_kernel."""
     shape = SHAPES[4]
     x, _ = make_input(shape, "channels_last", torch.float32, device, seed=30, offset=-7.0)
     weight, bias, running_mean, running_var = params_for(shape[1], torch.float32, device, seed=31)
@@ -177,28 +180,42 @@ def test_synchronized_forward_keeps_a_separate_finalize(split_path, device, asse
         launched.append(self.kernel.fn.__name__)
         original(self, grid, *args, **kwargs)
 
-    combined = []
+    summaries = []
 
-    def combine_moments(partial):
-        combined.append(partial.clone())
-        return partial, x.numel() // x.shape[1]
+    def combine_moments(summary):
+        summaries.append(summary.clone())
+        return torch.cat([summary, summary], dim=1)
 
     try:
         KernelLauncher.__call__ = recording_call
         folded, plan = plan_batch_norm(x)
-        call = batch_norm_call(True, None, None, None, 0.1, 1e-5, relu=False)
+        options = BatchNormOptions(True, 0.1, 1e-5, relu=False)
         y, mean, invstd, _ = forward.batch_norm_forward(
-            folded, plan, call, weight, bias, combine_moments=combine_moments
+            folded, plan, options, weight, bias, None, running_mean, running_var, None,
+            combine_moments=combine_moments,
         )
     finally:
         KernelLauncher.__call__ = original
-    assert launched == ["partial_moments_kernel", "finalize_moments_kernel", "apply_kernel"]
-    assert combined[0].shape[1] > 1, "the test needs several splits"
-    expected = reference(x, weight, bias, None, None, True, 0.1, 1e-5)
-    assert_close(y, expected["y"], dtype=torch.float32, msg="y")
+    assert launched == [
+        "partial_moments_kernel", "finalize_moments_kernel", "finalize_moments_kernel", "apply_kernel"
+    ]
+    assert plan.launch.num_splits > 1, "the test needs several splits"
     dims = [0, 2, 3]
+    count, summary_mean, deviation, m2 = summaries[0][:, 0]
+    assert torch.equal(count, torch.full_like(count, x.numel() // shape[1]))
+    assert_close(summary_mean, x.double().mean(dims), dtype=torch.float32, msg="summary mean")
+    assert not deviation.any()
+    assert_close(m2, x.double().var(dims, unbiased=False) * count.double(), msg="summary M2")
+    # Two copies of one batch: the same mean and variance, the running variance's correction
+    # from twice the count.
+    expected = reference(x, weight, bias, running_mean, running_var, True, 0.1, 1e-5)
+    assert_close(y, expected["y"], dtype=torch.float32, msg="y")
     assert_close(mean, x.double().mean(dims), dtype=torch.float32, msg="mean")
     assert_close(invstd, (x.double().var(dims, unbiased=False) + 1e-5).rsqrt(), msg="invstd")
+    n = 2 * count.double()
+    unbiased = x.double().var(dims, unbiased=False) * n / (n - 1)
+    assert_close(running_var, 0.9 * params_for(shape[1], torch.float32, device, seed=31)[3].double()
+                 + 0.1 * unbiased, msg="running_var")
     split_path.check()
 
 

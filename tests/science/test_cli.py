@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import start_fusedbn
+from helpers import start_fusedbn
 
 from fusedbn.cli import main
 from fusedbn.science.experiments import EXPERIMENTS

@@ -4,19 +4,20 @@ import importlib.util
 import os
 import socket
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-from conftest import start_fusedbn
+from helpers import start_fusedbn
 
 import fusedbn.backend
-from fusedbn.tuning.digits import digits_task
 from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
 from fusedbn.tuning.space import default_space
+from fusedbn.tuning.tasks import get_task
 from fusedbn.tuning.training import Task
 
 
@@ -42,7 +43,7 @@ def quiet_optuna() -> None:
 
 def make_tiny_task() -> Task:
     """Digits cut to 400 training and 120 validation images, two epochs per trial."""
-    task = digits_task(epochs=2)
+    task = get_task("digits").build(epochs=2)
     task.train = tuple(t[:400] for t in task.train)
     task.valid = tuple(t[:120] for t in task.valid)
     return task
@@ -93,6 +94,21 @@ def postgres_url() -> str:
     return url
 
 
+@pytest.fixture(params=["sqlite", "journal", "postgresql"])
+def study_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(storage URL, study name) on each kind of shared storage: a SQLite file, a journal file, and the
+    test PostgreSQL server (see :func:`postgres_url`) under a fresh name, whose studies are deleted after."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    if request.param != "postgresql":
+        yield f"{request.param}:///{tmp_path}/study.{request.param}", name
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url, name
+    for study in optuna.get_all_study_names(url):
+        if study.startswith(name):
+            optuna.delete_study(study_name=study, storage=url)
+
+
 @pytest.fixture(scope="session")
 def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> TuningResult:
     """A finished two-stage study of ten trials per stage on the tiny task (tiers 1-2), run once."""
@@ -100,13 +116,9 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> TuningResult:
     config = SearchConfig(
         study_name="tiny", storage=f"sqlite:///{folder}/tiny.db", trials=10, stages=2, progress=False
     )
-    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", False)
-        torch.set_num_threads(1)
-        result = tune(make_tiny_task(), default_space(), config)
-    torch.set_num_threads(threads)
-    return result
+        return tune(make_tiny_task(), default_space(), config)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,12 @@ import torch
 from torch import nn
 
 from fusedbn import FusedBatchNorm1d
-from fusedbn.tuning.digits import build_mlp, digits_task
+from fusedbn.tuning.digits import build_mlp
+from fusedbn.tuning.tasks import get_task
 
 
 def test_splits_are_fixed_stratified_disjoint_and_centred() -> None:
-    first, second = digits_task(), digits_task()
+    first, second = get_task("digits").build(), get_task("digits").build()
     (x_train, _), (x_valid, y_valid), (x_test, y_test) = first.train, first.valid, first.test
     # 1,797 images: 60% training, 20% validation, 20% held out for testing.
     assert (len(x_train), len(x_valid), len(x_test)) == (1077, 360, 360)
@@ -28,7 +29,7 @@ def test_splits_are_fixed_stratified_disjoint_and_centred() -> None:
 
 
 def test_pixels_constant_in_training_stay_small_everywhere() -> None:
-    task = digits_task()
+    task = get_task("digits").build()
     constant = task.train[0].std(dim=0) == 0
     assert constant.any(), "the digits have border pixels that are always 0 in the training split"
     for split, (inputs, _) in task.splits().items():

@@ -1,11 +1,8 @@
-"""The documented Python API (fusedbn.tuning): a user's own model, data and parameter, and the
-README's example of it, run as written."""
+"""The documented Python API (fusedbn.tuning): a user's own model, data and parameter.
 
-import json
-import os
-import re
-import subprocess
-import sys
+The documentation's example of it (docs/tuning.md, "Your own model and data") is run as written by
+tests/test_docs.py."""
+
 from pathlib import Path
 
 import torch
@@ -55,27 +52,3 @@ def test_a_users_own_model_data_and_parameter_are_tuned_and_reported(tmp_path: P
     best = result.best()
     assert best is not None and best[1].value > 0.8, "the blobs are easy to separate"
 
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def readme_example() -> str:
-    """The Python block of the README's "Your own model and data" section."""
-    text = README.read_text()
-    section = text[text.index("### Your own model and data") :]
-    section = section[: section.index("\n## ")]
-    (block,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-    return block
-
-
-def test_the_readme_example_runs_as_written(tmp_path: Path) -> None:
-    """The block is run as a user would paste it: in a fresh Python, in an empty folder."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-c", readme_example()]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "Study wine (random search, tiers 1-2)" in result.stdout
-    assert "dropout" in result.stdout and "Wrote summary.json" in result.stdout
-    summary = json.loads((tmp_path / "runs" / "wine" / "summary.json").read_text())
-    assert summary["best"]["valid_accuracy"] > 0.9, "the wine cultivars are easy to tell apart"
-    assert (tmp_path / "wine.db").exists()

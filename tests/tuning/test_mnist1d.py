@@ -3,6 +3,8 @@ paper's baselines. Data are generated small (300 examples) unless a test needs t
 
 import random
 import sys
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from torch import nn
 
 from fusedbn import FusedBatchNorm1d
 from fusedbn.tuning import mnist1d
+from fusedbn.tuning.tasks import get_task
 
 TINY = 300  # examples: 240 for training (192 training, 48 validation) and 60 for testing
 
@@ -109,7 +112,8 @@ def test_variants_differ_only_where_they_should() -> None:
 
 @pytest.mark.usefixtures("mnist1d_offline")
 def test_task_trains_and_leaves_the_test_split_to_held_out_scores() -> None:
-    task = mnist1d.mnist1d_task(epochs=1, optimizer="sgd", num_samples=TINY, data_seed=1)
+    tiny = replace(get_task("mnist1d"), splits=partial(mnist1d.mnist1d_splits, num_samples=TINY))
+    task = tiny.build(epochs=1, optimizer="sgd", data_seed=1)
     assert not task.score_test and set(task.trial_splits()) == {"train", "valid"}
     params = {p.name: p.default for p in mnist1d.cnn_space("sgd")}
     model = task.train_model(params, seed=0)

@@ -10,11 +10,12 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
+from optuna.trial import TrialState
 
 from fusedbn.tuning.importance import Importances
-from fusedbn.tuning.plots import beta_label, draw_importances, write_plots
+from fusedbn.tuning.plots import accuracy_figure, beta_label, draw_importances, history_figure, write_plots
 from fusedbn.tuning.report import Summary, summarize
-from fusedbn.tuning.search import SearchConfig, TuningResult, tune
+from fusedbn.tuning.search import SearchConfig, TuningInterrupted, TuningResult, tune
 from fusedbn.tuning.space import default_space, with_scales
 from fusedbn.tuning.training import Task
 
@@ -67,6 +68,64 @@ def test_plots_leave_pyplot_and_the_backend_alone(
     code += "print(matplotlib.get_backend())"
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == "svg"
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    return [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+
+
+def test_history_puts_every_trial_at_its_number_as_the_summary_does_after_a_resume(
+    tmp_path: Path, tiny_task: Task
+) -> None:
+    build_mlp, calls = tiny_task.build_model, []
+
+    def build(params: dict) -> object:
+        calls.append(params)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the second trial
+        return build_mlp(params)
+
+    tiny_task.build_model = build
+    storage = f"sqlite:///{tmp_path}/h.db"
+    settings = SearchConfig(study_name="h", storage=storage, trials=3, stages=2, pruner="none")
+    with pytest.raises(TuningInterrupted):
+        tune(tiny_task, default_space(), settings)
+    result = tune(tiny_task, default_space(), settings)  # resumed: stage 1 holds trials 0, 2, 3 and failed 1
+    assert [t.state for t in result.stages[0].trials()][1] == TrialState.FAIL
+    ax = history_figure(result).axes[0]
+    dots = [c for c in ax.collections if c.get_offset_transform() is ax.transData]
+    (unscored,) = [c for c in ax.collections if c not in dots]  # placed along the bottom of the axes
+    points = {tuple(point) for dot in dots for point in dot.get_offsets()}
+    offsets = [0, 4]  # stage 2 starts after the 4 trials of stage 1
+    expected = {
+        (offsets[index] + trial.number, trial.value)
+        for index, stage in enumerate(result.stages)
+        for trial in stage.trials(TrialState.COMPLETE)
+    }
+    assert points == expected
+    assert [x for x, _ in unscored.get_offsets()] == [1], "the interrupted trial, marked at its number"
+    best = summarize(result).best
+    assert (offsets[best.stage - 1] + best.trial, best.valid_accuracy) in points
+    assert list(ax.get_xticks()) == list(range(7)), "a tick on every trial of a small study"
+    labels = [label.get_text() for label in ax.get_xticklabels()]
+    assert labels == ["0", "1", "2", "3", "0", "1", "2"], "numbered within the stage"
+    assert legend_texts(ax.figure) == [
+        "stage 1",
+        "stage 2",
+        "best so far",
+        "no accuracy (failed, interrupted or diverged)",
+    ], "no pruned entry: nothing was pruned"
+
+
+def test_pruned_trials_are_in_the_legends_when_drawn_and_the_beta_plot_says_what_it_shows(
+    tiny_result: TuningResult,
+) -> None:
+    assert any(t.state == TrialState.PRUNED for stage in tiny_result.stages for t in stage.trials())
+    momentum = next(p for p in tiny_result.tuned if p.name == "momentum")
+    figure = accuracy_figure(tiny_result, momentum)
+    assert "pruned (last report)" in legend_texts(figure)
+    assert "pruned (last report)" in legend_texts(history_figure(tiny_result))
+    assert figure.axes[0].get_title() == "Validation accuracy of each trial vs momentum, SGD's momentum beta"
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,8 @@ def test_summary_is_written_as_json_and_printed(tiny_summary: Summary, tmp_path:
     assert "Stage 2 (tiny-stage2)" in text
     assert "momentum" in text and "one_minus" not in text
     assert "noise floor" in text and "Tier order vs measured importances:" in text
+    above = ", ".join(tiny_summary.importances.above_noise()) or "none"
+    assert f"; above the noise floor in at least 95% of the resamples: {above}\n" in text
     assert "matches" not in text
 
 
@@ -147,9 +149,13 @@ def test_held_out_scores_are_printed_and_written(tiny_result: TuningResult, tmp_
         train_examples_all=4,
     )
     summary = summarize(tiny_result, resamples=6, held_out=held_out)
-    text = format_summary(summary)
-    assert "0.9321 retrained on all 4 training and validation examples" in text
-    assert "0.8765 trained on the 3 training examples as in its trial (validation 0.9100" in text
+    (line,) = [line for line in format_summary(summary).splitlines() if line.startswith("Held-out")]
+    # As the README's table: the test accuracy as trained in the trial first, then retrained on all.
+    assert line == (
+        "Held-out test accuracy of the chosen configuration: 0.8765 trained on the 3 training examples as "
+        "in its trial (validation 0.9100 on that retraining); 0.9321 retrained on all 4 training and "
+        "validation examples"
+    )
     written = json.loads(write_summary(summary, tmp_path).read_text())
     assert written["held_out"]["test_accuracy_all"] == 0.9321
     assert "Held-out" not in format_summary(summarize(tiny_result, resamples=6))

@@ -1,33 +1,55 @@
-"""Storage URLs, heartbeats and the failing of stale trials (fusedbn.tuning.storage)."""
+"""Storage URLs, heartbeats and the failing of lost trials (fusedbn.tuning.storage), on real SQLite,
+journal files and PostgreSQL."""
 
+import sqlite3
+import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import optuna
 import pytest
+from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from fusedbn.tuning.storage import (
     FAILURE_ATTR,
     HEARTBEAT_ATTR,
+    Heartbeat,
     StorageError,
+    beating,
     display_url,
-    fail_stale_trials,
-    heartbeat,
-    is_in_memory,
+    fail_lost_trials,
     open_storage,
 )
 
+GRACE_S = 2
+# A worker killed in the middle of its trial, after its first heartbeats.
+KILLED_WORKER = f"""
+import os, sys, time
+import optuna
+from fusedbn.tuning.storage import Heartbeat, beating, open_storage
+url, name = sys.argv[1:]
+heartbeat = Heartbeat(grace_s={GRACE_S}, on_lost=print)
+storage = open_storage(url, heartbeat)
+study = optuna.load_study(study_name=name, storage=storage)
 
-@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
-def test_local_storages_hold_a_study(tmp_path: Path, scheme: str) -> None:
-    url = f"{scheme}:///{tmp_path}/study.{scheme}"
-    study = optuna.create_study(study_name="s", storage=open_storage(url))
+def objective(trial):
+    with beating(storage, trial, heartbeat):
+        time.sleep(1.5)
+        trial.set_user_attr("last", "words")  # so that no write is cut short: none is due for 0.5 s
+        os._exit(0)
+
+study.optimize(objective, n_trials=1)
+"""
+
+
+def test_shared_storages_hold_a_study(study_at: tuple[str, str]) -> None:
+    url, name = study_at
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
-    reopened = optuna.load_study(study_name="s", storage=open_storage(url))
+    reopened = optuna.load_study(study_name=name, storage=open_storage(url))
     assert [t.params for t in reopened.trials] == [t.params for t in study.trials]
 
 
@@ -55,54 +77,66 @@ def test_a_missing_database_driver_says_how_to_install_it(monkeypatch: pytest.Mo
     assert message.endswith("for PostgreSQL: pip install '.[postgres]' in a clone of fusedbn")
 
 
-def test_memory_storage_holds_a_study_in_this_process_only(tmp_path: Path) -> None:
+def test_sqlite_commits_do_not_wait_for_the_disk(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    optuna.create_study(storage=storage).optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    with storage.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL, not FULL (2)
+    with sqlite3.connect(tmp_path / "study.db") as reader:  # write-ahead logging is kept in the file
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_memory_storage_holds_a_study_in_this_process_only() -> None:
     storage = open_storage("memory")
-    assert is_in_memory(storage) and display_url("memory") == "memory"
+    assert display_url("memory") == "memory"
     study = optuna.create_study(storage=storage, study_name="m")
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
     assert len(optuna.load_study(study_name="m", storage=storage).trials) == 2
     assert optuna.get_all_study_names(open_storage("memory")) == [], "each opening is a fresh store"
-    assert not is_in_memory(open_storage(f"sqlite:///{tmp_path}/study.db"))
 
 
-def test_heartbeat_updates_the_trial_while_it_runs() -> None:
-    study = optuna.create_study()
+def test_a_lost_trial_is_failed_and_told_and_a_live_one_keeps_running(study_at: tuple[str, str]) -> None:
+    """A worker killed mid-trial leaves its trial RUNNING; while another trial runs here for more than
+    twice the grace period, a third process's sweeps fail the lost trial once, and never the live one."""
+    url, name = study_at
+    lost: list[int] = []
+    heartbeat = Heartbeat(grace_s=GRACE_S, on_lost=lambda study, trial: lost.append(trial.number))
+    storage = open_storage(url, heartbeat)
+    study = optuna.create_study(study_name=name, storage=storage)
+    subprocess.run([sys.executable, "-c", KILLED_WORKER, url, name], check=True, timeout=120)
+    (killed,) = study.get_trials()
+    assert killed.state == TrialState.RUNNING
+
+    sweeper_storage = open_storage(url, heartbeat)  # another worker, with its own connection
+    sweeper = optuna.load_study(study_name=name, storage=sweeper_storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        with beating(storage, trial, heartbeat):
+            end = time.monotonic() + 2.5 * GRACE_S
+            while time.monotonic() < end:
+                fail_lost_trials(sweeper, sweeper_storage, heartbeat)
+                time.sleep(0.2)
+        return 1.0
+
+    study.optimize(objective, n_trials=1)
+    states = [trial.state for trial in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]
+    assert lost == [killed.number], "the lost trial is told once, the live one never"
+    assert FAILURE_ATTR not in study.get_trials()[0].user_attrs, "a failed trial takes no attribute"
+
+
+def test_a_journal_trial_records_its_heartbeat_until_its_block_ends(tmp_path: Path) -> None:
+    storage = open_storage(f"journal:///{tmp_path}/study.log")
+    assert isinstance(storage, JournalStorage)
+    study = optuna.create_study(storage=storage)
     trial = study.ask()
-    with heartbeat(trial, interval_s=0.05):
+    with beating(storage, trial, Heartbeat(grace_s=GRACE_S, on_lost=print)):
         first = study.trials[0].user_attrs[HEARTBEAT_ATTR]
-        time.sleep(0.3)
+        time.sleep(1.3)
         later = study.trials[0].user_attrs[HEARTBEAT_ATTR]
     assert later > first
-    time.sleep(0.15)
+    time.sleep(1.2)
     assert study.trials[0].user_attrs[HEARTBEAT_ATTR] == later, "the heartbeat outlived its block"
-
-
-def test_only_trials_without_a_recent_heartbeat_are_failed() -> None:
-    study = optuna.create_study()
-    stale, fresh, never_beat = study.ask(), study.ask(), study.ask()
-    stale.set_user_attr(HEARTBEAT_ATTR, time.time() - 100)
-    fresh.set_user_attr(HEARTBEAT_ATTR, time.time())
-    done = study.ask()
-    study.tell(done, 1.0)
-    assert fail_stale_trials(study, grace_s=10) == [stale.number]
-    states = {t.number: t.state for t in study.trials}
-    assert states == {
-        stale.number: TrialState.FAIL,
-        fresh.number: TrialState.RUNNING,
-        never_beat.number: TrialState.RUNNING,  # started just now
-        done.number: TrialState.COMPLETE,
-    }
-    assert "no heartbeat" in study.trials[stale.number].user_attrs[FAILURE_ATTR]
-    assert fail_stale_trials(study, grace_s=10) == []
-
-
-def test_postgresql_storage_holds_a_study(postgres_url: str) -> None:
-    name = f"storage-test-{uuid.uuid4().hex[:8]}"
-    study = optuna.create_study(study_name=name, storage=open_storage(postgres_url))
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
-    reopened = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
-    assert [t.params for t in reopened.trials] == [t.params for t in study.trials]
-    optuna.delete_study(study_name=name, storage=postgres_url)
 
 
 def test_passwords_are_hidden_when_urls_are_shown() -> None:

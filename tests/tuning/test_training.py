@@ -1,7 +1,9 @@
 """The training run behind each trial (fusedbn.tuning.training.Task)."""
 
 import math
+import random
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -66,6 +68,36 @@ def test_same_seed_gives_the_same_run_and_another_seed_another(tiny_task: Task) 
         tiny_task.fit(SGD_PARAMS, trial, seed=seed)
     assert runs[0].reports == runs[1].reports
     assert runs[0].reports != runs[2].reports
+
+
+class _Noisy(nn.Module):
+    """A model whose training draws from torch's, NumPy's and Python's global generators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+        self.dropout = nn.Dropout(0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            x = x + torch.from_numpy(np.random.normal(0.0, 0.1, x.shape)).float() + random.gauss(0.0, 0.1)
+        return self.linear(self.dropout(x))
+
+
+def test_train_model_draws_all_its_randomness_from_its_seed_and_leaves_the_callers_alone(
+    tiny_task: Task,
+) -> None:
+    tiny_task.build_model = lambda params: _Noisy()
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    first = tiny_task.train_model(SGD_PARAMS, seed=5).state_dict()
+    assert torch.equal(torch.get_rng_state(), before[0]), "torch's generator is put back"
+    assert (np.random.get_state()[1] == before[1]).all() and random.getstate() == before[2]
+    torch.manual_seed(2), np.random.seed(2), random.seed(2)  # another caller's state: no matter
+    again = tiny_task.train_model(SGD_PARAMS, seed=5).state_dict()
+    assert all(torch.equal(first[name], again[name]) for name in first), "bit for bit"
+    other = tiny_task.train_model(SGD_PARAMS, seed=6).state_dict()
+    assert not torch.equal(first["linear.weight"], other["linear.weight"])
 
 
 def test_a_diverging_run_is_pruned_with_its_reason(tiny_task: Task) -> None:

@@ -34,10 +34,11 @@ from fusedbn.tuning.search import (
 from fusedbn.tuning.space import OPTIMIZERS, with_ranges, with_scales
 from fusedbn.tuning.storage import MEMORY_URL, StorageError, display_url
 from fusedbn.tuning.tasks import TASKS, TaskError, get_task
-from fusedbn.tuning.training import HeldOutScores, torch_threads
+from fusedbn.tuning.training import HeldOutScores
 
 DEFAULT_OUT = "runs/tune"
-DEFAULT_THREADS = 1
+BY_TASK = ("trials", "stages", "tiers")  # SearchConfig settings whose default depends on the task
+PASSED_ON = (*BY_TASK, "sampler", "train_seed", "pruner", "keep_top", "margin", "grace_period_s", "threads")
 
 
 def _by_task(option: str) -> str:
@@ -105,10 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=DEFAULT_THREADS,
-        help="torch CPU threads of this process (default: 1: these small networks gain little from "
-        "more, and on busy cores more are far slower); several workers on one machine: keep workers x "
-        "threads <= cores",
+        default=SearchConfig.threads,
+        help="torch CPU threads of this process (default: %(default)s: these small networks gain little "
+        "from more, and on busy cores more are far slower); several workers on one machine: keep workers "
+        "x threads <= cores",
     )
     parser.add_argument(
         "--optimizer", choices=OPTIMIZERS, help=f"sgd (with momentum) or adam {_by_task('optimizer')}"
@@ -120,14 +121,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-top",
         type=float,
-        default=0.25,
-        help="fraction of a stage's best trials the next stage narrows around (default: 0.25)",
+        default=SearchConfig.keep_top,
+        help="fraction of a stage's best trials the next stage narrows around (default: %(default)s)",
     )
     parser.add_argument(
         "--margin",
         type=float,
-        default=0.1,
-        help="widening of the narrowed bounds, per side, as a fraction of the previous width (default: 0.1)",
+        default=SearchConfig.margin,
+        help="widening of the narrowed bounds, per side, as a fraction of the previous width "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--range",
@@ -146,9 +148,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--grace-period",
-        type=float,
-        default=30.0,
-        help="seconds without heartbeat after which a running trial counts as lost (default: 30)",
+        dest="grace_period_s",
+        metavar="SECONDS",
+        type=int,
+        default=SearchConfig.grace_period_s,
+        help="whole seconds without heartbeat after which a running trial counts as lost "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--out", default=DEFAULT_OUT, help=f"folder for summary.json and plots ({DEFAULT_OUT})"
@@ -189,27 +194,21 @@ def run(args: argparse.Namespace) -> int:
             data_seed=seed_of_data,
         )
         study_name = definition.study_name(seed_of_data) if args.study_name is None else args.study_name
+        settings = {name: getattr(args, name) for name in PASSED_ON}
+        settings |= {name: getattr(definition, name) for name in BY_TASK if settings[name] is None}
         configs = [
             SearchConfig(
                 study_name=f"{study_name}-seed{seed}" if several else study_name,
                 storage=storage,
-                trials=definition.trials if args.trials is None else args.trials,
-                stages=definition.stages if args.stages is None else args.stages,
-                tiers=definition.tiers if args.tiers is None else args.tiers,
-                sampler=args.sampler,
                 seed=seed,
-                train_seed=args.train_seed,
-                pruner=args.pruner,
-                keep_top=args.keep_top,
-                margin=args.margin,
-                grace_period_s=args.grace_period,
                 progress=not args.no_progress,
+                **settings,
             )
             for seed in args.seed
         ]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         results, held_outs = [], []
-        with torch_threads(args.threads), output_folder(out):
+        with output_folder(out):
             for config in configs:
                 results.append(tune(task, space, config))
                 held_outs.append(score_chosen(task, results[-1]))
@@ -256,8 +255,8 @@ def _spread(results: list[TuningResult], held_outs: list[HeldOutScores | None]) 
             "its test",
             [trial.user_attrs["test_accuracy"] for trial in best if "test_accuracy" in trial.user_attrs],
         ),
-        ("its test retrained on all training examples", [scores.test_accuracy_all for scores in held]),
         ("its test as trained in its trial", [scores.test_accuracy for scores in held]),
+        ("its test retrained on all training examples", [scores.test_accuracy_all for scores in held]),
     ):
         if len(values) >= 2:
             parts.append(f"{label} {statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}")

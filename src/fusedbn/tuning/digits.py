@@ -18,7 +18,6 @@ weights are those of the plain network.
 """
 
 from collections.abc import Mapping
-from functools import partial
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from fusedbn import FusedBatchNorm1d
-from fusedbn.tuning.training import Task, add_biases
+from fusedbn.tuning.training import add_biases
 
 VALID_FRACTION = 0.2
 TEST_FRACTION = 0.2
@@ -91,17 +90,3 @@ def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         "valid": prepared(x_valid, y_valid),
         "test": prepared(x_test, y_test),
     }
-
-
-def digits_task(
-    epochs: int = 10, optimizer: str = "sgd", device: str = "cpu", batchnorm: bool = True, bias: bool = False
-) -> Task:
-    """The digits classification :class:`Task`: the fixed splits and :func:`build_mlp`."""
-    splits = digits_splits()
-    return Task(
-        build_model=partial(build_mlp, batchnorm=batchnorm, bias=bias),
-        **splits,
-        epochs=epochs,
-        optimizer=optimizer,
-        device=device,
-    )

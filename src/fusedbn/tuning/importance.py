@@ -16,8 +16,11 @@ import numpy as np
 import optuna
 from optuna.distributions import FloatDistribution
 
+from fusedbn.tuning.search import optuna_logs
+
 NOISE = "noise"
 CONFIDENCE = 0.95
+ABOVE_NOISE = f"above the noise floor in at least {CONFIDENCE:.0%} of the resamples"
 
 
 @dataclass
@@ -47,7 +50,7 @@ class Importances:
         return self.above[first][second] >= CONFIDENCE
 
     def above_noise(self) -> list[str]:
-        """The parameters that score above the noise dummy in enough resamples, most important first."""
+        """The parameters that score :data:`ABOVE_NOISE` (the dummy), most important first."""
         return [name for name in self.order() if self.ranks_above(name, NOISE)]
 
 
@@ -57,12 +60,8 @@ def _fanova(
     """Normalised fANOVA importance of each column of ``coords`` for ``values`` (0 for a constant column)."""
     names = [f"x{i}" for i in range(coords.shape[1])]
     distributions = {name: FloatDistribution(lo, hi) for name, (lo, hi) in zip(names, bounds, strict=True)}
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per fit
-    try:
+    with optuna_logs(optuna.logging.WARNING):  # no "new study created" line per fit
         study = optuna.create_study(direction="maximize")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     study.add_trials(
         [
             optuna.trial.create_trial(

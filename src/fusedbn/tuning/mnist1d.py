@@ -25,7 +25,6 @@ The paper's baselines (:data:`PAPER_MODELS`) and their training (:func:`paper_ta
 table: logistic regression 32%, MLP 68%, CNN 94% test accuracy.
 """
 
-import random
 from collections.abc import Mapping
 from functools import partial
 
@@ -36,7 +35,7 @@ from torch import nn
 
 from fusedbn import FusedBatchNorm1d
 from fusedbn.tuning.space import Param, default_space
-from fusedbn.tuning.training import Task, add_biases
+from fusedbn.tuning.training import Task, add_biases, kept_global_random_state
 
 NAME = "mnist1d"
 DATA_SEED = 42  # the generator's default seed: the paper's data
@@ -65,12 +64,8 @@ def generate(data_seed: int = DATA_SEED, num_samples: int = NUM_SAMPLES) -> dict
         raise MissingPackage(f"--task {NAME} needs the mnist1d package: {INSTALL}") from error
     args = get_dataset_args()
     args.seed, args.num_samples = data_seed, num_samples
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
+    with kept_global_random_state():
         data = make_dataset(args)
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
     return {key: data[key] for key in ("x", "y", "x_test", "y_test")}
 
 
@@ -147,32 +142,6 @@ def cnn_space(optimizer: str = "sgd") -> list[Param]:
     }
     weight_decay = Param(name="weight_decay", low=1e-6, high=1e-2, scale="log", tier=3, default=0.0)
     return [changed.get(p.name, p) for p in space] + [weight_decay]
-
-
-def mnist1d_task(
-    epochs: int = 30,
-    optimizer: str = "adam",
-    device: str = "cpu",
-    batchnorm: bool = True,
-    data_seed: int = DATA_SEED,
-    bias: bool = False,
-    score_test: bool = False,
-    num_samples: int = NUM_SAMPLES,
-) -> Task:
-    """The MNIST-1D :class:`Task`: the splits of :func:`mnist1d_splits` and :func:`build_cnn`.
-
-    By default trials do not read the test split (``score_test=False``): it is read only to score the
-    chosen configuration (:meth:`Task.held_out_scores`).
-    """
-    splits = mnist1d_splits(data_seed, num_samples)
-    return Task(
-        build_model=partial(build_cnn, batchnorm=batchnorm, bias=bias),
-        **splits,
-        epochs=epochs,
-        optimizer=optimizer,
-        device=device,
-        score_test=score_test,
-    )
 
 
 def _logistic_regression() -> nn.Module:

@@ -1,6 +1,8 @@
 """PNG plots of a finished study, drawn on matplotlib Figure objects (no display, no global backend).
 
-- ``history.png``: accuracy of every trial in the order they ran, stage by stage, and the best so far.
+- ``history.png``: validation accuracy of every trial, stage after stage, each at its trial number within
+  its stage (the number the summary and Optuna use), the best so far, and the trials without an accuracy
+  (failed, interrupted or diverged) as marks along the bottom.
 - ``learning_rate.png``: accuracy against the learning rate on a log axis.
 - ``beta.png``: accuracy against the momentum beta (SGD's ``momentum`` or Adam's ``adam_beta1``; else the
   first tuned beta), on a log axis of 1 - beta labelled in beta (a linear axis when sampled linearly).
@@ -10,9 +12,11 @@
   when the summary has importances.
 
 Complete trials are filled dots coloured by stage; pruned trials are grey crosses at their last reported
-accuracy; diverged and failed trials have no accuracy and are left out (the summary counts them).
+accuracy; diverged and failed trials have no accuracy and are left out of the other plots (the summary
+counts them). Legends list only what a plot shows.
 """
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,16 +24,27 @@ from pathlib import Path
 import matplotlib.ticker as mticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from optuna.trial import FrozenTrial, TrialState
 
-from fusedbn.tuning.importance import Importances
+from fusedbn.tuning.importance import ABOVE_NOISE, Importances
 from fusedbn.tuning.report import Summary, scored_value
 from fusedbn.tuning.search import TuningResult
 from fusedbn.tuning.space import LogNear1Scale, LogScale, Param
 
 STAGE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 MIN_POINTS_FOR_CONTOUR = 8
+MAX_TICKS = 24
 MOMENTUM_BETAS = ("momentum", "adam_beta1")
+MEANINGS = {
+    "learning_rate": "the initial learning rate",
+    "momentum": "SGD's momentum beta",
+    "adam_beta1": "Adam's first-moment beta",
+    "adam_beta2": "Adam's second-moment beta",
+    "bn_beta": "BatchNorm's running-statistics beta",
+}
+DOT = {"s": 30, "edgecolor": "black", "linewidth": 0.4, "zorder": 3}
+CROSS = {"color": "grey", "marker": "x", "s": 25, "zorder": 2}
 
 
 def _scored(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
@@ -44,12 +59,36 @@ def _scored(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
 
 def _coord_limits(result: TuningResult, param: Param, pad: float = 0.05) -> tuple[float, float]:
     """The declared range of ``param`` on its scale's coordinate, padded by ``pad`` x its width per side."""
-    lo, hi = sorted(param.to_coord(v) for v in result.stages[0].bounds[param.name])
+    lo, hi = result.coord_range(param)
     return lo - pad * (hi - lo), hi + pad * (hi - lo)
 
 
 def _stage_colour(index: int) -> str:
     return STAGE_COLOURS[index % len(STAGE_COLOURS)]
+
+
+def _mark(ax: Axes, x: float, accuracy: float, trial: FrozenTrial, index: int) -> None:
+    """A trial's point: a dot in its stage's colour when complete, a grey cross when pruned."""
+    if trial.state == TrialState.COMPLETE:
+        ax.scatter(x, accuracy, color=_stage_colour(index), **DOT)
+    else:
+        ax.scatter(x, accuracy, **CROSS)
+
+
+def _key(label: str, **style: object) -> Line2D:
+    """A legend entry for markers drawn with ``style``."""
+    return Line2D([], [], linestyle="", label=label, **style)
+
+
+def _legend(ax: Axes, result: TuningResult, *extra: Line2D) -> None:
+    """A legend of the stages, of pruned trials when any is drawn, and of ``extra`` entries."""
+    handles = [
+        _key(f"stage {i + 1}", marker="o", markerfacecolor=_stage_colour(i), markeredgecolor="black")
+        for i in range(len(result.stages))
+    ]
+    if any(trial.state == TrialState.PRUNED for _, trial, _ in _scored(result)):
+        handles.append(_key("pruned (last report)", marker="x", color="grey"))
+    ax.legend(handles=[*handles, *extra], loc="lower right", fontsize=8)
 
 
 def _scatter(
@@ -58,25 +97,10 @@ def _scatter(
     """Accuracy against ``param``'s value (or ``x_of(value)``): dots by stage, crosses for pruned."""
     for index, trial, accuracy in _scored(result):
         value = param.value_from(trial.params)
-        x = x_of(value) if x_of else value
-        if trial.state == TrialState.COMPLETE:
-            ax.scatter(
-                x, accuracy, color=_stage_colour(index), s=30, edgecolor="black", linewidth=0.4, zorder=3
-            )
-        else:
-            ax.scatter(x, accuracy, color="grey", marker="x", s=25, zorder=2)
-    _stage_legend(ax, len(result.stages))
+        _mark(ax, x_of(value) if x_of else value, accuracy, trial, index)
+    _legend(ax, result)
     ax.set_ylabel("validation accuracy")
     ax.grid(True, which="both", alpha=0.3)
-
-
-def _stage_legend(ax: Axes, stages: int) -> None:
-    handles = [
-        ax.scatter([], [], color=_stage_colour(i), edgecolor="black", linewidth=0.4, label=f"stage {i + 1}")
-        for i in range(stages)
-    ]
-    handles.append(ax.scatter([], [], color="grey", marker="x", label="pruned (last report)"))
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
 
 
 def beta_label(one_minus_beta: float) -> str:
@@ -86,60 +110,70 @@ def beta_label(one_minus_beta: float) -> str:
     return f"{1 - one_minus_beta:.{max(1, round(-math.log10(one_minus_beta)))}f}"
 
 
-def _history(result: TuningResult, path: Path) -> None:
+def history_figure(result: TuningResult) -> Figure:
+    """Every trial at x = (trials of the earlier stages) + its number in its stage, with ticks at whole
+    trials labelled with the number in the stage; dotted lines between stages."""
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
-    best_so_far, xs, best_line = -math.inf, [], []
-    for position, (index, trial, accuracy) in enumerate(_scored(result)):
-        if trial.state == TrialState.COMPLETE:
-            ax.scatter(position, accuracy, color=_stage_colour(index), s=30, edgecolor="black", linewidth=0.4)
-            best_so_far = max(best_so_far, accuracy)
-        else:
-            ax.scatter(position, accuracy, color="grey", marker="x", s=25)
-        xs.append(position)
-        best_line.append(best_so_far if best_so_far > -math.inf else math.nan)
-    ax.step(xs, best_line, where="post", color="black", label="best so far")
-    _stage_legend(ax, len(result.stages))
-    ax.set_xlabel("trial (in order, stage after stage)")
+    sizes = [len(stage.trials()) for stage in result.stages]
+    offsets = [0, *itertools.accumulate(sizes)]
+    best_so_far, xs, best_line, unscored = -math.inf, [], [], []
+    for index, stage in enumerate(result.stages):
+        for trial in sorted(stage.trials(), key=lambda t: t.number):
+            x, accuracy = offsets[index] + trial.number, scored_value(trial)
+            if accuracy is None:
+                unscored.append(x)
+                continue
+            _mark(ax, x, accuracy, trial, index)
+            if trial.state == TrialState.COMPLETE:
+                best_so_far = max(best_so_far, accuracy)
+            xs.append(x)
+            best_line.append(best_so_far if best_so_far > -math.inf else math.nan)
+        if index:
+            ax.axvline(offsets[index] - 0.5, color="grey", linestyle=":", linewidth=1)
+    extra = []
+    if best_so_far > -math.inf:
+        extra += ax.step(xs, best_line, where="post", color="black", label="best so far")
+    if unscored:  # along the bottom of the axes
+        bottom = ax.get_xaxis_transform()
+        ax.scatter(unscored, [0.0] * len(unscored), transform=bottom, marker="^", color="tab:red", zorder=4)
+        extra.append(_key("no accuracy (failed, interrupted or diverged)", marker="^", color="tab:red"))
+    _legend(ax, result, *extra)
+    step = 1  # 1, 2, 5, 10, 20, 50...: at most MAX_TICKS ticks
+    while offsets[-1] / step > MAX_TICKS:
+        step = step * 5 // 2 if str(step).startswith("2") else step * 2
+    ticks = [(x + n, n) for x, size in zip(offsets, sizes, strict=False) for n in range(0, size, step)]
+    ax.set_xticks([x for x, _ in ticks], [str(n) for _, n in ticks])
+    ax.set_xlim(-0.5, max(offsets[-1] - 0.5, 0.5))
+    ax.set_xlabel("trial number in its stage (stages left to right, dotted lines between them)")
     ax.set_ylabel("validation accuracy")
-    ax.set_title("Optimisation history")
+    ax.set_title("Validation accuracy of every trial, stage after stage")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
-def _learning_rate(result: TuningResult, lr: Param, path: Path) -> None:
+def accuracy_figure(result: TuningResult, param: Param) -> Figure:
+    """Validation accuracy against ``param`` on its scale: a log axis for ``log``, a log axis of 1 - beta
+    labelled in beta (growing to the right) for ``log-near-1``, else a linear one."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    _scatter(ax, result, lr)
-    if isinstance(lr.scale, LogScale):
+    near_1 = isinstance(param.scale, LogNear1Scale)
+    _scatter(ax, result, param, x_of=(lambda value: 1.0 - value) if near_1 else None)
+    if near_1:
         ax.set_xscale("log")
-    ax.set_xlim(*(lr.from_coord(c) for c in _coord_limits(result, lr)))
-    ax.set_xlabel(lr.axis_label())
-    ax.set_title("Accuracy vs learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def _beta(result: TuningResult, beta: Param, path: Path) -> None:
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    if isinstance(beta.scale, LogNear1Scale):
-        _scatter(ax, result, beta, x_of=lambda value: 1.0 - value)
-        ax.set_xscale("log")
-        ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, beta))))  # beta grows to the right
+        ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, param))))
         ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(v)))
         ax.xaxis.set_minor_formatter(mticker.NullFormatter())
     else:
-        _scatter(ax, result, beta)
-        ax.set_xlim(*_coord_limits(result, beta))
-    ax.set_xlabel(beta.axis_label())
-    ax.set_title(f"Accuracy vs {beta.name}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        ax.set_xscale("log" if isinstance(param.scale, LogScale) else "linear")
+        ax.set_xlim(*(param.from_coord(c) for c in _coord_limits(result, param)))
+    ax.set_xlabel(param.axis_label())
+    meaning = f", {MEANINGS[param.name]}" if param.name in MEANINGS else ""
+    ax.set_title(f"Validation accuracy of each trial vs {param.name}{meaning}")
+    return fig
 
 
-def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path) -> None:
+def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
     # Drawn in the sampling coordinates (log10(learning rate) and log10(1 - beta) on the default scales),
     # so contours are interpolated on the scales the points were drawn on; ticks show natural units.
     points = [
@@ -166,8 +200,7 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param, path: Path
     ax.set_ylabel(beta.axis_label())
     ax.set_title(f"Learning rate x {beta.name} (complete trials)")
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) -> None:
@@ -201,23 +234,21 @@ def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) 
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
 
 
-def _importances(summary: Summary, path: Path) -> None:
+def _importances(summary: Summary) -> Figure:
     measured = summary.importances
     fig = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0))
     ax = fig.subplots()
     draw_importances(ax, measured, summary.tiers)
     ax.set_title(
         f"Parameter importances over {measured.trials} trials (bar colour = tier)\n"
-        f"above the noise floor in 95% of resamples: {', '.join(measured.above_noise()) or 'none'}",
+        f"{ABOVE_NOISE}: {', '.join(measured.above_noise()) or 'none'}",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
-def write_plots(result: TuningResult, summary: Summary, out_dir: Path) -> list[Path]:
-    """Draw the plots that the study's parameters allow into ``out_dir``; returns their paths."""
-    out_dir = Path(out_dir)
+def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
+    """The plots that the study's parameters allow, by file name."""
     tuned = {p.name: p for p in result.tuned}
     lr = tuned.get("learning_rate")
     betas = sorted(
@@ -225,18 +256,23 @@ def write_plots(result: TuningResult, summary: Summary, out_dir: Path) -> list[P
         key=lambda p: p.name not in MOMENTUM_BETAS,
     )
     beta = betas[0] if betas else None
-    written = [out_dir / "history.png"]
-    _history(result, written[-1])
+    drawn = {"history.png": history_figure(result)}
     if lr is not None:
-        written.append(out_dir / "learning_rate.png")
-        _learning_rate(result, lr, written[-1])
+        drawn["learning_rate.png"] = accuracy_figure(result, lr)
     if beta is not None:
-        written.append(out_dir / "beta.png")
-        _beta(result, beta, written[-1])
+        drawn["beta.png"] = accuracy_figure(result, beta)
     if lr is not None and beta is not None:
-        written.append(out_dir / "learning_rate_beta.png")
-        _learning_rate_beta(result, lr, beta, written[-1])
+        drawn["learning_rate_beta.png"] = _learning_rate_beta(result, lr, beta)
     if summary.importances is not None:
-        written.append(out_dir / "importances.png")
-        _importances(summary, written[-1])
+        drawn["importances.png"] = _importances(summary)
+    return drawn
+
+
+def write_plots(result: TuningResult, summary: Summary, out_dir: Path) -> list[Path]:
+    """Draw the plots that the study's parameters allow into ``out_dir``; returns their paths."""
+    written = []
+    for name, fig in figures(result, summary).items():
+        written.append(Path(out_dir) / name)
+        fig.tight_layout()
+        fig.savefig(written[-1], dpi=110)
     return written

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from optuna.trial import FrozenTrial, TrialState
 
-from fusedbn.tuning.importance import Importances, fanova_importances
+from fusedbn.tuning.importance import ABOVE_NOISE, Importances, fanova_importances
 from fusedbn.tuning.search import StageResult, TuningResult
 from fusedbn.tuning.storage import FAILURE_ATTR, display_url
 from fusedbn.tuning.training import HeldOutScores
@@ -125,12 +125,11 @@ def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> 
     if len(result.tuned) < 2 or len(scored) < TRIALS_PER_PARAMETER * (len(result.tuned) + 1):
         return None
     coords = np.array([[p.to_coord(p.value_from(t.params)) for p in result.tuned] for t, _ in scored])
-    bounds = [tuple(sorted(p.to_coord(v) for v in result.stages[0].bounds[p.name])) for p in result.tuned]
     return fanova_importances(
         [p.name for p in result.tuned],
         coords,
         np.array([value for _, value in scored]),
-        bounds,
+        [result.coord_range(p) for p in result.tuned],
         seed=result.config.seed,
         resamples=resamples,
     )
@@ -245,12 +244,11 @@ def _importance_lines(summary: Summary) -> list[str]:
     )
     coordinates = ", ".join(f"{name}: {coordinate}" for name, coordinate in summary.coordinates.items())
     low, high = measured.noise_interval
-    above = ", ".join(measured.above_noise()) or "none"
     lines = [
         f"Importances ({summary.importance_note}): {ranked}",
         f"  measured on the sampled coordinates: {coordinates}",
         f"  noise floor (a dummy parameter with no effect): {measured.noise:.2f} [{low:.2f}-{high:.2f}]; "
-        f"above it: {above}",
+        f"{ABOVE_NOISE}: {', '.join(measured.above_noise()) or 'none'}",
     ]
     check = summary.tier_check
     verdict = (
@@ -265,10 +263,10 @@ def _held_out_lines(held_out: HeldOutScores | None) -> list[str]:
     if held_out is None:
         return []
     return [
-        f"Held-out test accuracy of the chosen configuration: {held_out.test_accuracy_all:.4f} retrained on "
-        f"all {held_out.train_examples_all} training and validation examples; {held_out.test_accuracy:.4f} "
-        f"trained on the {held_out.train_examples} training examples as in its trial (validation "
-        f"{held_out.valid_accuracy:.4f} on that retraining)"
+        f"Held-out test accuracy of the chosen configuration: {held_out.test_accuracy:.4f} trained on the "
+        f"{held_out.train_examples} training examples as in its trial (validation "
+        f"{held_out.valid_accuracy:.4f} on that retraining); {held_out.test_accuracy_all:.4f} retrained on "
+        f"all {held_out.train_examples_all} training and validation examples"
     ]
 
 

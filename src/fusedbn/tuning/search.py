@@ -14,7 +14,9 @@ running trial and moves on, so every worker narrows from the same finished stage
 one machine or several) may run :func:`tune` with the same study name and storage at once; two that
 start a trial at the same instant can take a stage up to (workers - 1) trials over its budget. Running
 again with the same study name resumes: finished trials are kept, trials of a killed worker are failed
-once their heartbeat is older than ``grace_period_s`` and their budget is run again.
+once they had no heartbeat for ``grace_period_s`` seconds (:mod:`fusedbn.tuning.storage`) and their
+budget is run again. Each trial runs through :meth:`optuna.Study.optimize`, which beats for it on a
+database storage.
 
 Sampling: ``"random"`` draws each value from a generator seeded by (seed, stage, trial number,
 parameter), so the same seed gives the same values whatever the worker or restart, and no two trials
@@ -26,19 +28,23 @@ reproducible for one worker on a fresh study; give each concurrent TPE worker it
 ``pruner="median"`` every stage prunes with Optuna's median pruner from its 6th trial on, comparing
 accuracies from the second epoch; ``pruner="none"`` trains every trial to the end.
 
-Training seeds: trial n of stage k trains with a seed derived from (``train_seed``, k, n), so two
-studies with one ``train_seed`` and different sampling ``seed`` values train their trials alike.
+Training: trial n of stage k trains with a seed derived from (``train_seed``, k, n), which fixes all of
+its randomness (:meth:`~fusedbn.tuning.training.Task.train_model`), so two studies with one
+``train_seed`` and different sampling ``seed`` values train their trials alike; and on ``threads`` torch
+CPU threads (the count is put back when :func:`tune` returns), since the thread count changes the
+rounding, hence the numbers.
 
 Failures: a diverging trial is PRUNED with its reason in the user attribute ``failure`` (see
 :mod:`fusedbn.tuning.training`); a CUDA out-of-memory error fails that one trial (reason in ``failure``)
 and the study goes on. A stage stops with :class:`TuningError` once more trials failed than its budget.
 Any other exception fails the running trial (reason in ``failure``) and stops the search; Ctrl-C
 (KeyboardInterrupt) does so too and surfaces as :class:`TuningInterrupted`, which says how many
-finished trials each stage has stored. No trial is left RUNNING by an exception.
+finished trials each stage has stored. No trial is left RUNNING by an exception or Ctrl-C.
 
 Notes: :func:`tune` tells ``notify`` (default: a line on stderr) when it resumes a study ("resuming: N
-finished trials"), when it fails a trial that a stopped worker left RUNNING, and when a stage waits for
-running trials, and why.
+finished trials"), or finds it already finished (then nothing runs; a new study needs another study name
+or storage), when it fails a trial that a stopped worker left RUNNING, and when a stage waits for running
+trials, and why. The progress bar's rate counts the trials run by this process only.
 """
 
 import math
@@ -47,10 +53,9 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import optuna
@@ -62,14 +67,14 @@ from tqdm import tqdm
 from fusedbn.tuning.space import Bounds, Param, SpaceError, check_space, full_bounds, narrow, split_by_tier
 from fusedbn.tuning.storage import (
     FAILURE_ATTR,
-    HEARTBEAT_ATTR,
+    LOST,
+    Heartbeat,
+    beating,
     display_url,
-    fail_stale_trials,
-    heartbeat,
-    is_in_memory,
+    fail_lost_trials,
     open_storage,
 )
-from fusedbn.tuning.training import HeldOutScores, Task
+from fusedbn.tuning.training import HeldOutScores, Task, torch_threads
 
 SAMPLERS = ("random", "grid", "tpe")
 PRUNERS = ("median", "none")
@@ -77,7 +82,6 @@ BOUNDS_ATTR = "bounds"
 SPACE_ATTR = "space"
 WORKER_ATTR = "worker"
 POLL_S = 0.5
-HEARTBEATS_PER_GRACE = 5
 PRUNER_STARTUP_TRIALS = 5
 PRUNER_WARMUP_EPOCHS = 1
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -104,6 +108,17 @@ Notify = Callable[[str], None]
 def print_note(message: str) -> None:
     """Write ``message`` as a line on stderr, above any progress bar."""
     tqdm.write(message, file=sys.stderr)
+
+
+@contextmanager
+def optuna_logs(level: int) -> Iterator[None]:
+    """Run the block with Optuna logging at ``level`` (``optuna.logging.WARNING``...), then restore it."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def derive_seed(*parts: int) -> int:
@@ -208,10 +223,12 @@ class SearchConfig:
     ``trials`` is the number of finished (COMPLETE or PRUNED) trials per stage; ``tiers`` tunes tiers
     1..tiers; ``keep_top`` is the fraction of a stage's best complete trials the next stage narrows
     around, ``margin`` the widening on each side as a fraction of the previous width; a RUNNING trial
-    without a heartbeat for ``grace_period_s`` seconds is taken as lost and failed. ``seed`` seeds the
-    sampling and ``train_seed`` the models' initial weights and mini-batch order (default: ``seed``), so
-    either can vary with the other held. ``pruner`` is "median" or "none". Settings are checked here,
-    once: an unusable one raises ValueError naming it.
+    without a heartbeat for ``grace_period_s`` seconds (a whole number, at least 2) is taken as lost and
+    failed. ``seed`` seeds the sampling and ``train_seed`` the trials' training (initial weights,
+    mini-batch order, Dropout; default: ``seed``), so either can vary with the other held. Trials train
+    on ``threads`` torch CPU threads (default 1, as ``fusedbn tune``: these small networks gain little
+    from more, and on busy cores more are far slower). ``pruner`` is "median" or "none". Settings are
+    checked here, once: an unusable one raises ValueError naming it.
     """
 
     study_name: str
@@ -225,13 +242,14 @@ class SearchConfig:
     pruner: str = "median"
     keep_top: float = 0.25
     margin: float = 0.1
-    grace_period_s: float = 30.0
+    grace_period_s: int = 30
+    threads: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
         if not self.study_name:
             raise ValueError("study name must not be empty")
-        for name in ("trials", "stages"):
+        for name in ("trials", "stages", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (isinstance(self.tiers, int) and self.tiers >= 1):
@@ -248,8 +266,10 @@ class SearchConfig:
             raise ValueError(f"keep_top must lie in (0, 1], got {self.keep_top}")
         if not 0 < self.margin <= 1:
             raise ValueError(f"margin must lie in (0, 1], got {self.margin}")
-        if self.grace_period_s <= 0:
-            raise ValueError(f"grace period must be > 0 seconds, got {self.grace_period_s}")
+        if not (isinstance(self.grace_period_s, int) and self.grace_period_s >= 2):
+            raise ValueError(
+                f"grace_period_s must be a whole number of seconds >= 2, got {self.grace_period_s!r}"
+            )
 
     @property
     def training_seed(self) -> int:
@@ -257,7 +277,7 @@ class SearchConfig:
         return self.seed if self.train_seed is None else self.train_seed
 
     def trial_seed(self, stage: int, trial_number: int) -> int:
-        """The training seed (initial weights, batch order) of trial ``trial_number`` of stage ``stage``."""
+        """The training seed of trial ``trial_number`` of stage ``stage``."""
         return derive_seed(derive_seed(self.training_seed, stage), trial_number)
 
 
@@ -272,10 +292,14 @@ class StageResult:
         """The stage's trials in the given states (all states when none given)."""
         return self.study.get_trials(deepcopy=False, states=states or None)
 
+    def ranked(self) -> list[FrozenTrial]:
+        """The complete trials with a finite accuracy, the highest first."""
+        complete = [t for t in self.trials(TrialState.COMPLETE) if math.isfinite(t.value)]
+        return sorted(complete, key=lambda t: t.value, reverse=True)
+
     def best_trial(self) -> FrozenTrial | None:
         """The complete trial with the highest accuracy, or None when no trial completed."""
-        complete = [t for t in self.trials(TrialState.COMPLETE) if math.isfinite(t.value)]
-        return max(complete, key=lambda t: t.value, default=None)
+        return next(iter(self.ranked()), None)
 
 
 @dataclass
@@ -292,6 +316,11 @@ class TuningResult:
         candidates = [(i + 1, s.best_trial()) for i, s in enumerate(self.stages)]
         candidates = [(i, t) for i, t in candidates if t is not None]
         return max(candidates, key=lambda c: c[1].value, default=None)
+
+    def coord_range(self, param: Param) -> tuple[float, float]:
+        """``param``'s declared range (the first stage's bounds) on its scale's coordinate, low first."""
+        low, high = sorted(param.to_coord(v) for v in self.stages[0].bounds[param.name])
+        return low, high
 
     def params_of(self, trial: FrozenTrial) -> dict[str, float]:
         """All hyperparameters of ``trial`` in natural units (betas as beta), the fixed ones included."""
@@ -314,15 +343,22 @@ def tune(
     missing = task.required_params() - {p.name for p in space}
     if missing:
         raise SpaceError(f"the space lacks {', '.join(sorted(missing))}, which the training loop needs")
-    storage = open_storage(config.storage)
-    fingerprint = {p.name: [p.low, p.high, p.scale.name] for p in tuned}
-    _check_same_space(storage, f"{config.study_name}-stage1", fingerprint)
 
-    _note_resume(storage, config, notify)
+    def note_lost(study: optuna.Study, trial: FrozenTrial) -> None:
+        notify(
+            f"{study.study_name}: trial {trial.number} had no heartbeat for over {config.grace_period_s} s "
+            "(its worker stopped): marked failed; it runs again"
+        )
+
+    heartbeat = Heartbeat(config.grace_period_s, on_lost=note_lost)
+    search = _Search(task, tuned, fixed, config, open_storage(config.storage, heartbeat), heartbeat, notify)
+    _check_same_space(search.storage, f"{config.study_name}-stage1", search.fingerprint())
+    _note_resume(search.storage, config, notify)
     try:
-        stages = _run_stages(task, tuned, fixed, fingerprint, storage, config, notify)
+        with torch_threads(config.threads):
+            stages = search.run()
     except KeyboardInterrupt as interrupt:
-        finished = {name: counts[0] for name, counts in _stored_trials(storage, config).items()}
+        finished = {name: counts[0] for name, counts in _stored_trials(search.storage, config).items()}
         raise TuningInterrupted(display_url(config.storage), finished) from interrupt
     return TuningResult(config=config, tuned=tuned, fixed=fixed, stages=stages)
 
@@ -343,71 +379,36 @@ def _stored_trials(storage: optuna.storages.BaseStorage, config: SearchConfig) -
 
 
 def _note_resume(storage: optuna.storages.BaseStorage, config: SearchConfig, notify: Notify) -> None:
-    """Say how many finished (and running) trials the study already has, when it has any."""
+    """Say how many finished (and running) trials the study already has, when it has any, and when it
+    is already finished, how to start a new one."""
     counts = _stored_trials(storage, config)
-    if any(finished or running for finished, running in counts.values()):
+    total = sum(finished for finished, _ in counts.values())
+    where = f"study {config.study_name!r} in {display_url(config.storage)}"
+    if len(counts) == config.stages and all(f >= config.trials and not r for f, r in counts.values()):
+        notify(
+            f"{where} is already finished ({total} finished trials in {config.stages} stages): nothing runs, "
+            "its results are shown again. To start a new study, use another study name or storage "
+            "(fusedbn tune: --study-name, --storage, or another --out folder for the default storage)"
+        )
+    elif any(finished or running for finished, running in counts.values()):
         per_stage = ", ".join(
             f"stage {name.rpartition('-stage')[2]}: {finished} finished"
             + (f", {running} running" if running else "")
             for name, (finished, running) in counts.items()
         )
-        notify(
-            f"resuming: {sum(finished for finished, _ in counts.values())} finished trials of study "
-            f"{config.study_name!r} in {display_url(config.storage)} ({per_stage})"
-        )
-
-
-def _run_stages(
-    task: Task,
-    tuned: list[Param],
-    fixed: dict[str, float],
-    fingerprint: dict,
-    storage: optuna.storages.BaseStorage,
-    config: SearchConfig,
-    notify: Notify,
-) -> list[StageResult]:
-    """Run every stage in turn, each after the one before it is complete."""
-    stages: list[StageResult] = []
-    for number in range(1, config.stages + 1):
-        study = optuna.create_study(
-            storage=storage,
-            study_name=f"{config.study_name}-stage{number}",
-            direction="maximize",
-            pruner=_make_pruner(config.pruner),
-            load_if_exists=True,
-        )
-        study.sampler = _make_sampler(
-            config, number, tuned, existing_trials=len(study.get_trials(deepcopy=False))
-        )
-        if SPACE_ATTR not in study.user_attrs:
-            study.set_user_attr(SPACE_ATTR, fingerprint)
-        if BOUNDS_ATTR not in study.user_attrs:
-            bounds = full_bounds(tuned) if not stages else _narrowed(stages[-1], tuned, config)
-            study.set_user_attr(BOUNDS_ATTR, {name: list(b) for name, b in bounds.items()})
-        bounds = {name: (low, high) for name, (low, high) in study.user_attrs[BOUNDS_ATTR].items()}
-        stage = StageResult(study=study, bounds=bounds)
-        objective = _objective(
-            task,
-            tuned,
-            fixed,
-            bounds,
-            partial(config.trial_seed, number),
-            None if is_in_memory(storage) else config.grace_period_s,
-        )
-        _run_stage(stage, objective, config, f"stage {number}/{config.stages}", notify)
-        stages.append(stage)
-    return stages
+        notify(f"resuming: {total} finished trials of {where} ({per_stage})")
 
 
 def score_chosen(task: Task, result: TuningResult) -> HeldOutScores | None:
     """The held-out test scores of the configuration ``result`` chose (see
-    :meth:`~fusedbn.tuning.training.Task.held_out_scores`), for a task whose trials leave its test split
-    alone; None for a task whose trials score it, or when no trial completed."""
+    :meth:`~fusedbn.tuning.training.Task.held_out_scores`, on the search's threads), for a task whose
+    trials leave its test split alone; None for a task whose trials score it, or when no trial completed."""
     best = result.best()
     if task.score_test or task.test is None or best is None:
         return None
     stage, trial = best
-    return task.held_out_scores(result.params_of(trial), result.config.trial_seed(stage, trial.number))
+    with torch_threads(result.config.threads):
+        return task.held_out_scores(result.params_of(trial), result.config.trial_seed(stage, trial.number))
 
 
 def _check_same_space(storage: optuna.storages.BaseStorage, study_name: str, fingerprint: dict) -> None:
@@ -446,40 +447,14 @@ def _make_sampler(
 
 def _narrowed(previous: StageResult, tuned: Sequence[Param], config: SearchConfig) -> Bounds:
     """The next stage's bounds: narrowed around the previous stage's best complete trials."""
-    complete = [t for t in previous.trials(TrialState.COMPLETE) if math.isfinite(t.value)]
-    if not complete:
+    ranked = previous.ranked()
+    if not ranked:
         return dict(previous.bounds)
-    best = sorted(complete, key=lambda t: t.value, reverse=True)[
-        : max(1, math.ceil(config.keep_top * len(complete)))
-    ]
+    best = ranked[: max(1, math.ceil(config.keep_top * len(ranked)))]
     return {
         p.name: narrow(p, previous.bounds[p.name], [p.value_from(t.params) for t in best], config.margin)
         for p in tuned
     }
-
-
-def _objective(
-    task: Task,
-    tuned: Sequence[Param],
-    fixed: Mapping[str, float],
-    bounds: Bounds,
-    trial_seed: Callable[[int], int],
-    grace_s: float | None,
-) -> Callable[[optuna.Trial], float]:
-    """The stage's objective; trial n trains with seed ``trial_seed(n)``; with ``grace_s`` (a shared
-    storage) each trial records heartbeats."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(WORKER_ATTR, worker)
-        beating = nullcontext() if grace_s is None else heartbeat(trial, grace_s / HEARTBEATS_PER_GRACE)
-        with beating:
-            params = dict(fixed)
-            for param in tuned:
-                params[param.name] = param.suggest(trial, *bounds[param.name])
-            return task.fit(params, trial, seed=trial_seed(trial.number))
-
-    return objective
 
 
 def _failure(error: BaseException) -> str:
@@ -492,79 +467,122 @@ def _failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
-def _run_trial(study: optuna.Study, objective: Callable[[optuna.Trial], float], notify: Notify) -> None:
-    """Ask ``study`` for a trial, run ``objective`` on it and tell the outcome, so that the trial never
-    stays RUNNING: PRUNED when the objective prunes it, FAIL (with its ``failure``) when it raises. An
-    out-of-memory error ends the trial only; any other exception, Ctrl-C included, goes on."""
-    trial = study.ask()
-    try:
-        value = objective(trial)
-    except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        return
-    except BaseException as error:
-        trial.set_user_attr(FAILURE_ATTR, _failure(error))
-        study.tell(trial, state=TrialState.FAIL)
-        if not isinstance(error, torch.cuda.OutOfMemoryError):
-            raise
-        notify(f"{study.study_name}: trial {trial.number} failed: {_failure(error)}")
-        return
-    study.tell(trial, value)
+@dataclass
+class _Search:
+    """One call of :func:`tune`: the stages it runs, in turn, on one storage."""
+
+    task: Task
+    tuned: list[Param]
+    fixed: dict[str, float]
+    config: SearchConfig
+    storage: optuna.storages.BaseStorage
+    heartbeat: Heartbeat
+    notify: Notify
+
+    def fingerprint(self) -> dict[str, list]:
+        """The tuned parameters' ranges and scales, stored on each stage study to refuse another space."""
+        return {p.name: [p.low, p.high, p.scale.name] for p in self.tuned}
+
+    def run(self) -> list[StageResult]:
+        """Run every stage in turn, each after the one before it is complete."""
+        stages: list[StageResult] = []
+        for number in range(1, self.config.stages + 1):
+            stages.append(self._open_stage(number, stages[-1] if stages else None))
+            self._run_stage(stages[-1], number)
+        return stages
+
+    def _open_stage(self, number: int, previous: StageResult | None) -> StageResult:
+        """Stage ``number``'s study, created or loaded, with the bounds it samples within."""
+        study = optuna.create_study(
+            storage=self.storage,
+            study_name=f"{self.config.study_name}-stage{number}",
+            direction="maximize",
+            pruner=_make_pruner(self.config.pruner),
+            load_if_exists=True,
+        )
+        study.sampler = _make_sampler(
+            self.config, number, self.tuned, existing_trials=len(study.get_trials(deepcopy=False))
+        )
+        if SPACE_ATTR not in study.user_attrs:
+            study.set_user_attr(SPACE_ATTR, self.fingerprint())
+        if BOUNDS_ATTR not in study.user_attrs:
+            bounds = (
+                full_bounds(self.tuned) if previous is None else _narrowed(previous, self.tuned, self.config)
+            )
+            study.set_user_attr(BOUNDS_ATTR, {name: list(b) for name, b in bounds.items()})
+        bounds = {name: (low, high) for name, (low, high) in study.user_attrs[BOUNDS_ATTR].items()}
+        return StageResult(study=study, bounds=bounds)
+
+    def _objective(self, stage: StageResult, number: int) -> Callable[[optuna.Trial], float]:
+        """Stage ``number``'s objective: trial n trains with seed ``config.trial_seed(number, n)``. An
+        exception records its reason in the trial's ``failure`` and goes on to Optuna, which fails the
+        trial; an out-of-memory error is also told to ``notify``."""
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.set_user_attr(WORKER_ATTR, worker)
+            try:
+                with beating(self.storage, trial, self.heartbeat):
+                    params = dict(self.fixed)
+                    for param in self.tuned:
+                        params[param.name] = param.suggest(trial, *stage.bounds[param.name])
+                    return self.task.fit(params, trial, seed=self.config.trial_seed(number, trial.number))
+            except optuna.TrialPruned:
+                raise
+            except BaseException as error:
+                trial.set_user_attr(FAILURE_ATTR, _failure(error))
+                if isinstance(error, torch.cuda.OutOfMemoryError):
+                    self.notify(f"{stage.study.study_name}: trial {trial.number} failed: {_failure(error)}")
+                raise
+
+        return objective
+
+    def _run_stage(self, stage: StageResult, number: int) -> None:
+        """Run trials until the stage has its budget of finished trials and no trial is running."""
+        budget, label = self.config.trials, f"stage {number}/{self.config.stages}"
+        objective = self._objective(stage, number)
+        waited_for: set[int] = set()
+        ran_here, finished = 0, min(budget, sum(t.state in FINISHED for t in stage.trials()))
+        shown = {"desc": label, "unit": "trial", "smoothing": 0, "disable": not self.config.progress}
+        with tqdm(total=budget, initial=finished, **shown) as bar:
+            while True:
+                fail_lost_trials(stage.study, self.storage, self.heartbeat)
+                trials = stage.trials()
+                finished = sum(t.state in FINISHED for t in trials)
+                running = [t for t in trials if t.state == TrialState.RUNNING]  # this worker runs none now
+                failed = [t for t in trials if t.state == TrialState.FAIL]
+                bar.n = min(finished, budget)
+                bar.initial = max(0, bar.n - ran_here)  # the rate counts the trials run here only
+                best = stage.best_trial()
+                bar.set_postfix({} if best is None else {"best": f"{best.value:.4f}"})
+                if finished >= budget and not running:
+                    return
+                if len(failed) > budget:
+                    raise TuningError(
+                        f"{stage.study.study_name}: {len(failed)} trials failed, more than the "
+                        f"budget of {budget}; last failure: {failed[-1].user_attrs.get(FAILURE_ATTR, LOST)}"
+                    )
+                if finished + len(running) < budget:
+                    with optuna_logs(optuna.logging.ERROR):  # failures are told and raised here
+                        stage.study.optimize(objective, n_trials=1, catch=(torch.cuda.OutOfMemoryError,))
+                    ran_here += 1
+                    continue
+                if {t.number for t in running} - waited_for:
+                    waited_for |= {t.number for t in running}
+                    self.notify(_waiting_note(label, running, self.config.grace_period_s))
+                time.sleep(POLL_S)
 
 
-def _run_stage(
-    stage: StageResult,
-    objective: Callable[[optuna.Trial], float],
-    config: SearchConfig,
-    label: str,
-    notify: Notify,
-) -> None:
-    """Run trials until the stage has its budget of finished trials and no trial is running."""
-    budget = config.trials
-    waited_for: set[int] = set()
-    with tqdm(total=budget, desc=label, unit="trial", disable=not config.progress) as bar:
-        while True:
-            for number in fail_stale_trials(stage.study, config.grace_period_s):
-                notify(
-                    f"{label}: trial {number} had no heartbeat for over {config.grace_period_s:g} s (its "
-                    "worker stopped): marked failed; it runs again"
-                )
-            trials = stage.trials()
-            finished = sum(t.state in FINISHED for t in trials)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
-            failed = [t for t in trials if t.state == TrialState.FAIL]
-            bar.update(min(finished, budget) - bar.n)
-            best = stage.best_trial()
-            if best is not None:
-                bar.set_postfix(best=f"{best.value:.4f}")
-            if finished >= budget and running == 0:
-                return
-            if len(failed) > budget:
-                reason = failed[-1].user_attrs.get(FAILURE_ATTR, "see the log")
-                raise TuningError(
-                    f"{stage.study.study_name}: {len(failed)} trials failed, more than the "
-                    f"budget of {budget}; last failure: {reason}"
-                )
-            if finished + running < budget:
-                _run_trial(stage.study, objective, notify)
-                continue
-            elsewhere = [t for t in trials if t.state == TrialState.RUNNING]  # this worker runs none now
-            if {t.number for t in elsewhere} - waited_for:
-                waited_for |= {t.number for t in elsewhere}
-                notify(_waiting_note(label, elsewhere, config.grace_period_s))
-            time.sleep(POLL_S)
-
-
-def _waiting_note(label: str, running: Sequence[FrozenTrial], grace_s: float) -> str:
+def _waiting_note(label: str, running: Sequence[FrozenTrial], grace_s: int) -> str:
     """Why a stage waits: the trials still running elsewhere, and when they count as lost."""
     now = time.time()
     described = ", ".join(
-        f"trial {t.number} (worker {t.user_attrs.get(WORKER_ATTR, 'unknown')}, last heartbeat "
-        f"{now - t.user_attrs.get(HEARTBEAT_ATTR, t.datetime_start.timestamp()):.0f} s ago)"
+        f"trial {t.number} (worker {t.user_attrs.get(WORKER_ATTR, 'unknown')}, started "
+        f"{now - t.datetime_start.timestamp():.0f} s ago)"
         for t in running
     )
     return (
         f"{label}: waiting for {described}: another worker may still be running it, or it was left "
-        f"by a worker that was killed. A trial without a heartbeat for {grace_s:g} s (the grace "
+        f"by a worker that was killed. A trial without a heartbeat for {grace_s} s (the grace "
         "period) counts as lost and runs again here."
     )

@@ -1,7 +1,8 @@
 """The built-in tasks of ``fusedbn tune --task`` and ``fusedbn science --task``, as data.
 
-A :class:`TaskDefinition` says how to build the task's :class:`~fusedbn.tuning.training.Task` and search
-space, which command-line defaults suit it, and which ranges its model can take. Both commands take one,
+A :class:`TaskDefinition` says how to build the task's :class:`~fusedbn.tuning.training.Task` (its data
+splits and model) and search space, which command-line defaults suit it, and which ranges its model can
+take. Both commands take one,
 so each task runs through the same search, training loop, storage, summary and plots.
 
 - ``digits``: scikit-learn's 8x8 digits and an MLP (:mod:`fusedbn.tuning.digits`); every trial records
@@ -12,6 +13,9 @@ so each task runs through the same search, training loop, storage, summary and p
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+
+from torch import Tensor, nn
 
 from fusedbn.tuning import digits, mnist1d
 from fusedbn.tuning.space import Param, SpaceError, default_space
@@ -26,8 +30,9 @@ class TaskError(ValueError):
 class TaskDefinition:
     """One built-in task.
 
-    ``make(epochs=, optimizer=, device=, batchnorm=, bias=, data_seed=)`` builds the :class:`Task` the search
-    runs on; ``space(optimizer)`` gives its search space. ``epochs``, ``optimizer``, ``tiers``,
+    ``splits()`` (or ``splits(data_seed)`` for generated data) gives the "train", "valid" and "test"
+    splits, ``model(params, batchnorm=, bias=)`` builds a network, ``space(optimizer)`` gives the search
+    space; ``score_test`` says whether trials score the test split. ``epochs``, ``optimizer``, ``tiers``,
     ``trials`` and ``stages`` are the command-line defaults for it. ``data_seed`` is the default seed of a
     generated dataset (None: the data are fixed and take no seed). ``limits`` bounds the ranges a
     parameter may be given (name -> (lowest, highest), None for no bound). ``width`` and ``layer`` name
@@ -36,7 +41,8 @@ class TaskDefinition:
 
     name: str
     description: str
-    make: Callable[..., Task]
+    splits: Callable[..., dict[str, tuple[Tensor, Tensor]]]
+    model: Callable[..., nn.Module]
     space: Callable[[str], list[Param]]
     epochs: int
     optimizer: str
@@ -46,6 +52,7 @@ class TaskDefinition:
     width: str
     layer: str
     data_seed: int | None = None
+    score_test: bool = True
     limits: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     def study_name(self, data_seed: int | None) -> str:
@@ -62,27 +69,27 @@ class TaskDefinition:
         data_seed: int | None = None,
         bias: bool = False,
     ) -> Task:
-        """The task's :class:`Task` (defaults: this definition's); ``bias`` gives the layers before each
-        BatchNorm a bias. Raises :class:`TaskError` for a data seed the task cannot take, or a package
-        it needs that is not installed."""
-        settings = {
-            "epochs": self.epochs if epochs is None else epochs,
-            "optimizer": self.optimizer if optimizer is None else optimizer,
-            "device": device,
-            "batchnorm": batchnorm,
-            "bias": bias,
-        }
-        if self.data_seed is None:
-            if data_seed is not None:
-                raise TaskError(f"--data-seed: task {self.name} has fixed data and takes no data seed")
-            return self.make(**settings)
+        """The task's :class:`Task` (defaults: this definition's); ``batchnorm=False`` builds its network
+        without BatchNorm, ``bias`` gives the layers before each BatchNorm a bias. Raises
+        :class:`TaskError` for a data seed the task cannot take, or a package it needs that is not
+        installed."""
+        if self.data_seed is None and data_seed is not None:
+            raise TaskError(f"--data-seed: task {self.name} has fixed data and takes no data seed")
         seed = self.data_seed if data_seed is None else data_seed
-        if not 0 <= seed < 2**32:
+        if seed is not None and not 0 <= seed < 2**32:
             raise TaskError(f"--data-seed must be an integer in [0, 2**32), got {seed}")
         try:
-            return self.make(**settings, data_seed=seed)
+            splits = self.splits() if seed is None else self.splits(seed)
         except mnist1d.MissingPackage as error:
             raise TaskError(str(error)) from None
+        return Task(
+            build_model=partial(self.model, batchnorm=batchnorm, bias=bias),
+            **splits,
+            epochs=self.epochs if epochs is None else epochs,
+            optimizer=self.optimizer if optimizer is None else optimizer,
+            device=device,
+            score_test=self.score_test,
+        )
 
     def check_ranges(self, space: Sequence[Param]) -> None:
         """Raise :class:`~fusedbn.tuning.space.SpaceError` for a parameter whose range leaves the task's
@@ -101,7 +108,8 @@ TASKS: dict[str, TaskDefinition] = {
     "digits": TaskDefinition(
         name="digits",
         description="scikit-learn's 8x8 digits, an MLP with FusedBatchNorm1d",
-        make=digits.digits_task,
+        splits=digits.digits_splits,
+        model=digits.build_mlp,
         space=default_space,
         epochs=8,
         optimizer="sgd",
@@ -114,7 +122,8 @@ TASKS: dict[str, TaskDefinition] = {
     "mnist1d": TaskDefinition(
         name="mnist1d",
         description="MNIST-1D (generated locally), a 1D CNN with FusedBatchNorm1d",
-        make=mnist1d.mnist1d_task,
+        splits=mnist1d.mnist1d_splits,
+        model=mnist1d.build_cnn,
         space=mnist1d.cnn_space,
         epochs=30,
         optimizer="adam",
@@ -124,6 +133,7 @@ TASKS: dict[str, TaskDefinition] = {
         width="channels",
         layer="Conv1d",
         data_seed=mnist1d.DATA_SEED,
+        score_test=False,  # its test split is read only to score the chosen configuration
         # A CNN needs a convolution; a batch cannot be larger than the training split.
         limits={"num_layers": (1, None), "batch_size": (None, mnist1d.TRAIN_EXAMPLES)},
     ),

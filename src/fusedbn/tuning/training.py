@@ -19,10 +19,12 @@ training loss) raises :class:`optuna.TrialPruned` with the reason in the trial's
 history, but it has no score.
 """
 
+import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+import numpy as np
 import optuna
 import torch
 from torch import Tensor, nn
@@ -125,39 +127,42 @@ class Task:
     ) -> nn.Module:
         """Train a fresh model with ``params`` and return it; raises :class:`Diverged`.
 
-        ``seed`` fixes the model's initial weights and the order of the mini-batches.
-        ``after_epoch(epoch, model)`` runs after each epoch (from 0) and may raise to stop the run.
+        ``seed`` fixes all of the run's randomness: the order of the mini-batches (a generator of its
+        own, so it does not depend on how many random numbers the model draws) and, through the global
+        generators of torch, NumPy and Python (:func:`seeded`), the model's initial weights, Dropout and
+        anything else the model or its builder draws. The same seed, parameters and torch threads give
+        the same model, bit for bit, on the CPU. ``after_epoch(epoch, model)`` runs after each epoch
+        (from 0) and may raise to stop the run.
         """
         device = torch.device(self.device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded(seed, device):
             model = self.build_model(params).to(device)
-        optimizer = self._make_optimizer(model, params)
-        batch_order = torch.Generator().manual_seed(seed)
-        x_train, y_train = (t.to(device) for t in self.train)
-        batch_size = int(params["batch_size"])
-        loss_fn = nn.CrossEntropyLoss()
-        for epoch in range(self.epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = params["learning_rate"] / (1.0 + params["lr_decay"] * epoch)
-            model.train()
-            order = (
-                torch.randperm(len(x_train), generator=batch_order)
-                if self.shuffle
-                else torch.arange(len(x_train))
-            ).to(device)
-            # Drop a last batch of one example: BatchNorm cannot normalise a single value.
-            n_used = len(order) - 1 if len(order) % batch_size == 1 else len(order)
-            for start in range(0, n_used, batch_size):
-                batch = order[start : start + batch_size]
-                loss = loss_fn(model(x_train[batch]), y_train[batch])
-                if not torch.isfinite(loss):
-                    raise Diverged(f"diverged: training loss {loss.item()} in epoch {epoch + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            if after_epoch is not None:
-                after_epoch(epoch, model)
+            optimizer = self._make_optimizer(model, params)
+            batch_order = torch.Generator().manual_seed(seed)
+            x_train, y_train = (t.to(device) for t in self.train)
+            batch_size = int(params["batch_size"])
+            loss_fn = nn.CrossEntropyLoss()
+            for epoch in range(self.epochs):
+                for group in optimizer.param_groups:
+                    group["lr"] = params["learning_rate"] / (1.0 + params["lr_decay"] * epoch)
+                model.train()
+                order = (
+                    torch.randperm(len(x_train), generator=batch_order)
+                    if self.shuffle
+                    else torch.arange(len(x_train))
+                ).to(device)
+                # Drop a last batch of one example: BatchNorm cannot normalise a single value.
+                n_used = len(order) - 1 if len(order) % batch_size == 1 else len(order)
+                for start in range(0, n_used, batch_size):
+                    batch = order[start : start + batch_size]
+                    loss = loss_fn(model(x_train[batch]), y_train[batch])
+                    if not torch.isfinite(loss):
+                        raise Diverged(f"diverged: training loss {loss.item()} in epoch {epoch + 1}")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                if after_epoch is not None:
+                    after_epoch(epoch, model)
         return model
 
     def scores(self, model: nn.Module) -> dict[str, float]:
@@ -221,21 +226,33 @@ class Task:
         )
 
     def _make_optimizer(self, model: nn.Module, params: Mapping[str, float]) -> torch.optim.Optimizer:
-        weight_decay = params.get("weight_decay", 0.0)
+        common = {"lr": params["learning_rate"], "weight_decay": params.get("weight_decay", 0.0)}
         if self.optimizer == "sgd":
-            return torch.optim.SGD(
-                model.parameters(),
-                lr=params["learning_rate"],
-                momentum=params["momentum"],
-                weight_decay=weight_decay,
-            )
-        return torch.optim.Adam(
-            model.parameters(),
-            lr=params["learning_rate"],
-            betas=(params["adam_beta1"], params["adam_beta2"]),
-            eps=params["adam_epsilon"],
-            weight_decay=weight_decay,
-        )
+            return torch.optim.SGD(model.parameters(), momentum=params["momentum"], **common)
+        betas = (params["adam_beta1"], params["adam_beta2"])
+        return torch.optim.Adam(model.parameters(), betas=betas, eps=params["adam_epsilon"], **common)
+
+
+@contextmanager
+def kept_global_random_state() -> Iterator[None]:
+    """Put NumPy's and Python's global random generators back as they were when the block ends."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with the global random generators of torch (the CPU's and ``device``'s), NumPy and
+    Python seeded from ``seed``, and put their states back when it ends."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), kept_global_random_state():
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield
 
 
 @contextmanager
