@@ -115,30 +115,30 @@ class Choice(NamedTuple):
 
 
 def implementation(
-    backend: str, input: Tensor, training: bool, weight: Tensor | None = None,
-    bias: Tensor | None = None, residual: Tensor | None = None, relu: bool = False,
-    synchronize: bool = False,
+    backend: str, input: Tensor, training: bool, residual: Tensor | None = None,
+    relu: bool = False, synchronize: bool = False,
 ) -> str:
     """``TRITON`` or ``TORCH``: what runs this call with this ``backend`` setting (the arguments
     are the call's; "auto" runs a synchronized BatchNorm's kernels wherever they run). Raises
     ValueError for an unknown setting, and for ``"triton"`` where the kernels cannot run."""
     if backend == AUTO:
         backend = _auto_means
-    device_type = input.device.type
-    if backend == TORCH or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if backend == TORCH:
         return TORCH
-    if not kernels_run_on(device_type):
+    if backend != AUTO and backend != TRITON:
+        check_backend(backend)
+    if torch.jit.is_tracing() or (torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()):
+        return TORCH
+    device = input.device
+    if not kernels_run_on(device.type):
         if backend == AUTO:
             return TORCH
-        check_backend(backend)
-        raise _kernels_cannot_run(device_type)
-    if backend == TRITON or synchronize or (device_type == "cpu" and not _triton_on_cpu):
+        raise _kernels_cannot_run(device.type)
+    if backend == TRITON or synchronize or (device.type == "cpu" and not _triton_on_cpu):
         return TRITON  # the interpreter is a test of the kernels, never a choice
-    check_backend(backend)
-    mode = _mode(training, input, weight, bias, residual)
     return _predicted_best(
-        input.device, input.shape, input.stride(), input.dtype, mode, residual is not None, relu,
-        torch.compiler.is_compiling(),
+        device, input.shape, input.stride(), input.dtype, _mode(training, input),
+        residual is not None, relu, torch.compiler.is_compiling(),
     )
 
 
@@ -150,17 +150,12 @@ def _kernels_cannot_run(device_type: str) -> ValueError:
     )
 
 
-def _mode(
-    training: bool, input: Tensor, weight: Tensor | None, bias: Tensor | None,
-    residual: Tensor | None,
-) -> str:
-    """The cost model's mode: "fwdbwd" for training with a backward to come, else "fwd" or "eval"."""
+def _mode(training: bool, input: Tensor) -> str:
+    """The cost model's mode: "fwdbwd" for training with a backward to come (the input needs a
+    gradient), else "fwd" or "eval"."""
     if not training:
         return "eval"
-    differentiable = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (input, weight, bias, residual)
-    )
-    return "fwdbwd" if differentiable else "fwd"
+    return "fwdbwd" if input.requires_grad and torch.is_grad_enabled() else "fwd"
 
 
 @torch.compiler.assume_constant_result
@@ -218,27 +213,25 @@ def use_cost_table(path: str | os.PathLike | None) -> None:
 
 
 def explain(
-    input: Tensor, training: bool = True, *, weight: Tensor | None = None,
-    bias: Tensor | None = None, residual: Tensor | None = None, activation: str | None = None,
-    backend: str = AUTO,
+    input: Tensor, training: bool = True, *, residual: Tensor | None = None,
+    activation: str | None = None, backend: str = AUTO,
 ) -> Choice:
     """Which implementation a BatchNorm of ``input`` with these arguments takes, and why: the
     setting or the place that decides, or the cost model's predicted time of each candidate."""
-    chosen = implementation(backend, input, training, weight, bias, residual, activation == "relu")
+    chosen = implementation(backend, input, training, residual, activation == "relu")
     setting = _auto_means if backend == AUTO else backend
     if chosen == TORCH and not kernels_run_on(input.device.type):
         reason = f"fusedbn's kernels do not run on {input.device.type} tensors here"
-    elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    elif torch.jit.is_tracing() or (torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()):
         reason = "TorchScript and ONNX record torch's BatchNorm"
     elif setting != AUTO:
         reason = f"backend={setting!r}" + (" (use_backend)" if backend == AUTO else "")
     elif input.device.type == "cpu" and not _triton_on_cpu:
         reason = "Triton's interpreter runs the kernels on the CPU (TRITON_INTERPRET=1)"
     else:
-        mode = _mode(training, input, weight, bias, residual)
         prediction = _predict(
-            input.device, input.shape, input.stride(), input.dtype, mode, residual is not None,
-            activation == "relu", torch.compiler.is_compiling(),
+            input.device, input.shape, input.stride(), input.dtype, _mode(training, input),
+            residual is not None, activation == "relu", torch.compiler.is_compiling(),
         )
         return Choice(chosen, f"cost model: {prediction}", prediction)
     return Choice(chosen, reason)

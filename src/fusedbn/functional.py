@@ -125,6 +125,24 @@ def check_batch_norm_args(
             raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
 
 
+def statistics_arguments(
+    training: bool,
+    track_running_stats: bool,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+) -> tuple[Tensor | None, Tensor | None, bool, Tensor | None]:
+    """A BatchNorm module's (running_mean, running_var, use_batch_stats, num_batches_tracked) for a
+    call now, by torch's rule: batch statistics in training or without running statistics; the
+    running statistics when they normalise (eval) or are updated (tracked training); the counter
+    in tracked training. Written in TorchScript's subset: scripted modules run it."""
+    if not training:
+        return running_mean, running_var, running_mean is None and running_var is None, None
+    if not track_running_stats:
+        return None, None, True, None
+    return running_mean, running_var, True, num_batches_tracked
+
+
 def averaging_factor(momentum: float | None, num_batches_tracked: Tensor | None) -> float:
     """The factor that folds a batch into the running statistics, torch's rule: ``momentum``, or
     for ``momentum=None`` the cumulative average's ``1 / (earlier batches + 1)``, where
@@ -198,7 +216,7 @@ def batch_norm(
             )
     else:
         process_group = None
-    if implementation(backend, input, training, weight, bias, residual, relu, synchronize) == TORCH:
+    if implementation(backend, input, training, residual, relu, synchronize) == TORCH:
         if synchronize:
             raise ValueError(
                 "batch_norm: synchronized BatchNorm runs fusedbn's kernels only, with the "
@@ -316,12 +334,18 @@ def module_batch_norm(module: nn.Module, input: Tensor, residual: Tensor | None 
     if has_torch_function_variadic(input, residual):
         return handle_torch_function(module_batch_norm, (input, residual), module, input, residual)
     module._check_input_dim(input)
-    running_mean, running_var, use_batch_stats, num_batches_tracked = module.statistics_arguments()
+    # The module's own dicts: nn.Module's __getattr__, which finds parameters and buffers for
+    # ``module.weight``, costs about as much as a small eager call's whole decision.
+    buffers, parameters = module._buffers, module._parameters
+    running_mean, running_var, use_batch_stats, num_batches_tracked = statistics_arguments(
+        module.training, module.track_running_stats, buffers["running_mean"],
+        buffers["running_var"], buffers["num_batches_tracked"],
+    )
     group = module.synchronization_group()
     if group is not None and implementation(module.backend, input, True, synchronize=True) == TORCH:
         return nn.SyncBatchNorm.forward(module, input)
     return batch_norm(
-        input, running_mean, running_var, module.weight, module.bias, use_batch_stats,
-        module.momentum, module.eps, num_batches_tracked, residual, module.activation,
-        module.backend, group is not None, group,
+        input, running_mean, running_var, parameters["weight"], parameters["bias"],
+        use_batch_stats, module.momentum, module.eps, num_batches_tracked, residual,
+        module.activation, module.backend, group is not None, group,
     )

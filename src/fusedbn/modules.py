@@ -12,7 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from fusedbn.backend import AUTO, check_backend
-from fusedbn.functional import ACTIVATIONS, module_batch_norm, torch_batch_norm
+from fusedbn.functional import (
+    ACTIVATIONS,
+    module_batch_norm,
+    statistics_arguments,
+    torch_batch_norm,
+)
 
 
 class FusedBatchNormMixin:
@@ -51,22 +56,6 @@ class FusedBatchNormMixin:
             text += f", activation={self.activation!r}"
         return f"{text}, backend={self.backend!r}"
 
-    def statistics_arguments(
-        self,
-    ) -> tuple[Optional[Tensor], Optional[Tensor], bool, Optional[Tensor]]:  # noqa: UP045
-        """(running_mean, running_var, use_batch_stats, num_batches_tracked) for a call now, by
-        torch's rule: batch statistics in training or without running statistics; the running
-        statistics when they normalise (eval) or are updated (tracked training); the counter in
-        tracked training."""
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        tracked = self.training and self.track_running_stats
-        if self.training and not self.track_running_stats:
-            return None, None, use_batch_stats, None
-        return (
-            self.running_mean, self.running_var, use_batch_stats,
-            self.num_batches_tracked if tracked else None,
-        )
-
     def synchronization_group(self) -> Any:
         """The process group whose batches the statistics cover now (None: this batch only)."""
         return None
@@ -78,7 +67,10 @@ class FusedBatchNormMixin:
         """
         if torch.jit.is_scripting():
             self._check_input_dim(input)
-            running_mean, running_var, use_batch_stats, counter = self.statistics_arguments()
+            running_mean, running_var, use_batch_stats, counter = statistics_arguments(
+                self.training, self.track_running_stats, self.running_mean, self.running_var,
+                self.num_batches_tracked,
+            )
             return torch_batch_norm(
                 input, running_mean, running_var, self.weight, self.bias, use_batch_stats,
                 self.momentum, self.eps, counter, residual, self.activation is not None,

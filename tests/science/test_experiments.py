@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-import fusedbn.backend
 from fusedbn import FusedBatchNorm1d
 from fusedbn.records import run_record
 from fusedbn.science import replot_science
@@ -30,12 +29,12 @@ from fusedbn.science.stats import CONTRADICTED, HELD, NOT_SHOWN
 from fusedbn.tuning.mnist1d import PAPER_MODELS
 
 
-def test_update_bn_recomputes_exact_statistics_on_fused_modules(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Through the Triton kernels (the interpreter on a machine without a GPU), not torch's fallback.
-    monkeypatch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", True)
+@pytest.mark.kernels
+def test_update_bn_recomputes_exact_statistics_on_fused_modules() -> None:
+    # Through the Triton kernels (the interpreter on a machine without a GPU), not torch's BatchNorm.
     generator = torch.Generator().manual_seed(0)
     batches = [3.0 + 2.0 * torch.randn(16, 6, generator=generator) for _ in range(3)]
-    fused = nn.Sequential(nn.Linear(6, 5), FusedBatchNorm1d(5, momentum=0.3))
+    fused = nn.Sequential(nn.Linear(6, 5), FusedBatchNorm1d(5, momentum=0.3, backend="triton"))
     reference = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5, momentum=0.3))
     reference.load_state_dict(fused.state_dict())
     fused.train()

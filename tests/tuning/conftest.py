@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import start_fusedbn
 
-import fusedbn.backend
+import fusedbn
 from fusedbn.tuning.report import Summary, summarize
 from fusedbn.tuning.search import SearchConfig, TuningResult, tune
 from fusedbn.tuning.space import default_space
@@ -22,9 +22,10 @@ from fusedbn.tuning.training import Task
 
 
 @pytest.fixture(autouse=True)
-def native_batch_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+def native_batch_norm() -> Iterator[None]:
     """Run FusedBatchNorm on torch's native CPU kernel: the harness, not the kernels, is under test."""
-    monkeypatch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", False)
+    with fusedbn.use_backend("torch"):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -116,8 +117,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> TuningResult:
     config = SearchConfig(
         study_name="tiny", storage=f"sqlite:///{folder}/tiny.db", trials=10, stages=2, progress=False
     )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(fusedbn.backend, "INTERPRETER_ENABLED", False)
+    with fusedbn.use_backend("torch"):
         return tune(make_tiny_task(), default_space(), config)
 
 
