@@ -21,18 +21,26 @@ def import_graph() -> dict[str, set[str]]:
         for path in folder.rglob("*.py"):
             parts = (*package.split("."), *path.relative_to(folder).with_suffix("").parts)
             graph[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = _imports(path)
-    return {name: {module for module in imported if module in graph and module != name}
-            for name, imported in graph.items()}  # fmt: skip
+    return {name: _resolve(imported, graph) - {name} for name, imported in graph.items()}
 
 
-def _imports(path: Path) -> set[str]:
-    imported = set()
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) for every import: ``import a.b`` is ("a.b", []), ``from a import b`` ("a", ["b"])."""
+    imported = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
+            imported += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            imported.append((node.module, [alias.name for alias in node.names]))
     return imported
+
+
+def _resolve(imported: list[tuple[str, list[str]]], modules: dict) -> set[str]:
+    """The modules of fusedbn that ``imported`` needs: ``from a import b`` needs the module a.b where
+    there is one (a submodule imports without the rest of its package), else a."""
+    wanted = {module for module, names in imported if not names}
+    wanted |= {f"{m}.{n}" if f"{m}.{n}" in modules else m for m, names in imported for n in names}
+    return wanted & modules.keys()
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -52,6 +60,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     for module in sorted(graph):
         visit(module, [])
     return found
+
+
+def test_a_submodule_imported_from_its_package_needs_the_submodule_only():
+    modules = dict.fromkeys(["p", "p.a", "p.b"])
+    assert _resolve([("p", ["a", "helper"]), ("p.b", [])], modules) == {"p.a", "p", "p.b"}
+    assert _resolve([("p", ["a"])], modules) == {"p.a"}
 
 
 def test_the_cycle_finder_finds_a_cycle():
