@@ -64,6 +64,7 @@ from fusedbn.bench.core import (
     LaunchLimits,
     convert_model,
     launch_limits,
+    use_backend,
 )
 from fusedbn.bench.fake_gpu import fake_gpu, recording_launches
 from fusedbn.bench.providers import RESIDUAL_SEED, case_inputs, mode_call
@@ -198,11 +199,13 @@ def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device)
 
 @contextmanager
 def fused_setting(variant: Variant, shape: Shape) -> Iterator[None]:
-    """What fusedbn's blocks of ``variant`` run inside: the split path's limits, or Triton's own
-    launches (every KernelLauncher's direct path off, put back after)."""
+    """What fusedbn's blocks of ``variant`` run inside: its kernels (never torch's BatchNorm, which
+    "auto" may choose), the split path's limits, or Triton's own launches (every KernelLauncher's direct
+    path off, put back after)."""
     launchers = [] if variant.direct_launch else LAUNCHERS
     fast = [launcher.fast for launcher in launchers]
-    with launch_limits(split_limits(shape)) if variant.split else contextlib.nullcontext():
+    limits = launch_limits(split_limits(shape)) if variant.split else contextlib.nullcontext()
+    with use_backend("triton"), limits:
         try:
             for launcher in launchers:
                 launcher.fast = False

@@ -28,9 +28,9 @@ def test_a_call_goes_through_tritons_binder_once_then_launches_directly(training
     before_backend = backend_for("cpu")
     kernels_before = [launcher.kernel for launcher in LAUNCHERS]
     with fake_gpu() as kernels:
-        assert backend_for("cpu") == "triton"
+        assert backend_for("cpu", "triton") == "triton"
         for _ in range(3):
-            y = fusedbn.fused_batch_norm(x, *running, weight, None, training, 0.1, 1e-5)
+            y = fusedbn.fused_batch_norm(x, *running, weight, None, training, 0.1, 1e-5, backend="triton")
             y.backward(torch.randn_like(y))
         used = [kernel for kernel in kernels.values() if kernel.compiled]
         # Each kernel used was bound once (one specialisation, one launch through Triton) and
@@ -46,7 +46,8 @@ def test_a_call_goes_through_tritons_binder_once_then_launches_directly(training
 
 
 def _train_step(x: torch.Tensor) -> torch.Tensor:
-    y = fusedbn.fused_batch_norm(x, torch.zeros(4), torch.ones(4), None, None, True, 0.1, 1e-5)
+    y = fusedbn.fused_batch_norm(x, torch.zeros(4), torch.ones(4), None, None, True, 0.1, 1e-5,
+                                 backend="triton")
     y.backward(torch.ones_like(y))
     return y
 

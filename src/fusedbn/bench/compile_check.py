@@ -63,6 +63,7 @@ from fusedbn.bench.compile_worker import bind, specialisation_text
 from fusedbn.bench.core import (
     KERNEL_SOURCES,
     TICKET_COUNTERS,
+    TRITON,
     LaunchLimits,
     fused_batch_norm,
     launch_limits,
@@ -153,7 +154,7 @@ def record_case(case: Case) -> list[dict[str, Any]]:
         activation = None if case.epilogue == "none" else "relu"
         with launch_limits(LaunchLimits(multiprocessors=case.multiprocessors)):
             y = fused_batch_norm(x, running_mean, running_var, weight, bias, case.mode == FWDBWD, 0.1, 1e-5,
-                                 residual=residual, activation=activation)  # fmt: skip
+                                 residual=residual, activation=activation, backend=TRITON)  # fmt: skip
             y.backward(torch.empty_like(y))
     return [described(call) for call in calls]
 

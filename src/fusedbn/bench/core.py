@@ -3,13 +3,14 @@
 They measure fusedbn as a user runs it: through its public API (the modules, ``convert_model``,
 ``fused_batch_norm``, ``backend_for``), plus the kernel launchers (the KernelLaunchers that the kernel
 modules define), the launch limits that pin the launch choice, the widest access the kernels make,
-the switch that sends CPU tensors down the Triton path (for the fake GPU) and, for the compile gate
+the switch that sends CPU tensors down the Triton path (for the fake GPU), the setting that pins
+"auto" calls to the kernels (``use_backend``) and, for the compile gate
 only, the split path's ticket counters, which a call on fake tensors must not leave behind.
 """
 
 from pathlib import Path
 
-from fusedbn import FusedSyncBatchNorm, backend_for, convert_model, fused_batch_norm
+from fusedbn import FusedSyncBatchNorm, backend_for, convert_model, fused_batch_norm, use_backend
 from fusedbn.backend import TORCH, TRITON, TRITON_INTERPRETER, triton_on_cpu
 from fusedbn.kernels import backward, forward, tickets
 from fusedbn.kernels.launcher import KernelLauncher
@@ -28,5 +29,5 @@ KERNEL_SOURCES = Path(forward.__file__).resolve().parent  # the kernel modules' 
 __all__ = [
     "KERNEL_NAMES", "KERNEL_SOURCES", "LAUNCHERS", "TICKET_COUNTERS", "TORCH", "TRITON", "TRITON_INTERPRETER",
     "WIDEST_ACCESS_BYTES", "Alignment", "FusedSyncBatchNorm", "KernelLauncher", "LaunchLimits", "backend_for",
-    "convert_model", "fused_batch_norm", "launch_limits", "triton_on_cpu",
+    "convert_model", "fused_batch_norm", "launch_limits", "triton_on_cpu", "use_backend",
 ]  # fmt: skip
