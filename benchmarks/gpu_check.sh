@@ -167,7 +167,7 @@ fi
 #    rehearsal runs it on the fake GPU).
 pick_args --smoke --fake-gpu --
 step host-time "$HOST_TIMEOUT" "$RUN/host_time.log" \
-    "$python" -m fusedbn.bench.host_time "${ARGS[@]}" --out "$RUN/host-time"
+    "$python" benchmarks/host_time.py "${ARGS[@]}" --out "$RUN/host-time"
 
 # 6. The quick per-op suite (fusedbn, eager, FlagGems, torch.compile); should it be cut short,
 #    render what reached results.csv.
@@ -182,11 +182,11 @@ fi
 
 # 7. ResNet-50 training steps: batch 128, bf16 and fp16, channels_last, eager, then the CUDA graph of
 #    the whole step (about 6 s a case). torch.compile (about a minute of compiling per variant) and
-#    NCHW, batch 64 are for a longer session: python -m fusedbn.bench.training_step with defaults.
+#    NCHW, batch 64 are for a longer session: python benchmarks/training_step.py with defaults.
 pick_args --smoke -- --batches 128 --precisions bf16,fp16 --layouts channels_last \
-    --modes eager,cuda-graph --warmup 5 --steps 20 --profile-steps 2
+    --executions eager,cuda-graph --warmup 5 --steps 20 --profile-steps 2
 step training-step "$STEP_TIMEOUT" "$RUN/training_step.log" \
-    "$python" -m fusedbn.bench.training_step "${ARGS[@]}" --out "$RUN/training-step" --time-budget "$STEP_BUDGET"
+    "$python" benchmarks/training_step.py "${ARGS[@]}" --out "$RUN/training-step" --time-budget "$STEP_BUDGET"
 
 # 8. A short tuning study on the GPU.
 pick_args --device cpu --trials 2 --stages 1 --epochs 1 -- --device cuda --trials 4 --stages 1 --epochs 3
@@ -207,7 +207,7 @@ cat "$OUT/steps.txt"
 echo "tests: $(grep -E '(passed|failed|error)' "$RUN/tests.log" 2>/dev/null | tail -n 2 | tr '\n' ' ')"
 if [ -s "$OUT/summary.txt" ]; then
     head -n 2 "$OUT/summary.txt"
-    sed -n '/^target /,$p' "$OUT/summary.txt" | head -n 30
+    sed -n '/^| target /,$p' "$OUT/summary.txt" | head -n 30
 fi
 [ -s "$OUT/training_step.txt" ] && sed -n '1,40p' "$OUT/training_step.txt"
 if tar czf "$OUT/gpu-check.tar.gz" -C "$OUT" run; then

@@ -1,5 +1,6 @@
 """Shapes, names and byte accounting of the benchmark cases."""
 
+import argparse
 from collections import Counter
 
 import pytest
@@ -117,6 +118,8 @@ def test_channels_last_applies_only_with_spatial_dims():
 
 def test_parse_lists_accept_aliases_keep_order_and_drop_repeats():
     assert cases.parse_dtypes("bf16,float32, fp16,bfloat16") == ["bfloat16", "float32", "float16"]
+    every_dtype = cases.choices(tuple(cases.DTYPES), "dtype", cases.DTYPE_ALIASES)
+    assert every_dtype("fp64,fp16") == ["float64", "float16"]
     assert cases.parse_layouts("channels_last,nchw") == ["channels_last", "nchw"]
     assert cases.parse_modes("eval,fwd") == ["eval", "fwd"]
     assert cases.parse_providers("compile,fusedbn") == ["compile", "fusedbn"]
@@ -125,14 +128,18 @@ def test_parse_lists_accept_aliases_keep_order_and_drop_repeats():
 @pytest.mark.parametrize(
     "parse, text, message",
     [
-        (cases.parse_dtypes, "float64", "unknown dtype 'float64'; choose from: float32, float16, bfloat16"),
+        (cases.parse_dtypes, "float64",
+         "unknown dtype 'float64'; choose from: float32, float16, bfloat16, fp32, fp16, bf16$"),
+        (cases.parse_dtypes, "fp64", "unknown dtype 'fp64'"),  # the compile gate's dtype, not the benchmarks'
+        (cases.choices(tuple(cases.DTYPES), "dtype", cases.DTYPE_ALIASES), "fp8",
+         "choose from: .*, float64, .*fp64"),
         (cases.parse_layouts, "nhwc", "unknown layout 'nhwc'"),
         (cases.parse_modes, "fwd,backward", "unknown mode 'backward'"),
         (cases.parse_providers, "cudnn", "unknown provider 'cudnn'"),
     ],
 )
 def test_parse_lists_reject_unknown_names(parse, text, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
         parse(text)
 
 
@@ -148,5 +155,5 @@ def test_parse_shapes_groups_names_and_custom_dims():
 
 @pytest.mark.parametrize("token", ["resnet", "64", "64x0x3", "1x2x3x4x5x6", "4x-2", "4x2.5", ""])
 def test_parse_shapes_rejects_unknown_names(token):
-    with pytest.raises(ValueError, match=f"unknown shape '{token}'; use a group"):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"unknown shape '{token}'; use a group"):
         cases.parse_shapes(token)

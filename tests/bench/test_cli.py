@@ -10,7 +10,8 @@ import torch
 
 from fusedbn.backend import backend_for
 from fusedbn.bench import cli, providers
-from fusedbn.bench.results import Result, ResultFile, collect_run_info
+from fusedbn.bench.results import Result, ResultFile, Run
+from fusedbn.records import run_record
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -45,47 +46,47 @@ def test_help_is_the_module_docstring():
 
 
 def test_full_run_plan():
-    plan = cli.build_plan(_parse())
-    assert plan.device == torch.device("cuda")
-    assert len(plan.shapes) == 16
-    assert plan.dtypes == ["float32", "float16", "bfloat16"]
-    assert plan.layouts == ["nchw", "channels_last"]
-    assert plan.modes == ["fwd", "bwd", "fwdbwd", "eval"]
-    assert plan.providers == ["fusedbn", "eager", "flag_gems", "compile"]
-    assert plan.compile_shapes is None and plan.compile_modes is None
-    assert (plan.settings.warmup_ms, plan.settings.rep_ms) == (25, 100)
-    assert plan.copy_bytes == 1 << 30
-    assert math.isinf(plan.time_budget_s) and math.isinf(plan.compile_budget_s)
+    bench = cli.build_benchmark(_parse())
+    assert bench.device == torch.device("cuda")
+    assert len(bench.shapes) == 16
+    assert bench.dtypes == ["float32", "float16", "bfloat16"]
+    assert bench.layouts == ["nchw", "channels_last"]
+    assert bench.modes == ["fwd", "bwd", "fwdbwd", "eval"]
+    assert bench.providers == ["fusedbn", "eager", "flag_gems", "compile"]
+    assert bench.compile_shapes is None and bench.compile_modes is None
+    assert (bench.settings.warmup_ms, bench.settings.rep_ms) == (25, 100)
+    assert bench.copy_bytes == 1 << 30
+    assert math.isinf(bench.time_budget_s) and math.isinf(bench.compile_budget_s)
 
 
 def test_quick_plan_compiles_resnet50_training_modes_within_budgets():
-    plan = cli.build_plan(_parse("--quick"))
-    assert plan.dtypes == ["float16", "bfloat16"]
-    assert len(plan.shapes) == 16
-    assert plan.compile_shapes == {s.name for s in plan.shapes[:12]}
-    assert plan.compile_modes == ["fwd", "bwd", "fwdbwd"]
-    assert plan.time_budget_s == 240 and plan.compile_budget_s == 150
-    assert (plan.settings.warmup_ms, plan.settings.rep_ms) == (10, 40)
+    bench = cli.build_benchmark(_parse("--quick"))
+    assert bench.dtypes == ["float16", "bfloat16"]
+    assert len(bench.shapes) == 16
+    assert bench.compile_shapes == {s.name for s in bench.shapes[:12]}
+    assert bench.compile_modes == ["fwd", "bwd", "fwdbwd"]
+    assert bench.time_budget_s == 240 and bench.compile_budget_s == 150
+    assert (bench.settings.warmup_ms, bench.settings.rep_ms) == (10, 40)
 
 
 def test_options_override_the_preset():
-    plan = cli.build_plan(
+    bench = cli.build_benchmark(
         _parse("--quick", "--dtypes", "fp32", "--compile-shapes", "64x16", "--compile-modes", "eval",
                "--rep-ms", "7", "--time-budget", "30", "--copy-mib", "8")
     )  # fmt: skip
-    assert plan.dtypes == ["float32"]
-    assert plan.compile_shapes == {"64x16"} and plan.compile_modes == ["eval"]
-    assert plan.settings.rep_ms == 7 and plan.settings.warmup_ms == 10
-    assert plan.time_budget_s == 30 and plan.compile_budget_s == 150
-    assert plan.copy_bytes == 8 << 20
+    assert bench.dtypes == ["float32"]
+    assert bench.compile_shapes == {"64x16"} and bench.compile_modes == ["eval"]
+    assert bench.settings.rep_ms == 7 and bench.settings.warmup_ms == 10
+    assert bench.time_budget_s == 30 and bench.compile_budget_s == 150
+    assert bench.copy_bytes == 8 << 20
 
 
 def test_smoke_plan_is_tiny_and_on_the_cpu():
-    plan = cli.build_plan(_parse("--smoke"))
-    assert plan.device == torch.device("cpu")
-    assert [s.name for s in plan.shapes] == ["4x8x6x6", "64x16", "2x4x3x4x4"]
-    assert plan.providers == ["fusedbn", "eager", "flag_gems"]
-    assert plan.modes == ["fwd", "bwd", "fwdbwd", "eval"]
+    bench = cli.build_benchmark(_parse("--smoke"))
+    assert bench.device == torch.device("cpu")
+    assert [s.name for s in bench.shapes] == ["4x8x6x6", "64x16", "2x4x3x4x4"]
+    assert bench.providers == ["fusedbn", "eager", "flag_gems"]
+    assert bench.modes == ["fwd", "bwd", "fwdbwd", "eval"]
 
 
 def test_a_timed_run_without_cuda_says_so(monkeypatch, capsys, tmp_path):
@@ -120,7 +121,7 @@ def test_smoke_end_to_end_then_report(tmp_path, capsys):
         assert rows[0][column] and len({row[column] for row in rows}) == 1
     assert rows[0]["torch"] == torch.__version__
     summary = (out / "summary.txt").read_text()
-    assert "2x4x3x4x4       bfloat16  channels_last  eval" in summary and "target" in summary
+    assert "| 2x4x3x4x4 | bfloat16 | channels_last | eval   |" in summary and "| target" in summary
     assert summary.strip() in printed
     # The summary names what ran fusedbn's cases: on the CPU, the interpreter or torch's own BatchNorm.
     assert f"fusedbn backend: {backend_for('cpu')}, " in summary.splitlines()[3]
@@ -142,7 +143,7 @@ def test_smoke_end_to_end_then_report(tmp_path, capsys):
 def test_an_output_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv):
     monkeypatch.chdir(tmp_path)
     if "--report" in argv:
-        ResultFile(tmp_path / "results.csv", collect_run_info(torch.device("cpu"), 1.0)).append(
+        ResultFile(tmp_path / "results.csv", Run(run_record(), 1.0)).append(
             Result("4x8x6x6", "float32", "nchw", "fwd", "eager", "torch", "ok", median_ms=1.0)
         )
     assert cli.main([*argv, "--out", "/proc/fusedbn-bench"]) == 2
@@ -150,6 +151,15 @@ def test_an_output_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path, m
         "fusedbn bench: error: cannot create the output folder '/proc/fusedbn-bench': "
         "No such file or directory\n"
     )
+
+
+def test_report_renders_a_committed_result_file_written_before_the_run_record(tmp_path, capsys):
+    """The H200 run's results.csv has no machine, threads or load columns: they read as unknown."""
+    committed = Path(__file__).resolve().parents[2] / "benchmarks/results/2026-11-27-h200/results.csv"
+    assert cli.main(["--report", str(committed), "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.txt").read_text()
+    assert summary.startswith("run 20261127T222241Z on NVIDIA H200 (?, load nan): torch 2.11.0+cu130")
+    assert "| 64x256x56x56  | float16  | channels_last | fwdbwd |" in summary
 
 
 def test_report_of_a_missing_file_is_an_error(tmp_path, capsys):

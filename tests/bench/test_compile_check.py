@@ -1,8 +1,9 @@
 """The compile gate: launches recorded on fake tensors, Triton's specialisation, crash-proof workers,
-the kernel report, and the CI subset compiled for sm_90 with the real compiler."""
+the kernel report, the kernels' digest, and the CI subset compiled for sm_90 with the real compiler."""
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,17 +14,20 @@ from packaging.version import Version
 
 import fusedbn
 from fusedbn.bench import compile_check, compile_worker, kernel_report
-from fusedbn.bench.cases import Shape, parse_shapes
-from fusedbn.bench.compile_check import Case, Launch
-from fusedbn.kernels import tickets
-from fusedbn.kernels.layout import Alignment, LaunchLimits, launch_limits
+from fusedbn.bench.cases import DTYPES, FWDBWD, Shape, parse_shapes
+from fusedbn.bench.compile_check import Case
+from fusedbn.bench.core import TICKET_COUNTERS, Alignment, LaunchLimits, launch_limits
+from fusedbn.bench.fake_gpu import KernelCall, recording_launches
+from fusedbn.kernels import forward
+
+from .helpers import table_rows
 
 SMALL = Shape((3, 5, 7, 6), "custom")
 
 
-def _record_real(case: Case) -> list[Launch]:
+def _record_real(case: Case) -> list[dict]:
     """The launches of ``case`` made on real (small) CPU tensors, as a user's call makes them."""
-    dtype = compile_check.DTYPES[case.dtype]
+    dtype = DTYPES[case.dtype]
     generator = torch.Generator().manual_seed(7)
 
     def tensor(shape, requires_grad=False):
@@ -36,15 +40,15 @@ def _record_real(case: Case) -> list[Launch]:
     params = [torch.rand(channels, generator=generator) + 0.5 for _ in range(4)]
     weight, bias = (p.requires_grad_(True) for p in params[:2])
     residual = tensor(case.shape.dims, True) if case.epilogue == "add_relu" else None
-    with compile_check.recording_launches() as launches:
+    with recording_launches(launch=False) as calls:
         with launch_limits(LaunchLimits(multiprocessors=case.multiprocessors)):
             y = fusedbn.fused_batch_norm(
                 tensor(case.shape.dims, True), params[2], params[3], weight, bias,
-                case.mode == "train", 0.1, 1e-5, residual=residual,
+                case.mode == FWDBWD, 0.1, 1e-5, residual=residual,
                 activation=None if case.epilogue == "none" else "relu",
             )
             y.backward(torch.ones_like(y))
-    return launches
+    return [compile_check.described(call) for call in calls]
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -55,15 +59,16 @@ def test_fake_tensors_launch_what_real_tensors_launch(layout, epilogue, mode, mu
     case = Case(SMALL, "float32", layout, epilogue, mode, multiprocessors)
     recorded = compile_check.record_case(case)
     assert recorded == _record_real(case)
-    assert any(launch.name.startswith(("whole_channel", "partial")) for launch in recorded)
+    assert any(launch["kernel"].split(":")[1].startswith(("whole_channel", "partial")) for launch in recorded)
 
 
 def test_resnet_sized_and_larger_inputs_are_never_allocated():
     """A terabyte of input: only fake tensors make recording it possible."""
-    case = Case(Shape((4096, 1024, 256, 256), "custom"), "float32", "nchw", "add_relu", "train", 132)
+    case = Case(Shape((4096, 1024, 256, 256), "custom"), "float32", "nchw", "add_relu", FWDBWD, 132)
     launches = compile_check.record_case(case)
-    assert {launch.name for launch in launches} == {
-        "whole_channel_forward_kernel", "whole_channel_backward_kernel"
+    assert {launch["kernel"] for launch in launches} == {
+        "fusedbn.kernels.forward:whole_channel_forward_kernel",
+        "fusedbn.kernels.backward:whole_channel_backward_kernel",
     }
 
 
@@ -72,10 +77,10 @@ def test_recording_keeps_its_fake_ticket_counters_apart_from_real_calls():
     (fake) call makes must not be the ones a later real call on this thread counts with."""
     split_shape = Shape((2, 4, 64, 65), "custom")  # 2 x 4160 per channel: 4 tiles of 4096
     x = torch.randn(split_shape.dims, generator=torch.Generator().manual_seed(8))
-    before = dict(tickets._counters)
-    launches = compile_check.record_case(Case(split_shape, "float32", "nchw", "relu", "train", 132))
-    assert any(launch.name == "partial_sums_kernel" for launch in launches)  # the split path
-    assert tickets._counters == before
+    before = dict(TICKET_COUNTERS)
+    launches = compile_check.record_case(Case(split_shape, "float32", "nchw", "relu", FWDBWD, 132))
+    assert any(launch["kernel"].endswith(":partial_sums_kernel") for launch in launches)  # the split path
+    assert TICKET_COUNTERS == before
     with launch_limits(LaunchLimits(multiprocessors=132)):
         y = fusedbn.fused_batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
     expected = torch.nn.functional.batch_norm(x, None, None, None, None, True, 0.1, 1e-5)
@@ -93,35 +98,37 @@ def test_describe_tells_aligned_from_misaligned_addresses():
     assert compile_check.describe(17) == 17 and compile_check.describe(0.5) == 0.5
 
 
-def _partial_moments_launch(x: torch.Tensor, n_inner: int, stride_c: int) -> Launch:
+def _partial_moments_launch(x: torch.Tensor, n_inner: int, stride_c: int) -> dict:
     arrivals, partial, statistics = torch.zeros(3, dtype=torch.int32), torch.empty(4, 2, 3), torch.empty(3)
     args = (arrivals, x, partial, *[statistics] * 5, 4, n_inner, 3, 4 * n_inner,
             3 * stride_c, stride_c, 1, 1, 5, 3, 0.1, 1e-5)
-    kwargs = (("BLOCK_C", 1), ("BLOCK_N", 4), ("BLOCK_S", 8), ("CUMULATIVE", False),
-              ("FINALIZE", True), ("UPDATE_RUNNING", False), ("ALIGN", Alignment(1, 1, 1)),
-              ("num_warps", 4))
-    return Launch("fusedbn.kernels.forward:partial_moments_kernel", (3, 2),
-                  tuple(compile_check.describe(a) for a in args), kwargs)
+    kwargs = dict(BLOCK_C=1, BLOCK_N=4, BLOCK_S=8, CUMULATIVE=False, FINALIZE=True, UPDATE_RUNNING=False,
+                  ALIGN=Alignment(1, 1, 1), num_warps=4)
+    return compile_check.described(KernelCall(forward.partial_moments_kernel.fn, (3, 2), args, kwargs))
 
 
-def test_launch_keys_are_equal_exactly_when_tritons_binder_specialises_alike(monkeypatch):
-    """Our dedup key against Triton's own binder (the worker's), on launches that differ in an
-    int's value (equal, 1, a multiple of 16 or not) or a tensor's alignment."""
-    monkeypatch.setattr(triton.runtime.driver, "_active", None)  # bind() sets its own driver
+def test_launches_are_one_specialisation_exactly_when_triton_binds_them_alike():
+    """Triton specialises an int on whether it is 1 and whether 16 divides it, and a tensor on its
+    dtype and 16-byte alignment: 17 and 19 bind alike; 32, 1, 48 and a misaligned tensor do not."""
     x = torch.empty(64)
     launches = [
         _partial_moments_launch(x, 17, 17), _partial_moments_launch(x, 19, 19),
         _partial_moments_launch(x, 32, 17), _partial_moments_launch(x, 1, 17),
         _partial_moments_launch(x[1:], 17, 17), _partial_moments_launch(x, 17, 48),
     ]
-    decided = []
-    for launch in launches:
-        _, binding = compile_worker.bind(compile_check.task_for(launch, 90))
-        decided.append(compile_worker.specialisation_text(binding))
-    for a, b in [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (2, 5)]:
-        assert (launches[a].key() == launches[b].key()) == (decided[a] == decided[b]), (a, b)
-    assert launches[0].key() == launches[1].key()  # 17 and 19: both plain i32
-    assert decided[0] != decided[2] and decided[0] != decided[4]
+    keys = [compile_check.triton_specialisation(launch) for launch in launches]
+    assert keys[0] == keys[1]
+    assert len(set(keys[1:])) == 5
+    assert launches[4]["args"][1] == {"dtype": "float32", "aligned": False}
+
+
+def test_a_binding_takes_its_targets_options_whatever_was_bound_before():
+    """Triton keeps the binder and compile options of the first target a JITFunction binds for: the
+    worker binds each target with a JITFunction of its own (sm_80 has no fp8e4nv, sm_90 has)."""
+    task = compile_check.task_for(_partial_moments_launch(torch.empty(64), 17, 17), 90)
+    options = {cc: compile_worker.bind({**task, "capability": cc})[1]["options"] for cc in (90, 80, 90)}
+    assert "fp8e4nv" in options[90].supported_fp8_dtypes
+    assert "fp8e4nv" not in options[80].supported_fp8_dtypes
 
 
 def _small_grid() -> list[Case]:
@@ -129,7 +136,7 @@ def _small_grid() -> list[Case]:
         [SMALL, Shape((64, 256, 56, 56), "resnet50"), Shape((64, 1024, 14, 14), "resnet50")],
         ["float16", "float32", "float64"], ["nchw", "channels_last"], compile_check.EPILOGUES,
         compile_check.MODES, [132],
-    )
+    )  # fmt: skip
 
 
 def test_representative_subset_covers_every_combination_and_the_regressions():
@@ -140,7 +147,7 @@ def test_representative_subset_covers_every_combination_and_the_regressions():
 
     def combinations(indices):
         return {
-            (specs[i].launch.name, cases[c].epilogue, compile_check.dtype_class(cases[c].dtype),
+            (specs[i].kernel, cases[c].epilogue, compile_check.dtype_class(cases[c].dtype),
              cases[c].layout)
             for i in indices for c in specs[i].cases
         }
@@ -178,11 +185,21 @@ def test_crash_error_and_timeout_are_results_and_the_run_goes_on(monkeypatch, re
     assert sorted(seen) == [1, 2, 3, 4]
 
 
-def test_site_folder_without_triton_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--site", "{tmp}"], "holds no triton package"), (["--targets", "75"], "unknown target 75"),
+     (["--modes", "train"], "unknown mode 'train'; choose from: fwdbwd, eval"),
+     (["--dtypes", "fp8"], "unknown dtype 'fp8'"),
+     (["--multiprocessors", "0"], "expected positive integers")],
+)  # fmt: skip
+def test_bad_options_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        compile_check.build_parser().parse_args(["--site", str(tmp_path)])
+        compile_check.main([*(a.format(tmp=tmp_path) for a in argv), "--out", str(out)])
     assert exit_info.value.code == 2
-    assert "holds no triton package" in capsys.readouterr().err
+    (error,) = capsys.readouterr().err.splitlines()
+    assert message in error and error.startswith("python -m fusedbn.bench.compile_check: error:")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -217,7 +234,8 @@ def test_ci_subset_compiles_for_sm_90_without_crash_error_or_spill(tmp_path):
     )
     gate = compile_check.run_gate(cases, [90], jobs=2, subset=True)
     assert gate["specialisations"], "nothing compiled"
-    assert compile_check.failures(gate) == []
+    assert kernel_report.failures(gate) == []
+    assert gate["kernels_digest"] == compile_check.kernels_digest() and gate["commit"]
     assert all(s["results"]["90"]["sass_agrees"] for s in gate["specialisations"])
 
     accesses, failed = kernel_report.case_widths(gate, "90")[("64x1024x14x14", "float16", "nchw")]
@@ -228,33 +246,83 @@ def test_ci_subset_compiles_for_sm_90_without_crash_error_or_spill(tmp_path):
 
     (tmp_path / f"triton-{gate['triton']}.json").write_text(json.dumps(gate), encoding="utf-8")
     text = kernel_report.write_report(tmp_path).read_text(encoding="utf-8")
-    assert f"| {gate['triton']} | sm_90 | {len(gate['specialisations'])} |" in text
+    rows = table_rows(text)
+    assert [gate["triton"], "sm_90", str(len(gate["specialisations"]))] in [row[:3] for row in rows]
     assert "None: every specialisation compiled, none spills at its register limit." in text
-    assert "| 64x1024x14x14 | float16 | nchw | 8 |" in text
+    assert ["64x1024x14x14", "float16", "nchw", "8"] in [row[:4] for row in rows]
 
 
-def test_every_supported_triton_passed_the_full_sweep():
-    """setup.py's Triton range holds exactly the minor versions whose full sweep is committed, and
-    each sweep compiled everything for sm_80, sm_90 and sm_100 without a problem."""
-    root = Path(__file__).resolve().parents[2]
-    setup = (root / "setup.py").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_supported_triton_passed_the_full_sweep_of_todays_kernels():
+    """setup.py's Triton range holds exactly the minor versions whose full sweep is committed, each
+    sweep compiled everything for sm_80, sm_90 and sm_100 without a problem, and each swept the kernels
+    of today: the digest it recorded (or, for a sweep made before it recorded one, the digest of the
+    kernels at its commit, read with git) is today's."""
+    setup = (ROOT / "setup.py").read_text(encoding="utf-8")
     supported = SpecifierSet(re.search(r'"triton([^"]+)"', setup).group(1))
     # The newest full sweep: benchmarks/results/<date>-compile-gate (benchmarks/compile_check.sh).
-    folder = sorted((root / "benchmarks" / "results").glob("*-compile-gate"))[-1]
+    folder = sorted((ROOT / "benchmarks" / "results").glob("*-compile-gate"))[-1]
+    today = compile_check.kernels_digest()
     sweeps = {}
     for path in sorted(folder.glob("triton-*.json")):
         report = json.loads(path.read_text(encoding="utf-8"))
         version = Version(report["triton"])
         assert version in supported, f"{path.name}: Triton {version} is outside {supported}"
         assert not report["subset"] and report["targets"] == list(compile_check.TARGETS), path.name
-        assert compile_check.failures(report) == [], path.name
+        assert kernel_report.failures(report) == [], path.name
+        if "kernels_digest" in report:
+            swept = report["kernels_digest"]
+        elif not (ROOT / ".git").exists():
+            pytest.skip(f"{path.name} predates kernels_digest and this copy has no git history to read the "
+                        f"kernels of its commit {report['commit']}")  # fmt: skip
+        else:
+            swept = compile_check.kernels_digest(report["commit"])
+        assert swept == today, (
+            f"{path.name} swept other kernels than today's (commit {report['commit']}): run "
+            "bash benchmarks/compile_check.sh again"
+        )
         sweeps[(version.major, version.minor)] = report
-    assert len({report["commit"] for report in sweeps.values()}) == 1, "sweeps of other kernels"
     lower = min(s.version for s in supported if s.operator == ">=")
     upper = min(s.version for s in supported if s.operator == "<")
     low, high = Version(lower), Version(upper)
     wanted = {(low.major, minor) for minor in range(low.minor, high.minor)}
     assert low.major == high.major and set(sweeps) == wanted
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
+                          check=True, capture_output=True, text=True)  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_the_kernels_digest_follows_their_code_not_their_prose(tmp_path, monkeypatch):
+    """A changed statement changes the digest; a changed docstring or comment, or launcher.py, does
+    not; the digest at a commit (git) is the digest of the files as they were then."""
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    monkeypatch.setattr(compile_check, "KERNEL_SOURCES", kernels)
+    source = '"""Kernels."""\n\n\ndef tile(x):\n    """Doubles."""\n    return 2 * x  # twice\n'
+    (kernels / "forward.py").write_text(source)
+    (kernels / "launcher.py").write_text("SPEED = 1\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", ".")
+    _git(tmp_path, "commit", "-q", "-m", "one")
+    first = _git(tmp_path, "rev-parse", "HEAD")
+    digest = compile_check.kernels_digest()
+    assert compile_check.kernels_digest(first) == digest
+    (kernels / "forward.py").write_text(source.replace("Doubles.", "Twice x.").replace("# twice", "# 2x"))
+    (kernels / "launcher.py").write_text("SPEED = 2\n")
+    assert compile_check.kernels_digest() == digest
+    (kernels / "forward.py").write_text(source.replace("2 * x", "x + x"))
+    changed = compile_check.kernels_digest()
+    assert changed != digest
+    _git(tmp_path, "commit", "-q", "-am", "two")
+    assert compile_check.kernels_digest(_git(tmp_path, "rev-parse", "HEAD")) == changed
+    assert compile_check.kernels_digest(first) == digest
+    with pytest.raises(ValueError, match="uncommitted changes"):
+        compile_check.kernels_digest(first + "-dirty")
 
 
 def _compiled(registers: int, num_warps: int, spill_stores: int, at_o1: int = 0) -> dict:
@@ -267,12 +335,12 @@ def test_spills_at_the_register_limit_fail_the_gate_occupancy_spills_do_not():
     assert compile_worker.register_limit(4) == 255 and compile_worker.register_limit(8) == 255
     assert compile_worker.register_limit(16) == 128 and compile_worker.register_limit(32) == 64
     at_limit = _compiled(255, 4, 1)
-    assert compile_check.spills_for_lack_of_registers(at_limit)
-    assert "spill at the register limit" in compile_check.problem(at_limit)
-    assert compile_check.spills_for_lack_of_registers(_compiled(128, 16, 2))
-    assert compile_check.spills_for_lack_of_registers(_compiled(64, 8, 1, at_o1=4))
+    assert kernel_report.spills_for_lack_of_registers(at_limit)
+    assert "spill at the register limit" in kernel_report.problem(at_limit)
+    assert kernel_report.spills_for_lack_of_registers(_compiled(128, 16, 2))
+    assert kernel_report.spills_for_lack_of_registers(_compiled(64, 8, 1, at_o1=4))
     for occupancy in (_compiled(64, 8, 1), _compiled(40, 16, 1), _compiled(128, 4, 1)):
-        assert compile_check.occupancy_spills(occupancy)
-        assert compile_check.problem(occupancy) is None
-    assert not compile_check.spills(_compiled(255, 8, 0))
-    assert compile_check.problem({"status": "crash", "signal": "SIGSEGV"}) == "crash SIGSEGV"
+        assert kernel_report.occupancy_spills(occupancy)
+        assert kernel_report.problem(occupancy) is None
+    assert not kernel_report.spills(_compiled(255, 8, 0))
+    assert kernel_report.problem({"status": "crash", "signal": "SIGSEGV"}) == "crash SIGSEGV"

@@ -1,75 +1,30 @@
-"""The host-time report: stage clocks, instrumentation that puts everything back, the smoke run."""
+"""The host-time report: where the profiled time goes, the smoke run on the fake GPU, bad options."""
 
 import csv
-import sys
-import time
-import types
+import json
+import math
 
 import pytest
 import torch
+import triton
 
-import fusedbn.autograd
-import fusedbn.functional
-from fusedbn.bench import host_time
-from fusedbn.bench.host_time import STAGES, Stage, StageClock, instrumented
+import fusedbn
+from fusedbn.bench.core import KERNEL_SOURCES
 
+from .helpers import load
 
-def test_nested_calls_of_a_stage_count_once():
-    clock = StageClock()
-
-    def work(depth: int) -> int:
-        time.sleep(0.01)
-        return depth if depth == 0 else timed(depth - 1)
-
-    timed = clock.wrap("stage", work)
-    start = time.perf_counter()
-    assert timed(2) == 0
-    elapsed = time.perf_counter() - start
-    assert 0.03 <= clock.seconds["stage"] <= elapsed
+host_time = load("host_time")
+source_area = host_time.source_area
 
 
-def test_instrumentation_times_the_stage_and_puts_everything_back(monkeypatch):
-    module = types.ModuleType("fake_stage_module")
-
-    class Holder:
-        @staticmethod
-        def method(x):
-            return x + 1
-
-    def function(x):
-        return Holder.method(x) * 2
-
-    module.function, module.Holder = function, Holder
-    monkeypatch.setitem(sys.modules, module.__name__, module)
-    stages = (
-        Stage("outer", ((module.__name__, "function"), (module.__name__, "absent"))),
-        Stage("inner", ((module.__name__, "Holder.method"),)),
-    )
-    originals = (module.function, vars(Holder)["method"])
-    clock = StageClock()
-    with pytest.raises(RuntimeError, match="inside"):
-        with instrumented(clock, stages) as missing:
-            assert missing == [f"{module.__name__}.absent"]
-            assert module.function(1) == 4
-            assert module.function is not originals[0]
-            raise RuntimeError("inside")
-    assert (module.function, vars(Holder)["method"]) == originals
-    assert set(clock.seconds) == {"outer", "inner"}
-    assert clock.seconds["outer"] >= clock.seconds["inner"] > 0
-
-
-def test_the_real_stage_targets_exist():
-    # The checks and the autograd Function are fusedbn's own: a rename must update STAGES.
-    clock = StageClock()
-    with instrumented(clock) as missing:
-        assert fusedbn.functional.usual_call is not None
-    present = {f"{m}.{p}" for stage in STAGES for m, p in stage.targets} - set(missing)
-    assert {
-        "fusedbn.functional.usual_call", "fusedbn.functional.check_batch_norm_args",
-        "fusedbn.autograd.plan_batch_norm", "fusedbn.functional.apply_batch_norm",
-        "fusedbn.kernels.launcher.KernelLauncher.__call__",
-    } <= present
-    assert isinstance(vars(fusedbn.autograd.FusedBatchNormFunction)["backward"], staticmethod)
+def test_source_areas_name_fusedbn_files_packages_c_functions_and_the_rest(tmp_path):
+    assert source_area(fusedbn.__file__) == "fusedbn/__init__.py"
+    assert source_area(str(KERNEL_SOURCES / "launcher.py")) == "fusedbn/kernels/launcher.py"
+    assert source_area(torch.nn.functional.__file__) == "torch"
+    assert source_area(triton.__file__) == "triton"
+    assert source_area(json.__file__) == "Python standard library"
+    assert source_area("~") == "C functions"
+    assert source_area(str(tmp_path / "script.py")) == "the benchmark's own calls"
 
 
 def measured(path) -> dict[tuple[str, str, str], float]:
@@ -88,10 +43,12 @@ def test_fake_gpu_smoke_run_measures_every_variant(tmp_path, capsys):
             assert values[(name, side, "us_per_call_median")] > 0, (name, side)
             assert values[(name, side, "python_calls_per_call")] > 10, (name, side)
             assert values[(name, side, "allocations_per_call")] >= 1, (name, side)
-        if name != "floor":
-            # The stage clocks reached fusedbn's checks and its launches.
-            assert values[(name, "fusedbn", "stage_us:argument checks")] > 0, name
-            assert values[(name, "fusedbn", "stage_us:kernel launches")] > 0, name
+            shares = {m.split(":", 1)[1]: v for (n, s, m), v in values.items()
+                      if (n, s) == (name, side) and m.startswith("self_time_share:")}  # fmt: skip
+            assert math.isclose(sum(shares.values()), 1.0, abs_tol=0.01), (name, side)
+            # fusedbn's own files take part in fusedbn's calls (but for the floor), never in torch's.
+            core = {a for a in shares if a.startswith("fusedbn/") and not a.startswith("fusedbn/bench/")}
+            assert bool(core) == (side == "fusedbn" and name != "floor"), (name, side, shares)
     launches = {name: values[(name, "fusedbn", "launches_per_call")] for name in host_time.VARIANT_NAMES}
     assert launches["whole-channel"] == launches["channels_last"] == launches["add-relu"] == 2
     assert launches["triton-launch"] == 2
@@ -99,7 +56,7 @@ def test_fake_gpu_smoke_run_measures_every_variant(tmp_path, capsys):
     assert launches["split"] > launches["whole-channel"]
     assert values[("eval", "torch", "launches_per_call")] == 0
     summary = (tmp_path / host_time.MARKDOWN_FILE).read_text()
-    assert "fake GPU" in summary and "| add-relu |" in summary
+    assert "fake GPU" in summary and "| add-relu " in summary and "fusedbn/kernels/launcher.py" in summary
     assert summary in capsys.readouterr().out
 
 
@@ -114,13 +71,14 @@ def test_without_cuda_or_fake_gpu_it_refuses(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [(["--shape", "4x"], "unknown shape '4x'"), (["--variants", "whole"], "unknown variant 'whole'"),
-     (["--rounds", "0"], "positive integer")],
+     (["--rounds", "0"], "expected a positive number, got '0'")],
 )  # fmt: skip
 def test_bad_options_are_refused(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         host_time.main(["--fake-gpu", "--out", str(tmp_path / "out"), *argv])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()
+    assert message in line and line.startswith("python benchmarks/host_time.py: error:")
     assert not (tmp_path / "out").exists()
 
 

@@ -1,18 +1,24 @@
-"""Which profiled kernels count as BatchNorm's, and the per-call kernel summary."""
+"""Which profiled kernels count as BatchNorm's, the per-call kernel summary, and the per-op suite's
+kernel profile: which cases and providers it profiles, its budget, its outputs."""
 
+import csv
 import math
 
 import pytest
 import torch
 
 import fusedbn
-from fusedbn.bench.profiling import FUSEDBN_KERNELS, batchnorm_share, kernel_times, summarise
+from fusedbn.bench import profiling
+from fusedbn.bench.cases import CUSTOM, RESNET50, Shape
+from fusedbn.bench.core import KERNEL_NAMES
+from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times, summarise
+from fusedbn.bench.providers import unavailable_reason
 
 
 @pytest.mark.parametrize(
     "name",
     [
-        *FUSEDBN_KERNELS,
+        *KERNEL_NAMES,
         "void at::native::batch_norm_collect_statistics_kernel<float, float, float, int>(...)",
         "void at::native::batch_norm_backward_reduce_kernel<c10::BFloat16, float, float, int>(...)",
         "void cudnn::bn_fw_tr_1C11_kernel_NCHW<__half, float, 512, true, 1>(...)",
@@ -77,4 +83,56 @@ def test_batchnorm_kernels_of_torch_and_fusedbn_are_found_on_cuda(dtype, memory_
         assert names, [k.name for k in kernels]
         assert 0 < batchnorm_share(kernels) < 1  # the convolution's kernels are not BatchNorm's
         if isinstance(module, fusedbn.FusedBatchNorm2d):
-            assert any(name.split("(")[0] in FUSEDBN_KERNELS for name in names), names
+            assert any(name.split("(")[0] in KERNEL_NAMES for name in names), names
+
+
+SMALL_RESNET_SHAPE = Shape((4, 8, 6, 6), RESNET50, 1)
+OTHER_SHAPE = Shape((4, 8, 6, 6), CUSTOM)
+
+
+def _fake_profiler(seen):
+    def profiler(call, device, calls):
+        grads = call()  # the fwd+bwd call: gradients of input, weight and bias
+        seen.append(tuple(g.shape for g in grads))
+        return [KernelTime("apply_kernel", 5.0 * len(seen), 2.0, True), KernelTime("gemm", 1.0, 1.0, False)]
+
+    return profiler
+
+
+def test_profiles_resnet_shapes_for_every_available_provider(tmp_path):
+    seen = []
+    rows, left_out = profiling.profile_cases(
+        [OTHER_SHAPE, SMALL_RESNET_SHAPE], ["float32"], ["nchw", "channels_last"], torch.device("cpu"),
+        budget_s=60.0, profiler=_fake_profiler(seen),
+    )  # fmt: skip
+    providers = [p for p in profiling.PROFILED_PROVIDERS if unavailable_reason(p) is None]
+    assert left_out == 0
+    assert seen == [((4, 8, 6, 6), (8,), (8,))] * (2 * len(providers))
+    assert [(r.layout, r.provider) for r in rows[::2]] == [
+        (lay, p) for lay in ("nchw", "channels_last") for p in providers
+    ]
+    assert {r.shape for r in rows} == {SMALL_RESNET_SHAPE.name}
+
+    path = tmp_path / profiling.KERNELS_FILE
+    profiling.write_kernel_rows(rows, path)
+    with path.open() as handle:
+        written = list(csv.DictReader(handle))
+    assert [(w["provider"], w["kernel"], float(w["device_us"])) for w in written[:2]] == [
+        (providers[0], "apply_kernel", 5.0),
+        (providers[0], "gemm", 1.0),
+    ]
+    summary = profiling.format_kernel_summary(rows, left_out)
+    first = next(line for line in summary.splitlines() if line.startswith("| 4x8x6x6"))
+    assert [cell.strip() for cell in first.strip("|").split("|")] == [
+        "4x8x6x6 float32 nchw", providers[0], "6.0", "apply_kernel 5.0, gemm 1.0"
+    ]
+
+
+def test_budget_leaves_cases_out():
+    seen = []
+    rows, left_out = profiling.profile_cases(
+        [SMALL_RESNET_SHAPE], ["float32", "bfloat16"], ["nchw"], torch.device("cpu"), budget_s=0.0,
+        profiler=_fake_profiler(seen),
+    )  # fmt: skip
+    assert (rows, left_out, seen) == ([], 2, [])
+    assert "2 cases left out" in profiling.format_kernel_summary(rows, left_out)

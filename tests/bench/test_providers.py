@@ -75,6 +75,34 @@ def test_fwdbwd_and_bwd_return_the_gradients_of_x_weight_and_bias():
     assert reference.weight.grad is None  # gradients are returned, not accumulated
 
 
+def test_a_residual_and_a_forward_of_its_own_get_their_gradient():
+    """relu(bn(x) + residual), written as the call's forward: the residual's gradient comes last."""
+    reference = providers.reference_module(SHAPE, torch.device("cpu"), seed=3)
+    x, grad_output = _x_and_grad()
+    residual = cases.random_tensor(SHAPE, "float32", cases.NCHW, "cpu", seed=5)
+    leaf, extra = x.clone().requires_grad_(True), residual.clone().requires_grad_(True)
+    F.relu(F.batch_norm(leaf, None, None, reference.weight, reference.bias, training=True) + extra).backward(
+        grad_output
+    )
+    call = providers.mode_call(reference, cases.FWDBWD, x, grad_output, residual,
+                               lambda module, data, more: F.relu(module(data) + more))  # fmt: skip
+    grads = call()
+    assert len(grads) == 4
+    torch.testing.assert_close(grads[0], leaf.grad)
+    torch.testing.assert_close(grads[3], extra.grad)
+    assert residual.grad is None and not residual.requires_grad  # the caller's tensor is left alone
+
+
+def test_case_inputs_are_seeded_and_the_input_is_offset():
+    cpu = torch.device("cpu")
+    first, second = (providers.case_inputs(SHAPE, "float32", cases.NCHW, cpu) for _ in range(2))
+    for a, b in zip(first[1:], second[1:], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(first[0].running_var, second[0].running_var)
+    assert first[1].mean().item() == pytest.approx(providers.X_OFFSET, abs=0.2)
+    assert abs(first[2].mean().item()) < 0.2
+
+
 def test_eval_call_uses_running_statistics_without_autograd():
     reference = providers.reference_module(SHAPE, torch.device("cpu"), seed=3)
     x, grad_output = _x_and_grad()

@@ -1,7 +1,10 @@
 """The terminal report: table cells, targets, failures and the header."""
 
 from fusedbn.bench import report
-from fusedbn.bench.results import Result, RunInfo
+from fusedbn.bench.results import Result, Run
+from fusedbn.records import RunRecord
+
+from .helpers import table_rows
 
 
 def _r(mode, provider, ms, status="ok", dtype="float16", rel_diff=1e-4, gbps=1500.0, share=0.5):
@@ -10,7 +13,7 @@ def _r(mode, provider, ms, status="ok", dtype="float16", rel_diff=1e-4, gbps=150
 
 
 def _cells(line: str) -> list[str]:
-    return line.split()
+    return table_rows(line)[0]
 
 
 def test_table_has_a_line_per_case_with_providers_side_by_side():
@@ -24,8 +27,8 @@ def test_table_has_a_line_per_case_with_providers_side_by_side():
     ]
     lines = report.format_table(results).splitlines()
     assert _cells(lines[0])[:4] == ["shape", "dtype", "layout", "mode"]
-    assert len(lines) == 3
-    fwd, bwd = _cells(lines[1]), _cells(lines[2])
+    assert len(lines) == 4  # the header, its rule and a row per case
+    fwd, bwd = _cells(lines[2]), _cells(lines[3])
     assert fwd == ["64x64x56x56", "float16", "nchw", "fwd", "200.0", "100.0", "150.0", "400.0", "2.00x",
                    "1.50x", "4.00x", "1234", "41%", "1e-04"]  # fmt: skip
     assert bwd[4:12] == ["300.0", "600.0", "-", "-", "0.50x", "-", "-", "1500"]
@@ -39,7 +42,7 @@ def test_table_marks_failures_skips_and_differences():
         _r("fwd", "eager", 0.2, dtype="float32"),
         _r("fwd", "fusedbn", 0.2, dtype="float32", rel_diff=2e-3),
     ]
-    eval_line, fwd_line = (_cells(line) for line in report.format_table(results).splitlines()[1:])
+    eval_line, fwd_line = (_cells(line) for line in report.format_table(results).splitlines()[2:])
     assert eval_line[4:9] == ["200.0", "error", "skip", "-", "-"]
     assert eval_line[-1] == "-"
     assert fwd_line[-1] == "2e-03!"  # past the float32 limit
@@ -52,16 +55,17 @@ def test_targets_text_lists_each_target_and_the_breakdown():
             results.append(Result(shape, "bfloat16", "channels_last", "fwdbwd", provider, "triton", "ok",
                                   median_ms=ms, copy_share=0.85))  # fmt: skip
     text = report.format_targets(results)
-    lines = text.splitlines()
-    assert "geomean" in lines[1] and "1.73x" in lines[1] and ">= 1.25x" in lines[1] and " yes " in lines[1]
-    assert "floor" in lines[2] and "1.00x" in lines[2] and " yes " in lines[2]
-    assert "64x2048x7x7 bfloat16 channels_last fwdbwd" in lines[2]
-    assert "torch.compile" in lines[3] and " - " in lines[3]  # not measured
-    assert "training bandwidth" in lines[4] and "85%" in lines[4] and " yes " in lines[4]
-    assert "eval bandwidth" in lines[5] and " - " in lines[5]
-    breakdown = next(line for line in lines if line.strip().startswith("bfloat16"))
+    rows = table_rows(text)
+    assert rows[0] == ["target", "measured", "goal", "met", "cases", "where"]
+    speed, floor, compiled, training, evaluation = rows[2:7]
+    assert "geomean" in speed[0] and speed[1:5] == ["1.73x", ">= 1.25x", "yes", "2"]
+    assert "floor" in floor[0] and floor[1:4] == ["1.00x", ">= 0.90x", "yes"]
+    assert floor[5] == "64x2048x7x7 bfloat16 channels_last fwdbwd"
+    assert "torch.compile" in compiled[0] and compiled[1] == "-" and compiled[3] == "-"  # not measured
+    assert "training bandwidth" in training[0] and training[1] == "85%" and training[3] == "yes"
+    assert "eval bandwidth" in evaluation[0] and evaluation[3] == "-"
     # geomean sqrt(3 * 1) = 1.73; weighted by layers (1 and 4): (3 + 4) / (1 + 4) = 1.40
-    assert breakdown.split() == ["bfloat16", "channels_last", "1.73x", "1.40x", "2"]
+    assert rows[-1] == ["bfloat16", "channels_last", "1.73x", "1.40x", "2"]
 
 
 def test_problems_name_errors_and_mismatches():
@@ -81,11 +85,12 @@ def test_problems_name_errors_and_mismatches():
 
 
 def test_header_names_device_versions_commit_and_copy_bandwidth():
-    info = RunInfo("20260101T000000Z", "2026-01-01", "NVIDIA H200", "2.11.0", "3.6.0", "0.1.0", "abc1234",
-                   "12.8", 4321.4)  # fmt: skip
-    header = report.format_header(info)
-    for part in ("NVIDIA H200", "torch 2.11.0", "triton 3.6.0", "abc1234", "4321 GB/s", "20260101T000000Z"):
+    record = RunRecord("20260101T000000Z", "2026-01-01", "NVIDIA H200", "x86_64, 8 CPUs", "2.11.0", "3.6.0",
+                       "12.8", "0.1.0", "abc1234", 4, 0.25)  # fmt: skip
+    header = report.format_header(Run(record, 4321.4))
+    for part in ("NVIDIA H200", "torch 2.11.0", "triton 3.6.0", "abc1234", "4321 GB/s", "20260101T000000Z",
+                 "x86_64, 8 CPUs", "load 0.25"):  # fmt: skip
         assert part in header
     assert "CPU run" not in header
-    cpu = RunInfo("r", "d", "cpu x86_64", "2.13", "3.9", "0.1.0", "abc", "none", 5.0)
-    assert "CPU run: it checks the harness" in report.format_header(cpu)
+    cpu = RunRecord("r", "d", "cpu x86_64", "x86_64", "2.13", "3.9", "none", "0.1.0", "abc", 1, 0.0)
+    assert "CPU run: it checks the harness" in report.format_header(Run(cpu, 5.0))

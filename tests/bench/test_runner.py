@@ -16,7 +16,7 @@ FAST = TimingSettings(warmup_calls=0, cpu_repeats=1)
 COPY_GBPS = 10.0
 
 
-def _plan(**overrides) -> runner.Plan:
+def _bench(**overrides) -> runner.Benchmark:
     settings = dict(
         device=torch.device("cpu"),
         shapes=cases.parse_shapes("4x8x6x6,64x16"),
@@ -24,12 +24,12 @@ def _plan(**overrides) -> runner.Plan:
         providers=["fusedbn", "eager"],
         settings=FAST,
     )
-    return runner.Plan(**(settings | overrides))
+    return runner.Benchmark(**(settings | overrides))
 
 
 def test_groups_go_shape_by_shape_and_skip_channels_last_without_spatial_dims():
-    plan = _plan(layouts=["channels_last", "nchw"])
-    assert _names(plan.groups()) == [
+    bench = _bench(layouts=["channels_last", "nchw"])
+    assert _names(bench.groups()) == [
         ("4x8x6x6", "float32", "channels_last"),
         ("4x8x6x6", "float32", "nchw"),
         ("4x8x6x6", "bfloat16", "channels_last"),
@@ -40,9 +40,9 @@ def test_groups_go_shape_by_shape_and_skip_channels_last_without_spatial_dims():
 
 
 def test_units_run_eager_and_fusedbn_everywhere_then_compile_dtype_by_dtype():
-    plan = _plan(providers=["compile", "fusedbn", "eager"], shapes=cases.parse_shapes("4x8x6x6,2x4x3x4x4"))
-    units = [(u.shape.name, u.dtype, u.layout, u.providers) for u in plan.units()]
-    first = [(s, d, lay, ("eager", "fusedbn")) for s, d, lay in _names(plan.groups())]
+    bench = _bench(providers=["compile", "fusedbn", "eager"], shapes=cases.parse_shapes("4x8x6x6,2x4x3x4x4"))
+    units = [(u.shape.name, u.dtype, u.layout, u.providers) for u in bench.units()]
+    first = [(s, d, lay, ("eager", "fusedbn")) for s, d, lay in _names(bench.groups())]
     assert units[:8] == first
     assert units[8:] == [
         ("4x8x6x6", "float32", "nchw", ("compile",)),
@@ -54,7 +54,7 @@ def test_units_run_eager_and_fusedbn_everywhere_then_compile_dtype_by_dtype():
         ("4x8x6x6", "bfloat16", "channels_last", ("compile",)),
         ("2x4x3x4x4", "bfloat16", "channels_last", ("compile",)),
     ]
-    only_compile = _plan(providers=["compile"], compile_shapes={"64x16"})
+    only_compile = _bench(providers=["compile"], compile_shapes={"64x16"})
     assert [(u.shape.name, u.dtype) for u in only_compile.units()] == [
         ("64x16", "float32"),
         ("64x16", "bfloat16"),
@@ -66,22 +66,24 @@ def _names(groups):
 
 
 def test_compile_runs_only_on_its_shapes_and_modes_and_eager_goes_first():
-    plan = _plan(providers=["compile", "fusedbn", "eager"], compile_shapes={"64x16"}, compile_modes=["fwd"])
-    small, vector = plan.shapes
-    assert plan.providers_for(small, "fwd") == ["eager", "fusedbn"]
-    assert plan.providers_for(vector, "fwd") == ["eager", "fusedbn", "compile"]
-    assert plan.providers_for(vector, "eval") == ["eager", "fusedbn"]
+    bench = _bench(providers=["compile", "fusedbn", "eager"], compile_shapes={"64x16"}, compile_modes=["fwd"])
+    small, vector = bench.shapes
+    assert bench.providers_for(small, "fwd") == ["eager", "fusedbn"]
+    assert bench.providers_for(vector, "fwd") == ["eager", "fusedbn", "compile"]
+    assert bench.providers_for(vector, "eval") == ["eager", "fusedbn"]
     # 6 groups x 4 modes x 2 providers, and compile on the 2 groups of 64x16 in fwd
-    assert plan.case_count() == 6 * 4 * 2 + 2
+    assert bench.case_count() == 6 * 4 * 2 + 2
 
 
 def test_a_run_measures_every_case_against_eager():
-    plan = _plan(modes=["fwd", "eval"], layouts=["nchw", "channels_last"])
+    bench = _bench(modes=["fwd", "eval"], layouts=["nchw", "channels_last"])
     seen_units = []
     results = list(
-        runner.run_plan(plan, COPY_GBPS, lambda i, unit, rs: seen_units.append((i, unit.shape.name, len(rs))))
+        runner.run_benchmark(
+            bench, COPY_GBPS, lambda i, unit, rs: seen_units.append((i, unit.shape.name, len(rs)))
+        )
     )
-    assert len(results) == plan.case_count() == 6 * 2 * 2
+    assert len(results) == bench.case_count() == 6 * 2 * 2
     assert seen_units == [(i, name, 4) for i, name in enumerate(["4x8x6x6"] * 4 + ["64x16"] * 2)]
     for result in results:
         assert result.status == "ok", result
@@ -103,9 +105,9 @@ def test_a_run_measures_every_case_against_eager():
 def test_time_budget_skips_what_is_left_without_running_it(monkeypatch):
     calls = []
     monkeypatch.setattr(runner, "mode_call", lambda *args: calls.append(args))
-    plan = _plan(time_budget_s=1e-9)
-    results = list(runner.run_plan(plan, COPY_GBPS))
-    assert len(results) == plan.case_count()
+    bench = _bench(time_budget_s=1e-9)
+    results = list(runner.run_benchmark(bench, COPY_GBPS))
+    assert len(results) == bench.case_count()
     assert all(r.status == "skipped: time budget of 1e-09 s spent" for r in results)
     assert calls == []
 
@@ -114,14 +116,14 @@ def test_time_budget_skips_what_is_left_without_running_it(monkeypatch):
     shutil.which(os.environ.get("CXX", "g++")) is None, reason="torch.compile on the CPU needs a C++ compiler"
 )
 def test_compile_is_measured_until_its_budget_is_spent():
-    plan = _plan(
+    bench = _bench(
         shapes=cases.parse_shapes("64x16"),
         dtypes=["float32", "bfloat16"],
         modes=["fwd"],
         providers=["eager", "compile"],
         compile_budget_s=1e-9,
     )
-    results = list(runner.run_plan(plan, COPY_GBPS))
+    results = list(runner.run_benchmark(bench, COPY_GBPS))
     assert [(r.dtype, r.provider, r.status.split(":")[0]) for r in results] == [
         ("float32", "eager", "ok"),
         ("bfloat16", "eager", "ok"),
@@ -134,10 +136,10 @@ def test_compile_is_measured_until_its_budget_is_spent():
 
 def test_failures_are_recorded_and_the_run_goes_on(monkeypatch):
     # One value per channel: torch refuses to train on it, so the eager reference fails.
-    plan = _plan(
+    bench = _bench(
         shapes=cases.parse_shapes("1x4,4x8x6x6"), dtypes=["float32"], layouts=["nchw"], modes=["fwd"]
     )
-    results = list(runner.run_plan(plan, COPY_GBPS))
+    results = list(runner.run_benchmark(bench, COPY_GBPS))
     assert [r.status.split(":")[0] for r in results] == ["error", "error", "ok", "ok"]
     assert "in eager reference: ValueError" in results[0].status
 
@@ -149,10 +151,10 @@ def test_failures_are_recorded_and_the_run_goes_on(monkeypatch):
         return original(provider, reference, compile_mode)
 
     monkeypatch.setattr(runner, "provider_module", failing)
-    plan = _plan(
+    bench = _bench(
         shapes=cases.parse_shapes("4x8x6x6"), dtypes=["float32"], layouts=["nchw"], modes=["fwd", "eval"]
     )
-    statuses = [(r.mode, r.provider, r.status) for r in runner.run_plan(plan, COPY_GBPS)]
+    statuses = [(r.mode, r.provider, r.status) for r in runner.run_benchmark(bench, COPY_GBPS)]
     assert statuses == [
         ("fwd", "eager", "ok"),
         ("fwd", "fusedbn", "error: RuntimeError: kernel launch failed"),
@@ -163,14 +165,14 @@ def test_failures_are_recorded_and_the_run_goes_on(monkeypatch):
 
 @pytest.mark.cuda
 def test_a_cuda_run_times_with_do_bench_and_matches_eager():
-    plan = _plan(
+    bench = _bench(
         device=torch.device("cuda"),
         shapes=cases.parse_shapes("8x16x12x12"),
         dtypes=["float16"],
         settings=TimingSettings(warmup_ms=2, rep_ms=5),
     )
-    results = list(runner.run_plan(plan, COPY_GBPS))
-    assert len(results) == plan.case_count() == 2 * 4 * 2
+    results = list(runner.run_benchmark(bench, COPY_GBPS))
+    assert len(results) == bench.case_count() == 2 * 4 * 2
     for result in results:
         assert result.status == "ok", result
         assert 0 < result.min_ms <= result.median_ms <= result.max_ms

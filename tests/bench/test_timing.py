@@ -75,3 +75,22 @@ def test_cuda_timing_and_copy_bandwidth_are_plausible():
     assert 0 < measured.timing.min_ms <= measured.timing.median_ms <= measured.timing.max_ms
     # Any GPU copies faster than 10 GB/s and slower than 100 TB/s.
     assert 10 < timing.copy_bandwidth(device, 64 << 20, settings) < 100_000
+
+
+def test_a_budget_is_spent_once_its_seconds_have_passed(monkeypatch):
+    now = [10.0]
+    monkeypatch.setattr(timing, "perf_counter", lambda: now[0])
+    budget = timing.Budget(2.5)
+    now[0] = 12.5
+    assert not budget.spent()
+    now[0] = 12.6
+    assert budget.spent() and str(budget) == "time budget of 2.5 s spent"
+
+
+def test_time_calls_keeps_results_and_times_each_call(monkeypatch):
+    clock = ScriptedClock([0.003, 0.001])
+    monkeypatch.setattr(timing, "perf_counter", clock.perf_counter)
+    calls = timing.time_calls(clock.fn, torch.device("cpu"), 2, keep=True, device_times=True)
+    assert calls.results == ["result 1", "result 2"]
+    assert calls.host_s == pytest.approx([0.003, 0.001]) and calls.wall_s == pytest.approx(0.004)
+    assert calls.device_ms == [] and calls.us_per_call == pytest.approx(2000.0)  # no device on the CPU

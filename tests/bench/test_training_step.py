@@ -8,18 +8,13 @@ import pytest
 import torch
 
 from fusedbn.backend import backend_for
-from fusedbn.bench import training_step
-from fusedbn.bench.training_step import (
-    EAGER,
-    EPILOGUES,
-    FUSEDBN,
-    TOLERANCES,
-    TORCH_BN,
-    VARIANTS,
-    StepCase,
-    StepResult,
-    check_agreement,
-)
+
+from .helpers import load
+
+training_step = load("training_step")
+EAGER, EPILOGUES, FUSEDBN = training_step.EAGER, training_step.EPILOGUES, training_step.FUSEDBN
+TORCH_BN, TOLERANCES, VARIANTS = training_step.TORCH_BN, training_step.TOLERANCES, training_step.VARIANTS
+StepCase, StepResult = training_step.StepCase, training_step.StepResult
 
 
 def test_smoke_run_trains_every_variant_alike(tmp_path, capsys):
@@ -39,8 +34,12 @@ def test_smoke_run_trains_every_variant_alike(tmp_path, capsys):
         assert row["backend"] == expected_backend
     # The fused variants really are different models that ran the same training.
     assert float(rows[1]["loss_diff"]) <= TOLERANCES["fp32"].loss
-    assert (tmp_path / training_step.SUMMARY_FILE).read_text().count("yes") == 3
+    summary = (tmp_path / training_step.SUMMARY_FILE).read_text()
+    assert summary.count("| yes ") == 3 and "fusedbn.bench.resnet (tiny) at 16x16, 1 timed steps" in summary
     assert (tmp_path / training_step.PLOT_FILE).stat().st_size > 0
+    with (tmp_path / training_step.KERNELS_FILE).open() as handle:
+        header = next(csv.reader(handle))
+    assert header[:2] == ["variant", "execution"] and "device_us_per_step" in header  # no profile: no rows
 
 
 def test_the_plot_says_what_it_shows_and_labels_every_case_part() -> None:
@@ -48,16 +47,16 @@ def test_the_plot_says_what_it_shows_and_labels_every_case_part() -> None:
         StepResult(StepCase(variant, EAGER, "fp32", "channels_last", 4), "ok", backend, images_per_s=ips)
         for variant, backend, ips in (("torch", "torch", 10.0), ("fusedbn", "torch", 11.0))
     ]
-    info = {"device": "cpu x86_64", "model": "fusedbn.bench.resnet (tiny)", "image_size": "16"}
-    figure = training_step.plot_figure(results, info)
+    figure = training_step.plot_figure(results, "Training steps of a tiny ResNet")
     (axes,) = figure.axes
-    assert figure.get_suptitle() == "Training steps of fusedbn.bench.resnet (tiny) at 16x16 on cpu x86_64"
+    assert figure.get_suptitle() == "Training steps of a tiny ResNet"
     assert [t.get_text() for t in axes.get_xticklabels()] == ["eager\nfp32\nchannels_last\nbatch 4"]
     assert [t.get_text() for t in axes.get_legend().get_texts()] == [
         "torch (BatchNorm run by torch)",
         "fusedbn (BatchNorm run by torch)",
     ]
     assert "higher is better" in axes.get_ylabel()
+    assert training_step.plot_figure([StepResult(results[0].case, "error: x")], "none measured") is None
 
 
 def _result(variant: str, losses: list[float], stats: list[float], precision: str = "bf16") -> StepResult:
@@ -79,7 +78,7 @@ def test_agreement_flags_a_variant_beyond_tolerance():
     orphan = _result(FUSEDBN, [2.0, 1.5], [1.0, 4.0], precision="fp16")
     failed = StepResult(StepCase(EPILOGUES, "compile", "bf16", "channels_last", 8), "error: boom")
     results = [reference, close, far_loss, far_stats, orphan, failed]
-    check_agreement(results)
+    training_step.check_agreement(results)
     assert [r.agrees for r in results] == ["yes", "yes", "NO", "NO", "-", ""]
     assert close.loss_diff == pytest.approx(tolerance.loss / 2, rel=1e-3)
     assert far_stats.stats_diff == pytest.approx(2 * tolerance.running_stats, rel=1e-3)
@@ -88,7 +87,7 @@ def test_agreement_flags_a_variant_beyond_tolerance():
 def test_nan_loss_disagrees():
     reference = _result(TORCH_BN, [2.0, 1.5], [1.0, 4.0])
     broken = _result(FUSEDBN, [2.0, math.nan], [1.0, 4.0])
-    check_agreement([reference, broken])
+    training_step.check_agreement([reference, broken])
     assert broken.agrees == "NO"
 
 
@@ -103,28 +102,33 @@ def _parse(*argv: str) -> argparse.Namespace:
     [
         (["--batches", "64,1"], "batch sizes must be at least 2"),
         (["--batches", "big"], "expected comma-separated batch sizes"),
-        (["--modes", "eager,graph"], "unknown mode 'graph'"),
+        (["--executions", "eager,graph"], "unknown execution 'graph'"),
+        (["--steps", "0"], "expected a positive number, got '0'"),
+        (["--warmup", "x"], "expected a positive number, got 'x'"),
         (["--variants", "apex"], "unknown variant 'apex'"),
         (["--precisions", "fp8"], "unknown precision 'fp8'"),
     ],
 )
-def test_bad_options_are_refused(argv, message, capsys):
-    with pytest.raises(SystemExit):
-        _parse(*argv)
-    assert message in capsys.readouterr().err
+def test_bad_options_are_refused(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        training_step.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert message in line and line.startswith("python benchmarks/training_step.py: error:")
+    assert not (tmp_path / "out").exists()
 
 
 def test_gpu_plan_runs_eager_first_and_the_target_case_first():
-    plan = training_step.build_plan(_parse("--modes", "compile,eager", "--precisions", "bf16"))
+    plan = training_step.build_plan(_parse("--executions", "compile,eager", "--precisions", "bf16"))
     cases = plan.cases()
     assert cases[0] == StepCase(TORCH_BN, "compile", "bf16", "channels_last", 128)
     assert plan.settings.model == "resnet50" and plan.settings.image_size == 224
     smoke = training_step.build_plan(_parse("--smoke"))
-    assert smoke.device.type == "cpu" and smoke.modes == (EAGER,) and smoke.settings.model == "tiny"
+    assert smoke.device.type == "cpu" and smoke.executions == (EAGER,) and smoke.settings.model == "tiny"
 
 
-def test_cuda_only_modes_are_skipped_on_the_cpu(tmp_path):
-    plan = training_step.build_plan(_parse("--smoke", "--modes", "cuda-graph", "--variants", "torch"))
+def test_cuda_only_executions_are_skipped_on_the_cpu(tmp_path):
+    plan = training_step.build_plan(_parse("--smoke", "--executions", "cuda-graph", "--variants", "torch"))
     results = training_step.run_plan(plan, training_step.base_model(plan.settings)[0])
     assert [r.status for r in results] == ["skipped: cuda-graph needs CUDA"]
 
@@ -137,9 +141,9 @@ def test_cuda_eager_and_graph_steps_train_alike(tmp_path):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         plan = training_step.build_plan(
-            _parse("--model", "tiny", "--image-size", "32", "--batches", "8", "--modes", "eager,cuda-graph",
-                   "--precisions", "fp32,fp16", "--layouts", "channels_last", "--warmup", "2", "--steps", "3",
-                   "--profile-steps", "1")
+            _parse("--model", "tiny", "--image-size", "32", "--batches", "8",
+                   "--executions", "eager,cuda-graph", "--precisions", "fp32,fp16",
+                   "--layouts", "channels_last", "--warmup", "2", "--steps", "3", "--profile-steps", "1")
         )  # fmt: skip
         results = training_step.run_plan(plan, training_step.base_model(plan.settings)[0])
     finally:
@@ -150,6 +154,7 @@ def test_cuda_eager_and_graph_steps_train_alike(tmp_path):
         assert all(math.isfinite(loss) for loss in result.losses)
         assert result.gpu_ms > 0
         # Kernels replayed from a CUDA graph may not reach the profiler one by one.
-        assert 0 < result.bn_share < 1 or (result.case.mode == "cuda-graph" and math.isnan(result.bn_share))
+        graph = result.case.execution == "cuda-graph"
+        assert 0 < result.bn_share < 1 or (graph and math.isnan(result.bn_share))
         if result.case.precision == "fp32":
             assert result.agrees == "yes", (result.case, result.loss_diff, result.stats_diff)

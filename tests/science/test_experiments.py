@@ -11,6 +11,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from fusedbn import FusedBatchNorm1d
+from fusedbn.records import run_record
 from fusedbn.science import replot_science
 from fusedbn.science.experiments import (
     PRESETS,
@@ -117,7 +118,7 @@ def test_paper_table_and_bias_equivalence_on_mnist1d(tmp_path: Path) -> None:
         drawn[path.name] = matplotlib.image.imread(path)
         path.unlink()
     # --replot draws the same figures from science.json alone.
-    run = RunInfo("mnist1d", 1.0, 1.0, 1, 0.0, 0.0)
+    run = RunInfo("mnist1d", run_record(), 1.0, 1.0)
     write_report([table, bias], science.presets["smoke"], "cmd", run, tmp_path)
     assert [path.name for path in replot_science(tmp_path)] == list(drawn)
     for name, pixels in drawn.items():

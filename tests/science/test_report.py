@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from fusedbn.records import RunRecord
 from fusedbn.science.experiments import PRESETS, Finding
 from fusedbn.science.report import ReportFileError, RunInfo, markdown, read_comparison, write_report
 
@@ -25,9 +26,9 @@ def finding(key: str, verdict: str) -> Finding:
     )
 
 
-RUN = RunInfo(
-    task="mnist1d", wall_seconds=90, cpu_seconds=60, torch_threads=1, load_before=0.5, load_after=2.5
-)
+RECORD = RunRecord("r", "2026-01-01T00:00:00+00:00", "cpu x86_64", "x86_64, 2 CPUs, Python 3.11", "2.13",
+                   "3.9", "none", "0.1.0", "abc1234", 1, 0.5, 2.5)  # fmt: skip
+RUN = RunInfo(task="mnist1d", record=RECORD, wall_seconds=90, cpu_seconds=60)
 
 
 def test_report_records_wall_and_cpu_time_threads_and_load(tmp_path: Path) -> None:
@@ -35,8 +36,10 @@ def test_report_records_wall_and_cpu_time_threads_and_load(tmp_path: Path) -> No
     text = markdown_path.read_text()
     assert "Wall time 1.5 min, CPU time 1.0 min, 1 process(es) of 1 torch thread(s), which had 67%" in text
     assert "load average 0.5 at the start, 2.5 at the end" in text
+    assert "Run on x86_64, 2 CPUs, Python 3.11, torch 2.13, fusedbn 0.1.0 at abc1234" in text
     data = json.loads(json_path.read_text())
     assert data["run"]["task"] == "mnist1d" and data["run"]["cpu_seconds"] == 60
+    assert data["run"]["record"]["commit"] == "abc1234"
     assert "groups of experiments" not in text, "one group: nothing to say"
 
 
@@ -50,7 +53,7 @@ def test_report_says_what_the_longest_group_of_experiments_costs(tmp_path: Path)
 def test_two_tasks_side_by_side_say_where_they_differ(tmp_path: Path) -> None:
     other = tmp_path / "digits"
     other.mkdir()
-    digits_run = RunInfo("digits", 1, 1, 1, 0, 0)
+    digits_run = RunInfo("digits", RECORD, 1, 1)
     findings = [finding("a", "held"), finding("b", "not shown")]
     write_report(findings, PRESETS["smoke"], "cmd", digits_run, other)
     comparison = read_comparison(other / "science.json")
@@ -58,7 +61,9 @@ def test_two_tasks_side_by_side_say_where_they_differ(tmp_path: Path) -> None:
     mine = [finding("paper", "contradicted"), finding("a", "held"), finding("b", "held")]
     text = markdown(mine, PRESETS["smoke"], "cmd", RUN, comparison)
     assert "## mnist1d beside digits" in text
-    assert "| title of a | held | held |" in text and "| title of paper | not run | contradicted |" in text
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]  # fmt: skip
+    assert ["title of a", "held", "held"] in rows and ["title of paper", "not run", "contradicted"] in rows
     assert "- title of b: **held** on mnist1d, **not shown** on digits." in text
     assert "- title of a:" not in text
 

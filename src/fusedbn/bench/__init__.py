@@ -1,3 +1,4 @@
 """GPU benchmarks of fusedbn: the per-op suite against torch eager, FlagGems, torch.compile and the copy
-bandwidth (``fusedbn bench``), whole ResNet-50 training steps (:mod:`fusedbn.bench.training_step`) and the
-host-time benchmark (:mod:`fusedbn.bench.host_time`, on a fake GPU without one)."""
+bandwidth (``fusedbn bench``), the compile gate (:mod:`fusedbn.bench.compile_check`), and what they share
+with the benchmark scripts of the repository's benchmarks/ folder (ResNet-50 training steps, host time):
+cases, providers, the timer, the profiler, the fake GPU and launch recorder."""

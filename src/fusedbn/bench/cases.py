@@ -25,7 +25,6 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -93,12 +92,15 @@ SHAPE_GROUPS: dict[str, tuple[str, ...]] = {
 # Shapes with at least this many elements are "large": the bandwidth target applies to them.
 LARGE_NUMEL = 1 << 24
 
+# The input dtypes fusedbn takes; the benchmarks time the first three, the compile gate compiles all four.
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
 }
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+BENCH_DTYPES = ("float32", "float16", "bfloat16")
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
 NCHW = "nchw"
 CHANNELS_LAST = "channels_last"
@@ -111,7 +113,7 @@ BWD = "bwd"
 FWDBWD = "fwdbwd"
 EVAL = "eval"
 # fwd: training forward; bwd: backward of a training forward; fwdbwd: both; eval: forward with
-# running statistics.
+# running statistics. The compile gate records fwdbwd and eval calls.
 MODES = (FWD, BWD, FWDBWD, EVAL)
 
 FUSEDBN = "fusedbn"
@@ -156,56 +158,47 @@ def random_tensor(
     return (data * 2.0 + offset).to(DTYPES[dtype]).permute(order)
 
 
-def parse_choices(
-    text: str, allowed: tuple[str, ...], what: str, aliases: dict[str, str] | None = None
-) -> list[str]:
-    """Comma-separated names from ``allowed`` (or ``aliases`` of them), without repeats, in order.
+def choices(
+    allowed: tuple[str, ...], what: str, aliases: dict[str, str] | None = None
+) -> Callable[[str], list[str]]:
+    """A parser (and argparse ``type``) of comma-separated names from ``allowed`` (or ``aliases`` of
+    them): the names without repeats, in order; an unknown name is an ArgumentTypeError naming it."""
+    aliases = {alias: name for alias, name in (aliases or {}).items() if name in allowed}
 
-    Raises ValueError naming the first unknown ``what``.
-    """
-    aliases = aliases or {}
-    chosen: list[str] = []
-    for raw in text.split(","):
-        name = aliases.get(raw.strip(), raw.strip())
-        if name not in allowed:
-            known = ", ".join(allowed + tuple(aliases))
-            raise ValueError(f"unknown {what} {raw.strip()!r}; choose from: {known}")
-        if name not in chosen:
-            chosen.append(name)
-    return chosen
+    def parse(text: str) -> list[str]:
+        chosen: list[str] = []
+        for raw in text.split(","):
+            name = aliases.get(raw.strip(), raw.strip())
+            if name not in allowed:
+                known = ", ".join((*allowed, *aliases))
+                raise argparse.ArgumentTypeError(f"unknown {what} {raw.strip()!r}; choose from: {known}")
+            if name not in chosen:
+                chosen.append(name)
+        return chosen
+
+    return parse
 
 
-def option_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse`` as an argparse ``type``: its ValueError message becomes the option's error."""
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """A parser (and argparse ``type``) of a positive ``kind`` (int or float); anything else is an
+    ArgumentTypeError naming it."""
 
-    def convert(text: str) -> Any:
+    def parse(text: str) -> int | float:
         try:
-            return parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
 
-    convert.__name__ = parse.__name__
-    return convert
-
-
-def parse_dtypes(text: str) -> list[str]:
-    """Comma-separated dtype names (float32, float16, bfloat16 or fp32, fp16, bf16), checked."""
-    return parse_choices(text, tuple(DTYPES), "dtype", DTYPE_ALIASES)
+    return parse
 
 
-def parse_layouts(text: str) -> list[str]:
-    """Comma-separated layouts (nchw, channels_last), checked."""
-    return parse_choices(text, LAYOUTS, "layout")
-
-
-def parse_modes(text: str) -> list[str]:
-    """Comma-separated modes (fwd, bwd, fwdbwd, eval), checked."""
-    return parse_choices(text, MODES, "mode")
-
-
-def parse_providers(text: str) -> list[str]:
-    """Comma-separated providers (fusedbn, eager, flag_gems, compile), checked."""
-    return parse_choices(text, PROVIDERS, "provider")
+parse_dtypes = choices(BENCH_DTYPES, "dtype", DTYPE_ALIASES)
+parse_layouts = choices(LAYOUTS, "layout")
+parse_modes = choices(MODES, "mode")
+parse_providers = choices(PROVIDERS, "provider")
 
 
 def _custom_shape(token: str) -> Shape | None:
@@ -233,7 +226,7 @@ def parse_shapes(text: str) -> list[Shape]:
         else:
             custom = _custom_shape(token)
             if custom is None:
-                raise ValueError(
+                raise argparse.ArgumentTypeError(
                     f"unknown shape {token!r}; use a group ({', '.join(SHAPE_GROUPS)}) or "
                     f"positive dims joined by 'x', 2 to 5 of them, such as 64x256x56x56"
                 )

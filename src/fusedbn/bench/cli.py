@@ -5,9 +5,10 @@ triton.testing.do_bench (median, min and max; L2 flushed before each repetition)
 data; the device-to-device copy bandwidth is measured in the same run. Each case's minimal bytes
 (forward and eval: read x, write y; backward: read x and dy, write dx; fwdbwd: both) over its median
 time is its effective bandwidth, reported as a share of the copy bandwidth. Outputs are compared with
-eager's. Rows are appended to OUT/results.csv as they are measured (with device, versions, date and
-commit); the table, the project's speed targets and any failures are printed and written to
-OUT/summary.txt, with plots OUT/speedup.png and OUT/bandwidth.png. Then (--profile-kernels) each
+eager's. Rows are appended to OUT/results.csv as they are measured (with the run's record: device,
+machine, versions, date, commit, load); the table and the project's speed targets (Markdown tables)
+and any failures are printed and written to OUT/summary.txt, with plots OUT/speedup.png and
+OUT/bandwidth.png. Then (--profile-kernels) each
 provider's fwd+bwd kernels on the ResNet-50 shapes are profiled into OUT/kernels.csv.
 
 Runs: the default (full) run times every shape, dtype, layout, mode and provider on CUDA. --quick
@@ -30,30 +31,27 @@ import torch
 from fusedbn.bench.cases import (
     SHAPE_GROUPS,
     SHAPES,
-    option_type,
     parse_dtypes,
     parse_layouts,
     parse_modes,
     parse_providers,
     parse_shapes,
+    positive,
 )
-from fusedbn.bench.kernel_profile import KERNELS_FILE, format_kernel_summary, profile_cases, write_kernel_rows
 from fusedbn.bench.metrics import mismatches
 from fusedbn.bench.plots import write_plots
-from fusedbn.bench.report import (
-    format_backend,
-    format_header,
-    format_problems,
-    format_table,
-    format_targets,
-)
-from fusedbn.bench.results import Result, ResultFile, RunInfo, collect_run_info, read_results
-from fusedbn.bench.runner import Plan, Unit, run_plan
+from fusedbn.bench.profiling import KERNELS_FILE, format_kernel_summary, profile_cases, write_kernel_rows
+from fusedbn.bench.report import format_backend, format_header, format_problems, format_table, format_targets
+from fusedbn.bench.results import Result, ResultFile, Run, read_results
+from fusedbn.bench.runner import Benchmark, Unit, run_benchmark
 from fusedbn.bench.timing import TimingSettings, copy_bandwidth
+from fusedbn.cli import OneLineErrorParser
 from fusedbn.outputs import OutputFolderError, output_folder
+from fusedbn.records import run_record
 
 RESULTS_FILE = "results.csv"
 SUMMARY_FILE = "summary.txt"
+ALL_PROVIDERS = "fusedbn,eager,flag_gems,compile"
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,6 @@ class Preset:
 
     shapes: str
     dtypes: str
-    layouts: str
-    modes: str
     providers: str
     compile_shapes: str | None  # None: the same as shapes
     compile_modes: str | None  # None: the same as modes
@@ -72,193 +68,84 @@ class Preset:
     time_budget: float
     compile_budget: float
     profile_budget: float  # seconds of per-kernel profiling after the timed cases; 0: none
+    layouts: str = "nchw,channels_last"
+    modes: str = "fwd,bwd,fwdbwd,eval"
 
 
 PRESETS = {
-    "full": Preset(
-        shapes="all",
-        dtypes="float32,float16,bfloat16",
-        layouts="nchw,channels_last",
-        modes="fwd,bwd,fwdbwd,eval",
-        providers="fusedbn,eager,flag_gems,compile",
-        compile_shapes=None,
-        compile_modes=None,
-        settings=TimingSettings(warmup_ms=25, rep_ms=100),
-        copy_mib=1024,
-        time_budget=math.inf,
-        compile_budget=math.inf,
-        profile_budget=120.0,
-    ),
-    "quick": Preset(
-        shapes="all",
-        dtypes="float16,bfloat16",
-        layouts="nchw,channels_last",
-        modes="fwd,bwd,fwdbwd,eval",
-        providers="fusedbn,eager,flag_gems,compile",
-        compile_shapes="resnet50",
-        compile_modes="fwd,bwd,fwdbwd",
-        settings=TimingSettings(warmup_ms=10, rep_ms=40),
-        copy_mib=1024,
-        time_budget=240.0,
-        compile_budget=150.0,
-        profile_budget=30.0,
-    ),
-    "smoke": Preset(
-        shapes="smoke",
-        dtypes="float32,float16,bfloat16",
-        layouts="nchw,channels_last",
-        modes="fwd,bwd,fwdbwd,eval",
-        providers="fusedbn,eager,flag_gems",
-        compile_shapes=None,
-        compile_modes=None,
-        settings=TimingSettings(warmup_calls=1, cpu_repeats=3),
-        copy_mib=4,
-        time_budget=math.inf,
-        compile_budget=math.inf,
-        profile_budget=0.0,
-    ),
-}
-
-
-def _positive(kind):
-    def convert(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-
-    return convert
+    "full": Preset("all", "float32,float16,bfloat16", ALL_PROVIDERS, None, None,
+                   TimingSettings(warmup_ms=25, rep_ms=100), 1024, math.inf, math.inf, 120.0),
+    "quick": Preset("all", "float16,bfloat16", ALL_PROVIDERS, "resnet50", "fwd,bwd,fwdbwd",
+                    TimingSettings(warmup_ms=10, rep_ms=40), 1024, 240.0, 150.0, 30.0),
+    "smoke": Preset("smoke", "float32,float16,bfloat16", "fusedbn,eager,flag_gems", None, None,
+                    TimingSettings(warmup_calls=1, cpu_repeats=3), 4, math.inf, math.inf, 0.0),
+}  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fusedbn bench`` to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     kind = parser.add_mutually_exclusive_group()
-    kind.add_argument(
-        "--smoke", action="store_true", help="CPU harness check in seconds: tiny shapes, no timing claims"
-    )
-    kind.add_argument(
-        "--quick", action="store_true", help="the GPU run's subset (about 4 minutes on an H100)"
-    )
-    kind.add_argument(
-        "--report", type=Path, metavar="CSV", help="render the table, targets and plots of a result file"
-    )
+    kind.add_argument("--smoke", action="store_true",
+                      help="CPU harness check in seconds: tiny shapes, no timing claims")
+    kind.add_argument("--quick", action="store_true", help="the GPU run's subset (about 4 minutes, H100)")
+    kind.add_argument("--report", type=Path, metavar="CSV",
+                      help="render the table, targets and plots of a result file")
     kind.add_argument("--list", action="store_true", help="list the shape groups and shapes, then exit")
-    parser.add_argument("--run-id", help="with --report: the run to render (default: the file's last run)")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("runs/bench"),
-        help="folder for results.csv, summary.txt and plots (default: runs/bench)",
-    )
-    parser.add_argument(
-        "--shapes",
-        type=option_type(parse_shapes),
+    add = parser.add_argument
+    add("--run-id", help="with --report: the run to render (default: the file's last run)")
+    add("--out", type=Path, default=Path("runs/bench"),
+        help="folder for results.csv, summary.txt and plots (default: runs/bench)")
+    add("--shapes", type=parse_shapes,
         help="comma-separated groups (resnet50, extra, smoke, all) or NxCx... shapes "
-        "(default: all; smoke: smoke)",
-    )
-    parser.add_argument(
-        "--dtypes",
-        type=option_type(parse_dtypes),
-        help="float32, float16, bfloat16 (or fp32, fp16, bf16) (default: all three; quick: float16,bfloat16)",
-    )
-    parser.add_argument(
-        "--layouts", type=option_type(parse_layouts), help="nchw, channels_last (default: both)"
-    )
-    parser.add_argument(
-        "--modes",
-        type=option_type(parse_modes),
-        help="fwd (training forward), bwd (its backward), fwdbwd, eval (default: all four)",
-    )
-    parser.add_argument(
-        "--providers",
-        type=option_type(parse_providers),
-        help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped "
-        "where it does not import), compile (torch.compile of torch's) "
-        "(default: all four; smoke: fusedbn,eager,flag_gems)",
-    )
-    parser.add_argument(
-        "--compile-shapes",
-        type=option_type(parse_shapes),
-        help="shapes torch.compile is timed on, like --shapes (default: as --shapes; quick: resnet50)",
-    )
-    parser.add_argument(
-        "--compile-modes",
-        type=option_type(parse_modes),
-        help="modes torch.compile is timed in (default: as --modes; quick: fwd,bwd,fwdbwd)",
-    )
-    parser.add_argument(
-        "--compile-mode",
-        choices=("default", "max-autotune-no-cudagraphs"),
-        default="default",
-        help="torch.compile's mode (default: default)",
-    )
-    parser.add_argument(
-        "--warmup-ms", type=_positive(int), help="do_bench warm-up per case in ms (default: 25; quick: 10)"
-    )
-    parser.add_argument(
-        "--rep-ms",
-        type=_positive(int),
-        help="do_bench measuring time per case in ms (default: 100; quick: 40)",
-    )
-    parser.add_argument(
-        "--copy-mib", type=_positive(int), help="size of the copy-bandwidth buffer in MiB (default: 1024)"
-    )
-    parser.add_argument(
-        "--time-budget",
-        type=_positive(float),
-        metavar="SECONDS",
-        help="stop measuring after this long and record the rest as skipped (default: none; quick: 240)",
-    )
-    parser.add_argument(
-        "--profile-kernels",
-        type=float,
-        metavar="SECONDS",
-        help="after the timed cases, profile each provider's fwd+bwd kernels on the ResNet-50 shapes "
-        "for at most this long, into kernels.csv and the summary; 0: not at all (default: 120; "
-        "quick: 30; smoke: 0)",
-    )
-    parser.add_argument(
-        "--compile-budget",
-        type=_positive(float),
-        metavar="SECONDS",
-        help="skip torch.compile once its first calls (compiling) took this long (default: none; quick: 150)",
-    )
+        "(default: all; smoke: smoke)")
+    add("--dtypes", type=parse_dtypes,
+        help="float32, float16, bfloat16 (or fp32, fp16, bf16) (default: all three; quick: float16,bfloat16)")
+    add("--layouts", type=parse_layouts, help="nchw, channels_last (default: both)")
+    add("--modes", type=parse_modes,
+        help="fwd (training forward), bwd (its backward), fwdbwd, eval (default: all four)")
+    add("--providers", type=parse_providers,
+        help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped where "
+        "it does not import), compile (torch.compile of torch's) (default: all four; smoke: fusedbn,eager,"
+        "flag_gems)")
+    add("--compile-shapes", type=parse_shapes,
+        help="shapes torch.compile is timed on, like --shapes (default: as --shapes; quick: resnet50)")
+    add("--compile-modes", type=parse_modes,
+        help="modes torch.compile is timed in (default: as --modes; quick: fwd,bwd,fwdbwd)")
+    add("--compile-mode", choices=("default", "max-autotune-no-cudagraphs"), default="default",
+        help="torch.compile's mode (default: default)")
+    add("--warmup-ms", type=positive(int), help="do_bench warm-up per case in ms (default: 25; quick: 10)")
+    add("--rep-ms", type=positive(int),
+        help="do_bench measuring time per case in ms (default: 100; quick: 40)")
+    add("--copy-mib", type=positive(int), help="size of the copy-bandwidth buffer in MiB (default: 1024)")
+    add("--time-budget", type=positive(float), metavar="SECONDS",
+        help="stop measuring after this long and record the rest as skipped (default: none; quick: 240)")
+    add("--profile-kernels", type=float, metavar="SECONDS",
+        help="after the timed cases, profile each provider's fwd+bwd kernels on the ResNet-50 shapes for "
+        "at most this long, into kernels.csv and the summary; 0: not at all (default: 120; quick: 30; "
+        "smoke: 0)")
+    add("--compile-budget", type=positive(float), metavar="SECONDS",
+        help="skip torch.compile once its first calls (compiling) took this long (default: none; "
+        "quick: 150)")
 
 
 def _preset_name(args: argparse.Namespace) -> str:
     return "smoke" if args.smoke else "quick" if args.quick else "full"
 
 
-def build_plan(args: argparse.Namespace) -> Plan:
-    """The Plan that parsed options ask for: each option given, else its preset's default."""
+def build_benchmark(args: argparse.Namespace) -> Benchmark:
+    """The Benchmark that parsed options ask for: each option given, else its preset's default."""
     preset = PRESETS[_preset_name(args)]
-    shapes = args.shapes or parse_shapes(preset.shapes)
-    modes = args.modes or parse_modes(preset.modes)
-    if args.compile_shapes is not None:
-        compile_shapes = {s.name for s in args.compile_shapes}
-    elif preset.compile_shapes is not None:
-        compile_shapes = {s.name for s in parse_shapes(preset.compile_shapes)}
-    else:
-        compile_shapes = None
-    if args.compile_modes is not None:
-        compile_modes = args.compile_modes
-    elif preset.compile_modes is not None:
-        compile_modes = parse_modes(preset.compile_modes)
-    else:
-        compile_modes = None
-    return Plan(
+    compile_shapes = args.compile_shapes or (preset.compile_shapes and parse_shapes(preset.compile_shapes))
+    return Benchmark(
         device=torch.device("cpu" if args.smoke else "cuda"),
-        shapes=shapes,
+        shapes=args.shapes or parse_shapes(preset.shapes),
         dtypes=args.dtypes or parse_dtypes(preset.dtypes),
         layouts=args.layouts or parse_layouts(preset.layouts),
-        modes=modes,
+        modes=args.modes or parse_modes(preset.modes),
         providers=args.providers or parse_providers(preset.providers),
-        compile_shapes=compile_shapes,
-        compile_modes=compile_modes,
+        compile_shapes=None if compile_shapes is None else {s.name for s in compile_shapes},
+        compile_modes=args.compile_modes or (preset.compile_modes and parse_modes(preset.compile_modes)),
         compile_mode=args.compile_mode,
         settings=dataclasses.replace(
             preset.settings,
@@ -281,29 +168,20 @@ def _list_shapes() -> str:
     return "\n".join(lines)
 
 
-def _finish(info: RunInfo, results: list[Result], out: Path) -> None:
+def _finish(run: Run, results: list[Result], out: Path) -> None:
     """Print the report of one run and save it, with its plots, in ``out``."""
-    problems = format_problems(results)
-    text = "\n\n".join(
-        part
-        for part in (
-            format_header(info) + "\n" + format_backend(results),
-            format_table(results),
-            format_targets(results),
-            problems,
-        )
-        if part
-    )
-    out.mkdir(parents=True, exist_ok=True)
+    parts = (format_header(run) + "\n" + format_backend(results), format_table(results),
+             format_targets(results), format_problems(results))  # fmt: skip
+    text = "\n\n".join(part for part in parts if part)
     (out / SUMMARY_FILE).write_text(text + "\n")
-    paths = write_plots(results, out, info.device)
+    paths = write_plots(results, out, run.record.device)
     print(text)
     print(f"\nwrote {out / SUMMARY_FILE}, {', '.join(str(p) for p in paths)}", flush=True)
 
 
-def _profile_kernels(plan: Plan, budget_s: float, out: Path) -> None:
-    """Profile the kernels of the plan's ResNet-50 cases into ``out``; add their table to the summary."""
-    rows, left_out = profile_cases(plan.shapes, plan.dtypes, plan.layouts, plan.device, budget_s)
+def _profile_kernels(bench: Benchmark, budget_s: float, out: Path) -> None:
+    """Profile the kernels of the run's ResNet-50 cases into ``out``; add their table to the summary."""
+    rows, left_out = profile_cases(bench.shapes, bench.dtypes, bench.layouts, bench.device, budget_s)
     write_kernel_rows(rows, out / KERNELS_FILE)
     text = format_kernel_summary(rows, left_out)
     if text:
@@ -313,24 +191,23 @@ def _profile_kernels(plan: Plan, budget_s: float, out: Path) -> None:
     print(f"wrote {out / KERNELS_FILE} ({len(rows)} kernel rows)", flush=True)
 
 
-def _measure(plan: Plan, copy_gbps: float, result_file: ResultFile) -> list[Result]:
-    """Run ``plan``, appending each result to ``result_file`` and printing progress unit by unit."""
-    units = plan.units()
-    print(f"{plan.case_count()} cases in {len(units)} units; results go to {result_file.path}", flush=True)
+def _measure(bench: Benchmark, copy_gbps: float, result_file: ResultFile) -> list[Result]:
+    """Run ``bench``, appending each result to ``result_file`` and printing progress unit by unit."""
+    units = bench.units()
+    print(f"{bench.case_count()} cases in {len(units)} units; results go to {result_file.path}", flush=True)
     start = time.perf_counter()
 
     def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
         failed = sum(r.status.startswith("error") for r in unit_results)
-        measured = sum(r.ok for r in unit_results)
         print(
             f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
-            f"{'+'.join(unit.providers)}: {measured}/{len(unit_results)} measured"
+            f"{'+'.join(unit.providers)}: {sum(r.ok for r in unit_results)}/{len(unit_results)} measured"
             f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
 
     results = []
-    for result in run_plan(plan, copy_gbps, progress):
+    for result in run_benchmark(bench, copy_gbps, progress):
         result_file.append(result)
         results.append(result)
     return results
@@ -346,30 +223,24 @@ def run(args: argparse.Namespace) -> int:
         print(_list_shapes())
         return 0
     try:
-        if args.report is not None:
-            return _render(args)
-        return _benchmark(args)
-    except OutputFolderError as error:
+        return _render(args) if args.report is not None else _benchmark(args)
+    except (OutputFolderError, OSError, ValueError) as error:
         print(f"fusedbn bench: error: {error}", file=sys.stderr)
         return 2
 
 
 def _render(args: argparse.Namespace) -> int:
     """``--report``: the table, targets and plots of a result file, into ``--out``."""
-    try:
-        info, results = read_results(args.report, args.run_id)
-    except (OSError, ValueError) as error:
-        print(f"fusedbn bench: error: {error}", file=sys.stderr)
-        return 2
+    run, results = read_results(args.report, args.run_id)
     with output_folder(args.out):
-        _finish(info, results, args.out)
+        _finish(run, results, args.out)
     return 0
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    """Measure the plan that the options ask for, into ``--out``; see :func:`run` for the exit code."""
-    plan = build_plan(args)
-    if plan.device.type == "cuda" and not torch.cuda.is_available():
+    """Measure what the options ask for, into ``--out``; see :func:`run` for the exit code."""
+    bench = build_benchmark(args)
+    if bench.device.type == "cuda" and not torch.cuda.is_available():
         print(
             "fusedbn bench: error: no CUDA device; the timed benchmark needs a GPU "
             "(--smoke checks the harness on the CPU, --report renders a result file)",
@@ -377,29 +248,25 @@ def _benchmark(args: argparse.Namespace) -> int:
         )
         return 2
     with output_folder(args.out):
-        copy_gbps = copy_bandwidth(plan.device, plan.copy_bytes, plan.settings)
-        info = collect_run_info(plan.device, copy_gbps)
-        try:
-            result_file = ResultFile(args.out / RESULTS_FILE, info)
-        except ValueError as error:
-            print(f"fusedbn bench: error: {error}", file=sys.stderr)
-            return 2
-        print(format_header(info), flush=True)
-        results = _measure(plan, copy_gbps, result_file)
+        copy_gbps = copy_bandwidth(bench.device, bench.copy_bytes, bench.settings)
+        run = Run(run_record(bench.device), copy_gbps)
+        result_file = ResultFile(args.out / RESULTS_FILE, run)
+        print(format_header(run), flush=True)
+        results = _measure(bench, copy_gbps, result_file)
         print()
-        _finish(info, results, args.out)
+        _finish(run, results, args.out)
         profile_budget = PRESETS[_preset_name(args)].profile_budget
         if args.profile_kernels is not None:
             profile_budget = args.profile_kernels
         if profile_budget > 0:
-            _profile_kernels(plan, profile_budget, args.out)
+            _profile_kernels(bench, profile_budget, args.out)
     failed = any(r.status.startswith("error") for r in results) or mismatches(results)
     return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m fusedbn.bench.cli``: the same as ``fusedbn bench``, without the other subcommands."""
-    parser = argparse.ArgumentParser(prog="fusedbn bench", description=__doc__)
+    parser = OneLineErrorParser(prog="fusedbn bench", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -11,11 +11,13 @@ the cubin with the cuobjdump that ships in the Triton wheel: registers, local me
 instructions and the width of every global load and store; each load and store of a tile is named
 after the tensor it reaches (traced in the PTX from its address to the kernel's pointer argument).
 
-A compiler that crashes takes the worker with it; the gate (compile_check.py) sees the process die and
+The gate uses the same binding in its own process to tell specialisations apart as Triton does. A
+compiler that crashes takes the worker with it; the gate (compile_check.py) sees the process die and
 records the crash. Which Triton this is follows ``sys.path``: the gate puts another version's site
 folder first to check it.
 """
 
+import functools
 import importlib
 import json
 import os
@@ -35,8 +37,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-from fusedbn.bench.fake_gpu import FakeDriver
-from fusedbn.kernels.layout import Alignment
+from fusedbn.bench.core import Alignment
+from fusedbn.bench.fake_gpu import fake_driver
 
 WARP_SIZE = 32
 
@@ -55,11 +57,17 @@ def stand_in(arg: Any) -> Any:
     return tensor
 
 
+@functools.cache
+def _jit_function(kernel: str, capability: int) -> JITFunction:
+    """A JITFunction of the kernel named ``module:name``, made once per target: Triton keeps the binder
+    and the compile options of the first target it binds for (a task's binding hooks it anew)."""
+    module_name, name = kernel.split(":")
+    return JITFunction(getattr(importlib.import_module(module_name), name).fn)
+
+
 def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
     """The kernel's JITFunction and what Triton's binder makes of the task's launch."""
-    module_name, name = task["kernel"].split(":")
-    kernel = getattr(importlib.import_module(module_name), name)
-    jit = JITFunction(kernel.fn)
+    jit = _jit_function(task["kernel"], task["capability"])
     decided: dict[str, Any] = {}
 
     def keep(key, signature, device, constexprs, options, attrs, warmup):
@@ -67,12 +75,12 @@ def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
         return None
 
     jit._do_compile = keep  # the one hook every Triton since 3.3 calls with these arguments
-    triton.runtime.driver.set_active(FakeDriver(GPUTarget("cuda", task["capability"], WARP_SIZE)))
     args = [stand_in(arg) for arg in task["args"]]
     kwargs = dict(task["kwargs"])
     if "ALIGN" in kwargs:  # the tile kernels' one structured constexpr, a list in JSON
         kwargs["ALIGN"] = Alignment(*kwargs["ALIGN"])
-    jit.run(*args, grid=tuple(task["grid"]), warmup=True, **kwargs)
+    with fake_driver(GPUTarget("cuda", task["capability"], WARP_SIZE)):
+        jit.run(*args, grid=tuple(task["grid"]), warmup=True, **kwargs)
     return jit, decided
 
 

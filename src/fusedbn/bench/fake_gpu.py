@@ -1,6 +1,6 @@
 """A fake GPU: fusedbn's host path, Triton's binder and cache included, run on the CPU with no device.
 
-Measuring (``python -m fusedbn.bench.host_time --fake-gpu``) and testing (tests/kernels) the host side
+Measuring (``python benchmarks/host_time.py --fake-gpu``) and testing (tests/kernels) the host side
 of a launch needs everything Triton does on the host except the compiler and the device:
 
 - a fake Triton driver (``FakeDriver``) with a real ``GPUTarget("cuda", 90, 32)``, so Triton builds its
@@ -13,20 +13,23 @@ of a launch needs everything Triton does on the host except the compiler and the
 
 ``fake_gpu()`` puts all of it in place for fusedbn itself: every KernelLauncher of the kernel modules
 launches a FakeGpuKernel, and CPU tensors take fusedbn's Triton path instead of torch's BatchNorm.
+
+``recording_launches()`` is the one record of fusedbn's launches, on any device: every call of a
+kernel launcher inside it is kept (kernel, grid, arguments) and, unless told not to, made. The host-time
+benchmark counts launches with it, the compile gate records the launches of calls on fake tensors.
 """
 
 import contextlib
 from collections.abc import Callable, Iterator
-from types import ModuleType
+from dataclasses import dataclass
 from typing import Any
+from unittest import mock
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
 
-from fusedbn.backend import triton_on_cpu
-from fusedbn.kernels import backward, forward
-from fusedbn.kernels.launcher import KernelLauncher
+from fusedbn.bench.core import LAUNCHERS, KernelLauncher, triton_on_cpu
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -107,9 +110,9 @@ class FakeGpuKernel:
 
 
 @contextlib.contextmanager
-def fake_driver() -> Iterator[FakeDriver]:
-    """Triton's active driver is a FakeDriver inside the block; the previous one is put back."""
-    driver = FakeDriver()
+def fake_driver(target: GPUTarget = TARGET) -> Iterator[FakeDriver]:
+    """Triton's active driver is a FakeDriver for ``target`` inside the block, the previous one after."""
+    driver = FakeDriver(target)
     config = triton.runtime.driver
     previous = config._active
     config.set_active(driver)
@@ -119,44 +122,51 @@ def fake_driver() -> Iterator[FakeDriver]:
         config._active = previous
 
 
-def kernel_launchers(*modules: ModuleType) -> list[KernelLauncher]:
-    """The KernelLaunchers defined in ``modules``."""
-    return [
-        value for module in modules for value in vars(module).values() if isinstance(value, KernelLauncher)
-    ]
-
-
-class FakeGpu:
-    """What ``fake_gpu()`` installed: a FakeGpuKernel per fusedbn kernel, by kernel name."""
-
-    def __init__(self, driver: FakeDriver, kernels: dict[str, FakeGpuKernel]) -> None:
-        self.driver = driver
-        self.kernels = kernels
-
-    def launch_count(self) -> int:
-        """Kernel launches so far, all kernels together."""
-        return sum(kernel.launch_count() for kernel in self.kernels.values())
-
-
 @contextlib.contextmanager
-def fake_gpu(record: bool = False) -> Iterator[FakeGpu]:
+def fake_gpu(record: bool = False) -> Iterator[dict[str, FakeGpuKernel]]:
     """fusedbn on the fake GPU inside the block: CPU tensors take the Triton path, and every launcher
-    of fusedbn's kernels launches a FakeGpuKernel through Triton's driver, binder and cache.
+    of fusedbn's kernels launches a FakeGpuKernel through Triton's driver, binder and cache; yields
+    them by kernel name.
 
     Works whether or not Triton's interpreter is on (the kernels are rebuilt as JITFunctions of
     their Python functions). Everything is put back on exit, the launchers' bindings included.
     """
-    launchers = kernel_launchers(forward, backward)
-    saved = [dict(launcher.__dict__) for launcher in launchers]
+    saved = [dict(launcher.__dict__) for launcher in LAUNCHERS]
     kernels = {}
-    with fake_driver() as driver, triton_on_cpu():
+    with fake_driver(), triton_on_cpu():
         try:
-            for launcher in launchers:
+            for launcher in LAUNCHERS:
                 kernel = FakeGpuKernel(launcher.kernel.fn, record)
                 kernels[launcher.kernel.fn.__name__] = kernel
                 vars(launcher).update(vars(KernelLauncher(kernel.jit)))
-            yield FakeGpu(driver, kernels)
+            yield kernels
         finally:
-            for launcher, state in zip(launchers, saved, strict=True):
+            for launcher, state in zip(LAUNCHERS, saved, strict=True):
                 vars(launcher).clear()
                 vars(launcher).update(state)
+
+
+@dataclass(frozen=True)
+class KernelCall:
+    """One call of a kernel launcher: the kernel's Python function, the grid and the arguments."""
+
+    kernel: Callable[..., Any]
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@contextlib.contextmanager
+def recording_launches(launch: bool = True) -> Iterator[list[KernelCall]]:
+    """Every kernel launcher call inside the block is appended to the yielded list, then made (with
+    ``launch``) or not (the kernel never runs)."""
+    calls: list[KernelCall] = []
+    original = KernelLauncher.__call__
+
+    def record(launcher: KernelLauncher, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+        calls.append(KernelCall(launcher.kernel.fn, tuple(grid), args, kwargs))
+        if launch:
+            original(launcher, grid, *args, **kwargs)
+
+    with mock.patch.object(KernelLauncher, "__call__", record):
+        yield calls

@@ -4,26 +4,85 @@ One report covers every Triton version whose results sit in the folder: per vers
 count of specialisations that compiled, crashed, failed or spilled; the problems one by one; per
 kernel the warps, registers, shared memory and compile times; and per case (shape, dtype, layout)
 the widths of the tile loads and stores in the SASS, with a sentence on each case whose data
-accesses stay one element wide and why.
+accesses stay one element wide and why. The classification of a compiled result (ok, a problem that
+fails the gate, an occupancy spill that does not) is here, and the gate (compile_check.py) uses it.
 """
 
 import json
+import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fusedbn.bench.compile_check import (
-    occupancy_spills,
-    problem,
-    spill_text,
-    spills_for_lack_of_registers,
-)
+from fusedbn.bench.cases import DTYPES
+from fusedbn.bench.core import WIDEST_ACCESS_BYTES
+from fusedbn.records import table
 
 REPORT_FILE = "REPORT.md"
-ITEM_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
-# The widest access a thread makes to global memory (the caps of the alignment the report quotes).
-WIDEST_ACCESS_BYTES = 16
+
+
+def spills(result: dict[str, Any]) -> bool:
+    """Whether a compiled kernel spills registers: spill stores, or a stack or local memory."""
+    return result["status"] == "ok" and bool(
+        result["spill_stores"] or result["stack_bytes"] or result["local_bytes"]
+    )
+
+
+def spills_for_lack_of_registers(result: dict[str, Any]) -> bool:
+    """Spills that cost time, a gate failure: the kernel spills at its register limit (it uses all
+    but at most one allocation unit of 8 of the registers its block size allows a thread), or it
+    still spills when ptxas compiles it at -O1.
+
+    At its default -O3 ptxas also spills a value or two of a kernel well under the limit, to keep it
+    at a register count that fits one more block per SM (64 for 256 threads, say); at -O1 it
+    compiles the same kernel with more registers and no spill. Those occupancy spills, a few bytes
+    that stay in L1, are reported (occupancy_spills), not failures.
+    """
+    return spills(result) and (
+        result["registers"] >= result["register_limit"] - 8 or result["spill_bytes_at_o1"] > 0
+    )
+
+
+def occupancy_spills(result: dict[str, Any]) -> bool:
+    """Spills under the register limit that ptxas -O1 does not make (see
+    spills_for_lack_of_registers)."""
+    return spills(result) and not spills_for_lack_of_registers(result)
+
+
+def problem(result: dict[str, Any]) -> str | None:
+    """A result's problem in words (crash, compile error, timeout or a spill at the register
+    limit), or None."""
+    if result["status"] == "crash":
+        return f"crash {result.get('signal') or result.get('returncode')}"
+    if result["status"] == "error":
+        return "error " + (result["error"].strip().splitlines() or [""])[-1]
+    if result["status"] == "timeout":
+        return f"timeout after {result['seconds']:.0f} s"
+    if spills_for_lack_of_registers(result):
+        return "spill at the register limit " + spill_text(result)
+    return None
+
+
+def spill_text(result: dict[str, Any]) -> str:
+    return (f"({result['registers']} registers, {result['spill_stores']} spill stores, "
+            f"{result['stack_bytes']} bytes of stack, {result['local_bytes']} bytes of local memory)")
+
+
+Describe = Callable[[dict[str, Any]], "str | None"]
+
+
+def _listed(report: dict[str, Any], describe: Describe) -> list[tuple[str, dict, str]]:
+    """(target, specialisation, words) for every result of ``report`` that ``describe`` has words for."""
+    return [(target, spec, words) for spec in report["specialisations"]
+            for target, result in spec["results"].items() if (words := describe(result))]  # fmt: skip
+
+
+def failures(report: dict[str, Any]) -> list[str]:
+    """One line per crash, compile error, timeout or spill at the register limit in a gate result."""
+    return [f"sm_{target} {spec['kernel']} #{spec['id']}: {what}"
+            for target, spec, what in _listed(report, problem)]  # fmt: skip
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -36,26 +95,25 @@ def load_results(folder: Path) -> list[dict[str, Any]]:
     return sorted(found, key=lambda r: _version_key(r["triton"]))
 
 
-def _summary(report: dict[str, Any]) -> list[str]:
-    lines = []
+def _summary(report: dict[str, Any]) -> list[dict[str, object]]:
+    rows = []
     for target in report["targets"]:
         results = [s["results"][str(target)] for s in report["specialisations"]
-                   if str(target) in s["results"]]
-        status = defaultdict(int)
-        for result in results:
-            status[result["status"]] += 1
+                   if str(target) in s["results"]]  # fmt: skip
+        status = Counter(result["status"] for result in results)
         ok = [r for r in results if r["status"] == "ok"]
         times = [r["compile_s"] for r in ok]
-        lines.append(
-            f"| {report['triton']} | sm_{target} | {len(results)} | {status['ok']} | "
-            f"{status['crash']} | {status['error']} | {status['timeout']} | "
-            f"{sum(spills_for_lack_of_registers(r) for r in ok)} | "
-            f"{sum(occupancy_spills(r) for r in ok)} | {sum(not r['sass_agrees'] for r in ok)} | "
-            f"{max((r['registers'] for r in ok), default=0)} | "
-            f"{max((r['shared_bytes'] for r in ok), default=0)} | {sum(times):.0f} | "
-            f"{max(times, default=0):.1f} |"
-        )
-    return lines
+        rows.append({
+            "Triton": report["triton"], "target": f"sm_{target}", "specialisations": len(results),
+            **{name: status[name] for name in ("ok", "crash", "error", "timeout")},
+            "spills at the register limit": sum(map(spills_for_lack_of_registers, ok)),
+            "occupancy spills": sum(map(occupancy_spills, ok)),
+            "SASS != PTX": sum(not r["sass_agrees"] for r in ok),
+            "max registers": max((r["registers"] for r in ok), default=0),
+            "max shared bytes": max((r["shared_bytes"] for r in ok), default=0),
+            "compile s (sum)": f"{sum(times):.0f}", "slowest s": f"{max(times, default=0):.1f}",
+        })  # fmt: skip
+    return rows
 
 
 def _case_labels(report: dict[str, Any], spec: dict[str, Any]) -> str:
@@ -74,64 +132,46 @@ def _kernel_label(spec: dict[str, Any]) -> str:
     return f"`{spec['kernel']}` (#{spec['id']}, block {block}, {kwargs.get('num_warps', 4)} warps)"
 
 
-def _problems(report: dict[str, Any]) -> list[str]:
-    lines = []
-    for spec in report["specialisations"]:
-        for target, result in spec["results"].items():
-            what = problem(result)
-            if what is not None:
-                lines.append(f"- Triton {report['triton']} sm_{target} **{what}**: "
-                             f"{_kernel_label(spec)} in {_case_labels(report, spec)}")
-    return lines
+def _lines(results: list[dict[str, Any]], describe: Describe, bold: bool) -> list[str]:
+    """A list item per result that ``describe`` has words for, naming its kernel and cases."""
+    return [
+        f"- Triton {report['triton']} sm_{target} {f'**{what}**' if bold else what}: "
+        f"{_kernel_label(spec)} in {_case_labels(report, spec)}"
+        for report in results for target, spec, what in _listed(report, describe)
+    ]  # fmt: skip
 
 
-def _occupancy_spills(report: dict[str, Any]) -> list[str]:
-    lines = []
-    for spec in report["specialisations"]:
-        for target, result in spec["results"].items():
-            if occupancy_spills(result):
-                lines.append(f"- Triton {report['triton']} sm_{target} {spill_text(result)}: "
-                             f"{_kernel_label(spec)} in {_case_labels(report, spec)}")
-    return lines
-
-
-def _kernels(report: dict[str, Any]) -> list[str]:
-    lines = []
+def _kernels(report: dict[str, Any]) -> list[dict[str, object]]:
+    rows = []
     by_kernel: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for spec in report["specialisations"]:
         by_kernel[spec["kernel"]].append(spec)
     for kernel, specs in sorted(by_kernel.items()):
         for target in report["targets"]:
-            ok = [s["results"][str(target)] for s in specs
-                  if s["results"].get(str(target), {}).get("status") == "ok"]
-            if not ok:
-                continue
-            registers = [r["registers"] for r in ok]
-            times = [r["compile_s"] for r in ok]
-            warps = sorted({r["num_warps"] for r in ok})
-            lines.append(
-                f"| {kernel} | sm_{target} | {len(specs)} | {', '.join(map(str, warps))} | "
-                f"{min(registers)}-{max(registers)} | {max(r['shared_bytes'] for r in ok)} | "
-                f"{statistics.median(times):.2f} | {max(times):.2f} |"
-            )
-    return lines
+            found = [s["results"].get(str(target)) for s in specs]
+            ok = [r for r in found if r and r["status"] == "ok"]
+            if ok:
+                registers, times = [r["registers"] for r in ok], [r["compile_s"] for r in ok]
+                rows.append({
+                    "kernel": kernel, "target": f"sm_{target}", "specialisations": len(specs),
+                    "warps": ", ".join(map(str, sorted({r["num_warps"] for r in ok}))),
+                    "registers": f"{min(registers)}-{max(registers)}",
+                    "max shared bytes": max(r["shared_bytes"] for r in ok),
+                    "median compile s": f"{statistics.median(times):.2f}", "slowest s": f"{max(times):.2f}",
+                })  # fmt: skip
+    return rows
 
 
 def contiguous_run(shape: str, layout: str) -> int:
     """Elements in a row of the dim the kernels vectorise: H*W... in NCHW, C in channels_last
     (and for (N, C) input, where channels are the contiguous dim)."""
     dims = [int(d) for d in shape.split("x")]
-    if layout == "channels_last" or len(dims) == 2:
-        return dims[1]
-    run = 1
-    for d in dims[2:]:
-        run *= d
-    return run
+    return dims[1] if layout == "channels_last" or len(dims) == 2 else math.prod(dims[2:])
 
 
 def row_alignment(shape: str, layout: str, dtype: str) -> int:
     """Bytes to which every row start is aligned, up to the widest access (16 bytes)."""
-    row_bytes = contiguous_run(shape, layout) * ITEM_BYTES[dtype]
+    row_bytes = contiguous_run(shape, layout) * DTYPES[dtype].itemsize
     return min(row_bytes & -row_bytes, WIDEST_ACCESS_BYTES)
 
 
@@ -169,7 +209,7 @@ def scalar_reason(
     shape: str, dtype: str, layout: str, accesses: dict[tuple[str, str], set[int]]
 ) -> str | None:
     """Why the case's data accesses (all but the ReLU mask) stay one element wide, or None."""
-    element_bits = 8 * ITEM_BYTES[dtype]
+    element_bits = 8 * DTYPES[dtype].itemsize
     narrow = sorted({
         tensor for (tensor, _), widths in accesses.items()
         if tensor != "mask" and min(widths) <= element_bits
@@ -177,7 +217,7 @@ def scalar_reason(
     if not narrow:
         return None
     run = contiguous_run(shape, layout)
-    item = ITEM_BYTES[dtype]
+    item = DTYPES[dtype].itemsize
     alignment = row_alignment(shape, layout, dtype)
     what = "rows" if layout == "nchw" and len(shape.split("x")) > 2 else "channel runs"
     if alignment <= item:
@@ -187,17 +227,15 @@ def scalar_reason(
             f"{alignment}-byte aligned: wider accesses would be legal.")
 
 
-def _cases(report: dict[str, Any], target: str) -> tuple[list[str], list[str]]:
+def _cases(report: dict[str, Any], target: str) -> tuple[list[dict[str, object]], list[str]]:
     rows, sentences = [], []
     for (shape, dtype, layout), (accesses, failed) in sorted(case_widths(report, target).items()):
         reason = scalar_reason(shape, dtype, layout, accesses)
-        verdict = "scalar" if reason else "vector"
-        if failed:
-            verdict += f" ({failed} not compiled)"
-        rows.append(
-            f"| {shape} | {dtype} | {layout} | {row_alignment(shape, layout, dtype)} | "
-            f"{_widths_cell(accesses, 'load')} | {_widths_cell(accesses, 'store')} | {verdict} |"
-        )
+        verdict = ("scalar" if reason else "vector") + (f" ({failed} not compiled)" if failed else "")
+        rows.append({"shape": shape, "dtype": dtype, "layout": layout,
+                     "alignment": row_alignment(shape, layout, dtype),
+                     "loads": _widths_cell(accesses, "load"), "stores": _widths_cell(accesses, "store"),
+                     "data accesses": verdict})  # fmt: skip
         if reason:
             sentences.append(f"- {shape} {dtype} {layout}: {reason}")
     return rows, sentences
@@ -208,57 +246,38 @@ def render(results: list[dict[str, Any]]) -> str:
     if not results:
         return "# Kernel report\n\nNo compile-check results.\n"
     newest = results[-1]
-    lines = [
-        "# Kernel report: every fusedbn kernel specialisation, compiled for real GPUs on the CPU",
-        "",
-        "Written by `python -m fusedbn.bench.compile_check` (see its docstring): fusedbn's public "
-        "functional API, forward and backward, is called on fake tensors for each case of the grid "
-        "below, each kernel launch is recorded, bound by Triton's own binder and compiled with "
-        "`triton.compile` for each target; widths, registers and spills are read from the SASS "
-        "(cuobjdump from the Triton wheel), each tile access named after its tensor through the PTX.",
-        "",
-        "| Triton | fusedbn commit | date | cases | specialisations | subset |",
-        "|---|---|---|---:|---:|---|",
-    ]
-    for report in results:
-        lines.append(f"| {report['triton']} | {report['commit']} | {report['date']} | "
-                     f"{len(report['cases'])} | {len(report['specialisations'])} | "
-                     f"{'yes' if report['subset'] else 'no'} |")
+    runs = [{"Triton": r["triton"], "fusedbn commit": r["commit"],
+             "kernels digest": r.get("kernels_digest", "-")[:12], "date": r["date"], "cases": len(r["cases"]),
+             "specialisations": len(r["specialisations"]), "subset": "yes" if r["subset"] else "no"}
+            for r in results]  # fmt: skip
     grid = defaultdict(set)
     for case in newest["cases"]:
         for field in ("shape", "dtype", "layout", "epilogue", "mode", "multiprocessors"):
             grid[field].add(str(case[field]))
-    lines += ["", "Grid: " + "; ".join(f"{field}: {', '.join(sorted(values))}"
-                                         for field, values in grid.items()) + ".", ""]
-    lines += [
-        "## Summary", "",
-        "| Triton | target | specialisations | ok | crash | error | timeout | spills at the register "
-        "limit | occupancy spills | SASS != PTX | max registers | max shared bytes | compile s (sum) "
-        "| slowest s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for report in results:
-        lines += _summary(report)
-    problems = [line for report in results for line in _problems(report)]
-    lines += ["", "## Problems", ""] + (
-        problems or ["None: every specialisation compiled, none spills at its register limit."]
-    )
-    occupancy = [line for report in results for line in _occupancy_spills(report)]
-    lines += [
+    problems = _lines(results, problem, bold=True)
+    occupancy = _lines(results, lambda result: occupancy_spills(result) and spill_text(result), bold=False)
+    lines = [
+        "# Kernel report: every fusedbn kernel specialisation, compiled for real GPUs on the CPU", "",
+        "Written by `python -m fusedbn.bench.compile_check` (see its docstring): fusedbn's public "
+        "functional API, forward and backward, is called on fake tensors for each case of the grid "
+        "below, each kernel launch is recorded, bound by Triton's own binder and compiled with "
+        "`triton.compile` for each target; widths, registers and spills are read from the SASS "
+        "(cuobjdump from the Triton wheel), each tile access named after its tensor through the PTX.", "",
+        table(runs), "",
+        "Grid: " + "; ".join(f"{field}: {', '.join(sorted(values))}" for field, values in grid.items()) + ".",
+        "",
+        "## Summary", "", table([row for report in results for row in _summary(report)]), "",
+        "## Problems", "",
+        *(problems or ["None: every specialisation compiled, none spills at its register limit."]),
         "", "## Occupancy spills", "",
         "ptxas (at its default -O3) spills a value or two of a kernel well under its register limit "
         "to keep it at a register count that fits one more block per SM (64 registers for 256 "
         "threads, say). Each kernel listed here was compiled again with ptxas -O1, which used more "
         "registers and did not spill. These few bytes stay in L1; they are listed, not gate "
         "failures (a spill at the register limit, or one that -O1 makes too, is).", "",
-    ] + (occupancy or ["None."])
-    lines += [
-        "", f"## Kernels (Triton {newest['triton']})", "",
-        "| kernel | target | specialisations | warps | registers | max shared bytes | median compile s "
-        "| slowest s |",
-        "|---|---|---:|---|---|---:|---:|---:|",
-    ]
-    lines += _kernels(newest)
+        *(occupancy or ["None."]),
+        "", f"## Kernels (Triton {newest['triton']})", "", table(_kernels(newest)),
+    ]  # fmt: skip
     for target in newest["targets"]:
         rows, sentences = _cases(newest, str(target))
         lines += [
@@ -268,13 +287,10 @@ def render(results: list[dict[str, Any]]) -> str:
             "ReLU's packed mask, one bit per element). The widths are the PTX's, each traced to its "
             "pointer argument; the SASS has the same widths wherever the summary's SASS != PTX "
             "count is 0. Alignment: bytes to which the rows of the vectorised dim start (H*W "
-            "elements in NCHW, C in channels_last), up to 16.", "",
-            "| shape | dtype | layout | alignment | loads | stores | data accesses |",
-            "|---|---|---|---:|---|---|---|",
-        ]
-        lines += rows
+            "elements in NCHW, C in channels_last), up to 16.", "", table(rows),
+        ]  # fmt: skip
         if sentences:
-            lines += ["", "Cases that stay scalar:", ""] + sentences
+            lines += ["", "Cases that stay scalar:", "", *sentences]
     return "\n".join(lines) + "\n"
 
 

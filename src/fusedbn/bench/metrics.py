@@ -10,6 +10,7 @@ forward+backward of the ResNet-50 shapes in float16 and bfloat16, both layouts:
 """
 
 import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -37,9 +38,7 @@ BANDWIDTH_GOALS = {FWDBWD: 0.60, EVAL: 0.85}
 def geometric_mean(values: Iterable[float]) -> float:
     """The geometric mean of positive ``values`` (NaN when there are none)."""
     values = list(values)
-    if not values:
-        return math.nan
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    return statistics.geometric_mean(values) if values else math.nan
 
 
 def speedups(results: list[Result], baseline: str, provider: str = FUSEDBN) -> dict[tuple, float]:
@@ -82,59 +81,37 @@ def _on_target_cases(ratios: dict[tuple, float]) -> dict[tuple, float]:
 def _speed_target(vs_eager: dict[tuple, float]) -> Target:
     ratios = list(_on_target_cases(vs_eager).values())
     mean = geometric_mean(ratios)
-    return Target(
-        "speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, both layouts)",
-        mean,
-        f">= {SPEEDUP_GOAL:.2f}x",
-        None if not ratios else mean >= SPEEDUP_GOAL,
-        len(ratios),
-    )
+    return Target("speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, both layouts)", mean,
+                  f">= {SPEEDUP_GOAL:.2f}x", None if not ratios else mean >= SPEEDUP_GOAL, len(ratios))
 
 
 def _floor_target(vs_eager: dict[tuple, float]) -> Target:
     cases = _on_target_cases(vs_eager)
     worst = min(cases, key=cases.get, default=None)
-    return Target(
-        "floor: slowest of those cases over eager",
-        cases[worst] if worst else math.nan,
-        f">= {FLOOR_GOAL:.2f}x",
-        None if worst is None else cases[worst] >= FLOOR_GOAL,
-        len(cases),
-        _case_name(worst) if worst else "",
-    )
+    return Target("floor: slowest of those cases over eager", cases[worst] if worst else math.nan,
+                  f">= {FLOOR_GOAL:.2f}x", None if worst is None else cases[worst] >= FLOOR_GOAL, len(cases),
+                  _case_name(worst) if worst else "")  # fmt: skip
 
 
 def _compile_target(vs_compile: dict[tuple, float]) -> Target:
     cases = _on_target_cases(vs_compile)
     share = sum(s >= VS_COMPILE_GOAL for s in cases.values()) / len(cases) if cases else math.nan
     worst = min(cases, key=cases.get, default=None)
-    return Target(
-        "against torch.compile: share of those cases at >= 1.0x (where: the slowest)",
-        share,
-        f">= {VS_COMPILE_SHARE_GOAL:.0%}",
-        None if not cases else share >= VS_COMPILE_SHARE_GOAL,
-        len(cases),
-        f"{_case_name(worst)} {cases[worst]:.2f}x" if worst else "",
-    )
+    return Target("against torch.compile: share of those cases at >= 1.0x (where: the slowest)", share,
+                  f">= {VS_COMPILE_SHARE_GOAL:.0%}", None if not cases else share >= VS_COMPILE_SHARE_GOAL,
+                  len(cases), f"{_case_name(worst)} {cases[worst]:.2f}x" if worst else "")  # fmt: skip
 
 
 def _bandwidth_target(results: list[Result], mode: str) -> Target:
-    large = [
-        r
-        for r in results
-        if r.ok and r.provider == FUSEDBN and r.mode == mode and shape_named(r.shape).numel >= LARGE_NUMEL
-    ]
+    large = [r for r in results if r.ok and r.provider == FUSEDBN and r.mode == mode
+             and shape_named(r.shape).numel >= LARGE_NUMEL]  # fmt: skip
     lowest = min(large, key=lambda r: r.copy_share, default=None)
     goal = BANDWIDTH_GOALS[mode]
-    return Target(
-        f"{'training' if mode == FWDBWD else mode} bandwidth: lowest {mode} share of copy bandwidth, "
-        f"large shapes (>= {LARGE_NUMEL} elements)",
-        lowest.copy_share if lowest else math.nan,
-        f">= {goal:.0%}",
-        None if lowest is None else lowest.copy_share >= goal,
-        len(large),
-        _case_name(lowest.key) if lowest else "",
-    )
+    name = "training" if mode == FWDBWD else mode
+    return Target(f"{name} bandwidth: lowest {mode} share of copy bandwidth, large shapes (>= {LARGE_NUMEL} "
+                  "elements)", lowest.copy_share if lowest else math.nan,
+                  f">= {goal:.0%}", None if lowest is None else lowest.copy_share >= goal, len(large),
+                  _case_name(lowest.key) if lowest else "")  # fmt: skip
 
 
 def compute_targets(results: list[Result]) -> list[Target]:

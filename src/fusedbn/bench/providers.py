@@ -14,9 +14,19 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from fusedbn.backend import backend_for
-from fusedbn.bench.cases import BWD, COMPILE, EAGER, EVAL, FLAG_GEMS, FUSEDBN, FWD, FWDBWD, Shape
-from fusedbn.convert import convert_model
+from fusedbn.bench.cases import (
+    BWD,
+    COMPILE,
+    EAGER,
+    EVAL,
+    FLAG_GEMS,
+    FUSEDBN,
+    FWD,
+    FWDBWD,
+    Shape,
+    random_tensor,
+)
+from fusedbn.bench.core import backend_for, convert_model
 
 TORCH_CLASSES: dict[int, type[nn.Module]] = {
     2: nn.BatchNorm1d,
@@ -37,6 +47,23 @@ def reference_module(shape: Shape, device: torch.device, seed: int) -> nn.Module
         module.running_mean.copy_(torch.randn(channels, generator=generator))
         module.running_var.copy_(0.5 + 4.0 * torch.rand(channels, generator=generator))
     return module
+
+
+X_SEED, GRAD_SEED, MODULE_SEED, RESIDUAL_SEED = 1, 2, 3, 11
+# The input's mean is kept away from zero, so that subtracting it is part of what is checked.
+X_OFFSET = 1.0
+
+
+def case_inputs(
+    shape: Shape, dtype: str, layout: str, device: torch.device
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """What every benchmark of one case starts from: torch's module (:func:`reference_module`), the
+    input (offset from zero) and an upstream gradient, all seeded."""
+    return (
+        reference_module(shape, device, MODULE_SEED),
+        random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET),
+        random_tensor(shape, dtype, layout, device, GRAD_SEED),
+    )
 
 
 def provider_module(provider: str, reference: nn.Module, compile_mode: str = "default") -> nn.Module:
@@ -142,30 +169,40 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
             targets[name].copy_(value)
 
 
-def mode_call(module: nn.Module, mode: str, x: torch.Tensor, grad_output: torch.Tensor) -> Callable[[], Any]:
+def mode_call(
+    module: nn.Module,
+    mode: str,
+    x: torch.Tensor,
+    grad_output: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    forward: Callable[..., torch.Tensor] | None = None,
+) -> Callable[[], Any]:
     """The call that ``mode`` times on ``module``; it returns the outputs that mode produces.
 
-    fwd returns y; bwd and fwdbwd return the gradients of x, weight and bias for the upstream
-    gradient ``grad_output``; eval returns y computed under ``torch.no_grad``. For bwd the forward
-    runs once here and its graph is kept for every timed backward.
+    fwd returns y; bwd and fwdbwd return the gradients of x, weight, bias (and ``residual``, when
+    given) for the upstream gradient ``grad_output``; eval returns y computed under ``torch.no_grad``.
+    For bwd the forward runs once here and its graph is kept for every timed backward. ``forward(module,
+    x, residual)`` replaces the plain ``module(x)`` (an epilogue after it, say).
     """
     module.train(mode != EVAL)
-    inputs = [x.detach().requires_grad_(True), *module.parameters()]
-    if mode == FWD:
-        return lambda: module(inputs[0])
-    if mode == FWDBWD:
-        return lambda: torch.autograd.grad(module(inputs[0]), inputs, grad_output)
-    if mode == BWD:
-        output = module(inputs[0])
-        return lambda: torch.autograd.grad(output, inputs, grad_output, retain_graph=True)
+    forward = forward or (lambda m, data, _: m(data))
     if mode == EVAL:
         data = x.detach()
 
         def evaluate() -> torch.Tensor:
             with torch.no_grad():
-                return module(data)
+                return forward(module, data, residual)
 
         return evaluate
+    extra = None if residual is None else residual.detach().requires_grad_(True)
+    inputs = [x.detach().requires_grad_(True), *module.parameters(), *([extra] if extra is not None else [])]
+    if mode == FWD:
+        return lambda: forward(module, inputs[0], extra)
+    if mode == FWDBWD:
+        return lambda: torch.autograd.grad(forward(module, inputs[0], extra), inputs, grad_output)
+    if mode == BWD:
+        output = forward(module, inputs[0], extra)
+        return lambda: torch.autograd.grad(output, inputs, grad_output, retain_graph=True)
     raise ValueError(f"unknown mode {mode!r}")
 
 

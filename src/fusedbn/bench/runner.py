@@ -1,4 +1,4 @@
-"""Running a benchmark plan: every selected case, measured unit by unit, each result handed on at once.
+"""Running the per-op suite: every selected case, measured unit by unit, each result handed on at once.
 
 A group is one (shape, dtype, layout); a unit is some providers on one group. Every group's eager,
 fusedbn and FlagGems cases run first, in one unit per group (FlagGems is skipped, with the reason, where
@@ -10,7 +10,6 @@ output is compared with eager's.
 """
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -27,30 +26,26 @@ from fusedbn.bench.cases import (
     Shape,
     layout_applies,
     minimal_bytes,
-    random_tensor,
 )
 from fusedbn.bench.providers import (
     backend_name,
+    case_inputs,
     load_state,
     mode_call,
     provider_module,
-    reference_module,
     relative_difference,
     unavailable_reason,
 )
 from fusedbn.bench.results import OK, Result, error_status
-from fusedbn.bench.timing import Measurement, TimingSettings, gigabytes_per_second, measure
+from fusedbn.bench.timing import Budget, Measurement, TimingSettings, gigabytes_per_second, measure
 
 # Providers in the order they are timed: eager first, since its output is the reference.
 PROVIDER_ORDER = (EAGER, FUSEDBN, FLAG_GEMS, COMPILE)
-X_SEED, GRAD_SEED, MODULE_SEED = 1, 2, 3
-# The input's mean is kept away from zero, so that subtracting it is part of what is checked.
-X_OFFSET = 1.0
 
 
 @dataclass
-class Plan:
-    """Everything a benchmark run measures, and how.
+class Benchmark:
+    """Everything a run of the per-op suite measures, and how.
 
     The compile provider runs only on ``compile_shapes`` (names) and ``compile_modes``, since
     compiling is slow. ``time_budget_s`` stops measuring (the rest is recorded as skipped) once the
@@ -117,10 +112,8 @@ class Plan:
         return chosen
 
     def case_count(self) -> int:
-        """How many results the plan produces."""
-        return sum(
-            len(self.providers_for(shape, mode)) for shape, _, _ in self.groups() for mode in self.modes
-        )
+        """How many results the run produces."""
+        return sum(len(self.providers_for(s, mode)) for s, _, _ in self.groups() for mode in self.modes)
 
 
 @dataclass(frozen=True)
@@ -134,42 +127,34 @@ class Unit:
 
 
 class _Budgets:
-    def __init__(self, plan: Plan):
-        self.plan = plan
-        self.start = time.perf_counter()
+    def __init__(self, bench: Benchmark):
+        self.bench = bench
+        self.time = Budget(bench.time_budget_s)
         self.compile_s = 0.0
 
     def skip_reason(self, provider: str) -> str | None:
-        if time.perf_counter() - self.start > self.plan.time_budget_s:
-            return f"skipped: time budget of {self.plan.time_budget_s:g} s spent"
-        if provider == COMPILE and self.compile_s > self.plan.compile_budget_s:
-            return f"skipped: compile budget of {self.plan.compile_budget_s:g} s spent"
-        return None
+        """Why ``provider``'s next case is not measured (a spent budget, FlagGems missing), or None."""
+        if self.time.spent():
+            return f"skipped: {self.time}"
+        if provider == COMPILE and self.compile_s > self.bench.compile_budget_s:
+            return f"skipped: compile budget of {self.bench.compile_budget_s:g} s spent"
+        return None if unavailable_reason(provider) is None else f"skipped: {unavailable_reason(provider)}"
 
 
-def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> Iterator[Result]:
-    device, shape, dtype, layout = plan.device, unit.shape, unit.dtype, unit.layout
-    reference = reference_module(shape, device, MODULE_SEED)
+def _run_unit(bench: Benchmark, unit: Unit, copy_gbps: float, budgets: _Budgets) -> Iterator[Result]:
+    device, shape, dtype, layout = bench.device, unit.shape, unit.dtype, unit.layout
+    reference, x, grad_output = case_inputs(shape, dtype, layout, device)
     initial_state = {name: value.clone() for name, value in reference.state_dict().items()}
-    x = random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET)
-    grad_output = random_tensor(shape, dtype, layout, device, GRAD_SEED)
     modules: dict[str, torch.nn.Module] = {}
 
-    for mode in plan.modes:
+    for mode in bench.modes:
         nbytes = minimal_bytes(shape, dtype, mode)
         # Eager's output, computed when the first provider of this mode is about to be measured.
         expected, reference_error, reference_ran = None, None, False
-        for provider in (p for p in plan.providers_for(shape, mode) if p in unit.providers):
-            base = dict(
-                shape=shape.name,
-                dtype=dtype,
-                layout=layout,
-                mode=mode,
-                provider=provider,
-                backend=backend_name(provider, device),
-                bytes=nbytes,
-            )
-            reason = _skip_reason(budgets, provider)
+        for provider in (p for p in bench.providers_for(shape, mode) if p in unit.providers):
+            base = dict(shape=shape.name, dtype=dtype, layout=layout, mode=mode, provider=provider,
+                        backend=backend_name(provider, device), bytes=nbytes)  # fmt: skip
+            reason = budgets.skip_reason(provider)
             if reason is not None:
                 yield Result(status=reason, **base)
                 continue
@@ -185,10 +170,10 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 continue
             try:
                 if provider not in modules:
-                    modules[provider] = provider_module(provider, reference, plan.compile_mode)
+                    modules[provider] = provider_module(provider, reference, bench.compile_mode)
                 module = modules[provider]
                 load_state(module, initial_state)
-                measured = measure(mode_call(module, mode, x, grad_output), device, plan.settings)
+                measured = measure(mode_call(module, mode, x, grad_output), device, bench.settings)
             except Exception as error:  # one failing case must not end the run; its row says why
                 yield Result(status=error_status(error), **base)
                 continue
@@ -196,14 +181,6 @@ def _run_unit(plan: Plan, unit: Unit, copy_gbps: float, budgets: _Budgets) -> It
                 budgets.compile_s += measured.first_call_s
             rel_diff = math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
             yield _measured_result(measured, nbytes, copy_gbps, rel_diff, base)
-
-
-def _skip_reason(budgets: _Budgets, provider: str) -> str | None:
-    """Why ``provider``'s next case is not measured (a spent budget, FlagGems missing), or None."""
-    reason = budgets.skip_reason(provider)
-    if reason is None and unavailable_reason(provider) is not None:
-        reason = f"skipped: {unavailable_reason(provider)}"
-    return reason
 
 
 def _measured_result(
@@ -225,21 +202,21 @@ def _measured_result(
     )
 
 
-def run_plan(
-    plan: Plan, copy_gbps: float, on_unit: Callable[[int, Unit, list[Result]], None] | None = None
+def run_benchmark(
+    bench: Benchmark, copy_gbps: float, on_unit: Callable[[int, Unit, list[Result]], None] | None = None
 ) -> Iterator[Result]:
-    """Measure every case of ``plan``, yielding each result as soon as it is known.
+    """Measure every case of ``bench``, yielding each result as soon as it is known.
 
     ``copy_gbps`` is the measured copy bandwidth each case's effective bandwidth is a share of.
-    ``on_unit(index, unit, results)`` is called after each unit of ``plan.units()``. torch.compile's
+    ``on_unit(index, unit, results)`` is called after each unit of ``bench.units()``. torch.compile's
     caches are reset before each compile unit so that none runs into its recompilation limit.
     """
-    budgets = _Budgets(plan)
-    for index, unit in enumerate(plan.units()):
+    budgets = _Budgets(bench)
+    for index, unit in enumerate(bench.units()):
         if COMPILE in unit.providers:
             torch.compiler.reset()
         results = []
-        for result in _run_unit(plan, unit, copy_gbps, budgets):
+        for result in _run_unit(bench, unit, copy_gbps, budgets):
             results.append(result)
             yield result
         if on_unit is not None:

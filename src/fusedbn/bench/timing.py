@@ -1,10 +1,13 @@
-"""Timing: warmed-up measurements of a callable, and the device-to-device copy bandwidth to judge them by.
+"""The one timer of the benchmarks, and the device-to-device copy bandwidth to judge timings by.
 
-On CUDA the timer is ``triton.testing.do_bench``: it flushes the L2 cache before every repetition and
-times each one with CUDA events; the median, fastest and slowest repetition are kept. On the CPU
-(the smoke mode, which checks the harness and not speed) each call is timed with a wall clock.
+:func:`time_calls` runs a callable back to back and keeps the block's wall time, each call's host
+time (until it returned: on a GPU, the time to enqueue its work) and, when asked, each call's device
+time (CUDA events). The per-op suite's :func:`measure` times a call with ``triton.testing.do_bench``
+on CUDA (the L2 cache flushed before each repetition; median, fastest and slowest kept) and with
+:func:`time_calls` on the CPU (the smoke mode, which checks the harness, not speed).
 """
 
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -21,6 +24,54 @@ class TimingSettings:
     warmup_ms: int = 25  # do_bench's warm-up time
     rep_ms: int = 100  # do_bench's measuring time
     cpu_repeats: int = 5  # timed calls per measurement on the CPU
+
+
+@dataclass(frozen=True)
+class Calls:
+    """A block of calls: what they returned (when kept), the block's wall time (synchronised at both
+    ends), each call's host time and each call's device time (CUDA events; empty when not asked)."""
+
+    results: list[Any]
+    wall_s: float
+    host_s: list[float]
+    device_ms: list[float]
+
+    @property
+    def us_per_call(self) -> float:
+        return self.wall_s / len(self.host_s) * 1e6
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(
+    fn: Callable[[], Any], device: torch.device, calls: int, keep: bool = False, device_times: bool = False
+) -> Calls:
+    """Call ``fn`` ``calls`` times back to back; ``keep`` its results, and time each call on the device
+    too with ``device_times`` (CUDA only: the events add host time of their own)."""
+    events = []
+    if device_times and device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(calls)]  # fmt: skip
+    results, host_s = [], []
+    synchronize(device)
+    start = perf_counter()
+    for index in range(calls):
+        if events:
+            events[index][0].record()
+        began = perf_counter()
+        result = fn()
+        host_s.append(perf_counter() - began)
+        if events:
+            events[index][1].record()
+        if keep:
+            results.append(result)
+    synchronize(device)
+    wall_s = perf_counter() - start
+    return Calls(results, wall_s, host_s, [begin.elapsed_time(end) for begin, end in events])
 
 
 @dataclass(frozen=True)
@@ -41,49 +92,32 @@ class Measurement:
     timing: Timing
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the work queued on ``device``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_cuda(fn: Callable[[], Any], settings: TimingSettings) -> Timing:
-    # Imported here so that the CPU smoke mode never touches a GPU driver.
-    from triton.testing import do_bench
-
-    median, fastest, slowest = do_bench(
-        fn, warmup=settings.warmup_ms, rep=settings.rep_ms, quantiles=[0.5, 0.0, 1.0]
-    )
-    return Timing(median, fastest, slowest)
-
-
-def _time_cpu(fn: Callable[[], Any], settings: TimingSettings) -> Timing:
-    times = []
-    for _ in range(settings.cpu_repeats):
-        start = perf_counter()
-        fn()
-        times.append((perf_counter() - start) * 1e3)
-    times.sort()
-    middle = len(times) // 2
-    median = times[middle] if len(times) % 2 else (times[middle - 1] + times[middle]) / 2
-    return Timing(median, times[0], times[-1])
-
-
 def measure(fn: Callable[[], Any], device: torch.device, settings: TimingSettings) -> Measurement:
     """Call ``fn`` once (timed on the wall clock), warm it up, then time it on ``device``."""
-    synchronize(device)
-    start = perf_counter()
-    first_result = fn()
-    synchronize(device)
-    first_call_s = perf_counter() - start
-    for _ in range(settings.warmup_calls):
-        fn()
-    synchronize(device)
+    first = time_calls(fn, device, 1, keep=True)
+    time_calls(fn, device, settings.warmup_calls)
     if device.type == "cuda":
-        timing = _time_cuda(fn, settings)
+        from triton.testing import do_bench  # imported here: the CPU smoke mode never touches a GPU driver
+
+        timing = Timing(*do_bench(fn, warmup=settings.warmup_ms, rep=settings.rep_ms, quantiles=[0.5, 0, 1]))
     else:
-        timing = _time_cpu(fn, settings)
-    return Measurement(first_result, first_call_s, timing)
+        times = [s * 1e3 for s in time_calls(fn, device, settings.cpu_repeats).host_s]
+        timing = Timing(statistics.median(times), min(times), max(times))
+    return Measurement(first.results[0], first.wall_s, timing)
+
+
+class Budget:
+    """A time budget of ``seconds`` that starts when it is made."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.start = seconds, perf_counter()
+
+    def spent(self) -> bool:
+        """Whether the budget's time has run out."""
+        return perf_counter() - self.start > self.seconds
+
+    def __str__(self) -> str:
+        return f"time budget of {self.seconds:g} s spent"
 
 
 def gigabytes_per_second(nbytes: int, milliseconds: float) -> float:

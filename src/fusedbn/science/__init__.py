@@ -23,6 +23,7 @@ import optuna
 import torch
 
 from fusedbn.outputs import output_folder
+from fusedbn.records import run_record
 from fusedbn.science.experiments import (
     PRESETS,
     SCIENCE_TASKS,
@@ -91,7 +92,7 @@ def run_science(
     with torch_threads(1):
         context.task()  # builds the data first: a bad data seed or a missing package stops here
         with output_folder(out) as folder:
-            load_before, start, cpu_start = os.getloadavg()[0], time.perf_counter(), _cpu_seconds()
+            record, start, cpu_start = run_record(), time.perf_counter(), _cpu_seconds()
             processes = min(workers, len(science.groups))
             if processes > 1:
                 timed = _in_parallel(science, chosen, data_seed, progress, processes)
@@ -101,11 +102,9 @@ def run_science(
             cpu = dict(zip(science.experiments, (seconds for _, seconds in timed), strict=True))
             run = RunInfo(
                 task=task,
+                record=record.finished(),
                 wall_seconds=time.perf_counter() - start,
                 cpu_seconds=_cpu_seconds() - cpu_start,
-                torch_threads=1,
-                load_before=load_before,
-                load_after=os.getloadavg()[0],
                 workers=processes,
                 group_cpu_seconds=[sum(cpu[experiment] for experiment in group) for group in science.groups],
             )

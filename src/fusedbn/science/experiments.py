@@ -10,6 +10,7 @@ records its test accuracy, never used to choose).
 """
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -152,13 +153,9 @@ class Context:
         its test split; ``bias`` gives the layers before each BatchNorm a bias."""
         key = (optimizer, batchnorm, bias)
         if key not in self.tasks:
-            task = self.science.definition.build(
-                epochs=self.preset.epochs,
-                optimizer=optimizer,
-                batchnorm=batchnorm,
-                bias=bias,
-                data_seed=self.data_seed,
-            )
+            build = self.science.definition.build
+            task = build(epochs=self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm, bias=bias,
+                         data_seed=self.data_seed)  # fmt: skip
             task.score_test = True
             if self.preset.train_examples is not None:
                 task.train = tuple(t[: self.preset.train_examples] for t in task.train)
@@ -192,6 +189,10 @@ class Context:
         """A generator for ``key``'s statistics, the same on every run."""
         return np.random.default_rng(derive_seed(len(key), *key.encode()))
 
+    def paired(self, rng: np.random.Generator) -> Callable[..., PairedTest]:
+        """``wilcoxon(name, first, second)`` drawing the preset's bootstrap resamples from ``rng``."""
+        return functools.partial(wilcoxon, rng=rng, resamples=self.preset.bootstrap)
+
     def seeds(self) -> range:
         return range(self.preset.seeds)
 
@@ -213,18 +214,9 @@ class Context:
         if key not in self.searches:
             space = [replace(p, tier=1 if p.name in names else 2) for p in self.space(optimizer)]
             space = with_scales(space, dict.fromkeys(linear, "linear"))
-            config = SearchConfig(
-                study_name="science",
-                storage="memory",
-                trials=trials,
-                stages=stages,
-                tiers=1,
-                sampler=sampler,
-                seed=seed,
-                train_seed=seed,
-                pruner="none",
-                progress=False,
-            )
+            config = SearchConfig(study_name="science", storage="memory", trials=trials, stages=stages,
+                                  tiers=1, sampler=sampler, seed=seed, train_seed=seed, pruner="none",
+                                  progress=False)  # fmt: skip
             self.searches[key] = tune(self.task(optimizer, batchnorm, bias), space, config)
         return self.searches[key]
 
@@ -282,7 +274,7 @@ def _mean_sd(values: Sequence[float]) -> str:
 
 def random_vs_grid(ctx: Context) -> Finding:
     """Random search against a grid at the same budget, tuning 2 and then 4 parameters."""
-    preset, rng = ctx.preset, ctx.rng("random_vs_grid")
+    preset, paired = ctx.preset, ctx.paired(ctx.rng("random_vs_grid"))
     rows, tests, verdicts, panels = [], [], [], []
     for names, points in ((TWO_PARAMS, preset.grid_points_2d), (ctx.four_params, preset.grid_points_4d)):
         trials = points ** len(names)
@@ -293,33 +285,13 @@ def random_vs_grid(ctx: Context) -> Finding:
                 scores[sampler].append(_chosen(ctx.search(names, seed, trials, sampler=sampler)))
         valid = {s: np.array([v for v, _ in scores[s]]) for s in scores}
         test = {s: np.array([t for _, t in scores[s]]) for s in scores}
-        for sampler in scores:
-            rows.append(
-                {
-                    "parameters": len(names),
-                    "sampler": sampler,
-                    "trials": trials,
-                    "best validation": _mean_sd(valid[sampler]),
-                    "test of chosen": _mean_sd(test[sampler]),
-                }
-            )
-        primary = wilcoxon(
-            f"{len(names)} parameters: best validation, random - grid",
-            valid["random"],
-            valid["grid"],
-            rng,
-            preset.bootstrap,
-        )
-        tests += [
-            primary,
-            wilcoxon(
-                f"{len(names)} parameters: test of chosen, random - grid",
-                test["random"],
-                test["grid"],
-                rng,
-                preset.bootstrap,
-            ),
-        ]
+        rows += [{"parameters": len(names), "sampler": sampler, "trials": trials,
+                  "best validation": _mean_sd(valid[sampler]), "test of chosen": _mean_sd(test[sampler])}
+                 for sampler in scores]  # fmt: skip
+        primary = paired(f"{len(names)} parameters: best validation, random - grid", valid["random"],
+                         valid["grid"])  # fmt: skip
+        tests += [primary, paired(f"{len(names)} parameters: test of chosen, random - grid", test["random"],
+                                  test["grid"])]  # fmt: skip
         verdicts += [verdict(primary, +1), verdict(tests[-1], +1)]
         title = f"{len(names)} parameters, {trials} trials: {verdicts[-2]}"
         panels.append(_panel(title, valid["random"], valid["grid"], primary))
@@ -334,10 +306,7 @@ def random_vs_grid(ctx: Context) -> Finding:
         f"({preset.grid_points_4d}^4 grid); random search draws as many trials on the same scales. "
         f"Grid points are the centres of equal cells on each parameter's scale. {preset.seeds} seeds, "
         "paired (same seed: same training seeds).",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "random search beat the grid on validation accuracy")
         + f" Random minus grid, best validation: {_points(tests[0].mean_difference)} with 2 parameters, "
         f"{_points(tests[2].mean_difference)} with 4.",
@@ -350,7 +319,7 @@ def random_vs_grid(ctx: Context) -> Finding:
 
 def coarse_to_fine(ctx: Context) -> Finding:
     """Coarse-to-fine stages against one stage of random search with the same number of trials."""
-    preset, rng = ctx.preset, ctx.rng("coarse_to_fine")
+    preset, paired = ctx.preset, ctx.paired(ctx.rng("coarse_to_fine"))
     total = preset.stages * preset.stage_trials
     arms = {"coarse-to-fine": [], "one stage": []}
     for seed in ctx.seeds():
@@ -360,20 +329,11 @@ def coarse_to_fine(ctx: Context) -> Finding:
         arms["one stage"].append(_chosen(ctx.search(ctx.four_params, seed, total)))
     valid = {a: np.array([v for v, _ in arms[a]]) for a in arms}
     test = {a: np.array([t for _, t in arms[a]]) for a in arms}
-    tests = [
-        wilcoxon("best validation, staged - one stage", *valid.values(), rng, preset.bootstrap),
-        wilcoxon("test of chosen, staged - one stage", *test.values(), rng, preset.bootstrap),
-    ]
+    tests = [paired("best validation, staged - one stage", *valid.values()),
+             paired("test of chosen, staged - one stage", *test.values())]
     verdicts = [verdict(t, +1) for t in tests]
-    rows = [
-        {
-            "search": a,
-            "trials": total,
-            "best validation": _mean_sd(valid[a]),
-            "test of chosen": _mean_sd(test[a]),
-        }
-        for a in arms
-    ]
+    rows = [{"search": a, "trials": total, "best validation": _mean_sd(valid[a]),
+             "test of chosen": _mean_sd(test[a])} for a in arms]  # fmt: skip
     panels = [
         _panel(f"best validation: {verdicts[0]}", *valid.values(), tests[0]),
         _panel(f"test accuracy of the chosen: {verdicts[1]}", *test.values(), tests[1]),
@@ -389,10 +349,7 @@ def coarse_to_fine(ctx: Context) -> Finding:
         "stage draws the same configurations as the first trials of the one-stage search. "
         f"{preset.seeds} seeds. Held needs both validation and test accuracy of the chosen configuration "
         "to improve.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "the staged search chose better configurations")
         + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
         f"{_points(tests[1].mean_difference)} on test.",
@@ -403,7 +360,7 @@ def coarse_to_fine(ctx: Context) -> Finding:
 
 def log_vs_linear(ctx: Context) -> Finding:
     """The learning rate and the momentum beta sampled on their log scales vs on linear scales."""
-    preset, rng, good = ctx.preset, ctx.rng("log_vs_linear"), ctx.good_accuracy
+    preset, paired, good = ctx.preset, ctx.paired(ctx.rng("log_vs_linear")), ctx.good_accuracy
     trials = preset.grid_points_2d**2
     shares, bests, points = {"log": [], "linear": []}, {"log": [], "linear": []}, {"log": [], "linear": []}
     for seed in ctx.seeds():
@@ -418,26 +375,11 @@ def log_vs_linear(ctx: Context) -> Finding:
                 (lr.value_from(t.params), a)
                 for t, a in zip(_trials(result), accuracies, strict=True)
             ]
-    tests = [
-        wilcoxon(
-            f"share of trials >= {good}, log - linear",
-            shares["log"],
-            shares["linear"],
-            rng,
-            preset.bootstrap,
-        ),
-        wilcoxon("best validation, log - linear", bests["log"], bests["linear"], rng, preset.bootstrap),
-    ]
+    tests = [paired(f"share of trials >= {good}, log - linear", shares["log"], shares["linear"]),
+             paired("best validation, log - linear", bests["log"], bests["linear"])]
     verdicts = [verdict(t, +1) for t in tests]
-    rows = [
-        {
-            "scales": arm,
-            "trials": trials,
-            f"share >= {good}": _mean_sd(shares[arm]),
-            "best validation": _mean_sd(bests[arm]),
-        }
-        for arm in shares
-    ]
+    rows = [{"scales": arm, "trials": trials, f"share >= {good}": _mean_sd(shares[arm]),
+             "best validation": _mean_sd(bests[arm])} for arm in shares]  # fmt: skip
     overall = verdicts[0]
     return Finding(
         key="log_vs_linear",
@@ -447,10 +389,7 @@ def log_vs_linear(ctx: Context) -> Finding:
         setup=f"SGD, random search over learning rate [1e-4, 1] and momentum [0.9, 0.999], {trials} trials, "
         f"{preset.seeds} seeds; the same seeds draw on log scales or on linear scales. The primary measure "
         f"is the share of trials reaching {good:.0%} validation accuracy.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "log scales put more trials above the threshold")
         + f" Share of trials reaching {good:.0%}: {np.mean(shares['log']):.0%} on log scales, "
         f"{np.mean(shares['linear']):.0%} on linear ones.",
@@ -476,18 +415,10 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
     accuracy = {arm: np.array(values) for arm, values in arms.items()}
     reached = {arm: np.nan_to_num(a, nan=0.0) >= good for arm, a in accuracy.items()}
     diverged = {arm: np.isnan(a) for arm, a in accuracy.items()}
-    tests = [
-        mcnemar(
-            f"reaches {good}, BN - none",
-            reached["BatchNorm"],
-            reached["no BatchNorm"],
-            rng,
-            preset.bootstrap,
-        ),
-        mcnemar(
-            "diverges, none - BN", diverged["no BatchNorm"], diverged["BatchNorm"], rng, preset.bootstrap
-        ),
-    ]
+    tests = [mcnemar(f"reaches {good}, BN - none", reached["BatchNorm"], reached["no BatchNorm"], rng,
+                     preset.bootstrap),
+             mcnemar("diverges, none - BN", diverged["no BatchNorm"], diverged["BatchNorm"], rng,
+                     preset.bootstrap)]  # fmt: skip
     verdicts = [verdict(tests[0], +1), verdict(tests[1], +1)]
     depths = np.array(depths)
     rows = []
@@ -518,10 +449,7 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         f"(default ranges), {preset.seeds} seeds; each configuration trains once with FusedBatchNorm1d after "
         f"every hidden {layer} and once without ({layer} with bias), same initial seed. Paired per "
         "configuration: exact McNemar tests. Diverged trials count as not reaching the threshold.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, f"more configurations reached {good:.0%} with BatchNorm")
         + f" {reached['BatchNorm'].mean():.0%} of the configurations reached it with BatchNorm, "
         f"{reached['no BatchNorm'].mean():.0%} without; {int(diverged['BatchNorm'].sum())} vs "
@@ -531,13 +459,8 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         f"{reached['no BatchNorm'][depths == depths.min()].mean():.0%} to "
         f"{reached['no BatchNorm'][depths == depths.max()].mean():.0%} without.",
         figure="batchnorm_vs_none.png",
-        figure_data=_figure_data(
-            "batchnorm_comparison",
-            accuracy=accuracy,
-            depths=depths,
-            good=good,
-            depth_label=ctx.science.depth_label,
-        ),
+        figure_data=_figure_data("batchnorm_comparison", accuracy=accuracy, depths=depths, good=good,
+                                 depth_label=ctx.science.depth_label),  # fmt: skip
     )
 
 
@@ -568,6 +491,7 @@ def _statistics_dims(hidden: torch.Tensor) -> list[int]:
 def batchnorm_noise(ctx: Context) -> Finding:
     """BatchNorm's noise against the mini-batch size: its mechanism, and the train-test gap."""
     preset, rng = ctx.preset, ctx.rng("batchnorm_noise")
+    paired = ctx.paired(rng)
     task = ctx.task()
     sizes = np.array(preset.batch_sizes)
     spreads, gaps = [], []
@@ -593,26 +517,12 @@ def batchnorm_noise(ctx: Context) -> Finding:
     noise_slopes = np.array([log_log_slope(sizes, row) for row in spreads])
     gap_slopes = np.array([np.polyfit(np.log2(sizes), row, 1)[0] for row in gaps])
     zeros = np.zeros_like(noise_slopes)
-    tests = [
-        wilcoxon(
-            "log-log slope of the noise vs batch size (vs 0)", noise_slopes, zeros, rng, preset.bootstrap
-        ),
-        wilcoxon("slope of the noise + 0.5 (vs B^-1/2)", noise_slopes + 0.5, zeros, rng, preset.bootstrap),
-        wilcoxon("train-test gap per doubling of the batch (vs 0)", gap_slopes, zeros, rng, preset.bootstrap),
-    ]
-    verdicts = [
-        verdict(tests[0], -1),
-        equivalence_verdict(tests[1], SLOPE_MARGIN),
-        verdict(tests[2], +1),
-    ]
-    rows = [
-        {
-            "batch size": int(b),
-            "spread of one example's normalised value": _mean_sd(spreads[:, i]),
-            "train - test accuracy": _mean_sd(gaps[:, i]),
-        }
-        for i, b in enumerate(sizes)
-    ]
+    tests = [paired("log-log slope of the noise vs batch size (vs 0)", noise_slopes, zeros),
+             paired("slope of the noise + 0.5 (vs B^-1/2)", noise_slopes + 0.5, zeros),
+             paired("train-test gap per doubling of the batch (vs 0)", gap_slopes, zeros)]
+    verdicts = [verdict(tests[0], -1), equivalence_verdict(tests[1], SLOPE_MARGIN), verdict(tests[2], +1)]
+    rows = [{"batch size": int(b), "spread of one example's normalised value": _mean_sd(spreads[:, i]),
+             "train - test accuracy": _mean_sd(gaps[:, i])} for i, b in enumerate(sizes)]  # fmt: skip
     overall = _overall([verdicts[0], verdicts[2]])
     return Finding(
         key="batchnorm_noise",
@@ -626,10 +536,7 @@ def batchnorm_noise(ctx: Context) -> Finding:
         "containing it (model trained at the middle batch size); slope of log spread vs log batch size "
         "per seed. Gap: train accuracy - test accuracy (eval mode) per batch size, slope per doubling. "
         "The batch size also changes the number of steps, so the gap mixes both effects.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"Mechanism {verdicts[0]}: the spread fell as B^{noise_slopes.mean():.3f} (B^-1/2 "
         f"would be -0.5; within +-{SLOPE_MARGIN} of it: {verdicts[1]}). Regularisation {verdicts[2]}: the "
         f"train-test gap changed by {_points(gap_slopes.mean())} per doubling of the batch. "
@@ -697,10 +604,7 @@ def importance_ranking(ctx: Context) -> Finding:
         f"dummy noise parameter and {preset.importance_resamples} bootstrap resamples of the trials (90% "
         "intervals). Diverged trials have no accuracy and are left out, as in `fusedbn tune`. Held needs "
         "the learning rate to rank above every other parameter in 95% of the resamples.",
-        rows=rows,
-        tests=[],
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "the learning rate ranked first for both optimizers")
         + _above_noise(measured),
         figure="importances.png",
@@ -714,7 +618,7 @@ def importance_ranking(ctx: Context) -> Finding:
 
 def test_time_statistics(ctx: Context) -> Finding:
     """Exponential moving averages of the batch statistics vs exact statistics recomputed after training."""
-    preset, rng = ctx.preset, ctx.rng("test_time_statistics")
+    preset, paired = ctx.preset, ctx.paired(ctx.rng("test_time_statistics"))
     task = ctx.task()
     x_train = task.train[0]
     results = {beta: {"ema": [], "exact": []} for beta in EMA_BETAS}
@@ -732,25 +636,15 @@ def test_time_statistics(ctx: Context) -> Finding:
             results[beta]["exact"].append(evaluate(model, *task.test))
     tests, verdicts, rows, panels = [], [], [], []
     for beta, arms in results.items():
-        test = wilcoxon(
-            f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact",
-            arms["ema"],
-            arms["exact"],
-            rng,
-            preset.bootstrap,
-        )
+        test = paired(f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact", arms["ema"],
+                      arms["exact"])  # fmt: skip
         tests.append(test)
         verdicts.append(equivalence_verdict(test, EQUIVALENCE_MARGIN))
         claim = f" (the claim): {verdicts[-1]}" if beta == EMA_BETAS[0] else ""
         panels.append(_panel(f"beta {beta}{claim}", arms["ema"], arms["exact"], test))
-        rows.append(
-            {
-                "bn_beta": beta,
-                "momentum": round(1 - beta, 4),
-                "test, EMA statistics": _mean_sd(arms["ema"]),
-                "test, exact statistics": _mean_sd(arms["exact"]),
-            }
-        )
+        rows.append({"bn_beta": beta, "momentum": round(1 - beta, 4),
+                     "test, EMA statistics": _mean_sd(arms["ema"]),
+                     "test, exact statistics": _mean_sd(arms["exact"])})  # fmt: skip
     overall = verdicts[0]
     return Finding(
         key="test_time_statistics",
@@ -762,10 +656,7 @@ def test_time_statistics(ctx: Context) -> Finding:
         "exact statistics from torch.optim.swa_utils.update_bn over the whole training split in one batch "
         f"(it works on FusedBatchNorm1d: the largest gap to a float64 recomputation was {check:.1e}). "
         f"Held: the 95% interval of the difference lies within +-{EQUIVALENCE_MARGIN} for beta 0.9.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"{overall.capitalize()}: with beta 0.9 the moving averages scored "
         f"{_points(tests[0].mean_difference)} against the exact statistics (95% interval "
         f"{_points(tests[0].ci_low)} to {_points(tests[0].ci_high)}; the margin is "
@@ -862,10 +753,7 @@ def paper_table(ctx: Context) -> Finding:
         f"mnist1d` chooses with its defaults ({preset.tuned_stages} stages x {preset.tuned_trials} trials, "
         "sampling seed 0, chosen on validation), retrained on all training examples and scored once on the "
         "test split. The paper also lists a GRU (91%) and a human expert (96%); neither is run here.",
-        rows=rows,
-        tests=[],
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
         explanation=_paper_explanation(accuracy, tuned),
         figure="paper_table.png",
         figure_data=_figure_data(
@@ -930,7 +818,7 @@ def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores | 
 
 def bias_equivalence(ctx: Context) -> Finding:
     """The same configurations with and without a bias in the layer before each BatchNorm."""
-    preset, rng = ctx.preset, ctx.rng("bias_equivalence")
+    preset, paired = ctx.preset, ctx.paired(ctx.rng("bias_equivalence"))
     layer = ctx.science.definition.layer
     arms = {"no bias": False, "bias": True}
     valid = {arm: [] for arm in arms}
@@ -951,16 +839,8 @@ def bias_equivalence(ctx: Context) -> Finding:
         split: {arm: np.nan_to_num(np.array(values[arm]), nan=CHANCE_ACCURACY) for arm in arms}
         for split, values in (("validation", valid), ("test", test))
     }
-    tests = [
-        wilcoxon(
-            f"{split} accuracy, bias - no bias",
-            arm_values["bias"],
-            arm_values["no bias"],
-            rng,
-            preset.bootstrap,
-        )
-        for split, arm_values in scored.items()
-    ]
+    tests = [paired(f"{split} accuracy, bias - no bias", arm_values["bias"], arm_values["no bias"])
+             for split, arm_values in scored.items()]
     verdicts = [equivalence_verdict(t, EQUIVALENCE_MARGIN) for t in tests]
     differences = {split: arm_values["bias"] - arm_values["no bias"] for split, arm_values in scored.items()}
     rows = [
@@ -1001,10 +881,7 @@ def bias_equivalence(ctx: Context) -> Finding:
         "batches. Diverged trials count at chance (0.1). Equivalence: held when the 95% bootstrap interval "
         f"of the mean difference lies within +-{100 * EQUIVALENCE_MARGIN:.1f} points, on validation and on "
         "test accuracy.",
-        rows=rows,
-        tests=tests,
-        test_verdicts=verdicts,
-        verdict=overall,
+        rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"{overall.capitalize()}: with the bias minus without, "
         f"{_points(tests[0].mean_difference)} on validation (95% interval {_points(tests[0].ci_low)} to "
         f"{_points(tests[0].ci_high)}) and {_points(tests[1].mean_difference)} on test (95% interval "
@@ -1085,65 +962,13 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 
 # MNIST-1D: each training costs ~10x a digits one, so fewer configurations per comparison, >= 10 seeds.
 MNIST1D_PRESETS = {
-    "full": Preset(
-        name="full",
-        seeds=10,
-        epochs=6,
-        grid_points_2d=3,
-        grid_points_4d=2,
-        stages=3,
-        stage_trials=4,
-        bn_configs=6,
-        importance_trials=60,
-        batch_sizes=(16, 32, 64, 128, 256),
-        noise_draws=200,
-        bootstrap=2000,
-        importance_resamples=30,
-        paper_seeds=5,
-        tuned_trials=10,
-        tuned_stages=3,
-    ),
-    "quick": Preset(
-        name="quick",
-        seeds=3,
-        epochs=4,
-        grid_points_2d=2,
-        grid_points_4d=2,
-        stages=2,
-        stage_trials=3,
-        bn_configs=4,
-        importance_trials=20,
-        batch_sizes=(16, 64, 256),
-        noise_draws=50,
-        bootstrap=500,
-        importance_resamples=8,
-        paper_seeds=1,
-        tuned_trials=4,
-        tuned_stages=1,
-        tuned_epochs=5,
-    ),
-    "smoke": Preset(
-        name="smoke",
-        seeds=2,
-        epochs=1,
-        grid_points_2d=2,
-        grid_points_4d=2,
-        stages=2,
-        stage_trials=2,
-        bn_configs=3,
-        importance_trials=12,
-        batch_sizes=(32, 128),
-        noise_draws=20,
-        bootstrap=200,
-        importance_resamples=3,
-        train_examples=300,
-        paper_seeds=1,
-        paper_steps=40,
-        tuned_trials=2,
-        tuned_stages=1,
-        tuned_epochs=1,
-    ),
-}
+    "full": Preset("full", 10, 6, 3, 2, 3, 4, 6, 60, (16, 32, 64, 128, 256), 200, 2000, 30, paper_seeds=5,
+                   tuned_trials=10, tuned_stages=3),
+    "quick": Preset("quick", 3, 4, 2, 2, 2, 3, 4, 20, (16, 64, 256), 50, 500, 8, paper_seeds=1,
+                    tuned_trials=4, tuned_stages=1, tuned_epochs=5),
+    "smoke": Preset("smoke", 2, 1, 2, 2, 2, 2, 3, 12, (32, 128), 20, 200, 3, train_examples=300,
+                    paper_seeds=1, paper_steps=40, tuned_trials=2, tuned_stages=1, tuned_epochs=1),
+}  # fmt: skip
 
 # Searches shared between experiments: log_vs_linear reuses random_vs_grid's random searches over two
 # parameters, bias_equivalence the BatchNorm arm of batchnorm_vs_none.

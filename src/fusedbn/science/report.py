@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fusedbn.records import RunRecord, table
 from fusedbn.science.experiments import Finding, Preset
 from fusedbn.science.stats import PairedTest
 
@@ -21,23 +22,22 @@ class ReportFileError(ValueError):
 
 @dataclass
 class RunInfo:
-    """How a run went: its task, wall and CPU seconds (worker processes included), torch's thread count
-    per process, the 1-minute load average before and after (the machine's other work shows there) and
-    the number of worker processes; ``group_cpu_seconds`` holds the CPU seconds of each group of
-    experiments (the longest bounds the wall time with a worker per group on idle cores)."""
+    """How a run went: its task, its record (fusedbn.records.RunRecord: date, machine, versions, commit,
+    torch threads per process, load average before and after), wall and CPU seconds (worker processes
+    included) and the number of worker processes; ``group_cpu_seconds`` holds the CPU seconds of each
+    group of experiments (the longest bounds the wall time with a worker per group on idle cores)."""
 
     task: str
+    record: RunRecord
     wall_seconds: float
     cpu_seconds: float
-    torch_threads: int
-    load_before: float
-    load_after: float
     workers: int = 1
     group_cpu_seconds: list[float] = field(default_factory=list)
 
     def cpu_share(self) -> float:
         """The CPU time over what the worker processes could have used: wall time x workers x threads."""
-        return self.cpu_seconds / max(1e-9, self.wall_seconds * self.workers * self.torch_threads)
+        threads = self.record.torch_threads
+        return self.cpu_seconds / max(1e-9, self.wall_seconds * self.workers * threads)
 
 
 @dataclass
@@ -64,19 +64,6 @@ def read_comparison(path: str | Path) -> Comparison:
         verdicts={f.key: f.verdict for f in findings},
         titles={f.key: f.title for f in findings},
     )
-
-
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|")
-
-
-def _table(rows: Sequence[dict[str, object]]) -> list[str]:
-    if not rows:
-        return []
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return lines
 
 
 def _tests_table(finding: Finding) -> list[dict[str, object]]:
@@ -129,7 +116,7 @@ def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) 
         "",
         f"The verdicts of this run beside those of `{other.source}`.",
         "",
-        *_table(rows),
+        table(rows),
         "",
         "Where they differ:" if differ else "The verdicts agree wherever both tasks ran the experiment.",
         *(["", *differ] if differ else []),
@@ -150,17 +137,19 @@ def markdown(
         "",
         f"Command: `{command}` (task `{run.task}`, preset `{preset.name}`: {preset.seeds} seeds, "
         f"{preset.epochs} epoch(s) per training). Wall time {run.wall_seconds / 60:.1f} min, CPU time "
-        f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.torch_threads} torch "
+        f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.record.torch_threads} torch "
         f"thread(s), which had {run.cpu_share():.0%} of their cores' time (below 100%: other work shared "
-        f"the machine; 1-minute load average {run.load_before:.1f} at the start, {run.load_after:.1f} at "
-        "the end). Same command, same numbers: every draw is seeded."
+        f"the machine; 1-minute load average {run.record.load_before:.1f} at the start, "
+        f"{run.record.load_after:.1f} at the end). Same command, same numbers: every draw is seeded. "
+        f"Run on {run.record.machine}, torch {run.record.torch}, fusedbn {run.record.fusedbn} at "
+        f"{run.record.commit}, {run.record.date}."
         + _groups_sentence(run),
         "",
         "Verdicts: *held* (significant at 5% in the claimed direction, bootstrap interval on that side), "
         "*contradicted* (significant the other way), *not shown* (cannot be told from chance with this "
         "data). Numbers are mean +- standard deviation over seeds unless said otherwise.",
         "",
-        *_table([{"experiment": f.title, "verdict": f"**{f.verdict}**"} for f in findings]),
+        table([{"experiment": f.title, "verdict": f"**{f.verdict}**"} for f in findings]),
     ]
     if other is not None:
         lines += _side_by_side(findings, run, other)
@@ -173,11 +162,11 @@ def markdown(
             "",
             f"**Setup.** {finding.setup}",
             "",
-            *_table(finding.rows),
+            table(finding.rows),
             "",
         ]
         if finding.tests:
-            lines += [*_table(_tests_table(finding)), ""]
+            lines += [table(_tests_table(finding)), ""]
         lines += [
             f"**Verdict: {finding.verdict}.** {finding.explanation}",
             "",

@@ -2,9 +2,10 @@
 
 Variants: ``torch`` (torch's BatchNorm), ``fusedbn`` (the same model after fusedbn.convert_model) and
 ``fusedbn-epilogues`` (fusedbn with the ReLUs and the bottlenecks' residual adds fused into the
-BatchNorms, fusedbn.bench.resnet.fuse_epilogues). Modes: ``eager``; ``cuda-graph``, the whole step
-captured once and replayed; ``compile`` and ``compile-reduce-overhead``, the model under torch.compile
-in that mode. Precisions: ``bf16`` (autocast), ``fp16`` (autocast and a GradScaler), ``fp32``.
+BatchNorms, fusedbn.bench.resnet.fuse_epilogues). Executions (how the step runs): ``eager``;
+``cuda-graph``, the whole step captured once and replayed; ``compile`` and ``compile-reduce-overhead``,
+the model under torch.compile in that mode. Precisions: ``bf16`` (autocast), ``fp16`` (autocast and a
+GradScaler), ``fp32``.
 
 Every case starts from the same weights and the same synthetic batch (random images and labels made
 on the device), warms up, then times its steps: images/s and wall time per step (timed loop, one
@@ -14,15 +15,14 @@ a few more steps for each kernel's device time and the BatchNorm share of it. Ea
 the timed steps, and its running statistics after them, are compared with those of the torch eager
 case of the same batch, precision and layout (tolerances in TOLERANCES).
 
-Cases run mode by mode (eager first), so a time budget that runs out costs the slower-to-prepare modes.
-Writes OUT/training_step.csv, OUT/training_step_kernels.csv, OUT/training_step.txt and
+Cases run execution by execution (eager first), so a time budget that runs out costs the
+slower-to-prepare ones. Writes OUT/training_step.csv, OUT/training_step_kernels.csv, OUT/training_step.txt and
 OUT/training_step.png. ``--smoke`` is the CPU check of the harness: a tiny ResNet on 16x16 images,
 eager only, a few steps.
 """
 
 import argparse
 import copy
-import csv
 import dataclasses
 import gc
 import math
@@ -38,14 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusedbn.backend import backend_for
-from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, option_type, parse_choices
+from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, choices, positive
+from fusedbn.bench.core import backend_for, convert_model
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
+from fusedbn.bench.providers import relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
-from fusedbn.bench.results import device_name, error_status, git_commit
-from fusedbn.bench.timing import synchronize
-from fusedbn.convert import convert_model
+from fusedbn.bench.results import error_status
+from fusedbn.bench.timing import Budget, synchronize, time_calls
+from fusedbn.cli import OneLineErrorParser
 from fusedbn.outputs import OutputFolderError, output_folder
+from fusedbn.records import RunRecord, run_record, table, write_csv
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,8 +61,8 @@ EAGER = "eager"
 CUDA_GRAPH = "cuda-graph"
 COMPILE = "compile"
 COMPILE_REDUCE_OVERHEAD = "compile-reduce-overhead"
-MODES = (EAGER, CUDA_GRAPH, COMPILE, COMPILE_REDUCE_OVERHEAD)
-CUDA_ONLY_MODES = (CUDA_GRAPH, COMPILE_REDUCE_OVERHEAD)
+EXECUTIONS = (EAGER, CUDA_GRAPH, COMPILE, COMPILE_REDUCE_OVERHEAD)
+CUDA_ONLY = (CUDA_GRAPH, COMPILE_REDUCE_OVERHEAD)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -87,7 +89,7 @@ class StepCase:
     """One measured configuration."""
 
     variant: str
-    mode: str
+    execution: str
     precision: str
     layout: str
     batch: int
@@ -99,7 +101,7 @@ class StepCase:
 
     @property
     def label(self) -> str:
-        return f"{self.variant} {self.mode} {self.precision} {self.layout} b{self.batch}"
+        return f"{self.variant} {self.execution} {self.precision} {self.layout} b{self.batch}"
 
 
 @dataclass(frozen=True)
@@ -150,26 +152,22 @@ class StepPlan:
     device: torch.device
     settings: StepSettings
     variants: tuple[str, ...]
-    modes: tuple[str, ...]
+    executions: tuple[str, ...]
     precisions: tuple[str, ...]
     layouts: tuple[str, ...]
     batches: tuple[int, ...]
     time_budget_s: float = math.inf
 
     def cases(self) -> list[StepCase]:
-        """Every case, mode by mode; within a mode group by group, torch's BatchNorm first."""
+        """Every case, execution by execution; within one group by group, torch's BatchNorm first."""
         return [
-            StepCase(variant, mode, precision, layout, batch)
-            for mode in self.modes
+            StepCase(variant, execution, precision, layout, batch)
+            for execution in self.executions
             for batch in self.batches
             for precision in self.precisions
             for layout in self.layouts
             for variant in self.variants
         ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Building one case: the model, its data, its optimiser, and the step that a mode runs.
 
 
 def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
@@ -293,67 +291,22 @@ def _marking_step_begins(step: TrainStep) -> Callable[[], torch.Tensor]:
 
 
 def prepared_step(case: StepCase, model: nn.Module, plan: StepPlan) -> Callable[[], torch.Tensor]:
-    """The warmed-up step that ``case.mode`` times: ``plan.settings.warmup_steps`` steps already ran."""
+    """The warmed-up step that ``case.execution`` times: ``plan.settings.warmup_steps`` steps already ran."""
     settings, device = plan.settings, plan.device
     memory_format = torch.channels_last if case.layout == CHANNELS_LAST else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train()
     images, labels = synthetic_batch(settings, case.batch, case.layout, device)
     forward = None
-    if case.mode in (COMPILE, COMPILE_REDUCE_OVERHEAD):
-        forward = torch.compile(model, mode="reduce-overhead" if case.mode != COMPILE else None)
+    if case.execution in (COMPILE, COMPILE_REDUCE_OVERHEAD):
+        forward = torch.compile(model, mode="reduce-overhead" if case.execution != COMPILE else None)
     step = TrainStep(model, images, labels, case.precision, settings.learning_rate, forward)
-    if case.mode == CUDA_GRAPH:
+    if case.execution == CUDA_GRAPH:
         return graph_step(step, settings.warmup_steps)
-    run = _marking_step_begins(step) if case.mode == COMPILE_REDUCE_OVERHEAD else step
+    run = _marking_step_begins(step) if case.execution == COMPILE_REDUCE_OVERHEAD else step
     for _ in range(settings.warmup_steps):
         run()
     synchronize(device)
     return run
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring one case.
-
-
-@dataclass(frozen=True)
-class StepTiming:
-    """One case's timed steps: each step's loss, the mean wall time per step and the median GPU and
-    host (enqueue) times per step, in milliseconds."""
-
-    losses: list[float]
-    step_ms: float
-    gpu_ms: float
-    host_ms: float
-
-
-def time_steps(step: Callable[[], torch.Tensor], device: torch.device, steps: int) -> StepTiming:
-    """Run ``steps`` steps back to back: wall, GPU (CUDA events, median) and enqueue time per step."""
-    cuda = device.type == "cuda"
-    events = (
-        [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
-        if cuda
-        else []
-    )
-    losses, host_s = [], []
-    synchronize(device)
-    start = time.perf_counter()
-    for index in range(steps):
-        if cuda:
-            events[index][0].record()
-        enqueue = time.perf_counter()
-        losses.append(step())
-        host_s.append(time.perf_counter() - enqueue)
-        if cuda:
-            events[index][1].record()
-    synchronize(device)
-    wall_s = time.perf_counter() - start
-    gpu_ms = statistics.median(a.elapsed_time(b) for a, b in events) if cuda else math.nan
-    return StepTiming(
-        losses=torch.stack(losses).float().cpu().tolist(),
-        step_ms=wall_s / steps * 1e3,
-        gpu_ms=gpu_ms,
-        host_ms=statistics.median(host_s) * 1e3,
-    )
 
 
 def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -368,51 +321,45 @@ def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
 def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
     """Build, warm up, time and profile one case; a failure is recorded in the result, not raised."""
     device = plan.device
-    if device.type != "cuda" and case.mode in CUDA_ONLY_MODES:
-        return StepResult(case, f"skipped: {case.mode} needs CUDA")
+    if device.type != "cuda" and case.execution in CUDA_ONLY:
+        return StepResult(case, f"skipped: {case.execution} needs CUDA")
     backend = "torch" if case.variant == TORCH_BN else backend_for(device)
     start = time.perf_counter()
     try:
         model = variant_model(base, case.variant)
         step = prepared_step(case, model, plan)
         prepare_s = time.perf_counter() - start
-        timing = time_steps(step, device, plan.settings.timed_steps)
+        steps = time_calls(step, device, plan.settings.timed_steps, keep=True, device_times=True)
         stats = running_statistics(model)
         kernels = (
             kernel_times(step, device, plan.settings.profile_steps) if plan.settings.profile_steps else []
         )
     except Exception as error:  # one failing case must not end the run; its row says why
         return StepResult(case, error_status(error), backend)
-    batch = case.batch
+    losses = torch.stack(steps.results).float().cpu().tolist()
+    step_ms = steps.wall_s / len(losses) * 1e3
     return StepResult(
         case,
         "ok",
         backend,
-        images_per_s=batch / timing.step_ms * 1e3,
-        step_ms=timing.step_ms,
-        gpu_ms=timing.gpu_ms,
-        host_ms=timing.host_ms,
+        images_per_s=case.batch / step_ms * 1e3,
+        step_ms=step_ms,
+        gpu_ms=statistics.median(steps.device_ms) if steps.device_ms else math.nan,
+        host_ms=statistics.median(steps.host_s) * 1e3,
         bn_share=batchnorm_share(kernels),
-        loss_first=timing.losses[0],
-        loss_last=timing.losses[-1],
+        loss_first=losses[0],
+        loss_last=losses[-1],
         prepare_s=prepare_s,
-        losses=timing.losses,
+        losses=losses,
         running_stats=stats,
         kernels=kernels,
     )
 
 
-def relative_gap(actual: list[float] | torch.Tensor, expected: list[float] | torch.Tensor) -> float:
-    """Largest |actual - expected| over the largest |expected| (NaN anywhere gives NaN)."""
-    actual, expected = torch.as_tensor(actual).float(), torch.as_tensor(expected).float()
-    if actual.shape != expected.shape:
-        raise ValueError(f"cannot compare shapes {tuple(actual.shape)} and {tuple(expected.shape)}")
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
-
-
 def _torch_eager_by_group(results: list[StepResult]) -> dict[tuple[str, str, int], StepResult]:
     """The measured torch-BatchNorm eager result of each group: the reference its cases are held to."""
-    return {r.case.group: r for r in results if r.ok and r.case.variant == TORCH_BN and r.case.mode == EAGER}
+    return {r.case.group: r for r in results
+            if r.ok and r.case.variant == TORCH_BN and r.case.execution == EAGER}  # fmt: skip
 
 
 def check_agreement(results: list[StepResult]) -> None:
@@ -426,10 +373,10 @@ def check_agreement(results: list[StepResult]) -> None:
         if reference is None:
             result.agrees = "-"
             continue
-        result.loss_diff = relative_gap(result.losses, reference.losses)
-        result.stats_diff = max(
-            relative_gap(result.running_stats[name], value) for name, value in reference.running_stats.items()
-        )
+        result.loss_diff = relative_difference(torch.tensor(result.losses), torch.tensor(reference.losses))
+        names = list(reference.running_stats)
+        result.stats_diff = relative_difference([result.running_stats[n] for n in names],
+                                                [reference.running_stats[n] for n in names])  # fmt: skip
         tolerance = TOLERANCES[result.case.precision]
         within = result.loss_diff <= tolerance.loss and result.stats_diff <= tolerance.running_stats
         result.agrees = "yes" if within else "NO"
@@ -451,13 +398,10 @@ def run_plan(
     ``on_result(results so far)`` is called after each case; the agreement with torch eager is
     filled in once all cases ran.
     """
-    start = time.perf_counter()
+    budget = Budget(plan.time_budget_s)
     results = []
     for case in plan.cases():
-        if time.perf_counter() - start > plan.time_budget_s:
-            result = StepResult(case, f"skipped: time budget of {plan.time_budget_s:g} s spent")
-        else:
-            result = run_case(case, plan, base)
+        result = StepResult(case, f"skipped: {budget}") if budget.spent() else run_case(case, plan, base)
         results.append(result)
         _release_memory(plan.device)
         if on_result is not None:
@@ -466,135 +410,80 @@ def run_plan(
     return results
 
 
-# ---------------------------------------------------------------------------------------------
-# Reporting.
-
 CSV_FILE = "training_step.csv"
 KERNELS_FILE = "training_step_kernels.csv"
 SUMMARY_FILE = "training_step.txt"
 PLOT_FILE = "training_step.png"
-RESULT_COLUMNS = (
-    "variant", "mode", "precision", "layout", "batch", "status", "backend", "images_per_s", "step_ms",
-    "gpu_ms", "host_ms", "bn_share", "loss_first", "loss_last", "loss_diff", "stats_diff", "agrees",
-    "prepare_s",
-)  # fmt: skip
+CASE_COLUMNS = list(StepCase.__dataclass_fields__)
+RESULT_COLUMNS = ["status", "backend", "images_per_s", "step_ms", "gpu_ms", "host_ms", "bn_share",
+                  "loss_first", "loss_last", "loss_diff", "stats_diff", "agrees", "prepare_s"]  # fmt: skip
+KERNEL_COLUMNS = ["kernel", "device_us_per_step", "launches_per_step", "batchnorm"]
 
 
-def _row(result: StepResult) -> dict[str, object]:
-    values = dataclasses.asdict(result.case) | {
-        name: getattr(result, name) for name in RESULT_COLUMNS if not hasattr(result.case, name)
-    }
-    return {name: values[name] for name in RESULT_COLUMNS}
-
-
-def write_csv(results: list[StepResult], info: dict[str, str], out: Path) -> list[Path]:
-    """Write one row per case and one row per (case, kernel) to ``out``; returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
+def write_csvs(results: list[StepResult], record: RunRecord, out: Path) -> list[Path]:
+    """Write one row per case and one row per (case, kernel) into ``out``; returns the paths."""
     paths = [out / CSV_FILE, out / KERNELS_FILE]
-    with paths[0].open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, [*info, *RESULT_COLUMNS])
-        writer.writeheader()
-        writer.writerows(info | _row(r) for r in results)
-    with paths[1].open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "variant",
-                "mode",
-                "precision",
-                "layout",
-                "batch",
-                "kernel",
-                "device_us_per_step",
-                "launches_per_step",
-                "batchnorm",
-            ]
-        )
-        for result in results:
-            case = result.case
-            for kernel in result.kernels:
-                writer.writerow(
-                    [
-                        case.variant,
-                        case.mode,
-                        case.precision,
-                        case.layout,
-                        case.batch,
-                        kernel.name,
-                        f"{kernel.device_us:.2f}",
-                        f"{kernel.launches:g}",
-                        int(kernel.batchnorm),
-                    ]
-                )
+    record_row = dataclasses.asdict(record)
+    rows = [record_row | dataclasses.asdict(r.case) | {c: getattr(r, c) for c in RESULT_COLUMNS}
+            for r in results]  # fmt: skip
+    write_csv(paths[0], rows, [*record_row, *CASE_COLUMNS, *RESULT_COLUMNS])
+    kernels = [dataclasses.asdict(r.case) | {"kernel": k.name, "device_us_per_step": f"{k.device_us:.2f}",
+                                             "launches_per_step": f"{k.launches:g}",
+                                             "batchnorm": int(k.batchnorm)}
+               for r in results for k in r.kernels]  # fmt: skip
+    write_csv(paths[1], kernels, CASE_COLUMNS + KERNEL_COLUMNS)
     return paths
 
 
-def _number(value: float, width: int, spec: str) -> str:
-    return f"{'-' if math.isnan(value) else format(value, spec):>{width}}"
+def _number(value: float, spec: str) -> str:
+    return "-" if math.isnan(value) else format(value, spec)
 
 
-def _case_line(r: StepResult, torch_images_per_s: float) -> str:
-    c = r.case
-    head = f"{c.variant:<18} {c.mode:<24} {c.precision:<5} {c.layout:<13} {c.batch:>5}"
-    if not r.ok:
-        return f"{head} {r.status}"
-    return (
-        f"{head} {r.images_per_s:>8.1f} {_number(r.images_per_s / torch_images_per_s, 7, '.2f')}x "
-        f"{r.step_ms:>8.2f} {_number(r.gpu_ms, 8, '.2f')} {r.host_ms:>8.2f} "
-        f"{_number(r.bn_share * 100, 5, '.1f')} {_number(r.loss_diff, 8, '.1e')} "
-        f"{_number(r.stats_diff, 9, '.1e')} {r.agrees:<6} {r.backend}"
-    )
-
-
-def format_summary(results: list[StepResult], info: dict[str, str], top_kernels: int = 8) -> str:
-    """The run's table (one line per case, with its speed relative to torch eager), then each case's
-    longest-running BatchNorm kernels, then failures."""
-    lines = [" ".join(f"{k}={v}" for k, v in info.items()), ""]
-    header = (
-        f"{'variant':<18} {'mode':<24} {'prec':<5} {'layout':<13} {'batch':>5} {'img/s':>8} "
-        f"{'vs torch':>8} {'step ms':>8} {'gpu ms':>8} {'host ms':>8} {'BN %':>5} {'loss gap':>8} "
-        f"{'stats gap':>9} {'agrees':<6} backend"
-    )
-    lines.append(header)
+def format_summary(results: list[StepResult], record: RunRecord, top_kernels: int = 8) -> str:
+    """The run's record, its table (a row per case, with its speed relative to torch eager), then each
+    case's longest-running BatchNorm kernels, then failures."""
     eager_torch = _torch_eager_by_group(results)
+    rows = []
     for r in results:
         reference = eager_torch.get(r.case.group)
-        lines.append(_case_line(r, reference.images_per_s if reference else math.nan))
-    lines += [
-        "",
+        speedup = r.images_per_s / reference.images_per_s if reference else math.nan
+        rows.append(dataclasses.asdict(r.case) | {"status": r.status} | ({
+            "img/s": f"{r.images_per_s:.1f}", "vs torch": _number(speedup, ".2f"),
+            "step ms": f"{r.step_ms:.2f}", "gpu ms": _number(r.gpu_ms, ".2f"), "host ms": f"{r.host_ms:.2f}",
+            "BN %": _number(r.bn_share * 100, ".1f"), "loss gap": _number(r.loss_diff, ".1e"),
+            "stats gap": _number(r.stats_diff, ".1e"), "agrees": r.agrees, "backend": r.backend,
+        } if r.ok else {}))  # fmt: skip
+    lines = [
+        f"{record.device} ({record.machine}, load {record.load_before:.2f} before, {record.load_after:.2f} "
+        f"after): torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, "
+        f"{record.date}", "", table(rows), "",
         "vs torch: images/s over torch BatchNorm's in eager mode, same precision, layout and batch.",
         "Tolerances (relative, loss over the timed steps / running statistics after them): "
         + ", ".join(f"{p} {t.loss:g}/{t.running_stats:g}" for p, t in TOLERANCES.items()),
-    ]
+    ]  # fmt: skip
     for r in (r for r in results if r.kernels):
         lines += ["", f"BatchNorm kernels of {r.case.label} (device us per step, launches per step):"]
         bn_kernels = [k for k in r.kernels if k.batchnorm][:top_kernels]
         lines += [f"  {k.device_us:>10.1f} {k.launches:>6g}  {k.name[:110]}" for k in bn_kernels]
     problems = [r for r in results if r.status.startswith("error") or r.agrees == "NO"]
-    if problems:
-        lines += [
-            "",
-            *(
-                f"PROBLEM {r.case.label}: {r.status if not r.ok else 'disagrees with torch eager'}"
-                for r in problems
-            ),
-        ]
+    lines += ["", *(f"PROBLEM {r.case.label}: {r.status if not r.ok else 'disagrees with torch eager'}"
+                    for r in problems)] if problems else []  # fmt: skip
     return "\n".join(lines)
 
 
-def plot_figure(results: list[StepResult], info: dict[str, str]) -> "Figure | None":
-    """A bar chart of images/s per case, a group of bars per (mode, precision, layout, batch), each bar
-    labelled with its variant and what ran its BatchNorm; None when no case was measured."""
+def plot_figure(results: list[StepResult], title: str) -> "Figure | None":
+    """A bar chart of images/s per case, a group of bars per (execution, precision, layout, batch), each
+    bar labelled with its variant and what ran its BatchNorm; None when no case was measured."""
     measured = [r for r in results if r.ok]
     if not measured:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    groups = list(dict.fromkeys((r.case.mode, *r.case.group) for r in measured))
+    groups = list(dict.fromkeys((r.case.execution, *r.case.group) for r in measured))
     variants = list(dict.fromkeys(r.case.variant for r in measured))
     backends = {r.case.variant: r.backend for r in measured}
-    value = {((r.case.mode, *r.case.group), r.case.variant): r.images_per_s for r in measured}
+    value = {((r.case.execution, *r.case.group), r.case.variant): r.images_per_s for r in measured}
     figure = Figure(figsize=(max(7.0, 1.2 * len(groups) + 2), 4.6))
     FigureCanvasAgg(figure)
     axes = figure.subplots()
@@ -604,144 +493,79 @@ def plot_figure(results: list[StepResult], info: dict[str, str]) -> "Figure | No
         ys = [value[(key, variant)] for key in groups if (key, variant) in value]
         axes.bar(xs, ys, width, label=f"{variant} (BatchNorm run by {backends[variant]})", color=f"C{i}")
     axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
-    axes.set_xticklabels(
-        [f"{mode}\n{precision}\n{layout}\nbatch {batch}" for mode, precision, layout, batch in groups],
-        fontsize=7,
-    )
+    axes.set_xticklabels([f"{e}\n{p}\n{layout}\nbatch {b}" for e, p, layout, b in groups], fontsize=7)
     axes.set_ylabel("images/s (higher is better)")
-    figure.suptitle(
-        f"Training steps of {info['model']} at {info['image_size']}x{info['image_size']} on {info['device']}",
-        fontsize=10,
-    )
+    figure.suptitle(title, fontsize=10)
     # Below the case labels, where it hides no bar.
     axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(variants), 2))
     figure.tight_layout()
     return figure
 
 
-def write_plot(results: list[StepResult], info: dict[str, str], out: Path) -> Path | None:
-    """Write :func:`plot_figure` to ``out``/training_step.png; returns its path, or None when no case was
-    measured."""
-    figure = plot_figure(results, info)
-    if figure is None:
-        return None
-    path = out / PLOT_FILE
-    figure.savefig(path, dpi=110)
-    return path
+GPU_DEFAULTS = dict(model="resnet50", image_size=224, variants=",".join(VARIANTS),
+                    executions=",".join(EXECUTIONS), precisions="bf16,fp16", layouts="channels_last,nchw",
+                    batches="128,64", warmup=20, steps=50, profile_steps=3)  # fmt: skip
+SMOKE_DEFAULTS = dict(model="tiny", image_size=16, variants=",".join(VARIANTS), executions=EAGER,
+                      precisions="fp32", layouts="channels_last", batches="4", warmup=1, steps=2,
+                      profile_steps=0)
+OPTION_TYPES = {
+    "variants": choices(VARIANTS, "variant"), "executions": choices(EXECUTIONS, "execution"),
+    "precisions": choices(tuple(PRECISIONS), "precision"), "layouts": choices(LAYOUTS, "layout"),
+}  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------
-# Command line.
-
-GPU_DEFAULTS = dict(
-    model="resnet50",
-    image_size=224,
-    variants=",".join(VARIANTS),
-    modes=",".join(MODES),
-    precisions="bf16,fp16",
-    layouts="channels_last,nchw",
-    batches="128,64",
-    warmup=20,
-    steps=50,
-    profile_steps=3,
-)
-SMOKE_DEFAULTS = dict(
-    model="tiny",
-    image_size=16,
-    variants=",".join(VARIANTS),
-    modes=EAGER,
-    precisions="fp32",
-    layouts="channels_last",
-    batches="4",
-    warmup=1,
-    steps=2,
-    profile_steps=0,
-)
-
-
-def _choices(allowed: tuple[str, ...], what: str) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        return tuple(parse_choices(text, allowed, what))
-
-    return option_type(parse)
-
-
-def _batches(text: str) -> tuple[int, ...]:
+def _batches(text: str) -> list[int]:
     try:
-        values = tuple(int(part) for part in text.split(","))
+        values = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(
-            f"batch sizes must be at least 2 (BatchNorm trains on them), got {text!r}"
-        )
+    if min(values) < 2:
+        raise argparse.ArgumentTypeError(f"batch sizes must be at least 2 (BatchNorm trains on them): {text}")
     return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training-step benchmark's options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="CPU harness check in seconds: tiny ResNet, 16x16 images, eager, fp32",
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/training-step"), help="output folder")
-    parser.add_argument("--model", choices=("resnet50", "tiny"), help="default: resnet50; smoke: tiny")
-    parser.add_argument("--image-size", type=int, help="default: 224; smoke: 16")
-    parser.add_argument(
-        "--variants", type=_choices(VARIANTS, "variant"), help=f"default: {','.join(VARIANTS)}"
-    )
-    parser.add_argument(
-        "--modes", type=_choices(MODES, "mode"), help=f"default: {','.join(MODES)}; smoke: eager"
-    )
-    parser.add_argument(
-        "--precisions",
-        type=_choices(tuple(PRECISIONS), "precision"),
-        help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)",
-    )
-    parser.add_argument("--layouts", type=_choices(LAYOUTS, "layout"), help="default: channels_last,nchw")
-    parser.add_argument("--batches", type=_batches, help="default: 128,64; smoke: 4")
-    parser.add_argument("--warmup", type=int, help="warm-up steps per case (default: 20; smoke: 1)")
-    parser.add_argument("--steps", type=int, help="timed steps per case (default: 50; smoke: 2)")
-    parser.add_argument(
-        "--profile-steps",
-        type=int,
-        help="steps profiled per case for kernel times and the BN share, 0: none (default: 3)",
-    )
-    parser.add_argument(
-        "--time-budget",
-        type=float,
-        default=math.inf,
-        metavar="SECONDS",
-        help="start no case after this long; the rest are recorded as skipped (default: none)",
-    )
+    add = parser.add_argument
+    add("--smoke", action="store_true", help="CPU check in seconds: tiny ResNet, 16x16 images, eager, fp32")
+    add("--out", type=Path, default=Path("runs/training-step"), help="output folder")
+    add("--model", choices=("resnet50", "tiny"), help="default: resnet50; smoke: tiny")
+    add("--image-size", type=positive(int), help="default: 224; smoke: 16")
+    add("--variants", type=OPTION_TYPES["variants"], help=f"default: {','.join(VARIANTS)}")
+    add("--executions", type=OPTION_TYPES["executions"], help=f"how each step runs: {', '.join(EXECUTIONS)} "
+        "(default: all; smoke: eager)")
+    add("--precisions", type=OPTION_TYPES["precisions"],
+        help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)")
+    add("--layouts", type=OPTION_TYPES["layouts"], help="default: channels_last,nchw")
+    add("--batches", type=_batches, help="default: 128,64; smoke: 4")
+    add("--warmup", type=positive(int), help="warm-up steps per case (default: 20; smoke: 1)")
+    add("--steps", type=positive(int), help="timed steps per case (default: 50; smoke: 2)")
+    add("--profile-steps", type=int,
+        help="steps profiled per case for kernel times and the BN share, 0: none (default: 3)")
+    add("--time-budget", type=float, default=math.inf, metavar="SECONDS",
+        help="start no case after this long; the rest are recorded as skipped (default: none)")  # fmt: skip
 
 
 def build_plan(args: argparse.Namespace) -> StepPlan:
     """The StepPlan that parsed options ask for: each option given, else its preset's default."""
     defaults = SMOKE_DEFAULTS if args.smoke else GPU_DEFAULTS
-
-    def pick(name: str, parse: Callable[[str], object] = lambda v: v) -> object:
-        given = getattr(args, name)
-        return given if given is not None else parse(defaults[name])
-
+    pick = {name: getattr(args, name) if getattr(args, name) is not None else
+            {**OPTION_TYPES, "batches": _batches}.get(name, lambda v: v)(default)
+            for name, default in defaults.items()}  # fmt: skip
     settings = StepSettings(
-        model=pick("model"),
-        image_size=pick("image_size"),
-        num_classes=10 if pick("model") == "tiny" else 1000,
-        warmup_steps=pick("warmup"),
-        timed_steps=pick("steps"),
-        profile_steps=pick("profile_steps"),
+        model=pick["model"],
+        image_size=pick["image_size"],
+        num_classes=10 if pick["model"] == "tiny" else 1000,
+        warmup_steps=pick["warmup"],
+        timed_steps=pick["steps"],
+        profile_steps=pick["profile_steps"],
     )
     return StepPlan(
         device=torch.device("cpu" if args.smoke else "cuda"),
         settings=settings,
-        variants=pick("variants", _choices(VARIANTS, "variant")),
-        modes=pick("modes", _choices(MODES, "mode")),
-        precisions=pick("precisions", _choices(tuple(PRECISIONS), "precision")),
-        layouts=pick("layouts", _choices(LAYOUTS, "layout")),
-        batches=pick("batches", _batches),
+        **{name: tuple(pick[name]) for name in ("variants", "executions", "precisions", "layouts",
+                                                "batches")},  # fmt: skip
         time_budget_s=args.time_budget,
     )
 
@@ -752,9 +576,6 @@ def run(args: argparse.Namespace) -> int:
     plan = build_plan(args)
     if plan.device.type == "cuda" and not torch.cuda.is_available():
         print("training step: error: no CUDA device (--smoke runs the CPU check)", file=sys.stderr)
-        return 2
-    if plan.settings.timed_steps < 1 or plan.settings.warmup_steps < 1:
-        print("training step: error: --steps and --warmup must be at least 1", file=sys.stderr)
         return 2
     if plan.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -769,38 +590,34 @@ def run(args: argparse.Namespace) -> int:
 def _measure_and_write(plan: StepPlan, out: Path) -> int:
     """Run ``plan``, write its files into ``out`` as :func:`run` says, and return the exit code."""
     base, source = base_model(plan.settings)
-    info = {
-        "device": device_name(plan.device),
-        "torch": torch.__version__,
-        "model": source,
-        "image_size": str(plan.settings.image_size),
-        "timed_steps": str(plan.settings.timed_steps),
-        "commit": git_commit(),
-    }
+    record = run_record(plan.device)
 
     def progress(results: list[StepResult]) -> None:
         # The CSVs are rewritten after every case, so a run that is cut short keeps what it measured.
-        write_csv(results, info, out)
+        write_csvs(results, record, out)
         result = results[-1]
         speed = f"{result.images_per_s:.1f} img/s" if result.ok else result.status
         print(f"{result.case.label}: {speed}", flush=True)
 
     results = run_plan(plan, base, progress)
-    paths = write_csv(results, info, out)
-    text = format_summary(results, info)
-    (out / SUMMARY_FILE).write_text(text + "\n")
-    plot = write_plot(results, info, out)
+    record = record.finished()
+    paths = [*write_csvs(results, record, out), out / SUMMARY_FILE]
+    size = plan.settings.image_size
+    text = f"{source} at {size}x{size}, {plan.settings.timed_steps} timed steps per case, on "
+    text += format_summary(results, record)
+    paths[-1].write_text(text + "\n")
+    figure = plot_figure(results, f"Training steps of {source} at {size}x{size} on {record.device}")
+    if figure is not None:
+        figure.savefig(out / PLOT_FILE, dpi=110)
+        paths.append(out / PLOT_FILE)
     print("\n" + text)
-    print(
-        f"\nwrote {', '.join(str(p) for p in [*paths, out / SUMMARY_FILE] + ([plot] if plot else []))}"
-    )
-    failed = any(r.status.startswith("error") or r.agrees == "NO" for r in results)
-    return 1 if failed else 0
+    print(f"\nwrote {', '.join(map(str, paths))}")
+    return 1 if any(r.status.startswith("error") or r.agrees == "NO" for r in results) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fusedbn.bench.training_step``."""
-    parser = argparse.ArgumentParser(prog="python -m fusedbn.bench.training_step", description=__doc__)
+    """``python benchmarks/training_step.py``: run the benchmark with ``argv`` (default: the command line)."""
+    parser = OneLineErrorParser(prog="python benchmarks/training_step.py", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -1,0 +1,479 @@
+"""Host time: what one BatchNorm call costs the host, fusedbn's against torch's, variant by variant.
+
+With a small layer the device finishes each kernel long before the host has launched the next one,
+so the wall time of a call is the host's time. Every variant (whole-channel path, split path,
+channels_last, each fused epilogue, eval, FusedSyncBatchNorm over one process, the whole-channel
+path launched by Triton's own ``kernel[grid]``, and a floor: the least a Python autograd.Function
+with BatchNorm's inputs and allocations costs) runs fusedbn's module and torch's eager equivalent
+on the same tensors, in blocks of back-to-back calls. Blocks are interleaved (every variant,
+fusedbn and torch in alternating order, round after round), so both sides of a ratio see the same
+machine; each round gives one paired ratio, and the report gives their median and quartiles.
+Counts that a noisy machine cannot blur come next, per call: Python function calls (cProfile,
+builtins included), tensor allocations (torch.profiler's memory events) and kernel launches; and
+where fusedbn's host time goes: the share of cProfile's self time spent in each of fusedbn's source
+files, in torch, in Triton and in C functions (the profiler slows Python code more than C code, so
+the shares lean towards Python; they say where the time goes, not how many microseconds).
+
+``--fake-gpu`` runs all of it on any machine without a GPU (fusedbn.bench.fake_gpu): CPU tensors take
+fusedbn's Triton path; Triton's driver is a fake one with a real CUDA target, its binder and cache
+run on the first call of each specialisation, and the compiled kernel's C launcher launches nothing.
+torch runs its CPU kernels on one thread, which on a few elements cost little next to its dispatcher
+and autograd (on a GPU both sides launch asynchronously). Without ``--fake-gpu`` it runs on CUDA
+and measures the real host time. Writes OUT/host_time.csv and OUT/host_time.md.
+"""
+
+import argparse
+import contextlib
+import copy
+import cProfile
+import dataclasses
+import math
+import pstats
+import statistics
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from fusedbn.bench.cases import (
+    CHANNELS_LAST,
+    EVAL,
+    FWDBWD,
+    NCHW,
+    Shape,
+    choices,
+    parse_dtypes,
+    positive,
+    random_tensor,
+    shape_named,
+)
+from fusedbn.bench.core import (
+    KERNEL_SOURCES,
+    LAUNCHERS,
+    FusedSyncBatchNorm,
+    LaunchLimits,
+    convert_model,
+    launch_limits,
+    use_backend,
+)
+from fusedbn.bench.fake_gpu import fake_gpu, recording_launches
+from fusedbn.bench.providers import RESIDUAL_SEED, case_inputs, mode_call
+from fusedbn.bench.timing import time_calls
+from fusedbn.cli import OneLineErrorParser
+from fusedbn.records import SOURCE, RunRecord, run_record, table, write_csv
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kind of BatchNorm call, run by fusedbn and by torch's eager equivalent (``reference``)."""
+
+    name: str
+    description: str
+    reference: str
+    training: bool = True
+    layout: str = NCHW
+    activation: str | None = None
+    residual: bool = False
+    split: bool = False  # force the split path (several programs per channel)
+    sync: bool = False  # FusedSyncBatchNorm over a gloo group of one process
+    floor: bool = False  # fusedbn's side is FloorBatchNorm, not fusedbn
+    direct_launch: bool = True  # False: every launch through kernel[grid] (FUSEDBN_FAST_LAUNCH=0)
+
+
+VARIANTS = (
+    Variant("whole-channel", "training fwd+bwd, whole-channel path", "BatchNorm"),
+    Variant("split", "training fwd+bwd, split path", "BatchNorm", split=True),
+    Variant("channels_last", "training fwd+bwd, channels_last", "BatchNorm", layout=CHANNELS_LAST),
+    Variant("relu", "training fwd+bwd, fused ReLU", "BatchNorm + relu", activation="relu"),
+    Variant(
+        "add-relu", "training fwd+bwd, fused residual add + ReLU", "BatchNorm + add + relu",
+        activation="relu", residual=True,
+    ),
+    Variant("eval", "eval forward (no_grad)", "BatchNorm eval", training=False),
+    Variant("sync-1", "FusedSyncBatchNorm, one process (gloo)", "BatchNorm", sync=True),
+    Variant(
+        "triton-launch", "training fwd+bwd, whole-channel, launched by kernel[grid] (FUSEDBN_FAST_LAUNCH=0)",
+        "BatchNorm", direct_launch=False,
+    ),
+    Variant(
+        "floor", "empty autograd.Function: BatchNorm's inputs, saves and allocations", "BatchNorm",
+        floor=True,
+    ),
+)  # fmt: skip
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+
+
+class _FloorFunction(torch.autograd.Function):
+    """What any Python BatchNorm Function does at the least: take (x, weight, bias), allocate the
+    output and the two statistics, save four tensors, allocate the three gradients; nothing else."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        mean = torch.empty(x.shape[1], device=x.device)
+        ctx.save_for_backward(x, weight, mean, torch.empty_like(mean))
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x, weight, _, _ = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight)
+
+
+class FloorBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm module whose forward applies _FloorFunction: the floor of the host time."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return _FloorFunction.apply(input, self.weight, self.bias)
+
+
+def split_limits(shape: Shape) -> LaunchLimits:
+    """Limits that send ``shape`` down the split path: tiles of a quarter channel, never whole-channel."""
+    n_per_channel = math.prod(shape.dims) // shape.num_channels
+    return LaunchLimits(
+        single_tile=1, stream_tile=max(n_per_channel // 4, 1), whole_channel_blocks_per_sm=math.inf
+    )
+
+
+@dataclass
+class Case:
+    """A variant's two calls, ready to run: each returns what its mode produces."""
+
+    variant: Variant
+    fusedbn: Callable[[], Any]
+    torch: Callable[[], Any]
+    context: Callable[[], contextlib.AbstractContextManager]  # entered around fusedbn's blocks
+
+
+def fused_module(variant: Variant, reference: nn.Module) -> nn.Module:
+    """fusedbn's module for ``variant``, with ``reference``'s parameters and buffers (copied)."""
+    if variant.floor:
+        return FloorBatchNorm(reference.num_features, device=reference.weight.device)
+    if variant.sync:
+        return FusedSyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(reference))
+    module = convert_model(copy.deepcopy(reference))
+    module.activation = variant.activation
+    return module
+
+
+def torch_module(variant: Variant, reference: nn.Module, device: torch.device) -> nn.Module:
+    """torch's module: its SyncBatchNorm for the synchronized variant on CUDA (it refuses CPU
+    tensors), else ``reference`` itself."""
+    if variant.sync and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(reference))
+    return reference
+
+
+def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device) -> Case:
+    """Both calls of ``variant`` on one input (and residual and upstream gradient)."""
+    reference, x, grad_output = case_inputs(shape, dtype, variant.layout, device)
+    residual = random_tensor(shape, dtype, variant.layout, device, RESIDUAL_SEED)
+    residual = residual if variant.residual else None
+    mode = FWDBWD if variant.training else EVAL
+
+    def torch_forward(module: nn.Module, data: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        y = module(data) if extra is None else module(data) + extra
+        return F.relu(y) if variant.activation == "relu" else y
+
+    def fused_forward(module: nn.Module, data: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        return module(data) if extra is None else module(data, extra)
+
+    return Case(
+        variant=variant,
+        fusedbn=mode_call(fused_module(variant, reference), mode, x, grad_output, residual,
+                          torch_forward if variant.floor else fused_forward),
+        torch=mode_call(torch_module(variant, reference, device), mode, x, grad_output, residual,
+                        torch_forward),
+        context=lambda: fused_setting(variant, shape),
+    )  # fmt: skip
+
+
+@contextmanager
+def fused_setting(variant: Variant, shape: Shape) -> Iterator[None]:
+    """What fusedbn's blocks of ``variant`` run inside: its kernels (never torch's BatchNorm, which
+    "auto" may choose), the split path's limits, or Triton's own launches (every KernelLauncher's direct
+    path off, put back after)."""
+    launchers = [] if variant.direct_launch else LAUNCHERS
+    fast = [launcher.fast for launcher in launchers]
+    limits = launch_limits(split_limits(shape)) if variant.split else contextlib.nullcontext()
+    with use_backend("triton"), limits:
+        try:
+            for launcher in launchers:
+                launcher.fast = False
+            yield
+        finally:
+            for launcher, was_fast in zip(launchers, fast, strict=True):
+                launcher.fast = was_fast
+
+
+@contextmanager
+def single_process_group(needed: bool) -> Iterator[None]:
+    """A gloo process group of one process for the synchronized variant, unless one exists."""
+    if not needed or dist.is_initialized():
+        yield
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=0, world_size=1)
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+
+# Where a source file's code belongs, by the folder it is in: fusedbn's own files by name.
+_AREAS = {
+    str(SOURCE): "fusedbn/",
+    str(KERNEL_SOURCES): "fusedbn/kernels/",
+    sysconfig.get_paths()["purelib"]: "",  # other installed packages, by package name
+    sysconfig.get_paths()["stdlib"]: "Python standard library",
+}
+
+
+def source_area(filename: str) -> str:
+    """What a profiled function's file belongs to: one of fusedbn's files (``fusedbn/functional.py``),
+    torch, Triton (or another installed package), the standard library, C functions (``~``), or the
+    benchmark's own code."""
+    if filename == "~":
+        return "C functions"
+    path = str(Path(filename).resolve())
+    for folder, area in sorted(_AREAS.items(), key=lambda item: -len(item[0])):
+        if path.startswith(folder + "/"):
+            rest = path[len(folder) + 1 :]
+            return area + rest if area.endswith("/") else area or rest.split("/")[0]
+    return "the benchmark's own calls"
+
+
+@dataclass
+class Side:
+    """What was measured for one side (fusedbn or torch) of a variant."""
+
+    us: list[float] = field(default_factory=list)  # per round
+    python_calls: float = math.nan
+    allocations: float = math.nan
+    launches: float = math.nan
+    self_time: dict[str, float] = field(default_factory=dict)  # share of cProfile's self time by area
+
+
+def profile_calls(
+    side: Side, step: Callable[[], Any], steps: int, device: torch.device, context: Callable[[], Any]
+) -> None:
+    """Count, per call of ``step``, its Python function calls (and where their self time goes), its tensor
+    allocations (torch.profiler's memory events of positive size) and its kernel launches, into ``side``."""
+    profiler = cProfile.Profile()
+    with context():
+        profiler.enable()
+        time_calls(step, device, steps)
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    side.python_calls = stats.total_calls / steps
+    total = sum(row[2] for row in stats.stats.values()) or 1.0
+    for (filename, _, _), row in stats.stats.items():
+        area = source_area(filename)
+        side.self_time[area] = side.self_time.get(area, 0.0) + row[2] / total
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with context(), profile(activities=activities, profile_memory=True) as memory:
+        with recording_launches() as calls:
+            time_calls(step, device, steps)
+    events = memory.profiler.kineto_results.events()
+    side.allocations = sum(1 for e in events if e.name() == "[memory]" and e.nbytes() > 0) / steps
+    side.launches = len(calls) / steps
+
+
+@dataclass
+class VariantResult:
+    variant: Variant
+    fusedbn: Side
+    torch: Side
+
+    @property
+    def ratios(self) -> list[float]:
+        """fusedbn's time over torch's, round by round (paired)."""
+        return [f / t for f, t in zip(self.fusedbn.us, self.torch.us, strict=True)]
+
+    def quartiles(self) -> tuple[float, float, float]:
+        """(first quartile, median, third quartile) of the ratios."""
+        ratios = self.ratios
+        return tuple(statistics.quantiles(ratios, n=4, method="inclusive")) if len(ratios) > 1 else ratios * 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure."""
+
+    rounds: int
+    steps: int  # calls per timed block
+    warmup: int  # untimed calls of each side first
+    count_steps: int  # calls under cProfile and torch.profiler
+
+
+def measure(cases: list[Case], device: torch.device, settings: Settings) -> list[VariantResult]:
+    """Warm up, time the cases round by round (interleaved), then count calls, allocations and launches."""
+    results = [VariantResult(case.variant, Side(), Side()) for case in cases]
+
+    def sides(case: Case, result: VariantResult) -> list[tuple[Callable[[], Any], Callable[[], Any], Side]]:
+        return [(case.fusedbn, case.context, result.fusedbn),
+                (case.torch, contextlib.nullcontext, result.torch)]  # fmt: skip
+
+    for round_index in range(-1, settings.rounds):  # round -1: the warm-up
+        for case, result in zip(cases, results, strict=True):
+            # fusedbn first in even rounds, torch first in odd ones
+            for step, context, side in sides(case, result)[:: 1 if round_index % 2 == 0 else -1]:
+                with context():
+                    calls = time_calls(step, device, settings.warmup if round_index < 0 else settings.steps)
+                if round_index >= 0:
+                    side.us.append(calls.us_per_call)
+    for case, result in zip(cases, results, strict=True):
+        for step, context, side in sides(case, result):
+            profile_calls(side, step, settings.count_steps, device, context)
+    return results
+
+
+CSV_FILE = "host_time.csv"
+MARKDOWN_FILE = "host_time.md"
+
+
+def csv_rows(results: list[VariantResult], record: RunRecord) -> list[dict[str, object]]:
+    """A row per (variant, side, metric): per-round times, ratio quartiles, counts, self-time shares."""
+    rows = []
+    for result in results:
+        name, (q1, median, q3) = result.variant.name, result.quartiles()
+        values = [("fusedbn/torch", "ratio_q1", q1), ("fusedbn/torch", "ratio_median", median),
+                  ("fusedbn/torch", "ratio_q3", q3)]  # fmt: skip
+        for side_name, side in (("fusedbn", result.fusedbn), ("torch", result.torch)):
+            values += [(side_name, "us_per_call_median", statistics.median(side.us)),
+                       *((side_name, f"us_round_{i}", us) for i, us in enumerate(side.us)),
+                       (side_name, "python_calls_per_call", side.python_calls),
+                       (side_name, "allocations_per_call", side.allocations),
+                       (side_name, "launches_per_call", side.launches),
+                       *((side_name, f"self_time_share:{a}", share) for a, share in side.self_time.items())]
+        rows += [dataclasses.asdict(record) | {"variant": name, "side": side, "metric": metric,
+                                               "value": f"{value:.4g}"}
+                 for side, metric, value in values]  # fmt: skip
+    return rows
+
+
+def format_markdown(
+    results: list[VariantResult], record: RunRecord, shape: Shape, dtype: str, settings: Settings, fake: bool
+) -> str:
+    """The summary: the run's record, the ratio table, the counts, where fusedbn's time goes."""
+    device = f"fake GPU (GPUTarget cuda 90, launches stubbed) on {record.device}" if fake else record.device
+    rows = []
+    for result in results:
+        q1, median, q3 = result.quartiles()
+        f, t = result.fusedbn, result.torch
+        rows.append({
+            "variant": result.variant.name, "fusedbn": result.variant.description,
+            "torch runs": result.variant.reference,
+            "fusedbn / torch, median [quartiles]": f"{median:.2f}x [{q1:.2f}, {q3:.2f}]",
+            "fusedbn us": f"{statistics.median(f.us):.1f}", "torch us": f"{statistics.median(t.us):.1f}",
+            "launches": f"{f.launches:.0f}",
+            "Python calls fusedbn / torch": f"{f.python_calls:.0f} / {t.python_calls:.0f}",
+            "allocations fusedbn / torch": f"{f.allocations:.1f} / {t.allocations:.1f}",
+        })  # fmt: skip
+    where = [
+        {"variant": r.variant.name, "fusedbn's profiled self time, largest shares first": ", ".join(
+            f"{area} {share:.0%}" for area, share in sorted(r.fusedbn.self_time.items(),
+                                                            key=lambda item: -item[1])[:6]
+        )}
+        for r in results
+    ]  # fmt: skip
+    return "\n".join([
+        f"# Host time per call: fusedbn vs torch eager, {shape.name} {dtype}", "",
+        f"- device: {device}", f"- machine: {record.machine}, {record.torch_threads} torch thread(s)",
+        f"- load average: {record.load_before:.2f} before, {record.load_after:.2f} after",
+        f"- torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, "
+        f"{record.date}",
+        f"- {settings.rounds} rounds of {settings.steps} calls per side and variant, interleaved; counts "
+        f"over {settings.count_steps} calls", "", table(rows), "",
+        "Where fusedbn's host time goes: each area's share of the self time cProfile measured over those "
+        "calls (fusedbn's own files by name; the profiler slows Python code more than C code).", "",
+        table(where),
+    ]) + "\n"  # fmt: skip
+
+
+DEFAULTS = {"rounds": 15, "steps": 200, "warmup": 50, "count_steps": 50}
+SMOKE = {"rounds": 3, "steps": 3, "warmup": 2, "count_steps": 2}
+FAKE_GPU_SHAPE, CUDA_SHAPE = "2x4x2x2", "8x64x8x8"
+HELP = {
+    "rounds": "interleaved rounds, each giving one paired ratio per variant",
+    "steps": "calls per timed block",
+    "warmup": "untimed calls of each side first",
+    "count_steps": "calls counted under cProfile and torch.profiler",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the host-time benchmark's options to ``parser``."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add = parser.add_argument
+    add("--fake-gpu", action="store_true", help="run on the CPU with a fake GPU (no device needed); "
+        "without it, CUDA is needed")
+    add("--smoke", action="store_true", help="a few calls of each variant: checks that it measures, no speed")
+    add("--out", type=Path, default=Path("runs/host-time"), help="output folder (default: runs/host-time)")
+    add("--shape", type=shape_named, help=f"NxCx... input shape (default: {FAKE_GPU_SHAPE} with --fake-gpu, "
+        f"{CUDA_SHAPE} on CUDA)")
+    add("--dtype", type=lambda text: parse_dtypes(text)[0],
+        help="float32, float16, bfloat16 (default: float32 with --fake-gpu, float16 on CUDA)")
+    add("--variants", type=choices(VARIANT_NAMES, "variant"),
+        help=f"comma-separated, from {', '.join(VARIANT_NAMES)} (default: all)")
+    for name, text in HELP.items():
+        add(f"--{name.replace('_', '-')}", type=positive(int), dest=name,
+            help=f"{text} (default: {DEFAULTS[name]}; smoke: {SMOKE[name]})")
+
+
+@contextmanager
+def _host_setting(fake: bool) -> Iterator[None]:
+    """The fake GPU when asked for, and one torch thread, put back after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with fake_gpu() if fake else contextlib.nullcontext():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and report; 0 on success, 2 when the machine cannot run it."""
+    device = torch.device("cpu" if args.fake_gpu else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("host time: error: no CUDA device (--fake-gpu measures on the CPU)", file=sys.stderr)
+        return 2
+    preset = SMOKE if args.smoke else DEFAULTS
+    settings = Settings(**{name: getattr(args, name) or preset[name] for name in DEFAULTS})
+    shape = args.shape or shape_named(FAKE_GPU_SHAPE if args.fake_gpu else CUDA_SHAPE)
+    dtype = args.dtype or ("float32" if args.fake_gpu else "float16")
+    variants = [v for v in VARIANTS if v.name in (args.variants or VARIANT_NAMES)
+                and (v.layout != CHANNELS_LAST or len(shape.dims) > 2)]  # fmt: skip
+    with _host_setting(args.fake_gpu), single_process_group(any(v.sync for v in variants)):
+        record = run_record(device)
+        results = measure([build_case(v, shape, dtype, device) for v in variants], device, settings)
+        record = record.finished()
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = format_markdown(results, record, shape, dtype, settings, args.fake_gpu)
+    (args.out / MARKDOWN_FILE).write_text(text)
+    rows = csv_rows(results, record)
+    write_csv(args.out / CSV_FILE, rows, list(rows[0]))
+    print(text)
+    print(f"wrote {args.out / MARKDOWN_FILE}, {args.out / CSV_FILE}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/host_time.py``: run the benchmark with ``argv`` (default: the command line)."""
+    parser = OneLineErrorParser(prog="python benchmarks/host_time.py", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
