@@ -1,25 +1,14 @@
 """Host time: what one BatchNorm call costs the host, fusedbn's against torch's, variant by variant.
 
-With a small layer the device finishes each kernel long before the host has launched the next one,
-so the wall time of a call is the host's time. Every variant (whole-channel path, split path,
-channels_last, each fused epilogue, eval, FusedSyncBatchNorm over one process, the whole-channel
-path launched by Triton's own ``kernel[grid]``, and a floor: the least a Python autograd.Function
-with BatchNorm's inputs and allocations costs) runs fusedbn's module and torch's eager equivalent
-on the same tensors, in blocks of back-to-back calls. Blocks are interleaved (every variant,
-fusedbn and torch in alternating order, round after round), so both sides of a ratio see the same
-machine; each round gives one paired ratio, and the report gives their median and quartiles.
-Counts that a noisy machine cannot blur come next, per call: Python function calls (cProfile,
-builtins included), tensor allocations (torch.profiler's memory events) and kernel launches; and
-where fusedbn's host time goes: the share of cProfile's self time spent in each of fusedbn's source
-files, in torch, in Triton and in C functions (the profiler slows Python code more than C code, so
-the shares lean towards Python; they say where the time goes, not how many microseconds).
-
-``--fake-gpu`` runs all of it on any machine without a GPU (fusedbn.bench.fake_gpu): CPU tensors take
-fusedbn's Triton path; Triton's driver is a fake one with a real CUDA target, its binder and cache
-run on the first call of each specialisation, and the compiled kernel's C launcher launches nothing.
-torch runs its CPU kernels on one thread, which on a few elements cost little next to its dispatcher
-and autograd (on a GPU both sides launch asynchronously). Without ``--fake-gpu`` it runs on CUDA
-and measures the real host time. Writes OUT/host_time.csv and OUT/host_time.md.
+On a small layer the device finishes each kernel long before the host launches the next, so a call's wall time
+is host time. Each variant (whole-channel and split paths, channels_last, each fused epilogue, eval,
+FusedSyncBatchNorm over one process, launches through Triton's ``kernel[grid]``, and a floor: an empty
+autograd.Function with BatchNorm's inputs and allocations) runs fusedbn's module and torch's eager equivalent
+on the same tensors in interleaved blocks of calls; each round gives one paired ratio, reported as median and
+quartiles. Then, per call: Python function calls (cProfile), tensor allocations (torch.profiler), kernel
+launches, and each area's share of fusedbn's profiled self time (the profiler slows Python more than C).
+``--fake-gpu`` runs it on the CPU (fusedbn.bench.fake_gpu: Triton's binder and cache run, nothing is launched;
+torch on one thread); without it, it needs CUDA. Writes OUT/host_time.csv and OUT/host_time.md.
 """
 
 import argparse

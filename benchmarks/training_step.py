@@ -1,24 +1,14 @@
 """Training-step benchmark: a whole ResNet-50 step (forward, loss, backward, SGD update) with each BatchNorm.
 
-Variants: ``torch`` (torch's BatchNorm), ``fusedbn`` (the same model after fusedbn.convert_model) and
-``fusedbn-epilogues`` (fusedbn with the ReLUs and the bottlenecks' residual adds fused into the
-BatchNorms, fusedbn.bench.resnet.fuse_epilogues). Executions (how the step runs): ``eager``;
-``cuda-graph``, the whole step captured once and replayed; ``compile`` and ``compile-reduce-overhead``,
-the model under torch.compile in that mode. Precisions: ``bf16`` (autocast), ``fp16`` (autocast and a
-GradScaler), ``fp32``.
-
-Every case starts from the same weights and the same synthetic batch (random images and labels made
-on the device), warms up, then times its steps: images/s and wall time per step (timed loop, one
-synchronisation at its end), GPU time per step (CUDA events, median), host time per step (the
-time to enqueue one step, median; the step is host-bound when it exceeds the GPU time), then profiles
-a few more steps for each kernel's device time and the BatchNorm share of it. Each case's losses over
-the timed steps, and its running statistics after them, are compared with those of the torch eager
-case of the same batch, precision and layout (tolerances in TOLERANCES).
-
-Cases run execution by execution (eager first), so a time budget that runs out costs the
-slower-to-prepare ones. Writes OUT/training_step.csv, OUT/training_step_kernels.csv, OUT/training_step.txt and
-OUT/training_step.png. ``--smoke`` is the CPU check of the harness: a tiny ResNet on 16x16 images,
-eager only, a few steps.
+Variants: ``torch``, ``fusedbn`` (after fusedbn.convert_model) and ``fusedbn-epilogues`` (the ReLUs and
+residual adds fused into the BatchNorms). Executions: ``eager``, ``cuda-graph`` (the step captured once,
+replayed), ``compile`` and ``compile-reduce-overhead`` (torch.compile modes). Precisions: ``bf16`` (autocast),
+``fp16`` (autocast and a GradScaler), ``fp32``. Every case starts from the same weights and synthetic batch,
+warms up, then reports images/s, wall, GPU (CUDA events) and host (enqueue) time per step, each kernel's
+device time and the BatchNorm share, and whether its losses and running statistics are within TOLERANCES of
+torch eager's. Cases run execution by execution, eager first, within ``--time-budget``. Writes
+OUT/training_step.csv, OUT/training_step_kernels.csv, OUT/training_step.txt and OUT/training_step.png.
+``--smoke``: a tiny ResNet on 16x16 images, eager, on the CPU.
 """
 
 import argparse
@@ -206,9 +196,8 @@ def synthetic_batch(
 
 
 class TrainStep:
-    """One training step of ``model`` on a fixed batch: forward under autocast, cross-entropy loss,
-    backward (through a GradScaler for fp16), SGD update. Calling it returns the loss (a device tensor).
-    """
+    """One training step of ``model`` on a fixed batch (autocast, cross-entropy, backward through a GradScaler
+    for fp16, SGD); calling it returns the loss (a device tensor)."""
 
     def __init__(
         self,
@@ -256,11 +245,8 @@ class TrainStep:
 
 
 def graph_step(step: TrainStep, warmup_steps: int) -> Callable[[], torch.Tensor]:
-    """Capture ``step`` in a CUDA graph after ``warmup_steps`` steps on a side stream; returns its replay.
-
-    The warm-up steps also initialise the optimiser's momentum and the GradScaler's state, which
-    the captured step then updates in place on every replay.
-    """
+    """Capture ``step`` in a CUDA graph after ``warmup_steps`` steps on a side stream (which set up the
+    momentum and GradScaler state the replays update in place); returns its replay."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -280,8 +266,7 @@ def graph_step(step: TrainStep, warmup_steps: int) -> Callable[[], torch.Tensor]
 
 
 def _marking_step_begins(step: TrainStep) -> Callable[[], torch.Tensor]:
-    """``step``, first telling torch.compile's CUDA-graph trees that a new step begins (so the last
-    step's outputs may be overwritten)."""
+    """``step``, first telling torch.compile's CUDA-graph trees that a new step begins."""
 
     def marked() -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()
@@ -393,11 +378,8 @@ def _release_memory(device: torch.device) -> None:
 def run_plan(
     plan: StepPlan, base: nn.Module, on_result: Callable[[list[StepResult]], None] | None = None
 ) -> list[StepResult]:
-    """Run every case of ``plan``, each starting from a copy of ``base``, within the time budget.
-
-    ``on_result(results so far)`` is called after each case; the agreement with torch eager is
-    filled in once all cases ran.
-    """
+    """Run every case of ``plan`` from a copy of ``base`` within the time budget, calling ``on_result(results
+    so far)`` after each; then fill in the agreement with torch eager."""
     budget = Budget(plan.time_budget_s)
     results = []
     for case in plan.cases():

@@ -1,16 +1,9 @@
 #!/usr/bin/env bash
-# Install what fusedbn needs into the current Python environment ($PYTHON, default python3):
-# torch 2.13.0 as chosen below, then fusedbn itself, editable, with the "test" extra: the core
-# (torch, triton), the harnesses' extras ("tune": optuna, scikit-learn, ...; "bench": matplotlib;
-# "postgres") and the test tools, which is what both `make tune` and `make test` need.
-#
-# Which torch (option --torch, or the environment variable FUSEDBN_TORCH; `make tune FUSEDBN_TORCH=cuda`):
-#   auto (default)  keep an installed torch, whatever its build; without one, install the CPU build
-#   cpu             install the CPU build of torch 2.13.0 (a 190 MB download), replacing another build
-#   cuda            install torch 2.13.0 from PyPI, which on Linux is the CUDA build: with its nvidia-*
-#                   packages several GB (a CUDA 13 build of torch measured 5.4 GB and 503 s to install)
-# The CPU build is taken from where pip finds "torch==2.13.0+cpu" (a local wheel, a configured index),
-# else from PyTorch's CPU index. --dry-run prints the pip commands instead of running them.
+# Install into $PYTHON (default python3) torch 2.13.0 as chosen below, then fusedbn, editable, with the
+# "test" extra (the core, the harnesses' extras and the test tools: what `make tune` and `make test` need).
+# --torch (or FUSEDBN_TORCH): auto (default: keep an installed torch, else install the CPU build), cpu (the
+# CPU build, from where pip finds torch==2.13.0+cpu, else PyTorch's CPU index), cuda (PyPI's build, the
+# CUDA one on Linux: several GB). --dry-run prints the pip commands instead. See docs/install.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}

@@ -25,12 +25,9 @@ INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as shells report a process that Ctr
 
 @dataclass(frozen=True)
 class Subcommand:
-    """One ``fusedbn`` subcommand.
-
-    ``module`` defines ``add_arguments(parser)`` and ``run(args) -> exit code``; its docstring is the
-    subcommand's description. It is imported only when the subcommand runs, and ``extra`` is the
-    package extra that installs what it imports.
-    """
+    """One ``fusedbn`` subcommand: ``module`` defines ``add_arguments(parser)`` and ``run(args) -> exit code``
+    and its docstring is the description; it is imported only when the subcommand runs, and ``extra`` is the
+    package extra that installs what it imports."""
 
     module: str
     extra: str
@@ -62,8 +59,7 @@ def version_line() -> str:
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr (exit code 2), pointing to --help
-    instead of printing the whole usage."""
+    """An argument parser whose errors are one line on stderr (exit code 2) that points to --help."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

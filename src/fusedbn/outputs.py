@@ -1,10 +1,5 @@
-"""The output folder of a command (``--out``): created when the command starts writing, and gone
-again when the command stops on an error before anything was written into it.
-
-``fusedbn tune``, ``fusedbn science`` and ``fusedbn bench`` all take their folder through
-:func:`output_folder`, so a rejected command (a folder that cannot be created, a storage that cannot
-be opened, a bad option found late) leaves no empty folder behind.
-"""
+"""The output folder of a command (``--out``): created when the command starts writing, and gone again when
+the command stops on an error before anything was written into it."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,12 +12,8 @@ class OutputFolderError(ValueError):
 
 @contextmanager
 def output_folder(path: str | Path) -> Iterator[Path]:
-    """Create the folder ``path`` and its missing parents, and yield it.
-
-    Raises :class:`OutputFolderError` when it cannot be created (a file in the way, a read-only or
-    virtual file system such as /proc). If the block raises, every folder created here that is still
-    empty is removed again, deepest first, and the exception goes on.
-    """
+    """Create the folder ``path`` and its missing parents, and yield it; :class:`OutputFolderError` when it
+    cannot be created. If the block raises, the folders created here that are still empty are removed."""
     path = Path(path)
     created = [folder for folder in (path, *path.parents) if not folder.exists()]
     try:

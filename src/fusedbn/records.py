@@ -1,11 +1,7 @@
-"""What a harness run records about itself, and the two forms every harness writes its numbers in.
-
-Every benchmark, the compile gate and the science experiments describe their run with one
-:class:`RunRecord` (when, on what device and machine, with which versions, from which commit, under
-what load), write their numbers with :func:`write_csv` and their summaries with :func:`table`: a
-Markdown table whose cells are padded to their column, so that the same text reads in a terminal and
-renders as Markdown.
-"""
+"""What a harness run records about itself (:class:`RunRecord`: when, on what device and machine, with
+which versions, from which commit, under what load), and the two forms every harness writes numbers in:
+:func:`write_csv` and :func:`table`, a Markdown table padded to its columns, read in a terminal as
+rendered."""
 
 import csv
 import dataclasses
@@ -68,11 +64,8 @@ def device_name(device: torch.device | str) -> str:
 
 
 def git_commit(repo: Path = SOURCE) -> str:
-    """The commit checked out in ``repo`` (default: fusedbn's source), "-dirty" if tracked files changed.
-
-    Where there is no git repository (a copied tree) it is the environment variable FUSEDBN_COMMIT,
-    else "unknown".
-    """
+    """The commit checked out in ``repo`` (default: fusedbn's source), "-dirty" if tracked files changed;
+    without a git repository, the environment variable FUSEDBN_COMMIT, else "unknown"."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True, timeout=10
@@ -109,11 +102,9 @@ def _cell(value: object) -> str:
 
 
 def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
-    """``rows`` as a Markdown table, a column per key (default: every key, in order of appearance).
-
-    Cells are padded to their column's width; a column of numbers (and "-" for none) is aligned right,
-    an empty one left. A missing value is an empty cell. No rows: "".
-    """
+    """``rows`` as a Markdown table, a column per key (default: every key, in order of appearance), cells
+    padded to their column; a column of numbers (and "-") aligned right, an empty one left; a missing value is
+    an empty cell; no rows: ""."""
     if not rows:
         return ""
     columns = list(columns or dict.fromkeys(key for row in rows for key in row))
@@ -133,11 +124,8 @@ def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = 
 def write_csv(
     path: Path, rows: Iterable[Mapping[str, object]], columns: Sequence[str], append: bool = False
 ) -> None:
-    """Write ``rows`` (mappings of the ``columns``) to the CSV file ``path`` under a header row.
-
-    ``append``: add them to the file if it has rows already, which it must hold under the same
-    header (else ValueError naming the file, and nothing is written).
-    """
+    """Write ``rows`` (mappings of the ``columns``) to the CSV file ``path`` under a header row; ``append``
+    adds them to a file that has rows under the same header (else ValueError naming it, nothing written)."""
     if append and path.exists() and path.stat().st_size > 0:
         with path.open(newline="") as handle:
             if next(csv.reader(handle), []) != list(columns):

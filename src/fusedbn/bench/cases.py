@@ -1,24 +1,9 @@
 """What the benchmark measures: shapes, dtypes, layouts, modes, providers, and the bytes each case moves.
 
-Shapes come in named groups. ``resnet50`` holds every distinct BatchNorm input of torchvision's
-ResNet-50 (v1.5, stride on the 3x3 conv) at batch 64 on 224x224 images, with the number of layers
-that see it:
-
-    stem    bn1 after the 7x7/2 conv                     64 x 112x112   1 layer
-    layer1  3 bottlenecks, width 64, out 256, at 56x56   64 x 56x56     6 layers
-                                                         256 x 56x56    4 (3 + downsample)
-    layer2  4 bottlenecks, width 128, out 512, to 28x28  128 x 56x56    1 (first conv1, before the stride)
-                                                         128 x 28x28    7
-                                                         512 x 28x28    5 (4 + downsample)
-    layer3  6 bottlenecks, width 256, out 1024, to 14x14 256 x 28x28    1
-                                                         256 x 14x14    11
-                                                         1024 x 14x14   7 (6 + downsample)
-    layer4  3 bottlenecks, width 512, out 2048, to 7x7   512 x 14x14    1
-                                                         512 x 7x7      5
-                                                         2048 x 7x7     4 (3 + downsample)
-
-53 BatchNorm layers in all. ``extra`` holds the cases peers get wrong, and ``smoke`` tiny shapes for
-the CPU harness check. Any other ``NxCx...`` string (2 to 5 dims) is accepted as a custom shape.
+Shapes come in named groups: ``resnet50`` holds every distinct BatchNorm input of torchvision's ResNet-50
+(v1.5) at batch 64 on 224x224 images, each with the number of its 53 BatchNorm layers that see it (``fusedbn
+bench --list``); ``extra`` the cases peers get wrong; ``smoke`` tiny shapes for the CPU check. Any other
+``NxCx...`` string (2 to 5 dims) is a custom shape.
 """
 
 import argparse
@@ -161,8 +146,8 @@ def random_tensor(
 def choices(
     allowed: tuple[str, ...], what: str, aliases: dict[str, str] | None = None
 ) -> Callable[[str], list[str]]:
-    """A parser (and argparse ``type``) of comma-separated names from ``allowed`` (or ``aliases`` of
-    them): the names without repeats, in order; an unknown name is an ArgumentTypeError naming it."""
+    """A parser (and argparse ``type``) of comma-separated names from ``allowed`` (or their ``aliases``): the
+    names without repeats, in order; an unknown name is an ArgumentTypeError naming it."""
     aliases = {alias: name for alias, name in (aliases or {}).items() if name in allowed}
 
     def parse(text: str) -> list[str]:
@@ -180,8 +165,7 @@ def choices(
 
 
 def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """A parser (and argparse ``type``) of a positive ``kind`` (int or float); anything else is an
-    ArgumentTypeError naming it."""
+    """A parser (and argparse ``type``) of a positive ``kind`` (int or float); else an ArgumentTypeError."""
 
     def parse(text: str) -> int | float:
         try:

@@ -1,21 +1,13 @@
 """Benchmark fusedbn's BatchNorm against torch eager and torch.compile, and against the copy bandwidth.
 
-Every case (shape x dtype x layout x mode x provider) is timed after a warm-up with
-triton.testing.do_bench (median, min and max; L2 flushed before each repetition) on random, offset
-data; the device-to-device copy bandwidth is measured in the same run. Each case's minimal bytes
-(forward and eval: read x, write y; backward: read x and dy, write dx; fwdbwd: both) over its median
-time is its effective bandwidth, reported as a share of the copy bandwidth. Outputs are compared with
-eager's. Rows are appended to OUT/results.csv as they are measured (with the run's record: device,
-machine, versions, date, commit, load); the table and the project's speed targets (Markdown tables)
-and any failures are printed and written to OUT/summary.txt, with plots OUT/speedup.png and
-OUT/bandwidth.png. Then (--profile-kernels) each
-provider's fwd+bwd kernels on the ResNet-50 shapes are profiled into OUT/kernels.csv.
-
-Runs: the default (full) run times every shape, dtype, layout, mode and provider on CUDA. --quick
-is the GPU run's subset (fp16 and bf16, torch.compile for the training modes of the ResNet-50 shapes
-only, with time budgets); --smoke checks the harness on the CPU in seconds with tiny shapes, fusedbn
-and eager (not speed; torch.compile is left out since compiling on the CPU takes seconds per case,
-add it with --providers). --report re-renders the table, targets and plots from a result file.
+Every case (shape x dtype x layout x mode x provider) is timed after a warm-up with triton.testing.do_bench
+(L2 flushed before each repetition) on random, offset data, and its output compared with eager's. Its minimal
+bytes over its median time is its effective bandwidth, reported as a share of the copy bandwidth measured in
+the same run. Rows are appended to OUT/results.csv as they are measured; the table, the speed targets and any
+failures go to stdout and OUT/summary.txt, with plots OUT/speedup.png and OUT/bandwidth.png; --profile-kernels
+then profiles each provider's fwd+bwd kernels on the ResNet-50 shapes into OUT/kernels.csv. --quick is the GPU
+run's subset; --smoke checks the harness on the CPU in seconds (fusedbn and eager, tiny shapes, no speed);
+--report re-renders a result file.
 """
 
 import argparse
@@ -214,11 +206,8 @@ def _measure(bench: Benchmark, copy_gbps: float, result_file: ResultFile) -> lis
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fusedbn bench`` with parsed options; returns the exit code.
-
-    0 when every case was measured (or skipped by a budget) and matched eager's output; 1 when a
-    case failed or its output differed; 2 when the run could not start.
-    """
+    """Run ``fusedbn bench``; returns 0 when every case was measured (or skipped by a budget) and matched
+    eager's output, 1 when a case failed or differed, 2 when the run could not start."""
     if args.list:
         print(_list_shapes())
         return 0

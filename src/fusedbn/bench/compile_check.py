@@ -1,29 +1,14 @@
 """The compile gate: every kernel specialisation fusedbn launches, compiled for real GPUs on the CPU.
 
-``python -m fusedbn.bench.compile_check`` runs fusedbn's public functional API (forward and backward)
-over a grid of cases: shapes (ResNet-50's by default) x dtypes x layouts x epilogues (none, relu,
-add+relu) x modes (fwdbwd: training, eval) x multiprocessor counts (A100 108, H100/H200 132, B200
-148, pinned with LaunchLimits so that the whole-channel or split path is the one that GPU would take).
-The calls run on fake tensors (torch's FakeTensorMode: shapes, strides and dtypes, no memory) down
-the Triton path, so ResNet-sized inputs cost nothing, and every kernel launch is recorded
-(fake_gpu.recording_launches) instead of being made. A tensor is kept as its dtype and whether its
-address is 16-byte aligned (fake tensors are placed as the CUDA allocator places real ones, at
-512-byte aligned addresses plus their storage offset), anything else as its value. Triton's own
-binder (compile_worker.bind) then tells which launches compile to the same kernel: each such
-specialisation is kept once.
-
-Each specialisation is then compiled for each target (sm_80, sm_90, sm_100) by worker processes
-(compile_worker.py) that bind it with Triton's own binder and compile it with
-``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))``. A worker that dies (a compiler
-segfault) is replaced and the specialisation recorded as a crash. ``--site`` puts another Triton's
-site folder (``pip install --target DIR triton==X``) first on the workers' path, to check that version.
-
-The result, per specialisation and target: ok / error / crash / timeout, compile time, num_warps,
-registers, spills, shared memory and the width of every global load and store (from the SASS), goes
-to OUT/triton-<version>.json with the run's record and a digest of the kernel sources
-(kernels_digest); OUT/REPORT.md (kernel_report.py, which also classifies each result) is rendered
-from every such file in OUT. ``--subset`` compiles the representative subset the CI test compiles
-(representative_subset).
+``python -m fusedbn.bench.compile_check`` calls fusedbn's functional API (forward and backward) on fake
+tensors for a grid of cases (shapes x dtypes x layouts x epilogues x modes x multiprocessor counts, the launch
+choice pinned with LaunchLimits), records every kernel launch, and keeps each specialisation once, as Triton's
+own binder tells them apart. Worker processes (compile_worker.py) compile each for each target (sm_80, sm_90,
+sm_100); a worker that dies is replaced and its task recorded as a crash. ``--site`` compiles with another
+Triton's site folder. Results per specialisation and target (status, compile time, warps, registers, spills,
+shared memory, access widths) go to OUT/triton-<version>.json with the run's record and
+:func:`kernels_digest`; OUT/REPORT.md (kernel_report.py) is rendered from every such file. ``--subset``
+compiles the CI test's :func:`representative_subset`. docs/compile-gate.md has the details.
 """
 
 import argparse
@@ -109,8 +94,8 @@ def grid_cases(
 
 
 def describe(arg: Any) -> Any:
-    """A launch argument as the gate keeps it (JSON-ready): a tensor as its dtype and whether its
-    address is 16-byte aligned, any other argument as its value."""
+    """A launch argument as the gate keeps it (JSON-ready): a tensor as its dtype and whether its address is
+    16-byte aligned (placed as the CUDA allocator places a fresh tensor), anything else as its value."""
     if isinstance(arg, torch.Tensor):
         address = ALLOCATION_ALIGNMENT + arg.storage_offset() * arg.element_size()
         return {"dtype": str(arg.dtype).removeprefix("torch."), "aligned": address % 16 == 0}
@@ -133,13 +118,9 @@ def _layout_tensor(shape: tuple[int, ...], dtype: torch.dtype, layout: str) -> t
 
 
 def record_case(case: Case) -> list[dict[str, Any]]:
-    """The launches (described) of one step of ``case``: forward, then backward, on fake tensors.
-
-    The module's parameters are float32 for float16/bfloat16 input (mixed precision) and in the
-    input's dtype otherwise; weight, bias and a fused residual require gradients. The split path's
-    ticket counters made meanwhile are fake tensors: kept apart from the cache that real calls on this
-    thread use, and dropped afterwards.
-    """
+    """The launches (described) of one forward and backward of ``case`` on fake tensors: parameters float32
+    for half-precision input, else in its dtype. The split path's ticket counters made meanwhile are kept
+    apart from real calls' and dropped."""
     dtype = DTYPES[case.dtype]
     param_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
     channels = case.shape.num_channels
@@ -160,8 +141,7 @@ def record_case(case: Case) -> list[dict[str, Any]]:
 
 
 def triton_specialisation(launch: dict[str, Any]) -> str:
-    """What Triton's own binder makes of a launch (for sm_90): launches that it binds alike compile to
-    one kernel, launches it binds otherwise to two."""
+    """What Triton's binder makes of a launch (for sm_90): launches it binds alike compile to one kernel."""
     _, decided = bind({**launch, "capability": 90})
     return f"{launch['kernel']}({specialisation_text(decided)}) {decided['options']!r}"
 
@@ -216,10 +196,8 @@ def elements_per_thread(launch: dict[str, Any]) -> int:
     return tile // (32 * kwargs.get("num_warps", 4))
 
 
-# Cases that once crashed the compiler (issue 15: Triton 3.9, sm_90, the fused ReLU's backward
-# with a select: whole_channel_backward_kernel and partial_sums_kernel in float16 and bfloat16,
-# and partial_sums_kernel on the split path in float32 too): the representative subset always
-# compiles every specialisation they launch.
+# Cases that once crashed the compiler (Triton 3.9, sm_90, the fused ReLU's backward with a select): the
+# representative subset always compiles every specialisation they launch.
 REGRESSION_CASES = (
     ("64x256x56x56", "float16", "nchw", "relu", FWDBWD, 132),
     ("64x1024x14x14", "float16", "nchw", "relu", FWDBWD, 132),
@@ -229,13 +207,9 @@ REGRESSION_CASES = (
 
 
 def representative_subset(specs: list[Specialisation], cases: list[Case]) -> list[int]:
-    """Indices of a few specialisations that launch each kernel with each epilogue, dtype class and
-    layout at least once, and all those of the REGRESSION_CASES in ``cases``, in index order.
-
-    A greedy cover: the specialisation covering most uncovered combinations first and, among
-    equals, the one with the most elements per thread, so that each combination is compiled at its
-    heaviest.
-    """
+    """Indices of a few specialisations that launch each kernel with each epilogue, dtype class and layout at
+    least once (greedily: the one covering most first, then the one with most elements per thread, so each
+    combination compiles at its heaviest), and all those of the REGRESSION_CASES in ``cases``, in order."""
     regressions = {
         i for i, case in enumerate(cases)
         if (case.shape.name, case.dtype, case.layout, case.epilogue, case.mode,
@@ -268,13 +242,9 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
 
 
 def kernels_digest(commit: str | None = None) -> str:
-    """A digest of the code (comments and docstrings left out) of fusedbn's kernel modules, as they are
-    or (read with git) at ``commit``: what decides which specialisations the gate compiles and what
-    they compile to. launcher.py is left out: it runs after the gate records a launch.
-
-    Raises subprocess.CalledProcessError (or OSError) where git cannot read ``commit``'s kernels, and
-    ValueError for a "-dirty" commit, whose kernels git does not hold.
-    """
+    """A digest of the code (without comments and docstrings) of fusedbn's kernel modules but launcher.py
+    (which runs after the gate records a launch), as they are or at ``commit`` (read with git). Raises
+    subprocess.CalledProcessError or OSError where git cannot read them, ValueError for a "-dirty" commit."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=KERNEL_SOURCES, capture_output=True, text=True,
@@ -297,8 +267,7 @@ def kernels_digest(commit: str | None = None) -> str:
 
 
 def worker_environment(site: str | None, cache_dir: str) -> dict[str, str]:
-    """The workers' environment: compiled kernels (no interpreter), ``site`` first on the path, and
-    a Triton cache of their own, so that every specialisation is really compiled."""
+    """The workers' environment: no interpreter, ``site`` first on the path, a Triton cache of their own."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if site:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
@@ -353,11 +322,9 @@ def compile_all(
     timeout: float,
     progress: Callable[[int, int, dict[str, int]], None],
 ) -> tuple[dict[tuple[int, int], dict[str, Any]], dict[str, str]]:
-    """Compile every (task id, task) in ``jobs`` workers; results by task id, and the workers' Triton.
-
-    A worker that dies while compiling is replaced: its task is a crash. One that takes longer
-    than ``timeout`` seconds is killed: its task timed out.
-    """
+    """Compile every (task id, task) in ``jobs`` workers; results by task id, and the workers' Triton. A task
+    whose worker dies is a crash, one that takes over ``timeout`` seconds a timeout (the worker is killed);
+    the worker is replaced."""
     results: dict[tuple[int, int], dict[str, Any]] = {}
     counts = {"ok": 0, "error": 0, "crash": 0, "timeout": 0}
     pending = list(reversed(tasks))
@@ -404,11 +371,6 @@ def compile_all(
     return results, triton_info
 
 
-def task_for(launch: dict[str, Any], capability: int) -> dict[str, Any]:
-    """The worker's task for compiling ``launch`` for ``capability``."""
-    return {**launch, "capability": capability}
-
-
 def progress_printer(every_s: float = 15.0) -> Callable[[int, int, dict[str, int]], None]:
     """A progress callback printing one line at most every ``every_s`` seconds, and at the end."""
     start = time.monotonic()
@@ -437,12 +399,12 @@ def run_gate(
     subset: bool = False,
     progress: Callable[[int, int, dict[str, int]], None] | None = None,
 ) -> dict[str, Any]:
-    """Record ``cases``, compile their specialisations (or the representative subset) for every
-    target, and return the JSON-ready result (see the module docstring)."""
+    """Record ``cases``, compile their specialisations (or the representative subset) for every target, and
+    return the JSON-ready result."""
     targets = list(targets)
     specs, per_case = collect_specialisations(cases)
     chosen = set(representative_subset(specs, cases) if subset else range(len(specs)))
-    tasks = [((i, cc), task_for(specs[i].launch, cc)) for i in sorted(chosen) for cc in targets]
+    tasks = [((i, cc), {**specs[i].launch, "capability": cc}) for i in sorted(chosen) for cc in targets]
     results, triton_info = compile_all(tasks, site, jobs, timeout, progress or (lambda *a: None))
     for (i, cc), result in results.items():
         specs[i].results[cc] = result
@@ -489,8 +451,8 @@ def _site(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The gate's options; the grid's defaults are ResNet-50's shapes in every dtype, layout, epilogue
-    and mode, planned for every SM count, compiled for every target."""
+    """The gate's options; by default ResNet-50's shapes in every dtype, layout, epilogue and mode, planned
+    for every SM count, compiled for every target."""
     parser = OneLineErrorParser(
         prog="python -m fusedbn.bench.compile_check",
         description="Compile every kernel specialisation fusedbn launches for sm_80/sm_90/sm_100 "

@@ -1,20 +1,11 @@
 """The compile gate's worker: compiles kernel specialisations with the Triton it imports, one at a time.
 
-``python -m fusedbn.bench.compile_worker`` reads one JSON task per line on stdin and answers each with
-one JSON line on stdout. A task names a kernel (``module:name``), the arguments of one launch as the
-gate recorded them (a tensor as its dtype and whether its address is 16-byte aligned, every other
-argument as its value) and a target (``80``, ``90``, ``100``). The worker turns the launch into a
-specialisation with Triton's own binder (``JITFunction.run`` in warm-up mode on a fake driver, whose
-compile step is replaced by one that keeps what the binder decided: signature, constexprs,
-attributes and options), compiles that with ``triton.compile(ASTSource(...), target=...)``, and reads
-the cubin with the cuobjdump that ships in the Triton wheel: registers, local memory, spill
-instructions and the width of every global load and store; each load and store of a tile is named
-after the tensor it reaches (traced in the PTX from its address to the kernel's pointer argument).
-
-The gate uses the same binding in its own process to tell specialisations apart as Triton does. A
-compiler that crashes takes the worker with it; the gate (compile_check.py) sees the process die and
-records the crash. Which Triton this is follows ``sys.path``: the gate puts another version's site
-folder first to check it.
+``python -m fusedbn.bench.compile_worker`` answers each JSON task line on stdin (a kernel ``module:name``, one
+launch's arguments as the gate recorded them, a target capability) with one JSON line on stdout: the launch
+bound by Triton's own binder, compiled with ``triton.compile`` for the target, and read from the cubin with
+the Triton wheel's cuobjdump (registers, local memory, spills, the width of every global load and store, each
+tile access named after its tensor through the PTX). A compiler crash takes the worker with it; the gate sees
+it die. Which Triton this is follows ``sys.path``.
 """
 
 import functools
@@ -44,8 +35,8 @@ WARP_SIZE = 32
 
 
 def stand_in(arg: Any) -> Any:
-    """A launch argument for the binder: a recorded tensor becomes a small CPU tensor of its dtype
-    whose address is 16-byte aligned or not, as the recorded one was; other values stay as they are."""
+    """A launch argument for the binder: a recorded tensor becomes a small CPU tensor of its dtype, 16-byte
+    aligned or not as recorded; other values stay as they are."""
     if not isinstance(arg, dict):
         return arg
     dtype = getattr(torch, arg["dtype"])
@@ -59,8 +50,8 @@ def stand_in(arg: Any) -> Any:
 
 @functools.cache
 def _jit_function(kernel: str, capability: int) -> JITFunction:
-    """A JITFunction of the kernel named ``module:name``, made once per target: Triton keeps the binder
-    and the compile options of the first target it binds for (a task's binding hooks it anew)."""
+    """A JITFunction of the kernel ``module:name``, one per target: Triton keeps the binder and options of the
+    first target it binds for."""
     module_name, name = kernel.split(":")
     return JITFunction(getattr(importlib.import_module(module_name), name).fn)
 
@@ -84,13 +75,10 @@ def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
     return jit, decided
 
 
-def _tool(name: str) -> str:
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name)
-
-
 def _run_tool(name: str, *args: str) -> str:
-    done = subprocess.run([_tool(name), *args], capture_output=True, text=True, check=True)
-    return done.stdout
+    """The output of the Triton wheel's CUDA tool ``name`` run with ``args``."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return subprocess.run([str(tool), *args], capture_output=True, text=True, check=True).stdout
 
 
 RESOURCE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
@@ -121,11 +109,8 @@ def ptx_width(opcode: str) -> int:
 
 
 def ptx_accesses(ptx: str) -> list[tuple[str, int, int | None]]:
-    """Global accesses in PTX as (load or store, bits, pointer parameter or None).
-
-    Each access's address is traced back through the registers it is computed from to the kernel
-    parameters it reads; the one pointer parameter among them is the tensor it accesses.
-    """
+    """Global accesses in PTX as (load or store, bits, pointer parameter or None): each address traced back
+    through the registers it is computed from to the one pointer parameter it reads."""
     pointers = {int(n) for n in PTX_POINTER_PARAM.findall(ptx)}
     sources: dict[str, set[str]] = {}
     params: dict[str, int] = {}
@@ -169,13 +154,9 @@ TTGIR_TILE_ACCESS = re.compile(
 
 
 def tile_parameters(ttgir: str) -> set[int]:
-    """Kernel parameters (by position) that 3-D tiles are loaded from or stored to.
-
-    Tiles are the [BLOCK_N, BLOCK_S, BLOCK_C] blocks of x, y, dy, dx, residuals and ReLU masks; the
-    other accesses read or write per-channel values and partial sums. Each tile access's pointer is
-    traced back, through the first operand of the ops that compute it, to a function argument
-    (``%arg3``, or ``%x_ptr`` where Triton names them).
-    """
+    """Kernel parameters (by position) that 3-D tiles (the [BLOCK_N, BLOCK_S, BLOCK_C] blocks of x, y, dy, dx,
+    residuals and ReLU masks) are loaded from or stored to, each access's pointer traced back through the
+    first operand of the ops computing it to a function argument."""
     signature = TTGIR_FUNCTION.search(ttgir).group(1)
     arguments = {name: i for i, name in enumerate(re.findall(r"(%[\w.]+): ", signature))}
     first_operand = dict(TTGIR_DEFINITION.findall(ttgir))
@@ -211,11 +192,8 @@ PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores")
 
 
 def spill_bytes_at_o1(ptx: str, capability: int) -> int:
-    """Spill store bytes when ptxas compiles ``ptx`` at -O1 (Triton's own ptxas for the target).
-
-    At -O1 ptxas does not trade registers for occupancy: a kernel that still spills there is short
-    of registers.
-    """
+    """Spill store bytes when the target's ptxas compiles ``ptx`` at -O1, where it does not trade registers
+    for occupancy: a kernel that still spills there is short of registers."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
     with tempfile.TemporaryDirectory() as folder:
@@ -232,11 +210,9 @@ def spill_bytes_at_o1(ptx: str, capability: int) -> int:
 def inspect(compiled: Any, parameter_names: list[str], capability: int) -> dict[str, Any]:
     """Registers, local memory, spills, shared memory and access widths of a compiled kernel.
 
-    ``parameter_names``: the kernel's runtime parameters in order (its non-constexpr arguments).
-    A kernel that spills is compiled again by ptxas at -O1 (``spill_bytes_at_o1``).
-    The SASS gives the width of every load and store; each tile access is also named after its
-    pointer parameter (``dy_ptr`` -> dy) with its width in the PTX, where every address traces back
-    to a parameter. ``sass_agrees`` says whether the SASS has the widths the PTX asked for, and no other.
+    ``parameter_names``: its runtime parameters in order. A kernel that spills is compiled again at -O1. The
+    SASS gives every load and store's width; each tile access is named after its pointer parameter (``dy_ptr``
+    -> dy) with its PTX width; ``sass_agrees``: the SASS has the PTX's widths and no other.
     """
     with tempfile.TemporaryDirectory() as folder:
         cubin = os.path.join(folder, "kernel.cubin")

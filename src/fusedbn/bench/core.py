@@ -1,12 +1,5 @@
-"""Everything the benchmarks and the compile gate take from fusedbn itself, imported here and only here.
-
-They measure fusedbn as a user runs it: through its public API (the modules, ``convert_model``,
-``fused_batch_norm``, ``backend_for``), plus the kernel launchers (the KernelLaunchers that the kernel
-modules define), the launch limits that pin the launch choice, the widest access the kernels make,
-the switch that sends CPU tensors down the Triton path (for the fake GPU), the setting that pins
-"auto" calls to the kernels (``use_backend``) and, for the compile gate
-only, the split path's ticket counters, which a call on fake tensors must not leave behind.
-"""
+"""Everything the benchmarks and the compile gate take from fusedbn itself, imported here and only here: its
+public API, and the kernel launchers, launch limits and switches they measure and pin fusedbn with."""
 
 from pathlib import Path
 

@@ -1,22 +1,12 @@
 """A fake GPU: fusedbn's host path, Triton's binder and cache included, run on the CPU with no device.
 
-Measuring (``python benchmarks/host_time.py --fake-gpu``) and testing (tests/kernels) the host side
-of a launch needs everything Triton does on the host except the compiler and the device:
-
-- a fake Triton driver (``FakeDriver``) with a real ``GPUTarget("cuda", 90, 32)``, so Triton builds its
-  real binder and cache key for a CUDA target;
-- each kernel as a real ``JITFunction`` (``FakeGpuKernel``) whose compile step is replaced: on the
-  first call of a specialisation Triton binds the arguments, computes its key and, instead of
-  compiling, gets a ``FakeCompiledKernel`` that it keeps in its own cache under that key;
-- the compiled kernel's C launcher replaced by one that counts launches (and, when asked, records
-  their arguments), so everything up to the launcher call is what a GPU run executes.
-
-``fake_gpu()`` puts all of it in place for fusedbn itself: every KernelLauncher of the kernel modules
-launches a FakeGpuKernel, and CPU tensors take fusedbn's Triton path instead of torch's BatchNorm.
-
-``recording_launches()`` is the one record of fusedbn's launches, on any device: every call of a
-kernel launcher inside it is kept (kernel, grid, arguments) and, unless told not to, made. The host-time
-benchmark counts launches with it, the compile gate records the launches of calls on fake tensors.
+:func:`fake_gpu` runs everything Triton does on the host but the compiler and the device: a fake driver
+(:class:`FakeDriver`) with a real ``GPUTarget("cuda", 90, 32)``; each kernel a real JITFunction
+(:class:`FakeGpuKernel`) whose compile step, on a specialisation's first call, puts a
+:class:`FakeCompiledKernel` into Triton's cache under Triton's key; and that kernel's C launcher counting
+(and, when asked, recording) launches. CPU tensors take fusedbn's Triton path. The host-time benchmark
+(``--fake-gpu``) and tests/kernels use it. :func:`recording_launches` records fusedbn's launches on any device
+(the host-time benchmark counts them, the compile gate records those of calls on fake tensors).
 """
 
 import contextlib
@@ -35,8 +25,7 @@ TARGET = GPUTarget("cuda", 90, 32)
 
 
 class FakeDriver:
-    """The parts of a Triton driver that a launch or Triton's binder asks for: device, stream and
-    target (sm_90 unless another is given)."""
+    """The parts of a Triton driver that a launch or the binder asks for (target: sm_90 unless given)."""
 
     def __init__(self, target: GPUTarget = TARGET) -> None:
         self.target = target
@@ -67,11 +56,8 @@ class FakeCompiledKernel:
     def launch_metadata(self, grid: Any, stream: int, *args: Any) -> None:
         return None
 
-    @property
-    def run(self) -> Callable[..., None]:
-        return self._launch
-
-    def _launch(self, *launch: Any) -> None:
+    def run(self, *launch: Any) -> None:
+        """The C launcher: count (and record) the launch."""
         self.launch_count += 1
         if self.record:
             self.launches.append(launch)
@@ -124,13 +110,9 @@ def fake_driver(target: GPUTarget = TARGET) -> Iterator[FakeDriver]:
 
 @contextlib.contextmanager
 def fake_gpu(record: bool = False) -> Iterator[dict[str, FakeGpuKernel]]:
-    """fusedbn on the fake GPU inside the block: CPU tensors take the Triton path, and every launcher
-    of fusedbn's kernels launches a FakeGpuKernel through Triton's driver, binder and cache; yields
-    them by kernel name.
-
-    Works whether or not Triton's interpreter is on (the kernels are rebuilt as JITFunctions of
-    their Python functions). Everything is put back on exit, the launchers' bindings included.
-    """
+    """fusedbn on the fake GPU inside the block, whether or not Triton's interpreter is on: CPU tensors take
+    the Triton path and every kernel launcher launches a FakeGpuKernel (yielded by kernel name) through
+    Triton's driver, binder and cache. Everything is put back on exit."""
     saved = [dict(launcher.__dict__) for launcher in LAUNCHERS]
     kernels = {}
     with fake_driver(), triton_on_cpu():

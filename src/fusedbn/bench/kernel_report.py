@@ -1,12 +1,6 @@
-"""The compile gate's Markdown kernel report, rendered from its triton-<version>.json results.
-
-One report covers every Triton version whose results sit in the folder: per version and target the
-count of specialisations that compiled, crashed, failed or spilled; the problems one by one; per
-kernel the warps, registers, shared memory and compile times; and per case (shape, dtype, layout)
-the widths of the tile loads and stores in the SASS, with a sentence on each case whose data
-accesses stay one element wide and why. The classification of a compiled result (ok, a problem that
-fails the gate, an occupancy spill that does not) is here, and the gate (compile_check.py) uses it.
-"""
+"""The compile gate's Markdown kernel report over every triton-<version>.json in a folder, and the
+classification of a compiled result (ok, a problem that fails the gate, an occupancy spill that does not) that
+the gate (compile_check.py) uses."""
 
 import json
 import math
@@ -31,29 +25,21 @@ def spills(result: dict[str, Any]) -> bool:
 
 
 def spills_for_lack_of_registers(result: dict[str, Any]) -> bool:
-    """Spills that cost time, a gate failure: the kernel spills at its register limit (it uses all
-    but at most one allocation unit of 8 of the registers its block size allows a thread), or it
-    still spills when ptxas compiles it at -O1.
-
-    At its default -O3 ptxas also spills a value or two of a kernel well under the limit, to keep it
-    at a register count that fits one more block per SM (64 for 256 threads, say); at -O1 it
-    compiles the same kernel with more registers and no spill. Those occupancy spills, a few bytes
-    that stay in L1, are reported (occupancy_spills), not failures.
-    """
+    """Spills that fail the gate: at the register limit (within one allocation unit of 8 of what the block
+    size allows a thread), or still there when ptxas compiles at -O1. Below the limit, ptxas -O3 may spill a
+    value or two to fit one more block per SM; -O1 does not: those are :func:`occupancy_spills`."""
     return spills(result) and (
         result["registers"] >= result["register_limit"] - 8 or result["spill_bytes_at_o1"] > 0
     )
 
 
 def occupancy_spills(result: dict[str, Any]) -> bool:
-    """Spills under the register limit that ptxas -O1 does not make (see
-    spills_for_lack_of_registers)."""
+    """Spills under the register limit that ptxas -O1 does not make."""
     return spills(result) and not spills_for_lack_of_registers(result)
 
 
 def problem(result: dict[str, Any]) -> str | None:
-    """A result's problem in words (crash, compile error, timeout or a spill at the register
-    limit), or None."""
+    """A result's problem in words (crash, error, timeout, spill at the register limit), or None."""
     if result["status"] == "crash":
         return f"crash {result.get('signal') or result.get('returncode')}"
     if result["status"] == "error":
@@ -163,8 +149,7 @@ def _kernels(report: dict[str, Any]) -> list[dict[str, object]]:
 
 
 def contiguous_run(shape: str, layout: str) -> int:
-    """Elements in a row of the dim the kernels vectorise: H*W... in NCHW, C in channels_last
-    (and for (N, C) input, where channels are the contiguous dim)."""
+    """Elements in a row of the dim the kernels vectorise: H*W... in NCHW, C in channels_last or (N, C)."""
     dims = [int(d) for d in shape.split("x")]
     return dims[1] if layout == "channels_last" or len(dims) == 2 else math.prod(dims[2:])
 
@@ -178,8 +163,8 @@ def row_alignment(shape: str, layout: str, dtype: str) -> int:
 def case_widths(
     report: dict[str, Any], target: str
 ) -> dict[tuple[str, str, str], tuple[dict[tuple[str, str], set[int]], int]]:
-    """(shape, dtype, layout) -> ((tensor, load/store) -> widths seen, specialisations that did
-    not compile) on ``target``, over every epilogue, mode and SM count of the case."""
+    """(shape, dtype, layout) -> ((tensor, load/store) -> widths seen, specialisations not compiled) on
+    ``target``, over every epilogue, mode and SM count."""
     found: dict[tuple[str, str, str], tuple[dict, set]] = {}
     specs = {s["id"]: s for s in report["specialisations"]}
     for case in report["cases"]:

@@ -1,12 +1,9 @@
-"""Ratios between providers and the project's speed targets, computed from a run's results.
+"""Ratios between providers and the project's per-op speed targets (measured, never asserted by a test).
 
-The per-op targets (measured, never asserted by a test), on the target cases: training
-forward+backward of the ResNet-50 shapes in float16 and bfloat16, both layouts:
-  1. speed: at least 1.25x torch eager, geometric mean over the target cases;
-  2. floor: no target case below 0.9x torch eager;
-  3. against torch.compile: at least as fast on at least half of the target cases;
-  4. training bandwidth: fwd+bwd at least 60% of the measured copy bandwidth on the large shapes;
-  5. eval bandwidth: eval at least 85% of it on the large shapes.
+On the target cases (training fwd+bwd of the ResNet-50 shapes in float16 and bfloat16, both layouts): speed,
+at least 1.25x torch eager as a geometric mean; floor, no case below 0.9x eager; at least as fast as
+torch.compile on at least half of them. On the large shapes: fwd+bwd at least 60%, eval at least 85% of the
+measured copy bandwidth.
 """
 
 import math
@@ -128,11 +125,8 @@ def compute_targets(results: list[Result]) -> list[Target]:
 
 
 def breakdown(results: list[Result]) -> list[tuple[str, str, float, float, int]]:
-    """Per (dtype, layout), the fwd+bwd ResNet-50 geomean speedup over eager and the network-weighted one.
-
-    The weighted ratio is the total eager time of ResNet-50's 53 BatchNorm layers (each shape's time
-    times its layer count) over fusedbn's. Rows: (dtype, layout, geomean, weighted, shapes).
-    """
+    """Per (dtype, layout): (dtype, layout, fwd+bwd geomean speedup over eager on the ResNet-50 shapes, the
+    network-weighted one (eager's total time over fusedbn's, each shape counted by its layers), shapes)."""
     times = {(r.provider, r.key): r.median_ms for r in results if r.ok}
     shapes = [shape_named(name) for name in dict.fromkeys(r.shape for r in results)]
     rows = []

@@ -1,11 +1,6 @@
-"""Plots of a run, as PNG files: speedup over torch eager, and share of the measured copy bandwidth.
-
-Each figure is a grid of bar charts, a row per mode and a column per dtype, with a group of bars per
-shape and a bar per provider and layout. The title names the device and what ran fusedbn's cases
-(its backend: on the CPU without TRITON_INTERPRET=1, PyTorch's own BatchNorm); the legend sits
-between the title and the charts, over no data. The speedup axis is logarithmic, with ticks at round
-ratios written as plain numbers ("0.7x", "2x").
-"""
+"""Plots of a run as PNG files: speedup over torch eager (log axis, ticks at round ratios) and share of the
+measured copy bandwidth; each a grid of bar charts, a row per mode and a column per dtype, a group of bars per
+shape and a bar per provider and layout, titled with the device and fusedbn's backend."""
 
 import textwrap
 from collections.abc import Callable
@@ -99,16 +94,9 @@ def _bar_grid(
                     if height is not None:
                         xs.append(s + (k - (len(series) - 1) / 2) * width)
                         heights.append(height)
-                if log_scale:  # bars grow up or down from the reference line
-                    ax.bar(
-                        xs,
-                        [h - line for h in heights],
-                        bottom=line,
-                        width=width,
-                        color=colours[(provider, layout)],
-                    )
-                else:
-                    ax.bar(xs, heights, width=width, color=colours[(provider, layout)])
+                base = line if log_scale else 0.0  # on a log scale bars grow up or down from the line
+                heights = [h - base for h in heights]
+                ax.bar(xs, heights, bottom=base, width=width, color=colours[(provider, layout)])
             if line is not None:
                 ax.axhline(line, color="black", linewidth=0.8, linestyle="--")
             if log_scale:

@@ -1,16 +1,7 @@
-"""Device time per kernel, from torch.profiler, which of those kernels are BatchNorm's, and the per-op
-suite's kernel profile.
-
-A callable is run a few times under the profiler with CUDA activity; every kernel (and memcpy or
-memset) the device ran is summed by name and divided by the number of calls. On the CPU there are no
-device kernels: the list is empty and the BatchNorm share is NaN, which the reports print as such.
-
-The kernel profile (``fusedbn bench --profile-kernels``): for every ResNet-50 (shape, dtype, layout)
-of a run and each of eager, fusedbn and FlagGems, the fwd+bwd call of mode fwdbwd runs under the
-profiler; each kernel's time per call goes to OUT/kernels.csv, and the summary lists, per case, each
-provider's kernels. Without the L2 flush of the timed runs, so kernels that re-read a tensor that fits
-in L2 look as they would in a model. On the CPU nothing is written but the header.
-"""
+"""Device time per kernel from torch.profiler, which kernels are BatchNorm's, and the per-op suite's kernel
+profile (``fusedbn bench --profile-kernels``: each ResNet-50 case's fwd+bwd call of eager, fusedbn and
+FlagGems, without the L2 flush of the timed runs, into OUT/kernels.csv and the summary). On the CPU there are
+no device kernels: the lists are empty and the BatchNorm share is NaN."""
 
 import math
 import re
@@ -36,8 +27,8 @@ _BATCHNORM_NAME = re.compile(r"batch_?norm|(^|[^a-z])bn_(fw|bw)|welford", re.IGN
 
 
 def is_batchnorm_kernel(name: str) -> bool:
-    """Whether a device kernel called ``name`` belongs to a BatchNorm (torch's, cuDNN's, Inductor's,
-    FlagGems' or fusedbn's)."""
+    """Whether a device kernel called ``name`` is a BatchNorm's (torch's, cuDNN's, Inductor's, FlagGems' or
+    fusedbn's)."""
     base = name.split("(")[0].split("<")[0].strip()
     return base in KERNEL_NAMES or bool(_BATCHNORM_NAME.search(name))
 
@@ -53,10 +44,7 @@ class KernelTime:
 
 
 def kernel_times(fn: Callable[[], Any], device: torch.device, calls: int) -> list[KernelTime]:
-    """Run ``fn`` ``calls`` times under torch.profiler; each device kernel's time per call, longest first.
-
-    Empty on a device without a profiled kernel activity (the CPU).
-    """
+    """Each device kernel's time per call of ``fn`` over ``calls`` calls, longest first (none on the CPU)."""
     if device.type != "cuda":
         return []
     synchronize(device)

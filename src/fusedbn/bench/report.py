@@ -32,12 +32,8 @@ def _ratio(baseline: Result | None, result: Result | None) -> str:
 
 
 def format_table(results: list[Result]) -> str:
-    """One row per case (shape, dtype, layout, mode), providers side by side, in measuring order.
-
-    Times are medians in microseconds; "vs" columns are speedups of fusedbn (other time / fusedbn
-    time); GB/s, copy (share of the copy bandwidth) and diff (relative difference from eager's
-    output, "!" past rounding) are fusedbn's.
-    """
+    """A row per case, providers side by side, in measuring order: median times in microseconds, fusedbn's
+    speedups ("vs": other time / fusedbn's), and fusedbn's GB/s, copy share and diff ("!" past rounding)."""
     by_case: dict[tuple, dict[str, Result]] = {}
     for result in results:
         by_case.setdefault(result.key, {})[result.provider] = result

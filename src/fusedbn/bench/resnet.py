@@ -1,13 +1,7 @@
-"""The ResNets the training-step benchmark runs, and the rewrite that fuses their BatchNorm epilogues.
+"""The ResNets of the training-step benchmark, and the rewrite that fuses their BatchNorm epilogues.
 
-``resnet50()`` is torchvision's ResNet-50 where torchvision imports, else the definition below, which
-builds the same network (v1.5: the stride on the 3x3 convolution; same module names, so the same
-state_dict keys and initialisation). ``tiny_resnet()`` is the same architecture, narrower and with one
-block per stage, for the CPU smoke run.
-
-``fuse_epilogues`` rewrites a ResNet so that every BatchNorm followed by a ReLU applies it in its
-kernels, and every bottleneck's last BatchNorm also adds the shortcut there: relu(bn3(x) + identity)
-becomes one fused BatchNorm call.
+:func:`resnet50` is torchvision's where it imports, else :class:`ResNet`, the same network (v1.5, same module
+names and initialisation); :func:`tiny_resnet` is a narrow one for the CPU smoke run.
 """
 
 import torch
@@ -102,11 +96,8 @@ def tiny_resnet(num_classes: int = 10) -> tuple[nn.Module, str]:
 
 
 class FusedEpilogueBottleneck(nn.Module):
-    """A bottleneck whose BatchNorms apply the ReLUs, and bn3 the shortcut add too, in their kernels.
-
-    Holds the original block's convolutions and (converted) BatchNorms under the same names, so the
-    state_dict keys and the parameters themselves are unchanged.
-    """
+    """A bottleneck whose BatchNorms apply the ReLUs, and bn3 the shortcut add too, in their kernels; its
+    modules and state_dict keys are the original block's."""
 
     def __init__(self, block: nn.Module):
         super().__init__()
@@ -130,12 +121,9 @@ def _with_relu(bn: nn.Module) -> nn.Module:
 
 
 def fuse_epilogues(model: nn.Module) -> nn.Module:
-    """Convert a ResNet's BatchNorms to fusedbn's, fusing the stem's ReLU and each bottleneck's
-    ReLUs and residual add into them. Returns the model, rewritten in place.
-
-    The stem's ``relu`` module is used only after ``bn1`` in both this module's and torchvision's
-    ResNet, so it becomes an ``nn.Identity``. Raises TypeError for a model without that stem.
-    """
+    """Convert a ResNet's BatchNorms to fusedbn's in place, fusing the stem's ReLU (its ``relu`` becomes an
+    ``nn.Identity``) and each bottleneck's ReLUs and residual add into them; returns the model. Raises
+    TypeError for a model without that stem or with other blocks."""
     if not all(isinstance(getattr(model, name, None), nn.Module) for name in ("bn1", "relu", "layer1")):
         raise TypeError(
             f"fuse_epilogues: expected a ResNet (bn1, relu, layer1...), got {type(model).__name__}"

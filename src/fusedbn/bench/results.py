@@ -1,9 +1,5 @@
-"""Benchmark results: one row per measured case, with the run's record, appended to a CSV file.
-
-Every row repeats the run's record (fusedbn.records.RunRecord: run id, date, device, versions,
-commit, load) and the measured copy bandwidth, so rows from many runs can share one file and still be
-told apart.
-"""
+"""Benchmark results: one row per measured case, appended to a CSV file with the run's record and copy
+bandwidth, so rows of many runs can share one file."""
 
 import csv
 import dataclasses
@@ -18,12 +14,9 @@ OK = "ok"
 
 @dataclass(frozen=True)
 class Result:
-    """One case (shape, dtype, layout, mode, provider) and what was measured for it.
-
-    ``status`` is "ok", "error: ..." or "skipped: ..."; the numbers are NaN unless it is "ok".
-    ``rel_diff`` is the largest difference from torch eager's output relative to its largest
-    value (NaN for eager itself). ``backend`` names what ran fusedbn (see fusedbn.backend_for).
-    """
+    """One case (shape, dtype, layout, mode, provider) and what was measured: ``status`` "ok", "error: ..." or
+    "skipped: ..." (the numbers are NaN unless ok); ``rel_diff``: the largest difference from eager's output
+    over its largest value (NaN for eager); ``backend``: what ran it (fusedbn.backend_for)."""
 
     shape: str
     dtype: str
@@ -71,10 +64,7 @@ def error_status(error: Exception, where: str = "") -> str:
 
 
 class ResultFile:
-    """A CSV file that rows are appended to as they are measured, so an interrupted run keeps them.
-
-    Raises ValueError for a file that holds rows under other columns.
-    """
+    """A CSV file that rows are appended to as they are measured; ValueError for a file with other columns."""
 
     def __init__(self, path: Path, run: Run):
         self.path = path
@@ -86,10 +76,8 @@ class ResultFile:
 
 
 def read_results(path: Path, run_id: str | None = None) -> tuple[Run, list[Result]]:
-    """The rows of one run in a result file: ``run_id``'s, or by default the last run's.
-
-    Files written before the run record held the machine, threads and load read with those unknown.
-    """
+    """The rows of one run in a result file: ``run_id``'s, by default the last run's (fields of the run record
+    that an older file lacks read as unknown)."""
     with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:

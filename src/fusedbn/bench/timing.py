@@ -1,11 +1,6 @@
-"""The one timer of the benchmarks, and the device-to-device copy bandwidth to judge timings by.
-
-:func:`time_calls` runs a callable back to back and keeps the block's wall time, each call's host
-time (until it returned: on a GPU, the time to enqueue its work) and, when asked, each call's device
-time (CUDA events). The per-op suite's :func:`measure` times a call with ``triton.testing.do_bench``
-on CUDA (the L2 cache flushed before each repetition; median, fastest and slowest kept) and with
-:func:`time_calls` on the CPU (the smoke mode, which checks the harness, not speed).
-"""
+"""The one timer of the benchmarks (:func:`time_calls`), the per-op suite's :func:`measure`
+(``triton.testing.do_bench`` on CUDA, L2 flushed before each repetition; :func:`time_calls` on the CPU), and
+the device-to-device copy bandwidth to judge timings by."""
 
 import statistics
 from collections.abc import Callable
@@ -28,8 +23,8 @@ class TimingSettings:
 
 @dataclass(frozen=True)
 class Calls:
-    """A block of calls: what they returned (when kept), the block's wall time (synchronised at both
-    ends), each call's host time and each call's device time (CUDA events; empty when not asked)."""
+    """A block of calls: their results (when kept), its wall time (synchronised at both ends), each call's
+    host time (until it returned) and device time (CUDA events, when asked)."""
 
     results: list[Any]
     wall_s: float

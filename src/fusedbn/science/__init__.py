@@ -1,13 +1,10 @@
 """``fusedbn science``: paired experiments that test the classic tuning advice on a built-in task.
 
-Each experiment (:mod:`fusedbn.science.experiments`, one function each) states a claim, runs paired
-arms over several seeds through the tuning harness, tests the differences (:mod:`fusedbn.science.stats`)
-and gives a verdict: held, not shown or contradicted. :func:`run_science` runs a task's experiments and
-writes ``science.json``, ``REPORT.md`` and one PNG figure per experiment; :func:`replot_science` draws the
-figures again from ``science.json`` alone.
-
-With several workers, the task's groups of experiments (experiments that share searches stay in one
-group) run in parallel processes, one torch thread each; every number is the same as in one process.
+Each experiment (:mod:`fusedbn.science.experiments`) states a claim, runs paired arms over several seeds
+through the tuning harness, tests the differences (:mod:`fusedbn.science.stats`) and gives a verdict: held,
+not shown or contradicted. :func:`run_science` runs a task's experiments, in worker processes by groups (the
+numbers do not depend on it), and writes ``science.json``, ``REPORT.md`` and a figure per experiment;
+:func:`replot_science` draws the figures again from ``science.json``.
 """
 
 import os
@@ -15,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -24,15 +21,7 @@ import torch
 
 from fusedbn.outputs import output_folder
 from fusedbn.records import run_record
-from fusedbn.science.experiments import (
-    PRESETS,
-    SCIENCE_TASKS,
-    Context,
-    Experiment,
-    Finding,
-    Preset,
-    ScienceTask,
-)
+from fusedbn.science.experiments import PRESETS, SCIENCE_TASKS, Context, Experiment, Finding
 from fusedbn.science.figures import draw_figure
 from fusedbn.science.report import JSON_FILE, RunInfo, read_comparison, read_findings, write_report
 from fusedbn.tuning.tasks import get_task
@@ -49,8 +38,8 @@ def quiet(message: str) -> None:
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress callback that prints ``[   12 s] message`` on stderr, counting seconds from ``start``
-    (a ``time.time()``, so that worker processes count from the same instant)."""
+    """A progress callback printing ``[ 12 s] message`` on stderr, counting seconds from ``start`` (a
+    ``time.time()``, so that worker processes count from the same instant)."""
 
     start: float
 
@@ -68,16 +57,14 @@ def run_science(
     compare: str | Path | None = None,
     workers: int | None = None,
 ) -> list[Finding]:
-    """Run the experiments of ``task`` with the named preset ("full", "quick", "smoke") in ``workers``
-    processes (default: the task's); write the report to ``out``, with the verdicts of another task's
-    ``science.json`` (``compare``) beside them. ``progress`` must pickle when ``workers`` > 1.
+    """Run the experiments of ``task`` with the named preset in ``workers`` processes (default: the task's)
+    and write the report into ``out``, with the verdicts of another task's ``science.json`` (``compare``)
+    beside them; ``progress`` must pickle when ``workers`` > 1.
 
-    Everything is checked before ``out`` is created: an unknown task or preset, a data seed the task
-    cannot take or a missing package (:class:`~fusedbn.tuning.tasks.TaskError`), an unreadable ``compare``
-    file (:class:`~fusedbn.science.report.ReportFileError`), fewer than one worker
-    (:class:`ScienceArgumentError`).
-    Everything is written into ``out`` once every experiment has run: a run that stops early (an error,
-    Ctrl-C) leaves a folder as it was, and none it created.
+    Checked before ``out`` is created: the task and preset, the data seed or a missing package
+    (:class:`~fusedbn.tuning.tasks.TaskError`), the ``compare`` file
+    (:class:`~fusedbn.science.report.ReportFileError`), the workers (:class:`ScienceArgumentError`). Nothing
+    is written until every experiment has run.
     """
     science = SCIENCE_TASKS[get_task(task).name]
     if preset not in science.presets:
@@ -95,7 +82,7 @@ def run_science(
             record, start, cpu_start = run_record(), time.perf_counter(), _cpu_seconds()
             processes = min(workers, len(science.groups))
             if processes > 1:
-                timed = _in_parallel(science, chosen, data_seed, progress, processes)
+                timed = _in_parallel(context, processes)
             else:
                 timed = _run_experiments(context, science.experiments)
             findings = [finding for finding, _ in timed]
@@ -115,11 +102,8 @@ def run_science(
 
 
 def replot_science(out: str | Path) -> list[Path]:
-    """Draw every figure again from ``out/science.json``, without running anything; returns the paths.
-
-    Raises :class:`~fusedbn.science.report.ReportFileError` when science.json cannot be read or keeps no
-    figure data.
-    """
+    """Draw every figure again from ``out/science.json``; returns the paths. Raises
+    :class:`~fusedbn.science.report.ReportFileError` when it cannot be read or keeps no figure data."""
     return [draw_figure(finding, Path(out)) for finding in read_findings(Path(out) / JSON_FILE)]
 
 
@@ -144,39 +128,18 @@ def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> lis
 
 
 def _start_worker() -> None:
-    """Set up a worker process: Ctrl-C is the main process's to handle (it stops the workers), one torch
-    thread, no Optuna log lines."""
+    """Set up a worker process: Ctrl-C is the main process's to handle, one torch thread, no Optuna logs."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _run_group(
-    science: ScienceTask,
-    preset: Preset,
-    data_seed: int | None,
-    progress: Callable[[str], None],
-    experiments: Sequence[Experiment],
-) -> list[tuple[Finding, float]]:
-    """One worker process: the ``experiments`` of one group, in order (see :func:`_run_experiments`)."""
-    context = Context(preset=preset, progress=progress, science=science, data_seed=data_seed)
-    return _run_experiments(context, experiments)
-
-
-def _in_parallel(
-    science: ScienceTask,
-    preset: Preset,
-    data_seed: int | None,
-    progress: Callable[[str], None],
-    processes: int,
-) -> list[tuple[Finding, float]]:
-    """The task's groups of experiments in ``processes`` spawned processes; the findings and their CPU
-    seconds in the task's order of experiments. Leaving early (an error, Ctrl-C) stops the workers."""
+def _in_parallel(context: Context, processes: int) -> list[tuple[Finding, float]]:
+    """The task's groups of experiments in ``processes`` spawned processes; the findings and CPU seconds in
+    the task's order. Leaving early (an error, Ctrl-C) stops the workers."""
+    science, fresh = context.science, replace(context, tasks={}, searches={})  # the workers build their own
     with get_context("spawn").Pool(processes, initializer=_start_worker) as pool:
-        pending = [
-            pool.apply_async(_run_group, (science, preset, data_seed, progress, group))
-            for group in science.groups
-        ]
+        pending = [pool.apply_async(_run_experiments, (fresh, group)) for group in science.groups]
         found = {
             experiment: timed
             for group, result in zip(science.groups, pending, strict=True)

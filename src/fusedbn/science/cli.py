@@ -1,12 +1,11 @@
 """Test the classic tuning advice on a built-in task: paired experiments, statistics and verdicts.
 
-Runs each experiment of fusedbn.science (random vs grid, coarse-to-fine, log vs linear scales, with vs
-without BatchNorm, BatchNorm's noise vs batch size, importances for SGD and Adam, test-time statistics;
-on mnist1d also the MNIST-1D paper's table and whether a bias before BatchNorm is redundant) and writes
-science.json, REPORT.md and the figures into --out once all have run. On digits the full preset took
-8.7 minutes on 2 idle CPU cores (17 on busy ones) and --quick about a minute; on mnist1d see
-results/science-mnist1d/REPORT.md. --compare puts the verdicts of another task's science.json beside
-this run's; --replot draws the figures again from OUT/science.json without running anything.
+Runs each experiment of fusedbn.science (random vs grid, coarse-to-fine, log vs linear scales, with vs without
+BatchNorm, BatchNorm's noise vs batch size, importances for SGD and Adam, test-time statistics; on mnist1d
+also the MNIST-1D paper's table and whether a bias before BatchNorm is redundant) and writes science.json,
+REPORT.md and the figures into --out once all have run (docs/science.md gives the run times). --compare puts
+the verdicts of another task's science.json beside this run's; --replot draws the figures again from
+OUT/science.json without running anything.
 """
 
 import argparse

@@ -1,12 +1,8 @@
 """The experiments of ``fusedbn science``, one function each; every one returns a :class:`Finding`.
 
-All run on a built-in task (:mod:`fusedbn.tuning.tasks`: the digits MLP or the MNIST-1D CNN; a
-:class:`ScienceTask` adds what the experiments need to know about it) through the tuning harness itself
-(in-memory studies, no pruner, so every trial trains to the end), with paired arms: the two arms of a
-comparison share their sampling seed (hence their configurations, where the space allows) and their
-training seed (initial weights and batch order). Accuracy is validation accuracy unless said otherwise;
-"test" is the held-out test split, read only to score configurations chosen on validation (every trial
-records its test accuracy, never used to choose).
+All run on a built-in task through the tuning harness itself (in-memory studies, no pruner), with paired arms
+that share their sampling and training seeds. Accuracy is validation accuracy unless said otherwise; "test" is
+the held-out test split, read only to score configurations chosen on validation.
 """
 
 import dataclasses
@@ -14,7 +10,7 @@ import functools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -84,13 +80,9 @@ PRESETS = {
 
 @dataclass
 class Finding:
-    """One experiment's outcome: the claim, the setup, the numbers, the tests and the verdict.
-
-    ``rows`` are the table of numbers; ``test_verdicts`` holds one verdict per test in ``tests`` (the
-    importance experiment has no paired test and gives one verdict per optimizer instead). ``figure``
-    is the figure's file name and ``figure_data`` what :mod:`fusedbn.science.figures` draws it from:
-    its ``kind`` and plain JSON values.
-    """
+    """One experiment's outcome: the claim, the setup, the table of numbers (``rows``), the tests and the
+    verdicts (one per test, or per optimizer for the importances), and the figure's file name and data
+    (``figure_data``: its ``kind`` and plain JSON values, for :mod:`fusedbn.science.figures`)."""
 
     key: str
     title: str
@@ -113,11 +105,10 @@ Experiment = Callable[["Context"], "Finding"]
 class ScienceTask:
     """What the experiments need from a task beyond its :class:`TaskDefinition`.
 
-    ``presets`` by name; ``experiments`` in the report's order; ``groups`` split them for worker
-    processes (experiments that share searches belong to one group), ``workers`` is how many run by
-    default; ``good_accuracy`` is the validation accuracy a configuration must reach to count as good;
-    the fixed-configuration experiments train the SGD defaults of the task's space changed by ``fixed``,
-    which ``fixed_label`` describes in words; ``depth_label`` says what the depth (``num_layers``) counts.
+    ``experiments`` in the report's order, split into ``groups`` for worker processes (experiments that share
+    searches in one group; ``workers`` by default); ``good_accuracy``: the validation accuracy of a good
+    configuration; the fixed-configuration experiments train the SGD defaults changed by ``fixed``
+    (``fixed_label`` in words); ``depth_label`` says what ``num_layers`` counts.
     """
 
     definition: TaskDefinition
@@ -138,8 +129,8 @@ class ScienceTask:
 
 @dataclass
 class Context:
-    """What every experiment needs: the task, the preset, a progress callback, and the tasks and
-    searches built so far (the data seed, when given, is that of a generated dataset)."""
+    """What every experiment needs: the task, the preset, a progress callback, a generated dataset's seed, and
+    the tasks and searches built so far."""
 
     preset: Preset
     progress: Callable[[str], None]
@@ -149,8 +140,8 @@ class Context:
     searches: dict[tuple, TuningResult] = field(default_factory=dict)
 
     def task(self, optimizer: str = "sgd", batchnorm: bool = True, bias: bool = False) -> Task:
-        """The task (cut to ``preset.train_examples`` training examples when set), every trial scoring
-        its test split; ``bias`` gives the layers before each BatchNorm a bias."""
+        """The task (cut to ``preset.train_examples`` when set), every trial scoring its test split; ``bias``
+        gives the layers before each BatchNorm a bias."""
         key = (optimizer, batchnorm, bias)
         if key not in self.tasks:
             build = self.science.definition.build
@@ -193,8 +184,11 @@ class Context:
         """``wilcoxon(name, first, second)`` drawing the preset's bootstrap resamples from ``rng``."""
         return functools.partial(wilcoxon, rng=rng, resamples=self.preset.bootstrap)
 
-    def seeds(self) -> range:
-        return range(self.preset.seeds)
+    def seeds(self, label: str) -> Iterator[int]:
+        """Each seed of the preset, telling ``progress`` "<label>: seed k/n" first."""
+        for seed in range(self.preset.seeds):
+            self.progress(f"{label}: seed {seed + 1}/{self.preset.seeds}")
+            yield seed
 
     def search(
         self,
@@ -232,6 +226,12 @@ def _chosen(result: TuningResult) -> tuple[float, float]:
 def _trials(result: TuningResult) -> list[FrozenTrial]:
     """Every trial in trial order, stage after stage: the order all per-trial lists share."""
     return [t for stage in result.stages for t in sorted(stage.trials(), key=lambda t: t.number)]
+
+
+def _values(result: TuningResult, name: str) -> list[float]:
+    """Each trial's value of the tuned parameter ``name``, in :func:`_trials` order."""
+    param = next(p for p in result.tuned if p.name == name)
+    return [param.value_from(t.params) for t in _trials(result)]
 
 
 def _trial_accuracies(result: TuningResult) -> list[float]:
@@ -279,8 +279,7 @@ def random_vs_grid(ctx: Context) -> Finding:
     for names, points in ((TWO_PARAMS, preset.grid_points_2d), (ctx.four_params, preset.grid_points_4d)):
         trials = points ** len(names)
         scores = {"random": [], "grid": []}
-        for seed in ctx.seeds():
-            ctx.progress(f"random vs grid: {len(names)} parameters, seed {seed + 1}/{preset.seeds}")
+        for seed in ctx.seeds(f"random vs grid: {len(names)} parameters"):
             for sampler in scores:
                 scores[sampler].append(_chosen(ctx.search(names, seed, trials, sampler=sampler)))
         valid = {s: np.array([v for v, _ in scores[s]]) for s in scores}
@@ -322,8 +321,7 @@ def coarse_to_fine(ctx: Context) -> Finding:
     preset, paired = ctx.preset, ctx.paired(ctx.rng("coarse_to_fine"))
     total = preset.stages * preset.stage_trials
     arms = {"coarse-to-fine": [], "one stage": []}
-    for seed in ctx.seeds():
-        ctx.progress(f"coarse-to-fine: seed {seed + 1}/{preset.seeds}")
+    for seed in ctx.seeds("coarse-to-fine"):
         staged = ctx.search(ctx.four_params, seed, preset.stage_trials, stages=preset.stages)
         arms["coarse-to-fine"].append(_chosen(staged))
         arms["one stage"].append(_chosen(ctx.search(ctx.four_params, seed, total)))
@@ -363,18 +361,13 @@ def log_vs_linear(ctx: Context) -> Finding:
     preset, paired, good = ctx.preset, ctx.paired(ctx.rng("log_vs_linear")), ctx.good_accuracy
     trials = preset.grid_points_2d**2
     shares, bests, points = {"log": [], "linear": []}, {"log": [], "linear": []}, {"log": [], "linear": []}
-    for seed in ctx.seeds():
-        ctx.progress(f"log vs linear: seed {seed + 1}/{preset.seeds}")
+    for seed in ctx.seeds("log vs linear"):
         for arm, linear in (("log", ()), ("linear", TWO_PARAMS)):
             result = ctx.search(TWO_PARAMS, seed, trials, linear=linear)
             accuracies = np.array(_trial_accuracies(result))
             shares[arm].append(float(np.mean(np.nan_to_num(accuracies, nan=0.0) >= good)))
             bests[arm].append(_chosen(result)[0])
-            lr = next(p for p in result.tuned if p.name == "learning_rate")
-            points[arm] += [
-                (lr.value_from(t.params), a)
-                for t, a in zip(_trials(result), accuracies, strict=True)
-            ]
+            points[arm] += list(zip(_values(result, "learning_rate"), accuracies, strict=True))
     tests = [paired(f"share of trials >= {good}, log - linear", shares["log"], shares["linear"]),
              paired("best validation, log - linear", bests["log"], bests["linear"])]
     verdicts = [verdict(t, +1) for t in tests]
@@ -404,14 +397,12 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
     layer = ctx.science.definition.layer
     arms = {"BatchNorm": [], "no BatchNorm": []}
     depths = []
-    for seed in ctx.seeds():
-        ctx.progress(f"BatchNorm vs none: seed {seed + 1}/{preset.seeds}")
+    for seed in ctx.seeds("BatchNorm vs none"):
         for arm, batchnorm in (("BatchNorm", True), ("no BatchNorm", False)):
             result = ctx.search(ctx.bn_params, seed, preset.bn_configs, batchnorm=batchnorm)
             arms[arm] += _trial_accuracies(result)
             if batchnorm:
-                depth = next(p for p in result.tuned if p.name == "num_layers")
-                depths += [depth.value_from(t.params) for t in _trials(result)]
+                depths += _values(result, "num_layers")
     accuracy = {arm: np.array(values) for arm, values in arms.items()}
     reached = {arm: np.nan_to_num(a, nan=0.0) >= good for arm, a in accuracy.items()}
     diverged = {arm: np.isnan(a) for arm, a in accuracy.items()}
@@ -467,9 +458,8 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
 def _normalised_spread(
     model: nn.Module, inputs: torch.Tensor, batch: int, draws: int, rng: np.random.Generator, example: int
 ) -> float:
-    """Standard deviation, over ``draws`` random mini-batches of size ``batch`` that contain ``example``,
-    of that example's batch-normalised first-layer value, averaged over the layer's channels (and
-    positions, for a convolution: BatchNorm normalises each channel over the batch and the positions)."""
+    """Standard deviation, over ``draws`` random mini-batches of size ``batch`` containing ``example``, of
+    that example's batch-normalised first-layer value, averaged over the channels (and positions)."""
     with torch.no_grad():
         hidden = model[0](inputs).double()
     dims = _statistics_dims(hidden)
@@ -495,8 +485,7 @@ def batchnorm_noise(ctx: Context) -> Finding:
     task = ctx.task()
     sizes = np.array(preset.batch_sizes)
     spreads, gaps = [], []
-    for seed in ctx.seeds():
-        ctx.progress(f"BatchNorm noise: seed {seed + 1}/{preset.seeds}")
+    for seed in ctx.seeds("BatchNorm noise"):
         gap_row = []
         for size in sizes:
             model = task.train_model(
@@ -623,8 +612,7 @@ def test_time_statistics(ctx: Context) -> Finding:
     x_train = task.train[0]
     results = {beta: {"ema": [], "exact": []} for beta in EMA_BETAS}
     check = 0.0
-    for seed in ctx.seeds():
-        ctx.progress(f"test-time statistics: seed {seed + 1}/{preset.seeds}")
+    for seed in ctx.seeds("test-time statistics"):
         for beta in EMA_BETAS:
             try:
                 model = task.train_model(ctx.fixed_params(bn_beta=beta), seed=derive_seed(seed, 7))
@@ -724,18 +712,12 @@ def paper_table(ctx: Context) -> Finding:
             }
         )
     if tuned is not None:
-        rows.append(
-            {
-                "model": "fusedbn CNN (BatchNorm, max pooling), tuned",
-                "published": "-",
-                "reproduced": f"{tuned.test_accuracy_all:.4f}",
-                "each seed": f"trained on the search's {tuned.train_examples} examples: "
-                f"{tuned.test_accuracy:.4f}",
-                "reproduced - published": "-",
-                "within 3 points": "-",
-                "seconds per training": "-",
-            }
-        )
+        rows.append(dict.fromkeys(rows[0], "-") | {
+            "model": "fusedbn CNN (BatchNorm, max pooling), tuned",
+            "reproduced": f"{tuned.test_accuracy_all:.4f}",
+            "each seed": f"trained on the search's {tuned.train_examples} examples: "
+            f"{tuned.test_accuracy:.4f}",
+        })  # fmt: skip
     overall = _overall(verdicts)
     return Finding(
         key="paper_table",
@@ -824,16 +806,13 @@ def bias_equivalence(ctx: Context) -> Finding:
     valid = {arm: [] for arm in arms}
     test = {arm: [] for arm in arms}
     learning_rates = []
-    for seed in ctx.seeds():
-        ctx.progress(f"bias before BatchNorm: seed {seed + 1}/{preset.seeds}")
+    for seed in ctx.seeds("bias before BatchNorm"):
         for arm, bias in arms.items():
             result = ctx.search(ctx.bn_params, seed, preset.bn_configs, bias=bias)
-            trials = _trials(result)
             valid[arm] += _trial_accuracies(result)
-            test[arm] += [t.user_attrs.get("test_accuracy", math.nan) for t in trials]
+            test[arm] += [t.user_attrs.get("test_accuracy", math.nan) for t in _trials(result)]
             if not bias:
-                rate = next(p for p in result.tuned if p.name == "learning_rate")
-                learning_rates += [rate.value_from(t.params) for t in trials]
+                learning_rates += _values(result, "learning_rate")
     diverged = {arm: np.isnan(valid[arm]) for arm in arms}
     scored = {
         split: {arm: np.nan_to_num(np.array(values[arm]), nan=CHANCE_ACCURACY) for arm in arms}
@@ -903,8 +882,8 @@ def bias_equivalence(ctx: Context) -> Finding:
 
 
 def _differences_by_decade(learning_rates: np.ndarray, differences: np.ndarray) -> list[dict[str, object]]:
-    """Table rows: per decade of the learning rate, how many paired configurations scored the same and
-    how far apart the others ended (validation accuracy, percentage points)."""
+    """Table rows per decade of the learning rate: how many paired configurations scored the same, and how far
+    apart the others ended (validation, percentage points)."""
     decades = np.floor(np.log10(learning_rates)).astype(int)
     rows = []
     for decade in sorted(set(decades.tolist())):

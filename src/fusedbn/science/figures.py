@@ -1,14 +1,7 @@
-"""The figures of ``fusedbn science``, drawn from what each finding keeps in ``science.json``.
-
-Each :class:`~fusedbn.science.experiments.Finding` names its figure file and keeps the figure's data
-(``figure_data``: a ``kind`` and plain lists), so :func:`draw_figure` draws a figure the same way
-right after the experiments and later from ``science.json`` alone (``fusedbn science --replot``).
-Every figure is titled with its experiment and verdict. Axes that several panels compare share their
-limits, and an axis that does not start at zero says where it starts.
-
-Drawn on matplotlib Figure objects (no display, no global backend): each function takes the figure's
-title and data and returns the Figure; :func:`draw_figure` writes it as a PNG.
-"""
+"""The figures of ``fusedbn science``, drawn on matplotlib Figure objects from each finding's ``figure_data``
+(its ``kind`` and plain lists), so :func:`draw_figure` draws the same figure after the experiments and later
+from ``science.json`` (``--replot``). Panels that are compared share their axis limits, and an axis that does
+not start at zero says where it starts."""
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -55,15 +48,10 @@ def paired_panels(
     margin: float | None = None,
     unit: str = "seed",
 ) -> Figure:
-    """Paired comparisons, one column per panel.
-
-    Top row: each pair of values (one per ``unit``: a seed, a configuration) joined by a line, and each
-    arm's mean; every panel shares one value axis, whose start the axis label states. Bottom row: the
-    paired differences first - second in percentage points, their mean with its 95% bootstrap interval
-    and p-value, the zero line and, for an equivalence test, the band of +-``margin``; one difference
-    axis, symmetric about zero, for all panels. Each panel is a mapping with ``title``, ``first`` and
-    ``second`` (values per unit) and ``test`` (a PairedTest as a dict).
-    """
+    """Paired comparisons, a column per panel (a mapping of ``title``, ``first`` and ``second``: values per
+    ``unit``, and ``test``: a PairedTest as a dict). Top: each pair joined by a line and each arm's mean, on
+    one value axis; bottom: the differences in percentage points with their mean, 95% interval and p-value,
+    zero and, for an equivalence test, the band of +-``margin``, on one symmetric axis."""
     firsts = [np.asarray(panel["first"], dtype=float) for panel in panels]
     seconds = [np.asarray(panel["second"], dtype=float) for panel in panels]
     low, high = _padded(
@@ -179,9 +167,8 @@ def batchnorm_comparison(
     good: float,
     depth_label: str = "hidden layers",
 ) -> Figure:
-    """Left: sorted accuracies of the same configurations per arm, with the threshold ``good``.
-    Right: the share of configurations reaching ``good`` by depth (``depth_label`` counts what), on a 0-1
-    axis."""
+    """Left: each arm's sorted accuracies with the threshold ``good``; right: the share reaching ``good`` by
+    depth (``depth_label`` says what it counts)."""
     depths = np.asarray(depths)
     fig = Figure(figsize=(11, 4.6))
     left, right = fig.subplots(1, 2)
@@ -220,33 +207,27 @@ def noise_and_gap(
     sizes, spreads, gaps = (np.asarray(a, dtype=float) for a in (sizes, spreads, gaps))
     fig = Figure(figsize=(11, 4.6))
     left, right = fig.subplots(1, 2)
-    for row in spreads:
-        left.plot(sizes, row, color="grey", alpha=0.4, marker="o", markersize=3)
+    points = 100 * gaps
+    for ax, rows, colour, ylabel, title in (
+        (left, spreads, "tab:blue", "spread of the normalised value (log axis)", "BatchNorm noise"),
+        (right, points, "tab:orange", "train accuracy - test accuracy (points)", "Train-test gap"),
+    ):
+        for row in rows:
+            ax.plot(sizes, row, color="grey", alpha=0.4, marker="o", markersize=3)
+        ax.plot(sizes, rows.mean(axis=0), color=colour, marker="o", label="mean over seeds (grey: one seed)")
+        ax.set_xscale("log", base=2)
+        _plain_numbers(ax.xaxis, sizes.tolist())
+        ax.set_xlabel("batch size B (log axis)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
     mean = spreads.mean(axis=0)
-    left.plot(sizes, mean, color="tab:blue", marker="o", label="mean over seeds (grey: one seed)")
     left.plot(sizes, mean[0] * np.sqrt(sizes[0] / sizes), color="black", linestyle="--", label="B^-1/2")
-    left.set_xscale("log", base=2)
     left.set_yscale("log")
-    _plain_numbers(left.xaxis, sizes.tolist())
     ticks = [0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
     _plain_numbers(left.yaxis, [v for v in ticks if spreads.min() / 1.5 <= v <= spreads.max() * 1.5])
-    left.set_xlabel("batch size B (log axis)")
-    left.set_ylabel("spread of the normalised value (log axis)")
-    left.set_title("BatchNorm noise", fontsize=10)
-    left.legend(fontsize=8)
-    points = 100 * gaps
-    for row in points:
-        right.plot(sizes, row, color="grey", alpha=0.4, marker="o", markersize=3)
-    right.plot(
-        sizes, points.mean(axis=0), color="tab:orange", marker="o", label="mean over seeds (grey: one seed)"
-    )
-    right.set_xscale("log", base=2)
-    _plain_numbers(right.xaxis, sizes.tolist())
     right.set_ylim(min(0.0, points.min() * 1.1), points.max() * 1.1)
     right.axhline(0.0, color="black", linewidth=0.8)
-    right.set_xlabel("batch size B (log axis)")
-    right.set_ylabel("train accuracy - test accuracy (points)")
-    right.set_title("Train-test gap", fontsize=10)
+    left.legend(fontsize=8)
     right.legend(fontsize=8)
     return _titled(fig, heading)
 
@@ -276,10 +257,9 @@ def published_vs_reproduced(
     margin: float,
     extra: Mapping[str, float] | None = None,
 ) -> Figure:
-    """Per model: its published accuracy beside the mean reproduced here (each seed a dot), with the
-    band of +-``margin`` around the published value; then ``extra``'s bars (name -> accuracy, nothing
-    published), such as a tuned model's. Each model is a mapping with ``published`` and ``seeds``. The
-    accuracy axis runs from 0 to 1, so that no difference is drawn larger than it is."""
+    """Per model (a mapping of ``published`` and ``seeds``), its published accuracy beside the mean reproduced
+    (each seed a dot) and the band of +-``margin``; then ``extra``'s bars (name -> accuracy, not published).
+    The accuracy axis runs from 0 to 1."""
     extra = extra or {}
     fig = Figure(figsize=(10, 4.8))
     ax = fig.subplots()
@@ -317,13 +297,10 @@ def published_vs_reproduced(
 
 
 FIGURES: dict[str, Callable[..., Figure]] = {
-    "paired_panels": paired_panels,
-    "accuracy_vs_learning_rate": accuracy_vs_learning_rate,
-    "batchnorm_comparison": batchnorm_comparison,
-    "noise_and_gap": noise_and_gap,
-    "importance_bars": importance_bars,
-    "published_vs_reproduced": published_vs_reproduced,
-}
+    draw.__name__: draw
+    for draw in (paired_panels, accuracy_vs_learning_rate, batchnorm_comparison, noise_and_gap,
+                 importance_bars, published_vs_reproduced)
+}  # fmt: skip
 
 
 def heading(finding: Finding) -> str:

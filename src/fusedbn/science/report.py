@@ -1,7 +1,6 @@
-"""Writing the findings: ``science.json`` (every number, and each figure's data) and ``REPORT.md`` (the
-same, readable, with the figures), with how the run went (:class:`RunInfo`) and, when given another
-task's ``science.json``, the two tasks' verdicts side by side; reading the findings back from
-``science.json``."""
+"""Writing the findings into ``science.json`` (every number, and each figure's data) and ``REPORT.md`` (the
+same, readable, with the figures, and another task's verdicts beside them when given), and reading them back
+from ``science.json``."""
 
 import json
 from collections.abc import Sequence
@@ -22,10 +21,8 @@ class ReportFileError(ValueError):
 
 @dataclass
 class RunInfo:
-    """How a run went: its task, its record (fusedbn.records.RunRecord: date, machine, versions, commit,
-    torch threads per process, load average before and after), wall and CPU seconds (worker processes
-    included) and the number of worker processes; ``group_cpu_seconds`` holds the CPU seconds of each
-    group of experiments (the longest bounds the wall time with a worker per group on idle cores)."""
+    """How a run went: its task and record, wall and CPU seconds (workers included), the number of worker
+    processes and the CPU seconds of each group of experiments."""
 
     task: str
     record: RunRecord

@@ -1,10 +1,8 @@
 """Paired statistics for the experiments: bootstrap intervals, Wilcoxon and McNemar tests, verdicts.
 
-Every comparison is paired (the two arms share seeds, sampled configurations or trained models), so the
-tests work on per-pair differences. A claim *held* when its test rejects "no difference" at ``ALPHA``
-and the 95% bootstrap interval of the mean difference lies on the claimed side of zero; it is
-*contradicted* when both point the other way; otherwise it is *not shown* (no difference this data can
-tell from chance; absence of evidence, not evidence of absence).
+A claim is *held* when its test rejects "no difference" at ``ALPHA`` and the 95% bootstrap interval of the
+mean difference lies on the claimed side of zero, *contradicted* when both point the other way, and *not
+shown* otherwise (absence of evidence, not evidence of absence).
 """
 
 from dataclasses import dataclass
@@ -64,9 +62,7 @@ def mcnemar(
     name: str, first: np.ndarray, second: np.ndarray, rng: np.random.Generator, resamples: int
 ) -> PairedTest:
     """Exact McNemar test on paired successes (booleans): does ``first`` succeed more often than ``second``?
-
-    The mean difference is the difference of success rates, with its bootstrap interval over pairs.
-    """
+    The mean difference is that of the success rates, with its bootstrap interval over pairs."""
     first, second = np.asarray(first, dtype=bool), np.asarray(second, dtype=bool)
     only_first, only_second = int(np.sum(first & ~second)), int(np.sum(second & ~first))
     discordant = only_first + only_second

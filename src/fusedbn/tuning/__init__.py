@@ -1,16 +1,10 @@
 """Hyperparameter tuning with Optuna: scales, priority tiers, coarse-to-fine stages, resumable studies.
 
-Tune your own classifier: describe it as a :class:`Task` (a model builder that receives every
-hyperparameter by name, and training and validation tensors), take the built-in space (or extend it
-with your own :class:`Param`, each on a ``linear``, ``log``, ``log-near-1`` or ``pow2`` scale), say
-where the study lives and its budget in a :class:`SearchConfig`, then call :func:`tune` and
-:func:`report`. README.md ("Your own model and data") holds a complete example that runs as it is on
-scikit-learn's wine data; the test suite runs it.
-
-:mod:`fusedbn.tuning.space` lists the built-in parameters, their scales, tiers and defaults;
-:mod:`fusedbn.tuning.search` the stages, budget, workers and sampling; :mod:`fusedbn.tuning.storage` the
-storage URLs. ``fusedbn tune`` runs the same on its built-in tasks (:mod:`fusedbn.tuning.tasks`):
-scikit-learn's digits (:mod:`fusedbn.tuning.digits`) and MNIST-1D (:mod:`fusedbn.tuning.mnist1d`).
+Describe your classifier as a :class:`Task` (a model builder that receives every hyperparameter by name, and
+training and validation tensors), take :func:`default_space` (or add your own :class:`Param`), put the study's
+storage and budget in a :class:`SearchConfig`, then call :func:`tune` and :func:`report`. docs/tuning.md
+("Your own model and data") holds a complete example; ``fusedbn tune`` runs the built-in tasks
+(:mod:`fusedbn.tuning.tasks`) the same way.
 """
 
 from pathlib import Path
@@ -25,10 +19,7 @@ from fusedbn.tuning.training import HeldOutScores, Task
 
 def report(result: TuningResult, out_dir: str | Path, held_out: HeldOutScores | None = None) -> str:
     """Write ``summary.json`` and the PNG plots of ``result`` into ``out_dir`` (created), with the chosen
-    configuration's ``held_out`` test scores when its task keeps the test split out of the search.
-
-    Returns the summary as text, ending with a line that names the files written.
-    """
+    configuration's ``held_out`` test scores; returns the summary as text, ending with the files written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(result, held_out=held_out)

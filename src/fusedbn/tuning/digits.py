@@ -1,20 +1,10 @@
-"""The built-in task: scikit-learn's 8x8 handwritten digits and an MLP with fused BatchNorm layers.
+"""The built-in task: scikit-learn's 8x8 handwritten digits (1,797 images, no download) and an MLP with fused
+BatchNorm layers.
 
-The 1,797 images ship inside scikit-learn (no download). A fixed, seeded, stratified split keeps 60%
-for training, 20% for validation (what trials are scored and chosen on) and 20% as a held-out test
-split (read only to report the chosen configuration's accuracy).
-
-Preprocessing: each pixel is centred on its training mean, and every pixel is divided by one number,
-the standard deviation of all centred training pixels together. Dividing each pixel by its own standard
-deviation would blow up the border pixels that are (nearly) always 0 in the training split: the few
-images where such a pixel is lit would get inputs of 10^6 (with a 1e-6 floor) and meaningless scores.
-With one shared scale, every input lies within about +-3 and a pixel that is constant in training
-stays a harmless 0.
-
-Each hidden layer is ``Linear(bias=False) -> FusedBatchNorm1d -> ReLU`` (the BatchNorm's shift replaces
-the Linear's bias), or ``Linear -> ReLU`` when built without BatchNorm. A variant keeps a bias in each
-Linear before a BatchNorm (to test that it is redundant there), drawn after all weights so that the
-weights are those of the plain network.
+A fixed, seeded, stratified split keeps 60% for training, 20% for validation and 20% as a held-out test split.
+Each pixel is centred on its training mean and all are divided by one number, the standard deviation of all
+centred training pixels (a scale per pixel would blow up the border pixels that are nearly always 0 in
+training).
 """
 
 from collections.abc import Mapping
@@ -41,12 +31,9 @@ def build_mlp(
     batchnorm: bool = True,
     bias: bool = False,
 ) -> nn.Module:
-    """An MLP of ``num_layers`` hidden layers of ``hidden_units``, BatchNorm momentum 1 - ``bn_beta``.
-
-    ``batchnorm=False`` builds the same network without BatchNorm (the Linear layers keep their bias).
-    ``bias=True`` keeps the BatchNorm layers and gives each Linear before one a bias too, drawn after
-    every weight (:func:`~fusedbn.tuning.training.add_biases`).
-    """
+    """An MLP of ``num_layers`` hidden layers ``Linear(bias=False) -> FusedBatchNorm1d -> ReLU`` of
+    ``hidden_units``, BatchNorm momentum 1 - ``bn_beta``; ``batchnorm=False``: ``Linear -> ReLU``;
+    ``bias=True``: a bias in each Linear before a BatchNorm, drawn after every weight (:func:`add_biases`)."""
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(int(params["num_layers"])):

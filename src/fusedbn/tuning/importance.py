@@ -1,13 +1,9 @@
-"""Parameter importances measured on the scales parameters are sampled on, with bootstrap intervals
-and a noise floor.
+"""Parameter importances on the scales parameters are sampled on, with bootstrap intervals and a noise floor.
 
-fANOVA (Optuna's evaluator: a random forest, and the share of the variance of its prediction that each
-parameter explains on its own) is fitted to each parameter's coordinate on its scale (log10 of a
-learning rate, log10(1 - beta) of a beta; see :class:`fusedbn.tuning.space.Scale`), not to raw values,
-over the box of the parameters' bounds. A dummy parameter ``noise``, drawn uniformly for each trial and
-used by nothing, is fitted alongside: its importance is what a parameter with no effect scores with
-this many trials (the noise floor). The fit is repeated on bootstrap resamples of the trials; a
-parameter "ranks above" another only when it does so in at least ``CONFIDENCE`` of the resamples.
+fANOVA (Optuna's evaluator) is fitted to each parameter's coordinate on its scale, over the box of the bounds,
+with a dummy parameter ``noise`` drawn uniformly per trial: its importance is what a parameter with no effect
+scores (the noise floor). The fit is repeated on bootstrap resamples of the trials; one parameter "ranks
+above" another when it does so in at least ``CONFIDENCE`` of them.
 """
 
 from dataclasses import dataclass
@@ -25,13 +21,9 @@ ABOVE_NOISE = f"above the noise floor in at least {CONFIDENCE:.0%} of the resamp
 
 @dataclass
 class Importances:
-    """fANOVA importances (summing to 1 with the noise dummy's) of each parameter, on ``trials`` trials.
-
-    ``values`` are fitted on all trials; ``intervals`` are the 5th-95th percentiles over the bootstrap
-    resamples; ``noise`` is the dummy parameter's importance and ``noise_interval`` its interval;
-    ``above``: for each parameter, the share of resamples where it scores above each other one (and
-    above ``noise``).
-    """
+    """fANOVA importances (summing to 1 with the noise dummy's) over ``trials`` trials: ``values`` fitted on
+    all, ``intervals`` the 5th-95th percentiles over the resamples, ``noise`` and ``noise_interval`` the
+    dummy's; ``above[a][b]``: the share of resamples where a scores above b (or ``noise``)."""
 
     trials: int
     resamples: int
@@ -88,8 +80,8 @@ def fanova_importances(
     seed: int,
     resamples: int = 20,
 ) -> Importances:
-    """Importances of the parameters ``names`` from ``coords`` (trials x parameters, on their scales)
-    and the trials' ``values``, within ``bounds`` (per parameter, on the same scales); see the module."""
+    """Importances of the parameters ``names`` from ``coords`` (trials x parameters, on their scales) and the
+    trials' ``values``, within ``bounds`` (per parameter, on the same scales)."""
     coords, values = np.asarray(coords, dtype=float), np.asarray(values, dtype=float)
     if coords.shape != (len(values), len(names)) or len(values) < 2:
         raise ValueError(

@@ -1,28 +1,11 @@
 """The MNIST-1D task: a 1D CNN with fused BatchNorm on Greydanus & Kobak's procedurally generated digits.
 
-MNIST-1D ("Scaling down deep learning with MNIST-1D", ICML 2024) turns ten 1D templates into 40-sample
-signals by random padding, scaling, circular translation, correlated and iid noise and shear. The data
-are generated here, on this machine, by the ``mnist1d`` package's ``make_dataset`` with the generator
-seed as an option (42 gives the paper's data): nothing is downloaded. Generating the default 5,000
-examples takes under a second. The package's generator reseeds NumPy's and Python's global random
-number generators; their states are put back afterwards.
-
-Splits: the generator's 4,000 training examples are split once, seeded and stratified, into 3,200 for
-training and 800 for validation (what the search scores trials on); its 1,000 test examples are the
-held-out test split. Inputs are the generator's standardised signals as (N, 1, 40) tensors: one channel
-of length 40, the layout of ``Conv1d`` and ``FusedBatchNorm1d``.
-
-The model (:func:`build_cnn`): ``num_layers`` blocks ``Conv1d(bias=False) -> FusedBatchNorm1d -> ReLU``
-of ``channels`` channels each (the BatchNorm's shift replaces the convolution's bias); the first block's
-kernel is 5 wide, the others' 3, all padded to keep the length, and the second and third blocks have
-stride 2 (40 -> 20 -> 10 samples); then the maximum over positions of each channel and a ``Linear`` to
-the ten classes. The maximum makes the classifier indifferent to where in the signal a digit lies.
-Variants: without BatchNorm (each convolution keeps a bias) and with a bias before each BatchNorm (to
-test that the bias is redundant there). In both the biases are drawn after every weight, so a variant
-starts from the same weights as the plain network.
-
-The paper's baselines (:data:`PAPER_MODELS`) and their training (:func:`paper_task`) reproduce its
-table: logistic regression 32%, MLP 68%, CNN 94% test accuracy.
+MNIST-1D ("Scaling down deep learning with MNIST-1D", ICML 2024) is generated here by the ``mnist1d``
+package's ``make_dataset`` (seed 42 gives the paper's data; nothing is downloaded; the global random states it
+reseeds are put back). Its 4,000 training examples are split once, seeded and stratified, into 3,200 for
+training and 800 for validation; its 1,000 test examples are the held-out test split. Inputs are (N, 1, 40)
+tensors. :func:`build_cnn` is the tuned model; :data:`PAPER_MODELS` and :func:`paper_task` reproduce the
+paper's table (logistic regression 32%, MLP 68%, CNN 94%).
 """
 
 from collections.abc import Mapping
@@ -95,13 +78,11 @@ def build_cnn(
     bias: bool = False,
     num_classes: int = NUM_CLASSES,
 ) -> nn.Module:
-    """The CNN of ``num_layers`` blocks of ``channels`` channels, BatchNorm momentum 1 - ``bn_beta``.
-
-    ``batchnorm=False`` leaves out the BatchNorm layers; each convolution then has a bias. ``bias=True``
-    keeps the BatchNorm layers and gives the convolutions before them a bias too. Either way the biases
-    are drawn after all weights (:func:`~fusedbn.tuning.training.add_biases`), so the weights are those
-    of the plain network built from the same seed.
-    """
+    """``num_layers`` blocks ``Conv1d(bias=False) -> FusedBatchNorm1d -> ReLU`` of ``channels`` channels
+    (kernel 5 then 3, padded to keep the length; blocks 2 and 3 of stride 2), the maximum over positions and a
+    Linear to the classes; BatchNorm momentum 1 - ``bn_beta``. ``batchnorm=False`` leaves out the BatchNorms,
+    ``bias=True`` keeps them; both give the convolutions a bias drawn after all weights (:func:`add_biases`),
+    so the weights are the plain network's."""
     channels, depth = int(params["channels"]), int(params["num_layers"])
     layers: list[nn.Module] = []
     convolutions = []
@@ -123,10 +104,9 @@ def build_cnn(
 
 
 def cnn_space(optimizer: str = "sgd") -> list[Param]:
-    """The search space of the CNN: :func:`~fusedbn.tuning.space.default_space` with the MLP's width
-    replaced by ``channels`` ([8, 128], log, tier 2, default 32), depth ``num_layers`` in [1, 6] (default
-    4), a learning-rate range and default per optimizer (SGD [1e-4, 1], 0.05; Adam [1e-4, 0.1], 3e-3),
-    and ``weight_decay`` ([1e-6, 1e-2], log, tier 3, default 0)."""
+    """:func:`default_space` with ``channels`` ([8, 128], log, tier 2, default 32) for the width,
+    ``num_layers`` in [1, 6] (default 4), a learning-rate range and default per optimizer, and
+    ``weight_decay`` ([1e-6, 1e-2], log, tier 3, default 0)."""
     space = default_space(optimizer)
     low, high, default = LEARNING_RATE[optimizer]
     changed = {
@@ -165,16 +145,10 @@ class _ResidualMLP(nn.Module):
 
 def _paper_cnn(channels: int = 25) -> nn.Module:
     """Three Conv1d (kernels 5, 3, 3; stride 2; padding 1; biases; ReLU), then Linear(125, 10)."""
-    return nn.Sequential(
-        nn.Conv1d(1, channels, 5, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Conv1d(channels, channels, 3, stride=2, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(channels * 5, NUM_CLASSES),
-    )
+    layers: list[nn.Module] = []
+    for in_channels, kernel in ((1, 5), (channels, 3), (channels, 3)):
+        layers += [nn.Conv1d(in_channels, channels, kernel, stride=2, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 5, NUM_CLASSES))
 
 
 # The paper's models and published test accuracies (its Table 1), and the MLP with the 256 hidden units
@@ -199,9 +173,9 @@ PAPER_STEPS = 6000
 
 
 def paper_task(model: str, data: Mapping[str, np.ndarray], steps: int = PAPER_STEPS) -> Task:
-    """A :class:`Task` that trains the paper's ``model`` its way for about ``steps`` steps (whole epochs)
-    on the training examples of ``data`` (from :func:`generate`), in the generator's order, and scores
-    its test examples. Nothing is chosen, so the test split stands in as the validation split too."""
+    """A :class:`Task` that trains the paper's ``model`` its way for about ``steps`` steps (whole epochs) on
+    ``data``'s training examples in order and scores its test examples, which stand in as the validation split
+    too (nothing is chosen)."""
     build, _ = PAPER_MODELS[model]
     train = _tensors(data["x"], data["y"])
     test = _tensors(data["x_test"], data["y_test"])

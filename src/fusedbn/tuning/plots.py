@@ -1,24 +1,14 @@
 """PNG plots of a finished study, drawn on matplotlib Figure objects (no display, no global backend).
 
-- ``history.png``: validation accuracy of every trial, stage after stage, each at its trial number within
-  its stage (the number the summary and Optuna use), the best so far, and the trials without an accuracy
-  (failed, interrupted or diverged) as marks along the bottom.
-- ``learning_rate.png``: accuracy against the learning rate on a log axis.
-- ``beta.png``: accuracy against the momentum beta (SGD's ``momentum`` or Adam's ``adam_beta1``; else the
-  first tuned beta), on a log axis of 1 - beta labelled in beta (a linear axis when sampled linearly).
-- ``learning_rate_beta.png``: learning rate x beta, coloured by accuracy, with accuracy contours.
-- ``importances.png``: parameter importances from the summary with their bootstrap intervals, coloured
-  by tier, over the noise floor (the importance of a dummy parameter with no effect, and its interval),
-  when the summary has importances.
-
-Complete trials are filled dots coloured by stage; pruned trials are grey crosses at their last reported
-accuracy; diverged and failed trials have no accuracy and are left out of the other plots (the summary
-counts them). Legends list only what a plot shows.
+``history.png`` (every trial, stage after stage), ``learning_rate.png``, ``beta.png`` (the momentum beta, else
+the first tuned beta), ``learning_rate_beta.png`` and, when the summary has them, ``importances.png``.
+Complete trials are dots coloured by stage, pruned trials grey crosses at their last report; diverged and
+failed trials have no accuracy (marks along the bottom of the history). Legends list only what a plot shows.
 """
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.ticker as mticker
@@ -91,18 +81,6 @@ def _legend(ax: Axes, result: TuningResult, *extra: Line2D) -> None:
     ax.legend(handles=[*handles, *extra], loc="lower right", fontsize=8)
 
 
-def _scatter(
-    ax: Axes, result: TuningResult, param: Param, x_of: Callable[[float], float] | None = None
-) -> None:
-    """Accuracy against ``param``'s value (or ``x_of(value)``): dots by stage, crosses for pruned."""
-    for index, trial, accuracy in _scored(result):
-        value = param.value_from(trial.params)
-        _mark(ax, x_of(value) if x_of else value, accuracy, trial, index)
-    _legend(ax, result)
-    ax.set_ylabel("validation accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-
-
 def beta_label(one_minus_beta: float) -> str:
     """Beta written with as many decimals as 1 - beta needs: 0.1 -> "0.9", 0.001 -> "0.999"."""
     if one_minus_beta <= 0:  # beyond 1, only on a padded linear axis
@@ -111,8 +89,8 @@ def beta_label(one_minus_beta: float) -> str:
 
 
 def history_figure(result: TuningResult) -> Figure:
-    """Every trial at x = (trials of the earlier stages) + its number in its stage, with ticks at whole
-    trials labelled with the number in the stage; dotted lines between stages."""
+    """Every trial at x = (trials of the earlier stages) + its number in its stage, ticks labelled with the
+    number in the stage, dotted lines between stages, the best so far."""
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     sizes = [len(stage.trials()) for stage in result.stages]
@@ -158,7 +136,12 @@ def accuracy_figure(result: TuningResult, param: Param) -> Figure:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     near_1 = isinstance(param.scale, LogNear1Scale)
-    _scatter(ax, result, param, x_of=(lambda value: 1.0 - value) if near_1 else None)
+    for index, trial, accuracy in _scored(result):
+        value = param.value_from(trial.params)
+        _mark(ax, 1.0 - value if near_1 else value, accuracy, trial, index)
+    _legend(ax, result)
+    ax.set_ylabel("validation accuracy")
+    ax.grid(True, which="both", alpha=0.3)
     if near_1:
         ax.set_xscale("log")
         ax.set_xlim(*(10**c for c in reversed(_coord_limits(result, param))))
@@ -204,9 +187,8 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
 
 
 def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) -> None:
-    """Importances on ``ax``: a bar per parameter (most important on top, coloured by tier) with its
-    5-95% bootstrap interval, over the noise floor drawn behind the bars: the noise dummy's importance
-    (dashed line) and its interval (grey band). Both are in the legend."""
+    """A bar per parameter on ``ax`` (most important on top, coloured by tier) with its 5-95% interval, over
+    the noise floor: the dummy's importance (dashed) and its interval (grey band)."""
     order = measured.order()
     rows = list(range(len(order)))[::-1]
     # The whisker spans the interval, which need not contain the fit on all trials (the bar).

@@ -1,21 +1,12 @@
-"""The study's summary (a :class:`Summary`): best trial with its held-out test accuracy, every stage's
-bounds and counts, importances with their noise floor, and what they say about the priority tiers.
+"""The study's summary (a :class:`Summary`): best trial with its held-out test accuracy, every stage's bounds
+and counts, importances with their noise floor, and what they say about the priority tiers.
 
-The test accuracy is the best trial's own (a task whose trials record it) or, for a task that keeps its
-test split out of the search, the chosen configuration's :class:`~fusedbn.tuning.training.HeldOutScores`
-(trained again as in its trial, and retrained on the training and validation splits together).
-
-Importances (:mod:`fusedbn.tuning.importance`) are fANOVA on each parameter's sampled coordinate, over
-every stage's scored trials: complete trials at their final accuracy and pruned trials at their last
-reported accuracy (the pruner stopped them for scoring below the median at that epoch, so that report
-is the most that is known of them; trials that diverged or failed have no accuracy and are left out).
-The narrowed stages add points where accuracy is high; the forest is fitted over the first stage's full
-box. They need at least :data:`TRIALS_PER_PARAMETER` scored trials per tuned parameter (counting the
-noise dummy); with fewer the summary says so.
-
-The tier check compares every pair of tuned parameters from different tiers: it *agrees* when the
-earlier tier's parameter ranks above the later one's in at least 95% of bootstrap resamples, *disagrees*
-when the later one ranks above, and is *undecided* otherwise. The summary never says more than that.
+The test accuracy is the best trial's own or, for a task that keeps its test split out of the search, the
+chosen configuration's :class:`~fusedbn.tuning.training.HeldOutScores`. Importances are fitted over every
+stage's scored trials (:func:`scored_value`) and need :data:`TRIALS_PER_PARAMETER` of them per tuned
+parameter, the noise dummy counted. The tier check compares every pair of tuned parameters from different
+tiers: it *agrees* when the earlier tier's ranks above the later one's in at least 95% of the bootstrap
+resamples, *disagrees* when the later one ranks above, and is *undecided* otherwise.
 """
 
 import json
@@ -100,7 +91,8 @@ class Summary:
 
 
 def scored_value(trial: FrozenTrial) -> float | None:
-    """A complete trial's value, a pruned (not diverged) trial's last reported value, else None."""
+    """A complete trial's value, a pruned (not diverged) trial's last reported value (the most that is known
+    of it), else None."""
     if trial.state == TrialState.COMPLETE:
         value = trial.value
     elif (

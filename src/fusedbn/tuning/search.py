@@ -1,50 +1,18 @@
-"""The search: priority tiers, seeded random (or TPE) sampling, and coarse-to-fine stages over Optuna studies.
+"""The search: priority tiers, seeded sampling and coarse-to-fine stages over Optuna studies.
 
-:func:`tune` runs ``stages`` stages of ``trials`` finished trials each. Stage 1 samples the full declared
-ranges; each later stage keeps the best ``keep_top`` fraction of the previous stage's complete trials
-and narrows every parameter's bounds to their span, widened by ``margin`` x the previous width on each
-side, on the parameter's own scale, and never outside the previous stage's bounds, so never outside the
-declared range (:func:`fusedbn.tuning.space.narrow`). Each stage is its own Optuna study,
-``<study_name>-stage<k>``, so that no sampler sees a range change; the stage's bounds are stored on it
-as the user attribute ``bounds``.
-
-Budget and workers: only COMPLETE and PRUNED trials count towards a stage's budget. A worker starts a
-trial while finished + running trials are below the budget, otherwise waits until the stage has no
-running trial and moves on, so every worker narrows from the same finished stage. Several workers (on
-one machine or several) may run :func:`tune` with the same study name and storage at once; two that
-start a trial at the same instant can take a stage up to (workers - 1) trials over its budget. Running
-again with the same study name resumes: finished trials are kept, trials of a killed worker are failed
-once they had no heartbeat for ``grace_period_s`` seconds (:mod:`fusedbn.tuning.storage`) and their
-budget is run again. Each trial runs through :meth:`optuna.Study.optimize`, which beats for it on a
-database storage.
-
-Sampling: ``"random"`` draws each value from a generator seeded by (seed, stage, trial number,
-parameter), so the same seed gives the same values whatever the worker or restart, and no two trials
-of a study share their draws. ``"grid"`` puts k points per tuned parameter at the centres of k equal
-cells of its range, on its scale, with k the largest for which k^(parameters) <= trials, and runs the
-grid points in a seeded order (:class:`SeededGridSampler`). ``"tpe"`` is Optuna's TPE (its first
-min(10, trials // 2) trials are random) seeded by (seed, stage, trials already in the stage):
-reproducible for one worker on a fresh study; give each concurrent TPE worker its own seed. With
-``pruner="median"`` every stage prunes with Optuna's median pruner from its 6th trial on, comparing
-accuracies from the second epoch; ``pruner="none"`` trains every trial to the end.
-
-Training: trial n of stage k trains with a seed derived from (``train_seed``, k, n), which fixes all of
-its randomness (:meth:`~fusedbn.tuning.training.Task.train_model`), so two studies with one
-``train_seed`` and different sampling ``seed`` values train their trials alike; and on ``threads`` torch
-CPU threads (the count is put back when :func:`tune` returns), since the thread count changes the
-rounding, hence the numbers.
-
-Failures: a diverging trial is PRUNED with its reason in the user attribute ``failure`` (see
-:mod:`fusedbn.tuning.training`); a CUDA out-of-memory error fails that one trial (reason in ``failure``)
-and the study goes on. A stage stops with :class:`TuningError` once more trials failed than its budget.
-Any other exception fails the running trial (reason in ``failure``) and stops the search; Ctrl-C
-(KeyboardInterrupt) does so too and surfaces as :class:`TuningInterrupted`, which says how many
-finished trials each stage has stored. No trial is left RUNNING by an exception or Ctrl-C.
-
-Notes: :func:`tune` tells ``notify`` (default: a line on stderr) when it resumes a study ("resuming: N
-finished trials"), or finds it already finished (then nothing runs; a new study needs another study name
-or storage), when it fails a trial that a stopped worker left RUNNING, and when a stage waits for running
-trials, and why. The progress bar's rate counts the trials run by this process only.
+:func:`tune` runs ``stages`` stages, each its own study ``<study_name>-stage<k>`` (its bounds stored as
+the user attribute ``bounds``), of ``trials`` finished (COMPLETE or PRUNED) trials. Stage 1 samples the
+declared ranges; each later stage narrows around the previous stage's best trials
+(:func:`fusedbn.tuning.space.narrow`). A worker starts a trial while finished + running trials are below
+the budget, else waits until the stage has no running trial: several workers may share a study (two that
+start a trial at once can take a stage up to workers - 1 trials over budget), and running again with the
+same study name and storage resumes it. Samplers: "random" and "grid" give the same values for a seed on
+any worker or restart; "tpe" (Optuna's) is seeded by (seed, stage, trials in the stage), so concurrent
+TPE workers need seeds of their own. The median pruner starts at a stage's 6th trial, from the second
+epoch. A diverging trial is PRUNED and an out-of-memory error fails its trial (reason in the user
+attribute ``failure``), and the study goes on; more failed trials than the budget raise
+:class:`TuningError`; any other exception, or Ctrl-C (:class:`TuningInterrupted`), fails the running
+trial and stops the search. docs/tuning.md describes all of it.
 """
 
 import math
@@ -92,9 +60,8 @@ class TuningError(RuntimeError):
 
 
 class TuningInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped :func:`tune`. The trial that was running is FAIL (it runs again on resume);
-    ``finished`` holds each stage study's number of finished trials, as stored in ``storage``
-    (a URL with any password hidden)."""
+    """Ctrl-C stopped :func:`tune` (the running trial is FAIL and runs again on resume); ``finished``: each
+    stage study's finished trials stored in ``storage`` (a URL with any password hidden)."""
 
     def __init__(self, storage: str, finished: dict[str, int]) -> None:
         super().__init__(f"interrupted; finished trials stored: {finished}")
@@ -127,11 +94,8 @@ def derive_seed(*parts: int) -> int:
 
 
 def _from_unit(distribution: BaseDistribution, unit: float, name: str) -> float:
-    """The value at ``unit`` (in [0, 1)) along ``distribution``'s range, on its own scale.
-
-    Floats map linearly (log distributions in log space); integers map onto [low - 0.5, high + 0.5]
-    and are rounded, so each integer gets an equal share (log integers as Optuna does, in log space).
-    """
+    """The value at ``unit`` (in [0, 1)) along ``distribution``'s range, on its scale; integers on
+    [low - 0.5, high + 0.5], rounded."""
     low, high = distribution.low, distribution.high
     if isinstance(distribution, FloatDistribution) and distribution.step is None:
         if distribution.log:
@@ -170,11 +134,7 @@ class _IndependentSampler(optuna.samplers.BaseSampler):
 
 
 class SeededRandomSampler(_IndependentSampler):
-    """Independent random sampling; each draw depends only on (seed, stage, trial number, parameter name).
-
-    Log distributions are sampled uniformly in log space; log-scale integers as Optuna does, by rounding
-    a log-uniform draw over [low - 0.5, high + 0.5].
-    """
+    """Independent random sampling: each draw depends only on (seed, stage, trial number, parameter name)."""
 
     def __init__(self, seed: int, stage: int) -> None:
         self._seed = seed
@@ -186,12 +146,9 @@ class SeededRandomSampler(_IndependentSampler):
 
 
 class SeededGridSampler(_IndependentSampler):
-    """A grid of ``points`` values per parameter, at the centres of equal cells on each parameter's scale.
-
-    ``names`` are the Optuna names of the parameters, in a fixed order. Trial n takes grid point
-    ``order[n mod points ** len(names)]``, where ``order`` is a permutation seeded by (seed, stage): a
-    budget smaller than the grid sees a seeded subset, a larger one repeats points.
-    """
+    """``points`` values per parameter (``names``: Optuna's names, in order) at the centres of equal cells on
+    each scale; trial n takes grid point ``order[n mod points ** len(names)]``, ``order`` a permutation
+    seeded by (seed, stage)."""
 
     def __init__(self, seed: int, stage: int, names: Sequence[str], points: int) -> None:
         self._names = list(names)
@@ -220,15 +177,12 @@ def grid_points(trials: int, dimensions: int) -> int:
 class SearchConfig:
     """How to search: where the study lives, its budget, which tiers, which sampler, how to narrow.
 
-    ``trials`` is the number of finished (COMPLETE or PRUNED) trials per stage; ``tiers`` tunes tiers
-    1..tiers; ``keep_top`` is the fraction of a stage's best complete trials the next stage narrows
-    around, ``margin`` the widening on each side as a fraction of the previous width; a RUNNING trial
-    without a heartbeat for ``grace_period_s`` seconds (a whole number, at least 2) is taken as lost and
-    failed. ``seed`` seeds the sampling and ``train_seed`` the trials' training (initial weights,
-    mini-batch order, Dropout; default: ``seed``), so either can vary with the other held. Trials train
-    on ``threads`` torch CPU threads (default 1, as ``fusedbn tune``: these small networks gain little
-    from more, and on busy cores more are far slower). ``pruner`` is "median" or "none". Settings are
-    checked here, once: an unusable one raises ValueError naming it.
+    ``trials``: finished trials per stage; ``tiers``: tune tiers 1..tiers; ``keep_top``: the fraction of a
+    stage's best complete trials the next stage narrows around, ``margin``: the widening on each side as a
+    fraction of the previous width; ``grace_period_s``: whole seconds (>= 2) without heartbeat after which a
+    RUNNING trial is failed as lost. ``seed`` seeds the sampling, ``train_seed`` the trials' training
+    (default: ``seed``); trials train on ``threads`` torch CPU threads. ``pruner``: "median" or "none".
+    Raises ValueError naming an unusable setting.
     """
 
     study_name: str
@@ -332,9 +286,9 @@ def tune(
 ) -> TuningResult:
     """Tune ``task`` over the tiers of ``space`` chosen by ``config``; returns every stage's study.
 
-    Arguments are checked before the storage is opened, and the storage before any trial runs:
-    ValueError (:class:`SpaceError` for the space) or :class:`StorageError` otherwise. Ctrl-C raises
-    :class:`TuningInterrupted`. ``notify`` receives the notes listed in the module docstring.
+    Raises ValueError (:class:`SpaceError` for the space) before the storage is opened,
+    :class:`StorageError` before any trial runs, :class:`TuningInterrupted` on Ctrl-C. ``notify`` receives
+    notes: a resumed or already finished study, a failed lost trial, a stage waiting for running trials.
     """
     check_space(space)
     tuned, fixed = split_by_tier(space, config.tiers)
@@ -379,8 +333,7 @@ def _stored_trials(storage: optuna.storages.BaseStorage, config: SearchConfig) -
 
 
 def _note_resume(storage: optuna.storages.BaseStorage, config: SearchConfig, notify: Notify) -> None:
-    """Say how many finished (and running) trials the study already has, when it has any, and when it
-    is already finished, how to start a new one."""
+    """Say how many finished (and running) trials the study has; for a finished study, how to start anew."""
     counts = _stored_trials(storage, config)
     total = sum(finished for finished, _ in counts.values())
     where = f"study {config.study_name!r} in {display_url(config.storage)}"
@@ -400,9 +353,8 @@ def _note_resume(storage: optuna.storages.BaseStorage, config: SearchConfig, not
 
 
 def score_chosen(task: Task, result: TuningResult) -> HeldOutScores | None:
-    """The held-out test scores of the configuration ``result`` chose (see
-    :meth:`~fusedbn.tuning.training.Task.held_out_scores`, on the search's threads), for a task whose
-    trials leave its test split alone; None for a task whose trials score it, or when no trial completed."""
+    """The held-out test scores of the configuration ``result`` chose (on the search's threads); None for a
+    task whose trials score the test split, or when no trial completed."""
     best = result.best()
     if task.score_test or task.test is None or best is None:
         return None
@@ -514,9 +466,8 @@ class _Search:
         return StageResult(study=study, bounds=bounds)
 
     def _objective(self, stage: StageResult, number: int) -> Callable[[optuna.Trial], float]:
-        """Stage ``number``'s objective: trial n trains with seed ``config.trial_seed(number, n)``. An
-        exception records its reason in the trial's ``failure`` and goes on to Optuna, which fails the
-        trial; an out-of-memory error is also told to ``notify``."""
+        """Stage ``number``'s objective: trial n trains with seed ``config.trial_seed(number, n)``; an
+        exception is recorded in ``failure`` and raised on (out of memory is also told to ``notify``)."""
         worker = f"{socket.gethostname()}:{os.getpid()}"
 
         def objective(trial: optuna.Trial) -> float:

@@ -1,34 +1,10 @@
 """Hyperparameters, their scales and priority tiers, and how a stage's bounds narrow around the best trials.
 
-Every parameter lives on a scale (a :class:`Scale` object), and sampling, grid points, coarse-to-fine
-narrowing, importances and plot axes all work in that scale's coordinate:
-
-- ``linear``: the value itself.
-- ``log``: log10(value); each decade of the range gets the same share of draws.
-- ``log-near-1``: log10(1 - value), for exponential-averaging betas in (0, 1). As many draws land in
-  [0.9, 0.99] as in [0.99, 0.999]. Optuna samples ``one_minus_<name>`` log-uniformly and the trial
-  records the beta itself as the user attribute ``<name>``.
-- ``pow2``: log2(value), for integers that are powers of two (mini-batch sizes). Optuna samples the
-  integer exponent ``log2_<name>`` and the trial records the value as the user attribute ``<name>``.
-
-The default space (see :func:`default_space`), with tiers in the order the classic tuning advice ranks
-them (1 matters most). A study tunes the tiers up to a chosen level; the others keep their default.
-
-==============  ==========  ===============  ====  ========  ==========================================
-name            scale       range            tier  default   meaning
-==============  ==========  ===============  ====  ========  ==========================================
-learning_rate   log         [1e-4, 1]        1     0.01      initial learning rate
-momentum        log-near-1  [0.9, 0.999]     2     0.9       SGD momentum beta (SGD only)
-hidden_units    log, int    [16, 256]        2     64        width of each hidden layer
-batch_size      pow2        [16, 256]        2     64        mini-batch size
-num_layers      linear,int  [1, 4]           3     2         number of hidden layers
-lr_decay        log         [1e-3, 1]        3     0.0       lr = lr0 / (1 + lr_decay * epoch); 0: none
-adam_beta1      log-near-1  [0.9, 0.999]     4     0.9       Adam's first-moment beta (Adam only)
-adam_beta2      log-near-1  [0.99, 0.9999]   4     0.999     Adam's second-moment beta (Adam only)
-adam_epsilon    log         [1e-10, 1e-6]    4     1e-8      Adam's epsilon (Adam only)
-bn_beta         log-near-1  [0.9, 0.999]     4     0.9       BatchNorm running-statistics beta; the
-                                                             module's momentum is 1 - bn_beta
-==============  ==========  ===============  ====  ========  ==========================================
+Every parameter lives on a :class:`Scale` (``linear``, ``log``, ``log-near-1`` for betas, ``pow2`` for powers
+of two), and sampling, grid points, narrowing, importances and plot axes all work in that scale's coordinate.
+:func:`default_space` is the built-in space, tiered as the classic tuning advice ranks the parameters (1
+matters most); docs/tuning.md tabulates it. A study tunes tiers 1..k and the other parameters keep their
+defaults.
 """
 
 import math
@@ -48,7 +24,7 @@ class SpaceError(ValueError):
 
 @dataclass(frozen=True)
 class Scale:
-    """The linear scale; the other scales override what differs. A scale maps a natural value to its
+    """The linear scale, which the other scales override where they differ: it maps a natural value to its
     coordinate (the axis sampling is uniform on) and to what Optuna samples and stores."""
 
     name: str = "linear"
@@ -115,7 +91,8 @@ class LogScale(Scale):
 
 @dataclass(frozen=True)
 class LogNear1Scale(Scale):
-    """log10(1 - value), for betas in (0, 1); Optuna samples ``one_minus_<name>``."""
+    """log10(1 - value), for betas in (0, 1); Optuna samples ``one_minus_<name>`` and the trial records the
+    beta as the user attribute ``<name>``."""
 
     name: str = "log-near-1"
     description: str = "log10(1 - value)"
@@ -148,7 +125,8 @@ class LogNear1Scale(Scale):
 
 @dataclass(frozen=True)
 class Pow2Scale(Scale):
-    """log2(value) with integer exponents, for powers of two; Optuna samples ``log2_<name>``."""
+    """log2(value) with integer exponents, for powers of two; Optuna samples ``log2_<name>`` and the trial
+    records the value as the user attribute ``<name>``."""
 
     name: str = "pow2"
     description: str = "log2(value), integer exponents"
@@ -192,13 +170,10 @@ def _is_power_of_two(value: float) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class Param:
-    """One hyperparameter: its range ``[low, high]`` (natural units), scale, priority tier and default.
-
-    ``scale`` is a :class:`Scale` or the name of one (``linear``, ``log``, ``log-near-1``, ``pow2``).
-    ``default`` is the value used when the parameter's tier is not tuned; it may lie outside the range
-    (``lr_decay`` defaults to 0, no decay). ``integer`` makes a ``linear`` or ``log`` parameter an int;
-    ``pow2`` parameters are always ints. Raises :class:`SpaceError` for an unusable declaration.
-    """
+    """One hyperparameter: its range ``[low, high]`` (natural units), scale (a :class:`Scale` or its name),
+    priority tier and ``default`` (used when its tier is not tuned; it may lie outside the range). ``integer``
+    makes a ``linear`` or ``log`` parameter an int (``pow2`` always is). Raises :class:`SpaceError` for an
+    unusable declaration."""
 
     name: str
     low: float
@@ -253,7 +228,7 @@ class Param:
 
 
 def default_space(optimizer: str = "sgd") -> list[Param]:
-    """The built-in search space for training with ``optimizer`` ("sgd" or "adam"); see the module table."""
+    """The built-in search space for ``optimizer`` ("sgd" or "adam"), tabulated in docs/tuning.md."""
     if optimizer not in OPTIMIZERS:
         raise SpaceError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     space = [
@@ -296,20 +271,15 @@ def _check_known(space: Sequence[Param], overrides: Mapping[str, object]) -> Non
 
 
 def with_scales(space: Sequence[Param], scales: Mapping[str, str]) -> list[Param]:
-    """A copy of ``space`` with the scales in ``scales`` (name -> scale name) replacing the declared ones.
-
-    Raises :class:`SpaceError` for a name not in the space, an unknown scale, or a range the new scale
-    cannot hold (a ``pow2`` parameter put on ``linear`` keeps integer values).
-    """
+    """A copy of ``space`` with the scales in ``scales`` (name -> scale name) instead of the declared ones (a
+    ``pow2`` parameter put on ``linear`` keeps integer values). Raises :class:`SpaceError`."""
     _check_known(space, scales)
     return [replace(p, scale=scales[p.name], integer=p.is_int) if p.name in scales else p for p in space]
 
 
 def with_ranges(space: Sequence[Param], ranges: Mapping[str, tuple[float, float]]) -> list[Param]:
-    """A copy of ``space`` with the ranges in ``ranges`` (name -> (low, high)) replacing the declared ones.
-
-    Raises :class:`SpaceError` for a name not in the space or an unusable range.
-    """
+    """A copy of ``space`` with the ranges in ``ranges`` (name -> (low, high)) instead of the declared ones.
+    Raises :class:`SpaceError`."""
     _check_known(space, ranges)
     return [
         replace(p, low=ranges[p.name][0], high=ranges[p.name][1]) if p.name in ranges else p for p in space
@@ -338,12 +308,9 @@ def full_bounds(params: Iterable[Param]) -> Bounds:
 def narrow(
     param: Param, current: tuple[float, float], best_values: Sequence[float], margin: float
 ) -> tuple[float, float]:
-    """New bounds for ``param``: the span of ``best_values`` widened by ``margin`` x the current width.
-
-    Spans and widths are measured on the parameter's scale (log10 for ``log``, log10(1 - beta) for
-    ``log-near-1``, log2 for ``pow2``). The result lies within the ``current`` bounds (natural units,
-    themselves within the declared range); integer bounds are rounded outwards, then clipped.
-    """
+    """New bounds for ``param``: the span of ``best_values`` widened by ``margin`` x the current width, on the
+    parameter's scale, within the ``current`` bounds (natural units); integer bounds rounded outwards, then
+    clipped."""
     if not best_values:
         raise ValueError(f"{param.name}: narrowing needs at least one value from a best trial")
     coords = [param.to_coord(v) for v in best_values]

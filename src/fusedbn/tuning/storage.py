@@ -1,39 +1,19 @@
 """Where studies live: opening a storage URL, and failing the trials that a stopped worker left RUNNING.
 
-Storage URLs:
+Storage URLs: ``sqlite:///path/study.db`` (``sqlite:////abs/path.db`` absolute; a 60 s lock timeout,
+write-ahead log, ``synchronous=NORMAL``: a power cut can lose the last trials, which a resumed study
+runs again), ``journal:///path/study.log`` (Optuna's journal file: several workers on one machine),
+``postgresql+psycopg2://user:password@host/db`` (or another database URL: workers on several machines)
+and ``memory`` (one process; nothing written, no heartbeat).
 
-- ``sqlite:///path/study.db`` (relative path; ``sqlite:////abs/path.db`` absolute): a local file, opened
-  with a 60 s lock timeout so a few workers on one machine can share it, in SQLite's write-ahead-log
-  mode with ``synchronous=NORMAL``: a commit does not wait for the disk (SQLite's default waited about
-  17 ms per commit on this project's machine, 0.3 s per trial of 8 epochs), and survives a killed
-  process; a power cut can lose the last trials, which a resumed study runs again.
-- ``journal:///path/study.log`` (``journal:////abs/path.log`` absolute): Optuna's journal file storage,
-  the recommended way for several worker processes on one machine.
-- ``postgresql+psycopg2://user:password@host/db`` (or ``postgresql://``, ``mysql://``...): a database
-  server, for workers on several machines.
-- ``memory``: Optuna's in-memory storage, for a throwaway study in one process: nothing is written, the
-  study cannot be resumed or shared, and trials record no heartbeat.
-
-Cost: a trial's writes (its start, parameters, one report per epoch, the user attributes, its end) each
-commit to the storage. The search asks Optuna for no full garbage collection after each trial, which
-cost another 0.3 s per trial here.
-
-Lost trials (a :class:`Heartbeat`): a running trial records a heartbeat every ``grace_s / 5`` seconds (at
-least every second), and a RUNNING trial without one for ``grace_s`` seconds belongs to a worker that
-was killed: it is marked FAIL so that its budget runs again.
-
-- Database storages use Optuna's own heartbeat: ``RDBStorage(heartbeat_interval, grace_period)``, beating
-  from a thread while :meth:`optuna.Study.optimize` runs a trial, and ``optuna.storages.fail_stale_trials``.
-  It counts whole seconds (hence an integer grace period) on the database server's clock, so workers on
-  several machines need not agree on the time.
-- Optuna's journal storage has no heartbeat (in Optuna 5.1 only ``RDBStorage`` implements one), so here
-  the running trial writes its heartbeat itself, as the user attribute ``heartbeat`` (a Unix time), from a
-  thread, and :func:`fail_lost_trials` fails a trial whose heartbeat is too old with ``Study.tell`` (a trial
-  number is all the public API needs). The journal's workers share one machine, hence one clock.
-- In-memory studies belong to one process: no other worker can leave a trial behind.
-
-A trial that Optuna failed can no longer take user attributes, so a lost trial carries no ``failure``
-attribute: :data:`LOST` is its reason.
+Lost trials (:class:`Heartbeat`): a running trial beats every ``grace_s / 5`` seconds (at least every
+second); a RUNNING trial without a beat for ``grace_s`` seconds is marked FAIL, so its budget runs
+again. Database storages use Optuna's heartbeat (``RDBStorage(heartbeat_interval, grace_period)`` and
+``fail_stale_trials``, in whole seconds of the database server's clock). Optuna's journal storage has
+none (only ``RDBStorage`` implements one in Optuna 5.1), so there the trial writes the user attribute
+``heartbeat`` (a Unix time) from a thread and :func:`fail_lost_trials` fails a stale one with
+``Study.tell``; the journal's workers share one machine, hence one clock. A failed trial can take no
+user attribute, so a lost one has no ``failure``: :data:`LOST` is its reason.
 """
 
 import inspect
@@ -81,7 +61,7 @@ class StorageError(RuntimeError):
 @dataclass(frozen=True)
 class Heartbeat:
     """Running trials beat every :attr:`interval_s` seconds; one without a beat for ``grace_s`` seconds is
-    lost, marked FAIL, and ``on_lost(study, trial)`` is told (see the module docstring)."""
+    lost, marked FAIL, and ``on_lost(study, trial)`` is told."""
 
     grace_s: int
     on_lost: LostTrialCallback
@@ -104,8 +84,8 @@ def _local_path(url: str, scheme: str) -> Path:
 
 
 def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
-    """Open the Optuna storage at ``url`` (see the module docstring), a database storage with Optuna's
-    ``heartbeat`` when given; raises :class:`StorageError`."""
+    """Open the Optuna storage at ``url``, a database storage with Optuna's ``heartbeat`` when given;
+    raises :class:`StorageError`."""
     if url == MEMORY_URL:
         return InMemoryStorage()
     try:
@@ -144,8 +124,7 @@ def _sqlite_connection(path: Path) -> sqlite3.Connection:
 
 
 def _rdb_storage(url: str, engine: dict[str, object], heartbeat: Heartbeat | None) -> RDBStorage:
-    """Open a database storage. Workers that open a new database at the same time race to create its
-    tables; the losers get an integrity error or "already exists" and succeed on a second try."""
+    """Open a database storage, trying again when a concurrent worker was creating its tables."""
     beats = {}
     if heartbeat is not None:
         beats = {
@@ -168,9 +147,8 @@ def _rdb_storage(url: str, engine: dict[str, object], heartbeat: Heartbeat | Non
 
 
 def beating(storage: BaseStorage, trial: optuna.Trial, heartbeat: Heartbeat) -> AbstractContextManager[None]:
-    """A block during which ``trial`` beats: on a journal storage, by recording its heartbeat now and
-    every ``heartbeat.interval_s`` seconds until the block ends; elsewhere Optuna beats, or nothing needs
-    to (memory)."""
+    """A block during which ``trial`` beats: on a journal storage by recording its heartbeat now and every
+    ``heartbeat.interval_s`` seconds; elsewhere Optuna beats, or nothing needs to (memory)."""
     if isinstance(storage, JournalStorage):
         return _beating_attribute(trial, heartbeat.interval_s)
     return nullcontext()

@@ -1,15 +1,6 @@
-"""The built-in tasks of ``fusedbn tune --task`` and ``fusedbn science --task``, as data.
-
-A :class:`TaskDefinition` says how to build the task's :class:`~fusedbn.tuning.training.Task` (its data
-splits and model) and search space, which command-line defaults suit it, and which ranges its model can
-take. Both commands take one,
-so each task runs through the same search, training loop, storage, summary and plots.
-
-- ``digits``: scikit-learn's 8x8 digits and an MLP (:mod:`fusedbn.tuning.digits`); every trial records
-  its test accuracy, as it always has.
-- ``mnist1d``: MNIST-1D and a 1D CNN (:mod:`fusedbn.tuning.mnist1d`); the generator's seed is an option,
-  and the test split is read only after the search, to score the chosen configuration.
-"""
+"""The built-in tasks of ``fusedbn tune --task`` and ``fusedbn science --task``: ``digits`` (scikit-learn's
+8x8 digits, an MLP; every trial scores the test split) and ``mnist1d`` (MNIST-1D, a 1D CNN; the test split is
+read only after the search, to score the chosen configuration)."""
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,13 +21,12 @@ class TaskError(ValueError):
 class TaskDefinition:
     """One built-in task.
 
-    ``splits()`` (or ``splits(data_seed)`` for generated data) gives the "train", "valid" and "test"
-    splits, ``model(params, batchnorm=, bias=)`` builds a network, ``space(optimizer)`` gives the search
-    space; ``score_test`` says whether trials score the test split. ``epochs``, ``optimizer``, ``tiers``,
-    ``trials`` and ``stages`` are the command-line defaults for it. ``data_seed`` is the default seed of a
-    generated dataset (None: the data are fixed and take no seed). ``limits`` bounds the ranges a
-    parameter may be given (name -> (lowest, highest), None for no bound). ``width`` and ``layer`` name
-    the parameter that sets the layers' width and the layer before each BatchNorm, for the experiments.
+    ``splits()`` (``splits(data_seed)`` for generated data, whose default seed is ``data_seed``) gives the
+    "train", "valid" and "test" splits, ``model(params, batchnorm=, bias=)`` builds a network,
+    ``space(optimizer)`` gives the search space, ``score_test`` says whether trials score the test split;
+    ``epochs``, ``optimizer``, ``tiers``, ``trials`` and ``stages`` are its command-line defaults; ``limits``:
+    name -> (lowest, highest) a range may reach (None: no bound); ``width`` and ``layer`` name the width
+    parameter and the layer before each BatchNorm, for the experiments.
     """
 
     name: str
@@ -69,10 +59,9 @@ class TaskDefinition:
         data_seed: int | None = None,
         bias: bool = False,
     ) -> Task:
-        """The task's :class:`Task` (defaults: this definition's); ``batchnorm=False`` builds its network
-        without BatchNorm, ``bias`` gives the layers before each BatchNorm a bias. Raises
-        :class:`TaskError` for a data seed the task cannot take, or a package it needs that is not
-        installed."""
+        """The task's :class:`Task` (defaults: this definition's), without BatchNorm for ``batchnorm=False``,
+        with a bias before each BatchNorm for ``bias``. Raises :class:`TaskError` for a data seed the task
+        cannot take or a missing package."""
         if self.data_seed is None and data_seed is not None:
             raise TaskError(f"--data-seed: task {self.name} has fixed data and takes no data seed")
         seed = self.data_seed if data_seed is None else data_seed

@@ -1,22 +1,11 @@
 """A classification task to tune, and the training run that turns one set of hyperparameters into a score.
 
-A :class:`Task` is what a user brings: a model builder and training/validation tensors, and optionally a
-held-out test split. The training loop reads these hyperparameters from the dict it is given (the tuned
-ones and the defaults of the others; see :mod:`fusedbn.tuning.space`): ``learning_rate``, ``lr_decay``,
-``batch_size``, and ``momentum`` for SGD or ``adam_beta1``, ``adam_beta2``, ``adam_epsilon`` for Adam, and
-``weight_decay`` (an L2 penalty passed to the optimizer) where the space has it, 0 otherwise. The model
-builder gets the same dict, so it can read ``hidden_units``, ``num_layers``, ``bn_beta`` or any parameter
-of the user's own.
-
-Scoring: validation accuracy after every epoch, reported to Optuna so its pruner can stop a poor trial
-early. When a trial ends, its user attributes record the final model's accuracy and loss on the
-training split (in eval mode), the validation loss and, when the task has one, the test accuracy
-(:data:`SCORE_ATTRS`); the search never reads the test accuracy. A task built with
-``score_test=False`` does not even compute it: its test split is read only by :meth:`Task.held_out_scores`,
-after the search, to score the chosen configuration. A diverging trial (a NaN or infinite
-training loss) raises :class:`optuna.TrialPruned` with the reason in the trial's user attribute
-``failure``: the trial counts towards the stage's budget and its sampled point stays visible in the
-history, but it has no score.
+The training loop reads ``learning_rate``, ``lr_decay``, ``batch_size``, ``momentum`` (SGD) or
+``adam_beta1``, ``adam_beta2``, ``adam_epsilon`` (Adam), and ``weight_decay`` where the space has it
+(else 0); the model builder gets the same dict. Each epoch's validation accuracy is reported to Optuna's
+pruner; at the end the trial records :data:`SCORE_ATTRS` (the test accuracy only with ``score_test``,
+and the search never reads it). A diverging trial (NaN or infinite training loss) is pruned with its
+reason in the user attribute ``failure``.
 """
 
 import random
@@ -38,9 +27,8 @@ SCORE_ATTRS = ("train_accuracy", "train_loss", "valid_loss", "test_accuracy")
 
 
 def add_biases(layers: Sequence[nn.Module]) -> None:
-    """Give each layer (Linear or convolution) a bias drawn as torch draws one: uniform within
-    +-1/sqrt(fan-in), from torch's global generator. Called after every weight of a model is drawn, it
-    leaves those weights as they would be without biases."""
+    """Give each layer (Linear or convolution) a bias drawn as torch draws one, from torch's global generator:
+    called after every weight is drawn, it leaves the weights as they would be without biases."""
     for layer in layers:
         bound = 1.0 / layer.weight[0].numel() ** 0.5
         layer.bias = nn.Parameter(torch.empty(layer.weight.shape[0]).uniform_(-bound, bound))
@@ -52,12 +40,9 @@ class Diverged(ArithmeticError):
 
 @dataclass
 class HeldOutScores:
-    """A configuration scored on the held-out test split (:meth:`Task.held_out_scores`).
-
-    ``valid_accuracy`` and ``test_accuracy`` belong to the model trained on the ``train_examples`` of the
-    training split; ``test_accuracy_all`` to the one retrained on the ``train_examples_all`` of the
-    training and validation splits together.
-    """
+    """A configuration scored on the test split: ``valid_accuracy`` and ``test_accuracy`` of the model trained
+    on the ``train_examples`` of the training split, ``test_accuracy_all`` of the one retrained on the
+    ``train_examples_all`` of the training and validation splits."""
 
     valid_accuracy: float
     test_accuracy: float
@@ -70,11 +55,10 @@ class HeldOutScores:
 class Task:
     """A classification problem: ``build_model(params)`` returns a fresh model giving class logits.
 
-    ``train``, ``valid`` and the optional ``test`` are ``(inputs, integer class targets)`` tensor pairs.
-    Each trial trains for ``epochs`` epochs with ``optimizer`` ("sgd": SGD with momentum, or "adam") on
-    ``device``, taking the mini-batches in a new random order every epoch (``shuffle=False``: in the
-    order of ``train``, every epoch). ``score_test`` says whether each trial records its test accuracy;
-    without it the test split is left for :meth:`held_out_scores`.
+    ``train``, ``valid`` and the optional ``test`` are ``(inputs, integer class targets)`` pairs. Each trial
+    trains ``epochs`` epochs with ``optimizer`` ("sgd" with momentum, or "adam") on ``device``, in a new
+    random batch order every epoch (``shuffle=False``: in order). ``score_test``: whether each trial records
+    its test accuracy (else the test split is left for :meth:`held_out_scores`).
     """
 
     build_model: ModelBuilder
@@ -127,12 +111,10 @@ class Task:
     ) -> nn.Module:
         """Train a fresh model with ``params`` and return it; raises :class:`Diverged`.
 
-        ``seed`` fixes all of the run's randomness: the order of the mini-batches (a generator of its
-        own, so it does not depend on how many random numbers the model draws) and, through the global
-        generators of torch, NumPy and Python (:func:`seeded`), the model's initial weights, Dropout and
-        anything else the model or its builder draws. The same seed, parameters and torch threads give
-        the same model, bit for bit, on the CPU. ``after_epoch(epoch, model)`` runs after each epoch
-        (from 0) and may raise to stop the run.
+        ``seed`` fixes all randomness: the batch order (a generator of its own) and, through the global
+        generators of torch, NumPy and Python, the initial weights, Dropout and anything else the model draws;
+        the same seed, parameters and threads give the same model, bit for bit, on the CPU.
+        ``after_epoch(epoch, model)`` runs after each epoch (from 0) and may raise to stop the run.
         """
         device = torch.device(self.device)
         with seeded(seed, device):
@@ -176,11 +158,8 @@ class Task:
         return measured
 
     def fit(self, params: Mapping[str, float], trial: optuna.Trial, seed: int) -> float:
-        """Train a fresh model with ``params``; report validation accuracy each epoch; return the last.
-
-        Raises :class:`optuna.TrialPruned` when the pruner stops the trial or the loss diverges.
-        The final model's scores are recorded as the trial's user attributes :data:`SCORE_ATTRS`.
-        """
+        """Train with ``params``, reporting validation accuracy each epoch; return the last and record the
+        final model's :data:`SCORE_ATTRS`. Raises :class:`optuna.TrialPruned` when pruned or diverged."""
         device = torch.device(self.device)
         x_valid, y_valid = (t.to(device) for t in self.valid)
 
@@ -207,9 +186,9 @@ class Task:
                 torch.cuda.empty_cache()
 
     def held_out_scores(self, params: Mapping[str, float], seed: int) -> "HeldOutScores":
-        """Score ``params`` on the test split: trained on the training split with ``seed`` (as a trial
-        with that seed trains, so the model is the trial's), and retrained on the training and
-        validation splits together. Raises ValueError when the task has no test split."""
+        """Score ``params`` on the test split: trained on the training split with ``seed`` (as its trial
+        was) and retrained on training and validation together. Raises ValueError when the task has no test
+        split."""
         if self.test is None:
             raise ValueError("the task has no test split to score on")
         device = torch.device(self.device)
@@ -246,8 +225,8 @@ def kept_global_random_state() -> Iterator[None]:
 
 @contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block with the global random generators of torch (the CPU's and ``device``'s), NumPy and
-    Python seeded from ``seed``, and put their states back when it ends."""
+    """Run the block with the global generators of torch (CPU and ``device``), NumPy and Python seeded from
+    ``seed``, and put their states back after."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), kept_global_random_state():
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
@@ -257,11 +236,7 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with ``threads`` CPU threads in torch's intra-op pool, then restore the count.
-
-    The tuning tasks train small networks on small batches: one thread is about as fast as several
-    on idle cores, and much faster on busy ones, where threads wait on each other.
-    """
+    """Run the block with ``threads`` CPU threads in torch's intra-op pool, then restore the count."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     before = torch.get_num_threads()
