@@ -397,8 +397,7 @@ KERNELS_FILE = "training_step_kernels.csv"
 SUMMARY_FILE = "training_step.txt"
 PLOT_FILE = "training_step.png"
 CASE_COLUMNS = list(StepCase.__dataclass_fields__)
-RESULT_COLUMNS = ["status", "backend", "images_per_s", "step_ms", "gpu_ms", "host_ms", "bn_share",
-                  "loss_first", "loss_last", "loss_diff", "stats_diff", "agrees", "prepare_s"]  # fmt: skip
+RESULT_COLUMNS = [f.name for f in dataclasses.fields(StepResult) if f.repr and f.name != "case"]
 KERNEL_COLUMNS = ["kernel", "device_us_per_step", "launches_per_step", "batchnorm"]
 
 

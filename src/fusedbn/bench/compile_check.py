@@ -140,9 +140,14 @@ def record_case(case: Case) -> list[dict[str, Any]]:
     return [described(call) for call in calls]
 
 
+def task_for(launch: dict[str, Any], capability: int) -> dict[str, Any]:
+    """The worker's task for compiling ``launch`` for ``capability``."""
+    return {**launch, "capability": capability}
+
+
 def triton_specialisation(launch: dict[str, Any]) -> str:
     """What Triton's binder makes of a launch (for sm_90): launches it binds alike compile to one kernel."""
-    _, decided = bind({**launch, "capability": 90})
+    _, decided = bind(task_for(launch, 90))
     return f"{launch['kernel']}({specialisation_text(decided)}) {decided['options']!r}"
 
 
@@ -404,7 +409,7 @@ def run_gate(
     targets = list(targets)
     specs, per_case = collect_specialisations(cases)
     chosen = set(representative_subset(specs, cases) if subset else range(len(specs)))
-    tasks = [((i, cc), {**specs[i].launch, "capability": cc}) for i in sorted(chosen) for cc in targets]
+    tasks = [((i, cc), task_for(specs[i].launch, cc)) for i in sorted(chosen) for cc in targets]
     results, triton_info = compile_all(tasks, site, jobs, timeout, progress or (lambda *a: None))
     for (i, cc), result in results.items():
         specs[i].results[cc] = result
