@@ -20,8 +20,8 @@ Strides: x is read through its own (stride_x_*), since a strided view of x is re
 grad_input and grad_residual are allocated with torch.empty_like(x), and dy is laid out like them
 (conform() copies one that is not), so dy, grad_input and grad_residual share one triple
 (stride_dy_*); the packed mask has its own (stride_m_*). That triple is the forward's y's: the
-kernels take the forward's tile constexprs, and ALIGN.y is the alignment of dy's tiles (ALIGN.x
-and ALIGN.mask of x's and the mask's, as in the forward).
+kernels take the forward's tile constexprs, and Y_ALIGN is the alignment of dy's tiles (X_ALIGN
+and M_ALIGN of x's and the mask's, as in the forward).
 """
 
 from collections.abc import Callable
@@ -189,7 +189,7 @@ def whole_channel_backward_kernel(
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """One program computes all gradients of BLOCK_C whole channels: the sums, then grad_input."""
     first_tile = tl.program_id(1)  # always 0: the grid has a single split
@@ -204,7 +204,7 @@ def whole_channel_backward_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
-        ALIGN.x, ALIGN.y, ALIGN.mask,
+        X_ALIGN, Y_ALIGN, M_ALIGN,
     )
     tl.store(grad_bias_ptr + channels, sum_dy, mask=channel_mask)
     tl.store(grad_weight_ptr + channels, sum_dy_xhat, mask=channel_mask)
@@ -216,7 +216,7 @@ def whole_channel_backward_kernel(
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
-        ALIGN.x, ALIGN.y, ALIGN.mask,
+        X_ALIGN, Y_ALIGN, M_ALIGN,
     )
 
 
@@ -252,7 +252,7 @@ def partial_sums_kernel(
     stride_x_outer, stride_x_c, stride_x_inner,
     tiles_inner, num_tiles, tiles_per_split,
     RELU: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) sums dy and dy * xhat over its tiles into partial[:, split].
 
@@ -273,7 +273,7 @@ def partial_sums_kernel(
         stride_dy_outer, stride_dy_c, stride_dy_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner, RELU, BLOCK_N, BLOCK_S, BLOCK_C,
-        ALIGN.x, ALIGN.y, ALIGN.mask,
+        X_ALIGN, Y_ALIGN, M_ALIGN,
     )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
@@ -301,7 +301,7 @@ def grad_input_kernel(
     HAS_WEIGHT: tl.constexpr, BATCH_STATS: tl.constexpr, RELU: tl.constexpr,
     WRITE_GRAD_RESIDUAL: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) writes grad_input on its tiles from the finished sums.
 
@@ -327,7 +327,7 @@ def grad_input_kernel(
         stride_m_outer, stride_m_c, stride_m_byte,
         stride_x_outer, stride_x_c, stride_x_inner,
         BATCH_STATS, RELU, WRITE_GRAD_RESIDUAL, BLOCK_N, BLOCK_S, BLOCK_C,
-        ALIGN.x, ALIGN.y, ALIGN.mask,
+        X_ALIGN, Y_ALIGN, M_ALIGN,
     )
 
 

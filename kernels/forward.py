@@ -20,8 +20,8 @@ Strides: x is read through its own (stride_x_*), since a strided view of x is re
 allocated with torch.empty_like(x), and a residual is laid out like y (conform() copies one that is
 not), so y and the residual share one triple (stride_y_*); the packed mask has its own (stride_m_*).
 Every kernel that reads tiles takes the plan's tile constexprs (Plan.tile_constexprs): the tile's
-BLOCK_N, BLOCK_S, BLOCK_C and ALIGN, the Alignment of the tiles of x, y and the mask (their rows
-start at multiples of ALIGN.x, ALIGN.y and ALIGN.mask elements, see tiles.tile_offsets).
+BLOCK_N, BLOCK_S, BLOCK_C and the alignment of the tiles of x, y and the mask (their rows start at
+multiples of X_ALIGN, Y_ALIGN and M_ALIGN elements, see tiles.tile_offsets).
 """
 
 from collections.abc import Callable
@@ -177,7 +177,7 @@ def whole_channel_forward_kernel(
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     RELU: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """One program normalises BLOCK_C whole channels: statistics over all tiles, then y."""
     acc_dtype = mean_ptr.dtype.element_ty
@@ -186,7 +186,7 @@ def whole_channel_forward_kernel(
     channel_mask = channels < num_channels
     _, shift, mean_dev, m2 = shifted_moments(
         x_ptr, mean_ptr, channels, first_tile, num_tiles, tiles_inner, n_outer, n_inner,
-        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
     )
     mean = shift + mean_dev
     invstd = store_statistics(
@@ -203,7 +203,7 @@ def whole_channel_forward_kernel(
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
-        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x, ALIGN.y, ALIGN.mask,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN, Y_ALIGN, M_ALIGN,
     )
 
 
@@ -266,7 +266,8 @@ def partial_moments_kernel(
     stride_x_outer, stride_x_c, stride_x_inner,
     tiles_inner, num_tiles, tiles_per_split, momentum: tl.float64, eps: tl.float64,
     FINALIZE: tl.constexpr, UPDATE_RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, ALIGN: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) summarises tiles [split * tiles_per_split, ...) of x.
 
@@ -282,7 +283,7 @@ def partial_moments_kernel(
     last_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
     count, shift, mean_dev, m2 = shifted_moments(
         x_ptr, partial_ptr, channels, first_tile, last_tile, tiles_inner, n_outer, n_inner,
-        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x,
+        num_channels, stride_x_outer, stride_x_c, stride_x_inner, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN,
     )
     num_splits = tl.num_programs(1)
     out = partial_ptr + split * num_channels + channels
@@ -350,7 +351,7 @@ def apply_kernel(
     FROM_RUNNING: tl.constexpr, HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, RELU: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
-    ALIGN: tl.constexpr,
+    X_ALIGN: tl.constexpr, Y_ALIGN: tl.constexpr, M_ALIGN: tl.constexpr,
 ):
     """Program (channel block, split) writes y = (x - mean) * invstd * weight + bias on its tiles.
 
@@ -382,7 +383,7 @@ def apply_kernel(
         stride_x_outer, stride_x_c, stride_x_inner,
         stride_y_outer, stride_y_c, stride_y_inner,
         stride_m_outer, stride_m_c, stride_m_byte,
-        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, ALIGN.x, ALIGN.y, ALIGN.mask,
+        HAS_RESIDUAL, RELU, BLOCK_N, BLOCK_S, BLOCK_C, X_ALIGN, Y_ALIGN, M_ALIGN,
     )
 
 

@@ -18,6 +18,9 @@ parameter in signature order, the tensors themselves (the C launcher reads their
 stream read on every call, so CUDA streams and graph capture behave as with ``kernel[grid]``. At
 most ``MAX_SPECIALISATIONS`` (256) bindings are kept per kernel, the oldest dropped first.
 
+Inside ``launches_for_the_compiler()`` (fusedbn's triton_op bodies, traced by torch.compile) a launch
+goes through ``torch.library.wrap_triton`` instead, so the compiled program launches the kernel.
+
 Runtime arguments are passed positionally and constexprs by keyword. Everything else takes the
 plain ``kernel[grid]`` path: Triton's interpreter, Triton before 3.4 (no ``triton.knobs``, whose
 launchers take other arguments), torch.compile tracing, a registered launch hook (profilers such as
@@ -27,9 +30,11 @@ raises is reported once per kernel (a RuntimeWarning naming the kernel and the e
 specialisation then keeps Triton's path.
 """
 
+import contextlib
 import operator
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import reduce
 from operator import or_
@@ -38,6 +43,7 @@ from typing import Any
 import torch
 import triton
 from torch import Tensor
+from torch.library import wrap_triton
 from triton.runtime.jit import JITFunction
 
 FAST_LAUNCH_ENV = "FUSEDBN_FAST_LAUNCH"
@@ -45,6 +51,28 @@ _dtype_of = operator.attrgetter("dtype")
 # Specialisations kept per kernel by default; past that, the one bound first is dropped (and bound
 # again if it comes back).
 MAX_SPECIALISATIONS = 256
+
+
+# True inside launches_for_the_compiler().
+_for_the_compiler = False
+
+
+@contextlib.contextmanager
+def launches_for_the_compiler() -> Iterator[None]:
+    """Inside the block, every launch goes through ``torch.library.wrap_triton``, which records it
+    when torch's compiler traces the code (fusedbn's triton_op bodies run in this block), so that
+    the compiled program launches the kernel itself."""
+    global _for_the_compiler
+    previous, _for_the_compiler = _for_the_compiler, True
+    try:
+        yield
+    finally:
+        _for_the_compiler = previous
+
+
+def launching_for_the_compiler() -> bool:
+    """Whether launches go to torch's compiler (inside launches_for_the_compiler)."""
+    return _for_the_compiler
 
 
 def fast_launch_enabled() -> bool:
@@ -178,6 +206,9 @@ class KernelLauncher:
         return (device, dtypes, aligned, args[count:count + ints], *kwargs, *kwargs.values())
 
     def __call__(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+        if _for_the_compiler:
+            wrap_triton(self.kernel)[grid](*args, **kwargs)
+            return
         if not (
             self.fast
             and not torch.compiler.is_compiling()

@@ -18,7 +18,6 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -320,7 +319,10 @@ class Plan:
     empty: bool  # no element to normalise: the launchers return at once
     # The constexprs every kernel that reads tiles takes, in a dict passed as **tile_constexprs
     # (made once here: building it per call would cost every launch): BLOCK_N, BLOCK_S, BLOCK_C,
-    # num_warps and ALIGN, the Alignment of the tiles' strides. Never modified.
+    # num_warps, and X_ALIGN, Y_ALIGN and M_ALIGN, the alignment (vector_alignment) of the tiles
+    # read and written with x_strides, y_strides (y, a residual, dy, grad_input, grad_residual) and
+    # mask_strides (1 without a ReLU). Alignment depends on shape and strides only; a data pointer's
+    # own is Triton's to see (it specialises every pointer on 16-byte alignment). Never modified.
     tile_constexprs: dict[str, object] = dataclasses.field(compare=False)
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
@@ -337,20 +339,13 @@ def plan_batch_norm(
     defaults to current_limits(). Plans are cached by shape, strides, dtype, device, ``relu`` and
     limits (the last ``PLAN_CACHE_SIZE`` of them); the same arguments give the same Plan object.
     """
-    plan = _cached_plan(x.shape, x.stride(), x.dtype, x.device, relu, limits or _LIMITS.get())
+    limits = limits or _LIMITS.get()
+    try:
+        plan = _cached_plan(x.shape, x.stride(), x.dtype, x.device, relu, limits)
+    except TypeError:  # symbolic sizes (torch.compile's dynamic shapes): the plan specialises them
+        shape, strides = torch.Size(int(size) for size in x.shape), tuple(map(int, x.stride()))
+        plan = _cached_plan(shape, strides, x.dtype, x.device, relu, limits)
     return plan.fold(x), plan
-
-
-class Alignment(NamedTuple):
-    """The ALIGN constexpr of the tile kernels: the alignment (vector_alignment) of the tiles read
-    and written with each stride triple of a plan. It depends on shape and strides only; a data
-    pointer's own alignment is Triton's to see (it specialises every pointer on 16-byte alignment).
-    One constexpr rather than three keeps the launch's keyword arguments few (each costs the host
-    a little on every launch)."""
-
-    x: int  # x_strides: x
-    y: int  # y_strides: y, a residual, dy, grad_input, grad_residual
-    mask: int  # mask_strides: the fused ReLU's packed mask (1 without a ReLU)
 
 
 # The widest global access one thread makes (128 bits): alignment beyond it buys nothing, and would
@@ -361,7 +356,8 @@ WIDEST_ACCESS_BYTES = 16
 def vector_alignment(
     strides: tuple[int, int, int], view: ChannelView, launch: Launch, itemsize: int, bits: int = 1
 ) -> int:
-    """The ALIGN constexpr of tile_offsets for the tensors addressed with ``strides`` (outer, c, inner).
+    """The alignment constexpr of tile_offsets for the tensors addressed with ``strides`` (outer, c,
+    inner).
 
     Their accesses are vectorised along the channel dim when launch.block_c > 1 (channels are the
     contiguous dim), else along the inner dim. The result is the largest power of two, at most the
@@ -422,11 +418,9 @@ def _cached_plan(
         empty=x.numel() == 0,
         tile_constexprs=dict(
             BLOCK_N=launch.block_n, BLOCK_S=launch.block_s, BLOCK_C=launch.block_c,
-            ALIGN=Alignment(
-                x=vector_alignment(x_strides, view, launch, itemsize),
-                y=vector_alignment(y_strides, view, launch, itemsize),
-                mask=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
-            ),
+            X_ALIGN=vector_alignment(x_strides, view, launch, itemsize),
+            Y_ALIGN=vector_alignment(y_strides, view, launch, itemsize),
+            M_ALIGN=vector_alignment(mask_strides, view, launch, 1, bits=8) if relu else 1,
             num_warps=launch.num_warps,
         ),
     )

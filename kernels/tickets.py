@@ -49,6 +49,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fusedbn.kernels.launcher import launching_for_the_compiler
+
 
 @triton.jit
 def last_to_arrive(counter_ptr, arrivals):
@@ -75,7 +77,10 @@ _counters_changing = threading.Lock()  # held while a buffer is added or evicted
 
 def _queue(device: torch.device) -> tuple[int, int] | int | None:
     """What orders launches on ``device`` here: (device index, current CUDA stream), or the calling
-    thread's id on the CPU. None while the current stream is capturing a CUDA graph."""
+    thread's id on the CPU. None while the current stream is capturing a CUDA graph, and while the
+    launches go to torch's compiler (its program allocates and zeroes the counters itself)."""
+    if launching_for_the_compiler():
+        return None
     if device.type == "cuda":
         if torch.cuda.is_current_stream_capturing():
             return None

@@ -33,8 +33,8 @@ def tile_offsets(
     """Element offsets (int64) and in-bounds mask of tile number ``tile`` for ``channels``.
 
     Loads and stores are vectorised along the channel dim when BLOCK_C > 1 (channels are the
-    contiguous dim, see choose_launch) and along the inner dim otherwise. ALIGN (the tensor's field
-    of the kernel's Alignment, see vector_alignment in layout.py) is a power of two, at most the
+    contiguous dim, see choose_launch) and along the inner dim otherwise. ALIGN (the tensor's
+    X_ALIGN, Y_ALIGN or M_ALIGN, see vector_alignment in layout.py) is a power of two, at most the
     tile's size along that dim, that divides the strides of the two other dims and the vectorised
     dim's extent. Telling the compiler so (every row of the vectorised dim starts at a multiple of
     ALIGN elements, and its bounds mask is constant over ALIGN elements) allows vector accesses that

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from helpers import KERNELS_ON_CPU
+from helpers import KERNELS_ON_CPU, PATH_LIMITS
 from torch import nn
 
 import fusedbn
@@ -135,3 +135,59 @@ def test_export_runs_the_implementation_of_this_path(device, training):
     else:
         assert "fusedbn" not in code and "batch_norm" in code
     torch.testing.assert_close(exported.module()(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["single", "split"])
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiled_programs_launch_the_kernels_themselves(path, dynamic):
+    """On the fake GPU (compiled kernels, launches stubbed): the program torch.compile traces holds
+    fusedbn's kernel launches (wrap_triton's nodes), forward and backward, not an opaque call; the
+    launch plan specialises dynamic shapes. Runs where the kernels are not interpreted: the torch
+    CPU path (the interpreter's kernels call interpreted helpers, which the compiler cannot read)."""
+    if KERNELS_ON_CPU:
+        pytest.skip("Triton's interpreter's kernels cannot be traced: the torch CPU path runs this")
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    from fusedbn.bench.fake_gpu import fake_gpu
+    from fusedbn.kernels.layout import launch_limits
+
+    graphs = {}
+
+    def keep_graphs(gm, example_inputs):
+        def keep(name):
+            def compiler(graph, inputs):
+                graphs[name] = graph
+                return graph.forward
+            return compiler
+
+        return aot_module_simplified(gm, example_inputs, fw_compiler=keep("forward"),
+                                     bw_compiler=keep("backward"))
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False),
+                          fusedbn.FusedBatchNorm2d(4, activation="relu", backend="triton"))
+    with fake_gpu(), launch_limits(PATH_LIMITS[path]):
+        compiled = torch.compile(model, backend=keep_graphs, fullgraph=True, dynamic=dynamic)
+        compiled(torch.randn(6, 3, 9, 9)).sum().backward()
+    launches = {name: [n for n in graph.graph.nodes if "triton_kernel_wrapper" in str(n.target)]
+                for name, graph in graphs.items()}
+    expected = 2 if path == "split" else 1
+    assert {name: len(found) for name, found in launches.items()} == {"forward": expected,
+                                                                       "backward": expected}
+    assert not any("fusedbn" in str(n.target) for g in graphs.values() for n in g.graph.nodes)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fused_epilogue", [False, True], ids=["plain", "residual_relu"])
+def test_opcheck_of_the_operators_inductor_launches(fused_epilogue):
+    """The triton_op forms, checked eagerly and through AOTDispatcher on a GPU (the fake GPU's
+    stubbed launches compute nothing to compare)."""
+    from fusedbn.ops import inductor_forward_op
+
+    x = (torch.randn(4, 3, 5, 7, device="cuda") + 3.0).requires_grad_()
+    residual = torch.randn_like(x) if fused_epilogue else None
+    weight = (torch.rand(3, device="cuda") + 0.5).requires_grad_()
+    torch.library.opcheck(
+        inductor_forward_op,
+        (x, weight, torch.randn(3, device="cuda"), residual, torch.randn(3, device="cuda"),
+         torch.rand(3, device="cuda") + 0.5, None, True, 0.1, 1e-5, fused_epilogue),
+    )

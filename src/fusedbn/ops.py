@@ -1,26 +1,36 @@
 """fusedbn's kernel launchers as PyTorch custom operators, for compiled and exported code.
 
 ``torch.compile(model, fullgraph=True)`` and ``torch.export`` see a fused BatchNorm as one functional
-operator, ``torch.ops.fusedbn.batch_norm_forward``, which returns the updated running statistics
-(:func:`compiled_batch_norm` copies them into the buffers, a mutation the compiler sees); its
-derivatives are registered with ``torch.library.register_autograd`` and are those of eager code
-(:mod:`fusedbn.autograd`): the backward operator ``torch.ops.fusedbn.batch_norm_backward`` for first
-derivatives, torch operations for gradients of gradients.
+operator, which returns the updated running statistics (:func:`compiled_batch_norm` copies them into
+the buffers, a mutation the compiler sees); its derivatives are registered with
+``torch.library.register_autograd`` and are those of eager code (:mod:`fusedbn.autograd`): the
+backward operator for first derivatives, torch operations for gradients of gradients.
+
+Each operator is registered twice, from one body. Where the kernels are compiled (CUDA), it is a
+``torch.library.triton_op`` (``fusedbn::batch_norm_forward_inductor`` and ``..._backward_inductor``):
+the compiler traces its body, whose launches go through ``torch.library.wrap_triton``, and the
+compiled program launches fusedbn's kernels itself. Under Triton's interpreter, where a traced
+launch cannot run, it is a plain ``torch.library.custom_op`` (``fusedbn::batch_norm_forward`` and
+``fusedbn::batch_norm_backward``) whose body the compiled program calls.
 """
 
+import functools
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from triton.runtime.jit import JITFunction
 
 import fusedbn.kernels
 from fusedbn.autograd import differentiable_backward, kernel_backward, save_for_derivatives
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.kernels.backward import allocate_backward_outputs
 from fusedbn.kernels.call import BatchNormOptions
-from fusedbn.kernels.forward import allocate_forward_outputs
+from fusedbn.kernels.forward import allocate_forward_outputs, launch_apply
+from fusedbn.kernels.launcher import launches_for_the_compiler
 from fusedbn.kernels.layout import fold_input, plan_batch_norm
 
 
@@ -44,8 +54,7 @@ def tag_compile_caches() -> None:
 tag_compile_caches()
 
 
-@torch.library.custom_op("fusedbn::batch_norm_forward", mutates_args=())
-def forward_op(
+def _forward(
     input: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
@@ -93,7 +102,6 @@ def _op_outputs(
     )
 
 
-@forward_op.register_fake
 def _forward_fake(input, weight, bias, residual, running_mean, running_var, num_batches_tracked,
                   use_batch_stats, momentum, eps, relu):
     outputs = allocate_forward_outputs(*fold_input(input), relu)
@@ -102,8 +110,7 @@ def _forward_fake(input, weight, bias, residual, running_mean, running_var, num_
     return _op_outputs(*outputs, None, None)
 
 
-@torch.library.custom_op("fusedbn::batch_norm_backward", mutates_args=())
-def backward_op(
+def _backward_launches(
     grad_output: Tensor,
     input: Tensor,
     weight: Tensor | None,
@@ -134,11 +141,41 @@ def _with_empty_grad_residual(
     return grad_input, grad_weight, grad_bias, grad_residual
 
 
-@backward_op.register_fake
 def _backward_fake(grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads,
                    relu_mask, need_grad_residual):
     outputs = allocate_backward_outputs(*fold_input(input), relu_mask is not None and need_grad_residual)
     return _with_empty_grad_residual(*outputs)
+
+
+def _for_the_compiler(body: Callable) -> Callable:
+    """``body`` with its launches recorded for torch's compiler (see launches_for_the_compiler)."""
+
+    @functools.wraps(body)
+    def traced(*args: Any) -> Any:
+        with launches_for_the_compiler():
+            return body(*args)
+
+    return traced
+
+
+forward_op = torch.library.custom_op("fusedbn::batch_norm_forward", _forward, mutates_args=())
+forward_op.register_fake(_forward_fake)
+backward_op = torch.library.custom_op(
+    "fusedbn::batch_norm_backward", _backward_launches, mutates_args=()
+)
+backward_op.register_fake(_backward_fake)
+inductor_forward_op = torch.library.triton_op(
+    "fusedbn::batch_norm_forward_inductor", _for_the_compiler(_forward), mutates_args=()
+)
+inductor_backward_op = torch.library.triton_op(
+    "fusedbn::batch_norm_backward_inductor", _for_the_compiler(_backward_launches), mutates_args=()
+)
+
+
+def compiler_launches_kernels() -> bool:
+    """Whether torch's compiler can launch fusedbn's kernels itself: they are compiled Triton
+    kernels, not run by Triton's interpreter (whose kernels wrap_triton does not take)."""
+    return isinstance(launch_apply.kernel, JITFunction)
 
 
 def _launch_backward(
@@ -147,7 +184,8 @@ def _launch_backward(
     write_grad_residual: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The backward operator, with no grad_residual as None (as the launcher returns it)."""
-    grad_input, grad_weight, grad_bias, grad_residual = backward_op(
+    operator = inductor_backward_op if compiler_launches_kernels() else backward_op
+    grad_input, grad_weight, grad_bias, grad_residual = operator(
         grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads, relu_mask,
         write_grad_residual,
     )
@@ -175,7 +213,8 @@ def _backward(ctx: Any, grad_output: Tensor | None, *_: Any) -> tuple[Tensor | N
     return (*grads, *(None,) * 7)
 
 
-forward_op.register_autograd(_backward, setup_context=_setup_context)
+for _operator in (forward_op, inductor_forward_op):
+    _operator.register_autograd(_backward, setup_context=_setup_context)
 
 
 def compiled_batch_norm(
@@ -185,7 +224,8 @@ def compiled_batch_norm(
 ) -> Tensor:
     """The fused BatchNorm's output through the forward operator (what compiled code calls); the
     running statistics, when the batch updates them, take the operator's new values."""
-    y, _, _, _, new_mean, new_var = forward_op(
+    operator = inductor_forward_op if compiler_launches_kernels() else forward_op
+    y, _, _, _, new_mean, new_var = operator(
         input, weight, bias, residual, running_mean, running_var, num_batches_tracked,
         options.use_batch_stats, options.momentum, options.eps, options.relu,
     )

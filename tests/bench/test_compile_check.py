@@ -16,7 +16,7 @@ import fusedbn
 from fusedbn.bench import compile_check, compile_worker, kernel_report
 from fusedbn.bench.cases import DTYPES, FWDBWD, Shape, parse_shapes
 from fusedbn.bench.compile_check import Case
-from fusedbn.bench.core import TICKET_COUNTERS, Alignment, LaunchLimits, launch_limits
+from fusedbn.bench.core import TICKET_COUNTERS, LaunchLimits, launch_limits
 from fusedbn.bench.fake_gpu import KernelCall, recording_launches
 from fusedbn.kernels import forward
 
@@ -103,7 +103,7 @@ def _partial_moments_launch(x: torch.Tensor, n_inner: int, stride_c: int) -> dic
     args = (arrivals, x, partial, *[statistics] * 5, 4, n_inner, 3, 4 * n_inner,
             3 * stride_c, stride_c, 1, 1, 5, 3, 0.1, 1e-5)
     kwargs = dict(BLOCK_C=1, BLOCK_N=4, BLOCK_S=8, CUMULATIVE=False, FINALIZE=True, UPDATE_RUNNING=False,
-                  ALIGN=Alignment(1, 1, 1), num_warps=4)
+                  X_ALIGN=1, Y_ALIGN=1, M_ALIGN=1, num_warps=4)
     return compile_check.described(KernelCall(forward.partial_moments_kernel.fn, (3, 2), args, kwargs))
 
 

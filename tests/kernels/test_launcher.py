@@ -130,7 +130,7 @@ def partial_moments_call(tiles_per_split: int = 3) -> tuple[tuple, dict]:
         0.1, 1e-5,
     )
     kwargs = dict(FINALIZE=True, UPDATE_RUNNING=False, CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1,
-                  ALIGN=layout.Alignment(1, 1, 1), num_warps=4)
+                  X_ALIGN=1, Y_ALIGN=1, M_ALIGN=1, num_warps=4)
     return args, kwargs
 
 
@@ -226,7 +226,7 @@ def test_runtime_argument_by_keyword_is_never_bound(fake_gpu):
     # tiles_per_split, a runtime int, by keyword: its value could change without the key seeing it.
     kwargs = dict(tiles_per_split=3, momentum=0.1, eps=1e-5, FINALIZE=True, UPDATE_RUNNING=False,
                   CUMULATIVE=False, BLOCK_N=4, BLOCK_S=8, BLOCK_C=1,
-                  ALIGN=layout.Alignment(1, 1, 1))
+                  X_ALIGN=1, Y_ALIGN=1, M_ALIGN=1)
     statistics = torch.empty(3)
     for _ in range(2):
         fast((3, 2), arrivals, x, partial, *[statistics] * 5, 4, 5, 3, 20, 15, 5, 1, 1, 5, **kwargs)

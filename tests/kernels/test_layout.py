@@ -509,12 +509,12 @@ def test_the_plan_counts_the_multiprocessors_of_the_inputs_device():
 
 
 # ----------------------------------------------------------------------------------------------
-# The alignment constexpr (ALIGN, an Alignment) the launchers pass to the tile kernels
+# The alignment constexprs (X_ALIGN, Y_ALIGN, M_ALIGN) the launchers pass to the tile kernels
 # ----------------------------------------------------------------------------------------------
 
 
 def _views(dtype):
-    """(name, x, expected ALIGN.x in float16): views whose alignment is limited by one thing each."""
+    """(name, x, expected X_ALIGN in float16): views whose alignment is limited by one thing each."""
     base = torch.randn(2, 3, 16, generator=torch.Generator().manual_seed(5)).to(dtype)
     storage = torch.randn(64, generator=torch.Generator().manual_seed(6)).to(dtype)
     cl = torch.randn(2, 32, 3, 3, generator=torch.Generator().manual_seed(7)).to(dtype)
@@ -545,28 +545,28 @@ def _views(dtype):
     ]
 
 
-GROUP_STRIDES = [  # each field of ALIGN and the kernel parameters of the strides it covers
-    ("x", ("stride_x_outer", "stride_x_c", "stride_x_inner")),
-    ("y", ("stride_y_outer", "stride_y_c", "stride_y_inner")),  # forward: y, residual
-    ("y", ("stride_dy_outer", "stride_dy_c", "stride_dy_inner")),  # backward: dy, dx, ...
-    ("mask", ("stride_m_outer", "stride_m_c", "stride_m_byte")),
+GROUP_STRIDES = [  # each alignment constexpr and the kernel parameters of the strides it covers
+    ("X_ALIGN", ("stride_x_outer", "stride_x_c", "stride_x_inner")),
+    ("Y_ALIGN", ("stride_y_outer", "stride_y_c", "stride_y_inner")),  # forward: y, residual
+    ("Y_ALIGN", ("stride_dy_outer", "stride_dy_c", "stride_dy_inner")),  # backward: dy, dx, ...
+    ("M_ALIGN", ("stride_m_outer", "stride_m_c", "stride_m_byte")),
 ]
 
 
 def check_alignment_claims(fn, args, kwargs):
-    """What tile_offsets assumes of each field of a launch's ALIGN holds for its arguments: a power
+    """What tile_offsets assumes of each alignment constexpr of a launch holds for its arguments: a power
     of two, at most the tile's size along the vectorised dim (channels when BLOCK_C > 1, else the
     inner dim), dividing the strides of the other two dims and the vectorised dim's extent."""
     values = dict(zip(inspect.signature(fn).parameters, args, strict=False)) | kwargs
     checked = []
     for field, (outer, channel, inner) in GROUP_STRIDES:
-        if "ALIGN" not in values or outer not in values:
+        if field not in values or outer not in values:
             continue
-        align = getattr(values["ALIGN"], field)
-        if field == "mask" and not values.get("RELU"):
+        align = values[field]
+        if field == "M_ALIGN" and not values.get("RELU"):
             continue
         assert align >= 1 and align & (align - 1) == 0, (fn.__name__, field, align)
-        bits = 8 if field == "mask" else 1
+        bits = 8 if field == "M_ALIGN" else 1
         if values["BLOCK_C"] > 1:
             block, others, extent = values["BLOCK_C"], (outer, inner), values["num_channels"]
         else:
@@ -613,10 +613,10 @@ def _recorded_step(x, dtype, monkeypatch):
 
 
 def test_alignment_constexprs_hold_for_every_view(monkeypatch, assert_close):
-    """Every field of ALIGN of every launch of a float16 training step with residual and ReLU
+    """Every alignment constexpr of every launch of a float16 training step with residual and ReLU
     (forward, backward) is what tile_offsets may assume, on views where a stride or a row's length
     limits it (and one whose data pointer is not 16-byte aligned, which Triton's own specialisation
-    sees); ALIGN.x is the largest such; and the results are torch's."""
+    sees); X_ALIGN is the largest such; and the results are torch's."""
     dtype = torch.float16
     for name, x, expected in _views(dtype):
         launches, outputs = _recorded_step(x, dtype, monkeypatch)
@@ -624,4 +624,4 @@ def test_alignment_constexprs_hold_for_every_view(monkeypatch, assert_close):
             assert_close(ours, theirs, dtype=dtype, msg=name)
         claims = [c for fn, args, kwargs in launches for c in check_alignment_claims(fn, args, kwargs)]
         assert {(c[1], c[2]) for c in claims} == {(c, strides[0]) for c, strides in GROUP_STRIDES}, name
-        assert {align for _, field, _, align in claims if field == "x"} == {expected}, name
+        assert {align for _, field, _, align in claims if field == "X_ALIGN"} == {expected}, name

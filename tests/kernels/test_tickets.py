@@ -292,11 +292,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fusedbn.kernels import backward, forward
-from fusedbn.kernels.layout import Alignment
 
 POINTERS = {"arrivals_ptr": "*i32", "mask_ptr": "*u8", "num_batches_tracked_ptr": "*i64"}
 CONSTEXPRS = dict(FINALIZE=True, UPDATE_RUNNING=True, CUMULATIVE=False, RELU=True,
-                  BLOCK_N=2, BLOCK_S=64, BLOCK_C=2, ALIGN=Alignment(1, 1, 1))
+                  BLOCK_N=2, BLOCK_S=64, BLOCK_C=2, X_ALIGN=1, Y_ALIGN=1, M_ALIGN=1)
 ptx = {}
 for kernel in (forward.partial_moments_kernel, backward.partial_sums_kernel):
     signature = {

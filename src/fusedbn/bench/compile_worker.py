@@ -28,7 +28,6 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
-from fusedbn.bench.core import Alignment
 from fusedbn.bench.fake_gpu import fake_driver
 
 WARP_SIZE = 32
@@ -68,8 +67,6 @@ def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
     jit._do_compile = keep  # the one hook every Triton since 3.3 calls with these arguments
     args = [stand_in(arg) for arg in task["args"]]
     kwargs = dict(task["kwargs"])
-    if "ALIGN" in kwargs:  # the tile kernels' one structured constexpr, a list in JSON
-        kwargs["ALIGN"] = Alignment(*kwargs["ALIGN"])
     with fake_driver(GPUTarget("cuda", task["capability"], WARP_SIZE)):
         jit.run(*args, grid=tuple(task["grid"]), warmup=True, **kwargs)
     return jit, decided

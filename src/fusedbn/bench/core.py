@@ -7,7 +7,7 @@ from fusedbn import FusedSyncBatchNorm, backend_for, convert_model, fused_batch_
 from fusedbn.backend import TORCH, TRITON, TRITON_INTERPRETER, triton_on_cpu
 from fusedbn.kernels import backward, forward, tickets
 from fusedbn.kernels.launcher import KernelLauncher
-from fusedbn.kernels.layout import WIDEST_ACCESS_BYTES, Alignment, LaunchLimits, launch_limits
+from fusedbn.kernels.layout import WIDEST_ACCESS_BYTES, LaunchLimits, launch_limits
 
 # Every kernel launcher of fusedbn (the launch_* objects of the kernel modules).
 LAUNCHERS: tuple[KernelLauncher, ...] = tuple(
@@ -21,6 +21,6 @@ KERNEL_SOURCES = Path(forward.__file__).resolve().parent  # the kernel modules' 
 
 __all__ = [
     "KERNEL_NAMES", "KERNEL_SOURCES", "LAUNCHERS", "TICKET_COUNTERS", "TORCH", "TRITON", "TRITON_INTERPRETER",
-    "WIDEST_ACCESS_BYTES", "Alignment", "FusedSyncBatchNorm", "KernelLauncher", "LaunchLimits", "backend_for",
+    "WIDEST_ACCESS_BYTES", "FusedSyncBatchNorm", "KernelLauncher", "LaunchLimits", "backend_for",
     "convert_model", "fused_batch_norm", "launch_limits", "triton_on_cpu", "use_backend",
 ]  # fmt: skip
