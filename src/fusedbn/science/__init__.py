@@ -38,7 +38,7 @@ def quiet(message: str) -> None:
 
 @dataclass(frozen=True)
 class Progress:
-    """A progress callback printing ``[ 12 s] message`` on stderr, counting seconds from ``start`` (a
+    """A progress callback printing ``[   12 s] message`` on stderr, counting seconds from ``start`` (a
     ``time.time()``, so that worker processes count from the same instant)."""
 
     start: float
