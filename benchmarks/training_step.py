@@ -1,8 +1,10 @@
 """Training-step benchmark: a whole ResNet-50 step (forward, loss, backward, SGD update) with each BatchNorm.
 
-Variants: ``torch`` (torch's BatchNorm), ``fusedbn`` (the same model after fusedbn.convert_model) and
-``fusedbn-epilogues`` (fusedbn with the ReLUs and the bottlenecks' residual adds fused into the
-BatchNorms, fusedbn.bench.resnet.fuse_epilogues). Executions (how the step runs): ``eager``;
+Variants: ``torch`` (torch's BatchNorm), ``fusedbn`` (the same model after fusedbn.convert_model,
+running fusedbn's kernels: backend "triton" on CUDA), ``fusedbn-auto`` (the same, as users get it:
+backend "auto", the cost model's choice per layer) and ``fusedbn-epilogues`` (fusedbn's kernels with
+the ReLUs and the bottlenecks' residual adds fused into the BatchNorms,
+fusedbn.bench.resnet.fuse_epilogues). Executions (how the step runs): ``eager``;
 ``cuda-graph``, the whole step captured once and replayed; ``compile`` and ``compile-reduce-overhead``,
 the model under torch.compile in that mode. Precisions: ``bf16`` (autocast), ``fp16`` (autocast and a
 GradScaler), ``fp32``.
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, choices, positive
-from fusedbn.bench.core import backend_for, convert_model
+from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.providers import relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
@@ -54,8 +56,9 @@ if TYPE_CHECKING:
 
 TORCH_BN = "torch"
 FUSEDBN = "fusedbn"
+AUTO = "fusedbn-auto"
 EPILOGUES = "fusedbn-epilogues"
-VARIANTS = (TORCH_BN, FUSEDBN, EPILOGUES)
+VARIANTS = (TORCH_BN, FUSEDBN, AUTO, EPILOGUES)
 
 EAGER = "eager"
 CUDA_GRAPH = "cuda-graph"
@@ -180,15 +183,21 @@ def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
     raise ValueError(f"unknown model {settings.model!r}; choose resnet50 or tiny")
 
 
-def variant_model(base: nn.Module, variant: str) -> nn.Module:
+def variant_backend(variant: str, device: torch.device) -> str:
+    """The backend setting of ``variant``'s BatchNorms: "auto" for fusedbn-auto; fusedbn's kernels
+    ("triton") for the others wherever they run, else "auto" (torch's BatchNorm)."""
+    return "triton" if variant != AUTO and kernels_run_on(device.type) else "auto"
+
+
+def variant_model(base: nn.Module, variant: str, device: torch.device) -> nn.Module:
     """A copy of ``base`` with the BatchNorms of ``variant``."""
     model = copy.deepcopy(base)
     if variant == TORCH_BN:
         return model
-    if variant == FUSEDBN:
-        return convert_model(model)
+    if variant in (FUSEDBN, AUTO):
+        return convert_model(model, backend=variant_backend(variant, device))
     if variant == EPILOGUES:
-        return fuse_epilogues(model)
+        return fuse_epilogues(model, backend=variant_backend(variant, device))
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -323,10 +332,11 @@ def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
     device = plan.device
     if device.type != "cuda" and case.execution in CUDA_ONLY:
         return StepResult(case, f"skipped: {case.execution} needs CUDA")
-    backend = "torch" if case.variant == TORCH_BN else backend_for(device)
+    setting = variant_backend(case.variant, device)
+    backend = "torch" if case.variant == TORCH_BN else backend_for(device, setting)
     start = time.perf_counter()
     try:
-        model = variant_model(base, case.variant)
+        model = variant_model(base, case.variant, device)
         step = prepared_step(case, model, plan)
         prepare_s = time.perf_counter() - start
         steps = time_calls(step, device, plan.settings.timed_steps, keep=True, device_times=True)

@@ -7,6 +7,9 @@ forward+backward of the ResNet-50 shapes in float16 and bfloat16, both layouts:
   3. against torch.compile: at least as fast on at least half of the target cases;
   4. training bandwidth: fwd+bwd at least 60% of the measured copy bandwidth on the large shapes;
   5. eval bandwidth: eval at least 85% of it on the large shapes.
+And for fusedbn as users get it (backend "auto"):
+  6. never slower: every measured case at least 0.97x torch eager (anything below is beyond noise);
+  7. NCHW speed: at least 1.3x torch eager, geometric mean over the target cases in NCHW.
 """
 
 import math
@@ -15,12 +18,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fusedbn.bench.cases import (
+    AUTO,
     COMPILE,
     EAGER,
     EVAL,
     FUSEDBN,
     FWDBWD,
     LARGE_NUMEL,
+    NCHW,
     RESNET50,
     shape_named,
 )
@@ -31,6 +36,8 @@ SPEEDUP_GOAL = 1.25
 FLOOR_GOAL = 0.90
 VS_COMPILE_GOAL = 1.0
 VS_COMPILE_SHARE_GOAL = 0.5
+AUTO_FLOOR_GOAL = 0.97
+AUTO_NCHW_GOAL = 1.3
 # Share of the copy bandwidth, per mode, on the large shapes.
 BANDWIDTH_GOALS = {FWDBWD: 0.60, EVAL: 0.85}
 
@@ -114,9 +121,23 @@ def _bandwidth_target(results: list[Result], mode: str) -> Target:
                   _case_name(lowest.key) if lowest else "")  # fmt: skip
 
 
+def _auto_targets(auto_vs_eager: dict[tuple, float]) -> list[Target]:
+    worst = min(auto_vs_eager, key=auto_vs_eager.get, default=None)
+    nchw = [s for key, s in _on_target_cases(auto_vs_eager).items() if key[2] == NCHW]
+    mean = geometric_mean(nchw)
+    return [
+        Target("auto never slower: slowest case over eager (every case measured)",
+               auto_vs_eager[worst] if worst else math.nan, f">= {AUTO_FLOOR_GOAL:.2f}x",
+               None if worst is None else auto_vs_eager[worst] >= AUTO_FLOOR_GOAL, len(auto_vs_eager),
+               _case_name(worst) if worst else ""),
+        Target("auto NCHW speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, NCHW)", mean,
+               f">= {AUTO_NCHW_GOAL:.1f}x", None if not nchw else mean >= AUTO_NCHW_GOAL, len(nchw)),
+    ]  # fmt: skip
+
+
 def compute_targets(results: list[Result]) -> list[Target]:
     """The project's per-op targets for ``results`` (one run): speed, floor, against torch.compile,
-    training bandwidth, eval bandwidth."""
+    training bandwidth, eval bandwidth, and auto's two."""
     vs_eager = speedups(results, EAGER)
     return [
         _speed_target(vs_eager),
@@ -124,6 +145,7 @@ def compute_targets(results: list[Result]) -> list[Target]:
         _compile_target(speedups(results, COMPILE)),
         _bandwidth_target(results, FWDBWD),
         _bandwidth_target(results, EVAL),
+        *_auto_targets(speedups(results, EAGER, AUTO)),
     ]
 
 

@@ -129,9 +129,9 @@ def _with_relu(bn: nn.Module) -> nn.Module:
     return fused
 
 
-def fuse_epilogues(model: nn.Module) -> nn.Module:
-    """Convert a ResNet's BatchNorms to fusedbn's, fusing the stem's ReLU and each bottleneck's
-    ReLUs and residual add into them. Returns the model, rewritten in place.
+def fuse_epilogues(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Convert a ResNet's BatchNorms to fusedbn's (with ``backend``), fusing the stem's ReLU and
+    each bottleneck's ReLUs and residual add into them. Returns the model, rewritten in place.
 
     The stem's ``relu`` module is used only after ``bn1`` in both this module's and torchvision's
     ResNet, so it becomes an ``nn.Identity``. Raises TypeError for a model without that stem.
@@ -141,7 +141,7 @@ def fuse_epilogues(model: nn.Module) -> nn.Module:
             f"fuse_epilogues: expected a ResNet (bn1, relu, layer1...), got {type(model).__name__}"
         )
     bottlenecks = tuple(c for c in (Bottleneck, _torchvision_bottleneck()) if c is not None)
-    convert_model(model)
+    convert_model(model, backend=backend)
     model.bn1 = _with_relu(model.bn1)
     model.relu = nn.Identity()
     for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
