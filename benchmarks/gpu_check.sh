@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The prepared GPU run: install fusedbn and the carried wheels without network, record the machine, run
-# the test suite on CUDA, the host-time report, the quick per-op suite (with FlagGems), the ResNet-50
-# training-step benchmark and a short tuning study. Meant for a lent H100/H200 with torch, triton,
-# torchvision, pytest and pytest-xdist but no optuna and no network; about 6 minutes, at most
-# TOTAL_BUDGET seconds (470): every step has a timeout and none starts past the total.
+# the test suite on CUDA (the CUDA graph capture test among them), the host-time report, the quick
+# per-op suite (fusedbn's kernels, auto, eager, FlagGems, torch.compile) with the cost table it
+# calibrates, the ResNet-50 training-step benchmark (torch, fusedbn's kernels and auto; eager, CUDA
+# graphs and compiled; NCHW and channels_last) and a short tuning study. Meant for a lent H100/H200
+# with torch, triton, torchvision, pytest and pytest-xdist but no optuna and no network; about 8
+# minutes, at most TOTAL_BUDGET seconds (480): every step has a timeout and none starts past the total.
 #
 #   bash scripts/fetch-gpu-wheels.sh                  (here, with network: wheels into .whl/)
 #   OUT=/some/folder bash benchmarks/gpu_check.sh     (on the GPU machine, from anywhere)
@@ -11,9 +13,10 @@
 #                                                     (CPU rehearsal: every step in its smoke form,
 #                                                      installs nothing, writes only into OUT)
 #
-# Writes into $OUT (6 files): steps.txt (each step's exit code and seconds), console.log (everything
-# printed), summary.txt (per-op suite), host_time.md, training_step.txt, and gpu-check.tar.gz with
-# every step's files (logs, CSVs, plots, kernel tables, tuning summary) under run/.
+# Writes into $OUT (7 files): steps.txt (each step's exit code and seconds), console.log (everything
+# printed), summary.txt (per-op suite), cost_table.json (the cost model fitted to it: this GPU's
+# table for FUSEDBN_COST_TABLE), host_time.md, training_step.txt, and gpu-check.tar.gz with every
+# step's files (logs, CSVs, plots, kernel tables, tuning summary) under run/.
 # A failing or stuck step does not stop the later ones; the script exits with the first failing
 # step's code. Where the copy has no .git, set FUSEDBN_COMMIT to the commit it was made from.
 # Timeouts and budgets in seconds can be changed through the environment variables below.
@@ -24,14 +27,14 @@ OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 
 SMOKE=${GPU_CHECK_SMOKE:-0}
-TOTAL_BUDGET=${TOTAL_BUDGET:-470}
+TOTAL_BUDGET=${TOTAL_BUDGET:-480}
 INSTALL_TIMEOUT=${INSTALL_TIMEOUT:-60}
-TESTS_TIMEOUT=${TESTS_TIMEOUT:-120}
+TESTS_TIMEOUT=${TESTS_TIMEOUT:-110}
 TUNING_TESTS_TIMEOUT=${TUNING_TESTS_TIMEOUT:-60}
-HOST_TIMEOUT=${HOST_TIMEOUT:-90}
+HOST_TIMEOUT=${HOST_TIMEOUT:-60}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-170}
-STEP_TIMEOUT=${STEP_TIMEOUT:-140}
-TUNE_TIMEOUT=${TUNE_TIMEOUT:-60}
+STEP_TIMEOUT=${STEP_TIMEOUT:-190}
+TUNE_TIMEOUT=${TUNE_TIMEOUT:-40}
 # The benchmarks stop starting cases after their budget and then write their reports, well inside
 # their timeouts: the per-op suite after BENCH_BUDGET s (torch.compile after COMPILE_BUDGET s of
 # compiling), then profiles kernels for PROFILE_BUDGET s; the training-step benchmark starts no case
@@ -39,7 +42,7 @@ TUNE_TIMEOUT=${TUNE_TIMEOUT:-60}
 BENCH_BUDGET=${BENCH_BUDGET:-100}
 COMPILE_BUDGET=${COMPILE_BUDGET:-60}
 PROFILE_BUDGET=${PROFILE_BUDGET:-25}
-STEP_BUDGET=${STEP_BUDGET:-90}
+STEP_BUDGET=${STEP_BUDGET:-150}
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
 RUN="$OUT/run"
@@ -169,22 +172,25 @@ pick_args --smoke --fake-gpu --
 step host-time "$HOST_TIMEOUT" "$RUN/host_time.log" \
     "$python" benchmarks/host_time.py "${ARGS[@]}" --out "$RUN/host-time"
 
-# 6. The quick per-op suite (fusedbn, eager, FlagGems, torch.compile); should it be cut short,
-#    render what reached results.csv.
-pick_args --smoke --dtypes fp32 --shapes 64x16 -- --quick --profile-kernels "$PROFILE_BUDGET"
+# 6. The quick per-op suite (fusedbn's kernels, auto, eager, FlagGems, torch.compile), and the cost
+#    table fitted to it (--calibrate); should it be cut short, render what reached results.csv.
+pick_args --smoke --dtypes fp32 --shapes 64x16 -- --quick --calibrate --profile-kernels "$PROFILE_BUDGET"
 step bench "$BENCH_TIMEOUT" "$RUN/bench.log" \
     "$python" -m fusedbn.bench.cli "${ARGS[@]}" --out "$RUN/bench" \
     --time-budget "$BENCH_BUDGET" --compile-budget "$COMPILE_BUDGET"
 if [ ! -s "$RUN/bench/summary.txt" ] && [ -s "$RUN/bench/results.csv" ]; then
+    [ "$SMOKE" = 1 ] || calibrate=--calibrate
     step report 60 "$RUN/bench.log" \
-        "$python" -m fusedbn.bench.cli --report "$RUN/bench/results.csv" --out "$RUN/bench"
+        "$python" -m fusedbn.bench.cli --report "$RUN/bench/results.csv" --out "$RUN/bench" ${calibrate:-}
 fi
 
-# 7. ResNet-50 training steps: batch 128, bf16 and fp16, channels_last, eager, then the CUDA graph of
-#    the whole step (about 6 s a case). torch.compile (about a minute of compiling per variant) and
-#    NCHW, batch 64 are for a longer session: python benchmarks/training_step.py with defaults.
-pick_args --smoke -- --batches 128 --precisions bf16,fp16 --layouts channels_last \
-    --executions eager,cuda-graph --warmup 5 --steps 20 --profile-steps 2
+# 7. ResNet-50 training steps, batch 64, bf16 autocast, NCHW and channels_last: torch's BatchNorm,
+#    fusedbn's kernels and auto, eager then the CUDA graph of the whole step (about 6 s a case), then
+#    compiled (about a minute of compiling a case, as far as the budget goes: NCHW first). fp16, batch
+#    128 and the epilogue variant are for a longer session: python benchmarks/training_step.py.
+pick_args --smoke -- --batches 64 --precisions bf16 --layouts nchw,channels_last \
+    --variants torch,fusedbn-auto,fusedbn --executions eager,cuda-graph,compile \
+    --warmup 5 --steps 20 --profile-steps 2
 step training-step "$STEP_TIMEOUT" "$RUN/training_step.log" \
     "$python" benchmarks/training_step.py "${ARGS[@]}" --out "$RUN/training-step" --time-budget "$STEP_BUDGET"
 
@@ -198,7 +204,7 @@ else
 fi
 
 # 9. The few files that come back, everything else packed, and a short summary last.
-for file in bench/summary.txt host-time/host_time.md training-step/training_step.txt; do
+for file in bench/summary.txt bench/cost_table.json host-time/host_time.md training-step/training_step.txt; do
     [ -s "$RUN/$file" ] && cp "$RUN/$file" "$OUT/"
 done
 echo

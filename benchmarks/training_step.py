@@ -1,13 +1,15 @@
 """Training-step benchmark: a whole ResNet-50 step (forward, loss, backward, SGD update) with each BatchNorm.
 
-Variants: ``torch``, ``fusedbn`` (after fusedbn.convert_model) and ``fusedbn-epilogues`` (the ReLUs and
-residual adds fused into the BatchNorms). Executions: ``eager``, ``cuda-graph`` (the step captured once,
-replayed), ``compile`` and ``compile-reduce-overhead`` (torch.compile modes). Precisions: ``bf16`` (autocast),
-``fp16`` (autocast and a GradScaler), ``fp32``. Every case starts from the same weights and synthetic batch,
-warms up, then reports images/s, wall, GPU (CUDA events) and host (enqueue) time per step, each kernel's
-device time and the BatchNorm share, and whether its losses and running statistics are within TOLERANCES of
-torch eager's. Cases run execution by execution, eager first, within ``--time-budget``. Writes
-OUT/training_step.csv, OUT/training_step_kernels.csv, OUT/training_step.txt and OUT/training_step.png.
+Variants: ``torch``, ``fusedbn`` (after fusedbn.convert_model, running fusedbn's kernels: backend "triton"),
+``fusedbn-auto`` (the same as users get it: backend "auto", the cost model's choice per layer) and
+``fusedbn-epilogues`` (fusedbn's kernels with the ReLUs and residual adds fused into the BatchNorms).
+Executions: ``eager``, ``cuda-graph`` (the step captured once, replayed), ``compile`` and
+``compile-reduce-overhead`` (torch.compile modes). Precisions: ``bf16`` (autocast), ``fp16`` (autocast and a
+GradScaler), ``fp32``. Every case starts from the same weights and synthetic batch, warms up, then reports
+images/s, wall, GPU (CUDA events) and host (enqueue) time per step, each kernel's device time and the
+BatchNorm share, and whether its losses and running statistics are within TOLERANCES of torch eager's. Cases
+run execution by execution, eager first, within ``--time-budget``. Writes OUT/training_step.csv,
+OUT/training_step_kernels.csv, OUT/training_step.txt and OUT/training_step.png.
 ``--smoke``: a tiny ResNet on 16x16 images, eager, on the CPU.
 """
 
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, choices, positive
-from fusedbn.bench.core import backend_for, convert_model
+from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.providers import relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
@@ -44,8 +46,9 @@ if TYPE_CHECKING:
 
 TORCH_BN = "torch"
 FUSEDBN = "fusedbn"
+AUTO = "fusedbn-auto"
 EPILOGUES = "fusedbn-epilogues"
-VARIANTS = (TORCH_BN, FUSEDBN, EPILOGUES)
+VARIANTS = (TORCH_BN, FUSEDBN, AUTO, EPILOGUES)
 
 EAGER = "eager"
 CUDA_GRAPH = "cuda-graph"
@@ -170,15 +173,21 @@ def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
     raise ValueError(f"unknown model {settings.model!r}; choose resnet50 or tiny")
 
 
-def variant_model(base: nn.Module, variant: str) -> nn.Module:
+def variant_backend(variant: str, device: torch.device) -> str:
+    """The backend setting of ``variant``'s BatchNorms: "auto" for fusedbn-auto; fusedbn's kernels
+    ("triton") for the others wherever they run, else "auto" (torch's BatchNorm)."""
+    return "triton" if variant != AUTO and kernels_run_on(device.type) else "auto"
+
+
+def variant_model(base: nn.Module, variant: str, device: torch.device) -> nn.Module:
     """A copy of ``base`` with the BatchNorms of ``variant``."""
     model = copy.deepcopy(base)
     if variant == TORCH_BN:
         return model
-    if variant == FUSEDBN:
-        return convert_model(model)
+    if variant in (FUSEDBN, AUTO):
+        return convert_model(model, backend=variant_backend(variant, device))
     if variant == EPILOGUES:
-        return fuse_epilogues(model)
+        return fuse_epilogues(model, backend=variant_backend(variant, device))
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -308,10 +317,11 @@ def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
     device = plan.device
     if device.type != "cuda" and case.execution in CUDA_ONLY:
         return StepResult(case, f"skipped: {case.execution} needs CUDA")
-    backend = "torch" if case.variant == TORCH_BN else backend_for(device)
+    setting = variant_backend(case.variant, device)
+    backend = "torch" if case.variant == TORCH_BN else backend_for(device, setting)
     start = time.perf_counter()
     try:
-        model = variant_model(base, case.variant)
+        model = variant_model(base, case.variant, device)
         step = prepared_step(case, model, plan)
         prepare_s = time.perf_counter() - start
         steps = time_calls(step, device, plan.settings.timed_steps, keep=True, device_times=True)

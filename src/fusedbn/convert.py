@@ -6,6 +6,7 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from fusedbn.backend import check_backend
 from fusedbn.modules import FusedBatchNorm1d, FusedBatchNorm2d, FusedBatchNorm3d
 
 TO_FUSED: dict[type[nn.Module], type[_BatchNorm]] = {
@@ -79,15 +80,18 @@ def _replacement(module: _BatchNorm, new_class: type[_BatchNorm], constructor_kw
     return replacement
 
 
-def convert_model(model: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm1d/2d/3d`` in ``model`` with its fusedbn counterpart.
+def convert_model(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Replace every ``nn.BatchNorm1d/2d/3d`` in ``model`` with its fusedbn counterpart, whose
+    ``backend`` setting is ``backend`` ("auto", "triton" or "torch", see :mod:`fusedbn.backend`).
 
     Parameters and buffers are moved over as they are (same tensors, device, dtype and
     requires_grad), the training flag and ``qconfig`` are kept, and the converted model is returned;
     a bare BatchNorm module passed in is returned replaced. Subclasses of torch's BatchNorm are left
-    alone, since they may change its behaviour.
+    alone, since they may change its behaviour. An unknown ``backend`` is a ValueError, raised
+    before anything changes.
     """
-    return swap_batchnorms(model, TO_FUSED, "convert_model")
+    check_backend(backend)
+    return swap_batchnorms(model, TO_FUSED, "convert_model", backend=backend)
 
 
 def revert_model(model: nn.Module) -> nn.Module:

@@ -283,6 +283,15 @@ def table_from_results(rows: Iterable[Mapping[str, Any]], source: str, margin: f
     )
 
 
+def describe_run(row: Mapping[str, Any], where: str) -> str:
+    """Where a table's rows come from: ``where`` and the run's device, versions and commit (read
+    from one of its rows)."""
+    return (
+        f"{where} ({row['device']}, torch {row['torch']}, triton {row['triton']}, "
+        f"fusedbn at {str(row['commit']).split()[-1]})"
+    )
+
+
 def scaled_table(table: CostTable, device: str, bandwidth_ratio: float, source: str) -> CostTable:
     """``table`` for another GPU kind whose memory bandwidth is ``bandwidth_ratio`` times the
     measured one's: every throughput scaled, host times kept (derived, not measured)."""
@@ -305,11 +314,7 @@ def shipped_tables(h200_rows: list[Mapping[str, Any]], run: str) -> dict[str, Co
     """The tables fusedbn ships, by file name, from the rows of the H200 run in the folder ``run``:
     the H200's measured, the H100's and A100's derived from it, and the conservative one (the H200's
     numbers, fusedbn's kernels only where predicted twice as fast)."""
-    first = h200_rows[0]
-    measured = (
-        f"{run}/results.csv ({first['device']}, torch {first['torch']}, triton {first['triton']}, "
-        f"fusedbn at {first['commit'].split()[-1]})"
-    )
+    measured = describe_run(h200_rows[0], f"{run}/results.csv")
     h200 = table_from_results(h200_rows, f"measured: {measured}")
     tables = {"nvidia-h200.json": h200}
     for device in ("NVIDIA H100", "NVIDIA A100"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fusedbn import costs
 from fusedbn.backend import backend_for
 from fusedbn.bench import cli, providers
 from fusedbn.bench.results import Result, ResultFile, Run
@@ -52,7 +53,7 @@ def test_full_run_plan():
     assert bench.dtypes == ["float32", "float16", "bfloat16"]
     assert bench.layouts == ["nchw", "channels_last"]
     assert bench.modes == ["fwd", "bwd", "fwdbwd", "eval"]
-    assert bench.providers == ["fusedbn", "eager", "flag_gems", "compile"]
+    assert bench.providers == ["fusedbn", "auto", "eager", "flag_gems", "compile"]
     assert bench.compile_shapes is None and bench.compile_modes is None
     assert (bench.settings.warmup_ms, bench.settings.rep_ms) == (25, 100)
     assert bench.copy_bytes == 1 << 30
@@ -85,7 +86,7 @@ def test_smoke_plan_is_tiny_and_on_the_cpu():
     bench = cli.build_benchmark(_parse("--smoke"))
     assert bench.device == torch.device("cpu")
     assert [s.name for s in bench.shapes] == ["4x8x6x6", "64x16", "2x4x3x4x4"]
-    assert bench.providers == ["fusedbn", "eager", "flag_gems"]
+    assert bench.providers == ["fusedbn", "auto", "eager", "flag_gems"]
     assert bench.modes == ["fwd", "bwd", "fwdbwd", "eval"]
 
 
@@ -110,8 +111,8 @@ def test_smoke_end_to_end_then_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    # 3 shapes: 2 layouts, 1 (2D), 2; 4 modes; 3 providers
-    assert len(rows) == (2 + 1 + 2) * 4 * 3
+    # 3 shapes: 2 layouts, 1 (2D), 2; 4 modes; 4 providers
+    assert len(rows) == (2 + 1 + 2) * 4 * 4
     assert {row["status"] for row in rows if row["provider"] != "flag_gems"} == {"ok"}
     # FlagGems runs where it imports (a GPU machine with its wheel); elsewhere its rows say why not.
     gems_reason = providers.unavailable_reason("flag_gems")
@@ -123,8 +124,11 @@ def test_smoke_end_to_end_then_report(tmp_path, capsys):
     summary = (out / "summary.txt").read_text()
     assert "| 2x4x3x4x4 | bfloat16 | channels_last | eval   |" in summary and "| target" in summary
     assert summary.strip() in printed
-    # The summary names what ran fusedbn's cases: on the CPU, the interpreter or torch's own BatchNorm.
-    assert f"fusedbn backend: {backend_for('cpu')}, " in summary.splitlines()[3]
+    # The summary names what ran fusedbn's cases: on the CPU, the interpreter or torch's own BatchNorm
+    # (for the kernels' rows and for auto's alike).
+    kernels = backend_for("cpu", "triton" if backend_for("cpu") != "torch" else "auto")
+    assert f"fusedbn backend: {kernels}, " in summary.splitlines()[3]
+    assert f"auto backend: {backend_for('cpu')}, " in summary.splitlines()[3]
     for name in ("speedup.png", "bandwidth.png"):
         assert (out / name).stat().st_size > 1000
     # What the README lists for --smoke, and nothing else: no kernel profile on the CPU.
@@ -165,3 +169,24 @@ def test_report_renders_a_committed_result_file_written_before_the_run_record(tm
 def test_report_of_a_missing_file_is_an_error(tmp_path, capsys):
     assert cli.main(["--report", str(tmp_path / "nothing.csv")]) == 2
     assert "fusedbn bench: error:" in capsys.readouterr().err
+
+
+H200_RUN = "benchmarks/results/2026-11-27-h200/results.csv"
+
+
+def test_calibrating_from_the_h200_run_writes_the_shipped_table(tmp_path, monkeypatch):
+    """--report FILE --calibrate fits the cost model to a committed run: from the H200 run, the
+    very table fusedbn ships for the H200."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert cli.main(["--report", H200_RUN, "--calibrate", "--out", str(tmp_path)]) == 0
+    written = costs.load_table(tmp_path / "cost_table.json")
+    assert written == costs.load_table(costs.TABLE_FOLDER / "nvidia-h200.json")
+
+
+def test_calibrating_without_fusedbns_kernels_is_refused(tmp_path, capsys):
+    """A smoke run's fusedbn rows ran the interpreter or torch's BatchNorm: no table of a GPU."""
+    out = tmp_path / "bench"
+    assert cli.main(["--smoke", "--dtypes", "fp32", "--shapes", "64x16", "--modes", "fwd",
+                     "--calibrate", "--out", str(out)]) == 2
+    assert "not its compiled kernels: calibrate on a GPU" in capsys.readouterr().err
+    assert not (out / "cost_table.json").exists() and (out / "results.csv").exists()

@@ -86,15 +86,18 @@ def test_gpu_check_runs_every_step_with_options_the_benchmarks_accept(tmp_path, 
     training_args = _parser(load("training_step").add_arguments).parse_args(training[0])
     assert host_args.out == run / "host-time" and bench_args.out == run / "bench"
     assert training_args.out == run / "training-step" and tune[0][:1] == ["tune"]
-    assert (bench_args.time_budget, bench_args.compile_budget, training_args.time_budget) == (100, 60, 90)
+    assert (bench_args.time_budget, bench_args.compile_budget, training_args.time_budget) == (100, 60, 150)
     if smoke == "1":
         assert done.returncode == 0, done.stdout + done.stderr
         assert host_args.smoke and host_args.fake_gpu and bench_args.smoke and training_args.smoke
         assert steps["wheels"] == "skipped: rehearsal installs nothing" and "nvidia-smi" not in steps
         assert "--device cpu" in " ".join(tune[0])
     else:
-        assert bench_args.quick and bench_args.profile_kernels == 25 and not host_args.fake_gpu
-        assert training_args.executions == ["eager", "cuda-graph"] and training_args.batches == [128]
+        assert bench_args.quick and bench_args.calibrate and bench_args.profile_kernels == 25
+        assert not host_args.fake_gpu and training_args.batches == [64]
+        assert training_args.executions == ["eager", "cuda-graph", "compile"]
+        assert training_args.variants == ["torch", "fusedbn-auto", "fusedbn"]
+        assert training_args.layouts == ["nchw", "channels_last"]
         assert "--device cuda" in " ".join(tune[0]) and "nvidia-smi" in steps
     assert sorted(p.name for p in out.iterdir()) == ["console.log", "gpu-check.tar.gz", "steps.txt"]
     with tarfile.open(out / "gpu-check.tar.gz") as packed:

@@ -53,7 +53,7 @@ def _target_run():
 
 
 def test_targets_on_synthetic_timings():
-    speed, floor, vs_compile, training_bw, eval_bw = metrics.compute_targets(_target_run())
+    speed, floor, vs_compile, training_bw, eval_bw, *_ = metrics.compute_targets(_target_run())
 
     assert speed.cases == 4
     assert speed.value == pytest.approx((2.0 * 1.0 * 3.0 * 1.5) ** 0.25)
@@ -82,7 +82,7 @@ def test_targets_met_and_unmeasured():
         _r("64x512x7x7", "bfloat16", "channels_last", "fwdbwd", "eager", 1.3),
         _r("64x512x7x7", "bfloat16", "channels_last", "fwdbwd", "fusedbn", 1.0),
     ]
-    speed, floor, vs_compile, training_bw, eval_bw = metrics.compute_targets(results)
+    speed, floor, vs_compile, training_bw, eval_bw, *_ = metrics.compute_targets(results)
     assert speed.value == pytest.approx(1.3) and speed.met is True
     assert floor.value == pytest.approx(1.3) and floor.met is True
     assert vs_compile.cases == 0 and vs_compile.met is None and math.isnan(vs_compile.value)
@@ -131,3 +131,25 @@ def test_mismatches_flag_differences_past_rounding_and_nan():
     ]
     flagged = metrics.mismatches(results)
     assert [(r.dtype, r.mode) for r in flagged] == [("float32", "bwd"), ("float16", "bwd")]
+
+
+def test_auto_is_never_slower_and_fast_on_nchw():
+    """auto's targets: its slowest case against eager (every case, noise allowed to 0.97x), and its
+    NCHW fwd+bwd geomean on the target cases."""
+    results = []
+    # (shape, dtype, layout): (eager ms, auto ms)
+    for (shape, dtype, layout), (eager, auto) in {
+        ("64x64x112x112", "float16", "nchw"): (4.0, 2.0),  # 2x
+        ("64x2048x7x7", "bfloat16", "nchw"): (1.0, 1.0),  # 1x
+        ("64x2048x7x7", "bfloat16", "channels_last"): (1.0, 0.5),  # not NCHW: not in the speed
+        ("64x16", "float32", "nchw"): (1.0, 1.02),  # 0.98x: the slowest, within noise
+    }.items():
+        results.append(_r(shape, dtype, layout, "fwdbwd", "eager", eager))
+        results.append(_r(shape, dtype, layout, "fwdbwd", "auto", auto))
+    never_slower, nchw_speed = metrics.compute_targets(results)[-2:]
+    assert never_slower.cases == 4 and never_slower.met is True
+    assert never_slower.value == pytest.approx(1 / 1.02) and never_slower.where == "64x16 float32 nchw fwdbwd"
+    assert nchw_speed.cases == 2 and nchw_speed.value == pytest.approx(2 ** 0.5) and nchw_speed.met is True
+    results.append(_r("64x16", "float32", "nchw", "eval", "eager", 1.0))
+    results.append(_r("64x16", "float32", "nchw", "eval", "auto", 1.05))
+    assert metrics.compute_targets(results)[-2].met is False

@@ -20,6 +20,7 @@ def test_table_has_a_line_per_case_with_providers_side_by_side():
     results = [
         _r("fwd", "eager", 0.2),
         _r("fwd", "fusedbn", 0.1, gbps=1234.5, share=0.412),
+        _r("fwd", "auto", 0.125),
         _r("fwd", "compile", 0.15),
         _r("fwd", "flag_gems", 0.4),
         _r("bwd", "eager", 0.3),
@@ -29,9 +30,9 @@ def test_table_has_a_line_per_case_with_providers_side_by_side():
     assert _cells(lines[0])[:4] == ["shape", "dtype", "layout", "mode"]
     assert len(lines) == 4  # the header, its rule and a row per case
     fwd, bwd = _cells(lines[2]), _cells(lines[3])
-    assert fwd == ["64x64x56x56", "float16", "nchw", "fwd", "200.0", "100.0", "150.0", "400.0", "2.00x",
-                   "1.50x", "4.00x", "1234", "41%", "1e-04"]  # fmt: skip
-    assert bwd[4:12] == ["300.0", "600.0", "-", "-", "0.50x", "-", "-", "1500"]
+    assert fwd == ["64x64x56x56", "float16", "nchw", "fwd", "200.0", "100.0", "125.0", "150.0", "400.0",
+                   "2.00x", "1.60x", "1.50x", "4.00x", "1234", "41%", "1e-04"]  # fmt: skip
+    assert bwd[4:14] == ["300.0", "600.0", "-", "-", "-", "0.50x", "-", "-", "-", "1500"]
 
 
 def test_table_marks_failures_skips_and_differences():
@@ -43,7 +44,7 @@ def test_table_marks_failures_skips_and_differences():
         _r("fwd", "fusedbn", 0.2, dtype="float32", rel_diff=2e-3),
     ]
     eval_line, fwd_line = (_cells(line) for line in report.format_table(results).splitlines()[2:])
-    assert eval_line[4:9] == ["200.0", "error", "skip", "-", "-"]
+    assert eval_line[4:10] == ["200.0", "error", "-", "skip", "-", "-"]
     assert eval_line[-1] == "-"
     assert fwd_line[-1] == "2e-03!"  # past the float32 limit
 

@@ -102,12 +102,15 @@ EVAL = "eval"
 MODES = (FWD, BWD, FWDBWD, EVAL)
 
 FUSEDBN = "fusedbn"
+AUTO = "auto"
 EAGER = "eager"
 FLAG_GEMS = "flag_gems"
 COMPILE = "compile"
-# fusedbn's module; torch.nn.BatchNorm as torch runs it (cuDNN or native); FlagGems' Triton
-# batch_norm (pip flag-gems), where it imports; torch.compile of torch's module.
-PROVIDERS = (FUSEDBN, EAGER, FLAG_GEMS, COMPILE)
+# fusedbn's module running its kernels (backend="triton", wherever they run); fusedbn's module as
+# users get it (backend="auto": the cost model's choice per call); torch.nn.BatchNorm as torch runs
+# it (cuDNN or native); FlagGems' Triton batch_norm (pip flag-gems), where it imports; torch.compile
+# of torch's module.
+PROVIDERS = (FUSEDBN, AUTO, EAGER, FLAG_GEMS, COMPILE)
 
 # How many full passes over an input-sized tensor each mode needs at the least: forward reads x and
 # writes y; backward reads x and dy and writes dx. Per-channel parameters and statistics are left

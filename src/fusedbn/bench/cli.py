@@ -3,11 +3,12 @@
 Every case (shape x dtype x layout x mode x provider) is timed after a warm-up with triton.testing.do_bench
 (L2 flushed before each repetition) on random, offset data, and its output compared with eager's. Its minimal
 bytes over its median time is its effective bandwidth, reported as a share of the copy bandwidth measured in
-the same run. Rows are appended to OUT/results.csv as they are measured; the table, the speed targets and any
+the same run. Providers: ``fusedbn`` (its kernels), ``auto`` (backend "auto", as users get it), ``eager`` and
+``compile``. Rows are appended to OUT/results.csv as they are measured; the table, the speed targets and any
 failures go to stdout and OUT/summary.txt, with plots OUT/speedup.png and OUT/bandwidth.png; --profile-kernels
-then profiles each provider's fwd+bwd kernels on the ResNet-50 shapes into OUT/kernels.csv. --quick is the GPU
-run's subset; --smoke checks the harness on the CPU in seconds (fusedbn and eager, tiny shapes, no speed);
---report re-renders a result file.
+then profiles each provider's fwd+bwd kernels on the ResNet-50 shapes into OUT/kernels.csv; --calibrate fits
+the cost model (fusedbn.costs) to the run's rows into OUT/cost_table.json. --quick is the GPU run's subset;
+--smoke checks the harness on the CPU in seconds (tiny shapes, no speed); --report re-renders a result file.
 """
 
 import argparse
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from fusedbn import costs
 from fusedbn.bench.cases import (
+    FUSEDBN,
     SHAPE_GROUPS,
     SHAPES,
     parse_dtypes,
@@ -30,6 +33,7 @@ from fusedbn.bench.cases import (
     parse_shapes,
     positive,
 )
+from fusedbn.bench.core import TRITON
 from fusedbn.bench.metrics import mismatches
 from fusedbn.bench.plots import write_plots
 from fusedbn.bench.profiling import KERNELS_FILE, format_kernel_summary, profile_cases, write_kernel_rows
@@ -43,7 +47,8 @@ from fusedbn.records import run_record
 
 RESULTS_FILE = "results.csv"
 SUMMARY_FILE = "summary.txt"
-ALL_PROVIDERS = "fusedbn,eager,flag_gems,compile"
+COST_TABLE_FILE = "cost_table.json"
+ALL_PROVIDERS = "fusedbn,auto,eager,flag_gems,compile"
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ PRESETS = {
                    TimingSettings(warmup_ms=25, rep_ms=100), 1024, math.inf, math.inf, 120.0),
     "quick": Preset("all", "float16,bfloat16", ALL_PROVIDERS, "resnet50", "fwd,bwd,fwdbwd",
                     TimingSettings(warmup_ms=10, rep_ms=40), 1024, 240.0, 150.0, 30.0),
-    "smoke": Preset("smoke", "float32,float16,bfloat16", "fusedbn,eager,flag_gems", None, None,
+    "smoke": Preset("smoke", "float32,float16,bfloat16", "fusedbn,auto,eager,flag_gems", None, None,
                     TimingSettings(warmup_calls=1, cpu_repeats=3), 4, math.inf, math.inf, 0.0),
 }  # fmt: skip
 
@@ -97,9 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--modes", type=parse_modes,
         help="fwd (training forward), bwd (its backward), fwdbwd, eval (default: all four)")
     add("--providers", type=parse_providers,
-        help="fusedbn, eager (torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped where "
-        "it does not import), compile (torch.compile of torch's) (default: all four; smoke: fusedbn,eager,"
-        "flag_gems)")
+        help="fusedbn (its kernels, backend='triton'), auto (fusedbn as users get it, backend='auto'), eager "
+        "(torch's nn.BatchNorm), flag_gems (FlagGems' Triton batch_norm, skipped where it does not import), "
+        "compile (torch.compile of torch's) (default: all five; smoke: fusedbn,auto,eager,flag_gems)")
     add("--compile-shapes", type=parse_shapes,
         help="shapes torch.compile is timed on, like --shapes (default: as --shapes; quick: resnet50)")
     add("--compile-modes", type=parse_modes,
@@ -116,6 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the timed cases, profile each provider's fwd+bwd kernels on the ResNet-50 shapes for "
         "at most this long, into kernels.csv and the summary; 0: not at all (default: 120; quick: 30; "
         "smoke: 0)")
+    add("--calibrate", action="store_true",
+        help=f"also fit fusedbn's cost model to the run's rows (with --report: the file's) and write "
+        f"OUT/{COST_TABLE_FILE}, for FUSEDBN_COST_TABLE; it needs fusedbn's, eager's and compile's rows "
+        "in fwd, fwdbwd and eval, measured on a GPU")
     add("--compile-budget", type=positive(float), metavar="SECONDS",
         help="skip torch.compile once its first calls (compiling) took this long (default: none; "
         "quick: 150)")
@@ -171,6 +180,26 @@ def _finish(run: Run, results: list[Result], out: Path) -> None:
     print(f"\nwrote {out / SUMMARY_FILE}, {', '.join(str(p) for p in paths)}", flush=True)
 
 
+def _write_cost_table(run: Run, results: list[Result], out: Path, where: Path) -> None:
+    """Fit the cost model to a run's results and write it to OUT/cost_table.json.
+
+    Raises ValueError (costs.CostTableError) when the rows cannot make a table: fusedbn's rows did
+    not run its compiled kernels, or a provider or mode the table needs is missing.
+    """
+    kernels = {r.backend for r in results if r.provider == FUSEDBN and r.ok}
+    if kernels != {TRITON}:
+        raise costs.CostTableError(
+            f"--calibrate: fusedbn's rows ran {', '.join(sorted(kernels)) or 'nothing'}, not its compiled "
+            "kernels: calibrate on a GPU"
+        )
+    record = dataclasses.asdict(run.record)
+    rows = [{**record, "copy_gbps": run.copy_gbps, **dataclasses.asdict(r)} for r in results]
+    table = costs.table_from_results(rows, f"measured: {costs.describe_run(rows[0], str(where))}")
+    path = out / COST_TABLE_FILE
+    path.write_text(table.to_json())
+    print(f"wrote {path}: use it with FUSEDBN_COST_TABLE={path} (or fusedbn.use_cost_table)", flush=True)
+
+
 def _profile_kernels(bench: Benchmark, budget_s: float, out: Path) -> None:
     """Profile the kernels of the run's ResNet-50 cases into ``out``; add their table to the summary."""
     rows, left_out = profile_cases(bench.shapes, bench.dtypes, bench.layouts, bench.device, budget_s)
@@ -223,6 +252,8 @@ def _render(args: argparse.Namespace) -> int:
     run, results = read_results(args.report, args.run_id)
     with output_folder(args.out):
         _finish(run, results, args.out)
+        if args.calibrate:
+            _write_cost_table(run, results, args.out, args.report)
     return 0
 
 
@@ -244,6 +275,8 @@ def _benchmark(args: argparse.Namespace) -> int:
         results = _measure(bench, copy_gbps, result_file)
         print()
         _finish(run, results, args.out)
+        if args.calibrate:
+            _write_cost_table(run, results, args.out, args.out / RESULTS_FILE)
         profile_budget = PRESETS[_preset_name(args)].profile_budget
         if args.profile_kernels is not None:
             profile_budget = args.profile_kernels

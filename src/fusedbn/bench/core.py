@@ -4,7 +4,7 @@ public API, and the kernel launchers, launch limits and switches they measure an
 from pathlib import Path
 
 from fusedbn import FusedSyncBatchNorm, backend_for, convert_model, fused_batch_norm, use_backend
-from fusedbn.backend import TORCH, TRITON, TRITON_INTERPRETER, triton_on_cpu
+from fusedbn.backend import AUTO, TORCH, TRITON, TRITON_INTERPRETER, kernels_run_on, triton_on_cpu
 from fusedbn.kernels import backward, forward, tickets
 from fusedbn.kernels.launcher import KernelLauncher
 from fusedbn.kernels.layout import WIDEST_ACCESS_BYTES, LaunchLimits, launch_limits
@@ -20,7 +20,8 @@ TICKET_COUNTERS = tickets._counters
 KERNEL_SOURCES = Path(forward.__file__).resolve().parent  # the kernel modules' folder
 
 __all__ = [
-    "KERNEL_NAMES", "KERNEL_SOURCES", "LAUNCHERS", "TICKET_COUNTERS", "TORCH", "TRITON", "TRITON_INTERPRETER",
-    "WIDEST_ACCESS_BYTES", "FusedSyncBatchNorm", "KernelLauncher", "LaunchLimits", "backend_for",
-    "convert_model", "fused_batch_norm", "launch_limits", "triton_on_cpu", "use_backend",
+    "AUTO", "KERNEL_NAMES", "KERNEL_SOURCES", "LAUNCHERS", "TICKET_COUNTERS", "TORCH", "TRITON",
+    "TRITON_INTERPRETER", "WIDEST_ACCESS_BYTES", "FusedSyncBatchNorm", "KernelLauncher", "LaunchLimits",
+    "backend_for", "convert_model", "fused_batch_norm", "kernels_run_on", "launch_limits", "triton_on_cpu",
+    "use_backend",
 ]  # fmt: skip

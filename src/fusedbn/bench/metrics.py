@@ -1,9 +1,10 @@
 """Ratios between providers and the project's per-op speed targets (measured, never asserted by a test).
 
-On the target cases (training fwd+bwd of the ResNet-50 shapes in float16 and bfloat16, both layouts): speed,
-at least 1.25x torch eager as a geometric mean; floor, no case below 0.9x eager; at least as fast as
-torch.compile on at least half of them. On the large shapes: fwd+bwd at least 60%, eval at least 85% of the
-measured copy bandwidth.
+On the target cases (training fwd+bwd of the ResNet-50 shapes in float16 and bfloat16, both layouts), for
+fusedbn's kernels: speed, at least 1.25x torch eager as a geometric mean; floor, no case below 0.9x eager; at
+least as fast as torch.compile on at least half of them. On the large shapes: fwd+bwd at least 60%, eval at
+least 85% of the measured copy bandwidth. For backend "auto": never slower, every measured case at least
+0.97x eager (below is beyond noise); NCHW speed, at least 1.3x eager as a geometric mean of the NCHW targets.
 """
 
 import math
@@ -12,12 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fusedbn.bench.cases import (
+    AUTO,
     COMPILE,
     EAGER,
     EVAL,
     FUSEDBN,
     FWDBWD,
     LARGE_NUMEL,
+    NCHW,
     RESNET50,
     shape_named,
 )
@@ -28,6 +31,8 @@ SPEEDUP_GOAL = 1.25
 FLOOR_GOAL = 0.90
 VS_COMPILE_GOAL = 1.0
 VS_COMPILE_SHARE_GOAL = 0.5
+AUTO_FLOOR_GOAL = 0.97
+AUTO_NCHW_GOAL = 1.3
 # Share of the copy bandwidth, per mode, on the large shapes.
 BANDWIDTH_GOALS = {FWDBWD: 0.60, EVAL: 0.85}
 
@@ -111,9 +116,23 @@ def _bandwidth_target(results: list[Result], mode: str) -> Target:
                   _case_name(lowest.key) if lowest else "")  # fmt: skip
 
 
+def _auto_targets(auto_vs_eager: dict[tuple, float]) -> list[Target]:
+    worst = min(auto_vs_eager, key=auto_vs_eager.get, default=None)
+    nchw = [s for key, s in _on_target_cases(auto_vs_eager).items() if key[2] == NCHW]
+    mean = geometric_mean(nchw)
+    return [
+        Target("auto never slower: slowest case over eager (every case measured)",
+               auto_vs_eager[worst] if worst else math.nan, f">= {AUTO_FLOOR_GOAL:.2f}x",
+               None if worst is None else auto_vs_eager[worst] >= AUTO_FLOOR_GOAL, len(auto_vs_eager),
+               _case_name(worst) if worst else ""),
+        Target("auto NCHW speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, NCHW)", mean,
+               f">= {AUTO_NCHW_GOAL:.1f}x", None if not nchw else mean >= AUTO_NCHW_GOAL, len(nchw)),
+    ]  # fmt: skip
+
+
 def compute_targets(results: list[Result]) -> list[Target]:
     """The project's per-op targets for ``results`` (one run): speed, floor, against torch.compile,
-    training bandwidth, eval bandwidth."""
+    training bandwidth, eval bandwidth, and auto's two."""
     vs_eager = speedups(results, EAGER)
     return [
         _speed_target(vs_eager),
@@ -121,6 +140,7 @@ def compute_targets(results: list[Result]) -> list[Target]:
         _compile_target(speedups(results, COMPILE)),
         _bandwidth_target(results, FWDBWD),
         _bandwidth_target(results, EVAL),
+        *_auto_targets(speedups(results, EAGER, AUTO)),
     ]
 
 

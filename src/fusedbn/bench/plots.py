@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, Locator, NullLocator
 
-from fusedbn.bench.cases import COMPILE, EAGER, FLAG_GEMS, FUSEDBN, MODES
+from fusedbn.bench.cases import AUTO, COMPILE, EAGER, FLAG_GEMS, FUSEDBN, MODES
 from fusedbn.bench.metrics import BANDWIDTH_GOALS
 from fusedbn.bench.report import format_backend
 from fusedbn.bench.results import Result
@@ -134,7 +134,7 @@ def speedup_figure(results: list[Result], device: str) -> Figure:
 
     return _bar_grid(
         results,
-        (FUSEDBN, COMPILE, FLAG_GEMS),
+        (FUSEDBN, AUTO, COMPILE, FLAG_GEMS),
         speedup,
         "eager time / time (log axis)",
         dict.fromkeys(MODES, 1.0),
@@ -148,7 +148,7 @@ def bandwidth_figure(results: list[Result], device: str) -> Figure:
     """Each provider's effective bandwidth as a share of the measured copy bandwidth, per case."""
     return _bar_grid(
         results,
-        (FUSEDBN, EAGER, COMPILE, FLAG_GEMS),
+        (FUSEDBN, AUTO, EAGER, COMPILE, FLAG_GEMS),
         lambda result: result.copy_share,
         "share of copy bandwidth",
         BANDWIDTH_GOALS,

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fusedbn.bench.cases import (
+    AUTO,
     BWD,
     COMPILE,
     EAGER,
@@ -26,7 +27,7 @@ from fusedbn.bench.cases import (
     Shape,
     random_tensor,
 )
-from fusedbn.bench.core import backend_for, convert_model
+from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
 
 TORCH_CLASSES: dict[int, type[nn.Module]] = {
     2: nn.BatchNorm1d,
@@ -70,8 +71,9 @@ def provider_module(provider: str, reference: nn.Module, compile_mode: str = "de
     """The module ``provider`` runs: ``reference`` itself for eager, else a copy converted or compiled."""
     if provider == EAGER:
         return reference
-    if provider == FUSEDBN:
-        return convert_model(copy.deepcopy(reference))
+    if provider in (FUSEDBN, AUTO):
+        device = reference.weight.device
+        return convert_model(copy.deepcopy(reference), backend=fusedbn_backend(provider, device))
     if provider == FLAG_GEMS:
         return FlagGemsBatchNorm(reference, flag_gems_ops())
     if provider == COMPILE:
@@ -102,10 +104,17 @@ def unavailable_reason(provider: str) -> str | None:
     return f"flag_gems.ops has no {' or '.join(missing)}" if missing else None
 
 
+def fusedbn_backend(provider: str, device: torch.device) -> str:
+    """The backend setting of fusedbn's module for ``provider``: "auto" for auto; for fusedbn its
+    kernels ("triton") wherever they run, else "auto" (torch's BatchNorm, as the backend column
+    then says)."""
+    return "triton" if provider == FUSEDBN and kernels_run_on(device.type) else "auto"
+
+
 def backend_name(provider: str, device: torch.device) -> str:
     """What runs ``provider``'s BatchNorm on ``device``, for the results' backend column."""
-    if provider == FUSEDBN:
-        return backend_for(device)
+    if provider in (FUSEDBN, AUTO):
+        return backend_for(device, fusedbn_backend(provider, device))
     if provider == FLAG_GEMS:
         module = importlib.import_module("flag_gems") if unavailable_reason(FLAG_GEMS) is None else None
         return f"flag_gems {getattr(module, '__version__', '?')}" if module else "flag_gems"

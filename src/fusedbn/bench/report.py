@@ -2,7 +2,8 @@
 
 import math
 
-from fusedbn.bench.cases import COMPILE, EAGER, FLAG_GEMS, FUSEDBN
+from fusedbn.bench.cases import AUTO, COMPILE, EAGER, FLAG_GEMS, FUSEDBN
+from fusedbn.bench.core import AUTO as AUTO_BACKEND
 from fusedbn.bench.core import TORCH, TRITON, TRITON_INTERPRETER
 from fusedbn.bench.metrics import DIFF_LIMITS, breakdown, compute_targets, mismatches
 from fusedbn.bench.results import Result, Run
@@ -10,6 +11,8 @@ from fusedbn.records import table
 
 # What each backend (fusedbn.backend_for) means for the numbers of fusedbn's rows.
 BACKEND_MEANINGS = {
+    AUTO_BACKEND: "per call, fusedbn's kernels or torch's BatchNorm, whichever its cost model predicts "
+    "faster",
     TRITON: "its compiled Triton kernels",
     TRITON_INTERPRETER: "its Triton kernels under Triton's interpreter on the CPU: slow, no measure of speed",
     TORCH: "PyTorch's own BatchNorm behind fusedbn's checks (CPU without TRITON_INTERPRET=1): "
@@ -32,20 +35,24 @@ def _ratio(baseline: Result | None, result: Result | None) -> str:
 
 
 def format_table(results: list[Result]) -> str:
-    """A row per case, providers side by side, in measuring order: median times in microseconds, fusedbn's
-    speedups ("vs": other time / fusedbn's), and fusedbn's GB/s, copy share and diff ("!" past rounding)."""
+    """A row per case, providers side by side, in measuring order: median times in microseconds, the speedups
+    of fusedbn's kernels ("vs": other time / theirs) and of backend "auto" ("auto vs eager"), and the kernels'
+    GB/s, copy share and diff ("!" past rounding)."""
     by_case: dict[tuple, dict[str, Result]] = {}
     for result in results:
         by_case.setdefault(result.key, {})[result.provider] = result
     rows = []
     for (shape, dtype, layout, mode), providers in by_case.items():
-        fused, eager, compiled, gems = (providers.get(p) for p in (FUSEDBN, EAGER, COMPILE, FLAG_GEMS))
+        fused, auto, eager, compiled, gems = (
+            providers.get(p) for p in (FUSEDBN, AUTO, EAGER, COMPILE, FLAG_GEMS)
+        )
         measured = fused is not None and fused.ok
         flag = "" if not measured or fused.rel_diff <= DIFF_LIMITS[fused.dtype] else "!"
         rows.append({
             "shape": shape, "dtype": dtype, "layout": layout, "mode": mode, "eager us": _time(eager),
-            "fusedbn us": _time(fused), "compile us": _time(compiled), "gems us": _time(gems),
-            "vs eager": _ratio(eager, fused), "vs compile": _ratio(compiled, fused),
+            "fusedbn us": _time(fused), "auto us": _time(auto), "compile us": _time(compiled),
+            "gems us": _time(gems), "vs eager": _ratio(eager, fused), "auto vs eager": _ratio(eager, auto),
+            "vs compile": _ratio(compiled, fused),
             "vs gems": _ratio(gems, fused), "GB/s": f"{fused.gbps:.4g}" if measured else "-",
             "copy": f"{fused.copy_share:.0%}" if measured else "-",
             "diff": f"{fused.rel_diff:.0e}{flag}" if measured else "-",
@@ -96,11 +103,13 @@ def format_problems(results: list[Result]) -> str:
 
 
 def format_backend(results: list[Result]) -> str:
-    """One line naming what ran fusedbn's cases (its backend) and what that means for its numbers."""
-    backends = sorted({r.backend for r in results if r.provider == FUSEDBN and r.backend})
-    if not backends:
-        return "fusedbn backend: none (no fusedbn case)"
-    return "; ".join(f"fusedbn backend: {b}, {BACKEND_MEANINGS.get(b, 'unknown')}" for b in backends)
+    """One line naming what ran fusedbn's cases (the kernels' rows and auto's: their backends) and
+    what that means for their numbers."""
+    lines = []
+    for provider in (FUSEDBN, AUTO):
+        backends = sorted({r.backend for r in results if r.provider == provider and r.backend})
+        lines += [f"{provider} backend: {b}, {BACKEND_MEANINGS.get(b, 'unknown')}" for b in backends]
+    return "; ".join(lines) or "fusedbn backend: none (no fusedbn case)"
 
 
 def format_header(run: Run) -> str:

@@ -120,16 +120,16 @@ def _with_relu(bn: nn.Module) -> nn.Module:
     return fused
 
 
-def fuse_epilogues(model: nn.Module) -> nn.Module:
-    """Convert a ResNet's BatchNorms to fusedbn's in place, fusing the stem's ReLU (its ``relu`` becomes an
-    ``nn.Identity``) and each bottleneck's ReLUs and residual add into them; returns the model. Raises
-    TypeError for a model without that stem or with other blocks."""
+def fuse_epilogues(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Convert a ResNet's BatchNorms to fusedbn's (with ``backend``) in place, fusing the stem's ReLU (its
+    ``relu`` becomes an ``nn.Identity``) and each bottleneck's ReLUs and residual add into them; returns the
+    model. Raises TypeError for a model without that stem or with other blocks."""
     if not all(isinstance(getattr(model, name, None), nn.Module) for name in ("bn1", "relu", "layer1")):
         raise TypeError(
             f"fuse_epilogues: expected a ResNet (bn1, relu, layer1...), got {type(model).__name__}"
         )
     bottlenecks = tuple(c for c in (Bottleneck, _torchvision_bottleneck()) if c is not None)
-    convert_model(model)
+    convert_model(model, backend=backend)
     model.bn1 = _with_relu(model.bn1)
     model.relu = nn.Identity()
     for stage in (model.layer1, model.layer2, model.layer3, model.layer4):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fusedbn.bench.cases import (
+    AUTO,
     COMPILE,
     EAGER,
     FLAG_GEMS,
@@ -40,7 +41,7 @@ from fusedbn.bench.results import OK, Result, error_status
 from fusedbn.bench.timing import Budget, Measurement, TimingSettings, gigabytes_per_second, measure
 
 # Providers in the order they are timed: eager first, since its output is the reference.
-PROVIDER_ORDER = (EAGER, FUSEDBN, FLAG_GEMS, COMPILE)
+PROVIDER_ORDER = (EAGER, FUSEDBN, AUTO, FLAG_GEMS, COMPILE)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class Benchmark:
         """
         groups = self.groups()
         units = []
-        first = tuple(p for p in (EAGER, FUSEDBN, FLAG_GEMS) if p in self.providers)
+        first = tuple(p for p in (EAGER, FUSEDBN, AUTO, FLAG_GEMS) if p in self.providers)
         if first:
             units += [Unit(shape, dtype, layout, first) for shape, dtype, layout in groups]
         if COMPILE in self.providers:
