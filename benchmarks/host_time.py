@@ -77,6 +77,7 @@ class Variant:
     sync: bool = False  # FusedSyncBatchNorm over a gloo group of one process
     floor: bool = False  # fusedbn's side is FloorBatchNorm, not fusedbn
     direct_launch: bool = True  # False: every launch through kernel[grid] (FUSEDBN_FAST_LAUNCH=0)
+    backend: str = "triton"  # "auto": the cost model chooses per call, as a user's default call does
 
 
 VARIANTS = (
@@ -89,6 +90,11 @@ VARIANTS = (
         activation="relu", residual=True,
     ),
     Variant("eval", "eval forward (no_grad)", "BatchNorm eval", training=False),
+    Variant("auto", "training fwd+bwd, backend=\"auto\"", "BatchNorm", backend="auto"),
+    Variant(
+        "auto-eval", "eval forward (no_grad), backend=\"auto\"", "BatchNorm eval", training=False,
+        backend="auto",
+    ),
     Variant("sync-1", "FusedSyncBatchNorm, one process (gloo)", "BatchNorm", sync=True),
     Variant(
         "triton-launch", "training fwd+bwd, whole-channel, launched by kernel[grid] (FUSEDBN_FAST_LAUNCH=0)",
@@ -188,13 +194,13 @@ def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device)
 
 @contextmanager
 def fused_setting(variant: Variant, shape: Shape) -> Iterator[None]:
-    """What fusedbn's blocks of ``variant`` run inside: its kernels (never torch's BatchNorm, which
-    "auto" may choose), the split path's limits, or Triton's own launches (every KernelLauncher's direct
+    """What fusedbn's blocks of ``variant`` run inside: its backend (its kernels unless the variant
+    measures "auto"), the split path's limits, or Triton's own launches (every KernelLauncher's direct
     path off, put back after)."""
     launchers = [] if variant.direct_launch else LAUNCHERS
     fast = [launcher.fast for launcher in launchers]
     limits = launch_limits(split_limits(shape)) if variant.split else contextlib.nullcontext()
-    with use_backend("triton"), limits:
+    with use_backend(variant.backend), limits:
         try:
             for launcher in launchers:
                 launcher.fast = False
