@@ -24,13 +24,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, choices, positive
+from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, NCHW, choices, positive
 from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.providers import relative_difference
@@ -60,8 +60,7 @@ CUDA_ONLY = (CUDA_GRAPH, COMPILE_REDUCE_OVERHEAD)
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-@dataclass(frozen=True)
-class Tolerance:
+class Tolerance(NamedTuple):
     """How far a case's losses and running statistics may be from torch eager's (relative)."""
 
     loss: float
@@ -191,49 +190,29 @@ def variant_model(base: nn.Module, variant: str, device: torch.device) -> nn.Mod
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
-def synthetic_batch(
-    settings: StepSettings, batch: int, layout: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random images (N, 3, H, W) in ``layout`` and random labels, made on ``device`` from the seed."""
-    generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
-    size = (batch, 3, settings.image_size, settings.image_size)
-    images = torch.randn(size, generator=generator, device=device)
-    if layout == CHANNELS_LAST:
-        images = images.contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, settings.num_classes, (batch,), generator=generator, device=device)
-    return images, labels
-
-
 class TrainStep:
     """One training step of ``model`` on a fixed batch (autocast, cross-entropy, backward through a GradScaler
-    for fp16, SGD); calling it returns the loss (a device tensor)."""
+    for fp16, SGD) run as ``execution`` says (a CUDA graph aside: :func:`graph_step`); calling it returns the
+    loss (a device tensor)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        precision: str,
-        learning_rate: float,
-        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ):
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str,
+                 learning_rate: float, execution: str = EAGER) -> None:  # fmt: skip
         device = images.device
         self.model, self.images, self.labels = model, images, labels
-        self.forward = model if forward is None else forward
+        self.forward = model
+        if execution in (COMPILE, COMPILE_REDUCE_OVERHEAD):
+            self.forward = torch.compile(model, mode="reduce-overhead" if execution != COMPILE else None)
+        # torch.compile's CUDA-graph trees (reduce-overhead) must be told that a new step begins.
+        self.mark_step_begin = execution == COMPILE_REDUCE_OVERHEAD
         self.dtype = PRECISIONS[precision]
         self.autocast = self.dtype != torch.float32
         # fused SGD takes the GradScaler's scale and inf flag on the device: no host synchronisation.
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=learning_rate, momentum=0.9, fused=device.type == "cuda"
         )
-        self.scaler = (
-            torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1_000_000)
-            if precision == "fp16"
-            else None
-        )
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler = None
+        if precision == "fp16":
+            self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1_000_000)
 
     def update(self) -> torch.Tensor:
         """Forward, backward and optimiser step, leaving the gradients in place (what a graph captures)."""
@@ -249,7 +228,9 @@ class TrainStep:
         return loss.detach()
 
     def __call__(self) -> torch.Tensor:
-        self.zero_grad()
+        if self.mark_step_begin:
+            torch.compiler.cudagraph_mark_step_begin()
+        self.optimizer.zero_grad(set_to_none=True)
         return self.update().clone()
 
 
@@ -263,7 +244,7 @@ def graph_step(step: TrainStep, warmup_steps: int) -> Callable[[], torch.Tensor]
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    step.zero_grad()
+    step.optimizer.zero_grad(set_to_none=True)
     with torch.cuda.graph(graph):
         static_loss = step.update()
 
@@ -274,42 +255,23 @@ def graph_step(step: TrainStep, warmup_steps: int) -> Callable[[], torch.Tensor]
     return replay
 
 
-def _marking_step_begins(step: TrainStep) -> Callable[[], torch.Tensor]:
-    """``step``, first telling torch.compile's CUDA-graph trees that a new step begins."""
-
-    def marked() -> torch.Tensor:
-        torch.compiler.cudagraph_mark_step_begin()
-        return step()
-
-    return marked
-
-
 def prepared_step(case: StepCase, model: nn.Module, plan: StepPlan) -> Callable[[], torch.Tensor]:
-    """The warmed-up step that ``case.execution`` times: ``plan.settings.warmup_steps`` steps already ran."""
-    settings, device = plan.settings, plan.device
+    """The warmed-up step that ``case.execution`` times, on random images (N, 3, H, W) in ``case.layout`` and
+    random labels made from the seed: ``plan.settings.warmup_steps`` steps already ran."""
+    settings, device, batch, size = plan.settings, plan.device, case.batch, plan.settings.image_size
     memory_format = torch.channels_last if case.layout == CHANNELS_LAST else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format).train()
-    images, labels = synthetic_batch(settings, case.batch, case.layout, device)
-    forward = None
-    if case.execution in (COMPILE, COMPILE_REDUCE_OVERHEAD):
-        forward = torch.compile(model, mode="reduce-overhead" if case.execution != COMPILE else None)
-    step = TrainStep(model, images, labels, case.precision, settings.learning_rate, forward)
+    generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    images = torch.randn((batch, 3, size, size), generator=generator, device=device)
+    labels = torch.randint(0, settings.num_classes, (batch,), generator=generator, device=device)
+    images = images.contiguous(memory_format=memory_format)
+    step = TrainStep(model, images, labels, case.precision, settings.learning_rate, case.execution)
     if case.execution == CUDA_GRAPH:
         return graph_step(step, settings.warmup_steps)
-    run = _marking_step_begins(step) if case.execution == COMPILE_REDUCE_OVERHEAD else step
     for _ in range(settings.warmup_steps):
-        run()
+        step()
     synchronize(device)
-    return run
-
-
-def running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every BatchNorm's running mean and variance, by state_dict name, as float32 CPU tensors."""
-    return {
-        name: value.detach().float().cpu().clone()
-        for name, value in model.state_dict().items()
-        if name.endswith(("running_mean", "running_var"))
-    }
+    return step
 
 
 def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
@@ -325,30 +287,21 @@ def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
         step = prepared_step(case, model, plan)
         prepare_s = time.perf_counter() - start
         steps = time_calls(step, device, plan.settings.timed_steps, keep=True, device_times=True)
-        stats = running_statistics(model)
-        kernels = (
-            kernel_times(step, device, plan.settings.profile_steps) if plan.settings.profile_steps else []
-        )
+        stats = {name: value.detach().float().cpu().clone() for name, value in model.state_dict().items()
+                 if name.endswith(("running_mean", "running_var"))}  # fmt: skip
+        profile_steps = plan.settings.profile_steps
+        kernels = kernel_times(step, device, profile_steps) if profile_steps else []
     except Exception as error:  # one failing case must not end the run; its row says why
         return StepResult(case, error_status(error), backend)
     losses = torch.stack(steps.results).float().cpu().tolist()
     step_ms = steps.wall_s / len(losses) * 1e3
     return StepResult(
-        case,
-        "ok",
-        backend,
-        images_per_s=case.batch / step_ms * 1e3,
-        step_ms=step_ms,
+        case, "ok", backend, images_per_s=case.batch / step_ms * 1e3, step_ms=step_ms,
         gpu_ms=statistics.median(steps.device_ms) if steps.device_ms else math.nan,
-        host_ms=statistics.median(steps.host_s) * 1e3,
-        bn_share=batchnorm_share(kernels),
-        loss_first=losses[0],
-        loss_last=losses[-1],
-        prepare_s=prepare_s,
-        losses=losses,
-        running_stats=stats,
+        host_ms=statistics.median(steps.host_s) * 1e3, bn_share=batchnorm_share(kernels),
+        loss_first=losses[0], loss_last=losses[-1], prepare_s=prepare_s, losses=losses, running_stats=stats,
         kernels=kernels,
-    )
+    )  # fmt: skip
 
 
 def _torch_eager_by_group(results: list[StepResult]) -> dict[tuple[str, str, int], StepResult]:
@@ -377,14 +330,6 @@ def check_agreement(results: list[StepResult]) -> None:
         result.agrees = "yes" if within else "NO"
 
 
-def _release_memory(device: torch.device) -> None:
-    """Free what the last case left (compiled graphs, CUDA graphs, cached blocks) before the next."""
-    torch.compiler.reset()
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def run_plan(
     plan: StepPlan, base: nn.Module, on_result: Callable[[list[StepResult]], None] | None = None
 ) -> list[StepResult]:
@@ -395,7 +340,10 @@ def run_plan(
     for case in plan.cases():
         result = StepResult(case, f"skipped: {budget}") if budget.spent() else run_case(case, plan, base)
         results.append(result)
-        _release_memory(plan.device)
+        torch.compiler.reset()  # free what the case left (compiled graphs, CUDA graphs, cached blocks)
+        gc.collect()
+        if plan.device.type == "cuda":
+            torch.cuda.empty_cache()
         if on_result is not None:
             on_result(results)
     check_agreement(results)
@@ -493,16 +441,12 @@ def plot_figure(results: list[StepResult], title: str) -> "Figure | None":
     return figure
 
 
-GPU_DEFAULTS = dict(model="resnet50", image_size=224, variants=",".join(VARIANTS),
-                    executions=",".join(EXECUTIONS), precisions="bf16,fp16", layouts="channels_last,nchw",
-                    batches="128,64", warmup=20, steps=50, profile_steps=3)  # fmt: skip
-SMOKE_DEFAULTS = dict(model="tiny", image_size=16, variants=",".join(VARIANTS), executions=EAGER,
-                      precisions="fp32", layouts="channels_last", batches="4", warmup=1, steps=2,
-                      profile_steps=0)
-OPTION_TYPES = {
-    "variants": choices(VARIANTS, "variant"), "executions": choices(EXECUTIONS, "execution"),
-    "precisions": choices(tuple(PRECISIONS), "precision"), "layouts": choices(LAYOUTS, "layout"),
-}  # fmt: skip
+GPU_DEFAULTS = dict(model="resnet50", image_size=224, variants=VARIANTS, executions=EXECUTIONS,
+                    precisions=("bf16", "fp16"), layouts=(CHANNELS_LAST, NCHW), batches=(128, 64), warmup=20,
+                    steps=50, profile_steps=3)  # fmt: skip
+SMOKE_DEFAULTS = GPU_DEFAULTS | dict(model="tiny", image_size=16, executions=(EAGER,), precisions=("fp32",),
+                                     layouts=(CHANNELS_LAST,), batches=(4,), warmup=1, steps=2,
+                                     profile_steps=0)  # fmt: skip
 
 
 def _batches(text: str) -> list[int]:
@@ -523,12 +467,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", type=Path, default=Path("runs/training-step"), help="output folder")
     add("--model", choices=("resnet50", "tiny"), help="default: resnet50; smoke: tiny")
     add("--image-size", type=positive(int), help="default: 224; smoke: 16")
-    add("--variants", type=OPTION_TYPES["variants"], help=f"default: {','.join(VARIANTS)}")
-    add("--executions", type=OPTION_TYPES["executions"], help=f"how each step runs: {', '.join(EXECUTIONS)} "
-        "(default: all; smoke: eager)")
-    add("--precisions", type=OPTION_TYPES["precisions"],
+    add("--variants", type=choices(VARIANTS, "variant"), help=f"default: {','.join(VARIANTS)}")
+    add("--executions", type=choices(EXECUTIONS, "execution"),
+        help=f"how each step runs: {', '.join(EXECUTIONS)} (default: all; smoke: eager)")
+    add("--precisions", type=choices(tuple(PRECISIONS), "precision"),
         help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)")
-    add("--layouts", type=OPTION_TYPES["layouts"], help="default: channels_last,nchw")
+    add("--layouts", type=choices(LAYOUTS, "layout"), help="default: channels_last,nchw")
     add("--batches", type=_batches, help="default: 128,64; smoke: 4")
     add("--warmup", type=positive(int), help="warm-up steps per case (default: 20; smoke: 1)")
     add("--steps", type=positive(int), help="timed steps per case (default: 50; smoke: 2)")
@@ -541,24 +485,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_plan(args: argparse.Namespace) -> StepPlan:
     """The StepPlan that parsed options ask for: each option given, else its preset's default."""
     defaults = SMOKE_DEFAULTS if args.smoke else GPU_DEFAULTS
-    pick = {name: getattr(args, name) if getattr(args, name) is not None else
-            {**OPTION_TYPES, "batches": _batches}.get(name, lambda v: v)(default)
+    pick = {name: default if getattr(args, name) is None else getattr(args, name)
             for name, default in defaults.items()}  # fmt: skip
+    model = pick["model"]
     settings = StepSettings(
-        model=pick["model"],
-        image_size=pick["image_size"],
-        num_classes=10 if pick["model"] == "tiny" else 1000,
-        warmup_steps=pick["warmup"],
-        timed_steps=pick["steps"],
-        profile_steps=pick["profile_steps"],
-    )
+        model=model, image_size=pick["image_size"], num_classes=10 if model == "tiny" else 1000,
+        warmup_steps=pick["warmup"], timed_steps=pick["steps"], profile_steps=pick["profile_steps"],
+    )  # fmt: skip
     return StepPlan(
-        device=torch.device("cpu" if args.smoke else "cuda"),
-        settings=settings,
-        **{name: tuple(pick[name]) for name in ("variants", "executions", "precisions", "layouts",
-                                                "batches")},  # fmt: skip
+        torch.device("cpu" if args.smoke else "cuda"), settings,
+        *(tuple(pick[name]) for name in ("variants", "executions", "precisions", "layouts", "batches")),
         time_budget_s=args.time_budget,
-    )
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -579,7 +517,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure_and_write(plan: StepPlan, out: Path) -> int:
-    """Run ``plan``, write its files into ``out`` as :func:`run` says, and return the exit code."""
+    """Run ``plan``, write its files into ``out`` and return the exit code (see :func:`run`)."""
     base, source = base_model(plan.settings)
     record = run_record(plan.device)
 
