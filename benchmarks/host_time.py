@@ -41,6 +41,7 @@ from fusedbn.bench.cases import (
     NCHW,
     Shape,
     choices,
+    layout_applies,
     parse_dtypes,
     positive,
     random_tensor,
@@ -131,14 +132,6 @@ class FloorBatchNorm(nn.modules.batchnorm._BatchNorm):
         return _FloorFunction.apply(input, self.weight, self.bias)
 
 
-def split_limits(shape: Shape) -> LaunchLimits:
-    """Limits that send ``shape`` down the split path: tiles of a quarter channel, never whole-channel."""
-    n_per_channel = math.prod(shape.dims) // shape.num_channels
-    return LaunchLimits(
-        single_tile=1, stream_tile=max(n_per_channel // 4, 1), whole_channel_blocks_per_sm=math.inf
-    )
-
-
 @dataclass
 class Case:
     """A variant's two calls, ready to run: each returns what its mode produces."""
@@ -160,20 +153,15 @@ def fused_module(variant: Variant, reference: nn.Module) -> nn.Module:
     return module
 
 
-def torch_module(variant: Variant, reference: nn.Module, device: torch.device) -> nn.Module:
-    """torch's module: its SyncBatchNorm for the synchronized variant on CUDA (it refuses CPU
-    tensors), else ``reference`` itself."""
-    if variant.sync and device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(reference))
-    return reference
-
-
 def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device) -> Case:
     """Both calls of ``variant`` on one input (and residual and upstream gradient)."""
     reference, x, grad_output = case_inputs(shape, dtype, variant.layout, device)
     residual = random_tensor(shape, dtype, variant.layout, device, RESIDUAL_SEED)
     residual = residual if variant.residual else None
     mode = FWDBWD if variant.training else EVAL
+    torch_module = reference  # or its SyncBatchNorm for the synchronized variant on CUDA (it refuses the CPU)
+    if variant.sync and device.type == "cuda":
+        torch_module = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(reference))
 
     def torch_forward(module: nn.Module, data: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
         y = module(data) if extra is None else module(data) + extra
@@ -186,8 +174,7 @@ def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device)
         variant=variant,
         fusedbn=mode_call(fused_module(variant, reference), mode, x, grad_output, residual,
                           torch_forward if variant.floor else fused_forward),
-        torch=mode_call(torch_module(variant, reference, device), mode, x, grad_output, residual,
-                        torch_forward),
+        torch=mode_call(torch_module, mode, x, grad_output, residual, torch_forward),
         context=lambda: fused_setting(variant, shape),
     )  # fmt: skip
 
@@ -199,7 +186,11 @@ def fused_setting(variant: Variant, shape: Shape) -> Iterator[None]:
     path off, put back after)."""
     launchers = [] if variant.direct_launch else LAUNCHERS
     fast = [launcher.fast for launcher in launchers]
-    limits = launch_limits(split_limits(shape)) if variant.split else contextlib.nullcontext()
+    limits = contextlib.nullcontext()
+    if variant.split:  # tiles of a quarter channel, never whole-channel
+        quarter = math.prod(shape.dims) // shape.num_channels // 4
+        limits = launch_limits(LaunchLimits(single_tile=1, stream_tile=max(quarter, 1),
+                                            whole_channel_blocks_per_sm=math.inf))  # fmt: skip
     with use_backend(variant.backend), limits:
         try:
             for launcher in launchers:
@@ -289,14 +280,9 @@ class VariantResult:
     fusedbn: Side
     torch: Side
 
-    @property
-    def ratios(self) -> list[float]:
-        """fusedbn's time over torch's, round by round (paired)."""
-        return [f / t for f, t in zip(self.fusedbn.us, self.torch.us, strict=True)]
-
     def quartiles(self) -> tuple[float, float, float]:
-        """(first quartile, median, third quartile) of the ratios."""
-        ratios = self.ratios
+        """(first quartile, median, third quartile) of fusedbn's time over torch's, round by round."""
+        ratios = [f / t for f, t in zip(self.fusedbn.us, self.torch.us, strict=True)]
         return tuple(statistics.quantiles(ratios, n=4, method="inclusive")) if len(ratios) > 1 else ratios * 3
 
 
@@ -395,15 +381,14 @@ def format_markdown(
     ]) + "\n"  # fmt: skip
 
 
-DEFAULTS = {"rounds": 15, "steps": 200, "warmup": 50, "count_steps": 50}
-SMOKE = {"rounds": 3, "steps": 3, "warmup": 2, "count_steps": 2}
-FAKE_GPU_SHAPE, CUDA_SHAPE = "2x4x2x2", "8x64x8x8"
-HELP = {
-    "rounds": "interleaved rounds, each giving one paired ratio per variant",
-    "steps": "calls per timed block",
-    "warmup": "untimed calls of each side first",
-    "count_steps": "calls counted under cProfile and torch.profiler",
+# Each of Settings' fields: its default, its smoke default, and its option's help.
+SETTINGS = {
+    "rounds": (15, 3, "interleaved rounds, each giving one paired ratio per variant"),
+    "steps": (200, 3, "calls per timed block"),
+    "warmup": (50, 2, "untimed calls of each side first"),
+    "count_steps": (50, 2, "calls counted under cProfile and torch.profiler"),
 }
+FAKE_GPU_SHAPE, CUDA_SHAPE = "2x4x2x2", "8x64x8x8"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -420,21 +405,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="float32, float16, bfloat16 (default: float32 with --fake-gpu, float16 on CUDA)")
     add("--variants", type=choices(VARIANT_NAMES, "variant"),
         help=f"comma-separated, from {', '.join(VARIANT_NAMES)} (default: all)")
-    for name, text in HELP.items():
+    for name, (default, smoke, text) in SETTINGS.items():
         add(f"--{name.replace('_', '-')}", type=positive(int), dest=name,
-            help=f"{text} (default: {DEFAULTS[name]}; smoke: {SMOKE[name]})")
-
-
-@contextmanager
-def _host_setting(fake: bool) -> Iterator[None]:
-    """The fake GPU when asked for, and one torch thread, put back after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with fake_gpu() if fake else contextlib.nullcontext():
-            yield
-    finally:
-        torch.set_num_threads(threads)
+            help=f"{text} (default: {default}; smoke: {smoke})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -443,16 +416,22 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("host time: error: no CUDA device (--fake-gpu measures on the CPU)", file=sys.stderr)
         return 2
-    preset = SMOKE if args.smoke else DEFAULTS
-    settings = Settings(**{name: getattr(args, name) or preset[name] for name in DEFAULTS})
+    settings = Settings(**{name: getattr(args, name) or (smoke if args.smoke else default)
+                           for name, (default, smoke, _) in SETTINGS.items()})  # fmt: skip
     shape = args.shape or shape_named(FAKE_GPU_SHAPE if args.fake_gpu else CUDA_SHAPE)
     dtype = args.dtype or ("float32" if args.fake_gpu else "float16")
-    variants = [v for v in VARIANTS if v.name in (args.variants or VARIANT_NAMES)
-                and (v.layout != CHANNELS_LAST or len(shape.dims) > 2)]  # fmt: skip
-    with _host_setting(args.fake_gpu), single_process_group(any(v.sync for v in variants)):
-        record = run_record(device)
-        results = measure([build_case(v, shape, dtype, device) for v in variants], device, settings)
-        record = record.finished()
+    chosen = args.variants or VARIANT_NAMES
+    variants = [v for v in VARIANTS if v.name in chosen and layout_applies(shape, v.layout)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # put back after
+    try:
+        with (fake_gpu() if args.fake_gpu else contextlib.nullcontext(),
+              single_process_group(any(v.sync for v in variants))):  # fmt: skip
+            record = run_record(device)
+            results = measure([build_case(v, shape, dtype, device) for v in variants], device, settings)
+            record = record.finished()
+    finally:
+        torch.set_num_threads(threads)
     args.out.mkdir(parents=True, exist_ok=True)
     text = format_markdown(results, record, shape, dtype, settings, args.fake_gpu)
     (args.out / MARKDOWN_FILE).write_text(text)
