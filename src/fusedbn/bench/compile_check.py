@@ -41,6 +41,7 @@ from fusedbn.bench.cases import (
     LAYOUTS,
     Shape,
     choices,
+    layout_applies,
     parse_shapes,
     positive,
 )
@@ -90,7 +91,7 @@ def grid_cases(
 ) -> list[Case]:
     """Every combination, less channels_last for shapes without spatial dims (it is nchw there)."""
     grid = itertools.product(shapes, dtypes, layouts, epilogues, modes, multiprocessors)
-    return [Case(*values) for values in grid if values[2] != CHANNELS_LAST or len(values[0].dims) > 2]
+    return [Case(*values) for values in grid if layout_applies(values[0], values[2])]
 
 
 def describe(arg: Any) -> Any:
@@ -271,15 +272,6 @@ def kernels_digest(commit: str | None = None) -> str:
     return digest.hexdigest()
 
 
-def worker_environment(site: str | None, cache_dir: str) -> dict[str, str]:
-    """The workers' environment: no interpreter, ``site`` first on the path, a Triton cache of their own."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    if site:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
-    env["TRITON_CACHE_DIR"] = cache_dir
-    return env
-
-
 class Worker:
     """A compile_worker process with at most one task in flight."""
 
@@ -314,12 +306,6 @@ class Worker:
         self.log.close()
 
 
-def _death(returncode: int | None) -> dict[str, Any]:
-    if returncode is not None and returncode < 0:
-        return {"status": "crash", "signal": signal.Signals(-returncode).name}
-    return {"status": "crash", "signal": None, "returncode": returncode}
-
-
 def compile_all(
     tasks: list[tuple[tuple[int, int], dict[str, Any]]],
     site: str | None,
@@ -334,7 +320,11 @@ def compile_all(
     counts = {"ok": 0, "error": 0, "crash": 0, "timeout": 0}
     pending = list(reversed(tasks))
     with tempfile.TemporaryDirectory(prefix="fusedbn-compile-") as scratch:
-        env = worker_environment(site, os.path.join(scratch, "cache"))
+        # The workers' environment: no interpreter, ``site`` first on the path, a Triton cache of their own.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["TRITON_CACHE_DIR"] = os.path.join(scratch, "cache")
+        if site:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
         numbers = itertools.count()
         workers = [Worker(env, scratch, next(numbers)) for _ in range(max(1, min(jobs, len(tasks))))]
         triton_info = workers[0].hello
@@ -363,9 +353,11 @@ def compile_all(
                     if line:
                         finish(worker, json.loads(line), replace=False)
                     else:  # the worker died: the compiler crashed on this task
-                        worker.process.wait()
-                        died = {**_death(worker.process.returncode), "stderr_tail": worker.log_tail()}
-                        finish(worker, died, replace=True)
+                        code = worker.process.wait()
+                        died = {"status": "crash", "signal": signal.Signals(-code).name if code < 0 else None}
+                        if code >= 0:
+                            died["returncode"] = code
+                        finish(worker, {**died, "stderr_tail": worker.log_tail()}, replace=True)
                 for worker in list(workers):
                     if worker.task and time.monotonic() - worker.started > timeout:
                         selector.unregister(worker.process.stdout)

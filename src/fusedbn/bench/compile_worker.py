@@ -39,10 +39,9 @@ def stand_in(arg: Any) -> Any:
     if not isinstance(arg, dict):
         return arg
     dtype = getattr(torch, arg["dtype"])
-    itemsize = torch.empty((), dtype=dtype).element_size()
     # torch's CPU allocator aligns to 64 bytes; one element in is not 16-byte aligned (itemsize < 16).
     offset = 0 if arg["aligned"] else 1
-    tensor = torch.empty(64 // itemsize + offset, dtype=dtype)[offset:]
+    tensor = torch.empty(64 // dtype.itemsize + offset, dtype=dtype)[offset:]
     assert (tensor.data_ptr() % 16 == 0) == arg["aligned"]
     return tensor
 
@@ -85,10 +84,7 @@ SASS_WIDTH_SUFFIX = {"U8": 8, "S8": 8, "U16": 16, "S16": 16, "64": 64, "128": 12
 
 def sass_width(opcode: str) -> int:
     """Bits per thread of an LDG/STG opcode (``LDG.E.128`` -> 128; no size suffix: 32)."""
-    for part in opcode.split(".")[1:]:
-        if part in SASS_WIDTH_SUFFIX:
-            return SASS_WIDTH_SUFFIX[part]
-    return 32
+    return next((SASS_WIDTH_SUFFIX[part] for part in opcode.split(".")[1:] if part in SASS_WIDTH_SUFFIX), 32)
 
 
 PTX_POINTER_PARAM = re.compile(r"\.param \.u64 \.ptr [^\n]*?_param_(\d+)")
@@ -251,11 +247,6 @@ def inspect(compiled: Any, parameter_names: list[str], capability: int) -> dict[
     }
 
 
-def runtime_parameters(signature: dict[str, str]) -> list[str]:
-    """The kernel's runtime parameters in order: its arguments that are not constexprs."""
-    return [name for name, kind in signature.items() if kind != "constexpr"]
-
-
 def specialisation_text(decided: dict[str, Any]) -> str:
     """The binder's decision in words: each argument's type, 16-byte divisibility and constants."""
     parts = []
@@ -281,12 +272,10 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
             target=GPUTarget("cuda", task["capability"], WARP_SIZE),
             options=decided["options"].__dict__,
         )
-        seconds = time.perf_counter() - started
-        return {
-            "status": "ok", "compile_s": round(seconds, 3),
-            "specialisation": specialisation_text(decided),
-            **inspect(compiled, runtime_parameters(decided["signature"]), task["capability"]),
-        }
+        seconds = round(time.perf_counter() - started, 3)
+        parameters = [name for name, kind in decided["signature"].items() if kind != "constexpr"]
+        return {"status": "ok", "compile_s": seconds, "specialisation": specialisation_text(decided),
+                **inspect(compiled, parameters, task["capability"])}  # fmt: skip
     except Exception as error:  # a compile error is a result, not the end of the worker
         lines = traceback.format_exception_only(type(error), error)
         return {"status": "error", "error": "".join(lines).strip()[-2000:]}
