@@ -170,13 +170,10 @@ def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device)
     def fused_forward(module: nn.Module, data: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
         return module(data) if extra is None else module(data, extra)
 
-    return Case(
-        variant=variant,
-        fusedbn=mode_call(fused_module(variant, reference), mode, x, grad_output, residual,
-                          torch_forward if variant.floor else fused_forward),
-        torch=mode_call(torch_module, mode, x, grad_output, residual, torch_forward),
-        context=lambda: fused_setting(variant, shape),
-    )  # fmt: skip
+    fused = mode_call(fused_module(variant, reference), mode, x, grad_output, residual,
+                      torch_forward if variant.floor else fused_forward)  # fmt: skip
+    torch_call = mode_call(torch_module, mode, x, grad_output, residual, torch_forward)
+    return Case(variant, fused, torch_call, context=lambda: fused_setting(variant, shape))
 
 
 @contextmanager

@@ -314,10 +314,8 @@ def check_agreement(results: list[StepResult]) -> None:
     """Fill in each measured result's loss and running-statistics gaps from the torch eager result of
     its group, and whether they are within TOLERANCES ("yes", "NO", or "-" without a reference)."""
     references = _torch_eager_by_group(results)
-    for result in results:
+    for result in (r for r in results if r.ok):
         reference = references.get(result.case.group)
-        if not result.ok:
-            continue
         if reference is None:
             result.agrees = "-"
             continue

@@ -169,8 +169,9 @@ def _list_shapes() -> str:
     return "\n".join(lines)
 
 
-def _finish(run: Run, results: list[Result], out: Path) -> None:
-    """Print the report of one run and save it, with its plots, in ``out``."""
+def _finish(run: Run, results: list[Result], out: Path, calibrate_from: Path | None) -> None:
+    """Print the report of one run and save it, with its plots, in ``out``; with ``calibrate_from`` (the
+    result file), its cost table too."""
     parts = (format_header(run) + "\n" + format_backend(results), format_table(results),
              format_targets(results), format_problems(results))  # fmt: skip
     text = "\n\n".join(part for part in parts if part)
@@ -178,6 +179,8 @@ def _finish(run: Run, results: list[Result], out: Path) -> None:
     paths = write_plots(results, out, run.record.device)
     print(text)
     print(f"\nwrote {out / SUMMARY_FILE}, {', '.join(str(p) for p in paths)}", flush=True)
+    if calibrate_from is not None:
+        _write_cost_table(run, results, out, calibrate_from)
 
 
 def _write_cost_table(run: Run, results: list[Result], out: Path, where: Path) -> None:
@@ -251,9 +254,7 @@ def _render(args: argparse.Namespace) -> int:
     """``--report``: the table, targets and plots of a result file, into ``--out``."""
     run, results = read_results(args.report, args.run_id)
     with output_folder(args.out):
-        _finish(run, results, args.out)
-        if args.calibrate:
-            _write_cost_table(run, results, args.out, args.report)
+        _finish(run, results, args.out, args.report if args.calibrate else None)
     return 0
 
 
@@ -274,9 +275,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         print(format_header(run), flush=True)
         results = _measure(bench, copy_gbps, result_file)
         print()
-        _finish(run, results, args.out)
-        if args.calibrate:
-            _write_cost_table(run, results, args.out, args.out / RESULTS_FILE)
+        _finish(run, results, args.out, args.out / RESULTS_FILE if args.calibrate else None)
         profile_budget = PRESETS[_preset_name(args)].profile_budget
         if args.profile_kernels is not None:
             profile_budget = args.profile_kernels

@@ -183,10 +183,8 @@ def case_widths(
 
 
 def _widths_cell(accesses: dict[tuple[str, str], set[int]], kind: str) -> str:
-    parts = []
-    for (tensor, access_kind), widths in sorted(accesses.items()):
-        if access_kind == kind:
-            parts.append(f"{tensor} {'/'.join(str(w) for w in sorted(widths))}")
+    parts = [f"{tensor} {'/'.join(map(str, sorted(widths)))}"
+             for (tensor, which), widths in sorted(accesses.items()) if which == kind]  # fmt: skip
     return ", ".join(parts) or "-"
 
 
