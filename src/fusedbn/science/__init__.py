@@ -48,15 +48,9 @@ class Progress:
 
 
 def run_science(
-    preset: str,
-    out: str | Path,
-    command: str,
-    progress: Callable[[str], None] = quiet,
-    task: str = "digits",
-    data_seed: int | None = None,
-    compare: str | Path | None = None,
-    workers: int | None = None,
-) -> list[Finding]:
+    preset: str, out: str | Path, command: str, progress: Callable[[str], None] = quiet, task: str = "digits",
+    data_seed: int | None = None, compare: str | Path | None = None, workers: int | None = None,
+) -> list[Finding]:  # fmt: skip
     """Run the experiments of ``task`` with the named preset in ``workers`` processes (default: the task's)
     and write the report into ``out``, with the verdicts of another task's ``science.json`` (``compare``)
     beside them; ``progress`` must pickle when ``workers`` > 1.
@@ -87,14 +81,9 @@ def run_science(
                 timed = _run_experiments(context, science.experiments)
             findings = [finding for finding, _ in timed]
             cpu = dict(zip(science.experiments, (seconds for _, seconds in timed), strict=True))
-            run = RunInfo(
-                task=task,
-                record=record.finished(),
-                wall_seconds=time.perf_counter() - start,
-                cpu_seconds=_cpu_seconds() - cpu_start,
-                workers=processes,
-                group_cpu_seconds=[sum(cpu[experiment] for experiment in group) for group in science.groups],
-            )
+            group_cpu = [sum(cpu[experiment] for experiment in group) for group in science.groups]
+            run = RunInfo(task, record.finished(), time.perf_counter() - start, _cpu_seconds() - cpu_start,
+                          processes, group_cpu)  # fmt: skip
             write_report(findings, chosen, command, run, folder, other)
             for finding in findings:
                 draw_figure(finding, folder)
@@ -150,12 +139,5 @@ def _in_parallel(context: Context, processes: int) -> list[tuple[Finding, float]
     return [found[experiment] for experiment in science.experiments]
 
 
-__all__ = [
-    "PRESETS",
-    "SCIENCE_TASKS",
-    "Progress",
-    "ScienceArgumentError",
-    "quiet",
-    "replot_science",
-    "run_science",
-]
+__all__ = ["PRESETS", "SCIENCE_TASKS", "Progress", "ScienceArgumentError", "quiet", "replot_science",
+           "run_science"]  # fmt: skip
