@@ -51,16 +51,11 @@ def read_comparison(path: str | Path) -> Comparison:
     """The task and verdicts of the ``science.json`` at ``path`` (``--compare``); raises
     :class:`ReportFileError` naming an unreadable file."""
     try:
-        data = _read_json(Path(path))
-        findings = _findings(data, Path(path))
+        task, findings = _read(Path(path))
     except ReportFileError as error:
         raise ReportFileError(f"--compare: {error}") from None
-    return Comparison(
-        task=data.get("run", {}).get("task", "digits"),
-        source=str(path),
-        verdicts={f.key: f.verdict for f in findings},
-        titles={f.key: f.title for f in findings},
-    )
+    verdicts, titles = {f.key: f.verdict for f in findings}, {f.key: f.title for f in findings}
+    return Comparison(task, str(path), verdicts, titles)
 
 
 def _tests_table(finding: Finding) -> list[dict[str, object]]:
@@ -149,11 +144,11 @@ def write_report(
 
 def read_findings(path: Path) -> list[Finding]:
     """The findings kept in the science.json at ``path``; :class:`ReportFileError` says what is wrong."""
-    return _findings(_read_json(path), path)
+    return _read(path)[1]
 
 
-def _read_json(path: Path) -> dict:
-    """The JSON object in the file at ``path``."""
+def _read(path: Path) -> tuple[str, list[Finding]]:
+    """The task and the findings, each with its figure data, of the science.json at ``path``."""
     try:
         data = json.loads(path.read_text())
     except OSError as error:
@@ -162,11 +157,6 @@ def _read_json(path: Path) -> dict:
         raise ReportFileError(f"{str(path)!r} is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise ReportFileError(f"{str(path)!r} is not a science.json (no findings)")
-    return data
-
-
-def _findings(data: dict, path: Path) -> list[Finding]:
-    """The findings of a science.json's ``data`` (read from ``path``), each with its figure data."""
     findings = []
     for item in data.get("findings", []):
         if not item.get("figure_data"):
@@ -180,4 +170,4 @@ def _findings(data: dict, path: Path) -> list[Finding]:
             raise ReportFileError(f"{str(path)!r} holds a finding fusedbn cannot read: {error}") from None
     if not findings:
         raise ReportFileError(f"{str(path)!r} holds no findings")
-    return findings
+    return data.get("run", {}).get("task", "digits"), findings
