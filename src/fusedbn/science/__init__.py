@@ -75,10 +75,8 @@ def run_science(
         with output_folder(out) as folder:
             record, start, cpu_start = run_record(), time.perf_counter(), _cpu_seconds()
             processes = min(workers, len(science.groups))
-            if processes > 1:
-                timed = _in_parallel(context, processes)
-            else:
-                timed = _run_experiments(context, science.experiments)
+            timed = (_in_parallel(context, processes) if processes > 1
+                     else _run_experiments(context, science.experiments))  # fmt: skip
             findings = [finding for finding, _ in timed]
             cpu = dict(zip(science.experiments, (seconds for _, seconds in timed), strict=True))
             group_cpu = [sum(cpu[experiment] for experiment in group) for group in science.groups]
@@ -109,10 +107,8 @@ def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> lis
         began, cpu_began = time.perf_counter(), time.process_time()
         finding = experiment(context)
         timed.append((finding, time.process_time() - cpu_began))
-        context.progress(
-            f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
-            f"{timed[-1][1]:.0f} s of CPU)"
-        )
+        context.progress(f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
+                         f"{timed[-1][1]:.0f} s of CPU)")  # fmt: skip
     return timed
 
 
@@ -129,11 +125,8 @@ def _in_parallel(context: Context, processes: int) -> list[tuple[Finding, float]
     science, fresh = context.science, replace(context, tasks={}, searches={})  # the workers build their own
     with get_context("spawn").Pool(processes, initializer=_start_worker) as pool:
         pending = [pool.apply_async(_run_experiments, (fresh, group)) for group in science.groups]
-        found = {
-            experiment: timed
-            for group, result in zip(science.groups, pending, strict=True)
-            for experiment, timed in zip(group, result.get(), strict=True)
-        }
+        found = {experiment: timed for group, result in zip(science.groups, pending, strict=True)
+                 for experiment, timed in zip(group, result.get(), strict=True)}  # fmt: skip
         pool.close()
         pool.join()  # the workers' CPU time counts once they have ended
     return [found[experiment] for experiment in science.experiments]

@@ -5,13 +5,12 @@ that share their sampling and training seeds. Accuracy is validation accuracy un
 the held-out test split, read only to score configurations chosen on validation.
 """
 
-import dataclasses
 import functools
 import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 
 import numpy as np
 import torch
@@ -194,18 +193,9 @@ class Context:
             yield seed
 
     def search(
-        self,
-        names: Sequence[str],
-        seed: int,
-        trials: int,
-        *,
-        sampler: str = "random",
-        stages: int = 1,
-        linear: Sequence[str] = (),
-        optimizer: str = "sgd",
-        batchnorm: bool = True,
-        bias: bool = False,
-    ) -> TuningResult:
+        self, names: Sequence[str], seed: int, trials: int, *, sampler: str = "random", stages: int = 1,
+        linear: Sequence[str] = (), optimizer: str = "sgd", batchnorm: bool = True, bias: bool = False,
+    ) -> TuningResult:  # fmt: skip
         """A search over the parameters ``names`` (the others at their defaults), cached by its arguments."""
         key = (tuple(names), seed, trials, sampler, stages, tuple(linear), optimizer, batchnorm, bias)
         if key not in self.searches:
@@ -247,8 +237,8 @@ def _plain(value: object) -> object:
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
+    if is_dataclass(value):
+        return asdict(value)
     raise TypeError(f"cannot keep {type(value).__name__} in science.json")
 
 
@@ -311,9 +301,8 @@ def random_vs_grid(ctx: Context) -> Finding:
         explanation=_explain(overall, "random search beat the grid on validation accuracy")
         + f" Random minus grid, best validation: {_points(tests[0].mean_difference)} with 2 parameters, "
         f"{_points(tests[2].mean_difference)} with 4.",
-        figure_data=_figure_data(
-            "paired_panels", panels=panels, arms=["random", "grid"], ylabel="best validation accuracy"
-        ),
+        figure_data=_figure_data("paired_panels", panels=panels, arms=["random", "grid"],
+                                 ylabel="best validation accuracy"),  # fmt: skip
     )
 
 
@@ -333,10 +322,8 @@ def coarse_to_fine(ctx: Context) -> Finding:
     verdicts = [verdict(t, +1) for t in tests]
     rows = [{"search": a, "trials": total, "best validation": _mean_sd(valid[a]),
              "test of chosen": _mean_sd(test[a])} for a in arms]  # fmt: skip
-    panels = [
-        _panel(f"best validation: {verdicts[0]}", *valid.values(), tests[0]),
-        _panel(f"test accuracy of the chosen: {verdicts[1]}", *test.values(), tests[1]),
-    ]
+    panels = [_panel(f"best validation: {verdicts[0]}", *valid.values(), tests[0]),
+              _panel(f"test accuracy of the chosen: {verdicts[1]}", *test.values(), tests[1])]
     overall = _overall(verdicts)
     return Finding(
         key="coarse_to_fine",
@@ -405,10 +392,9 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
     accuracy = {arm: np.array(values) for arm, values in arms.items()}
     reached = {arm: np.nan_to_num(a, nan=0.0) >= good for arm, a in accuracy.items()}
     diverged = {arm: np.isnan(a) for arm, a in accuracy.items()}
-    tests = [mcnemar(f"reaches {good}, BN - none", reached["BatchNorm"], reached["no BatchNorm"], rng,
-                     preset.bootstrap),
-             mcnemar("diverges, none - BN", diverged["no BatchNorm"], diverged["BatchNorm"], rng,
-                     preset.bootstrap)]  # fmt: skip
+    paired = functools.partial(mcnemar, rng=rng, resamples=preset.bootstrap)
+    tests = [paired(f"reaches {good}, BN - none", reached["BatchNorm"], reached["no BatchNorm"]),
+             paired("diverges, none - BN", diverged["no BatchNorm"], diverged["BatchNorm"])]
     verdicts = [verdict(tests[0], +1), verdict(tests[1], +1)]
     depths = np.array(depths)
     rows = []
@@ -572,10 +558,8 @@ def importance_ranking(ctx: Context) -> Finding:
         explanation=_explain(overall, "the learning rate ranked first for both optimizers")
         + _above_noise(measured),
         figure_data=_figure_data("importance_bars", measured=measured, tiers=tiers),
-        extra={
-            optimizer: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
-            for optimizer, found in measured.items()
-        },
+        extra={name: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
+               for name, found in measured.items()},  # fmt: skip
     )
 
 
@@ -844,14 +828,9 @@ def _explain(outcome: str, what: str) -> str:
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
-    random_vs_grid,
-    coarse_to_fine,
-    log_vs_linear,
-    batchnorm_vs_none,
-    batchnorm_noise,
-    importance_ranking,
+    random_vs_grid, coarse_to_fine, log_vs_linear, batchnorm_vs_none, batchnorm_noise, importance_ranking,
     test_time_statistics,
-)
+)  # fmt: skip
 
 # MNIST-1D: each training costs ~10x a digits one, so fewer configurations per comparison, >= 10 seeds.
 MNIST1D_PRESETS = {
@@ -872,24 +851,15 @@ DIGITS_GROUPS = (
 
 SCIENCE_TASKS = {
     "digits": ScienceTask(
-        definition=TASKS["digits"],
-        presets=PRESETS,
-        experiments=EXPERIMENTS,
-        groups=DIGITS_GROUPS,
-        workers=1,
-        good_accuracy=0.95,
-        fixed={"learning_rate": 0.05},
-        fixed_label="learning rate 0.05, momentum 0.9, 2 x 64 units",
-        depth_label="hidden layers",
+        definition=TASKS["digits"], presets=PRESETS, experiments=EXPERIMENTS, groups=DIGITS_GROUPS, workers=1,
+        good_accuracy=0.95, fixed={"learning_rate": 0.05},
+        fixed_label="learning rate 0.05, momentum 0.9, 2 x 64 units", depth_label="hidden layers",
     ),
     "mnist1d": ScienceTask(
-        definition=TASKS["mnist1d"],
-        presets=MNIST1D_PRESETS,
+        definition=TASKS["mnist1d"], presets=MNIST1D_PRESETS,
         experiments=(paper_table, *EXPERIMENTS, bias_equivalence),
-        groups=((paper_table, *DIGITS_GROUPS[0]), (*DIGITS_GROUPS[1], bias_equivalence)),
-        workers=2,
-        good_accuracy=0.90,
-        fixed={"learning_rate": 0.05},
+        groups=((paper_table, *DIGITS_GROUPS[0]), (*DIGITS_GROUPS[1], bias_equivalence)), workers=2,
+        good_accuracy=0.90, fixed={"learning_rate": 0.05},
         fixed_label="learning rate 0.05, momentum 0.9, 4 blocks of 32 channels, batch 64",
         depth_label="convolution blocks",
     ),

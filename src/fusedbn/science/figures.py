@@ -36,13 +36,9 @@ def _plain_numbers(axis: object, values: Sequence[float]) -> None:
 
 
 def paired_panels(
-    heading: str,
-    panels: Sequence[Mapping[str, object]],
-    arms: Sequence[str],
-    ylabel: str,
-    margin: float | None = None,
-    unit: str = "seed",
-) -> Figure:
+    heading: str, panels: Sequence[Mapping[str, object]], arms: Sequence[str], ylabel: str,
+    margin: float | None = None, unit: str = "seed",
+) -> Figure:  # fmt: skip
     """Paired comparisons, a column per panel (a mapping of ``title``, ``first`` and ``second``: values per
     ``unit``, and ``test``: a PairedTest as a dict). Top: each pair joined by a line and each arm's mean, on
     one value axis; bottom: the differences in percentage points with their mean, 95% interval and p-value,
@@ -53,10 +49,8 @@ def paired_panels(
     pad = PAD * max(every.max() - every.min(), 1e-3)
     low, high = every.min() - pad, every.max() + pad
     differences = [100 * (a - b) for a, b in zip(firsts, seconds, strict=True)]
-    reach = max(
-        max(np.abs(d).max(), 100 * abs(p["test"]["ci_low"]), 100 * abs(p["test"]["ci_high"]))
-        for d, p in zip(differences, panels, strict=True)
-    )
+    reach = max(max(np.abs(d).max(), 100 * abs(p["test"]["ci_low"]), 100 * abs(p["test"]["ci_high"]))
+                for d, p in zip(differences, panels, strict=True))  # fmt: skip
     reach = 1.15 * max(reach, 0.1, 0.0 if margin is None else 100 * margin)
     fig = Figure(figsize=(4.4 * len(panels), 7.2))
     axes = fig.subplots(2, len(panels), squeeze=False)
@@ -64,9 +58,8 @@ def paired_panels(
         values_ax, difference_ax = axes[0][column], axes[1][column]
         for a, b in zip(firsts[column], seconds[column], strict=True):
             values_ax.plot([0, 1], [a, b], color="grey", alpha=0.45, marker="o", markersize=3)
-        values_ax.plot(
-            [0, 1], [firsts[column].mean(), seconds[column].mean()], color="black", marker="D", linewidth=2
-        )
+        means = [firsts[column].mean(), seconds[column].mean()]
+        values_ax.plot([0, 1], means, color="black", marker="D", linewidth=2)
         values_ax.set_xticks([0, 1], arms)
         values_ax.set_xlim(-0.3, 1.3)
         values_ax.set_ylim(low, high)
