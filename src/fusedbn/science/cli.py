@@ -68,11 +68,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"fusedbn science: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "fusedbn science: interrupted. The experiments run in memory and write their report only "
-            f"at the end, so nothing was written to {args.out}/ and the same command starts over.",
-            file=sys.stderr,
-        )
+        print("fusedbn science: interrupted. The experiments run in memory and write their report only at "
+              f"the end, so nothing was written to {args.out}/ and the same command starts over.",
+              file=sys.stderr)  # fmt: skip
         return INTERRUPTED_EXIT_CODE
     for finding in findings:
         print(f"{finding.verdict:>12}  {finding.title}")

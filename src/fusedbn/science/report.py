@@ -31,11 +31,6 @@ class RunInfo:
     workers: int = 1
     group_cpu_seconds: list[float] = field(default_factory=list)
 
-    def cpu_share(self) -> float:
-        """The CPU time over what the worker processes could have used: wall time x workers x threads."""
-        threads = self.record.torch_threads
-        return self.cpu_seconds / max(1e-9, self.wall_seconds * self.workers * threads)
-
 
 @dataclass
 class Comparison:
@@ -71,11 +66,10 @@ def _groups_sentence(run: RunInfo) -> str:
     """The CPU time of each group of experiments, and what it means for the wall time on idle cores."""
     if len(run.group_cpu_seconds) < 2:
         return ""
-    minutes = ", ".join(f"{seconds / 60:.1f}" for seconds in run.group_cpu_seconds)
-    return (
-        f" The {len(run.group_cpu_seconds)} groups of experiments used {minutes} min of CPU: on idle cores, "
-        f"with a worker per group, the run takes about {max(run.group_cpu_seconds) / 60:.1f} min."
-    )
+    groups = run.group_cpu_seconds
+    minutes = ", ".join(f"{seconds / 60:.1f}" for seconds in groups)
+    return (f" The {len(groups)} groups of experiments used {minutes} min of CPU: on idle cores, with a "
+            f"worker per group, the run takes about {max(groups) / 60:.1f} min.")  # fmt: skip
 
 
 def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) -> list[str]:
@@ -102,12 +96,14 @@ def markdown(
 ) -> str:
     """The report as Markdown: a verdict table, the other task's verdicts beside them when given, then
     one section per experiment with its figure."""
+    # The CPU time over what the worker processes could have used: wall time x workers x threads.
+    cpu_share = run.cpu_seconds / max(1e-9, run.wall_seconds * run.workers * run.record.torch_threads)
     paragraphs = [
         "# `fusedbn science`: the tuning advice put to the test",
         f"Command: `{command}` (task `{run.task}`, preset `{preset.name}`: {preset.seeds} seeds, "
         f"{preset.epochs} epoch(s) per training). Wall time {run.wall_seconds / 60:.1f} min, CPU time "
         f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.record.torch_threads} torch "
-        f"thread(s), which had {run.cpu_share():.0%} of their cores' time (below 100%: other work shared "
+        f"thread(s), which had {cpu_share:.0%} of their cores' time (below 100%: other work shared "
         f"the machine; 1-minute load average {run.record.load_before:.1f} at the start, "
         f"{run.record.load_after:.1f} at the end). Same command, same numbers: every draw is seeded. "
         f"Run on {run.record.machine}, torch {run.record.torch}, fusedbn {run.record.fusedbn} at "
