@@ -48,15 +48,9 @@ class Progress:
 
 
 def run_science(
-    preset: str,
-    out: str | Path,
-    command: str,
-    progress: Callable[[str], None] = quiet,
-    task: str = "digits",
-    data_seed: int | None = None,
-    compare: str | Path | None = None,
-    workers: int | None = None,
-) -> list[Finding]:
+    preset: str, out: str | Path, command: str, progress: Callable[[str], None] = quiet, task: str = "digits",
+    data_seed: int | None = None, compare: str | Path | None = None, workers: int | None = None,
+) -> list[Finding]:  # fmt: skip
     """Run the experiments of ``task`` with the named preset in ``workers`` processes (default: the task's)
     and write the report into ``out``, with the verdicts of another task's ``science.json`` (``compare``)
     beside them; ``progress`` must pickle when ``workers`` > 1.
@@ -81,20 +75,13 @@ def run_science(
         with output_folder(out) as folder:
             record, start, cpu_start = run_record(), time.perf_counter(), _cpu_seconds()
             processes = min(workers, len(science.groups))
-            if processes > 1:
-                timed = _in_parallel(context, processes)
-            else:
-                timed = _run_experiments(context, science.experiments)
+            timed = (_in_parallel(context, processes) if processes > 1
+                     else _run_experiments(context, science.experiments))  # fmt: skip
             findings = [finding for finding, _ in timed]
             cpu = dict(zip(science.experiments, (seconds for _, seconds in timed), strict=True))
-            run = RunInfo(
-                task=task,
-                record=record.finished(),
-                wall_seconds=time.perf_counter() - start,
-                cpu_seconds=_cpu_seconds() - cpu_start,
-                workers=processes,
-                group_cpu_seconds=[sum(cpu[experiment] for experiment in group) for group in science.groups],
-            )
+            group_cpu = [sum(cpu[experiment] for experiment in group) for group in science.groups]
+            run = RunInfo(task, record.finished(), time.perf_counter() - start, _cpu_seconds() - cpu_start,
+                          processes, group_cpu)  # fmt: skip
             write_report(findings, chosen, command, run, folder, other)
             for finding in findings:
                 draw_figure(finding, folder)
@@ -120,10 +107,8 @@ def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> lis
         began, cpu_began = time.perf_counter(), time.process_time()
         finding = experiment(context)
         timed.append((finding, time.process_time() - cpu_began))
-        context.progress(
-            f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
-            f"{timed[-1][1]:.0f} s of CPU)"
-        )
+        context.progress(f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
+                         f"{timed[-1][1]:.0f} s of CPU)")  # fmt: skip
     return timed
 
 
@@ -140,22 +125,12 @@ def _in_parallel(context: Context, processes: int) -> list[tuple[Finding, float]
     science, fresh = context.science, replace(context, tasks={}, searches={})  # the workers build their own
     with get_context("spawn").Pool(processes, initializer=_start_worker) as pool:
         pending = [pool.apply_async(_run_experiments, (fresh, group)) for group in science.groups]
-        found = {
-            experiment: timed
-            for group, result in zip(science.groups, pending, strict=True)
-            for experiment, timed in zip(group, result.get(), strict=True)
-        }
+        found = {experiment: timed for group, result in zip(science.groups, pending, strict=True)
+                 for experiment, timed in zip(group, result.get(), strict=True)}  # fmt: skip
         pool.close()
         pool.join()  # the workers' CPU time counts once they have ended
     return [found[experiment] for experiment in science.experiments]
 
 
-__all__ = [
-    "PRESETS",
-    "SCIENCE_TASKS",
-    "Progress",
-    "ScienceArgumentError",
-    "quiet",
-    "replot_science",
-    "run_science",
-]
+__all__ = ["PRESETS", "SCIENCE_TASKS", "Progress", "ScienceArgumentError", "quiet", "replot_science",
+           "run_science"]  # fmt: skip

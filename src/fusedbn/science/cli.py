@@ -28,28 +28,18 @@ DEFAULT_OUT = "runs/science"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the options of ``fusedbn science`` on ``parser``."""
     parser.add_argument("--preset", choices=PRESETS, default="full", help="how much to run (default: full)")
-    parser.add_argument(
-        "--quick", dest="preset", action="store_const", const="quick", help="the same as --preset quick"
-    )
+    parser.add_argument("--quick", dest="preset", action="store_const", const="quick",
+                        help="the same as --preset quick")  # fmt: skip
     add_task_arguments(parser)
-    parser.add_argument(
-        "--compare",
-        metavar="SCIENCE_JSON",
-        help="another task's science.json (e.g. results/science/science.json), whose verdicts go "
-        "beside this run's",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        help="processes running groups of experiments in parallel, one torch thread each; the numbers do "
-        "not depend on it (default: 1 for digits, 2 for mnist1d)",
-    )
+    parser.add_argument("--compare", metavar="SCIENCE_JSON",
+                        help="another task's science.json (e.g. results/science/science.json), whose "
+                        "verdicts go beside this run's")  # fmt: skip
+    parser.add_argument("--workers", type=int,
+                        help="processes running groups of experiments in parallel, one torch thread each; "
+                        "the numbers do not depend on it (default: 1 for digits, 2 for mnist1d)")  # fmt: skip
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for the report ({DEFAULT_OUT})")
-    parser.add_argument(
-        "--replot",
-        action="store_true",
-        help="only draw the figures again from OUT/science.json (no experiment runs)",
-    )
+    replot = "only draw the figures again from OUT/science.json (no experiment runs)"
+    parser.add_argument("--replot", action="store_true", help=replot)
     parser.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
 
 
@@ -61,11 +51,8 @@ def run(args: argparse.Namespace) -> int:
     words = ["fusedbn", "science", "--preset", args.preset]
     if args.task != "digits":
         words += ["--task", args.task]
-    for option, value in (
-        ("--data-seed", args.data_seed),
-        ("--compare", args.compare),
-        ("--workers", args.workers),
-    ):
+    options = (("--data-seed", args.data_seed), ("--compare", args.compare), ("--workers", args.workers))
+    for option, value in options:
         if value is not None:
             words += [option, str(value)]
     command = shlex.join([*words, "--out", args.out])
@@ -74,25 +61,16 @@ def run(args: argparse.Namespace) -> int:
             paths = replot_science(args.out)
             print(f"Drew {', '.join(path.name for path in paths)} in {args.out}/ from science.json")
             return 0
-        findings = run_science(
-            args.preset,
-            args.out,
-            command,
-            progress,
-            task=args.task,
-            data_seed=data_seed(args.data_seed),
-            compare=args.compare,
-            workers=args.workers,
-        )
+        findings = run_science(args.preset, args.out, command, progress, task=args.task,
+                               data_seed=data_seed(args.data_seed), compare=args.compare,
+                               workers=args.workers)  # fmt: skip
     except (ScienceArgumentError, TaskError, OutputFolderError, ReportFileError) as error:
         print(f"fusedbn science: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "fusedbn science: interrupted. The experiments run in memory and write their report only "
-            f"at the end, so nothing was written to {args.out}/ and the same command starts over.",
-            file=sys.stderr,
-        )
+        print("fusedbn science: interrupted. The experiments run in memory and write their report only at "
+              f"the end, so nothing was written to {args.out}/ and the same command starts over.",
+              file=sys.stderr)  # fmt: skip
         return INTERRUPTED_EXIT_CODE
     for finding in findings:
         print(f"{finding.verdict:>12}  {finding.title}")

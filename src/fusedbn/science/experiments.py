@@ -5,13 +5,12 @@ that share their sampling and training seeds. Accuracy is validation accuracy un
 the held-out test split, read only to score configurations chosen on validation.
 """
 
-import dataclasses
 import functools
 import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 
 import numpy as np
 import torch
@@ -81,8 +80,9 @@ PRESETS = {
 @dataclass
 class Finding:
     """One experiment's outcome: the claim, the setup, the table of numbers (``rows``), the tests and the
-    verdicts (one per test, or per optimizer for the importances), and the figure's file name and data
-    (``figure_data``: its ``kind`` and plain JSON values, for :mod:`fusedbn.science.figures`)."""
+    verdicts (one per test, or per optimizer for the importances), and the figure's file name (default
+    ``<key>.png``) and data (``figure_data``: its ``kind`` and plain JSON values, for
+    :mod:`fusedbn.science.figures`)."""
 
     key: str
     title: str
@@ -93,9 +93,12 @@ class Finding:
     test_verdicts: list[str]
     verdict: str
     explanation: str
-    figure: str
+    figure: str = ""
     figure_data: dict[str, object] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.figure = self.figure or f"{self.key}.png"
 
 
 Experiment = Callable[["Context"], "Finding"]
@@ -139,27 +142,26 @@ class Context:
     tasks: dict[tuple[str, bool, bool], Task] = field(default_factory=dict)
     searches: dict[tuple, TuningResult] = field(default_factory=dict)
 
+    def build(self, **options: object) -> Task:
+        """A new task built with ``options`` on this data seed, cut to ``preset.train_examples`` when set."""
+        task = self.science.definition.build(data_seed=self.data_seed, **options)
+        if self.preset.train_examples is not None:
+            task.train = tuple(t[: self.preset.train_examples] for t in task.train)
+        return task
+
     def task(self, optimizer: str = "sgd", batchnorm: bool = True, bias: bool = False) -> Task:
-        """The task (cut to ``preset.train_examples`` when set), every trial scoring its test split; ``bias``
-        gives the layers before each BatchNorm a bias."""
+        """The task built once for these arguments, every trial scoring its test split; ``bias`` gives the
+        layers before each BatchNorm a bias."""
         key = (optimizer, batchnorm, bias)
         if key not in self.tasks:
-            build = self.science.definition.build
-            task = build(epochs=self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm, bias=bias,
-                         data_seed=self.data_seed)  # fmt: skip
-            task.score_test = True
-            if self.preset.train_examples is not None:
-                task.train = tuple(t[: self.preset.train_examples] for t in task.train)
-            self.tasks[key] = task
+            self.tasks[key] = self.build(epochs=self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm,
+                                         bias=bias)  # fmt: skip
+            self.tasks[key].score_test = True
         return self.tasks[key]
 
     def space(self, optimizer: str = "sgd") -> list[Param]:
         """The task's search space for ``optimizer``."""
         return self.science.definition.space(optimizer)
-
-    @property
-    def good_accuracy(self) -> float:
-        return self.science.good_accuracy
 
     @property
     def four_params(self) -> tuple[str, ...]:
@@ -191,26 +193,16 @@ class Context:
             yield seed
 
     def search(
-        self,
-        names: Sequence[str],
-        seed: int,
-        trials: int,
-        *,
-        sampler: str = "random",
-        stages: int = 1,
-        linear: Sequence[str] = (),
-        optimizer: str = "sgd",
-        batchnorm: bool = True,
-        bias: bool = False,
-    ) -> TuningResult:
+        self, names: Sequence[str], seed: int, trials: int, *, sampler: str = "random", stages: int = 1,
+        linear: Sequence[str] = (), optimizer: str = "sgd", batchnorm: bool = True, bias: bool = False,
+    ) -> TuningResult:  # fmt: skip
         """A search over the parameters ``names`` (the others at their defaults), cached by its arguments."""
         key = (tuple(names), seed, trials, sampler, stages, tuple(linear), optimizer, batchnorm, bias)
         if key not in self.searches:
             space = [replace(p, tier=1 if p.name in names else 2) for p in self.space(optimizer)]
             space = with_scales(space, dict.fromkeys(linear, "linear"))
-            config = SearchConfig(study_name="science", storage="memory", trials=trials, stages=stages,
-                                  tiers=1, sampler=sampler, seed=seed, train_seed=seed, pruner="none",
-                                  progress=False)  # fmt: skip
+            config = SearchConfig("science", "memory", trials=trials, stages=stages, tiers=1, sampler=sampler,
+                                  seed=seed, pruner="none", progress=False)  # fmt: skip
             self.searches[key] = tune(self.task(optimizer, batchnorm, bias), space, config)
         return self.searches[key]
 
@@ -245,8 +237,8 @@ def _plain(value: object) -> object:
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
+    if is_dataclass(value):
+        return asdict(value)
     raise TypeError(f"cannot keep {type(value).__name__} in science.json")
 
 
@@ -309,10 +301,8 @@ def random_vs_grid(ctx: Context) -> Finding:
         explanation=_explain(overall, "random search beat the grid on validation accuracy")
         + f" Random minus grid, best validation: {_points(tests[0].mean_difference)} with 2 parameters, "
         f"{_points(tests[2].mean_difference)} with 4.",
-        figure="random_vs_grid.png",
-        figure_data=_figure_data(
-            "paired_panels", panels=panels, arms=["random", "grid"], ylabel="best validation accuracy"
-        ),
+        figure_data=_figure_data("paired_panels", panels=panels, arms=["random", "grid"],
+                                 ylabel="best validation accuracy"),  # fmt: skip
     )
 
 
@@ -332,10 +322,8 @@ def coarse_to_fine(ctx: Context) -> Finding:
     verdicts = [verdict(t, +1) for t in tests]
     rows = [{"search": a, "trials": total, "best validation": _mean_sd(valid[a]),
              "test of chosen": _mean_sd(test[a])} for a in arms]  # fmt: skip
-    panels = [
-        _panel(f"best validation: {verdicts[0]}", *valid.values(), tests[0]),
-        _panel(f"test accuracy of the chosen: {verdicts[1]}", *test.values(), tests[1]),
-    ]
+    panels = [_panel(f"best validation: {verdicts[0]}", *valid.values(), tests[0]),
+              _panel(f"test accuracy of the chosen: {verdicts[1]}", *test.values(), tests[1])]
     overall = _overall(verdicts)
     return Finding(
         key="coarse_to_fine",
@@ -351,14 +339,13 @@ def coarse_to_fine(ctx: Context) -> Finding:
         explanation=_explain(overall, "the staged search chose better configurations")
         + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
         f"{_points(tests[1].mean_difference)} on test.",
-        figure="coarse_to_fine.png",
         figure_data=_figure_data("paired_panels", panels=panels, arms=list(arms), ylabel="accuracy"),
     )
 
 
 def log_vs_linear(ctx: Context) -> Finding:
     """The learning rate and the momentum beta sampled on their log scales vs on linear scales."""
-    preset, paired, good = ctx.preset, ctx.paired(ctx.rng("log_vs_linear")), ctx.good_accuracy
+    preset, paired, good = ctx.preset, ctx.paired(ctx.rng("log_vs_linear")), ctx.science.good_accuracy
     trials = preset.grid_points_2d**2
     shares, bests, points = {"log": [], "linear": []}, {"log": [], "linear": []}, {"log": [], "linear": []}
     for seed in ctx.seeds("log vs linear"):
@@ -386,14 +373,13 @@ def log_vs_linear(ctx: Context) -> Finding:
         explanation=_explain(overall, "log scales put more trials above the threshold")
         + f" Share of trials reaching {good:.0%}: {np.mean(shares['log']):.0%} on log scales, "
         f"{np.mean(shares['linear']):.0%} on linear ones.",
-        figure="log_vs_linear.png",
         figure_data=_figure_data("accuracy_vs_learning_rate", points=points),
     )
 
 
 def batchnorm_vs_none(ctx: Context) -> Finding:
     """The same random configurations trained with and without BatchNorm: reach, spread, divergence, depth."""
-    preset, rng, good = ctx.preset, ctx.rng("batchnorm_vs_none"), ctx.good_accuracy
+    preset, rng, good = ctx.preset, ctx.rng("batchnorm_vs_none"), ctx.science.good_accuracy
     layer = ctx.science.definition.layer
     arms = {"BatchNorm": [], "no BatchNorm": []}
     depths = []
@@ -406,30 +392,22 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
     accuracy = {arm: np.array(values) for arm, values in arms.items()}
     reached = {arm: np.nan_to_num(a, nan=0.0) >= good for arm, a in accuracy.items()}
     diverged = {arm: np.isnan(a) for arm, a in accuracy.items()}
-    tests = [mcnemar(f"reaches {good}, BN - none", reached["BatchNorm"], reached["no BatchNorm"], rng,
-                     preset.bootstrap),
-             mcnemar("diverges, none - BN", diverged["no BatchNorm"], diverged["BatchNorm"], rng,
-                     preset.bootstrap)]  # fmt: skip
+    paired = functools.partial(mcnemar, rng=rng, resamples=preset.bootstrap)
+    tests = [paired(f"reaches {good}, BN - none", reached["BatchNorm"], reached["no BatchNorm"]),
+             paired("diverges, none - BN", diverged["no BatchNorm"], diverged["BatchNorm"])]
     verdicts = [verdict(tests[0], +1), verdict(tests[1], +1)]
     depths = np.array(depths)
     rows = []
     for arm, values in accuracy.items():
         finite = values[~np.isnan(values)]
         quartiles = np.percentile(finite, [25, 75]) if len(finite) else (math.nan, math.nan)
-        rows.append(
-            {
-                "network": arm,
-                "configurations": len(values),
-                f"share >= {good}": f"{reached[arm].mean():.3f}",
-                "median accuracy (not diverged)": f"{np.median(finite):.4f}" if len(finite) else "-",
-                "interquartile range": f"{quartiles[1] - quartiles[0]:.4f}",
-                "diverged": int(diverged[arm].sum()),
-                **{
-                    f"share >= {good}, {d} layer(s)": f"{reached[arm][depths == d].mean():.2f}"
-                    for d in sorted(set(depths.tolist()))
-                },
-            }
-        )
+        by_depth = {f"share >= {good}, {d} layer(s)": f"{reached[arm][depths == d].mean():.2f}"
+                    for d in sorted(set(depths.tolist()))}  # fmt: skip
+        rows.append({"network": arm, "configurations": len(values),
+                     f"share >= {good}": f"{reached[arm].mean():.3f}",
+                     "median accuracy (not diverged)": f"{np.median(finite):.4f}" if len(finite) else "-",
+                     "interquartile range": f"{quartiles[1] - quartiles[0]:.4f}",
+                     "diverged": int(diverged[arm].sum()), **by_depth})  # fmt: skip
     overall = verdicts[0]
     return Finding(
         key="batchnorm_vs_none",
@@ -449,7 +427,6 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
         f"{reached['BatchNorm'][depths == depths.max()].mean():.0%} with BatchNorm and from "
         f"{reached['no BatchNorm'][depths == depths.min()].mean():.0%} to "
         f"{reached['no BatchNorm'][depths == depths.max()].mean():.0%} without.",
-        figure="batchnorm_vs_none.png",
         figure_data=_figure_data("batchnorm_comparison", accuracy=accuracy, depths=depths, good=good,
                                  depth_label=ctx.science.depth_label),  # fmt: skip
     )
@@ -460,9 +437,7 @@ def _normalised_spread(
 ) -> float:
     """Standard deviation, over ``draws`` random mini-batches of size ``batch`` containing ``example``, of
     that example's batch-normalised first-layer value, averaged over the channels (and positions)."""
-    with torch.no_grad():
-        hidden = model[0](inputs).double()
-    dims = _statistics_dims(hidden)
+    hidden, dims = _first_layer(model, inputs)
     others = np.delete(np.arange(len(inputs)), example)
     values = []
     for _ in range(draws):
@@ -473,9 +448,12 @@ def _normalised_spread(
     return float(np.std(np.array(values), axis=0).mean())
 
 
-def _statistics_dims(hidden: torch.Tensor) -> list[int]:
-    """The dims BatchNorm takes its statistics over: every dim but the channel dim 1."""
-    return [0, *range(2, hidden.dim())]
+def _first_layer(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The first layer's output on ``inputs`` in float64, and the dims BatchNorm takes its statistics over
+    (every dim but the channel dim 1)."""
+    with torch.no_grad():
+        hidden = model[0](inputs).double()
+    return hidden, [0, *range(2, hidden.dim())]
 
 
 def batchnorm_noise(ctx: Context) -> Finding:
@@ -488,19 +466,15 @@ def batchnorm_noise(ctx: Context) -> Finding:
     for seed in ctx.seeds("BatchNorm noise"):
         gap_row = []
         for size in sizes:
-            model = task.train_model(
-                ctx.fixed_params(batch_size=float(size)), seed=derive_seed(seed, int(size))
-            )
+            params = ctx.fixed_params(batch_size=float(size))
+            model = task.train_model(params, seed=derive_seed(seed, int(size)))
             scores = task.scores(model)
             gap_row.append(scores["train_accuracy"] - scores["test_accuracy"])
             if size == sizes[len(sizes) // 2]:
-                example = int(rng.integers(len(task.train[0])))
-                spreads.append(
-                    [
-                        _normalised_spread(model, task.train[0], int(b), preset.noise_draws, rng, example)
-                        for b in sizes
-                    ]
-                )
+                inputs = task.train[0]
+                example = int(rng.integers(len(inputs)))
+                spreads.append([_normalised_spread(model, inputs, int(b), preset.noise_draws, rng, example)
+                                for b in sizes])  # fmt: skip
         gaps.append(gap_row)
     spreads, gaps = np.array(spreads), np.array(gaps)
     noise_slopes = np.array([log_log_slope(sizes, row) for row in spreads])
@@ -530,7 +504,6 @@ def batchnorm_noise(ctx: Context) -> Finding:
         f"would be -0.5; within +-{SLOPE_MARGIN} of it: {verdicts[1]}). Regularisation {verdicts[2]}: the "
         f"train-test gap changed by {_points(gap_slopes.mean())} per doubling of the batch. "
         f"Overall: {overall}.",
-        figure="batchnorm_noise.png",
         figure_data=_figure_data("noise_and_gap", sizes=sizes, spreads=spreads, gaps=gaps),
     )
 
@@ -561,26 +534,14 @@ def importance_ranking(ctx: Context) -> Finding:
             verdicts.append(NOT_SHOWN)
         for name in found.order():
             low, high = found.intervals[name]
-            rows.append(
-                {
-                    "optimizer": optimizer,
-                    "parameter": name,
-                    "tier": tiers[optimizer][name],
-                    "importance": f"{found.values[name]:.3f}",
-                    "90% interval": f"[{low:.3f}, {high:.3f}]",
-                    "above noise": "yes" if found.ranks_above(name, "noise") else "no",
-                }
-            )
-        rows.append(
-            {
-                "optimizer": optimizer,
-                "parameter": "noise (dummy)",
-                "tier": "-",
-                "importance": f"{found.noise:.3f}",
-                "90% interval": f"[{found.noise_interval[0]:.3f}, {found.noise_interval[1]:.3f}]",
-                "above noise": "-",
-            }
-        )
+            rows.append({"optimizer": optimizer, "parameter": name, "tier": tiers[optimizer][name],
+                         "importance": f"{found.values[name]:.3f}",
+                         "90% interval": f"[{low:.3f}, {high:.3f}]",
+                         "above noise": "yes" if found.ranks_above(name, "noise") else "no"})  # fmt: skip
+        low, high = found.noise_interval
+        rows.append({"optimizer": optimizer, "parameter": "noise (dummy)", "tier": "-",
+                     "importance": f"{found.noise:.3f}", "90% interval": f"[{low:.3f}, {high:.3f}]",
+                     "above noise": "-"})  # fmt: skip
     overall = _overall(verdicts)
     return Finding(
         key="importances",
@@ -596,12 +557,9 @@ def importance_ranking(ctx: Context) -> Finding:
         rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "the learning rate ranked first for both optimizers")
         + _above_noise(measured),
-        figure="importances.png",
         figure_data=_figure_data("importance_bars", measured=measured, tiers=tiers),
-        extra={
-            optimizer: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
-            for optimizer, found in measured.items()
-        },
+        extra={name: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
+               for name, found in measured.items()},  # fmt: skip
     )
 
 
@@ -646,29 +604,20 @@ def test_time_statistics(ctx: Context) -> Finding:
         f"Held: the 95% interval of the difference lies within +-{EQUIVALENCE_MARGIN} for beta 0.9.",
         rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"{overall.capitalize()}: with beta 0.9 the moving averages scored "
-        f"{_points(tests[0].mean_difference)} against the exact statistics (95% interval "
-        f"{_points(tests[0].ci_low)} to {_points(tests[0].ci_high)}; the margin is "
-        f"+-{100 * EQUIVALENCE_MARGIN:.1f}). With beta 0.99 and 0.999 the averages span ~100 and ~1000 "
-        f"steps, as long as or longer than this training run, so they still carry the initial statistics and "
-        f"those of early weights: {_points(tests[1].mean_difference)} and "
+        f"{_points(tests[0].mean_difference)} against the exact statistics ({_interval(tests[0])}; the "
+        f"margin is +-{100 * EQUIVALENCE_MARGIN:.1f}). With beta 0.99 and 0.999 the averages span ~100 and "
+        "~1000 steps, as long as or longer than this training run, so they still carry the initial "
+        f"statistics and those of early weights: {_points(tests[1].mean_difference)} and "
         f"{_points(tests[2].mean_difference)}.",
-        figure="test_time_statistics.png",
-        figure_data=_figure_data(
-            "paired_panels",
-            panels=panels,
-            arms=["EMA", "exact"],
-            ylabel="test accuracy",
-            margin=EQUIVALENCE_MARGIN,
-        ),
+        figure_data=_figure_data("paired_panels", panels=panels, arms=["EMA", "exact"],
+                                 ylabel="test accuracy", margin=EQUIVALENCE_MARGIN),  # fmt: skip
         extra={"update_bn_max_error": check},
     )
 
 
 def _update_bn_error(model: nn.Module, inputs: torch.Tensor) -> float:
     """Largest gap between the first BatchNorm's statistics and a float64 recomputation over ``inputs``."""
-    with torch.no_grad():
-        hidden = model[0](inputs).double()
-    norm, dims = model[1], _statistics_dims(hidden)
+    (hidden, dims), norm = _first_layer(model, inputs), model[1]
     mean_error = (norm.running_mean.double() - hidden.mean(dim=dims)).abs().max()
     var_error = (norm.running_var.double() - hidden.var(dim=dims, unbiased=True)).abs().max()
     return float(max(mean_error, var_error))
@@ -700,17 +649,11 @@ def paper_table(ctx: Context) -> Finding:
         off = values.mean() - published
         if model in PAPER_BASELINES:
             verdicts.append(HELD if abs(off) <= REPRODUCTION_MARGIN else CONTRADICTED)
-        rows.append(
-            {
-                "model": model,
-                "published": f"{published:.2f}",
-                "reproduced": _mean_sd(values),
-                "each seed": ", ".join(f"{v:.3f}" for v in values),
-                "reproduced - published": _points(off),
-                "within 3 points": "yes" if abs(off) <= REPRODUCTION_MARGIN else "no",
-                "seconds per training": f"{seconds[model]:.1f}",
-            }
-        )
+        rows.append({"model": model, "published": f"{published:.2f}", "reproduced": _mean_sd(values),
+                     "each seed": ", ".join(f"{v:.3f}" for v in values),
+                     "reproduced - published": _points(off),
+                     "within 3 points": "yes" if abs(off) <= REPRODUCTION_MARGIN else "no",
+                     "seconds per training": f"{seconds[model]:.1f}"})  # fmt: skip
     if tuned is not None:
         rows.append(dict.fromkeys(rows[0], "-") | {
             "model": "fusedbn CNN (BatchNorm, max pooling), tuned",
@@ -737,16 +680,13 @@ def paper_table(ctx: Context) -> Finding:
         "test split. The paper also lists a GRU (91%) and a human expert (96%); neither is run here.",
         rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
         explanation=_paper_explanation(accuracy, tuned),
-        figure="paper_table.png",
         figure_data=_figure_data(
             "published_vs_reproduced",
-            models={
-                model: {"published": published, "seeds": accuracy[model]}
-                for model, (_, published) in mnist1d.PAPER_MODELS.items()
-            },
+            models={model: {"published": published, "seeds": accuracy[model]}
+                    for model, (_, published) in mnist1d.PAPER_MODELS.items()},
             margin=REPRODUCTION_MARGIN,
             extra={} if tuned is None else {"fusedbn CNN, tuned": tuned.test_accuracy_all},
-        ),
+        ),  # fmt: skip
         extra={"accuracy": accuracy, "seconds_per_training": seconds, "tuned": tuned},
     )
 
@@ -756,18 +696,9 @@ def _tuned(ctx: Context) -> HeldOutScores | None:
     preset, definition = ctx.preset, ctx.science.definition
     if preset.tuned_trials == 0:
         return None
-    task = definition.build(epochs=preset.tuned_epochs, data_seed=ctx.data_seed)
-    if preset.train_examples is not None:
-        task.train = tuple(t[: preset.train_examples] for t in task.train)
-    config = SearchConfig(
-        study_name="tuned",
-        storage="memory",
-        trials=preset.tuned_trials,
-        stages=preset.tuned_stages,
-        tiers=definition.tiers,
-        seed=0,
-        progress=False,
-    )
+    task = ctx.build(epochs=preset.tuned_epochs)
+    config = SearchConfig("tuned", "memory", trials=preset.tuned_trials, stages=preset.tuned_stages,
+                          tiers=definition.tiers, seed=0, progress=False)  # fmt: skip
     return score_chosen(task, tune(task, definition.space(definition.optimizer), config))
 
 
@@ -779,22 +710,14 @@ def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores | 
         within = "within" if abs(measured - published) <= REPRODUCTION_MARGIN else "outside"
         parts.append(f"{model} {measured:.1%} against {published:.0%} ({within} 3 points)")
     text = "Reproduced: " + "; ".join(parts) + "."
-    wide = float(np.mean(accuracy["MLP, 256 hidden units"]))
-    narrow = float(np.mean(accuracy["MLP"]))
-    text += (
-        f" The MLP with 256 hidden units, the default of the authors' training script, reaches {wide:.1%} "
-        f"against {narrow:.1%} with the 100 the paper describes"
-    )
-    text += (
-        ": the published 68% matches the wider network."
-        if abs(wide - 0.68) <= REPRODUCTION_MARGIN < abs(narrow - 0.68)
-        else "."
-    )
+    wide, narrow = float(np.mean(accuracy["MLP, 256 hidden units"])), float(np.mean(accuracy["MLP"]))
+    text += (f" The MLP with 256 hidden units, the default of the authors' training script, reaches "
+             f"{wide:.1%} against {narrow:.1%} with the 100 the paper describes")  # fmt: skip
+    matches = abs(wide - 0.68) <= REPRODUCTION_MARGIN < abs(narrow - 0.68)
+    text += ": the published 68% matches the wider network." if matches else "."
     if tuned is not None:
-        text += (
-            f" The tuned fusedbn CNN (BatchNorm, global max pooling) reaches {tuned.test_accuracy_all:.1%} "
-            "on the test split."
-        )
+        text += (f" The tuned fusedbn CNN (BatchNorm, global max pooling) reaches "
+                 f"{tuned.test_accuracy_all:.1%} on the test split.")  # fmt: skip
     return text
 
 
@@ -803,9 +726,7 @@ def bias_equivalence(ctx: Context) -> Finding:
     preset, paired = ctx.preset, ctx.paired(ctx.rng("bias_equivalence"))
     layer = ctx.science.definition.layer
     arms = {"no bias": False, "bias": True}
-    valid = {arm: [] for arm in arms}
-    test = {arm: [] for arm in arms}
-    learning_rates = []
+    valid, test, learning_rates = {arm: [] for arm in arms}, {arm: [] for arm in arms}, []
     for seed in ctx.seeds("bias before BatchNorm"):
         for arm, bias in arms.items():
             result = ctx.search(ctx.bn_params, seed, preset.bn_configs, bias=bias)
@@ -822,25 +743,15 @@ def bias_equivalence(ctx: Context) -> Finding:
              for split, arm_values in scored.items()]
     verdicts = [equivalence_verdict(t, EQUIVALENCE_MARGIN) for t in tests]
     differences = {split: arm_values["bias"] - arm_values["no bias"] for split, arm_values in scored.items()}
-    rows = [
-        {
-            "network": f"{layer}{' with' if bias else ' without'} bias -> FusedBatchNorm1d",
-            "configurations": len(valid[arm]),
-            "validation": _mean_sd(scored["validation"][arm]),
-            "test": _mean_sd(scored["test"][arm]),
-            "diverged": int(diverged[arm].sum()),
-        }
-        for arm, bias in arms.items()
-    ]
-    rows.append(
-        {
-            "network": "difference (bias - no bias)",
-            "configurations": f"{int(np.sum(differences['validation'] == 0))} identical on validation",
-            "validation": f"largest |difference| {np.abs(differences['validation']).max():.4f}",
-            "test": f"largest |difference| {np.abs(differences['test']).max():.4f}",
-            "diverged": int(np.sum(diverged["bias"] != diverged["no bias"])),
-        }
-    )
+    rows = [{"network": f"{layer}{' with' if bias else ' without'} bias -> FusedBatchNorm1d",
+             "configurations": len(valid[arm]), "validation": _mean_sd(scored["validation"][arm]),
+             "test": _mean_sd(scored["test"][arm]), "diverged": int(diverged[arm].sum())}
+            for arm, bias in arms.items()]  # fmt: skip
+    rows.append({"network": "difference (bias - no bias)",
+                 "configurations": f"{int(np.sum(differences['validation'] == 0))} identical on validation",
+                 "validation": f"largest |difference| {np.abs(differences['validation']).max():.4f}",
+                 "test": f"largest |difference| {np.abs(differences['test']).max():.4f}",
+                 "diverged": int(np.sum(diverged["bias"] != diverged["no bias"]))})  # fmt: skip
     rows += _differences_by_decade(np.array(learning_rates), differences["validation"])
     overall = _overall(verdicts)
     panels = [
@@ -862,22 +773,14 @@ def bias_equivalence(ctx: Context) -> Finding:
         "test accuracy.",
         rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=f"{overall.capitalize()}: with the bias minus without, "
-        f"{_points(tests[0].mean_difference)} on validation (95% interval {_points(tests[0].ci_low)} to "
-        f"{_points(tests[0].ci_high)}) and {_points(tests[1].mean_difference)} on test (95% interval "
-        f"{_points(tests[1].ci_low)} to {_points(tests[1].ci_high)}); the margin is "
+        f"{_points(tests[0].mean_difference)} on validation ({_interval(tests[0])}) and "
+        f"{_points(tests[1].mean_difference)} on test ({_interval(tests[1])}); the margin is "
         f"+-{100 * EQUIVALENCE_MARGIN:.1f} points. {int(np.sum(differences['validation'] == 0))} of "
         f"{len(differences['validation'])} configurations scored exactly the same on validation; the "
         "others differ because the bias changes the rounding of every step and the runs drift apart "
         "(by learning rate in the last rows of the table).",
-        figure="bias_equivalence.png",
-        figure_data=_figure_data(
-            "paired_panels",
-            panels=panels,
-            arms=["bias", "no bias"],
-            ylabel="accuracy",
-            margin=EQUIVALENCE_MARGIN,
-            unit="configuration",
-        ),
+        figure_data=_figure_data("paired_panels", panels=panels, arms=["bias", "no bias"], ylabel="accuracy",
+                                 margin=EQUIVALENCE_MARGIN, unit="configuration"),  # fmt: skip
     )
 
 
@@ -888,37 +791,32 @@ def _differences_by_decade(learning_rates: np.ndarray, differences: np.ndarray) 
     rows = []
     for decade in sorted(set(decades.tolist())):
         inside = np.abs(differences[decades == decade])
-        rows.append(
-            {
-                "network": f"learning rate in [{10.0**decade:g}, {10.0 ** (decade + 1):g})",
-                "configurations": f"{len(inside)}, {int(np.sum(inside == 0))} identical on validation",
-                "validation": f"mean |difference| {100 * inside.mean():.2f} points, "
-                f"largest {100 * inside.max():.2f}",
-                "test": "-",
-                "diverged": "-",
-            }
-        )
+        rows.append({"network": f"learning rate in [{10.0**decade:g}, {10.0 ** (decade + 1):g})",
+                     "configurations": f"{len(inside)}, {int(np.sum(inside == 0))} identical on validation",
+                     "validation": f"mean |difference| {100 * inside.mean():.2f} points, "
+                     f"largest {100 * inside.max():.2f}",
+                     "test": "-", "diverged": "-"})  # fmt: skip
     return rows
 
 
 def _above_noise(measured: dict[str, Importances | None]) -> str:
     """Which parameters each optimizer's importances put above the noise floor, as a sentence."""
-    found = [
-        f"{optimizer.upper()}: {', '.join(importance.above_noise()) or 'none'}"
-        for optimizer, importance in measured.items()
-        if importance is not None
-    ]
+    found = [f"{optimizer.upper()}: {', '.join(importance.above_noise()) or 'none'}"
+             for optimizer, importance in measured.items() if importance is not None]  # fmt: skip
     if not found:
         return " Too few trials to compute importances."
-    return (
-        f" Above the noise floor in 95% of the resamples: {'; '.join(found)}. Any other ordering of the "
-        "tiers is within the noise at this number of trials."
-    )
+    return (f" Above the noise floor in 95% of the resamples: {'; '.join(found)}. Any other ordering of the "
+            "tiers is within the noise at this number of trials.")  # fmt: skip
 
 
 def _points(fraction: float) -> str:
     """An accuracy difference in percentage points."""
     return f"{100 * fraction:+.2f} points"
+
+
+def _interval(test: PairedTest) -> str:
+    """The 95% interval of ``test``'s mean difference, in percentage points."""
+    return f"95% interval {_points(test.ci_low)} to {_points(test.ci_high)}"
 
 
 def _explain(outcome: str, what: str) -> str:
@@ -930,14 +828,9 @@ def _explain(outcome: str, what: str) -> str:
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
-    random_vs_grid,
-    coarse_to_fine,
-    log_vs_linear,
-    batchnorm_vs_none,
-    batchnorm_noise,
-    importance_ranking,
+    random_vs_grid, coarse_to_fine, log_vs_linear, batchnorm_vs_none, batchnorm_noise, importance_ranking,
     test_time_statistics,
-)
+)  # fmt: skip
 
 # MNIST-1D: each training costs ~10x a digits one, so fewer configurations per comparison, >= 10 seeds.
 MNIST1D_PRESETS = {
@@ -958,24 +851,15 @@ DIGITS_GROUPS = (
 
 SCIENCE_TASKS = {
     "digits": ScienceTask(
-        definition=TASKS["digits"],
-        presets=PRESETS,
-        experiments=EXPERIMENTS,
-        groups=DIGITS_GROUPS,
-        workers=1,
-        good_accuracy=0.95,
-        fixed={"learning_rate": 0.05},
-        fixed_label="learning rate 0.05, momentum 0.9, 2 x 64 units",
-        depth_label="hidden layers",
+        definition=TASKS["digits"], presets=PRESETS, experiments=EXPERIMENTS, groups=DIGITS_GROUPS, workers=1,
+        good_accuracy=0.95, fixed={"learning_rate": 0.05},
+        fixed_label="learning rate 0.05, momentum 0.9, 2 x 64 units", depth_label="hidden layers",
     ),
     "mnist1d": ScienceTask(
-        definition=TASKS["mnist1d"],
-        presets=MNIST1D_PRESETS,
+        definition=TASKS["mnist1d"], presets=MNIST1D_PRESETS,
         experiments=(paper_table, *EXPERIMENTS, bias_equivalence),
-        groups=((paper_table, *DIGITS_GROUPS[0]), (*DIGITS_GROUPS[1], bias_equivalence)),
-        workers=2,
-        good_accuracy=0.90,
-        fixed={"learning_rate": 0.05},
+        groups=((paper_table, *DIGITS_GROUPS[0]), (*DIGITS_GROUPS[1], bias_equivalence)), workers=2,
+        good_accuracy=0.90, fixed={"learning_rate": 0.05},
         fixed_label="learning rate 0.05, momentum 0.9, 4 blocks of 32 channels, batch 64",
         depth_label="convolution blocks",
     ),

@@ -28,11 +28,6 @@ def _titled(fig: Figure, heading: str, top: float = 1.0) -> Figure:
     return fig
 
 
-def _padded(low: float, high: float) -> tuple[float, float]:
-    pad = PAD * max(high - low, 1e-3)
-    return low - pad, high + pad
-
-
 def _plain_numbers(axis: object, values: Sequence[float]) -> None:
     """Ticks of a log axis at ``values`` only, written as plain numbers (0.06, not 6x10^-2)."""
     axis.set_major_locator(FixedLocator(values))
@@ -41,28 +36,21 @@ def _plain_numbers(axis: object, values: Sequence[float]) -> None:
 
 
 def paired_panels(
-    heading: str,
-    panels: Sequence[Mapping[str, object]],
-    arms: Sequence[str],
-    ylabel: str,
-    margin: float | None = None,
-    unit: str = "seed",
-) -> Figure:
+    heading: str, panels: Sequence[Mapping[str, object]], arms: Sequence[str], ylabel: str,
+    margin: float | None = None, unit: str = "seed",
+) -> Figure:  # fmt: skip
     """Paired comparisons, a column per panel (a mapping of ``title``, ``first`` and ``second``: values per
     ``unit``, and ``test``: a PairedTest as a dict). Top: each pair joined by a line and each arm's mean, on
     one value axis; bottom: the differences in percentage points with their mean, 95% interval and p-value,
     zero and, for an equivalence test, the band of +-``margin``, on one symmetric axis."""
     firsts = [np.asarray(panel["first"], dtype=float) for panel in panels]
     seconds = [np.asarray(panel["second"], dtype=float) for panel in panels]
-    low, high = _padded(
-        min(min(a.min(), b.min()) for a, b in zip(firsts, seconds, strict=True)),
-        max(max(a.max(), b.max()) for a, b in zip(firsts, seconds, strict=True)),
-    )
+    every = np.concatenate([*firsts, *seconds])
+    pad = PAD * max(every.max() - every.min(), 1e-3)
+    low, high = every.min() - pad, every.max() + pad
     differences = [100 * (a - b) for a, b in zip(firsts, seconds, strict=True)]
-    reach = max(
-        max(np.abs(d).max(), 100 * abs(p["test"]["ci_low"]), 100 * abs(p["test"]["ci_high"]))
-        for d, p in zip(differences, panels, strict=True)
-    )
+    reach = max(max(np.abs(d).max(), 100 * abs(p["test"]["ci_low"]), 100 * abs(p["test"]["ci_high"]))
+                for d, p in zip(differences, panels, strict=True))  # fmt: skip
     reach = 1.15 * max(reach, 0.1, 0.0 if margin is None else 100 * margin)
     fig = Figure(figsize=(4.4 * len(panels), 7.2))
     axes = fig.subplots(2, len(panels), squeeze=False)
@@ -70,9 +58,8 @@ def paired_panels(
         values_ax, difference_ax = axes[0][column], axes[1][column]
         for a, b in zip(firsts[column], seconds[column], strict=True):
             values_ax.plot([0, 1], [a, b], color="grey", alpha=0.45, marker="o", markersize=3)
-        values_ax.plot(
-            [0, 1], [firsts[column].mean(), seconds[column].mean()], color="black", marker="D", linewidth=2
-        )
+        means = [firsts[column].mean(), seconds[column].mean()]
+        values_ax.plot([0, 1], means, color="black", marker="D", linewidth=2)
         values_ax.set_xticks([0, 1], arms)
         values_ax.set_xlim(-0.3, 1.3)
         values_ax.set_ylim(low, high)
@@ -89,21 +76,14 @@ def paired_panels(
         Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="no difference"),
     ]
     if margin is not None:
-        handles.append(
-            Patch(color="tab:green", alpha=0.15, label=f"equivalence margin +-{100 * margin:g} points")
-        )
+        band = f"equivalence margin +-{100 * margin:g} points"
+        handles.append(Patch(color="tab:green", alpha=0.15, label=band))
     # One legend for every panel, between the title and the panels, where it hides no data: one row of
     # up to four entries, or rows of three.
     columns = len(handles) if len(handles) <= 4 else 3
     rows = -(-len(handles) // columns)
-    fig.legend(
-        handles=handles,
-        loc="upper center",
-        bbox_to_anchor=(0.5, 0.94),
-        ncol=columns,
-        fontsize=8,
-        frameon=False,
-    )
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.94), ncol=columns, fontsize=8,
+               frameon=False)  # fmt: skip
     return _titled(fig, heading, top=0.95 - 0.03 * (rows - 1))
 
 
@@ -116,10 +96,8 @@ def _difference_panel(
     mean, ci = 100 * test["mean_difference"], (100 * test["ci_low"], 100 * test["ci_high"])
     ax.errorbar([0.45], [mean], yerr=[[mean - ci[0]], [ci[1] - mean]], color="black", marker="D", capsize=4)
     ax.axhline(0.0, color="black", linestyle="--", linewidth=0.8)
-    ax.set_title(
-        f"mean {mean:+.2f} points, 95% interval [{ci[0]:+.2f}, {ci[1]:+.2f}], p = {test['p_value']:.2g}",
-        fontsize=8,
-    )
+    interval = f"95% interval [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    ax.set_title(f"mean {mean:+.2f} points, {interval}, p = {test['p_value']:.2g}", fontsize=8)
     ax.set_xlim(-0.4, 0.8)
     ax.set_xticks([])
     ax.set_ylim(-reach, reach)
@@ -127,9 +105,7 @@ def _difference_panel(
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def accuracy_vs_learning_rate(
-    heading: str, points: Mapping[str, Sequence[tuple[float, float]]]
-) -> Figure:
+def accuracy_vs_learning_rate(heading: str, points: Mapping[str, Sequence[tuple[float, float]]]) -> Figure:
     """Validation accuracy of every trial against its learning rate (log axis), one colour per arm;
     diverged trials (no accuracy) as crosses at 0."""
     fig = Figure(figsize=(7.5, 4.8))
@@ -137,18 +113,11 @@ def accuracy_vs_learning_rate(
     for colour, (arm, pairs) in zip(ARM_COLOURS, points.items(), strict=False):
         lrs, accuracies = np.asarray(pairs, dtype=float).T
         diverged = np.isnan(accuracies)
-        ax.scatter(
-            lrs[~diverged], accuracies[~diverged], color=colour, s=18, alpha=0.7, label=f"{arm} scales"
-        )
+        ax.scatter(lrs[~diverged], accuracies[~diverged], color=colour, s=18, alpha=0.7,
+                   label=f"{arm} scales")  # fmt: skip
         if diverged.any():
-            ax.scatter(
-                lrs[diverged],
-                np.zeros(diverged.sum()),
-                color=colour,
-                marker="x",
-                s=18,
-                label=f"{arm} scales: diverged (drawn at 0)",
-            )
+            ax.scatter(lrs[diverged], np.zeros(diverged.sum()), color=colour, marker="x", s=18,
+                       label=f"{arm} scales: diverged (drawn at 0)")  # fmt: skip
     ax.set_xscale("log")
     low, high = ax.get_xlim()
     _plain_numbers(ax.xaxis, [10.0**e for e in range(-6, 3) if low <= 10.0**e <= high])
@@ -161,12 +130,9 @@ def accuracy_vs_learning_rate(
 
 
 def batchnorm_comparison(
-    heading: str,
-    accuracy: Mapping[str, Sequence[float]],
-    depths: Sequence[int],
-    good: float,
+    heading: str, accuracy: Mapping[str, Sequence[float]], depths: Sequence[int], good: float,
     depth_label: str = "hidden layers",
-) -> Figure:
+) -> Figure:  # fmt: skip
     """Left: each arm's sorted accuracies with the threshold ``good``; right: the share reaching ``good`` by
     depth (``depth_label`` says what it counts)."""
     depths = np.asarray(depths)
@@ -197,10 +163,7 @@ def batchnorm_comparison(
 
 
 def noise_and_gap(
-    heading: str,
-    sizes: Sequence[int],
-    spreads: Sequence[Sequence[float]],
-    gaps: Sequence[Sequence[float]],
+    heading: str, sizes: Sequence[int], spreads: Sequence[Sequence[float]], gaps: Sequence[Sequence[float]]
 ) -> Figure:
     """Left: spread of one example's normalised value vs batch size (log-log, with B^-1/2).
     Right: the train-test gap per batch size in percentage points, on an axis from zero."""
@@ -233,16 +196,13 @@ def noise_and_gap(
 
 
 def importance_bars(
-    heading: str,
-    measured: Mapping[str, Mapping[str, object] | None],
-    tiers: Mapping[str, Mapping[str, int]],
+    heading: str, measured: Mapping[str, Mapping[str, object] | None], tiers: Mapping[str, Mapping[str, int]]
 ) -> Figure:
     """One panel per optimizer: importances with their intervals, coloured by tier, over the noise
     floor (as in ``fusedbn tune``'s importances.png)."""
     fig = Figure(figsize=(7.5 * len(measured), 5.4))
-    for ax, (optimizer, found) in zip(
-        np.atleast_1d(fig.subplots(1, len(measured))), measured.items(), strict=True
-    ):
+    panels = np.atleast_1d(fig.subplots(1, len(measured)))
+    for ax, (optimizer, found) in zip(panels, measured.items(), strict=True):
         ax.set_title(optimizer.upper(), fontsize=10)
         if found is None:
             ax.text(0.5, 0.5, "too few trials", ha="center")
@@ -252,11 +212,9 @@ def importance_bars(
 
 
 def published_vs_reproduced(
-    heading: str,
-    models: Mapping[str, Mapping[str, object]],
-    margin: float,
+    heading: str, models: Mapping[str, Mapping[str, object]], margin: float,
     extra: Mapping[str, float] | None = None,
-) -> Figure:
+) -> Figure:  # fmt: skip
     """Per model (a mapping of ``published`` and ``seeds``), its published accuracy beside the mean reproduced
     (each seed a dot) and the band of +-``margin``; then ``extra``'s bars (name -> accuracy, not published).
     The accuracy axis runs from 0 to 1."""
@@ -267,9 +225,8 @@ def published_vs_reproduced(
     for x, name in enumerate(names):
         published, seeds = float(models[name]["published"]), np.asarray(models[name]["seeds"], dtype=float)
         ax.bar(x - 0.2, published, width=0.4, color="lightgrey", edgecolor="black", hatch="//")
-        ax.add_patch(
-            Rectangle((x - 0.45, published - margin), 0.9, 2 * margin, color="tab:green", alpha=0.2, zorder=0)
-        )
+        ax.add_patch(Rectangle((x - 0.45, published - margin), 0.9, 2 * margin, color="tab:green", alpha=0.2,
+                               zorder=0))  # fmt: skip
         ax.bar(x + 0.2, seeds.mean(), width=0.4, color=ARM_COLOURS[0])
         ax.scatter(np.full(len(seeds), x + 0.2), seeds, color="black", s=10, zorder=3)
         for offset, value in ((-0.2, published), (0.2, seeds.mean())):
@@ -282,17 +239,14 @@ def published_vs_reproduced(
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("test accuracy")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(
-        handles=[
-            Patch(facecolor="lightgrey", edgecolor="black", hatch="//", label="published"),
-            Patch(color=ARM_COLOURS[0], label="reproduced here (mean)"),
-            Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one seed"),
-            Patch(color="tab:green", alpha=0.2, label=f"published +-{100 * margin:g} points"),
-            *([Patch(color=ARM_COLOURS[2], label="not in the paper")] if extra else []),
-        ],
-        loc="upper left",
-        fontsize=8,
-    )
+    handles = [
+        Patch(facecolor="lightgrey", edgecolor="black", hatch="//", label="published"),
+        Patch(color=ARM_COLOURS[0], label="reproduced here (mean)"),
+        Line2D([], [], color="black", marker="o", markersize=3, linestyle="none", label="one seed"),
+        Patch(color="tab:green", alpha=0.2, label=f"published +-{100 * margin:g} points"),
+        *([Patch(color=ARM_COLOURS[2], label="not in the paper")] if extra else []),
+    ]
+    ax.legend(handles=handles, loc="upper left", fontsize=8)
     return _titled(fig, heading)
 
 
@@ -303,14 +257,10 @@ FIGURES: dict[str, Callable[..., Figure]] = {
 }  # fmt: skip
 
 
-def heading(finding: Finding) -> str:
-    """A figure's title: the experiment and its verdict."""
-    return f"{finding.title}\nverdict: {finding.verdict}"
-
-
 def draw_figure(finding: Finding, out_dir: Path) -> Path:
-    """Draw ``finding``'s figure from its ``figure_data`` into ``out_dir``; returns the PNG's path."""
+    """Draw ``finding``'s figure from its ``figure_data`` into ``out_dir``, titled with the experiment and its
+    verdict; returns the PNG's path."""
     data = dict(finding.figure_data)
     path = Path(out_dir) / finding.figure
-    FIGURES[data.pop("kind")](heading(finding), **data).savefig(path, dpi=100)
+    FIGURES[data.pop("kind")](f"{finding.title}\nverdict: {finding.verdict}", **data).savefig(path, dpi=100)
     return path

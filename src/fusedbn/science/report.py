@@ -31,11 +31,6 @@ class RunInfo:
     workers: int = 1
     group_cpu_seconds: list[float] = field(default_factory=list)
 
-    def cpu_share(self) -> float:
-        """The CPU time over what the worker processes could have used: wall time x workers x threads."""
-        threads = self.record.torch_threads
-        return self.cpu_seconds / max(1e-9, self.wall_seconds * self.workers * threads)
-
 
 @dataclass
 class Comparison:
@@ -51,143 +46,92 @@ def read_comparison(path: str | Path) -> Comparison:
     """The task and verdicts of the ``science.json`` at ``path`` (``--compare``); raises
     :class:`ReportFileError` naming an unreadable file."""
     try:
-        data = _read_json(Path(path))
-        findings = _findings(data, Path(path))
+        task, findings = _read(Path(path))
     except ReportFileError as error:
         raise ReportFileError(f"--compare: {error}") from None
-    return Comparison(
-        task=data.get("run", {}).get("task", "digits"),
-        source=str(path),
-        verdicts={f.key: f.verdict for f in findings},
-        titles={f.key: f.title for f in findings},
-    )
+    verdicts, titles = {f.key: f.verdict for f in findings}, {f.key: f.title for f in findings}
+    return Comparison(task, str(path), verdicts, titles)
 
 
 def _tests_table(finding: Finding) -> list[dict[str, object]]:
-    return [
-        {
-            "comparison": test.name,
-            "test": test.test,
-            "pairs": test.n,
-            "mean difference": f"{test.mean_difference:+.4f}",
-            "95% bootstrap CI": f"[{test.ci_low:+.4f}, {test.ci_high:+.4f}]",
-            "p": f"{test.p_value:.2g}",
-            "verdict": verdict,
-        }
-        for test, verdict in zip(finding.tests, finding.test_verdicts, strict=False)
-    ]
+    """A table row per paired test of ``finding``, with its verdict."""
+    return [{"comparison": test.name, "test": test.test, "pairs": test.n,
+             "mean difference": f"{test.mean_difference:+.4f}",
+             "95% bootstrap CI": f"[{test.ci_low:+.4f}, {test.ci_high:+.4f}]", "p": f"{test.p_value:.2g}",
+             "verdict": verdict}
+            for test, verdict in zip(finding.tests, finding.test_verdicts, strict=False)]  # fmt: skip
 
 
 def _groups_sentence(run: RunInfo) -> str:
     """The CPU time of each group of experiments, and what it means for the wall time on idle cores."""
     if len(run.group_cpu_seconds) < 2:
         return ""
-    minutes = ", ".join(f"{seconds / 60:.1f}" for seconds in run.group_cpu_seconds)
-    return (
-        f" The {len(run.group_cpu_seconds)} groups of experiments used {minutes} min of CPU: on idle cores, "
-        f"with a worker per group, the run takes about {max(run.group_cpu_seconds) / 60:.1f} min."
-    )
+    groups = run.group_cpu_seconds
+    minutes = ", ".join(f"{seconds / 60:.1f}" for seconds in groups)
+    return (f" The {len(groups)} groups of experiments used {minutes} min of CPU: on idle cores, with a "
+            f"worker per group, the run takes about {max(groups) / 60:.1f} min.")  # fmt: skip
 
 
 def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) -> list[str]:
-    """The two tasks' verdicts per experiment, and a sentence for each experiment where they differ."""
+    """The paragraphs of the two tasks' verdicts per experiment, and a sentence for each experiment where they
+    differ."""
     keys = list(dict.fromkeys([*other.verdicts, *(f.key for f in findings)]))
     mine = {f.key: f for f in findings}
     titles = {**other.titles, **{f.key: f.title for f in findings}}
-    rows = [
-        {
-            "experiment": titles[key],
-            other.task: other.verdicts.get(key, "not run"),
-            run.task: mine[key].verdict if key in mine else "not run",
-        }
-        for key in keys
-    ]
+    rows = [{"experiment": titles[key], other.task: other.verdicts.get(key, "not run"),
+             run.task: mine[key].verdict if key in mine else "not run"} for key in keys]  # fmt: skip
     differ = [
         f"- {titles[key]}: **{mine[key].verdict}** on {run.task}, **{other.verdicts[key]}** on {other.task}."
         for key in keys
         if key in mine and key in other.verdicts and mine[key].verdict != other.verdicts[key]
     ]
-    return [
-        "",
-        f"## {run.task} beside {other.task}",
-        "",
-        f"The verdicts of this run beside those of `{other.source}`.",
-        "",
-        table(rows),
-        "",
-        "Where they differ:" if differ else "The verdicts agree wherever both tasks ran the experiment.",
-        *(["", *differ] if differ else []),
-    ]
+    agree = "The verdicts agree wherever both tasks ran the experiment."
+    return [f"## {run.task} beside {other.task}",
+            f"The verdicts of this run beside those of `{other.source}`.", table(rows),
+            *(["Where they differ:", "\n".join(differ)] if differ else [agree])]  # fmt: skip
 
 
 def markdown(
-    findings: Sequence[Finding],
-    preset: Preset,
-    command: str,
-    run: RunInfo,
-    other: Comparison | None = None,
+    findings: Sequence[Finding], preset: Preset, command: str, run: RunInfo, other: Comparison | None = None
 ) -> str:
     """The report as Markdown: a verdict table, the other task's verdicts beside them when given, then
     one section per experiment with its figure."""
-    lines = [
+    # The CPU time over what the worker processes could have used: wall time x workers x threads.
+    cpu_share = run.cpu_seconds / max(1e-9, run.wall_seconds * run.workers * run.record.torch_threads)
+    paragraphs = [
         "# `fusedbn science`: the tuning advice put to the test",
-        "",
         f"Command: `{command}` (task `{run.task}`, preset `{preset.name}`: {preset.seeds} seeds, "
         f"{preset.epochs} epoch(s) per training). Wall time {run.wall_seconds / 60:.1f} min, CPU time "
         f"{run.cpu_seconds / 60:.1f} min, {run.workers} process(es) of {run.record.torch_threads} torch "
-        f"thread(s), which had {run.cpu_share():.0%} of their cores' time (below 100%: other work shared "
+        f"thread(s), which had {cpu_share:.0%} of their cores' time (below 100%: other work shared "
         f"the machine; 1-minute load average {run.record.load_before:.1f} at the start, "
         f"{run.record.load_after:.1f} at the end). Same command, same numbers: every draw is seeded. "
         f"Run on {run.record.machine}, torch {run.record.torch}, fusedbn {run.record.fusedbn} at "
         f"{run.record.commit}, {run.record.date}."
         + _groups_sentence(run),
-        "",
         "Verdicts: *held* (significant at 5% in the claimed direction, bootstrap interval on that side), "
         "*contradicted* (significant the other way), *not shown* (cannot be told from chance with this "
         "data). Numbers are mean +- standard deviation over seeds unless said otherwise.",
-        "",
         table([{"experiment": f.title, "verdict": f"**{f.verdict}**"} for f in findings]),
     ]
     if other is not None:
-        lines += _side_by_side(findings, run, other)
+        paragraphs += _side_by_side(findings, run, other)
     for number, finding in enumerate(findings, start=1):
-        lines += [
-            "",
-            f"## {number}. {finding.title}",
-            "",
-            f"**Claim.** {finding.claim}",
-            "",
-            f"**Setup.** {finding.setup}",
-            "",
-            table(finding.rows),
-            "",
-        ]
-        if finding.tests:
-            lines += [table(_tests_table(finding)), ""]
-        lines += [
-            f"**Verdict: {finding.verdict}.** {finding.explanation}",
-            "",
-            f"![{finding.title}]({finding.figure})",
-        ]
-    return "\n".join(lines) + "\n"
+        paragraphs += [f"## {number}. {finding.title}", f"**Claim.** {finding.claim}",
+                       f"**Setup.** {finding.setup}", table(finding.rows),
+                       *([table(_tests_table(finding))] if finding.tests else []),
+                       f"**Verdict: {finding.verdict}.** {finding.explanation}",
+                       f"![{finding.title}]({finding.figure})"]  # fmt: skip
+    return "\n\n".join(paragraphs) + "\n"
 
 
 def write_report(
-    findings: Sequence[Finding],
-    preset: Preset,
-    command: str,
-    run: RunInfo,
-    out: Path,
+    findings: Sequence[Finding], preset: Preset, command: str, run: RunInfo, out: Path,
     other: Comparison | None = None,
-) -> list[Path]:
+) -> list[Path]:  # fmt: skip
     """Write ``science.json`` and ``REPORT.md`` into ``out``; returns their paths."""
-    data = {
-        "command": command,
-        "preset": asdict(preset),
-        "wall_seconds": round(run.wall_seconds, 1),
-        "run": asdict(run),
-        "findings": [asdict(f) for f in findings],
-    }
+    data = {"command": command, "preset": asdict(preset), "wall_seconds": round(run.wall_seconds, 1),
+            "run": asdict(run), "findings": [asdict(f) for f in findings]}  # fmt: skip
     json_path, markdown_path = out / JSON_FILE, out / MARKDOWN_FILE
     json_path.write_text(json.dumps(data, indent=2, default=float) + "\n")
     markdown_path.write_text(markdown(findings, preset, command, run, other))
@@ -196,11 +140,11 @@ def write_report(
 
 def read_findings(path: Path) -> list[Finding]:
     """The findings kept in the science.json at ``path``; :class:`ReportFileError` says what is wrong."""
-    return _findings(_read_json(path), path)
+    return _read(path)[1]
 
 
-def _read_json(path: Path) -> dict:
-    """The JSON object in the file at ``path``."""
+def _read(path: Path) -> tuple[str, list[Finding]]:
+    """The task and the findings, each with its figure data, of the science.json at ``path``."""
     try:
         data = json.loads(path.read_text())
     except OSError as error:
@@ -209,11 +153,6 @@ def _read_json(path: Path) -> dict:
         raise ReportFileError(f"{str(path)!r} is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise ReportFileError(f"{str(path)!r} is not a science.json (no findings)")
-    return data
-
-
-def _findings(data: dict, path: Path) -> list[Finding]:
-    """The findings of a science.json's ``data`` (read from ``path``), each with its figure data."""
     findings = []
     for item in data.get("findings", []):
         if not item.get("figure_data"):
@@ -227,4 +166,4 @@ def _findings(data: dict, path: Path) -> list[Finding]:
             raise ReportFileError(f"{str(path)!r} holds a finding fusedbn cannot read: {error}") from None
     if not findings:
         raise ReportFileError(f"{str(path)!r} holds no findings")
-    return findings
+    return data.get("run", {}).get("task", "digits"), findings
