@@ -396,10 +396,9 @@ def _failure(error: BaseException) -> str:
     """The ``failure`` user attribute of a trial that ``error`` stopped."""
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C); runs again on resume"
-    lines = str(error).strip().splitlines()
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return f"out of memory: {lines[0] if lines else ''}"
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    first_line = next(iter(str(error).strip().splitlines()), "")
+    kind = "out of memory" if isinstance(error, torch.cuda.OutOfMemoryError) else type(error).__name__
+    return f"{kind}: {first_line}"
 
 
 @dataclass
