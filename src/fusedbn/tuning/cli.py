@@ -59,11 +59,9 @@ def data_seed(text: str | None) -> int | None:
 
 def _range(text: str) -> tuple[str, tuple[float, float]]:
     """Parse NAME=LOW:HIGH."""
-    name, sep, bounds = text.partition("=")
-    low, sep2, high = bounds.partition(":")
+    name, _, bounds = text.partition("=")
     try:
-        if not (sep and sep2):
-            raise ValueError
+        low, high = bounds.split(":")
         return name, (float(low), float(high))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=LOW:HIGH, got {text!r}") from None

@@ -67,7 +67,7 @@ def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         stratify=y_rest,
     )
     mean = x_train.mean(axis=0)
-    scale = (x_train - mean).std()  # one scale: the spread of all centred training pixels
+    scale = (x_train - mean).std()
 
     def prepared(pixels: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor((pixels - mean) / scale, dtype=torch.float32), torch.tensor(targets)

@@ -68,7 +68,6 @@ def mnist1d_splits(
 
 
 def _tensors(signals: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 1, 40) float32 inputs and int64 labels."""
     return torch.tensor(signals, dtype=torch.float32).unsqueeze(1), torch.tensor(labels, dtype=torch.int64)
 
 
@@ -107,7 +106,6 @@ def cnn_space(optimizer: str = "sgd") -> list[Param]:
     """:func:`default_space` with ``channels`` ([8, 128], log, tier 2, default 32) for the width,
     ``num_layers`` in [1, 6] (default 4), a learning-rate range and default per optimizer, and
     ``weight_decay`` ([1e-6, 1e-2], log, tier 3, default 0)."""
-    space = default_space(optimizer)
     low, high, default = LEARNING_RATE[optimizer]
     changed = {
         "learning_rate": Param(
@@ -121,7 +119,7 @@ def cnn_space(optimizer: str = "sgd") -> list[Param]:
         ),
     }
     weight_decay = Param(name="weight_decay", low=1e-6, high=1e-2, scale="log", tier=3, default=0.0)
-    return [changed.get(p.name, p) for p in space] + [weight_decay]
+    return [changed.get(p.name, p) for p in default_space(optimizer)] + [weight_decay]
 
 
 def _logistic_regression() -> nn.Module:

@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from optuna.trial import FrozenTrial, TrialState
 
 from fusedbn.tuning.importance import ABOVE_NOISE, Importances
-from fusedbn.tuning.report import Summary, scored_value
+from fusedbn.tuning.report import Summary, scored_trials, scored_value
 from fusedbn.tuning.search import TuningResult
 from fusedbn.tuning.space import LogNear1Scale, LogScale, Param
 
@@ -35,16 +35,6 @@ MEANINGS = {
 }
 DOT = {"s": 30, "edgecolor": "black", "linewidth": 0.4, "zorder": 3}
 CROSS = {"color": "grey", "marker": "x", "s": 25, "zorder": 2}
-
-
-def _scored(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
-    """(stage index from 0, trial, accuracy) for every trial with an accuracy, stage by stage."""
-    return [
-        (index, trial, accuracy)
-        for index, stage in enumerate(result.stages)
-        for trial in sorted(stage.trials(), key=lambda t: t.number)
-        if (accuracy := scored_value(trial)) is not None
-    ]
 
 
 def _coord_limits(result: TuningResult, param: Param, pad: float = 0.05) -> tuple[float, float]:
@@ -76,7 +66,7 @@ def _legend(ax: Axes, result: TuningResult, *extra: Line2D) -> None:
         _key(f"stage {i + 1}", marker="o", markerfacecolor=_stage_colour(i), markeredgecolor="black")
         for i in range(len(result.stages))
     ]
-    if any(trial.state == TrialState.PRUNED for _, trial, _ in _scored(result)):
+    if any(trial.state == TrialState.PRUNED for _, trial, _ in scored_trials(result)):
         handles.append(_key("pruned (last report)", marker="x", color="grey"))
     ax.legend(handles=[*handles, *extra], loc="lower right", fontsize=8)
 
@@ -136,7 +126,7 @@ def accuracy_figure(result: TuningResult, param: Param) -> Figure:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     near_1 = isinstance(param.scale, LogNear1Scale)
-    for index, trial, accuracy in _scored(result):
+    for index, trial, accuracy in scored_trials(result):
         value = param.value_from(trial.params)
         _mark(ax, 1.0 - value if near_1 else value, accuracy, trial, index)
     _legend(ax, result)
@@ -161,7 +151,7 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
     # so contours are interpolated on the scales the points were drawn on; ticks show natural units.
     points = [
         (lr.to_coord(lr.value_from(t.params)), beta.to_coord(beta.value_from(t.params)), a)
-        for _, t, a in _scored(result)
+        for _, t, a in scored_trials(result)
         if t.state == TrialState.COMPLETE
     ]
     fig = Figure(figsize=(7, 5))
@@ -216,23 +206,9 @@ def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) 
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
 
 
-def _importances(summary: Summary) -> Figure:
-    measured = summary.importances
-    fig = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0))
-    ax = fig.subplots()
-    draw_importances(ax, measured, summary.tiers)
-    ax.set_title(
-        f"Parameter importances over {measured.trials} trials (bar colour = tier)\n"
-        f"{ABOVE_NOISE}: {', '.join(measured.above_noise()) or 'none'}",
-        fontsize=10,
-    )
-    return fig
-
-
 def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
     """The plots that the study's parameters allow, by file name."""
-    tuned = {p.name: p for p in result.tuned}
-    lr = tuned.get("learning_rate")
+    lr = next((p for p in result.tuned if p.name == "learning_rate"), None)
     betas = sorted(
         (p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)),
         key=lambda p: p.name not in MOMENTUM_BETAS,
@@ -245,8 +221,16 @@ def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
         drawn["beta.png"] = accuracy_figure(result, beta)
     if lr is not None and beta is not None:
         drawn["learning_rate_beta.png"] = _learning_rate_beta(result, lr, beta)
-    if summary.importances is not None:
-        drawn["importances.png"] = _importances(summary)
+    measured = summary.importances
+    if measured is not None:
+        drawn["importances.png"] = fig = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0))
+        ax = fig.subplots()
+        draw_importances(ax, measured, summary.tiers)
+        ax.set_title(
+            f"Parameter importances over {measured.trials} trials (bar colour = tier)\n"
+            f"{ABOVE_NOISE}: {', '.join(measured.above_noise()) or 'none'}",
+            fontsize=10,
+        )
     return drawn
 
 

@@ -1,12 +1,9 @@
 """The study's summary (a :class:`Summary`): best trial with its held-out test accuracy, every stage's bounds
 and counts, importances with their noise floor, and what they say about the priority tiers.
 
-The test accuracy is the best trial's own or, for a task that keeps its test split out of the search, the
-chosen configuration's :class:`~fusedbn.tuning.training.HeldOutScores`. Importances are fitted over every
-stage's scored trials (:func:`scored_value`) and need :data:`TRIALS_PER_PARAMETER` of them per tuned
-parameter, the noise dummy counted. The tier check compares every pair of tuned parameters from different
-tiers: it *agrees* when the earlier tier's ranks above the later one's in at least 95% of the bootstrap
-resamples, *disagrees* when the later one ranks above, and is *undecided* otherwise.
+The tier check compares every pair of tuned parameters from different tiers: it *agrees* when the earlier
+tier's ranks above the later one's in at least 95% of the bootstrap resamples, *disagrees* when the later one
+ranks above, and is *undecided* otherwise.
 """
 
 import json
@@ -93,34 +90,37 @@ class Summary:
 def scored_value(trial: FrozenTrial) -> float | None:
     """A complete trial's value, a pruned (not diverged) trial's last reported value (the most that is known
     of it), else None."""
+    reported = trial.intermediate_values
     if trial.state == TrialState.COMPLETE:
         value = trial.value
-    elif (
-        trial.state == TrialState.PRUNED
-        and trial.intermediate_values
-        and FAILURE_ATTR not in trial.user_attrs
-    ):
-        value = trial.intermediate_values[max(trial.intermediate_values)]
+    elif trial.state == TrialState.PRUNED and reported and FAILURE_ATTR not in trial.user_attrs:
+        value = reported[max(reported)]
     else:
         return None
     return value if value is not None and math.isfinite(value) else None
 
 
-def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> Importances | None:
-    """Importances of the tuned parameters over every stage's scored trials, or None with too few."""
-    scored = [
-        (trial, value)
-        for stage in result.stages
-        for trial in stage.trials()
+def scored_trials(result: TuningResult) -> list[tuple[int, FrozenTrial, float]]:
+    """(stage index from 0, trial, :func:`scored_value`) of every scored trial, stage by stage."""
+    return [
+        (index, trial, value)
+        for index, stage in enumerate(result.stages)
+        for trial in sorted(stage.trials(), key=lambda t: t.number)
         if (value := scored_value(trial)) is not None
     ]
+
+
+def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> Importances | None:
+    """Importances of the tuned parameters over every stage's scored trials, or None with too few: fewer than
+    :data:`TRIALS_PER_PARAMETER` per tuned parameter, the noise dummy counted."""
+    scored = scored_trials(result)
     if len(result.tuned) < 2 or len(scored) < TRIALS_PER_PARAMETER * (len(result.tuned) + 1):
         return None
-    coords = np.array([[p.to_coord(p.value_from(t.params)) for p in result.tuned] for t, _ in scored])
+    coords = np.array([[p.to_coord(p.value_from(t.params)) for p in result.tuned] for _, t, _ in scored])
     return fanova_importances(
         [p.name for p in result.tuned],
         coords,
-        np.array([value for _, value in scored]),
+        np.array([value for _, _, value in scored]),
         [result.coord_range(p) for p in result.tuned],
         seed=result.config.seed,
         resamples=resamples,
@@ -251,17 +251,6 @@ def _importance_lines(summary: Summary) -> list[str]:
     return lines
 
 
-def _held_out_lines(held_out: HeldOutScores | None) -> list[str]:
-    if held_out is None:
-        return []
-    return [
-        f"Held-out test accuracy of the chosen configuration: {held_out.test_accuracy:.4f} trained on the "
-        f"{held_out.train_examples} training examples as in its trial (validation "
-        f"{held_out.valid_accuracy:.4f} on that retraining); {held_out.test_accuracy_all:.4f} retrained on "
-        f"all {held_out.train_examples_all} training and validation examples"
-    ]
-
-
 def format_summary(summary: Summary) -> str:
     """The summary as text for a terminal."""
     lines = [f"Study {summary.study_name} ({summary.sampler} search, tiers 1-{summary.tiers_tuned})"]
@@ -272,7 +261,14 @@ def format_summary(summary: Summary) -> str:
         test = "" if best.test_accuracy is None else f"; held-out test accuracy {best.test_accuracy:.4f}"
         where = f"stage {best.stage}, trial {best.trial}"
         lines.append(f"Best validation accuracy {best.valid_accuracy:.4f} ({where}){test}")
-        lines += _held_out_lines(summary.held_out)
+        held = summary.held_out
+        if held is not None:
+            lines.append(
+                f"Held-out test accuracy of the chosen configuration: {held.test_accuracy:.4f} trained on "
+                f"the {held.train_examples} training examples as in its trial (validation "
+                f"{held.valid_accuracy:.4f} on that retraining); {held.test_accuracy_all:.4f} retrained on "
+                f"all {held.train_examples_all} training and validation examples"
+            )
         lines.append("Best hyperparameters:")
         for name, value in best.params.items():
             origin = f"tuned, tier {summary.tiers[name]}" if name in summary.tiers else "default"

@@ -1,18 +1,12 @@
 """The search: priority tiers, seeded sampling and coarse-to-fine stages over Optuna studies.
 
-:func:`tune` runs ``stages`` stages, each its own study ``<study_name>-stage<k>`` (its bounds stored as
-the user attribute ``bounds``), of ``trials`` finished (COMPLETE or PRUNED) trials. Stage 1 samples the
-declared ranges; each later stage narrows around the previous stage's best trials
-(:func:`fusedbn.tuning.space.narrow`). A worker starts a trial while finished + running trials are below
-the budget, else waits until the stage has no running trial: several workers may share a study (two that
-start a trial at once can take a stage up to workers - 1 trials over budget), and running again with the
-same study name and storage resumes it. Samplers: "random" and "grid" give the same values for a seed on
-any worker or restart; "tpe" (Optuna's) is seeded by (seed, stage, trials in the stage), so concurrent
-TPE workers need seeds of their own. The median pruner starts at a stage's 6th trial, from the second
-epoch. A diverging trial is PRUNED and an out-of-memory error fails its trial (reason in the user
-attribute ``failure``), and the study goes on; more failed trials than the budget raise
-:class:`TuningError`; any other exception, or Ctrl-C (:class:`TuningInterrupted`), fails the running
-trial and stops the search. docs/tuning.md describes all of it.
+:func:`tune` runs ``stages`` stages, each its own study ``<study_name>-stage<k>`` (its bounds in the user
+attribute ``bounds``) of ``trials`` finished (COMPLETE or PRUNED) trials; each stage after the first narrows
+around the previous stage's best trials. Several workers may share a study, and running again with the same
+study name and storage resumes it. "random" and "grid" give the same values for a seed on any worker or
+restart; "tpe" (Optuna's) is seeded by (seed, stage, trials in the stage). A diverging trial is PRUNED, an
+out-of-memory error fails its trial and the study goes on; any other exception, or Ctrl-C
+(:class:`TuningInterrupted`), fails the running trial and stops the search. docs/tuning.md describes it all.
 """
 
 import math
@@ -32,7 +26,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from fusedbn.tuning.space import Bounds, Param, SpaceError, check_space, full_bounds, narrow, split_by_tier
+from fusedbn.tuning.space import Bounds, Param, SpaceError, check_space, narrow, split_by_tier
 from fusedbn.tuning.storage import (
     FAILURE_ATTR,
     LOST,
@@ -97,17 +91,12 @@ def _from_unit(distribution: BaseDistribution, unit: float, name: str) -> float:
     """The value at ``unit`` (in [0, 1)) along ``distribution``'s range, on its scale; integers on
     [low - 0.5, high + 0.5], rounded."""
     low, high = distribution.low, distribution.high
-    if isinstance(distribution, FloatDistribution) and distribution.step is None:
-        if distribution.log:
-            return min(max(math.exp(math.log(low) + unit * math.log(high / low)), low), high)
-        return low + unit * (high - low)
-    if isinstance(distribution, IntDistribution) and distribution.step == 1:
-        lo, hi = low - 0.5, high + 0.5
-        draw = (
-            math.exp(math.log(lo) + unit * math.log(hi / lo)) if distribution.log else lo + unit * (hi - lo)
-        )
-        return int(min(max(round(draw), low), high))
-    raise TypeError(f"{name}: fusedbn's samplers cannot sample {distribution!r}")
+    integer = isinstance(distribution, IntDistribution) and distribution.step == 1
+    if not (integer or isinstance(distribution, FloatDistribution) and distribution.step is None):
+        raise TypeError(f"{name}: fusedbn's samplers cannot sample {distribution!r}")
+    lo, hi = (low - 0.5, high + 0.5) if integer else (low, high)
+    draw = math.exp(math.log(lo) + unit * math.log(hi / lo)) if distribution.log else lo + unit * (hi - lo)
+    return int(min(max(round(draw), low), high)) if integer else min(max(draw, low), high)
 
 
 class _IndependentSampler(optuna.samplers.BaseSampler):
@@ -216,10 +205,9 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not 0 < self.keep_top <= 1:
-            raise ValueError(f"keep_top must lie in (0, 1], got {self.keep_top}")
-        if not 0 < self.margin <= 1:
-            raise ValueError(f"margin must lie in (0, 1], got {self.margin}")
+        for name in ("keep_top", "margin"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
         if not (isinstance(self.grace_period_s, int) and self.grace_period_s >= 2):
             raise ValueError(
                 f"grace_period_s must be a whole number of seconds >= 2, got {self.grace_period_s!r}"
@@ -375,14 +363,6 @@ def _check_same_space(storage: optuna.storages.BaseStorage, study_name: str, fin
         )
 
 
-def _make_pruner(name: str) -> optuna.pruners.BasePruner:
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS
-    )
-
-
 def _make_sampler(
     config: SearchConfig, stage: int, tuned: Sequence[Param], existing_trials: int
 ) -> optuna.samplers.BaseSampler:
@@ -397,8 +377,11 @@ def _make_sampler(
     )
 
 
-def _narrowed(previous: StageResult, tuned: Sequence[Param], config: SearchConfig) -> Bounds:
-    """The next stage's bounds: narrowed around the previous stage's best complete trials."""
+def _stage_bounds(previous: StageResult | None, tuned: Sequence[Param], config: SearchConfig) -> Bounds:
+    """A stage's bounds: the declared ranges for the first, else narrowed around the ``previous`` stage's
+    best complete trials."""
+    if previous is None:
+        return {p.name: (p.low, p.high) for p in tuned}
     ranked = previous.ranked()
     if not ranked:
         return dict(previous.bounds)
@@ -413,10 +396,9 @@ def _failure(error: BaseException) -> str:
     """The ``failure`` user attribute of a trial that ``error`` stopped."""
     if isinstance(error, KeyboardInterrupt):
         return "interrupted (Ctrl-C); runs again on resume"
-    lines = str(error).strip().splitlines()
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return f"out of memory: {lines[0] if lines else ''}"
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    first_line = next(iter(str(error).strip().splitlines()), "")
+    kind = "out of memory" if isinstance(error, torch.cuda.OutOfMemoryError) else type(error).__name__
+    return f"{kind}: {first_line}"
 
 
 @dataclass
@@ -449,7 +431,9 @@ class _Search:
             storage=self.storage,
             study_name=f"{self.config.study_name}-stage{number}",
             direction="maximize",
-            pruner=_make_pruner(self.config.pruner),
+            pruner=optuna.pruners.NopPruner()
+            if self.config.pruner == "none"
+            else optuna.pruners.MedianPruner(PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_EPOCHS),
             load_if_exists=True,
         )
         study.sampler = _make_sampler(
@@ -458,9 +442,7 @@ class _Search:
         if SPACE_ATTR not in study.user_attrs:
             study.set_user_attr(SPACE_ATTR, self.fingerprint())
         if BOUNDS_ATTR not in study.user_attrs:
-            bounds = (
-                full_bounds(self.tuned) if previous is None else _narrowed(previous, self.tuned, self.config)
-            )
+            bounds = _stage_bounds(previous, self.tuned, self.config)
             study.set_user_attr(BOUNDS_ATTR, {name: list(b) for name, b in bounds.items()})
         bounds = {name: (low, high) for name, (low, high) in study.user_attrs[BOUNDS_ATTR].items()}
         return StageResult(study=study, bounds=bounds)

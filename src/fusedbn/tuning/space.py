@@ -8,7 +8,7 @@ defaults.
 """
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import optuna
@@ -286,23 +286,11 @@ def with_ranges(space: Sequence[Param], ranges: Mapping[str, tuple[float, float]
     ]
 
 
-def split_by_tier(space: Iterable[Param], tiers: int) -> tuple[list[Param], dict[str, float]]:
+def split_by_tier(space: Sequence[Param], tiers: int) -> tuple[list[Param], dict[str, float]]:
     """The parameters tuned when tiers 1..``tiers`` are searched, and the defaults of the others."""
     if not (isinstance(tiers, int) and tiers >= 1):
         raise SpaceError(f"tiers must be an integer >= 1, got {tiers!r}")
-    tuned: list[Param] = []
-    fixed: dict[str, float] = {}
-    for param in space:
-        if param.tier <= tiers:
-            tuned.append(param)
-        else:
-            fixed[param.name] = param.default
-    return tuned, fixed
-
-
-def full_bounds(params: Iterable[Param]) -> Bounds:
-    """Each parameter's declared range: the bounds of the coarse first stage."""
-    return {p.name: (p.low, p.high) for p in params}
+    return [p for p in space if p.tier <= tiers], {p.name: p.default for p in space if p.tier > tiers}
 
 
 def narrow(

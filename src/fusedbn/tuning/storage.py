@@ -1,19 +1,13 @@
 """Where studies live: opening a storage URL, and failing the trials that a stopped worker left RUNNING.
 
-Storage URLs: ``sqlite:///path/study.db`` (``sqlite:////abs/path.db`` absolute; a 60 s lock timeout,
-write-ahead log, ``synchronous=NORMAL``: a power cut can lose the last trials, which a resumed study
-runs again), ``journal:///path/study.log`` (Optuna's journal file: several workers on one machine),
-``postgresql+psycopg2://user:password@host/db`` (or another database URL: workers on several machines)
-and ``memory`` (one process; nothing written, no heartbeat).
-
-Lost trials (:class:`Heartbeat`): a running trial beats every ``grace_s / 5`` seconds (at least every
-second); a RUNNING trial without a beat for ``grace_s`` seconds is marked FAIL, so its budget runs
-again. Database storages use Optuna's heartbeat (``RDBStorage(heartbeat_interval, grace_period)`` and
-``fail_stale_trials``, in whole seconds of the database server's clock). Optuna's journal storage has
-none (only ``RDBStorage`` implements one in Optuna 5.1), so there the trial writes the user attribute
-``heartbeat`` (a Unix time) from a thread and :func:`fail_lost_trials` fails a stale one with
-``Study.tell``; the journal's workers share one machine, hence one clock. A failed trial can take no
-user attribute, so a lost one has no ``failure``: :data:`LOST` is its reason.
+Storage URLs: ``sqlite:///path/study.db`` (``sqlite:////abs/path.db`` absolute; write-ahead log, so a power
+cut can lose the last trials, which a resumed study runs again), ``journal:///path/study.log`` (several
+workers on one machine), ``postgresql+psycopg2://user:password@host/db`` or another database URL (workers on
+several machines) and ``memory`` (one process; nothing written). A RUNNING trial without a heartbeat for the
+grace period is marked FAIL, so its budget runs again. Database storages use Optuna's heartbeat; Optuna's
+journal storage has none (only ``RDBStorage`` implements one), so there the trial writes the user attribute
+``heartbeat`` from a thread (the journal's workers share one machine, hence one clock). A failed trial can
+take no user attribute, so a lost one has no ``failure``: :data:`LOST` is its reason.
 """
 
 import inspect
@@ -22,7 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -146,21 +140,18 @@ def _rdb_storage(url: str, engine: dict[str, object], heartbeat: Heartbeat | Non
             time.sleep(0.2 * retries)
 
 
-def beating(storage: BaseStorage, trial: optuna.Trial, heartbeat: Heartbeat) -> AbstractContextManager[None]:
+@contextmanager
+def beating(storage: BaseStorage, trial: optuna.Trial, heartbeat: Heartbeat) -> Iterator[None]:
     """A block during which ``trial`` beats: on a journal storage by recording its heartbeat now and every
     ``heartbeat.interval_s`` seconds; elsewhere Optuna beats, or nothing needs to (memory)."""
-    if isinstance(storage, JournalStorage):
-        return _beating_attribute(trial, heartbeat.interval_s)
-    return nullcontext()
-
-
-@contextmanager
-def _beating_attribute(trial: optuna.Trial, interval_s: float) -> Iterator[None]:
+    if not isinstance(storage, JournalStorage):
+        yield
+        return
     trial.set_user_attr(HEARTBEAT_ATTR, time.time())
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(interval_s):
+        while not stop.wait(heartbeat.interval_s):
             trial.set_user_attr(HEARTBEAT_ATTR, time.time())
 
     thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
@@ -190,4 +181,3 @@ def fail_lost_trials(study: optuna.Study, storage: BaseStorage, heartbeat: Heart
         except (UpdateFinishedTrialError, ValueError):  # another worker failed it first
             continue
         heartbeat.on_lost(study, lost)
-
