@@ -391,9 +391,7 @@ def format_summary(results: list[StepResult], record: RunRecord, top_kernels: in
             "stats gap": _number(r.stats_diff, ".1e"), "agrees": r.agrees, "backend": r.backend,
         } if r.ok else {}))  # fmt: skip
     lines = [
-        f"{record.device} ({record.machine}, load {record.load_before:.2f} before, {record.load_after:.2f} "
-        f"after): torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, "
-        f"{record.date}", "", table(rows), "",
+        record.header(), "", table(rows), "",
         "vs torch: images/s over torch BatchNorm's in eager mode, same precision, layout and batch.",
         "Tolerances (relative, loss over the timed steps / running statistics after them): "
         + ", ".join(f"{p} {t.loss:g}/{t.running_stats:g}" for p, t in TOLERANCES.items()),
@@ -530,7 +528,7 @@ def _measure_and_write(plan: StepPlan, out: Path) -> int:
     record = record.finished()
     paths = [*write_csvs(results, record, out), out / SUMMARY_FILE]
     size = plan.settings.image_size
-    text = f"{source} at {size}x{size}, {plan.settings.timed_steps} timed steps per case, on "
+    text = f"{source} at {size}x{size}, {plan.settings.timed_steps} timed steps per case\n"
     text += format_summary(results, record)
     paths[-1].write_text(text + "\n")
     figure = plot_figure(results, f"Training steps of {source} at {size}x{size} on {record.device}")
