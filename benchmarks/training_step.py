@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, NCHW, choices, positive
+from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, NCHW, choices, integers, positive
 from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
 from fusedbn.bench.providers import relative_difference
@@ -445,16 +445,6 @@ SMOKE_DEFAULTS = GPU_DEFAULTS | dict(model="tiny", image_size=16, executions=(EA
                                      profile_steps=0)  # fmt: skip
 
 
-def _batches(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
-    if min(values) < 2:
-        raise argparse.ArgumentTypeError(f"batch sizes must be at least 2 (BatchNorm trains on them): {text}")
-    return values
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training-step benchmark's options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -469,7 +459,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--precisions", type=choices(tuple(PRECISIONS), "precision"),
         help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)")
     add("--layouts", type=choices(LAYOUTS, "layout"), help="default: channels_last,nchw")
-    add("--batches", type=_batches, help="default: 128,64; smoke: 4")
+    add("--batches", type=integers("batch sizes", 2), help="each at least 2 (default: 128,64; smoke: 4)")
     add("--warmup", type=positive(int), help="warm-up steps per case (default: 20; smoke: 1)")
     add("--steps", type=positive(int), help="timed steps per case (default: 50; smoke: 2)")
     add("--profile-steps", type=int,

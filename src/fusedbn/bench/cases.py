@@ -182,6 +182,22 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
     return parse
 
 
+def integers(what: str, minimum: int = 1) -> Callable[[str], list[int]]:
+    """A parser (and argparse ``type``) of comma-separated integers, each at least ``minimum``; else an
+    ArgumentTypeError naming ``what`` they are."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
 parse_dtypes = choices(BENCH_DTYPES, "dtype", DTYPE_ALIASES)
 parse_layouts = choices(LAYOUTS, "layout")
 parse_modes = choices(MODES, "mode")
