@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, NCHW, choices, integers, positive
-from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
+from fusedbn.bench.core import backend_for, convert_model
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
-from fusedbn.bench.providers import relative_difference
+from fusedbn.bench.providers import fusedbn_backend, relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
 from fusedbn.bench.results import error_status
 from fusedbn.bench.timing import Budget, synchronize, time_calls
@@ -172,21 +172,15 @@ def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
     raise ValueError(f"unknown model {settings.model!r}; choose resnet50 or tiny")
 
 
-def variant_backend(variant: str, device: torch.device) -> str:
-    """The backend setting of ``variant``'s BatchNorms: "auto" for fusedbn-auto; fusedbn's kernels
-    ("triton") for the others wherever they run, else "auto" (torch's BatchNorm)."""
-    return "triton" if variant != AUTO and kernels_run_on(device.type) else "auto"
-
-
 def variant_model(base: nn.Module, variant: str, device: torch.device) -> nn.Module:
     """A copy of ``base`` with the BatchNorms of ``variant``."""
     model = copy.deepcopy(base)
     if variant == TORCH_BN:
         return model
     if variant in (FUSEDBN, AUTO):
-        return convert_model(model, backend=variant_backend(variant, device))
+        return convert_model(model, backend=fusedbn_backend(variant != AUTO, device))
     if variant == EPILOGUES:
-        return fuse_epilogues(model, backend=variant_backend(variant, device))
+        return fuse_epilogues(model, backend=fusedbn_backend(variant != AUTO, device))
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -279,7 +273,7 @@ def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
     device = plan.device
     if device.type != "cuda" and case.execution in CUDA_ONLY:
         return StepResult(case, f"skipped: {case.execution} needs CUDA")
-    setting = variant_backend(case.variant, device)
+    setting = fusedbn_backend(case.variant != AUTO, device)
     backend = "torch" if case.variant == TORCH_BN else backend_for(device, setting)
     start = time.perf_counter()
     try:

@@ -73,7 +73,7 @@ def provider_module(provider: str, reference: nn.Module, compile_mode: str = "de
         return reference
     if provider in (FUSEDBN, AUTO):
         device = reference.weight.device
-        return convert_model(copy.deepcopy(reference), backend=fusedbn_backend(provider, device))
+        return convert_model(copy.deepcopy(reference), backend=fusedbn_backend(provider == FUSEDBN, device))
     if provider == FLAG_GEMS:
         return FlagGemsBatchNorm(reference, flag_gems_ops())
     if provider == COMPILE:
@@ -104,17 +104,16 @@ def unavailable_reason(provider: str) -> str | None:
     return f"flag_gems.ops has no {' or '.join(missing)}" if missing else None
 
 
-def fusedbn_backend(provider: str, device: torch.device) -> str:
-    """The backend setting of fusedbn's module for ``provider``: "auto" for auto; for fusedbn its
-    kernels ("triton") wherever they run, else "auto" (torch's BatchNorm, as the backend column
-    then says)."""
-    return "triton" if provider == FUSEDBN and kernels_run_on(device.type) else "auto"
+def fusedbn_backend(kernels: bool, device: torch.device) -> str:
+    """The backend setting of fusedbn's modules on ``device``: with ``kernels``, its kernels ("triton")
+    wherever they run, else "auto" (torch's BatchNorm, as the backend column then says); without, "auto"."""
+    return "triton" if kernels and kernels_run_on(device.type) else "auto"
 
 
 def backend_name(provider: str, device: torch.device) -> str:
     """What runs ``provider``'s BatchNorm on ``device``, for the results' backend column."""
     if provider in (FUSEDBN, AUTO):
-        return backend_for(device, fusedbn_backend(provider, device))
+        return backend_for(device, fusedbn_backend(provider == FUSEDBN, device))
     if provider == FLAG_GEMS:
         module = importlib.import_module("flag_gems") if unavailable_reason(FLAG_GEMS) is None else None
         return f"flag_gems {getattr(module, '__version__', '?')}" if module else "flag_gems"
