@@ -78,13 +78,8 @@ SHAPE_GROUPS: dict[str, tuple[str, ...]] = {
 LARGE_NUMEL = 1 << 24
 
 # The input dtypes fusedbn takes; the benchmarks time the first three, the compile gate compiles all four.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
 BENCH_DTYPES = ("float32", "float16", "bfloat16")
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in (*BENCH_DTYPES, "float64")}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
 NCHW = "nchw"

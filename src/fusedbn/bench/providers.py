@@ -29,12 +29,9 @@ from fusedbn.bench.cases import (
 )
 from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
 
-TORCH_CLASSES: dict[int, type[nn.Module]] = {
-    2: nn.BatchNorm1d,
-    3: nn.BatchNorm1d,
-    4: nn.BatchNorm2d,
-    5: nn.BatchNorm3d,
-}
+# torch's BatchNorm class by the input's number of dims.
+TORCH_CLASSES: dict[int, type[nn.Module]] = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d,
+                                             5: nn.BatchNorm3d}  # fmt: skip
 
 
 def reference_module(shape: Shape, device: torch.device, seed: int) -> nn.Module:
@@ -178,12 +175,8 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def mode_call(
-    module: nn.Module,
-    mode: str,
-    x: torch.Tensor,
-    grad_output: torch.Tensor,
-    residual: torch.Tensor | None = None,
-    forward: Callable[..., torch.Tensor] | None = None,
+    module: nn.Module, mode: str, x: torch.Tensor, grad_output: torch.Tensor,
+    residual: torch.Tensor | None = None, forward: Callable[..., torch.Tensor] | None = None,
 ) -> Callable[[], Any]:
     """The call that ``mode`` times on ``module``; it returns the outputs that mode produces.
 
