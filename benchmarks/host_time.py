@@ -343,7 +343,9 @@ def format_markdown(
     results: list[VariantResult], record: RunRecord, shape: Shape, dtype: str, settings: Settings, fake: bool
 ) -> str:
     """The summary: the run's record, the ratio table, the counts, where fusedbn's time goes."""
-    device = f"fake GPU (GPUTarget cuda 90, launches stubbed) on {record.device}" if fake else record.device
+    if fake:
+        device = f"fake GPU (GPUTarget cuda 90, launches stubbed) on {record.device}"
+        record = dataclasses.replace(record, device=device)
     rows = []
     for result in results:
         q1, median, q3 = result.quartiles()
@@ -366,10 +368,7 @@ def format_markdown(
     ]  # fmt: skip
     return "\n".join([
         f"# Host time per call: fusedbn vs torch eager, {shape.name} {dtype}", "",
-        f"- device: {device}", f"- machine: {record.machine}, {record.torch_threads} torch thread(s)",
-        f"- load average: {record.load_before:.2f} before, {record.load_after:.2f} after",
-        f"- torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, "
-        f"{record.date}",
+        f"- {record.header()}",
         f"- {settings.rounds} rounds of {settings.steps} calls per side and variant, interleaved; counts "
         f"over {settings.count_steps} calls", "", table(rows), "",
         "Where fusedbn's host time goes: each area's share of the self time cProfile measured over those "

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, NCHW, choices, positive
-from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
+from fusedbn.bench.cases import CHANNELS_LAST, LAYOUTS, NCHW, choices, integers, positive
+from fusedbn.bench.core import backend_for, convert_model
 from fusedbn.bench.profiling import KernelTime, batchnorm_share, kernel_times
-from fusedbn.bench.providers import relative_difference
+from fusedbn.bench.providers import fusedbn_backend, relative_difference
 from fusedbn.bench.resnet import fuse_epilogues, resnet50, tiny_resnet
 from fusedbn.bench.results import error_status
 from fusedbn.bench.timing import Budget, synchronize, time_calls
@@ -172,21 +172,15 @@ def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
     raise ValueError(f"unknown model {settings.model!r}; choose resnet50 or tiny")
 
 
-def variant_backend(variant: str, device: torch.device) -> str:
-    """The backend setting of ``variant``'s BatchNorms: "auto" for fusedbn-auto; fusedbn's kernels
-    ("triton") for the others wherever they run, else "auto" (torch's BatchNorm)."""
-    return "triton" if variant != AUTO and kernels_run_on(device.type) else "auto"
-
-
 def variant_model(base: nn.Module, variant: str, device: torch.device) -> nn.Module:
     """A copy of ``base`` with the BatchNorms of ``variant``."""
     model = copy.deepcopy(base)
     if variant == TORCH_BN:
         return model
     if variant in (FUSEDBN, AUTO):
-        return convert_model(model, backend=variant_backend(variant, device))
+        return convert_model(model, backend=fusedbn_backend(variant != AUTO, device))
     if variant == EPILOGUES:
-        return fuse_epilogues(model, backend=variant_backend(variant, device))
+        return fuse_epilogues(model, backend=fusedbn_backend(variant != AUTO, device))
     raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
 
 
@@ -279,7 +273,7 @@ def run_case(case: StepCase, plan: StepPlan, base: nn.Module) -> StepResult:
     device = plan.device
     if device.type != "cuda" and case.execution in CUDA_ONLY:
         return StepResult(case, f"skipped: {case.execution} needs CUDA")
-    setting = variant_backend(case.variant, device)
+    setting = fusedbn_backend(case.variant != AUTO, device)
     backend = "torch" if case.variant == TORCH_BN else backend_for(device, setting)
     start = time.perf_counter()
     try:
@@ -391,9 +385,7 @@ def format_summary(results: list[StepResult], record: RunRecord, top_kernels: in
             "stats gap": _number(r.stats_diff, ".1e"), "agrees": r.agrees, "backend": r.backend,
         } if r.ok else {}))  # fmt: skip
     lines = [
-        f"{record.device} ({record.machine}, load {record.load_before:.2f} before, {record.load_after:.2f} "
-        f"after): torch {record.torch}, triton {record.triton}, fusedbn {record.fusedbn} at {record.commit}, "
-        f"{record.date}", "", table(rows), "",
+        record.header(), "", table(rows), "",
         "vs torch: images/s over torch BatchNorm's in eager mode, same precision, layout and batch.",
         "Tolerances (relative, loss over the timed steps / running statistics after them): "
         + ", ".join(f"{p} {t.loss:g}/{t.running_stats:g}" for p, t in TOLERANCES.items()),
@@ -447,16 +439,6 @@ SMOKE_DEFAULTS = GPU_DEFAULTS | dict(model="tiny", image_size=16, executions=(EA
                                      profile_steps=0)  # fmt: skip
 
 
-def _batches(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
-    if min(values) < 2:
-        raise argparse.ArgumentTypeError(f"batch sizes must be at least 2 (BatchNorm trains on them): {text}")
-    return values
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training-step benchmark's options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -471,7 +453,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--precisions", type=choices(tuple(PRECISIONS), "precision"),
         help="bf16, fp16, fp32 (default: bf16,fp16; smoke: fp32)")
     add("--layouts", type=choices(LAYOUTS, "layout"), help="default: channels_last,nchw")
-    add("--batches", type=_batches, help="default: 128,64; smoke: 4")
+    add("--batches", type=integers("batch sizes", 2), help="each at least 2 (default: 128,64; smoke: 4)")
     add("--warmup", type=positive(int), help="warm-up steps per case (default: 20; smoke: 1)")
     add("--steps", type=positive(int), help="timed steps per case (default: 50; smoke: 2)")
     add("--profile-steps", type=int,
@@ -530,7 +512,7 @@ def _measure_and_write(plan: StepPlan, out: Path) -> int:
     record = record.finished()
     paths = [*write_csvs(results, record, out), out / SUMMARY_FILE]
     size = plan.settings.image_size
-    text = f"{source} at {size}x{size}, {plan.settings.timed_steps} timed steps per case, on "
+    text = f"{source} at {size}x{size}, {plan.settings.timed_steps} timed steps per case\n"
     text += format_summary(results, record)
     paths[-1].write_text(text + "\n")
     figure = plot_figure(results, f"Training steps of {source} at {size}x{size} on {record.device}")

@@ -44,6 +44,16 @@ class RunRecord:
         """This record with the load average at the end of the run."""
         return dataclasses.replace(self, load_after=os.getloadavg()[0])
 
+    def header(self) -> str:
+        """The record in one line, as every harness's report opens: run, device, machine, threads (when
+        known), load (before, and after once finished), versions and commit."""
+        threads = f", {self.torch_threads} torch threads" if self.torch_threads else ""
+        load = f"load {self.load_before:.2f}"
+        if not math.isnan(self.load_after):
+            load += f" before, {self.load_after:.2f} after"
+        return (f"run {self.run_id} on {self.device} ({self.machine}{threads}, {load}): torch {self.torch}, "
+                f"triton {self.triton}, CUDA {self.cuda}, fusedbn {self.fusedbn} at {self.commit}")
+
     @classmethod
     def from_row(cls, row: Mapping[str, str]) -> "RunRecord":
         """A record read back from a CSV row; fields that an older file lacks read as "?" or NaN."""

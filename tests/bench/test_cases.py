@@ -143,6 +143,17 @@ def test_parse_lists_reject_unknown_names(parse, text, message):
         parse(text)
 
 
+def test_integers_parse_a_list_and_refuse_words_and_small_values():
+    batches = cases.integers("batch sizes", 2)
+    assert batches("64,2, 128") == [64, 2, 128]
+    with pytest.raises(argparse.ArgumentTypeError, match="^expected comma-separated batch sizes, got '4,x'$"):
+        batches("4,x")
+    with pytest.raises(argparse.ArgumentTypeError, match="^batch sizes must be at least 2, got '64,1'$"):
+        batches("64,1")
+    with pytest.raises(argparse.ArgumentTypeError, match="SM counts must be at least 1"):
+        cases.integers("SM counts")("-3")
+
+
 def test_parse_shapes_groups_names_and_custom_dims():
     resnet = cases.parse_shapes("resnet50")
     assert [s.group for s in resnet] == [cases.RESNET50] * 12

@@ -190,7 +190,7 @@ def test_crash_error_and_timeout_are_results_and_the_run_goes_on(monkeypatch, re
     [(["--site", "{tmp}"], "holds no triton package"), (["--targets", "75"], "unknown target 75"),
      (["--modes", "train"], "unknown mode 'train'; choose from: fwdbwd, eval"),
      (["--dtypes", "fp8"], "unknown dtype 'fp8'"),
-     (["--multiprocessors", "0"], "expected positive integers")],
+     (["--multiprocessors", "0"], "SM counts must be at least 1, got '0'")],
 )  # fmt: skip
 def test_bad_options_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, message):
     out = tmp_path / "out"

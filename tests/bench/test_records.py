@@ -2,6 +2,7 @@
 the CSV writer."""
 
 import csv
+import dataclasses
 import datetime
 import math
 import subprocess
@@ -36,6 +37,17 @@ def test_a_record_reads_back_from_a_row_and_an_older_row_reads_as_unknown():
     old = RunRecord.from_row({"run_id": "r", "device": "NVIDIA H200", "commit": "abc"})
     assert (old.machine, old.torch_threads, old.device) == ("?", 0, "NVIDIA H200")
     assert math.isnan(old.load_before)
+
+
+def test_header_is_one_line_with_load_after_once_finished_and_threads_when_known():
+    record = RunRecord("20260101T000000Z", "2026-01-01", "NVIDIA H200", "x86_64, 8 CPUs", "2.11.0", "3.6.0",
+                       "12.8", "0.1.0", "abc1234", 4, 0.25)  # fmt: skip
+    assert record.header() == (
+        "run 20260101T000000Z on NVIDIA H200 (x86_64, 8 CPUs, 4 torch threads, load 0.25): torch 2.11.0, "
+        "triton 3.6.0, CUDA 12.8, fusedbn 0.1.0 at abc1234"
+    )
+    finished = dataclasses.replace(record, load_after=1.5, torch_threads=0)
+    assert "(x86_64, 8 CPUs, load 0.25 before, 1.50 after):" in finished.header()
 
 
 def _git(repo, *args):

@@ -78,13 +78,8 @@ SHAPE_GROUPS: dict[str, tuple[str, ...]] = {
 LARGE_NUMEL = 1 << 24
 
 # The input dtypes fusedbn takes; the benchmarks time the first three, the compile gate compiles all four.
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
 BENCH_DTYPES = ("float32", "float16", "bfloat16")
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in (*BENCH_DTYPES, "float64")}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
 NCHW = "nchw"
@@ -178,6 +173,22 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
         if not value > 0:
             raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
         return value
+
+    return parse
+
+
+def integers(what: str, minimum: int = 1) -> Callable[[str], list[int]]:
+    """A parser (and argparse ``type``) of comma-separated integers, each at least ``minimum``; else an
+    ArgumentTypeError naming ``what`` they are."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(part) for part in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {text!r}")
+        return values
 
     return parse
 

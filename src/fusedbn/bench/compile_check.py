@@ -41,6 +41,7 @@ from fusedbn.bench.cases import (
     LAYOUTS,
     Shape,
     choices,
+    integers,
     layout_applies,
     parse_shapes,
     positive,
@@ -422,18 +423,8 @@ def run_gate(
     }
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _targets(text: str) -> list[int]:
-    values = _ints(text)
+    values = integers("compute capabilities")(text)
     unknown = [v for v in values if v not in TARGETS]
     if unknown:
         known = ", ".join(map(str, TARGETS))
@@ -467,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--layouts", type=choices(LAYOUTS, "layout"), default=list(LAYOUTS))
     add("--epilogues", type=choices(EPILOGUES, "epilogue"), default=list(EPILOGUES))
     add("--modes", type=choices(MODES, "mode"), default=list(MODES), help="fwdbwd (training), eval")
-    add("--multiprocessors", type=_ints, default=list(MULTIPROCESSORS.values()),
+    add("--multiprocessors", type=integers("SM counts"), default=list(MULTIPROCESSORS.values()),
         help="SM counts to plan launches for (default: 108,132,148)")
     add("--subset", action="store_true", help="compile the representative subset (what the CI test does)")
     add("--jobs", type=positive(int), default=2, help="worker processes")

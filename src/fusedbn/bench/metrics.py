@@ -80,19 +80,18 @@ def _on_target_cases(ratios: dict[tuple, float]) -> dict[tuple, float]:
     return {key: s for key, s in ratios.items() if _is_target_case(key)}
 
 
-def _speed_target(vs_eager: dict[tuple, float]) -> Target:
-    ratios = list(_on_target_cases(vs_eager).values())
+def _geomean_target(name: str, ratios: list[float], goal: float) -> Target:
     mean = geometric_mean(ratios)
-    return Target("speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, both layouts)", mean,
-                  f">= {SPEEDUP_GOAL:.2f}x", None if not ratios else mean >= SPEEDUP_GOAL, len(ratios))
+    return Target(name, mean, f">= {goal:.2f}x", None if not ratios else mean >= goal, len(ratios))
 
 
-def _floor_target(vs_eager: dict[tuple, float]) -> Target:
-    cases = _on_target_cases(vs_eager)
-    worst = min(cases, key=cases.get, default=None)
-    return Target("floor: slowest of those cases over eager", cases[worst] if worst else math.nan,
-                  f">= {FLOOR_GOAL:.2f}x", None if worst is None else cases[worst] >= FLOOR_GOAL, len(cases),
-                  _case_name(worst) if worst else "")  # fmt: skip
+def _lowest_target(name: str, values: dict[tuple, float], goal: float, share: bool = False) -> Target:
+    """Whether the lowest of ``values`` (ratios by case key, or shares) reaches ``goal``; where: its case."""
+    goal_text = f">= {goal:.0%}" if share else f">= {goal:.2f}x"
+    lowest = min(values, key=values.get, default=None)
+    if lowest is None:
+        return Target(name, math.nan, goal_text, None, 0)
+    return Target(name, values[lowest], goal_text, values[lowest] >= goal, len(values), _case_name(lowest))
 
 
 def _compile_target(vs_compile: dict[tuple, float]) -> Target:
@@ -105,43 +104,31 @@ def _compile_target(vs_compile: dict[tuple, float]) -> Target:
 
 
 def _bandwidth_target(results: list[Result], mode: str) -> Target:
-    large = [r for r in results if r.ok and r.provider == FUSEDBN and r.mode == mode
-             and shape_named(r.shape).numel >= LARGE_NUMEL]  # fmt: skip
-    lowest = min(large, key=lambda r: r.copy_share, default=None)
-    goal = BANDWIDTH_GOALS[mode]
+    shares = {r.key: r.copy_share for r in results if r.ok and r.provider == FUSEDBN and r.mode == mode
+              and shape_named(r.shape).numel >= LARGE_NUMEL}  # fmt: skip
     name = "training" if mode == FWDBWD else mode
-    return Target(f"{name} bandwidth: lowest {mode} share of copy bandwidth, large shapes (>= {LARGE_NUMEL} "
-                  "elements)", lowest.copy_share if lowest else math.nan,
-                  f">= {goal:.0%}", None if lowest is None else lowest.copy_share >= goal, len(large),
-                  _case_name(lowest.key) if lowest else "")  # fmt: skip
-
-
-def _auto_targets(auto_vs_eager: dict[tuple, float]) -> list[Target]:
-    worst = min(auto_vs_eager, key=auto_vs_eager.get, default=None)
-    nchw = [s for key, s in _on_target_cases(auto_vs_eager).items() if key[2] == NCHW]
-    mean = geometric_mean(nchw)
-    return [
-        Target("auto never slower: slowest case over eager (every case measured)",
-               auto_vs_eager[worst] if worst else math.nan, f">= {AUTO_FLOOR_GOAL:.2f}x",
-               None if worst is None else auto_vs_eager[worst] >= AUTO_FLOOR_GOAL, len(auto_vs_eager),
-               _case_name(worst) if worst else ""),
-        Target("auto NCHW speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, NCHW)", mean,
-               f">= {AUTO_NCHW_GOAL:.1f}x", None if not nchw else mean >= AUTO_NCHW_GOAL, len(nchw)),
-    ]  # fmt: skip
+    return _lowest_target(f"{name} bandwidth: lowest {mode} share of copy bandwidth, large shapes (>= "
+                          f"{LARGE_NUMEL} elements)", shares, BANDWIDTH_GOALS[mode], share=True)  # fmt: skip
 
 
 def compute_targets(results: list[Result]) -> list[Target]:
     """The project's per-op targets for ``results`` (one run): speed, floor, against torch.compile,
     training bandwidth, eval bandwidth, and auto's two."""
-    vs_eager = speedups(results, EAGER)
+    vs_eager = _on_target_cases(speedups(results, EAGER))
+    auto_vs_eager = speedups(results, EAGER, AUTO)
+    auto_nchw = [s for key, s in _on_target_cases(auto_vs_eager).items() if key[2] == NCHW]
     return [
-        _speed_target(vs_eager),
-        _floor_target(vs_eager),
+        _geomean_target("speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, both layouts)",
+                        list(vs_eager.values()), SPEEDUP_GOAL),
+        _lowest_target("floor: slowest of those cases over eager", vs_eager, FLOOR_GOAL),
         _compile_target(speedups(results, COMPILE)),
         _bandwidth_target(results, FWDBWD),
         _bandwidth_target(results, EVAL),
-        *_auto_targets(speedups(results, EAGER, AUTO)),
-    ]
+        _lowest_target("auto never slower: slowest case over eager (every case measured)", auto_vs_eager,
+                       AUTO_FLOOR_GOAL),
+        _geomean_target("auto NCHW speed: fwd+bwd over eager, geomean (ResNet-50 shapes, fp16+bf16, NCHW)",
+                        auto_nchw, AUTO_NCHW_GOAL),
+    ]  # fmt: skip
 
 
 def breakdown(results: list[Result]) -> list[tuple[str, str, float, float, int]]:

@@ -34,12 +34,8 @@ class RatioLocator(Locator):
         low, high = sorted(self.axis.get_view_interval())
         ticks: list[float] = []
         for mantissas in self.LADDERS:
-            ticks = [
-                round(m * 10.0**exponent, 6)
-                for exponent in range(-4, 5)
-                for m in mantissas
-                if low <= m * 10.0**exponent <= high
-            ]
+            ticks = [round(m * 10.0**exponent, 6) for exponent in range(-4, 5) for m in mantissas
+                     if low <= m * 10.0**exponent <= high]  # fmt: skip
             if len(ticks) >= 3:
                 break
         return ticks
@@ -50,27 +46,16 @@ def ratio_label(value: float, _position: object = None) -> str:
     return f"{value:g}x"
 
 
-def _bar_grid(
-    results: list[Result],
-    providers: tuple[str, ...],
-    value: Callable[[Result], float | None],
-    ylabel: str,
-    lines: dict[str, float],
-    log_scale: bool,
-    title: str,
-) -> Figure:
+def _bar_grid(results: list[Result], providers: tuple[str, ...], value: Callable[[Result], float | None],
+              ylabel: str, lines: dict[str, float], log_scale: bool, title: str) -> Figure:  # fmt: skip
     modes = [m for m in MODES if any(r.mode == m for r in results)]
     dtypes = list(dict.fromkeys(r.dtype for r in results))
     shapes = list(dict.fromkeys(r.shape for r in results))
     layouts = list(dict.fromkeys(r.layout for r in results))
     index = {(r.shape, r.dtype, r.layout, r.mode, r.provider): r for r in results if r.ok}
     # A series (bar colour) per provider and layout that has at least one value to show.
-    series = [
-        (p, layout)
-        for p in providers
-        for layout in layouts
-        if any(r.provider == p and r.layout == layout and value(r) is not None for r in index.values())
-    ]
+    shown = {(r.provider, r.layout) for r in index.values() if value(r) is not None}
+    series = [(p, layout) for p in providers for layout in layouts if (p, layout) in shown]
     colours = {s: f"C{i}" for i, s in enumerate(series)}
     rows, cols = max(len(modes), 1), max(len(dtypes), 1)
     width_inches = max(6.0, 0.45 * len(shapes) + 1.0) * cols
@@ -113,14 +98,8 @@ def _bar_grid(
     figure.tight_layout(rect=(0, 0, 1, top))
     if series:
         handles = [Patch(color=colours[s], label=f"{s[0]} {s[1]}") for s in series]
-        figure.legend(
-            handles=handles,
-            loc="lower center",
-            bbox_to_anchor=(0.5, top),
-            ncol=min(len(series), LEGEND_COLUMNS),
-            fontsize=8,
-            frameon=False,
-        )
+        figure.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, top),
+                      ncol=min(len(series), LEGEND_COLUMNS), fontsize=8, frameon=False)  # fmt: skip
     return figure
 
 
@@ -132,38 +111,24 @@ def speedup_figure(results: list[Result], device: str) -> Figure:
         baseline = eager.get(result.key)
         return None if baseline is None else baseline / result.median_ms
 
-    return _bar_grid(
-        results,
-        (FUSEDBN, AUTO, COMPILE, FLAG_GEMS),
-        speedup,
-        "eager time / time (log axis)",
-        dict.fromkeys(MODES, 1.0),
-        True,
-        f"Speedup over torch eager BatchNorm ({device}); dashed: 1x, as fast as eager\n"
-        f"{format_backend(results)}",
-    )
+    title = (f"Speedup over torch eager BatchNorm ({device}); dashed: 1x, as fast as eager\n"
+             f"{format_backend(results)}")  # fmt: skip
+    return _bar_grid(results, (FUSEDBN, AUTO, COMPILE, FLAG_GEMS), speedup, "eager time / time (log axis)",
+                     dict.fromkeys(MODES, 1.0), True, title)  # fmt: skip
 
 
 def bandwidth_figure(results: list[Result], device: str) -> Figure:
     """Each provider's effective bandwidth as a share of the measured copy bandwidth, per case."""
-    return _bar_grid(
-        results,
-        (FUSEDBN, AUTO, EAGER, COMPILE, FLAG_GEMS),
-        lambda result: result.copy_share,
-        "share of copy bandwidth",
-        BANDWIDTH_GOALS,
-        False,
-        f"Effective bandwidth (minimal bytes / time) over measured copy bandwidth ({device}); "
-        f"dashed: the project's goal\n{format_backend(results)}",
-    )
+    title = (f"Effective bandwidth (minimal bytes / time) over measured copy bandwidth ({device}); "
+             f"dashed: the project's goal\n{format_backend(results)}")  # fmt: skip
+    return _bar_grid(results, (FUSEDBN, AUTO, EAGER, COMPILE, FLAG_GEMS), lambda result: result.copy_share,
+                     "share of copy bandwidth", BANDWIDTH_GOALS, False, title)  # fmt: skip
 
 
 def write_plots(results: list[Result], out_dir: Path, device: str) -> list[Path]:
     """Draw speedup.png and bandwidth.png for ``results`` (one run on ``device``) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / SPEEDUP_FILE, out_dir / BANDWIDTH_FILE]
-    for figure, path in zip(
-        (speedup_figure(results, device), bandwidth_figure(results, device)), paths, strict=True
-    ):
-        figure.savefig(path, dpi=90)
+    for draw, path in zip((speedup_figure, bandwidth_figure), paths, strict=True):
+        draw(results, device).savefig(path, dpi=90)
     return paths

@@ -64,9 +64,8 @@ def kernel_times(fn: Callable[[], Any], device: torch.device, calls: int) -> lis
 
 def summarise(totals: Iterable[tuple[str, float, int]], calls: int) -> list[KernelTime]:
     """KernelTimes per call from (name, total device us, launches) over ``calls`` calls, longest first."""
-    rows = [
-        KernelTime(name, us / calls, count / calls, is_batchnorm_kernel(name)) for name, us, count in totals
-    ]
+    rows = [KernelTime(name, us / calls, count / calls, is_batchnorm_kernel(name))
+            for name, us, count in totals]  # fmt: skip
     return sorted(rows, key=lambda row: row.device_us, reverse=True)
 
 
@@ -99,22 +98,13 @@ class KernelRow:
 
 
 def profile_cases(
-    shapes: list[Shape],
-    dtypes: list[str],
-    layouts: list[str],
-    device: torch.device,
-    budget_s: float,
+    shapes: list[Shape], dtypes: list[str], layouts: list[str], device: torch.device, budget_s: float,
     profiler: Profiler = kernel_times,
 ) -> tuple[list[KernelRow], int]:
     """Profile the ResNet-50 shapes among ``shapes``, dtype by dtype and layout by layout, until
     ``budget_s`` seconds have passed; returns the rows and how many cases were left out."""
-    cases = [
-        (shape, dtype, layout)
-        for dtype in dtypes
-        for layout in layouts
-        for shape in shapes
-        if shape.group == RESNET50 and layout_applies(shape, layout)
-    ]
+    cases = [(shape, dtype, layout) for dtype in dtypes for layout in layouts for shape in shapes
+             if shape.group == RESNET50 and layout_applies(shape, layout)]  # fmt: skip
     budget = Budget(budget_s)
     rows: list[KernelRow] = []
     for index, (shape, dtype, layout) in enumerate(cases):

@@ -29,12 +29,9 @@ from fusedbn.bench.cases import (
 )
 from fusedbn.bench.core import backend_for, convert_model, kernels_run_on
 
-TORCH_CLASSES: dict[int, type[nn.Module]] = {
-    2: nn.BatchNorm1d,
-    3: nn.BatchNorm1d,
-    4: nn.BatchNorm2d,
-    5: nn.BatchNorm3d,
-}
+# torch's BatchNorm class by the input's number of dims.
+TORCH_CLASSES: dict[int, type[nn.Module]] = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d,
+                                             5: nn.BatchNorm3d}  # fmt: skip
 
 
 def reference_module(shape: Shape, device: torch.device, seed: int) -> nn.Module:
@@ -73,7 +70,7 @@ def provider_module(provider: str, reference: nn.Module, compile_mode: str = "de
         return reference
     if provider in (FUSEDBN, AUTO):
         device = reference.weight.device
-        return convert_model(copy.deepcopy(reference), backend=fusedbn_backend(provider, device))
+        return convert_model(copy.deepcopy(reference), backend=fusedbn_backend(provider == FUSEDBN, device))
     if provider == FLAG_GEMS:
         return FlagGemsBatchNorm(reference, flag_gems_ops())
     if provider == COMPILE:
@@ -104,17 +101,16 @@ def unavailable_reason(provider: str) -> str | None:
     return f"flag_gems.ops has no {' or '.join(missing)}" if missing else None
 
 
-def fusedbn_backend(provider: str, device: torch.device) -> str:
-    """The backend setting of fusedbn's module for ``provider``: "auto" for auto; for fusedbn its
-    kernels ("triton") wherever they run, else "auto" (torch's BatchNorm, as the backend column
-    then says)."""
-    return "triton" if provider == FUSEDBN and kernels_run_on(device.type) else "auto"
+def fusedbn_backend(kernels: bool, device: torch.device) -> str:
+    """The backend setting of fusedbn's modules on ``device``: with ``kernels``, its kernels ("triton")
+    wherever they run, else "auto" (torch's BatchNorm, as the backend column then says); without, "auto"."""
+    return "triton" if kernels and kernels_run_on(device.type) else "auto"
 
 
 def backend_name(provider: str, device: torch.device) -> str:
     """What runs ``provider``'s BatchNorm on ``device``, for the results' backend column."""
     if provider in (FUSEDBN, AUTO):
-        return backend_for(device, fusedbn_backend(provider, device))
+        return backend_for(device, fusedbn_backend(provider == FUSEDBN, device))
     if provider == FLAG_GEMS:
         module = importlib.import_module("flag_gems") if unavailable_reason(FLAG_GEMS) is None else None
         return f"flag_gems {getattr(module, '__version__', '?')}" if module else "flag_gems"
@@ -179,12 +175,8 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def mode_call(
-    module: nn.Module,
-    mode: str,
-    x: torch.Tensor,
-    grad_output: torch.Tensor,
-    residual: torch.Tensor | None = None,
-    forward: Callable[..., torch.Tensor] | None = None,
+    module: nn.Module, mode: str, x: torch.Tensor, grad_output: torch.Tensor,
+    residual: torch.Tensor | None = None, forward: Callable[..., torch.Tensor] | None = None,
 ) -> Callable[[], Any]:
     """The call that ``mode`` times on ``module``; it returns the outputs that mode produces.
 

@@ -114,12 +114,7 @@ def format_backend(results: list[Result]) -> str:
 
 def format_header(run: Run) -> str:
     """The run's record in two lines, and a warning on the CPU, whose timings say nothing of speed."""
-    r = run.record
-    header = (
-        f"run {r.run_id} on {r.device} ({r.machine}, load {r.load_before:.2f}): torch {r.torch}, triton "
-        f"{r.triton}, CUDA {r.cuda}, fusedbn {r.fusedbn} at {r.commit}\n"
-        f"device-to-device copy bandwidth: {run.copy_gbps:.0f} GB/s"
-    )
-    if r.device.startswith("cpu"):
+    header = f"{run.record.header()}\ndevice-to-device copy bandwidth: {run.copy_gbps:.0f} GB/s"
+    if run.record.device.startswith("cpu"):
         header += "\nCPU run: it checks the harness; its timings and targets say nothing about GPU speed"
     return header

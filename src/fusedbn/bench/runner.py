@@ -38,7 +38,7 @@ from fusedbn.bench.providers import (
     unavailable_reason,
 )
 from fusedbn.bench.results import OK, Result, error_status
-from fusedbn.bench.timing import Budget, Measurement, TimingSettings, gigabytes_per_second, measure
+from fusedbn.bench.timing import Budget, TimingSettings, gigabytes_per_second, measure
 
 # Providers in the order they are timed: eager first, since its output is the reference.
 PROVIDER_ORDER = (EAGER, FUSEDBN, AUTO, FLAG_GEMS, COMPILE)
@@ -70,13 +70,8 @@ class Benchmark:
 
     def groups(self) -> list[tuple[Shape, str, str]]:
         """The (shape, dtype, layout) groups, shapes first, skipping layouts a shape does not have."""
-        return [
-            (shape, dtype, layout)
-            for shape in self.shapes
-            for dtype in self.dtypes
-            for layout in self.layouts
-            if layout_applies(shape, layout)
-        ]
+        return [(shape, dtype, layout) for shape in self.shapes for dtype in self.dtypes
+                for layout in self.layouts if layout_applies(shape, layout)]  # fmt: skip
 
     def units(self) -> list["Unit"]:
         """The units in running order: eager, fusedbn and FlagGems on every group, then compile.
@@ -100,17 +95,10 @@ class Benchmark:
 
     def providers_for(self, shape: Shape, mode: str) -> list[str]:
         """The providers timed for ``shape`` in ``mode``, in timing order."""
-        chosen = []
-        for provider in PROVIDER_ORDER:
-            if provider not in self.providers:
-                continue
-            if provider == COMPILE and (
-                (self.compile_shapes is not None and shape.name not in self.compile_shapes)
-                or (self.compile_modes is not None and mode not in self.compile_modes)
-            ):
-                continue
-            chosen.append(provider)
-        return chosen
+        compiles = (self.compile_shapes is None or shape.name in self.compile_shapes) and (
+            self.compile_modes is None or mode in self.compile_modes
+        )
+        return [p for p in PROVIDER_ORDER if p in self.providers and (p != COMPILE or compiles)]
 
     def case_count(self) -> int:
         """How many results the run produces."""
@@ -181,26 +169,11 @@ def _run_unit(bench: Benchmark, unit: Unit, copy_gbps: float, budgets: _Budgets)
             if provider == COMPILE:
                 budgets.compile_s += measured.first_call_s
             rel_diff = math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
-            yield _measured_result(measured, nbytes, copy_gbps, rel_diff, base)
-
-
-def _measured_result(
-    measured: Measurement, nbytes: int, copy_gbps: float, rel_diff: float, base: dict[str, object]
-) -> Result:
-    """The row of a measured case: its times, effective bandwidth and difference from eager."""
-    timing = measured.timing
-    gbps = gigabytes_per_second(nbytes, timing.median_ms)
-    return Result(
-        status=OK,
-        median_ms=timing.median_ms,
-        min_ms=timing.min_ms,
-        max_ms=timing.max_ms,
-        first_call_s=measured.first_call_s,
-        gbps=gbps,
-        copy_share=gbps / copy_gbps,
-        rel_diff=rel_diff,
-        **base,
-    )
+            timing = measured.timing
+            gbps = gigabytes_per_second(nbytes, timing.median_ms)
+            yield Result(status=OK, median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
+                         first_call_s=measured.first_call_s, gbps=gbps, copy_share=gbps / copy_gbps,
+                         rel_diff=rel_diff, **base)  # fmt: skip
 
 
 def run_benchmark(
