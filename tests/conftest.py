@@ -22,7 +22,7 @@ if not torch.cuda.is_available() and CPU_PATH == "kernels":
     os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-from helpers import KERNELS_ON_CPU, PATH_LIMITS, LaunchPath, assert_close, force_launch_path  # noqa: E402
+from helpers import KERNELS_ON_CPU, LaunchPath, assert_close, force_launch_path, launch_path_names  # noqa: E402
 
 
 @pytest.fixture(name="assert_close")
@@ -36,11 +36,7 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _paths() -> list[str]:
-    return list(PATH_LIMITS) if torch.cuda.is_available() or KERNELS_ON_CPU else ["torch"]
-
-
-@pytest.fixture(params=_paths())
+@pytest.fixture(params=launch_path_names())
 def launch_path(request, monkeypatch) -> Iterator[LaunchPath]:
     """Run the test on each launch path: one tile per channel block (the default limits for small
     shapes), whole channels streamed through several tiles, and the split reduction (on the torch
@@ -51,13 +47,13 @@ def launch_path(request, monkeypatch) -> Iterator[LaunchPath]:
 @pytest.fixture
 def split_path(monkeypatch) -> Iterator[LaunchPath]:
     """Force the split path (for tests that only need one path; the torch path on the torch path)."""
-    yield from force_launch_path(monkeypatch, _paths()[-1])
+    yield from force_launch_path(monkeypatch, launch_path_names()[-1])
 
 
 @pytest.fixture
 def single_path(monkeypatch) -> Iterator[LaunchPath]:
     """Force the one-tile whole-channel path with the default limits (or the torch path)."""
-    yield from force_launch_path(monkeypatch, _paths()[0])
+    yield from force_launch_path(monkeypatch, launch_path_names()[0])
 
 
 def _register_hypothesis_profiles() -> None:

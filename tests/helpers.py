@@ -57,6 +57,11 @@ PATH_LIMITS = {
 }
 
 
+def launch_path_names() -> list[str]:
+    """The launch paths tests run on: the kernels' three where they run, else "torch" alone."""
+    return list(PATH_LIMITS) if torch.cuda.is_available() or KERNELS_ON_CPU else ["torch"]
+
+
 def start_fusedbn(cwd: Path, *argv: str) -> subprocess.Popen:
     """Start ``python -m fusedbn.cli ARGV`` in ``cwd``, stdout and stderr captured as text.
 
