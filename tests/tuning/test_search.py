@@ -491,7 +491,8 @@ def test_a_killed_worker_loses_no_finished_trial_and_its_trial_is_rerun(
     tmp_path: Path, start_tune: Callable, capsys: pytest.CaptureFixture, study_at: tuple[str, str]
 ) -> None:
     url, name = study_at
-    args = ["--storage", url, "--study-name", name, "--trials", "3", "--stages", "1", "--epochs", "10"]
+    # Trials long enough (40 epochs) that the poll below sees the third one running on an idle machine.
+    args = ["--storage", url, "--study-name", name, "--trials", "3", "--stages", "1", "--epochs", "40"]
     # The re-run runs in this process, which starts it in well under the grace period even on a busy
     # machine: it finds the killed trial still looking alive.
     args += ["--grace-period", "6", "--out", str(tmp_path / "out")]
@@ -503,13 +504,12 @@ def test_a_killed_worker_loses_no_finished_trial_and_its_trial_is_rerun(
             return []
 
     worker = start_tune(*args)
-    wait_for(
-        lambda: (
-            sum(t.state in FINISHED for t in trials()) == 2
-            and any(t.state == TrialState.RUNNING for t in trials())
-        ),
-        worker,
-    )
+
+    def two_finished_one_running() -> bool:
+        states = [t.state for t in trials()]
+        return sum(state in FINISHED for state in states) == 2 and TrialState.RUNNING in states
+
+    wait_for(two_finished_one_running, worker)
     os.kill(worker.pid, signal.SIGKILL)
     worker.communicate()
     before = trials()
