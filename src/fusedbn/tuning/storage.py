@@ -118,7 +118,9 @@ def _sqlite_connection(path: Path) -> sqlite3.Connection:
 
 
 def _rdb_storage(url: str, engine: dict[str, object], heartbeat: Heartbeat | None) -> RDBStorage:
-    """Open a database storage, trying again when a concurrent worker was creating its tables."""
+    """Open a database storage, trying again when a concurrent worker was creating its tables: the
+    tables exist already, or SQLite refused the lock at once (two connections that both read before
+    writing would wait on each other, so SQLite's busy timeout does not wait for them)."""
     beats = {}
     if heartbeat is not None:
         beats = {
@@ -133,7 +135,9 @@ def _rdb_storage(url: str, engine: dict[str, object], heartbeat: Heartbeat | Non
                 warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval is "experimental"
                 return RDBStorage(url, engine_kwargs=engine, **beats)
         except sqlalchemy.exc.SQLAlchemyError as error:
-            lost_race = isinstance(error, sqlalchemy.exc.IntegrityError) or "already exists" in str(error)
+            lost_race = isinstance(error, sqlalchemy.exc.IntegrityError) or any(
+                text in str(error) for text in ("already exists", "database is locked")
+            )
             if not lost_race or retries == TABLE_RACE_RETRIES:
                 raise
             retries += 1
