@@ -550,7 +550,9 @@ def test_two_workers_share_a_study_without_losing_or_repeating_trials(
     tmp_path: Path, start_tune: Callable, study_at: tuple[str, str]
 ) -> None:
     url, name = study_at
-    args = ["--storage", url, "--study-name", name, "--trials", "6", "--stages", "2", "--epochs", "2"]
+    # Trials of 10 epochs: a study that outlasts the few seconds by which one worker may start after the
+    # other, so that both take part.
+    args = ["--storage", url, "--study-name", name, "--trials", "6", "--stages", "2", "--epochs", "10"]
     workers = [start_tune(*args, "--out", str(tmp_path / f"out{i}")) for i in range(2)]
     for worker in workers:
         output, errors = worker.communicate(timeout=150)
