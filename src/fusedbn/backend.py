@@ -103,6 +103,12 @@ def kernels_run_on(device_type: str) -> bool:
     )
 
 
+def recording_for_torchscript_or_onnx() -> bool:
+    """Whether torch.jit.trace or the ONNX exporter is recording this call: both record torch's
+    BatchNorm, which they can represent, whatever the backend."""
+    return torch.jit.is_tracing() or (torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export())
+
+
 class Choice(NamedTuple):
     """The implementation a call takes, and why (with the cost model's predictions, when used)."""
 
@@ -127,7 +133,7 @@ def implementation(
         return TORCH
     if backend != AUTO and backend != TRITON:
         check_backend(backend)
-    if torch.jit.is_tracing() or (torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()):
+    if recording_for_torchscript_or_onnx():
         return TORCH
     device = input.device
     if not kernels_run_on(device.type):
@@ -222,7 +228,7 @@ def explain(
     setting = _auto_means if backend == AUTO else backend
     if chosen == TORCH and not kernels_run_on(input.device.type):
         reason = f"fusedbn's kernels do not run on {input.device.type} tensors here"
-    elif torch.jit.is_tracing() or (torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()):
+    elif recording_for_torchscript_or_onnx():
         reason = "TorchScript and ONNX record torch's BatchNorm"
     elif setting != AUTO:
         reason = f"backend={setting!r}" + (" (use_backend)" if backend == AUTO else "")

@@ -233,18 +233,20 @@ def batch_norm(
         input, running_mean, running_var, weight, bias, training, eps, num_batches_tracked
     )
     options = BatchNormOptions(training, momentum, eps, relu, process_group)
-    per_channel = (weight, bias, running_mean, running_var)
-    if not stride_one:  # strided views (weight[::2]): read, and updated, through copies
-        per_channel = tuple(None if t is None else t.contiguous() for t in per_channel)
+    # The kernels address per-channel tensors with stride 1: strided views (weight[::2]) are read,
+    # and updated, through copies.
+    weight, bias, kernel_mean, kernel_var = (
+        (weight, bias, running_mean, running_var) if stride_one else
+        (None if t is None else t.contiguous() for t in (weight, bias, running_mean, running_var))
+    )  # fmt: skip
+    arguments = (input, weight, bias, residual, kernel_mean, kernel_var, num_batches_tracked, options)
     if torch.compiler.is_compiling() and not synchronize:
-        output = compiled_batch_norm(input, *per_channel[:2], residual, *per_channel[2:],
-                                     num_batches_tracked, options)
+        output = compiled_batch_norm(*arguments)
     else:
-        output = BatchNormFunction.apply(input, *per_channel[:2], residual, *per_channel[2:],
-                                         num_batches_tracked, options)[0]
-    if not stride_one and training and running_mean is not None:
-        running_mean.copy_(per_channel[2])
-        running_var.copy_(per_channel[3])
+        output = BatchNormFunction.apply(*arguments)[0]
+    if kernel_mean is not running_mean and training:
+        running_mean.copy_(kernel_mean)
+        running_var.copy_(kernel_var)
     if training and num_batches_tracked is not None and running_mean is not None:
         num_batches_tracked.add_(1)
     return output
