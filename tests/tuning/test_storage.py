@@ -150,6 +150,27 @@ def test_passwords_are_hidden_when_urls_are_shown() -> None:
     assert "secret" not in str(error.value)
 
 
+def test_opening_tries_again_when_sqlite_refuses_the_lock_at_once(tmp_path: Path, monkeypatch) -> None:
+    """SQLite answers "database is locked" without waiting when two connections creating the tables
+    would wait on each other: the opening tries again (the test below meets it about once in 30 runs)."""
+    import sqlalchemy
+
+    import fusedbn.tuning.storage as storage_module
+
+    real, refusals = storage_module.RDBStorage, []
+
+    def refusing_once(*args, **kwargs):
+        if not refusals:
+            refusals.append(1)
+            locked = sqlite3.OperationalError("database is locked")
+            raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, locked)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(storage_module, "RDBStorage", refusing_once)
+    storage = open_storage(f"sqlite:///{tmp_path}/new.db")
+    assert refusals == [1] and optuna.get_all_study_names(storage) == []
+
+
 def test_workers_opening_a_new_database_together_all_succeed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/new.db"
     start = threading.Barrier(4)
