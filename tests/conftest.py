@@ -21,6 +21,48 @@ if CPU_PATH not in CPU_PATHS:
 if not torch.cuda.is_available() and CPU_PATH == "kernels":
     os.environ["TRITON_INTERPRET"] = "1"
 
+
+def _patch_triton_language_once_per_launch() -> None:
+    """Make Triton's interpreter patch ``triton.language`` once per kernel launch, not again at every
+    call of a ``@triton.jit`` helper inside the kernel (tiles, moments, Triton's own ``tl.sum``).
+
+    The launch has already replaced the language's builtins by their interpreted versions; patching
+    them again for a helper that sees the same language modules changes nothing but costs about 8 ms a
+    call, over half of a small kernel test's time. A helper that sees a module the launch has not
+    patched yet (``triton.language.core`` for Triton's own helpers) is patched as before. Where Triton
+    no longer has these internals the interpreter runs unchanged.
+    """
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    if not hasattr(interpreter, "_patch_lang") or not hasattr(interpreter, "GridExecutor"):
+        return
+    patch_language = interpreter._patch_lang
+    launch = interpreter.GridExecutor.__call__
+    patched_by_launch: list[set[int]] = []  # one entry per launch in progress: the modules it patched
+
+    def patch_unless_patched(fn):
+        languages = {id(value) for value in fn.__globals__.values() if value is tl or value is tl.core}
+        if patched_by_launch and languages and languages <= patched_by_launch[-1]:
+            return None  # a helper's call: the interpreter drops what this returns
+        if patched_by_launch:
+            patched_by_launch[-1] |= languages
+        return patch_language(fn)
+
+    def launch_patching_once(self, *args, **kwargs):
+        patched_by_launch.append(set())
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            patched_by_launch.pop()
+
+    interpreter._patch_lang = patch_unless_patched
+    interpreter.GridExecutor.__call__ = launch_patching_once
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _patch_triton_language_once_per_launch()
+
 import pytest  # noqa: E402
 from helpers import KERNELS_ON_CPU, LaunchPath, assert_close, force_launch_path, launch_path_names  # noqa: E402
 
