@@ -1,22 +1,14 @@
 """Launch a compiled Triton kernel without Triton's per-call argument binding.
 
-``kernel[grid](*args, **constexprs)`` binds every argument anew on each call: it specialises each
-one (dtype and 16-byte alignment of tensors, value of ints), hashes the result into a cache key,
-builds launch metadata for the hooks, then calls the compiled kernel's launcher. For a BatchNorm
-with thirty-odd arguments that is tens of microseconds per launch, more than the kernel runs on the
-GPU for a small layer.
-
-A KernelLauncher makes that binding once per specialisation. Its key holds what Triton specialises
-on (each tensor's dtype and whether its address is 16-byte aligned, each int's value, the type of
-the other scalars) plus the keyword arguments and the current device; once a kernel's arguments
-are seen to come as tensors, then ints, then floats (as fusedbn passes them), the key is built
-from that layout without looking at each argument's type. On a miss the call goes through
-``kernel[grid]``, which compiles if needed, launches, and returns the compiled kernel; the launcher
-keeps that kernel's C launcher and the constexpr values that follow the positional arguments. On a
-hit it calls the C launcher directly with the same argument list Triton would pass: every kernel
-parameter in signature order, the tensors themselves (the C launcher reads their addresses), and the
-stream read on every call, so CUDA streams and graph capture behave as with ``kernel[grid]``. At
-most ``MAX_SPECIALISATIONS`` (256) bindings are kept per kernel, the oldest dropped first.
+``kernel[grid](*args, **constexprs)`` binds every argument anew on each call (specialisation,
+cache key, launch metadata): tens of microseconds for a BatchNorm kernel's thirty-odd arguments,
+more than a small layer runs on the GPU. A KernelLauncher binds once per specialisation (each
+tensor's dtype and 16-byte alignment, each int's value, the other scalars' types, the constexprs and
+the device; built from the argument layout, tensors then ints then floats, once it is known). The
+first call goes through ``kernel[grid]``, which compiles and returns the compiled kernel; later calls
+pass its C launcher the argument list Triton would, with the stream read on every call, so CUDA
+streams and graph capture behave as with ``kernel[grid]``. At most ``MAX_SPECIALISATIONS`` bindings
+are kept per kernel, the oldest dropped first.
 
 Inside ``launches_for_the_compiler()`` (fusedbn's triton_op bodies, traced by torch.compile) a launch
 goes through ``torch.library.wrap_triton`` instead, so the compiled program launches the kernel.
@@ -48,9 +40,7 @@ from triton.runtime.jit import JITFunction
 
 FAST_LAUNCH_ENV = "FUSEDBN_FAST_LAUNCH"
 _dtype_of = operator.attrgetter("dtype")
-# Specialisations kept per kernel by default; past that, the one bound first is dropped (and bound
-# again if it comes back).
-MAX_SPECIALISATIONS = 256
+MAX_SPECIALISATIONS = 256  # per kernel by default; a dropped one is bound again if it comes back
 
 
 # True inside launches_for_the_compiler().
@@ -73,11 +63,6 @@ def launches_for_the_compiler() -> Iterator[None]:
 def launching_for_the_compiler() -> bool:
     """Whether launches go to torch's compiler (inside launches_for_the_compiler)."""
     return _for_the_compiler
-
-
-def fast_launch_enabled() -> bool:
-    """False when the environment turns the fast path off (``FUSEDBN_FAST_LAUNCH=0``)."""
-    return os.environ.get(FAST_LAUNCH_ENV, "1") != "0"
 
 
 def launch_hooks_registered() -> bool:
@@ -176,13 +161,11 @@ class KernelLauncher:
     ) -> None:
         self.kernel = kernel
         self.name = getattr(getattr(kernel, "fn", kernel), "__name__", repr(kernel))
-        # Under TRITON_INTERPRET the kernel is an InterpretedFunction: nothing to bind. The launch
-        # hooks and the launcher arguments the direct path follows are those of the Triton versions
-        # with triton.knobs (3.4 and later).
+        # Under TRITON_INTERPRET the kernel is an InterpretedFunction: nothing to bind.
         self.fast = (
             isinstance(kernel, JITFunction)
             and hasattr(triton, "knobs")
-            and (fast_launch_enabled() if fast is None else fast)
+            and (os.environ.get(FAST_LAUNCH_ENV, "1") != "0" if fast is None else fast)
         )
         self.max_specialisations = max_specialisations
         self.bound: dict[tuple[Any, ...], BoundKernel | None] = {}

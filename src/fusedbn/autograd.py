@@ -20,11 +20,6 @@ from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.kernels.call import BatchNormOptions
 from fusedbn.kernels.layout import Plan, plan_batch_norm
 
-RUNNING_TANGENT_ERROR = (
-    "batch_norm is not differentiable wrt running_mean and running_var, they cannot have forward "
-    "grad defined"
-)
-
 
 def reduction_dims(x: Tensor) -> list[int]:
     """Every dim of ``x`` but the channel dim: the dims BatchNorm reduces over."""
@@ -56,6 +51,19 @@ def statistics_with_derivatives(
     return mean + (batch_mean - batch_mean.detach()), invstd + (batch_invstd - batch_invstd.detach())
 
 
+def through_normalisation(
+    t: Tensor, xhat: Tensor, weight: Tensor | None, invstd: Tensor, use_batch_stats: bool
+) -> Tensor:
+    """``t`` (the output's gradient, or the input's tangent) carried through the normalisation:
+    ``weight * invstd * t`` in eval and, with batch statistics, the batch statistics' share
+    removed: ``weight * invstd * (t - mean(t) - xhat * mean(xhat * t))``."""
+    if use_batch_stats:
+        dims = reduction_dims(xhat)
+        t = t - t.mean(dims, keepdim=True) - xhat * (xhat * t).mean(dims, keepdim=True)
+    scale = invstd if weight is None else invstd * weight.to(invstd.dtype)
+    return t * scale.view(channel_shape(xhat))
+
+
 def output_tangent(
     input: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor, output: Tensor | None,
     options: BatchNormOptions, t_input: Tensor | None, t_weight: Tensor | None,
@@ -63,24 +71,18 @@ def output_tangent(
 ) -> Tensor:
     """The output's tangent for the inputs' tangents (None where they have none).
 
-    With xhat = (x - mean) * invstd, the tangent of xhat is invstd * t_x in eval and, with batch
-    statistics, invstd * (t_x - mean(t_x) - xhat * mean(xhat * t_x)); then
-    t_y = weight * t_xhat + xhat * t_weight + t_bias (+ t_residual), zero where a fused ReLU is off.
-    ``output`` is the forward's (only read with a fused ReLU). Without any tangent it is zero (the
-    running statistics' tangents, which torch ignores, are what asked for it).
+    With xhat = (x - mean) * invstd: t_y = (t_x through the normalisation) + xhat * t_weight
+    + t_bias (+ t_residual), zero where a fused ReLU is off. ``output`` is the forward's (only read
+    with a fused ReLU). Without any tangent it is zero (the running statistics' tangents, which
+    torch ignores, are what asked for it).
     """
     shape = channel_shape(input)
     xhat = (input.to(mean.dtype) - mean.view(shape)) * invstd.view(shape)
     tangent = torch.zeros_like(xhat)
     if t_input is not None:
-        t_xhat = t_input.to(mean.dtype)
-        if options.use_batch_stats:
-            dims = reduction_dims(input)
-            t_xhat = t_xhat - t_xhat.mean(dims, keepdim=True) - xhat * (xhat * t_xhat).mean(
-                dims, keepdim=True
-            )
-        t_xhat = t_xhat * invstd.view(shape)
-        tangent = tangent + (t_xhat if weight is None else t_xhat * weight.to(mean.dtype).view(shape))
+        tangent = tangent + through_normalisation(
+            t_input.to(mean.dtype), xhat, weight, invstd, options.use_batch_stats
+        )
     if t_weight is not None:
         tangent = tangent + xhat * t_weight.to(mean.dtype).view(shape)
     if t_bias is not None:
@@ -176,13 +178,7 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-        if grad_output is None:
-            return (None,) * 8
-        if torch.is_grad_enabled():
-            grads = differentiable_backward(ctx, grad_output)
-        else:
-            grads = kernel_backward(ctx, grad_output, _launch_with_plan)
-        return (*grads, None, None, None, None)
+        return (*gradients(ctx, grad_output, _launch_with_plan), None, None, None, None)
 
     @staticmethod
     def jvp(ctx: Any, t_input: Tensor | None, t_weight: Tensor | None, t_bias: Tensor | None,
@@ -192,13 +188,15 @@ class BatchNormFunction(torch.autograd.Function):
         options = ctx.options
         if options.process_group is not None:
             raise RuntimeError("synchronized BatchNorm has no forward-mode derivatives")
-        # torch's rule: running statistics that normalise (eval) may carry tangents only when the
-        # input, weight and bias carry none (the output then has no tangent either).
+        # torch's rule, and its message: running statistics that normalise (eval) may carry
+        # tangents only when the input, weight and bias carry none (the output then has none either).
         running_tangents = t_running_mean is not None or t_running_var is not None
-        if running_tangents and not options.use_batch_stats and not (
-            t_input is None and t_weight is None and t_bias is None
-        ):
-            raise RuntimeError(RUNNING_TANGENT_ERROR)
+        input_tangents = any(t is not None for t in (t_input, t_weight, t_bias))
+        if running_tangents and input_tangents and not options.use_batch_stats:
+            raise RuntimeError(
+                "batch_norm is not differentiable wrt running_mean and running_var, they cannot have "
+                "forward grad defined"
+            )
         tangent = output_tangent(
             input, weight, mean, invstd, y, options, t_input, t_weight, t_bias, t_residual
         )
@@ -209,10 +207,63 @@ class BatchNormFunction(torch.autograd.Function):
              bias: Tensor | None, residual: Tensor | None, running_mean: Tensor | None,
              running_var: Tensor | None, num_batches_tracked: Tensor | None,
              options: BatchNormOptions) -> tuple[tuple[Any, ...], tuple[int | None, ...]]:
-        return _batched_forward(
-            info.batch_size, in_dims, input, weight, bias, residual, running_mean, running_var,
+        """The vmap rule: ``batch`` (info.batch_size) BatchNorms of (N, C, ...) samples as one
+        BatchNorm of an (N, batch * C, ...) input whose channel b * C + c is sample b's channel c.
+
+        Per-channel tensors and the residual without a batch dim are shared by every sample. Running
+        statistics updated in training must be batched (one set per sample), as torch.func asks of
+        torch's BatchNorm (``torch.func.replace_all_batch_norm_modules_`` turns them off).
+        """
+        input_dim, weight_dim, bias_dim, residual_dim, mean_dim, var_dim, count_dim, _ = in_dims
+        if options.process_group is not None:
+            raise RuntimeError("synchronized BatchNorm cannot run under torch.func.vmap")
+        if count_dim is not None:
+            raise RuntimeError(
+                "fusedbn: vmap over num_batches_tracked is not supported; share one count"
+            )
+        updates = options.use_batch_stats and running_mean is not None
+        if updates and (mean_dim is None or var_dim is None) and input_dim is not None:
+            raise RuntimeError(
+                "fusedbn: vmap over a BatchNorm in training whose running statistics are not "
+                "batched: each sample would update the same running_mean and running_var. Use "
+                "torch.func.replace_all_batch_norm_modules_(model) to stop tracking them, or "
+                "batch them"
+            )
+        sample = input if input_dim is None else input.select(input_dim, 0)
+        batch, num_channels = info.batch_size, sample.shape[1]
+
+        def fold_samples(t: Tensor | None, dim: int | None) -> Tensor | None:
+            if t is None:
+                return None
+            expanded = t.unsqueeze(1) if dim is None else t.movedim(dim, 1)
+            expanded = expanded.expand(sample.shape[0], batch, *sample.shape[1:])
+            return expanded.reshape(sample.shape[0], batch * num_channels, *sample.shape[2:])
+
+        def fold_channels(t: Tensor | None, dim: int | None) -> Tensor | None:
+            if t is None:
+                return None
+            return t.repeat(batch) if dim is None else t.movedim(dim, 0).contiguous().view(-1)
+
+        folded_running = [fold_channels(running_mean, mean_dim), fold_channels(running_var, var_dim)]
+        outputs = BatchNormFunction.apply(
+            fold_samples(input, input_dim), fold_channels(weight, weight_dim),
+            fold_channels(bias, bias_dim), fold_samples(residual, residual_dim), *folded_running,
             num_batches_tracked, options,
         )
+        if updates:  # copy the updated statistics back where the folding copied them
+            for running, dim, folded in zip(
+                (running_mean, running_var), (mean_dim, var_dim), folded_running, strict=True
+            ):
+                target = running.movedim(dim, 0)
+                if folded.data_ptr() != target.data_ptr():
+                    target.copy_(folded.view(target.shape))
+        y, mean, invstd = outputs[:3]
+        per_sample = (
+            y.unflatten(1, (batch, num_channels)), mean.view(batch, num_channels),
+            invstd.view(batch, num_channels), None, outputs[4],
+        )
+        return per_sample, (1, 0, 0, None, None)
+
 
 
 # Function.apply binds its arguments through inspect.signature(forward) on every call when the
@@ -255,10 +306,15 @@ def _launch_with_plan(
     )
 
 
-def kernel_backward(ctx: Any, grad_output: Tensor, launch: Callable) -> tuple[Tensor | None, ...]:
-    """(grad_input, grad_weight, grad_bias, grad_residual) from the kernels, run by
-    ``launch(ctx, grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads,
-    relu_mask, write_grad_residual)``."""
+def gradients(ctx: Any, grad_output: Tensor | None, launch: Callable) -> tuple[Tensor | None, ...]:
+    """(grad_input, grad_weight, grad_bias, grad_residual) for BatchNormFunction and the custom
+    operator alike: from :func:`differentiable_backward` when the backward builds a graph, else
+    from the kernels, run by ``launch(ctx, grad_output, input, weight, mean, invstd,
+    use_batch_stats, need_param_grads, relu_mask, write_grad_residual)``."""
+    if grad_output is None:
+        return (None,) * 4
+    if torch.is_grad_enabled():
+        return differentiable_backward(ctx, grad_output)
     input, weight, bias, mean, invstd, relu_mask, _ = ctx.saved_tensors
     needs_input, needs_weight, needs_bias, needs_residual = ctx.needs_input_grad[:4]
     grad_input, grad_weight, grad_bias, grad_residual = launch(
@@ -287,8 +343,7 @@ def differentiable_backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | Non
     torch.func's transforms, which run a backward under their own tensors).
 
     With dy masked by a fused ReLU and xhat = (x - mean) * invstd: grad_bias = sum(dy),
-    grad_weight = sum(dy * xhat), grad_input = weight * invstd * dy in eval and, with batch
-    statistics, weight * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    grad_weight = sum(dy * xhat), grad_input = dy through the normalisation.
     """
     options = ctx.options
     if options.process_group is not None:
@@ -308,13 +363,7 @@ def differentiable_backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | Non
     xhat = (input.to(mean.dtype) - mean.view(shape)) * invstd.view(shape)
     grad_input = grad_weight = grad_bias = grad_residual = None
     if needs_input:
-        scale = invstd if weight is None else invstd * weight.to(mean.dtype)
-        if options.use_batch_stats:
-            dy_centred = dy - dy.mean(dims, keepdim=True)
-            grad_input = (dy_centred - xhat * (dy * xhat).mean(dims, keepdim=True)) * scale.view(shape)
-        else:
-            grad_input = dy * scale.view(shape)
-        grad_input = grad_input.to(input.dtype)
+        grad_input = through_normalisation(dy, xhat, weight, invstd, options.use_batch_stats).to(input.dtype)
     if needs_weight:
         grad_weight = (dy * xhat).sum(dims).to(weight.dtype)
     if needs_bias:
@@ -322,63 +371,3 @@ def differentiable_backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | Non
     if needs_residual:
         grad_residual = grad_output.to(ctx.residual_dtype)
     return grad_input, grad_weight, grad_bias, grad_residual
-
-
-def _batched_forward(
-    batch: int, in_dims: tuple[int | None, ...], input: Tensor, weight: Tensor | None,
-    bias: Tensor | None, residual: Tensor | None, running_mean: Tensor | None,
-    running_var: Tensor | None, num_batches_tracked: Tensor | None, options: BatchNormOptions,
-) -> tuple[tuple[Any, ...], tuple[int | None, ...]]:
-    """BatchNormFunction's vmap rule: ``batch`` BatchNorms of (N, C, ...) samples as one BatchNorm
-    of an (N, batch * C, ...) input whose channel b * C + c is sample b's channel c.
-
-    Per-channel tensors and the residual without a batch dim are shared by every sample. Running
-    statistics updated in training must be batched (one set per sample), as torch.func asks of
-    torch's BatchNorm (``torch.func.replace_all_batch_norm_modules_`` turns them off).
-    """
-    input_dim, weight_dim, bias_dim, residual_dim, mean_dim, var_dim, count_dim, _ = in_dims
-    if options.process_group is not None:
-        raise RuntimeError("synchronized BatchNorm cannot run under torch.func.vmap")
-    if count_dim is not None:
-        raise RuntimeError("fusedbn: vmap over num_batches_tracked is not supported; share one count")
-    updates = options.use_batch_stats and running_mean is not None
-    if updates and (mean_dim is None or var_dim is None) and input_dim is not None:
-        raise RuntimeError(
-            "fusedbn: vmap over a BatchNorm in training whose running statistics are not batched: "
-            "each sample would update the same running_mean and running_var. Use "
-            "torch.func.replace_all_batch_norm_modules_(model) to stop tracking them, or batch them"
-        )
-    sample = input if input_dim is None else input.select(input_dim, 0)
-    num_channels = sample.shape[1]
-
-    def fold_samples(t: Tensor | None, dim: int | None) -> Tensor | None:
-        if t is None:
-            return None
-        expanded = t.unsqueeze(1) if dim is None else t.movedim(dim, 1)
-        expanded = expanded.expand(sample.shape[0], batch, *sample.shape[1:])
-        return expanded.reshape(sample.shape[0], batch * num_channels, *sample.shape[2:])
-
-    def fold_channels(t: Tensor | None, dim: int | None) -> Tensor | None:
-        if t is None:
-            return None
-        return t.repeat(batch) if dim is None else t.movedim(dim, 0).contiguous().view(-1)
-
-    folded_running = [fold_channels(running_mean, mean_dim), fold_channels(running_var, var_dim)]
-    outputs = BatchNormFunction.apply(
-        fold_samples(input, input_dim), fold_channels(weight, weight_dim),
-        fold_channels(bias, bias_dim), fold_samples(residual, residual_dim), *folded_running,
-        num_batches_tracked, options,
-    )
-    if updates:  # copy the updated statistics back where the folding copied them
-        for running, dim, folded in zip(
-            (running_mean, running_var), (mean_dim, var_dim), folded_running, strict=True
-        ):
-            target = running.movedim(dim, 0)
-            if folded.data_ptr() != target.data_ptr():
-                target.copy_(folded.view(target.shape))
-    y, mean, invstd = outputs[:3]
-    per_sample = (
-        y.unflatten(1, (batch, num_channels)), mean.view(batch, num_channels),
-        invstd.view(batch, num_channels), None, outputs[4],
-    )
-    return per_sample, (1, 0, 0, None, None)

@@ -19,6 +19,7 @@ can trace them (and recompiles when they change), as it does torch's own ``torch
 """
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -57,8 +58,8 @@ _triton_on_cpu = False
 FAKE_GPU = "NVIDIA H200"
 # The cost model's choices by call, the cost tables by GPU name, and GPU names by device index.
 _choices: dict[tuple, str] = {}
-_tables: dict[str, costs.CostTable] = {}
-_device_names: dict[int | None, str] = {}
+_table_for = functools.cache(costs.table_for)
+_device_name = functools.cache(torch.cuda.get_device_name)
 
 
 def check_backend(backend: str) -> None:
@@ -142,10 +143,7 @@ def implementation(
         raise _kernels_cannot_run(device.type)
     if backend == TRITON or synchronize or (device.type == "cpu" and not _triton_on_cpu):
         return TRITON  # the interpreter is a test of the kernels, never a choice
-    return _predicted_best(
-        device, input.shape, input.stride(), input.dtype, _mode(training, input),
-        residual is not None, relu, torch.compiler.is_compiling(),
-    )
+    return _predicted_best(*_call(input, training, residual is not None, relu))
 
 
 def _kernels_cannot_run(device_type: str) -> ValueError:
@@ -156,12 +154,16 @@ def _kernels_cannot_run(device_type: str) -> ValueError:
     )
 
 
-def _mode(training: bool, input: Tensor) -> str:
-    """The cost model's mode: "fwdbwd" for training with a backward to come (the input needs a
-    gradient), else "fwd" or "eval"."""
-    if not training:
-        return "eval"
-    return "fwdbwd" if input.requires_grad and torch.is_grad_enabled() else "fwd"
+def _call(input: Tensor, training: bool, residual: bool, relu: bool) -> tuple:
+    """What the cost model's choice for a call depends on: the arguments of :func:`_predict`. Its
+    mode is "fwdbwd" for training with a backward to come (the input needs a gradient), else "fwd"
+    or "eval"."""
+    backward = training and input.requires_grad and torch.is_grad_enabled()
+    return (
+        input.device, input.shape, input.stride(), input.dtype,
+        "fwdbwd" if backward else "fwd" if training else "eval",
+        residual, relu, torch.compiler.is_compiling(),
+    )
 
 
 @torch.compiler.assume_constant_result
@@ -183,10 +185,7 @@ def _predict(
     mode: str, residual: bool, relu: bool, compiling: bool,
 ) -> costs.Prediction:
     """The cost model's prediction for a call (the table of ``device``'s GPU kind)."""
-    name = FAKE_GPU if device.type == "cpu" else _device_name(device)
-    table = _tables.get(name)
-    if table is None:
-        table = _tables[name] = costs.table_for(name)
+    name = FAKE_GPU if device.type == "cpu" else _device_name(device.index)
     probe = torch.empty_strided(shape, stride, dtype=dtype, device="meta")
     layout = "channels_last" if probe.dim() in (4, 5) and not probe.is_contiguous() and (
         probe.is_contiguous(memory_format=torch.channels_last if probe.dim() == 4 else torch.channels_last_3d)
@@ -195,14 +194,7 @@ def _predict(
         tuple(shape), probe.element_size(), str(dtype).removeprefix("torch."), layout, mode,
         residual, relu,
     )
-    return table.predict(call, (costs.TRITON, costs.COMPILE if compiling else costs.TORCH))
-
-
-def _device_name(device: torch.device) -> str:
-    name = _device_names.get(device.index)
-    if name is None:
-        name = _device_names[device.index] = torch.cuda.get_device_name(device)
-    return name
+    return _table_for(name).predict(call, (costs.TRITON, costs.COMPILE if compiling else costs.TORCH))
 
 
 def use_cost_table(path: str | os.PathLike | None) -> None:
@@ -214,7 +206,7 @@ def use_cost_table(path: str | os.PathLike | None) -> None:
         os.environ[costs.TABLE_ENV] = os.fspath(path)
     else:
         os.environ.pop(costs.TABLE_ENV, None)
-    _tables.clear()
+    _table_for.cache_clear()
     _choices.clear()
 
 
@@ -235,10 +227,7 @@ def explain(
     elif input.device.type == "cpu" and not _triton_on_cpu:
         reason = "Triton's interpreter runs the kernels on the CPU (TRITON_INTERPRET=1)"
     else:
-        prediction = _predict(
-            input.device, input.shape, input.stride(), input.dtype, _mode(training, input),
-            residual is not None, activation == "relu", torch.compiler.is_compiling(),
-        )
+        prediction = _predict(*_call(input, training, residual is not None, activation == "relu"))
         return Choice(chosen, f"cost model: {prediction}", prediction)
     return Choice(chosen, reason)
 

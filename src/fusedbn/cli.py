@@ -53,11 +53,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 }
 
 
-def version_line() -> str:
-    """fusedbn's version with the torch and triton it runs on."""
-    return f"fusedbn {__version__} (torch {torch.__version__}, triton {triton.__version__})"
-
-
 class OneLineErrorParser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr (exit code 2) that points to --help."""
 
@@ -65,21 +60,20 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _command_parser(subcommands: Mapping[str, Subcommand]) -> argparse.ArgumentParser:
-    """The parser of ``fusedbn [--version] COMMAND ...``; a command's own options are parsed later."""
+def main(argv: list[str] | None = None, subcommands: Mapping[str, Subcommand] = SUBCOMMANDS) -> int:
+    """Parse ``argv`` (default: sys.argv) and run the chosen subcommand; returns the exit code.
+
+    ``fusedbn [--version] COMMAND ...`` is parsed first, the command's own options after its import.
+    """
     parser = OneLineErrorParser(
         prog="fusedbn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=version_line())
+    version = f"fusedbn {__version__} (torch {torch.__version__}, triton {triton.__version__})"
+    parser.add_argument("--version", action="version", version=version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, subcommand in subcommands.items():
         commands.add_parser(name, help=subcommand.help, add_help=False)
-    return parser
-
-
-def main(argv: list[str] | None = None, subcommands: Mapping[str, Subcommand] = SUBCOMMANDS) -> int:
-    """Parse ``argv`` (default: sys.argv) and run the chosen subcommand; returns the exit code."""
-    args, rest = _command_parser(subcommands).parse_known_args(argv)
+    args, rest = parser.parse_known_args(argv)
     subcommand = subcommands[args.command]
     try:
         module = importlib.import_module(subcommand.module)

@@ -23,15 +23,13 @@ def swap_batchnorms(
     caller: str,
     **constructor_kwargs: Any,
 ) -> nn.Module:
-    """Replace every module of ``model`` whose exact class is a key of ``mapping`` by its value's class.
-
-    The one way fusedbn swaps BatchNorm modules (convert_model, revert_model and
-    FusedSyncBatchNorm.convert_sync_batchnorm). Subclasses are not matched, since they may change
-    the behaviour. Each replacement takes over the very Parameter and buffer objects of the module it
-    replaces, so optimisers, devices, dtypes and requires_grad flags stay as they were, and keeps its
-    training flag and ``qconfig``; a module used in several places gets one replacement. Its
-    constructor receives the BatchNorm's hyperparameters plus ``constructor_kwargs``.
-    The model is changed in place and returned (a matching ``model`` itself is returned replaced).
+    """Replace every module of ``model`` whose exact class is a key of ``mapping`` by its value's class
+    (subclasses may change the behaviour: not matched), for convert_model, revert_model and
+    FusedSyncBatchNorm.convert_sync_batchnorm. Each replacement is built with the BatchNorm's
+    hyperparameters plus ``constructor_kwargs`` and takes over the module's own Parameter and buffer
+    objects (so optimisers, devices, dtypes and requires_grad flags stay as they were), training flag
+    and ``qconfig``; a module used in several places gets one replacement. The model is changed in
+    place and returned (a matching ``model`` itself is returned replaced).
 
     Raises, naming ``caller`` and changing nothing, TypeError if ``model`` is not a module, and
     ValueError if a module to replace fuses an activation (its replacement would drop it).

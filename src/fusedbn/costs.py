@@ -34,7 +34,6 @@ IMPLEMENTATIONS = (TRITON, TORCH, COMPILE)
 # Call modes: training with a backward to come, training without, and eval (a forward only). "bwd"
 # appears in measured runs, not in calls.
 MODES = ("fwd", "fwdbwd", "eval")
-LAYOUTS = ("nchw", "channels_last")
 FORMAT = 1
 TABLE_ENV = "FUSEDBN_COST_TABLE"
 TABLE_FOLDER = Path(__file__).parent / "cost_tables"
@@ -149,10 +148,8 @@ class CostTable:
         """The predicted times of ``call`` on ``candidates`` (fusedbn's kernels first), and the
         implementation chosen: fusedbn's kernels only if faster than every other by ``margin``."""
         times = {name: self.predict_us(call, name) for name in candidates}
-        kernels = times[TRITON] * self.margin
-        others = [name for name in times if name != TRITON]
-        best_other = min(others, key=times.__getitem__)
-        chosen = TRITON if kernels < times[best_other] else best_other
+        best_other = min((name for name in times if name != TRITON), key=times.__getitem__)
+        chosen = TRITON if times[TRITON] * self.margin < times[best_other] else best_other
         return Prediction(chosen, times, f"{self.device}: {self.source}")
 
     def to_json(self) -> str:
@@ -224,20 +221,18 @@ def table_for(device_name: str) -> CostTable:
     is this one, else the shipped one. A table that cannot be used is reported in one warning line
     (naming the file and the problem) and replaced by the conservative table."""
     chosen = os.environ.get(TABLE_ENV)
-    if chosen:
-        try:
-            table = load_table(chosen)
-        except CostTableError as error:
-            warnings.warn(f"fusedbn: {error}; using the conservative table", stacklevel=2)
-            return load_table(TABLE_FOLDER / f"{CONSERVATIVE}.json")
-        if table.device != device_name:
-            warnings.warn(
-                f"fusedbn: cost table {chosen}: measured on {table.device!r}, not on this "
-                f"{device_name!r}; using the conservative table", stacklevel=2,
-            )
-            return load_table(TABLE_FOLDER / f"{CONSERVATIVE}.json")
-        return table
-    return load_table(builtin_table_path(device_name))
+    if not chosen:
+        return load_table(builtin_table_path(device_name))
+    try:
+        table = load_table(chosen)
+    except CostTableError as error:
+        problem = error
+    else:
+        if table.device == device_name:
+            return table
+        problem = f"cost table {chosen}: measured on {table.device!r}, not on this {device_name!r}"
+    warnings.warn(f"fusedbn: {problem}; using the conservative table", stacklevel=2)
+    return load_table(TABLE_FOLDER / f"{CONSERVATIVE}.json")
 
 
 def table_from_results(rows: Iterable[Mapping[str, Any]], source: str, margin: float = 1.0) -> CostTable:
@@ -292,19 +287,6 @@ def describe_run(row: Mapping[str, Any], where: str) -> str:
     )
 
 
-def scaled_table(table: CostTable, device: str, bandwidth_ratio: float, source: str) -> CostTable:
-    """``table`` for another GPU kind whose memory bandwidth is ``bandwidth_ratio`` times the
-    measured one's: every throughput scaled, host times kept (derived, not measured)."""
-    points = {
-        name: tuple(dataclasses.replace(p, gbps=p.gbps * bandwidth_ratio) for p in found)
-        for name, found in table.points.items()
-    }
-    return dataclasses.replace(
-        table, device=device, source=source, points=points,
-        elementwise_gbps=table.elementwise_gbps * bandwidth_ratio,
-    )
-
-
 # Peak memory bandwidths (vendor data sheets, TB/s) of the GPU kinds whose tables are derived from
 # the H200's measurements.
 HBM_TBPS = {"NVIDIA H200": 4.8, "NVIDIA H100": 3.35, "NVIDIA A100": 2.039}
@@ -323,7 +305,14 @@ def shipped_tables(h200_rows: list[Mapping[str, Any]], run: str) -> dict[str, Co
             f"derived from {measured}: throughputs scaled by the peak memory bandwidths' ratio "
             f"{ratio:.3f}, host times kept"
         )
-        tables[f"nvidia-{device.split()[1].lower()}.json"] = scaled_table(h200, device, ratio, source)
+        points = {
+            name: tuple(dataclasses.replace(p, gbps=p.gbps * ratio) for p in found)
+            for name, found in h200.points.items()
+        }
+        tables[f"nvidia-{device.split()[1].lower()}.json"] = dataclasses.replace(
+            h200, device=device, source=source, points=points,
+            elementwise_gbps=h200.elementwise_gbps * ratio,
+        )
     tables[f"{CONSERVATIVE}.json"] = dataclasses.replace(
         h200, device=CONSERVATIVE, margin=2.0,
         source=f"for GPUs without a table: the numbers of {measured}, fusedbn's kernels only where "

@@ -278,8 +278,7 @@ def fused_batch_norm(
     ``num_batches_tracked``, if given, counts the batches folded into the running statistics, and
     ``momentum=None`` then selects the cumulative average (factor 1 / the count including this
     batch), as ``torch.nn.BatchNorm*`` does; without ``num_batches_tracked`` it is a TypeError, as
-    in torch. Outside training the
-    running statistics normalise ``input``.
+    in torch. Outside training the running statistics normalise ``input``.
 
     ``residual`` (the input's shape) is added to the normalised output and ``activation="relu"``
     applies a ReLU after that, both inside the same kernels: relu(batch_norm(input) + residual).

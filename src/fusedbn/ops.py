@@ -25,7 +25,7 @@ from torch import Tensor
 from triton.runtime.jit import JITFunction
 
 import fusedbn.kernels
-from fusedbn.autograd import differentiable_backward, kernel_backward, save_for_derivatives
+from fusedbn.autograd import gradients, save_for_derivatives
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.kernels.backward import allocate_backward_outputs
 from fusedbn.kernels.call import BatchNormOptions
@@ -75,39 +75,39 @@ def _forward(
     update), and relu_mask is empty without a ReLU.
     """
     x, plan = plan_batch_norm(input, relu)
-    options = BatchNormOptions(use_batch_stats, momentum, eps, relu)
     if use_batch_stats and running_mean is not None:  # the kernels update copies
         running_mean, running_var = running_mean.clone(), running_var.clone()
-        outputs = batch_norm_forward(
-            x, plan, options, weight, bias, residual, running_mean, running_var,
-            num_batches_tracked,
-        )
-        return _op_outputs(*outputs, running_mean, running_var)
     outputs = batch_norm_forward(
-        x, plan, options, weight, bias, residual, running_mean, running_var, num_batches_tracked
+        x, plan, BatchNormOptions(use_batch_stats, momentum, eps, relu), weight, bias, residual,
+        running_mean, running_var, num_batches_tracked,
     )
-    return _op_outputs(*outputs, None, None)
+    return _op_outputs(*outputs, running_mean, running_var, use_batch_stats)
 
 
 def _op_outputs(
-    y: Tensor, mean: Tensor, invstd: Tensor, relu_mask: Tensor | None, new_mean: Tensor | None,
-    new_var: Tensor | None,
+    y: Tensor, mean: Tensor, invstd: Tensor, relu_mask: Tensor | None, running_mean: Tensor | None,
+    running_var: Tensor | None, use_batch_stats: bool,
 ) -> tuple[Tensor, ...]:
-    # A custom operator returns new tensors, none aliasing another: what is not there is an empty one.
+    """The forward operator's outputs: the running statistics only when the batch updates them
+    (else they are the inputs, which an operator's outputs must not alias)."""
+    updated = use_batch_stats and running_mean is not None
     return (
-        y, mean, invstd,
-        y.new_empty(0, dtype=torch.uint8) if relu_mask is None else relu_mask,
-        y.new_empty(0) if new_mean is None else new_mean,
-        y.new_empty(0) if new_var is None else new_var,
+        y, mean, invstd, _or_empty(relu_mask, y, torch.uint8),
+        _or_empty(running_mean if updated else None, y), _or_empty(running_var if updated else None, y),
     )
+
+
+def _or_empty(t: Tensor | None, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``t``, or an empty tensor for None: a custom operator returns tensors, none aliasing another."""
+    return like.new_empty(0, dtype=dtype) if t is None else t
 
 
 def _forward_fake(input, weight, bias, residual, running_mean, running_var, num_batches_tracked,
                   use_batch_stats, momentum, eps, relu):
     outputs = allocate_forward_outputs(*fold_input(input), relu)
-    if use_batch_stats and running_mean is not None:
-        return _op_outputs(*outputs, torch.empty_like(running_mean), torch.empty_like(running_var))
-    return _op_outputs(*outputs, None, None)
+    if running_mean is not None:
+        running_mean, running_var = torch.empty_like(running_mean), torch.empty_like(running_var)
+    return _op_outputs(*outputs, running_mean, running_var, use_batch_stats)
 
 
 def _backward_launches(
@@ -126,25 +126,19 @@ def _backward_launches(
     grad_residual is only computed with a ReLU mask and need_grad_residual (else it is empty).
     """
     x, plan = plan_batch_norm(input, relu_mask is not None)
-    return _with_empty_grad_residual(*batch_norm_backward(
+    grad_input, grad_weight, grad_bias, grad_residual = batch_norm_backward(
         grad_output, x, plan, weight, mean, invstd, use_batch_stats, need_param_grads,
         relu_mask, need_grad_residual,
-    ))
-
-
-def _with_empty_grad_residual(
-    grad_input: Tensor, grad_weight: Tensor, grad_bias: Tensor, grad_residual: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # A custom operator returns tensors: no grad_residual is an empty one.
-    if grad_residual is None:
-        grad_residual = grad_input.new_empty(0)
-    return grad_input, grad_weight, grad_bias, grad_residual
+    )
+    return grad_input, grad_weight, grad_bias, _or_empty(grad_residual, grad_input)
 
 
 def _backward_fake(grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads,
                    relu_mask, need_grad_residual):
-    outputs = allocate_backward_outputs(*fold_input(input), relu_mask is not None and need_grad_residual)
-    return _with_empty_grad_residual(*outputs)
+    grad_input, grad_weight, grad_bias, grad_residual = allocate_backward_outputs(
+        *fold_input(input), relu_mask is not None and need_grad_residual
+    )
+    return grad_input, grad_weight, grad_bias, _or_empty(grad_residual, grad_input)
 
 
 def _for_the_compiler(body: Callable) -> Callable:
@@ -178,19 +172,11 @@ def compiler_launches_kernels() -> bool:
     return isinstance(launch_apply.kernel, JITFunction)
 
 
-def _launch_backward(
-    ctx: Any, grad_output: Tensor, input: Tensor, weight: Tensor | None, mean: Tensor,
-    invstd: Tensor, use_batch_stats: bool, need_param_grads: bool, relu_mask: Tensor | None,
-    write_grad_residual: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """The backward operator, with no grad_residual as None (as the launcher returns it)."""
+def _launch_backward(ctx: Any, grad_output: Tensor, *arguments: Any) -> tuple[Tensor, ...]:
+    """The backward operator, for :func:`fusedbn.autograd.gradients` (which reads
+    grad_residual only where the kernels wrote it)."""
     operator = inductor_backward_op if compiler_launches_kernels() else backward_op
-    grad_input, grad_weight, grad_bias, grad_residual = operator(
-        grad_output, input, weight, mean, invstd, use_batch_stats, need_param_grads, relu_mask,
-        write_grad_residual,
-    )
-    wrote = relu_mask is not None and write_grad_residual
-    return grad_input, grad_weight, grad_bias, grad_residual if wrote else None
+    return operator(grad_output, *arguments)
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -204,13 +190,7 @@ def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]
 
 
 def _backward(ctx: Any, grad_output: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
-    if grad_output is None:
-        return (None,) * 11
-    if torch.is_grad_enabled():
-        grads = differentiable_backward(ctx, grad_output)
-    else:
-        grads = kernel_backward(ctx, grad_output, _launch_backward)
-    return (*grads, *(None,) * 7)
+    return (*gradients(ctx, grad_output, _launch_backward), *(None,) * 7)
 
 
 for _operator in (forward_op, inductor_forward_op):

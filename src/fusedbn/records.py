@@ -107,18 +107,14 @@ def run_record(device: torch.device | str = "cpu", now: datetime.datetime | None
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?[x%!]?|[-+]?(nan|inf)|-")
 
 
-def _cell(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> str:
     """``rows`` as a Markdown table, a column per key (default: every key, in order of appearance), cells
     padded to their column; a column of numbers (and "-") aligned right, an empty one left; a missing value is
-    an empty cell; no rows: ""."""
+    an empty cell, "|" is escaped and a line break a space; no rows: ""."""
     if not rows:
         return ""
     columns = list(columns or dict.fromkeys(key for row in rows for key in row))
-    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    cells = [[str(row.get(c, "")).replace("|", "\\|").replace("\n", " ") for c in columns] for row in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     right = [any(row[i] for row in cells) and all(_NUMBER.fullmatch(row[i]) for row in cells if row[i])
              for i in range(len(columns))]  # fmt: skip
@@ -136,15 +132,13 @@ def write_csv(
 ) -> None:
     """Write ``rows`` (mappings of the ``columns``) to the CSV file ``path`` under a header row; ``append``
     adds them to a file that has rows under the same header (else ValueError naming it, nothing written)."""
-    if append and path.exists() and path.stat().st_size > 0:
+    appending = append and path.exists() and path.stat().st_size > 0
+    if appending:
         with path.open(newline="") as handle:
             if next(csv.reader(handle), []) != list(columns):
                 raise ValueError(f"{path} has other columns than this version of fusedbn writes")
-        mode = "a"
-    else:
-        mode = "w"
-    with path.open(mode, newline="") as handle:
+    with path.open("a" if appending else "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
-        if mode == "w":
+        if not appending:
             writer.writeheader()
         writer.writerows(rows)
