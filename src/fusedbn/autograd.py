@@ -265,7 +265,6 @@ class BatchNormFunction(torch.autograd.Function):
         return per_sample, (1, 0, 0, None, None)
 
 
-
 # Function.apply binds its arguments through inspect.signature(forward) on every call when the
 # Function defines setup_context: about 25 us for these eight arguments, a sixth of a small layer's
 # host time. They are always passed positionally, so a signature of *args binds them alike at a
