@@ -304,9 +304,8 @@ def csv_rows(results: list[Comparison], record: RunRecord) -> list[dict[str, obj
     """A row per (variant, side, metric): per-round times, ratio quartiles, counts, self-time shares."""
     rows = []
     for result in results:
-        name, (q1, median, q3) = result.variant.name, result.quartiles()
-        values = [("fusedbn/torch", "ratio_q1", q1), ("fusedbn/torch", "ratio_median", median),
-                  ("fusedbn/torch", "ratio_q3", q3)]  # fmt: skip
+        values = [("fusedbn/torch", f"ratio_{name}", ratio)
+                  for name, ratio in zip(("q1", "median", "q3"), result.quartiles(), strict=True)]
         for side_name, side in (("fusedbn", result.fusedbn), ("torch", result.torch)):
             values += [(side_name, "us_per_call_median", statistics.median(side.us)),
                        *((side_name, f"us_round_{i}", us) for i, us in enumerate(side.us)),
@@ -314,7 +313,7 @@ def csv_rows(results: list[Comparison], record: RunRecord) -> list[dict[str, obj
                        (side_name, "allocations_per_call", side.allocations),
                        (side_name, "launches_per_call", side.launches),
                        *((side_name, f"self_time_share:{a}", share) for a, share in side.self_time.items())]
-        rows += [dataclasses.asdict(record) | {"variant": name, "side": side, "metric": metric,
+        rows += [dataclasses.asdict(record) | {"variant": result.variant.name, "side": side, "metric": metric,
                                                "value": f"{value:.4g}"}
                  for side, metric, value in values]  # fmt: skip
     return rows
