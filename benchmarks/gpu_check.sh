@@ -76,11 +76,9 @@ skip() {
 }
 # pick_args SMOKE_WORDS -- GPU_WORDS: set the array ARGS to the words for this kind of run.
 pick_args() {
-    local smoke_part=() gpu_part=() seen=0
-    for word in "$@"; do
-        if [ "$word" = "--" ]; then seen=1; elif [ "$seen" -eq 0 ]; then smoke_part+=("$word"); else gpu_part+=("$word"); fi
-    done
-    if [ "$SMOKE" = 1 ]; then ARGS=("${smoke_part[@]}"); else ARGS=("${gpu_part[@]}"); fi
+    local split=1
+    while [ "${!split}" != -- ]; do split=$((split + 1)); done
+    if [ "$SMOKE" = 1 ]; then ARGS=("${@:1:split-1}"); else ARGS=("${@:split+1}"); fi
 }
 
 # Run from another folder (so that the repository root on sys.path proves nothing) with the
@@ -94,9 +92,7 @@ kernels = pathlib.Path(fusedbn.kernels.__file__).resolve()
 print("fusedbn from", package, "and its kernels from", kernels)
 sys.exit(0 if package.is_relative_to(root / "src") and kernels.is_relative_to(root / "kernels") else 3)
 '
-imports_ok() {
-    (cd /tmp && "$python" -c "$IMPORTS_PY" "$OLDPWD")
-}
+check_imports=(bash -c 'cd /tmp && exec "$0" -c "$1" "$2"' "$python" "$IMPORTS_PY" "$PWD")
 VERSIONS_PY='
 import importlib, sys, torch, triton
 print("python", sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__)
@@ -120,7 +116,7 @@ if [ "$SMOKE" != 1 ]; then
         "$python" -m pip install --no-index --no-deps --no-build-isolation -e . >> "$RUN/env.log" 2>&1
     pip_code=$?
 fi
-if [ "$SMOKE" != 1 ] && imports_ok >> "$RUN/env.log" 2>&1; then
+if [ "$SMOKE" != 1 ] && "${check_imports[@]}" >> "$RUN/env.log" 2>&1; then
     how="the editable install (pip rc=$pip_code)"
 else
     shim=$(mktemp -d)
@@ -131,7 +127,7 @@ else
     how="PYTHONPATH=$PYTHONPATH"
 fi
 echo "install uses $how $((SECONDS - start))s" | tee -a "$RUN/env.log" "$OUT/steps.txt"
-step imports 30 "$RUN/env.log" bash -c 'cd /tmp && exec "$0" -c "$1" "$2"' "$python" "$IMPORTS_PY" "$PWD"
+step imports 30 "$RUN/env.log" "${check_imports[@]}"
 
 # 2. The carried wheels (scripts/fetch-gpu-wheels.sh): FlagGems without its pinned dependencies, then
 #    Optuna, and scikit-learn and matplotlib where they were brought, with dependencies found in .whl/
