@@ -192,7 +192,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str,
                  learning_rate: float, execution: str = EAGER) -> None:  # fmt: skip
         device = images.device
-        self.model, self.images, self.labels = model, images, labels
+        self.images, self.labels = images, labels
         self.forward = model
         if execution in (COMPILE, COMPILE_REDUCE_OVERHEAD):
             self.forward = torch.compile(model, mode="reduce-overhead" if execution != COMPILE else None)
@@ -204,9 +204,8 @@ class TrainStep:
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=learning_rate, momentum=0.9, fused=device.type == "cuda"
         )
-        self.scaler = None
-        if precision == "fp16":
-            self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1_000_000)
+        self.scaler = (torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1_000_000)
+                       if precision == "fp16" else None)  # fmt: skip
 
     def update(self) -> torch.Tensor:
         """Forward, backward and optimiser step, leaving the gradients in place (what a graph captures)."""
@@ -314,9 +313,8 @@ def check_agreement(results: list[StepResult]) -> None:
             result.agrees = "-"
             continue
         result.loss_diff = relative_difference(torch.tensor(result.losses), torch.tensor(reference.losses))
-        names = list(reference.running_stats)
-        result.stats_diff = relative_difference([result.running_stats[n] for n in names],
-                                                [reference.running_stats[n] for n in names])  # fmt: skip
+        result.stats_diff = relative_difference([result.running_stats[n] for n in reference.running_stats],
+                                                list(reference.running_stats.values()))  # fmt: skip
         tolerance = TOLERANCES[result.case.precision]
         within = result.loss_diff <= tolerance.loss and result.stats_diff <= tolerance.running_stats
         result.agrees = "yes" if within else "NO"
@@ -334,8 +332,7 @@ def run_plan(
         results.append(result)
         torch.compiler.reset()  # free what the case left (compiled graphs, CUDA graphs, cached blocks)
         gc.collect()
-        if plan.device.type == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # nothing to do where CUDA was not initialised
         if on_result is not None:
             on_result(results)
     check_agreement(results)
