@@ -58,6 +58,7 @@ EXECUTIONS = (EAGER, CUDA_GRAPH, COMPILE, COMPILE_REDUCE_OVERHEAD)
 CUDA_ONLY = (CUDA_GRAPH, COMPILE_REDUCE_OVERHEAD)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MODELS = {"resnet50": resnet50, "tiny": tiny_resnet}  # number of classes -> (model, its source)
 
 
 class Tolerance(NamedTuple):
@@ -100,7 +101,7 @@ class StepCase:
 class StepSettings:
     """What every case runs: the model, the image size, and how many steps of each kind."""
 
-    model: str  # "resnet50" or "tiny"
+    model: str  # a key of MODELS
     image_size: int
     num_classes: int
     warmup_steps: int
@@ -164,12 +165,10 @@ class StepPlan:
 
 def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
     """The model every variant starts from (seeded weights), and where its definition came from."""
+    if settings.model not in MODELS:
+        raise ValueError(f"unknown model {settings.model!r}; choose {' or '.join(MODELS)}")
     torch.manual_seed(settings.seed)
-    if settings.model == "resnet50":
-        return resnet50(settings.num_classes)
-    if settings.model == "tiny":
-        return tiny_resnet(settings.num_classes)
-    raise ValueError(f"unknown model {settings.model!r}; choose resnet50 or tiny")
+    return MODELS[settings.model](settings.num_classes)
 
 
 def variant_model(base: nn.Module, variant: str, device: torch.device) -> nn.Module:
@@ -442,7 +441,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--smoke", action="store_true", help="CPU check in seconds: tiny ResNet, 16x16 images, eager, fp32")
     add("--out", type=Path, default=Path("runs/training-step"), help="output folder")
-    add("--model", choices=("resnet50", "tiny"), help="default: resnet50; smoke: tiny")
+    add("--model", choices=tuple(MODELS), help="default: resnet50; smoke: tiny")
     add("--image-size", type=positive(int), help="default: 224; smoke: 16")
     add("--variants", type=choices(VARIANTS, "variant"), help=f"default: {','.join(VARIANTS)}")
     add("--executions", type=choices(EXECUTIONS, "execution"),
