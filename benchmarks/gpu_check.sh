@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU run: install fusedbn and the carried wheels without network, record the machine, run
-# the test suite on CUDA (the CUDA graph capture test among them), the host-time report, the quick
-# per-op suite (fusedbn's kernels, auto, eager, FlagGems, torch.compile) with the cost table it
-# calibrates, the ResNet-50 training-step benchmark (torch, fusedbn's kernels and auto; eager, CUDA
-# graphs and compiled; NCHW and channels_last) and a short tuning study. Meant for a lent H100/H200
-# with torch, triton, torchvision, pytest and pytest-xdist but no optuna and no network; about 8
-# minutes, at most TOTAL_BUDGET seconds (480): every step has a timeout and none starts past the total.
+# The prepared GPU run, steps 1 to 9 below: install fusedbn and the carried wheels without network,
+# record the machine, run the test suite on CUDA, the host-time report, the quick per-op suite with the
+# cost table it calibrates, the ResNet-50 training-step benchmark and a short tuning study. Meant for a
+# lent H100/H200 with torch, triton, torchvision, pytest and pytest-xdist but no optuna and no network;
+# about 8 minutes, at most TOTAL_BUDGET seconds (480): every step has a timeout, none starts past the total.
 #
 #   bash scripts/fetch-gpu-wheels.sh                  (here, with network: wheels into .whl/)
 #   OUT=/some/folder bash benchmarks/gpu_check.sh     (on the GPU machine, from anywhere)
