@@ -198,7 +198,6 @@ class TrainStep:
         # torch.compile's CUDA-graph trees (reduce-overhead) must be told that a new step begins.
         self.mark_step_begin = execution == COMPILE_REDUCE_OVERHEAD
         self.dtype = PRECISIONS[precision]
-        self.autocast = self.dtype != torch.float32
         # fused SGD takes the GradScaler's scale and inf flag on the device: no host synchronisation.
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=learning_rate, momentum=0.9, fused=device.type == "cuda"
@@ -208,7 +207,7 @@ class TrainStep:
 
     def update(self) -> torch.Tensor:
         """Forward, backward and optimiser step, leaving the gradients in place (what a graph captures)."""
-        with torch.autocast(self.images.device.type, dtype=self.dtype, enabled=self.autocast):
+        with torch.autocast(self.images.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             loss = F.cross_entropy(self.forward(self.images), self.labels)
         if self.scaler is None:
             loss.backward()
@@ -406,23 +405,22 @@ def plot_figure(results: list[StepResult], title: str) -> "Figure | None":
     from matplotlib.figure import Figure
 
     groups = list(dict.fromkeys((r.case.execution, *r.case.group) for r in measured))
-    variants = list(dict.fromkeys(r.case.variant for r in measured))
-    backends = {r.case.variant: r.backend for r in measured}
+    backends = {r.case.variant: r.backend for r in measured}  # by variant, in the order measured
     value = {((r.case.execution, *r.case.group), r.case.variant): r.images_per_s for r in measured}
     figure = Figure(figsize=(max(7.0, 1.2 * len(groups) + 2), 4.6))
     FigureCanvasAgg(figure)
     axes = figure.subplots()
-    width = 0.8 / len(variants)
-    for i, variant in enumerate(variants):
+    width = 0.8 / len(backends)
+    for i, (variant, backend) in enumerate(backends.items()):
         xs = [g + i * width for g, key in enumerate(groups) if (key, variant) in value]
         ys = [value[(key, variant)] for key in groups if (key, variant) in value]
-        axes.bar(xs, ys, width, label=f"{variant} (BatchNorm run by {backends[variant]})", color=f"C{i}")
+        axes.bar(xs, ys, width, label=f"{variant} (BatchNorm run by {backend})", color=f"C{i}")
     axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     axes.set_xticklabels([f"{e}\n{p}\n{layout}\nbatch {b}" for e, p, layout, b in groups], fontsize=7)
     axes.set_ylabel("images/s (higher is better)")
     figure.suptitle(title, fontsize=10)
     # Below the case labels, where it hides no bar.
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(variants), 2))
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(backends), 2))
     figure.tight_layout()
     return figure
 
