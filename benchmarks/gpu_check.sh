@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU run: install fusedbn and the carried wheels without network, record the machine, run
-# the test suite on CUDA (the CUDA graph capture test among them), the host-time report, the quick
-# per-op suite (fusedbn's kernels, auto, eager, FlagGems, torch.compile) with the cost table it
-# calibrates, the ResNet-50 training-step benchmark (torch, fusedbn's kernels and auto; eager, CUDA
-# graphs and compiled; NCHW and channels_last) and a short tuning study. Meant for a lent H100/H200
-# with torch, triton, torchvision, pytest and pytest-xdist but no optuna and no network; about 8
-# minutes, at most TOTAL_BUDGET seconds (480): every step has a timeout and none starts past the total.
+# The prepared GPU run, steps 1 to 9 below: install fusedbn and the carried wheels without network,
+# record the machine, run the test suite on CUDA, the host-time report, the quick per-op suite with the
+# cost table it calibrates, the ResNet-50 training-step benchmark and a short tuning study. Meant for a
+# lent H100/H200 with torch, triton, torchvision, pytest and pytest-xdist but no optuna and no network;
+# about 8 minutes, at most TOTAL_BUDGET seconds (480): every step has a timeout, none starts past the total.
 #
 #   bash scripts/fetch-gpu-wheels.sh                  (here, with network: wheels into .whl/)
 #   OUT=/some/folder bash benchmarks/gpu_check.sh     (on the GPU machine, from anywhere)
@@ -76,11 +74,9 @@ skip() {
 }
 # pick_args SMOKE_WORDS -- GPU_WORDS: set the array ARGS to the words for this kind of run.
 pick_args() {
-    local smoke_part=() gpu_part=() seen=0
-    for word in "$@"; do
-        if [ "$word" = "--" ]; then seen=1; elif [ "$seen" -eq 0 ]; then smoke_part+=("$word"); else gpu_part+=("$word"); fi
-    done
-    if [ "$SMOKE" = 1 ]; then ARGS=("${smoke_part[@]}"); else ARGS=("${gpu_part[@]}"); fi
+    local split=1
+    while [ "${!split}" != -- ]; do split=$((split + 1)); done
+    if [ "$SMOKE" = 1 ]; then ARGS=("${@:1:split-1}"); else ARGS=("${@:split+1}"); fi
 }
 
 # Run from another folder (so that the repository root on sys.path proves nothing) with the
@@ -94,9 +90,7 @@ kernels = pathlib.Path(fusedbn.kernels.__file__).resolve()
 print("fusedbn from", package, "and its kernels from", kernels)
 sys.exit(0 if package.is_relative_to(root / "src") and kernels.is_relative_to(root / "kernels") else 3)
 '
-imports_ok() {
-    (cd /tmp && "$python" -c "$IMPORTS_PY" "$OLDPWD")
-}
+check_imports=(bash -c 'cd /tmp && exec "$0" -c "$1" "$2"' "$python" "$IMPORTS_PY" "$PWD")
 VERSIONS_PY='
 import importlib, sys, torch, triton
 print("python", sys.version.split()[0], "torch", torch.__version__, "triton", triton.__version__)
@@ -120,7 +114,7 @@ if [ "$SMOKE" != 1 ]; then
         "$python" -m pip install --no-index --no-deps --no-build-isolation -e . >> "$RUN/env.log" 2>&1
     pip_code=$?
 fi
-if [ "$SMOKE" != 1 ] && imports_ok >> "$RUN/env.log" 2>&1; then
+if [ "$SMOKE" != 1 ] && "${check_imports[@]}" >> "$RUN/env.log" 2>&1; then
     how="the editable install (pip rc=$pip_code)"
 else
     shim=$(mktemp -d)
@@ -131,7 +125,7 @@ else
     how="PYTHONPATH=$PYTHONPATH"
 fi
 echo "install uses $how $((SECONDS - start))s" | tee -a "$RUN/env.log" "$OUT/steps.txt"
-step imports 30 "$RUN/env.log" bash -c 'cd /tmp && exec "$0" -c "$1" "$2"' "$python" "$IMPORTS_PY" "$PWD"
+step imports 30 "$RUN/env.log" "${check_imports[@]}"
 
 # 2. The carried wheels (scripts/fetch-gpu-wheels.sh): FlagGems without its pinned dependencies, then
 #    Optuna, and scikit-learn and matplotlib where they were brought, with dependencies found in .whl/

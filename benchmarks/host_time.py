@@ -22,6 +22,7 @@ import statistics
 import sys
 import sysconfig
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -69,7 +70,6 @@ class Variant:
 
     name: str
     description: str
-    reference: str
     training: bool = True
     layout: str = NCHW
     activation: str | None = None
@@ -80,31 +80,28 @@ class Variant:
     direct_launch: bool = True  # False: every launch through kernel[grid] (FUSEDBN_FAST_LAUNCH=0)
     backend: str = "triton"  # "auto": the cost model chooses per call, as a user's default call does
 
+    @property
+    def reference(self) -> str:
+        """What torch's side runs, as the report names it: "BatchNorm" (or "BatchNorm eval"), its epilogue."""
+        epilogue = (["add"] if self.residual else []) + ([self.activation] if self.activation else [])
+        return " + ".join(["BatchNorm" if self.training else "BatchNorm eval", *epilogue])
+
 
 VARIANTS = (
-    Variant("whole-channel", "training fwd+bwd, whole-channel path", "BatchNorm"),
-    Variant("split", "training fwd+bwd, split path", "BatchNorm", split=True),
-    Variant("channels_last", "training fwd+bwd, channels_last", "BatchNorm", layout=CHANNELS_LAST),
-    Variant("relu", "training fwd+bwd, fused ReLU", "BatchNorm + relu", activation="relu"),
-    Variant(
-        "add-relu", "training fwd+bwd, fused residual add + ReLU", "BatchNorm + add + relu",
-        activation="relu", residual=True,
-    ),
-    Variant("eval", "eval forward (no_grad)", "BatchNorm eval", training=False),
-    Variant("auto", "training fwd+bwd, backend=\"auto\"", "BatchNorm", backend="auto"),
-    Variant(
-        "auto-eval", "eval forward (no_grad), backend=\"auto\"", "BatchNorm eval", training=False,
-        backend="auto",
-    ),
-    Variant("sync-1", "FusedSyncBatchNorm, one process (gloo)", "BatchNorm", sync=True),
+    Variant("whole-channel", "training fwd+bwd, whole-channel path"),
+    Variant("split", "training fwd+bwd, split path", split=True),
+    Variant("channels_last", "training fwd+bwd, channels_last", layout=CHANNELS_LAST),
+    Variant("relu", "training fwd+bwd, fused ReLU", activation="relu"),
+    Variant("add-relu", "training fwd+bwd, fused residual add + ReLU", activation="relu", residual=True),
+    Variant("eval", "eval forward (no_grad)", training=False),
+    Variant("auto", "training fwd+bwd, backend=\"auto\"", backend="auto"),
+    Variant("auto-eval", "eval forward (no_grad), backend=\"auto\"", training=False, backend="auto"),
+    Variant("sync-1", "FusedSyncBatchNorm, one process (gloo)", sync=True),
     Variant(
         "triton-launch", "training fwd+bwd, whole-channel, launched by kernel[grid] (FUSEDBN_FAST_LAUNCH=0)",
-        "BatchNorm", direct_launch=False,
+        direct_launch=False,
     ),
-    Variant(
-        "floor", "empty autograd.Function: BatchNorm's inputs, saves and allocations", "BatchNorm",
-        floor=True,
-    ),
+    Variant("floor", "empty autograd.Function: BatchNorm's inputs, saves and allocations", floor=True),
 )  # fmt: skip
 VARIANT_NAMES = tuple(v.name for v in VARIANTS)
 
@@ -132,16 +129,6 @@ class FloorBatchNorm(nn.modules.batchnorm._BatchNorm):
         return _FloorFunction.apply(input, self.weight, self.bias)
 
 
-@dataclass
-class Case:
-    """A variant's two calls, ready to run: each returns what its mode produces."""
-
-    variant: Variant
-    fusedbn: Callable[[], Any]
-    torch: Callable[[], Any]
-    context: Callable[[], contextlib.AbstractContextManager]  # entered around fusedbn's blocks
-
-
 def fused_module(variant: Variant, reference: nn.Module) -> nn.Module:
     """fusedbn's module for ``variant``, with ``reference``'s parameters and buffers (copied)."""
     if variant.floor:
@@ -153,8 +140,8 @@ def fused_module(variant: Variant, reference: nn.Module) -> nn.Module:
     return module
 
 
-def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device) -> Case:
-    """Both calls of ``variant`` on one input (and residual and upstream gradient)."""
+def build_comparison(variant: Variant, shape: Shape, dtype: str, device: torch.device) -> "Comparison":
+    """Both sides of ``variant``, not measured yet, on one input (and residual and upstream gradient)."""
     reference, x, grad_output = case_inputs(shape, dtype, variant.layout, device)
     residual = random_tensor(shape, dtype, variant.layout, device, RESIDUAL_SEED)
     residual = residual if variant.residual else None
@@ -173,7 +160,7 @@ def build_case(variant: Variant, shape: Shape, dtype: str, device: torch.device)
     fused = mode_call(fused_module(variant, reference), mode, x, grad_output, residual,
                       torch_forward if variant.floor else fused_forward)  # fmt: skip
     torch_call = mode_call(torch_module, mode, x, grad_output, residual, torch_forward)
-    return Case(variant, fused, torch_call, context=lambda: fused_setting(variant, shape))
+    return Comparison(variant, Side(fused, lambda: fused_setting(variant, shape)), Side(torch_call))
 
 
 @contextmanager
@@ -181,21 +168,16 @@ def fused_setting(variant: Variant, shape: Shape) -> Iterator[None]:
     """What fusedbn's blocks of ``variant`` run inside: its backend (its kernels unless the variant
     measures "auto"), the split path's limits, or Triton's own launches (every KernelLauncher's direct
     path off, put back after)."""
-    launchers = [] if variant.direct_launch else LAUNCHERS
-    fast = [launcher.fast for launcher in launchers]
-    limits = contextlib.nullcontext()
-    if variant.split:  # tiles of a quarter channel, never whole-channel
-        quarter = math.prod(shape.dims) // shape.num_channels // 4
-        limits = launch_limits(LaunchLimits(single_tile=1, stream_tile=max(quarter, 1),
-                                            whole_channel_blocks_per_sm=math.inf))  # fmt: skip
-    with use_backend(variant.backend), limits:
-        try:
-            for launcher in launchers:
-                launcher.fast = False
-            yield
-        finally:
-            for launcher, was_fast in zip(launchers, fast, strict=True):
-                launcher.fast = was_fast
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(use_backend(variant.backend))
+        if variant.split:  # tiles of a quarter channel, never whole-channel
+            quarter = max(math.prod(shape.dims) // shape.num_channels // 4, 1)
+            limits = LaunchLimits(single_tile=1, stream_tile=quarter, whole_channel_blocks_per_sm=math.inf)
+            stack.enter_context(launch_limits(limits))
+        for launcher in () if variant.direct_launch else LAUNCHERS:
+            stack.callback(setattr, launcher, "fast", launcher.fast)
+            launcher.fast = False
+        yield
 
 
 @contextmanager
@@ -237,42 +219,43 @@ def source_area(filename: str) -> str:
 
 @dataclass
 class Side:
-    """What was measured for one side (fusedbn or torch) of a variant."""
+    """One side (fusedbn or torch) of a variant: its call, what its blocks run inside, what it measured."""
 
+    call: Callable[[], Any]
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     us: list[float] = field(default_factory=list)  # per round
     python_calls: float = math.nan
     allocations: float = math.nan
     launches: float = math.nan
-    self_time: dict[str, float] = field(default_factory=dict)  # share of cProfile's self time by area
+    self_time: Counter[str] = field(default_factory=Counter)  # share of cProfile's self time by area
 
 
-def profile_calls(
-    side: Side, step: Callable[[], Any], steps: int, device: torch.device, context: Callable[[], Any]
-) -> None:
-    """Count, per call of ``step``, its Python function calls (and where their self time goes), its tensor
-    allocations (torch.profiler's memory events of positive size) and its kernel launches, into ``side``."""
+def profile_calls(side: Side, steps: int, device: torch.device) -> None:
+    """Count, per call of ``side``'s call, its Python function calls (and where their self time goes), its
+    tensor allocations (torch.profiler's memory events of positive size) and its kernel launches."""
     profiler = cProfile.Profile()
-    with context():
+    with side.context():
         profiler.enable()
-        time_calls(step, device, steps)
+        time_calls(side.call, device, steps)
         profiler.disable()
     stats = pstats.Stats(profiler)
     side.python_calls = stats.total_calls / steps
     total = sum(row[2] for row in stats.stats.values()) or 1.0
     for (filename, _, _), row in stats.stats.items():
-        area = source_area(filename)
-        side.self_time[area] = side.self_time.get(area, 0.0) + row[2] / total
+        side.self_time[source_area(filename)] += row[2] / total
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with context(), profile(activities=activities, profile_memory=True) as memory:
+    with side.context(), profile(activities=activities, profile_memory=True) as memory:
         with recording_launches() as calls:
-            time_calls(step, device, steps)
+            time_calls(side.call, device, steps)
     events = memory.profiler.kineto_results.events()
     side.allocations = sum(1 for e in events if e.name() == "[memory]" and e.nbytes() > 0) / steps
     side.launches = len(calls) / steps
 
 
 @dataclass
-class VariantResult:
+class Comparison:
+    """fusedbn's and torch's side of one variant."""
+
     variant: Variant
     fusedbn: Side
     torch: Side
@@ -293,39 +276,32 @@ class Settings:
     count_steps: int  # calls under cProfile and torch.profiler
 
 
-def measure(cases: list[Case], device: torch.device, settings: Settings) -> list[VariantResult]:
-    """Warm up, time the cases round by round (interleaved), then count calls, allocations and launches."""
-    results = [VariantResult(case.variant, Side(), Side()) for case in cases]
-
-    def sides(case: Case, result: VariantResult) -> list[tuple[Callable[[], Any], Callable[[], Any], Side]]:
-        return [(case.fusedbn, case.context, result.fusedbn),
-                (case.torch, contextlib.nullcontext, result.torch)]  # fmt: skip
-
+def measure(comparisons: list[Comparison], device: torch.device, settings: Settings) -> None:
+    """Warm up, time the sides round by round (interleaved), then count calls, allocations and launches."""
     for round_index in range(-1, settings.rounds):  # round -1: the warm-up
-        for case, result in zip(cases, results, strict=True):
+        steps = settings.warmup if round_index < 0 else settings.steps
+        for comparison in comparisons:
             # fusedbn first in even rounds, torch first in odd ones
-            for step, context, side in sides(case, result)[:: 1 if round_index % 2 == 0 else -1]:
-                with context():
-                    calls = time_calls(step, device, settings.warmup if round_index < 0 else settings.steps)
+            for side in (comparison.fusedbn, comparison.torch)[:: 1 if round_index % 2 == 0 else -1]:
+                with side.context():
+                    calls = time_calls(side.call, device, steps)
                 if round_index >= 0:
                     side.us.append(calls.us_per_call)
-    for case, result in zip(cases, results, strict=True):
-        for step, context, side in sides(case, result):
-            profile_calls(side, step, settings.count_steps, device, context)
-    return results
+    for comparison in comparisons:
+        profile_calls(comparison.fusedbn, settings.count_steps, device)
+        profile_calls(comparison.torch, settings.count_steps, device)
 
 
 CSV_FILE = "host_time.csv"
 MARKDOWN_FILE = "host_time.md"
 
 
-def csv_rows(results: list[VariantResult], record: RunRecord) -> list[dict[str, object]]:
+def csv_rows(results: list[Comparison], record: RunRecord) -> list[dict[str, object]]:
     """A row per (variant, side, metric): per-round times, ratio quartiles, counts, self-time shares."""
     rows = []
     for result in results:
-        name, (q1, median, q3) = result.variant.name, result.quartiles()
-        values = [("fusedbn/torch", "ratio_q1", q1), ("fusedbn/torch", "ratio_median", median),
-                  ("fusedbn/torch", "ratio_q3", q3)]  # fmt: skip
+        values = [("fusedbn/torch", f"ratio_{name}", ratio)
+                  for name, ratio in zip(("q1", "median", "q3"), result.quartiles(), strict=True)]
         for side_name, side in (("fusedbn", result.fusedbn), ("torch", result.torch)):
             values += [(side_name, "us_per_call_median", statistics.median(side.us)),
                        *((side_name, f"us_round_{i}", us) for i, us in enumerate(side.us)),
@@ -333,14 +309,14 @@ def csv_rows(results: list[VariantResult], record: RunRecord) -> list[dict[str, 
                        (side_name, "allocations_per_call", side.allocations),
                        (side_name, "launches_per_call", side.launches),
                        *((side_name, f"self_time_share:{a}", share) for a, share in side.self_time.items())]
-        rows += [dataclasses.asdict(record) | {"variant": name, "side": side, "metric": metric,
+        rows += [dataclasses.asdict(record) | {"variant": result.variant.name, "side": side, "metric": metric,
                                                "value": f"{value:.4g}"}
                  for side, metric, value in values]  # fmt: skip
     return rows
 
 
 def format_markdown(
-    results: list[VariantResult], record: RunRecord, shape: Shape, dtype: str, settings: Settings, fake: bool
+    results: list[Comparison], record: RunRecord, shape: Shape, dtype: str, settings: Settings, fake: bool
 ) -> str:
     """The summary: the run's record, the ratio table, the counts, where fusedbn's time goes."""
     if fake:
@@ -361,9 +337,7 @@ def format_markdown(
         })  # fmt: skip
     where = [
         {"variant": r.variant.name, "fusedbn's profiled self time, largest shares first": ", ".join(
-            f"{area} {share:.0%}" for area, share in sorted(r.fusedbn.self_time.items(),
-                                                            key=lambda item: -item[1])[:6]
-        )}
+            f"{area} {share:.0%}" for area, share in r.fusedbn.self_time.most_common(6))}
         for r in results
     ]  # fmt: skip
     return "\n".join([
@@ -424,7 +398,8 @@ def run(args: argparse.Namespace) -> int:
         with (fake_gpu() if args.fake_gpu else contextlib.nullcontext(),
               single_process_group(any(v.sync for v in variants))):  # fmt: skip
             record = run_record(device)
-            results = measure([build_case(v, shape, dtype, device) for v in variants], device, settings)
+            results = [build_comparison(v, shape, dtype, device) for v in variants]
+            measure(results, device, settings)
             record = record.finished()
     finally:
         torch.set_num_threads(threads)

@@ -58,6 +58,7 @@ EXECUTIONS = (EAGER, CUDA_GRAPH, COMPILE, COMPILE_REDUCE_OVERHEAD)
 CUDA_ONLY = (CUDA_GRAPH, COMPILE_REDUCE_OVERHEAD)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+MODELS = {"resnet50": resnet50, "tiny": tiny_resnet}  # number of classes -> (model, its source)
 
 
 class Tolerance(NamedTuple):
@@ -100,7 +101,7 @@ class StepCase:
 class StepSettings:
     """What every case runs: the model, the image size, and how many steps of each kind."""
 
-    model: str  # "resnet50" or "tiny"
+    model: str  # a key of MODELS
     image_size: int
     num_classes: int
     warmup_steps: int
@@ -164,12 +165,10 @@ class StepPlan:
 
 def base_model(settings: StepSettings) -> tuple[nn.Module, str]:
     """The model every variant starts from (seeded weights), and where its definition came from."""
+    if settings.model not in MODELS:
+        raise ValueError(f"unknown model {settings.model!r}; choose {' or '.join(MODELS)}")
     torch.manual_seed(settings.seed)
-    if settings.model == "resnet50":
-        return resnet50(settings.num_classes)
-    if settings.model == "tiny":
-        return tiny_resnet(settings.num_classes)
-    raise ValueError(f"unknown model {settings.model!r}; choose resnet50 or tiny")
+    return MODELS[settings.model](settings.num_classes)
 
 
 def variant_model(base: nn.Module, variant: str, device: torch.device) -> nn.Module:
@@ -192,25 +191,23 @@ class TrainStep:
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str,
                  learning_rate: float, execution: str = EAGER) -> None:  # fmt: skip
         device = images.device
-        self.model, self.images, self.labels = model, images, labels
+        self.images, self.labels = images, labels
         self.forward = model
         if execution in (COMPILE, COMPILE_REDUCE_OVERHEAD):
             self.forward = torch.compile(model, mode="reduce-overhead" if execution != COMPILE else None)
         # torch.compile's CUDA-graph trees (reduce-overhead) must be told that a new step begins.
         self.mark_step_begin = execution == COMPILE_REDUCE_OVERHEAD
         self.dtype = PRECISIONS[precision]
-        self.autocast = self.dtype != torch.float32
         # fused SGD takes the GradScaler's scale and inf flag on the device: no host synchronisation.
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=learning_rate, momentum=0.9, fused=device.type == "cuda"
         )
-        self.scaler = None
-        if precision == "fp16":
-            self.scaler = torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1_000_000)
+        self.scaler = (torch.amp.GradScaler(device.type, init_scale=2.0**12, growth_interval=1_000_000)
+                       if precision == "fp16" else None)  # fmt: skip
 
     def update(self) -> torch.Tensor:
         """Forward, backward and optimiser step, leaving the gradients in place (what a graph captures)."""
-        with torch.autocast(self.images.device.type, dtype=self.dtype, enabled=self.autocast):
+        with torch.autocast(self.images.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             loss = F.cross_entropy(self.forward(self.images), self.labels)
         if self.scaler is None:
             loss.backward()
@@ -314,9 +311,8 @@ def check_agreement(results: list[StepResult]) -> None:
             result.agrees = "-"
             continue
         result.loss_diff = relative_difference(torch.tensor(result.losses), torch.tensor(reference.losses))
-        names = list(reference.running_stats)
-        result.stats_diff = relative_difference([result.running_stats[n] for n in names],
-                                                [reference.running_stats[n] for n in names])  # fmt: skip
+        result.stats_diff = relative_difference([result.running_stats[n] for n in reference.running_stats],
+                                                list(reference.running_stats.values()))  # fmt: skip
         tolerance = TOLERANCES[result.case.precision]
         within = result.loss_diff <= tolerance.loss and result.stats_diff <= tolerance.running_stats
         result.agrees = "yes" if within else "NO"
@@ -334,8 +330,7 @@ def run_plan(
         results.append(result)
         torch.compiler.reset()  # free what the case left (compiled graphs, CUDA graphs, cached blocks)
         gc.collect()
-        if plan.device.type == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()  # nothing to do where CUDA was not initialised
         if on_result is not None:
             on_result(results)
     check_agreement(results)
@@ -410,23 +405,22 @@ def plot_figure(results: list[StepResult], title: str) -> "Figure | None":
     from matplotlib.figure import Figure
 
     groups = list(dict.fromkeys((r.case.execution, *r.case.group) for r in measured))
-    variants = list(dict.fromkeys(r.case.variant for r in measured))
-    backends = {r.case.variant: r.backend for r in measured}
+    backends = {r.case.variant: r.backend for r in measured}  # by variant, in the order measured
     value = {((r.case.execution, *r.case.group), r.case.variant): r.images_per_s for r in measured}
     figure = Figure(figsize=(max(7.0, 1.2 * len(groups) + 2), 4.6))
     FigureCanvasAgg(figure)
     axes = figure.subplots()
-    width = 0.8 / len(variants)
-    for i, variant in enumerate(variants):
+    width = 0.8 / len(backends)
+    for i, (variant, backend) in enumerate(backends.items()):
         xs = [g + i * width for g, key in enumerate(groups) if (key, variant) in value]
         ys = [value[(key, variant)] for key in groups if (key, variant) in value]
-        axes.bar(xs, ys, width, label=f"{variant} (BatchNorm run by {backends[variant]})", color=f"C{i}")
+        axes.bar(xs, ys, width, label=f"{variant} (BatchNorm run by {backend})", color=f"C{i}")
     axes.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
     axes.set_xticklabels([f"{e}\n{p}\n{layout}\nbatch {b}" for e, p, layout, b in groups], fontsize=7)
     axes.set_ylabel("images/s (higher is better)")
     figure.suptitle(title, fontsize=10)
     # Below the case labels, where it hides no bar.
-    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(variants), 2))
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(len(backends), 2))
     figure.tight_layout()
     return figure
 
@@ -445,7 +439,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--smoke", action="store_true", help="CPU check in seconds: tiny ResNet, 16x16 images, eager, fp32")
     add("--out", type=Path, default=Path("runs/training-step"), help="output folder")
-    add("--model", choices=("resnet50", "tiny"), help="default: resnet50; smoke: tiny")
+    add("--model", choices=tuple(MODELS), help="default: resnet50; smoke: tiny")
     add("--image-size", type=positive(int), help="default: 224; smoke: 16")
     add("--variants", type=choices(VARIANTS, "variant"), help=f"default: {','.join(VARIANTS)}")
     add("--executions", type=choices(EXECUTIONS, "execution"),

@@ -22,10 +22,6 @@ while [ $# -gt 0 ]; do
         *) echo "setup: unknown option $1; $usage" >&2; exit 2 ;;
     esac
 done
-case "$choice" in
-    auto|cpu|cuda) ;;
-    *) echo "setup: unknown torch choice '$choice' (FUSEDBN_TORCH or --torch): use auto, cpu or cuda" >&2; exit 2 ;;
-esac
 
 run() {
     if [ "$dry_run" = 1 ]; then echo "$*"; else "$@"; fi
@@ -56,6 +52,7 @@ case "$choice" in
             run "$python" -m pip uninstall --quiet --yes torch
         fi
         run "$python" -m pip install --quiet "torch==$TORCH_VERSION" ;;
+    *) echo "setup: unknown torch choice '$choice' (FUSEDBN_TORCH or --torch): use auto, cpu or cuda" >&2; exit 2 ;;
 esac
 run "$python" -m pip install --quiet -e ".[test]"
 if [ "$dry_run" = 0 ]; then
