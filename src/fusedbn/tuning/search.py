@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -87,45 +87,32 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _from_unit(distribution: BaseDistribution, unit: float, name: str) -> float:
-    """The value at ``unit`` (in [0, 1)) along ``distribution``'s range, on its scale; integers on
-    [low - 0.5, high + 0.5], rounded."""
-    low, high = distribution.low, distribution.high
-    integer = isinstance(distribution, IntDistribution) and distribution.step == 1
-    if not (integer or isinstance(distribution, FloatDistribution) and distribution.step is None):
-        raise TypeError(f"{name}: fusedbn's samplers cannot sample {distribution!r}")
-    lo, hi = (low - 0.5, high + 0.5) if integer else (low, high)
-    draw = math.exp(math.log(lo) + unit * math.log(hi / lo)) if distribution.log else lo + unit * (hi - lo)
-    return int(min(max(round(draw), low), high)) if integer else min(max(draw, low), high)
-
-
-class _IndependentSampler(optuna.samplers.BaseSampler):
-    """A sampler that draws each parameter on its own from a number in [0, 1) (see :func:`_from_unit`)."""
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: Mapping[str, BaseDistribution]
-    ) -> dict[str, float]:
-        return {}
+class _IndependentSampler(optuna.samplers.RandomSampler):
+    """A sampler that draws each parameter on its own from a number in [0, 1) (:meth:`unit`) along its
+    range, on its scale; integers on [low - 0.5, high + 0.5], rounded."""
 
     def unit(self, trial_number: int, param_name: str) -> float:
         """Where in [0, 1) this trial's value of ``param_name`` lies."""
         raise NotImplementedError
 
     def sample_independent(
-        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, distribution: BaseDistribution
     ) -> float:
-        return _from_unit(param_distribution, self.unit(trial.number, param_name), param_name)
+        low, high = distribution.low, distribution.high
+        integer = isinstance(distribution, IntDistribution) and distribution.step == 1
+        if not (integer or isinstance(distribution, FloatDistribution) and distribution.step is None):
+            raise TypeError(f"{param_name}: fusedbn's samplers cannot sample {distribution!r}")
+        lo, hi = (low - 0.5, high + 0.5) if integer else (low, high)
+        u = self.unit(trial.number, param_name)
+        draw = math.exp(math.log(lo) + u * math.log(hi / lo)) if distribution.log else lo + u * (hi - lo)
+        return int(min(max(round(draw), low), high)) if integer else min(max(draw, low), high)
 
 
 class SeededRandomSampler(_IndependentSampler):
     """Independent random sampling: each draw depends only on (seed, stage, trial number, parameter name)."""
 
     def __init__(self, seed: int, stage: int) -> None:
+        super().__init__(seed)
         self._seed = seed
         self._stage = stage
 
@@ -140,6 +127,7 @@ class SeededGridSampler(_IndependentSampler):
     seeded by (seed, stage)."""
 
     def __init__(self, seed: int, stage: int, names: Sequence[str], points: int) -> None:
+        super().__init__(seed)
         self._names = list(names)
         self._points = points
         rng = np.random.default_rng(derive_seed(seed, stage))
@@ -255,8 +243,7 @@ class TuningResult:
 
     def best(self) -> tuple[int, FrozenTrial] | None:
         """(stage number from 1, trial) of the best complete trial over all stages; None if none completed."""
-        candidates = [(i + 1, s.best_trial()) for i, s in enumerate(self.stages)]
-        candidates = [(i, t) for i, t in candidates if t is not None]
+        candidates = [(i, t) for i, s in enumerate(self.stages, 1) if (t := s.best_trial()) is not None]
         return max(candidates, key=lambda c: c[1].value, default=None)
 
     def coord_range(self, param: Param) -> tuple[float, float]:

@@ -31,6 +31,7 @@ class Scale:
     description: str = "the value itself"
     axis_label: str = "{name} (linear scale)"
     log: bool = False  # whether Optuna samples the value itself log-uniformly
+    prefix: str = ""  # Optuna samples "<prefix><name>"; a prefixed parameter's value is also recorded
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range on this scale."""
@@ -48,10 +49,6 @@ class Scale:
     def from_coord(self, coord: float) -> float:
         """The value at a coordinate (inverse of :meth:`to_coord`)."""
         return coord
-
-    def optuna_name(self, param: str) -> str:
-        """The name Optuna samples and stores in ``trial.params``."""
-        return param
 
     def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
         """Sample ``param`` within ``[low, high]`` (natural units) on this scale; returns the value."""
@@ -97,6 +94,7 @@ class LogNear1Scale(Scale):
     name: str = "log-near-1"
     description: str = "log10(1 - value)"
     axis_label: str = "{name} (axis: log of 1 - beta)"
+    prefix: str = "one_minus_"
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         super().check(param, low, high, integer)
@@ -111,13 +109,8 @@ class LogNear1Scale(Scale):
     def from_coord(self, coord: float) -> float:
         return 1.0 - 10.0**coord
 
-    def optuna_name(self, param: str) -> str:
-        return f"one_minus_{param}"
-
     def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
-        value = 1.0 - trial.suggest_float(self.optuna_name(param), 1.0 - high, 1.0 - low, log=True)
-        trial.set_user_attr(param, value)
-        return value
+        return 1.0 - trial.suggest_float(self.prefix + param, 1.0 - high, 1.0 - low, log=True)
 
     def value_from(self, sampled: float) -> float:
         return 1.0 - sampled
@@ -131,10 +124,11 @@ class Pow2Scale(Scale):
     name: str = "pow2"
     description: str = "log2(value), integer exponents"
     axis_label: str = "{name} (log2 scale)"
+    prefix: str = "log2_"
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         super().check(param, low, high, integer)
-        if not (_is_power_of_two(low) and _is_power_of_two(high)):
+        if not all(v >= 1 and float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in (low, high)):
             raise SpaceError(f"{param}: a pow2 range needs powers of two as bounds, got [{low}, {high}]")
 
     def to_coord(self, value: float) -> float:
@@ -143,14 +137,8 @@ class Pow2Scale(Scale):
     def from_coord(self, coord: float) -> float:
         return 2.0**coord
 
-    def optuna_name(self, param: str) -> str:
-        return f"log2_{param}"
-
     def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
-        exponent = trial.suggest_int(self.optuna_name(param), round(math.log2(low)), round(math.log2(high)))
-        value = 2**exponent
-        trial.set_user_attr(param, value)
-        return value
+        return 2 ** trial.suggest_int(self.prefix + param, round(math.log2(low)), round(math.log2(high)))
 
     def value_from(self, sampled: float) -> float:
         return 2 ** int(sampled)
@@ -162,10 +150,6 @@ class Pow2Scale(Scale):
 SCALES: dict[str, Scale] = {
     scale.name: scale for scale in (Scale(), LogScale(), LogNear1Scale(), Pow2Scale())
 }
-
-
-def _is_power_of_two(value: float) -> bool:
-    return value >= 1 and float(value).is_integer() and (int(value) & (int(value) - 1)) == 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,7 +188,7 @@ class Param:
     @property
     def optuna_name(self) -> str:
         """The name Optuna samples and stores in ``trial.params``."""
-        return self.scale.optuna_name(self.name)
+        return self.scale.prefix + self.name
 
     def to_coord(self, value: float) -> float:
         """The value's coordinate on this parameter's scale (the axis that sampling is uniform on)."""
@@ -215,8 +199,12 @@ class Param:
         return self.scale.from_coord(coord)
 
     def suggest(self, trial: optuna.Trial, low: float, high: float) -> float:
-        """Sample this parameter within ``[low, high]`` (natural units) on its scale; returns the value."""
-        return self.scale.suggest(trial, self.name, low, high, self.integer)
+        """Sample this parameter within ``[low, high]`` (natural units) on its scale; returns the value (also
+        the trial's user attribute ``<name>`` when Optuna samples it under another name)."""
+        value = self.scale.suggest(trial, self.name, low, high, self.integer)
+        if self.scale.prefix:
+            trial.set_user_attr(self.name, value)
+        return value
 
     def value_from(self, trial_params: Mapping[str, float]) -> float:
         """This parameter's value in natural units, read from a finished trial's ``params``."""
