@@ -9,6 +9,7 @@ paper's table (logistic regression 32%, MLP 68%, CNN 94%).
 """
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -107,19 +108,13 @@ def cnn_space(optimizer: str = "sgd") -> list[Param]:
     ``num_layers`` in [1, 6] (default 4), a learning-rate range and default per optimizer, and
     ``weight_decay`` ([1e-6, 1e-2], log, tier 3, default 0)."""
     low, high, default = LEARNING_RATE[optimizer]
-    changed = {
-        "learning_rate": Param(
-            name="learning_rate", low=low, high=high, scale="log", tier=1, default=default
-        ),
-        "hidden_units": Param(
-            name="channels", low=8, high=128, scale="log", tier=2, default=32, integer=True
-        ),
-        "num_layers": Param(
-            name="num_layers", low=1, high=6, scale="linear", tier=3, default=4, integer=True
-        ),
+    changes = {
+        "learning_rate": {"low": low, "high": high, "default": default},
+        "hidden_units": {"name": "channels", "low": 8, "high": 128, "default": 32},
+        "num_layers": {"high": 6, "default": 4},
     }
     weight_decay = Param(name="weight_decay", low=1e-6, high=1e-2, scale="log", tier=3, default=0.0)
-    return [changed.get(p.name, p) for p in default_space(optimizer)] + [weight_decay]
+    return [replace(p, **changes.get(p.name, {})) for p in default_space(optimizer)] + [weight_decay]
 
 
 def _logistic_regression() -> nn.Module:

@@ -37,10 +37,10 @@ DOT = {"s": 30, "edgecolor": "black", "linewidth": 0.4, "zorder": 3}
 CROSS = {"color": "grey", "marker": "x", "s": 25, "zorder": 2}
 
 
-def _coord_limits(result: TuningResult, param: Param, pad: float = 0.05) -> tuple[float, float]:
-    """The declared range of ``param`` on its scale's coordinate, padded by ``pad`` x its width per side."""
+def _coord_limits(result: TuningResult, param: Param) -> tuple[float, float]:
+    """The declared range of ``param`` on its scale's coordinate, padded by 5% of its width per side."""
     lo, hi = result.coord_range(param)
-    return lo - pad * (hi - lo), hi + pad * (hi - lo)
+    return lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
 
 
 def _stage_colour(index: int) -> str:
@@ -209,11 +209,8 @@ def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) 
 def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
     """The plots that the study's parameters allow, by file name."""
     lr = next((p for p in result.tuned if p.name == "learning_rate"), None)
-    betas = sorted(
-        (p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)),
-        key=lambda p: p.name not in MOMENTUM_BETAS,
-    )
-    beta = betas[0] if betas else None
+    betas = [p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)]
+    beta = min(betas, key=lambda p: p.name not in MOMENTUM_BETAS, default=None)
     drawn = {"history.png": history_figure(result)}
     if lr is not None:
         drawn["learning_rate.png"] = accuracy_figure(result, lr)
