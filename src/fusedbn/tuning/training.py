@@ -38,6 +38,10 @@ class Diverged(ArithmeticError):
     """The training loss became NaN or infinite."""
 
 
+class TaskError(ValueError):
+    """An unknown task, or a task that cannot be built here."""
+
+
 @dataclass
 class HeldOutScores:
     """A configuration scored on the test split: ``valid_accuracy`` and ``test_accuracy`` of the model trained
@@ -76,8 +80,7 @@ class Task:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for split, pair in self.splits().items():
-            inputs, targets = pair
+        for split, (inputs, targets) in self.splits().items():
             if len(inputs) != len(targets) or len(inputs) == 0:
                 raise ValueError(
                     f"{split}: need as many targets as inputs, and at least one, "
@@ -123,7 +126,6 @@ class Task:
             batch_order = torch.Generator().manual_seed(seed)
             x_train, y_train = (t.to(device) for t in self.train)
             batch_size = int(params["batch_size"])
-            loss_fn = nn.CrossEntropyLoss()
             for epoch in range(self.epochs):
                 for group in optimizer.param_groups:
                     group["lr"] = params["learning_rate"] / (1.0 + params["lr_decay"] * epoch)
@@ -137,7 +139,7 @@ class Task:
                 n_used = len(order) - 1 if len(order) % batch_size == 1 else len(order)
                 for start in range(0, n_used, batch_size):
                     batch = order[start : start + batch_size]
-                    loss = loss_fn(model(x_train[batch]), y_train[batch])
+                    loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
                     if not torch.isfinite(loss):
                         raise Diverged(f"diverged: training loss {loss.item()} in epoch {epoch + 1}")
                     optimizer.zero_grad(set_to_none=True)
