@@ -81,8 +81,7 @@ def beta_label(one_minus_beta: float) -> str:
 def history_figure(result: TuningResult) -> Figure:
     """Every trial at x = (trials of the earlier stages) + its number in its stage, ticks labelled with the
     number in the stage, dotted lines between stages, the best so far."""
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(8, 4.5)).subplots()
     sizes = [len(stage.trials()) for stage in result.stages]
     offsets = [0, *itertools.accumulate(sizes)]
     best_so_far, xs, best_line, unscored = -math.inf, [], [], []
@@ -117,14 +116,13 @@ def history_figure(result: TuningResult) -> Figure:
     ax.set_ylabel("validation accuracy")
     ax.set_title("Validation accuracy of every trial, stage after stage")
     ax.grid(True, alpha=0.3)
-    return fig
+    return ax.figure
 
 
 def accuracy_figure(result: TuningResult, param: Param) -> Figure:
     """Validation accuracy against ``param`` on its scale: a log axis for ``log``, a log axis of 1 - beta
     labelled in beta (growing to the right) for ``log-near-1``, else a linear one."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(7, 4.5)).subplots()
     near_1 = isinstance(param.scale, LogNear1Scale)
     for index, trial, accuracy in scored_trials(result):
         value = param.value_from(trial.params)
@@ -143,7 +141,7 @@ def accuracy_figure(result: TuningResult, param: Param) -> Figure:
     ax.set_xlabel(param.axis_label())
     meaning = f", {MEANINGS[param.name]}" if param.name in MEANINGS else ""
     ax.set_title(f"Validation accuracy of each trial vs {param.name}{meaning}")
-    return fig
+    return ax.figure
 
 
 def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
@@ -154,14 +152,13 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
         for _, t, a in scored_trials(result)
         if t.state == TrialState.COMPLETE
     ]
-    fig = Figure(figsize=(7, 5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(7, 5)).subplots()
     if points:
         xs, ys, accs = zip(*points, strict=True)
         if len(points) >= MIN_POINTS_FOR_CONTOUR:
             ax.tricontourf(xs, ys, accs, levels=10, cmap="viridis", alpha=0.45)
         dots = ax.scatter(xs, ys, c=accs, cmap="viridis", s=40, edgecolor="black", linewidth=0.5, zorder=3)
-        fig.colorbar(dots, ax=ax, label="validation accuracy")
+        ax.figure.colorbar(dots, ax=ax, label="validation accuracy")
     for axis, param in ((ax.xaxis, lr), (ax.yaxis, beta)):
         if isinstance(param.scale, (LogScale, LogNear1Scale)):
             axis.set_major_locator(mticker.MultipleLocator(1))  # one tick per decade
@@ -173,7 +170,7 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
     ax.set_ylabel(beta.axis_label())
     ax.set_title(f"Learning rate x {beta.name} (complete trials)")
     ax.grid(True, alpha=0.3)
-    return fig
+    return ax.figure
 
 
 def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) -> None:
