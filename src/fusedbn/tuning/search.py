@@ -180,19 +180,16 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if not self.study_name:
             raise ValueError("study name must not be empty")
-        for name in ("trials", "stages", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, least in (("trials", 1), ("stages", 1), ("threads", 1), ("seed", 0), ("train_seed", 0)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
         if not (isinstance(self.tiers, int) and self.tiers >= 1):
             raise ValueError(f"tiers must be an integer >= 1, got {self.tiers!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
             raise ValueError(f"unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
-        for name in ("seed", "train_seed"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
         for name in ("keep_top", "margin"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
@@ -300,10 +297,8 @@ def _stored_trials(storage: optuna.storages.BaseStorage, config: SearchConfig) -
         name = f"{config.study_name}-stage{number}"
         if name in names:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-            counts[name] = (
-                sum(t.state in FINISHED for t in trials),
-                sum(t.state == TrialState.RUNNING for t in trials),
-            )
+            states = [t.state for t in trials]
+            counts[name] = (sum(state in FINISHED for state in states), states.count(TrialState.RUNNING))
     return counts
 
 
@@ -429,8 +424,7 @@ class _Search:
         if SPACE_ATTR not in study.user_attrs:
             study.set_user_attr(SPACE_ATTR, self.fingerprint())
         if BOUNDS_ATTR not in study.user_attrs:
-            bounds = _stage_bounds(previous, self.tuned, self.config)
-            study.set_user_attr(BOUNDS_ATTR, {name: list(b) for name, b in bounds.items()})
+            study.set_user_attr(BOUNDS_ATTR, _stage_bounds(previous, self.tuned, self.config))
         bounds = {name: (low, high) for name, (low, high) in study.user_attrs[BOUNDS_ATTR].items()}
         return StageResult(study=study, bounds=bounds)
 

@@ -147,9 +147,7 @@ class Pow2Scale(Scale):
         return math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
 
 
-SCALES: dict[str, Scale] = {
-    scale.name: scale for scale in (Scale(), LogScale(), LogNear1Scale(), Pow2Scale())
-}
+SCALES: dict[str, Scale] = {s.name: s for s in (Scale(), LogScale(), LogNear1Scale(), Pow2Scale())}
 
 
 @dataclass(frozen=True, kw_only=True)
