@@ -137,7 +137,7 @@ def accuracy_figure(result: TuningResult, param: Param) -> Figure:
         ax.xaxis.set_minor_formatter(mticker.NullFormatter())
     else:
         ax.set_xscale("log" if isinstance(param.scale, LogScale) else "linear")
-        ax.set_xlim(*(param.from_coord(c) for c in _coord_limits(result, param)))
+        ax.set_xlim(*(param.scale.from_coord(c) for c in _coord_limits(result, param)))
     ax.set_xlabel(param.axis_label())
     meaning = f", {MEANINGS[param.name]}" if param.name in MEANINGS else ""
     ax.set_title(f"Validation accuracy of each trial vs {param.name}{meaning}")
@@ -148,7 +148,7 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
     # Drawn in the sampling coordinates (log10(learning rate) and log10(1 - beta) on the default scales),
     # so contours are interpolated on the scales the points were drawn on; ticks show natural units.
     points = [
-        (lr.to_coord(lr.value_from(t.params)), beta.to_coord(beta.value_from(t.params)), a)
+        (lr.scale.to_coord(lr.value_from(t.params)), beta.scale.to_coord(beta.value_from(t.params)), a)
         for _, t, a in scored_trials(result)
         if t.state == TrialState.COMPLETE
     ]
@@ -162,8 +162,8 @@ def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
     for axis, param in ((ax.xaxis, lr), (ax.yaxis, beta)):
         if isinstance(param.scale, (LogScale, LogNear1Scale)):
             axis.set_major_locator(mticker.MultipleLocator(1))  # one tick per decade
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{lr.from_coord(v):.3g}"))
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(1 - beta.from_coord(v))))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{lr.scale.from_coord(v):.3g}"))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(1 - beta.scale.from_coord(v))))
     ax.set_xlim(*_coord_limits(result, lr))
     ax.set_ylim(*reversed(_coord_limits(result, beta)))  # beta grows upwards
     ax.set_xlabel(lr.axis_label())

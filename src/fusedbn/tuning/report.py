@@ -6,6 +6,7 @@ tier's ranks above the later one's in at least 95% of the bootstrap resamples, *
 ranks above, and is *undecided* otherwise.
 """
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -116,10 +117,9 @@ def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> 
     scored = scored_trials(result)
     if len(result.tuned) < 2 or len(scored) < TRIALS_PER_PARAMETER * (len(result.tuned) + 1):
         return None
-    coords = np.array([[p.to_coord(p.value_from(t.params)) for p in result.tuned] for _, t, _ in scored])
     return fanova_importances(
         [p.name for p in result.tuned],
-        coords,
+        np.array([[p.scale.to_coord(p.value_from(t.params)) for p in result.tuned] for _, t, _ in scored]),
         np.array([value for _, _, value in scored]),
         [result.coord_range(p) for p in result.tuned],
         seed=result.config.seed,
@@ -130,19 +130,16 @@ def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> 
 def tier_check(measured: Importances, tiers: dict[str, int]) -> TierCheck:
     """Compare every pair of parameters from different tiers (see the module docstring)."""
     check = TierCheck(agree=[], disagree=[], undecided=[])
-    for earlier in measured.values:
-        for later in measured.values:
-            if tiers[earlier] >= tiers[later]:
-                continue
-            pair = f"{earlier} (tier {tiers[earlier]}) vs {later} (tier {tiers[later]})"
-            if measured.ranks_above(earlier, later):
-                check.agree.append(pair)
-            elif measured.ranks_above(later, earlier):
-                check.disagree.append(
-                    f"{later} (tier {tiers[later]}) ranks above {earlier} (tier {tiers[earlier]})"
-                )
-            else:
-                check.undecided.append(pair)
+    for earlier, later in itertools.permutations(measured.values, 2):
+        if tiers[earlier] >= tiers[later]:
+            continue
+        first, second = f"{earlier} (tier {tiers[earlier]})", f"{later} (tier {tiers[later]})"
+        if measured.ranks_above(earlier, later):
+            check.agree.append(f"{first} vs {second}")
+        elif measured.ranks_above(later, earlier):
+            check.disagree.append(f"{second} ranks above {first}")
+        else:
+            check.undecided.append(f"{first} vs {second}")
     return check
 
 

@@ -245,7 +245,7 @@ class TuningResult:
 
     def coord_range(self, param: Param) -> tuple[float, float]:
         """``param``'s declared range (the first stage's bounds) on its scale's coordinate, low first."""
-        low, high = sorted(param.to_coord(v) for v in self.stages[0].bounds[param.name])
+        low, high = sorted(param.scale.to_coord(v) for v in self.stages[0].bounds[param.name])
         return low, high
 
     def params_of(self, trial: FrozenTrial) -> dict[str, float]:

@@ -188,14 +188,6 @@ class Param:
         """The name Optuna samples and stores in ``trial.params``."""
         return self.scale.prefix + self.name
 
-    def to_coord(self, value: float) -> float:
-        """The value's coordinate on this parameter's scale (the axis that sampling is uniform on)."""
-        return self.scale.to_coord(value)
-
-    def from_coord(self, coord: float) -> float:
-        """The value at a coordinate on this parameter's scale (inverse of :meth:`to_coord`)."""
-        return self.scale.from_coord(coord)
-
     def suggest(self, trial: optuna.Trial, low: float, high: float) -> float:
         """Sample this parameter within ``[low, high]`` (natural units) on its scale; returns the value (also
         the trial's user attribute ``<name>`` when Optuna samples it under another name)."""
@@ -287,13 +279,13 @@ def narrow(
     clipped."""
     if not best_values:
         raise ValueError(f"{param.name}: narrowing needs at least one value from a best trial")
-    coords = [param.to_coord(v) for v in best_values]
-    current_lo, current_hi = sorted(param.to_coord(v) for v in current)
+    coords = [param.scale.to_coord(v) for v in best_values]
+    current_lo, current_hi = sorted(param.scale.to_coord(v) for v in current)
     pad = margin * (current_hi - current_lo)
     lo = max(min(coords) - pad, current_lo)
     hi = min(max(coords) + pad, current_hi)
     lo, hi = param.scale.round_coords(lo, hi)
-    low, high = sorted((param.from_coord(lo), param.from_coord(hi)))
+    low, high = sorted((param.scale.from_coord(lo), param.scale.from_coord(hi)))
     if param.integer:
         low, high = math.floor(low + 1e-9), math.ceil(high - 1e-9)
     low, high = max(low, current[0]), min(high, current[1])
