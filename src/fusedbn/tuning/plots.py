@@ -209,14 +209,12 @@ def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
     betas = [p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)]
     beta = min(betas, key=lambda p: p.name not in MOMENTUM_BETAS, default=None)
     drawn = {"history.png": history_figure(result)}
-    if lr is not None:
-        drawn["learning_rate.png"] = accuracy_figure(result, lr)
-    if beta is not None:
-        drawn["beta.png"] = accuracy_figure(result, beta)
+    for name, param in (("learning_rate.png", lr), ("beta.png", beta)):
+        if param is not None:
+            drawn[name] = accuracy_figure(result, param)
     if lr is not None and beta is not None:
         drawn["learning_rate_beta.png"] = _learning_rate_beta(result, lr, beta)
-    measured = summary.importances
-    if measured is not None:
+    if (measured := summary.importances) is not None:
         drawn["importances.png"] = fig = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0))
         ax = fig.subplots()
         draw_importances(ax, measured, summary.tiers)

@@ -144,8 +144,7 @@ def tier_check(measured: Importances, tiers: dict[str, int]) -> TierCheck:
 
 
 def _best(result: TuningResult) -> BestTrial | None:
-    best = result.best()
-    if best is None:
+    if (best := result.best()) is None:
         return None
     stage, trial = best
     return BestTrial(
@@ -223,8 +222,7 @@ def _pairs(pairs: list[str]) -> str:
 
 
 def _importance_lines(summary: Summary) -> list[str]:
-    measured = summary.importances
-    if measured is None:
+    if (measured := summary.importances) is None:
         return [f"Importances: {summary.importance_note}"]
     ranked = ", ".join(
         f"{name} {measured.values[name]:.2f} [{low:.2f}-{high:.2f}]"
@@ -251,15 +249,13 @@ def _importance_lines(summary: Summary) -> list[str]:
 def format_summary(summary: Summary) -> str:
     """The summary as text for a terminal."""
     lines = [f"Study {summary.study_name} ({summary.sampler} search, tiers 1-{summary.tiers_tuned})"]
-    best = summary.best
-    if best is None:
+    if (best := summary.best) is None:
         lines.append("No trial completed.")
     else:
         test = "" if best.test_accuracy is None else f"; held-out test accuracy {best.test_accuracy:.4f}"
         where = f"stage {best.stage}, trial {best.trial}"
         lines.append(f"Best validation accuracy {best.valid_accuracy:.4f} ({where}){test}")
-        held = summary.held_out
-        if held is not None:
+        if (held := summary.held_out) is not None:
             lines.append(
                 f"Held-out test accuracy of the chosen configuration: {held.test_accuracy:.4f} trained on "
                 f"the {held.train_examples} training examples as in its trial (validation "

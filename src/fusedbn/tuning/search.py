@@ -186,10 +186,9 @@ class SearchConfig:
                 raise ValueError(f"{name} must be >= {least}, got {value}")
         if not (isinstance(self.tiers, int) and self.tiers >= 1):
             raise ValueError(f"tiers must be an integer >= 1, got {self.tiers!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            raise ValueError(f"unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
+        for name, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if (value := getattr(self, name)) not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         for name in ("keep_top", "margin"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
@@ -266,8 +265,7 @@ def tune(
     tuned, fixed = split_by_tier(space, config.tiers)
     if config.sampler == "grid":
         grid_points(config.trials, len(tuned))
-    missing = task.required_params() - {p.name for p in space}
-    if missing:
+    if missing := task.required_params() - {p.name for p in space}:
         raise SpaceError(f"the space lacks {', '.join(sorted(missing))}, which the training loop needs")
 
     def note_lost(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -364,8 +362,7 @@ def _stage_bounds(previous: StageResult | None, tuned: Sequence[Param], config: 
     best complete trials."""
     if previous is None:
         return {p.name: (p.low, p.high) for p in tuned}
-    ranked = previous.ranked()
-    if not ranked:
+    if not (ranked := previous.ranked()):
         return dict(previous.bounds)
     best = ranked[: max(1, math.ceil(config.keep_top * len(ranked)))]
     return {

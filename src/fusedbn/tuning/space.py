@@ -243,8 +243,7 @@ def check_space(space: Sequence[Param]) -> None:
 def _check_known(space: Sequence[Param], overrides: Mapping[str, object]) -> None:
     """Raise :class:`SpaceError` naming every key of ``overrides`` that is not a parameter of ``space``."""
     known = [param.name for param in space]
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
+    if unknown := sorted(set(overrides) - set(known)):
         raise SpaceError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 

@@ -152,10 +152,9 @@ class Task:
     def scores(self, model: nn.Module) -> dict[str, float]:
         """Accuracy and mean loss of ``model`` (eval mode) on each of :meth:`trial_splits`:
         "<split>_accuracy", "<split>_loss"."""
-        device = torch.device(self.device)
         measured: dict[str, float] = {}
         for split, (inputs, targets) in self.trial_splits().items():
-            accuracy, loss = evaluate_with_loss(model, inputs.to(device), targets.to(device))
+            accuracy, loss = evaluate_with_loss(model, inputs.to(self.device), targets.to(self.device))
             measured[f"{split}_accuracy"], measured[f"{split}_loss"] = accuracy, loss
         return measured
 
@@ -193,13 +192,12 @@ class Task:
         split."""
         if self.test is None:
             raise ValueError("the task has no test split to score on")
-        device = torch.device(self.device)
-        x_test, y_test = (t.to(device) for t in self.test)
+        x_test, y_test = (t.to(self.device) for t in self.test)
         model = self.train_model(params, seed)
         everything = tuple(torch.cat(pair) for pair in zip(self.train, self.valid, strict=True))
         retrained = replace(self, train=everything).train_model(params, seed)
         return HeldOutScores(
-            valid_accuracy=evaluate(model, *(t.to(device) for t in self.valid)),
+            valid_accuracy=evaluate(model, *(t.to(self.device) for t in self.valid)),
             test_accuracy=evaluate(model, x_test, y_test),
             test_accuracy_all=evaluate(retrained, x_test, y_test),
             train_examples=len(self.train[0]),
