@@ -187,15 +187,8 @@ def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) 
     )
     colours = [_stage_colour(tiers[name] - 1) for name in order]
     ax.barh(rows, [measured.values[name] for name in order], color=colours, zorder=2)
-    ax.errorbar(
-        [(a + b) / 2 for a, b in intervals],
-        rows,
-        xerr=[(b - a) / 2 for a, b in intervals],
-        fmt="none",
-        ecolor="black",
-        capsize=3,
-        zorder=3,
-    )
+    centres, halves = [(a + b) / 2 for a, b in intervals], [(b - a) / 2 for a, b in intervals]
+    ax.errorbar(centres, rows, xerr=halves, fmt="none", ecolor="black", capsize=3, zorder=3)
     ax.set_yticks(rows, [f"{name} (tier {tiers[name]})" for name in order])
     ax.set_xlim(0, max(high, *(b for _, b in intervals), *measured.values.values()) * 1.1)
     ax.set_xlabel("fANOVA importance (sampled scales); whiskers: 5-95% bootstrap interval")

@@ -272,8 +272,7 @@ def format_summary(summary: Summary) -> str:
             f"Stage {number} ({stage.study}): best {stage_best}; {stage.complete} complete, "
             f"{stage.pruned} pruned, {stage.diverged} diverged, {stage.failed} failed"
         )
-        for name, (low, high) in stage.bounds.items():
-            lines.append(f"  {name:<16}[{_number(low)}, {_number(high)}]")
+        lines += [f"  {name:<16}[{_number(lo)}, {_number(hi)}]" for name, (lo, hi) in stage.bounds.items()]
     lines += _importance_lines(summary)
     return "\n".join(lines)
 

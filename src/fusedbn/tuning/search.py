@@ -113,8 +113,7 @@ class SeededRandomSampler(_IndependentSampler):
 
     def __init__(self, seed: int, stage: int) -> None:
         super().__init__(seed)
-        self._seed = seed
-        self._stage = stage
+        self._seed, self._stage = seed, stage
 
     def unit(self, trial_number: int, param_name: str) -> float:
         seed = derive_seed(self._seed, self._stage, trial_number, zlib.crc32(param_name.encode()))
@@ -130,8 +129,7 @@ class SeededGridSampler(_IndependentSampler):
         super().__init__(seed)
         self._names = list(names)
         self._points = points
-        rng = np.random.default_rng(derive_seed(seed, stage))
-        self._order = rng.permutation(points ** len(self._names))
+        self._order = np.random.default_rng(derive_seed(seed, stage)).permutation(points ** len(self._names))
 
     def unit(self, trial_number: int, param_name: str) -> float:
         point = int(self._order[trial_number % len(self._order)])

@@ -32,11 +32,11 @@ class TaskDefinition:
     space: Callable[[str], list[Param]]
     epochs: int
     optimizer: str
-    tiers: int
-    trials: int
-    stages: int
     width: str
     layer: str
+    tiers: int = 2
+    trials: int = 10
+    stages: int = 3
     data_seed: int | None = None
     score_test: bool = True
     limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -92,9 +92,6 @@ TASKS: dict[str, TaskDefinition] = {
         space=default_space,
         epochs=8,
         optimizer="sgd",
-        tiers=2,
-        trials=10,
-        stages=3,
         width="hidden_units",
         layer="Linear",
     ),
@@ -105,9 +102,6 @@ TASKS: dict[str, TaskDefinition] = {
         space=mnist1d.cnn_space,
         epochs=30,
         optimizer="adam",
-        tiers=2,
-        trials=10,
-        stages=3,
         width="channels",
         layer="Conv1d",
         data_seed=mnist1d.DATA_SEED,
