@@ -88,8 +88,7 @@ class LogScale(Scale):
 
 @dataclass(frozen=True)
 class LogNear1Scale(Scale):
-    """log10(1 - value), for betas in (0, 1); Optuna samples ``one_minus_<name>`` and the trial records the
-    beta as the user attribute ``<name>``."""
+    """log10(1 - value), for betas in (0, 1); Optuna samples ``one_minus_<name>``."""
 
     name: str = "log-near-1"
     description: str = "log10(1 - value)"
@@ -118,8 +117,7 @@ class LogNear1Scale(Scale):
 
 @dataclass(frozen=True)
 class Pow2Scale(Scale):
-    """log2(value) with integer exponents, for powers of two; Optuna samples ``log2_<name>`` and the trial
-    records the value as the user attribute ``<name>``."""
+    """log2(value) with integer exponents, for powers of two; Optuna samples ``log2_<name>``."""
 
     name: str = "pow2"
     description: str = "log2(value), integer exponents"

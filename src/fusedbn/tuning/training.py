@@ -161,8 +161,7 @@ class Task:
     def fit(self, params: Mapping[str, float], trial: optuna.Trial, seed: int) -> float:
         """Train with ``params``, reporting validation accuracy each epoch; return the last and record the
         final model's :data:`SCORE_ATTRS`. Raises :class:`optuna.TrialPruned` when pruned or diverged."""
-        device = torch.device(self.device)
-        x_valid, y_valid = (t.to(device) for t in self.valid)
+        x_valid, y_valid = (t.to(self.device) for t in self.valid)
 
         def report(epoch: int, model: nn.Module) -> None:
             accuracy = evaluate(model, x_valid, y_valid)
@@ -183,7 +182,7 @@ class Task:
             raise optuna.TrialPruned(str(error)) from error
         finally:
             del model
-            if device.type == "cuda":
+            if torch.device(self.device).type == "cuda":
                 torch.cuda.empty_cache()
 
     def held_out_scores(self, params: Mapping[str, float], seed: int) -> "HeldOutScores":
