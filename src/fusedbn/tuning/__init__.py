@@ -13,7 +13,7 @@ from fusedbn.tuning.plots import write_plots
 from fusedbn.tuning.report import format_summary, summarize, write_summary
 from fusedbn.tuning.search import SearchConfig, TuningError, TuningInterrupted, TuningResult, tune
 from fusedbn.tuning.space import Param, SpaceError, default_space
-from fusedbn.tuning.storage import StorageError, display_url
+from fusedbn.tuning.storage import StorageError
 from fusedbn.tuning.training import HeldOutScores, Task
 
 
@@ -25,8 +25,7 @@ def report(result: TuningResult, out_dir: str | Path, held_out: HeldOutScores | 
     summary = summarize(result, held_out=held_out)
     written = [write_summary(summary, out_dir), *write_plots(result, summary, out_dir)]
     files = ", ".join(path.name for path in written)
-    storage = display_url(result.config.storage)
-    return f"{format_summary(summary)}\nWrote {files} to {out_dir}/ (study in {storage})"
+    return f"{format_summary(summary)}\nWrote {files} to {out_dir}/ (study in {summary.storage})"
 
 
 __all__ = [

@@ -153,9 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="whole seconds without heartbeat after which a running trial counts as lost "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--out", default=DEFAULT_OUT, help=f"folder for summary.json and plots ({DEFAULT_OUT})"
-    )
+    parser.add_argument("--out", default=DEFAULT_OUT, help="folder for summary.json and plots (%(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -191,17 +189,12 @@ def run(args: argparse.Namespace) -> int:
             batchnorm=not args.no_batchnorm,
             data_seed=seed_of_data,
         )
-        study_name = definition.study_name(seed_of_data) if args.study_name is None else args.study_name
-        settings = {name: getattr(args, name) for name in PASSED_ON}
-        settings |= {name: getattr(definition, name) for name in BY_TASK if settings[name] is None}
+        name = definition.study_name(seed_of_data) if args.study_name is None else args.study_name
+        settings = {key: getattr(args, key) for key in PASSED_ON}
+        settings |= {key: getattr(definition, key) for key in BY_TASK if settings[key] is None}
+        settings |= {"storage": storage, "progress": not args.no_progress}
         configs = [
-            SearchConfig(
-                study_name=f"{study_name}-seed{seed}" if several else study_name,
-                storage=storage,
-                seed=seed,
-                progress=not args.no_progress,
-                **settings,
-            )
+            SearchConfig(study_name=f"{name}-seed{seed}" if several else name, seed=seed, **settings)
             for seed in args.seed
         ]
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -249,10 +242,7 @@ def _spread(results: list[TuningResult], held_outs: list[HeldOutScores | None]) 
     parts = []
     for label, values in (
         ("best validation", [trial.value for trial in best]),
-        (
-            "its test",
-            [trial.user_attrs["test_accuracy"] for trial in best if "test_accuracy" in trial.user_attrs],
-        ),
+        ("its test", [t.user_attrs["test_accuracy"] for t in best if "test_accuracy" in t.user_attrs]),
         ("its test as trained in its trial", [scores.test_accuracy for scores in held]),
         ("its test retrained on all training examples", [scores.test_accuracy_all for scores in held]),
     ):

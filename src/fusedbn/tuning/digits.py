@@ -9,7 +9,6 @@ training).
 
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -24,30 +23,19 @@ SPLIT_SEED = 0
 NUM_CLASSES = 10
 
 
-def build_mlp(
-    params: Mapping[str, float],
-    in_features: int = 64,
-    num_classes: int = NUM_CLASSES,
-    batchnorm: bool = True,
-    bias: bool = False,
-) -> nn.Module:
+def build_mlp(params: Mapping[str, float], batchnorm: bool = True, bias: bool = False) -> nn.Module:
     """An MLP of ``num_layers`` hidden layers ``Linear(bias=False) -> FusedBatchNorm1d -> ReLU`` of
     ``hidden_units``, BatchNorm momentum 1 - ``bn_beta``; ``batchnorm=False``: ``Linear -> ReLU``;
     ``bias=True``: a bias in each Linear before a BatchNorm, drawn after every weight (:func:`add_biases`)."""
     layers: list[nn.Module] = []
-    width = in_features
+    width, hidden = 64, int(params["hidden_units"])  # the 8x8 pixels in
     for _ in range(int(params["num_layers"])):
-        hidden = int(params["hidden_units"])
+        layers.append(nn.Linear(width, hidden, bias=not batchnorm))
         if batchnorm:
-            layers += [
-                nn.Linear(width, hidden, bias=False),
-                FusedBatchNorm1d(hidden, momentum=1.0 - params["bn_beta"]),
-            ]
-        else:
-            layers.append(nn.Linear(width, hidden))
+            layers.append(FusedBatchNorm1d(hidden, momentum=1.0 - params["bn_beta"]))
         layers.append(nn.ReLU())
         width = hidden
-    layers.append(nn.Linear(width, num_classes))
+    layers.append(nn.Linear(width, NUM_CLASSES))
     if batchnorm and bias:
         add_biases([layer for layer in layers[:-1] if isinstance(layer, nn.Linear)])
     return nn.Sequential(*layers)
@@ -68,12 +56,8 @@ def digits_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     )
     mean = x_train.mean(axis=0)
     scale = (x_train - mean).std()
-
-    def prepared(pixels: np.ndarray, targets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.tensor((pixels - mean) / scale, dtype=torch.float32), torch.tensor(targets)
-
+    splits = {"train": (x_train, y_train), "valid": (x_valid, y_valid), "test": (x_test, y_test)}
     return {
-        "train": prepared(x_train, y_train),
-        "valid": prepared(x_valid, y_valid),
-        "test": prepared(x_test, y_test),
+        name: (torch.tensor((pixels - mean) / scale, dtype=torch.float32), torch.tensor(labels))
+        for name, (pixels, labels) in splits.items()
     }

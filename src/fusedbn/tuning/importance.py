@@ -54,19 +54,10 @@ def _fanova(
     distributions = {name: FloatDistribution(lo, hi) for name, (lo, hi) in zip(names, bounds, strict=True)}
     with optuna_logs(optuna.logging.WARNING):  # no "new study created" line per fit
         study = optuna.create_study(direction="maximize")
-    study.add_trials(
-        [
-            optuna.trial.create_trial(
-                params={
-                    name: float(np.clip(c, lo, hi))
-                    for name, c, (lo, hi) in zip(names, row, bounds, strict=True)
-                },
-                distributions=distributions,
-                value=float(value),
-            )
-            for row, value in zip(coords, values, strict=True)
-        ]
-    )
+    lows, highs = np.array(bounds).T
+    for row, value in zip(np.clip(coords, lows, highs), values, strict=True):
+        params = dict(zip(names, map(float, row), strict=True))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     measured = optuna.importance.get_param_importances(study, evaluator=evaluator)
     return np.array([measured.get(name, 0.0) for name in names])
@@ -91,12 +82,8 @@ def fanova_importances(
     with_noise = np.column_stack([coords, rng.uniform(size=len(values))])
     all_bounds = [*bounds, (0.0, 1.0)]
     point = _fanova(with_noise, values, all_bounds, seed)
-    draws = np.array(
-        [
-            _fanova(with_noise[rows], values[rows], all_bounds, seed)
-            for rows in (rng.integers(0, len(values), len(values)) for _ in range(resamples))
-        ]
-    )
+    samples = [rng.integers(0, len(values), len(values)) for _ in range(resamples)]
+    draws = np.array([_fanova(with_noise[rows], values[rows], all_bounds, seed) for rows in samples])
     columns = [*names, NOISE]
     low, high = np.percentile(draws, [5, 95], axis=0)
     above = {

@@ -9,6 +9,7 @@ paper's table (logistic regression 32%, MLP 68%, CNN 94%).
 """
 
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -18,7 +19,7 @@ from torch import nn
 
 from fusedbn import FusedBatchNorm1d
 from fusedbn.tuning.space import Param, default_space
-from fusedbn.tuning.training import Task, add_biases, kept_global_random_state
+from fusedbn.tuning.training import Task, TaskError, add_biases, kept_global_random_state
 
 NAME = "mnist1d"
 DATA_SEED = 42  # the generator's default seed: the paper's data
@@ -34,7 +35,7 @@ INSTALL = "pip install '.[tune]' (from a clone of fusedbn)"
 LEARNING_RATE = {"sgd": (1e-4, 1.0, 0.05), "adam": (1e-4, 0.1, 3e-3)}  # low, high, default per optimizer
 
 
-class MissingPackage(ImportError):
+class MissingPackage(TaskError, ImportError):
     """The ``mnist1d`` package is not installed."""
 
 
@@ -71,12 +72,7 @@ def _tensors(signals: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, tor
     return torch.tensor(signals, dtype=torch.float32).unsqueeze(1), torch.tensor(labels, dtype=torch.int64)
 
 
-def build_cnn(
-    params: Mapping[str, float],
-    batchnorm: bool = True,
-    bias: bool = False,
-    num_classes: int = NUM_CLASSES,
-) -> nn.Module:
+def build_cnn(params: Mapping[str, float], batchnorm: bool = True, bias: bool = False) -> nn.Module:
     """``num_layers`` blocks ``Conv1d(bias=False) -> FusedBatchNorm1d -> ReLU`` of ``channels`` channels
     (kernel 5 then 3, padded to keep the length; blocks 2 and 3 of stride 2), the maximum over positions and a
     Linear to the classes; BatchNorm momentum 1 - ``bn_beta``. ``batchnorm=False`` leaves out the BatchNorms,
@@ -84,21 +80,18 @@ def build_cnn(
     so the weights are the plain network's."""
     channels, depth = int(params["channels"]), int(params["num_layers"])
     layers: list[nn.Module] = []
-    convolutions = []
     in_channels = 1
     for block in range(depth):
         kernel = FIRST_KERNEL if block == 0 else KERNEL
         stride = 2 if block in STRIDE_2_BLOCKS else 1
-        conv = nn.Conv1d(in_channels, channels, kernel, stride=stride, padding=kernel // 2, bias=False)
-        convolutions.append(conv)
-        layers.append(conv)
+        layers.append(nn.Conv1d(in_channels, channels, kernel, stride, padding=kernel // 2, bias=False))
         if batchnorm:
             layers.append(FusedBatchNorm1d(channels, momentum=1.0 - params["bn_beta"]))
         layers.append(nn.ReLU())
         in_channels = channels
-    layers += [nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(in_channels, num_classes)]
+    layers += [nn.AdaptiveMaxPool1d(1), nn.Flatten(), nn.Linear(in_channels, NUM_CLASSES)]
     if bias or not batchnorm:
-        add_biases(convolutions)
+        add_biases([layer for layer in layers if isinstance(layer, nn.Conv1d)])
     return nn.Sequential(*layers)
 
 
@@ -107,23 +100,13 @@ def cnn_space(optimizer: str = "sgd") -> list[Param]:
     ``num_layers`` in [1, 6] (default 4), a learning-rate range and default per optimizer, and
     ``weight_decay`` ([1e-6, 1e-2], log, tier 3, default 0)."""
     low, high, default = LEARNING_RATE[optimizer]
-    changed = {
-        "learning_rate": Param(
-            name="learning_rate", low=low, high=high, scale="log", tier=1, default=default
-        ),
-        "hidden_units": Param(
-            name="channels", low=8, high=128, scale="log", tier=2, default=32, integer=True
-        ),
-        "num_layers": Param(
-            name="num_layers", low=1, high=6, scale="linear", tier=3, default=4, integer=True
-        ),
+    changes = {
+        "learning_rate": {"low": low, "high": high, "default": default},
+        "hidden_units": {"name": "channels", "low": 8, "high": 128, "default": 32},
+        "num_layers": {"high": 6, "default": 4},
     }
     weight_decay = Param(name="weight_decay", low=1e-6, high=1e-2, scale="log", tier=3, default=0.0)
-    return [changed.get(p.name, p) for p in default_space(optimizer)] + [weight_decay]
-
-
-def _logistic_regression() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(LENGTH, NUM_CLASSES))
+    return [replace(p, **changes.get(p.name, {})) for p in default_space(optimizer)] + [weight_decay]
 
 
 class _ResidualMLP(nn.Module):
@@ -152,7 +135,7 @@ def _paper_cnn(channels: int = 25) -> nn.Module:
 # The paper's models and published test accuracies (its Table 1), and the MLP with the 256 hidden units
 # that the authors' training script (``get_model_args``) defaults to, against the paper's 100.
 PAPER_MODELS = {
-    "logistic regression": (_logistic_regression, 0.32),
+    "logistic regression": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(LENGTH, NUM_CLASSES)), 0.32),
     "MLP": (_ResidualMLP, 0.68),
     "CNN": (_paper_cnn, 0.94),
     "MLP, 256 hidden units": (partial(_ResidualMLP, 256), 0.68),

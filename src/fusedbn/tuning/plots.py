@@ -37,10 +37,10 @@ DOT = {"s": 30, "edgecolor": "black", "linewidth": 0.4, "zorder": 3}
 CROSS = {"color": "grey", "marker": "x", "s": 25, "zorder": 2}
 
 
-def _coord_limits(result: TuningResult, param: Param, pad: float = 0.05) -> tuple[float, float]:
-    """The declared range of ``param`` on its scale's coordinate, padded by ``pad`` x its width per side."""
+def _coord_limits(result: TuningResult, param: Param) -> tuple[float, float]:
+    """The declared range of ``param`` on its scale's coordinate, padded by 5% of its width per side."""
     lo, hi = result.coord_range(param)
-    return lo - pad * (hi - lo), hi + pad * (hi - lo)
+    return lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
 
 
 def _stage_colour(index: int) -> str:
@@ -81,8 +81,7 @@ def beta_label(one_minus_beta: float) -> str:
 def history_figure(result: TuningResult) -> Figure:
     """Every trial at x = (trials of the earlier stages) + its number in its stage, ticks labelled with the
     number in the stage, dotted lines between stages, the best so far."""
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(8, 4.5)).subplots()
     sizes = [len(stage.trials()) for stage in result.stages]
     offsets = [0, *itertools.accumulate(sizes)]
     best_so_far, xs, best_line, unscored = -math.inf, [], [], []
@@ -117,14 +116,13 @@ def history_figure(result: TuningResult) -> Figure:
     ax.set_ylabel("validation accuracy")
     ax.set_title("Validation accuracy of every trial, stage after stage")
     ax.grid(True, alpha=0.3)
-    return fig
+    return ax.figure
 
 
 def accuracy_figure(result: TuningResult, param: Param) -> Figure:
     """Validation accuracy against ``param`` on its scale: a log axis for ``log``, a log axis of 1 - beta
     labelled in beta (growing to the right) for ``log-near-1``, else a linear one."""
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(7, 4.5)).subplots()
     near_1 = isinstance(param.scale, LogNear1Scale)
     for index, trial, accuracy in scored_trials(result):
         value = param.value_from(trial.params)
@@ -139,41 +137,40 @@ def accuracy_figure(result: TuningResult, param: Param) -> Figure:
         ax.xaxis.set_minor_formatter(mticker.NullFormatter())
     else:
         ax.set_xscale("log" if isinstance(param.scale, LogScale) else "linear")
-        ax.set_xlim(*(param.from_coord(c) for c in _coord_limits(result, param)))
+        ax.set_xlim(*(param.scale.from_coord(c) for c in _coord_limits(result, param)))
     ax.set_xlabel(param.axis_label())
     meaning = f", {MEANINGS[param.name]}" if param.name in MEANINGS else ""
     ax.set_title(f"Validation accuracy of each trial vs {param.name}{meaning}")
-    return fig
+    return ax.figure
 
 
 def _learning_rate_beta(result: TuningResult, lr: Param, beta: Param) -> Figure:
     # Drawn in the sampling coordinates (log10(learning rate) and log10(1 - beta) on the default scales),
     # so contours are interpolated on the scales the points were drawn on; ticks show natural units.
     points = [
-        (lr.to_coord(lr.value_from(t.params)), beta.to_coord(beta.value_from(t.params)), a)
+        (lr.scale.to_coord(lr.value_from(t.params)), beta.scale.to_coord(beta.value_from(t.params)), a)
         for _, t, a in scored_trials(result)
         if t.state == TrialState.COMPLETE
     ]
-    fig = Figure(figsize=(7, 5))
-    ax = fig.subplots()
+    ax = Figure(figsize=(7, 5)).subplots()
     if points:
         xs, ys, accs = zip(*points, strict=True)
         if len(points) >= MIN_POINTS_FOR_CONTOUR:
             ax.tricontourf(xs, ys, accs, levels=10, cmap="viridis", alpha=0.45)
         dots = ax.scatter(xs, ys, c=accs, cmap="viridis", s=40, edgecolor="black", linewidth=0.5, zorder=3)
-        fig.colorbar(dots, ax=ax, label="validation accuracy")
+        ax.figure.colorbar(dots, ax=ax, label="validation accuracy")
     for axis, param in ((ax.xaxis, lr), (ax.yaxis, beta)):
         if isinstance(param.scale, (LogScale, LogNear1Scale)):
             axis.set_major_locator(mticker.MultipleLocator(1))  # one tick per decade
-    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{lr.from_coord(v):.3g}"))
-    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(1 - beta.from_coord(v))))
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{lr.scale.from_coord(v):.3g}"))
+    ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: beta_label(1 - beta.scale.from_coord(v))))
     ax.set_xlim(*_coord_limits(result, lr))
     ax.set_ylim(*reversed(_coord_limits(result, beta)))  # beta grows upwards
     ax.set_xlabel(lr.axis_label())
     ax.set_ylabel(beta.axis_label())
     ax.set_title(f"Learning rate x {beta.name} (complete trials)")
     ax.grid(True, alpha=0.3)
-    return fig
+    return ax.figure
 
 
 def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) -> None:
@@ -190,15 +187,8 @@ def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) 
     )
     colours = [_stage_colour(tiers[name] - 1) for name in order]
     ax.barh(rows, [measured.values[name] for name in order], color=colours, zorder=2)
-    ax.errorbar(
-        [(a + b) / 2 for a, b in intervals],
-        rows,
-        xerr=[(b - a) / 2 for a, b in intervals],
-        fmt="none",
-        ecolor="black",
-        capsize=3,
-        zorder=3,
-    )
+    centres, halves = [(a + b) / 2 for a, b in intervals], [(b - a) / 2 for a, b in intervals]
+    ax.errorbar(centres, rows, xerr=halves, fmt="none", ecolor="black", capsize=3, zorder=3)
     ax.set_yticks(rows, [f"{name} (tier {tiers[name]})" for name in order])
     ax.set_xlim(0, max(high, *(b for _, b in intervals), *measured.values.values()) * 1.1)
     ax.set_xlabel("fANOVA importance (sampled scales); whiskers: 5-95% bootstrap interval")
@@ -209,20 +199,15 @@ def draw_importances(ax: Axes, measured: Importances, tiers: Mapping[str, int]) 
 def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
     """The plots that the study's parameters allow, by file name."""
     lr = next((p for p in result.tuned if p.name == "learning_rate"), None)
-    betas = sorted(
-        (p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)),
-        key=lambda p: p.name not in MOMENTUM_BETAS,
-    )
-    beta = betas[0] if betas else None
+    betas = [p for p in result.tuned if p.name in MOMENTUM_BETAS or isinstance(p.scale, LogNear1Scale)]
+    beta = min(betas, key=lambda p: p.name not in MOMENTUM_BETAS, default=None)
     drawn = {"history.png": history_figure(result)}
-    if lr is not None:
-        drawn["learning_rate.png"] = accuracy_figure(result, lr)
-    if beta is not None:
-        drawn["beta.png"] = accuracy_figure(result, beta)
+    for name, param in (("learning_rate.png", lr), ("beta.png", beta)):
+        if param is not None:
+            drawn[name] = accuracy_figure(result, param)
     if lr is not None and beta is not None:
         drawn["learning_rate_beta.png"] = _learning_rate_beta(result, lr, beta)
-    measured = summary.importances
-    if measured is not None:
+    if (measured := summary.importances) is not None:
         drawn["importances.png"] = fig = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0))
         ax = fig.subplots()
         draw_importances(ax, measured, summary.tiers)

@@ -6,6 +6,7 @@ tier's ranks above the later one's in at least 95% of the bootstrap resamples, *
 ranks above, and is *undecided* otherwise.
 """
 
+import itertools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -116,10 +117,9 @@ def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> 
     scored = scored_trials(result)
     if len(result.tuned) < 2 or len(scored) < TRIALS_PER_PARAMETER * (len(result.tuned) + 1):
         return None
-    coords = np.array([[p.to_coord(p.value_from(t.params)) for p in result.tuned] for _, t, _ in scored])
     return fanova_importances(
         [p.name for p in result.tuned],
-        coords,
+        np.array([[p.scale.to_coord(p.value_from(t.params)) for p in result.tuned] for _, t, _ in scored]),
         np.array([value for _, _, value in scored]),
         [result.coord_range(p) for p in result.tuned],
         seed=result.config.seed,
@@ -130,25 +130,21 @@ def importances(result: TuningResult, resamples: int = IMPORTANCE_RESAMPLES) -> 
 def tier_check(measured: Importances, tiers: dict[str, int]) -> TierCheck:
     """Compare every pair of parameters from different tiers (see the module docstring)."""
     check = TierCheck(agree=[], disagree=[], undecided=[])
-    for earlier in measured.values:
-        for later in measured.values:
-            if tiers[earlier] >= tiers[later]:
-                continue
-            pair = f"{earlier} (tier {tiers[earlier]}) vs {later} (tier {tiers[later]})"
-            if measured.ranks_above(earlier, later):
-                check.agree.append(pair)
-            elif measured.ranks_above(later, earlier):
-                check.disagree.append(
-                    f"{later} (tier {tiers[later]}) ranks above {earlier} (tier {tiers[earlier]})"
-                )
-            else:
-                check.undecided.append(pair)
+    for earlier, later in itertools.permutations(measured.values, 2):
+        if tiers[earlier] >= tiers[later]:
+            continue
+        first, second = f"{earlier} (tier {tiers[earlier]})", f"{later} (tier {tiers[later]})"
+        if measured.ranks_above(earlier, later):
+            check.agree.append(f"{first} vs {second}")
+        elif measured.ranks_above(later, earlier):
+            check.disagree.append(f"{second} ranks above {first}")
+        else:
+            check.undecided.append(f"{first} vs {second}")
     return check
 
 
 def _best(result: TuningResult) -> BestTrial | None:
-    best = result.best()
-    if best is None:
+    if (best := result.best()) is None:
         return None
     stage, trial = best
     return BestTrial(
@@ -226,8 +222,7 @@ def _pairs(pairs: list[str]) -> str:
 
 
 def _importance_lines(summary: Summary) -> list[str]:
-    measured = summary.importances
-    if measured is None:
+    if (measured := summary.importances) is None:
         return [f"Importances: {summary.importance_note}"]
     ranked = ", ".join(
         f"{name} {measured.values[name]:.2f} [{low:.2f}-{high:.2f}]"
@@ -254,15 +249,13 @@ def _importance_lines(summary: Summary) -> list[str]:
 def format_summary(summary: Summary) -> str:
     """The summary as text for a terminal."""
     lines = [f"Study {summary.study_name} ({summary.sampler} search, tiers 1-{summary.tiers_tuned})"]
-    best = summary.best
-    if best is None:
+    if (best := summary.best) is None:
         lines.append("No trial completed.")
     else:
         test = "" if best.test_accuracy is None else f"; held-out test accuracy {best.test_accuracy:.4f}"
         where = f"stage {best.stage}, trial {best.trial}"
         lines.append(f"Best validation accuracy {best.valid_accuracy:.4f} ({where}){test}")
-        held = summary.held_out
-        if held is not None:
+        if (held := summary.held_out) is not None:
             lines.append(
                 f"Held-out test accuracy of the chosen configuration: {held.test_accuracy:.4f} trained on "
                 f"the {held.train_examples} training examples as in its trial (validation "
@@ -279,8 +272,7 @@ def format_summary(summary: Summary) -> str:
             f"Stage {number} ({stage.study}): best {stage_best}; {stage.complete} complete, "
             f"{stage.pruned} pruned, {stage.diverged} diverged, {stage.failed} failed"
         )
-        for name, (low, high) in stage.bounds.items():
-            lines.append(f"  {name:<16}[{_number(low)}, {_number(high)}]")
+        lines += [f"  {name:<16}[{_number(lo)}, {_number(hi)}]" for name, (lo, hi) in stage.bounds.items()]
     lines += _importance_lines(summary)
     return "\n".join(lines)
 

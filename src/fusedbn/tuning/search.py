@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -87,47 +87,33 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _from_unit(distribution: BaseDistribution, unit: float, name: str) -> float:
-    """The value at ``unit`` (in [0, 1)) along ``distribution``'s range, on its scale; integers on
-    [low - 0.5, high + 0.5], rounded."""
-    low, high = distribution.low, distribution.high
-    integer = isinstance(distribution, IntDistribution) and distribution.step == 1
-    if not (integer or isinstance(distribution, FloatDistribution) and distribution.step is None):
-        raise TypeError(f"{name}: fusedbn's samplers cannot sample {distribution!r}")
-    lo, hi = (low - 0.5, high + 0.5) if integer else (low, high)
-    draw = math.exp(math.log(lo) + unit * math.log(hi / lo)) if distribution.log else lo + unit * (hi - lo)
-    return int(min(max(round(draw), low), high)) if integer else min(max(draw, low), high)
-
-
-class _IndependentSampler(optuna.samplers.BaseSampler):
-    """A sampler that draws each parameter on its own from a number in [0, 1) (see :func:`_from_unit`)."""
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: Mapping[str, BaseDistribution]
-    ) -> dict[str, float]:
-        return {}
+class _IndependentSampler(optuna.samplers.RandomSampler):
+    """A sampler that draws each parameter on its own from a number in [0, 1) (:meth:`unit`) along its
+    range, on its scale; integers on [low - 0.5, high + 0.5], rounded."""
 
     def unit(self, trial_number: int, param_name: str) -> float:
         """Where in [0, 1) this trial's value of ``param_name`` lies."""
         raise NotImplementedError
 
     def sample_independent(
-        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, distribution: BaseDistribution
     ) -> float:
-        return _from_unit(param_distribution, self.unit(trial.number, param_name), param_name)
+        low, high = distribution.low, distribution.high
+        integer = isinstance(distribution, IntDistribution) and distribution.step == 1
+        if not (integer or isinstance(distribution, FloatDistribution) and distribution.step is None):
+            raise TypeError(f"{param_name}: fusedbn's samplers cannot sample {distribution!r}")
+        lo, hi = (low - 0.5, high + 0.5) if integer else (low, high)
+        u = self.unit(trial.number, param_name)
+        draw = math.exp(math.log(lo) + u * math.log(hi / lo)) if distribution.log else lo + u * (hi - lo)
+        return int(min(max(round(draw), low), high)) if integer else min(max(draw, low), high)
 
 
 class SeededRandomSampler(_IndependentSampler):
     """Independent random sampling: each draw depends only on (seed, stage, trial number, parameter name)."""
 
     def __init__(self, seed: int, stage: int) -> None:
-        self._seed = seed
-        self._stage = stage
+        super().__init__(seed)
+        self._seed, self._stage = seed, stage
 
     def unit(self, trial_number: int, param_name: str) -> float:
         seed = derive_seed(self._seed, self._stage, trial_number, zlib.crc32(param_name.encode()))
@@ -140,10 +126,10 @@ class SeededGridSampler(_IndependentSampler):
     seeded by (seed, stage)."""
 
     def __init__(self, seed: int, stage: int, names: Sequence[str], points: int) -> None:
+        super().__init__(seed)
         self._names = list(names)
         self._points = points
-        rng = np.random.default_rng(derive_seed(seed, stage))
-        self._order = rng.permutation(points ** len(self._names))
+        self._order = np.random.default_rng(derive_seed(seed, stage)).permutation(points ** len(self._names))
 
     def unit(self, trial_number: int, param_name: str) -> float:
         point = int(self._order[trial_number % len(self._order)])
@@ -192,19 +178,15 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if not self.study_name:
             raise ValueError("study name must not be empty")
-        for name in ("trials", "stages", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, least in (("trials", 1), ("stages", 1), ("threads", 1), ("seed", 0), ("train_seed", 0)):
+            value = getattr(self, name)
+            if value is not None and value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
         if not (isinstance(self.tiers, int) and self.tiers >= 1):
             raise ValueError(f"tiers must be an integer >= 1, got {self.tiers!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            raise ValueError(f"unknown pruner {self.pruner!r}; choose one of {', '.join(PRUNERS)}")
-        for name in ("seed", "train_seed"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        for name, choices in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if (value := getattr(self, name)) not in choices:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
         for name in ("keep_top", "margin"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
@@ -255,13 +237,12 @@ class TuningResult:
 
     def best(self) -> tuple[int, FrozenTrial] | None:
         """(stage number from 1, trial) of the best complete trial over all stages; None if none completed."""
-        candidates = [(i + 1, s.best_trial()) for i, s in enumerate(self.stages)]
-        candidates = [(i, t) for i, t in candidates if t is not None]
+        candidates = [(i, t) for i, s in enumerate(self.stages, 1) if (t := s.best_trial()) is not None]
         return max(candidates, key=lambda c: c[1].value, default=None)
 
     def coord_range(self, param: Param) -> tuple[float, float]:
         """``param``'s declared range (the first stage's bounds) on its scale's coordinate, low first."""
-        low, high = sorted(param.to_coord(v) for v in self.stages[0].bounds[param.name])
+        low, high = sorted(param.scale.to_coord(v) for v in self.stages[0].bounds[param.name])
         return low, high
 
     def params_of(self, trial: FrozenTrial) -> dict[str, float]:
@@ -282,8 +263,7 @@ def tune(
     tuned, fixed = split_by_tier(space, config.tiers)
     if config.sampler == "grid":
         grid_points(config.trials, len(tuned))
-    missing = task.required_params() - {p.name for p in space}
-    if missing:
+    if missing := task.required_params() - {p.name for p in space}:
         raise SpaceError(f"the space lacks {', '.join(sorted(missing))}, which the training loop needs")
 
     def note_lost(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -313,10 +293,8 @@ def _stored_trials(storage: optuna.storages.BaseStorage, config: SearchConfig) -
         name = f"{config.study_name}-stage{number}"
         if name in names:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-            counts[name] = (
-                sum(t.state in FINISHED for t in trials),
-                sum(t.state == TrialState.RUNNING for t in trials),
-            )
+            states = [t.state for t in trials]
+            counts[name] = (sum(state in FINISHED for state in states), states.count(TrialState.RUNNING))
     return counts
 
 
@@ -382,8 +360,7 @@ def _stage_bounds(previous: StageResult | None, tuned: Sequence[Param], config: 
     best complete trials."""
     if previous is None:
         return {p.name: (p.low, p.high) for p in tuned}
-    ranked = previous.ranked()
-    if not ranked:
+    if not (ranked := previous.ranked()):
         return dict(previous.bounds)
     best = ranked[: max(1, math.ceil(config.keep_top * len(ranked)))]
     return {
@@ -442,8 +419,7 @@ class _Search:
         if SPACE_ATTR not in study.user_attrs:
             study.set_user_attr(SPACE_ATTR, self.fingerprint())
         if BOUNDS_ATTR not in study.user_attrs:
-            bounds = _stage_bounds(previous, self.tuned, self.config)
-            study.set_user_attr(BOUNDS_ATTR, {name: list(b) for name, b in bounds.items()})
+            study.set_user_attr(BOUNDS_ATTR, _stage_bounds(previous, self.tuned, self.config))
         bounds = {name: (low, high) for name, (low, high) in study.user_attrs[BOUNDS_ATTR].items()}
         return StageResult(study=study, bounds=bounds)
 

@@ -31,6 +31,7 @@ class Scale:
     description: str = "the value itself"
     axis_label: str = "{name} (linear scale)"
     log: bool = False  # whether Optuna samples the value itself log-uniformly
+    prefix: str = ""  # Optuna samples "<prefix><name>"; a prefixed parameter's value is also recorded
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         """Raise :class:`SpaceError` unless ``[low, high]`` is a usable range on this scale."""
@@ -48,10 +49,6 @@ class Scale:
     def from_coord(self, coord: float) -> float:
         """The value at a coordinate (inverse of :meth:`to_coord`)."""
         return coord
-
-    def optuna_name(self, param: str) -> str:
-        """The name Optuna samples and stores in ``trial.params``."""
-        return param
 
     def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
         """Sample ``param`` within ``[low, high]`` (natural units) on this scale; returns the value."""
@@ -91,12 +88,12 @@ class LogScale(Scale):
 
 @dataclass(frozen=True)
 class LogNear1Scale(Scale):
-    """log10(1 - value), for betas in (0, 1); Optuna samples ``one_minus_<name>`` and the trial records the
-    beta as the user attribute ``<name>``."""
+    """log10(1 - value), for betas in (0, 1); Optuna samples ``one_minus_<name>``."""
 
     name: str = "log-near-1"
     description: str = "log10(1 - value)"
     axis_label: str = "{name} (axis: log of 1 - beta)"
+    prefix: str = "one_minus_"
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         super().check(param, low, high, integer)
@@ -111,13 +108,8 @@ class LogNear1Scale(Scale):
     def from_coord(self, coord: float) -> float:
         return 1.0 - 10.0**coord
 
-    def optuna_name(self, param: str) -> str:
-        return f"one_minus_{param}"
-
     def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
-        value = 1.0 - trial.suggest_float(self.optuna_name(param), 1.0 - high, 1.0 - low, log=True)
-        trial.set_user_attr(param, value)
-        return value
+        return 1.0 - trial.suggest_float(self.prefix + param, 1.0 - high, 1.0 - low, log=True)
 
     def value_from(self, sampled: float) -> float:
         return 1.0 - sampled
@@ -125,16 +117,16 @@ class LogNear1Scale(Scale):
 
 @dataclass(frozen=True)
 class Pow2Scale(Scale):
-    """log2(value) with integer exponents, for powers of two; Optuna samples ``log2_<name>`` and the trial
-    records the value as the user attribute ``<name>``."""
+    """log2(value) with integer exponents, for powers of two; Optuna samples ``log2_<name>``."""
 
     name: str = "pow2"
     description: str = "log2(value), integer exponents"
     axis_label: str = "{name} (log2 scale)"
+    prefix: str = "log2_"
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         super().check(param, low, high, integer)
-        if not (_is_power_of_two(low) and _is_power_of_two(high)):
+        if not all(v >= 1 and float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in (low, high)):
             raise SpaceError(f"{param}: a pow2 range needs powers of two as bounds, got [{low}, {high}]")
 
     def to_coord(self, value: float) -> float:
@@ -143,14 +135,8 @@ class Pow2Scale(Scale):
     def from_coord(self, coord: float) -> float:
         return 2.0**coord
 
-    def optuna_name(self, param: str) -> str:
-        return f"log2_{param}"
-
     def suggest(self, trial: optuna.Trial, param: str, low: float, high: float, integer: bool) -> float:
-        exponent = trial.suggest_int(self.optuna_name(param), round(math.log2(low)), round(math.log2(high)))
-        value = 2**exponent
-        trial.set_user_attr(param, value)
-        return value
+        return 2 ** trial.suggest_int(self.prefix + param, round(math.log2(low)), round(math.log2(high)))
 
     def value_from(self, sampled: float) -> float:
         return 2 ** int(sampled)
@@ -159,13 +145,7 @@ class Pow2Scale(Scale):
         return math.floor(lo + 1e-9), math.ceil(hi - 1e-9)
 
 
-SCALES: dict[str, Scale] = {
-    scale.name: scale for scale in (Scale(), LogScale(), LogNear1Scale(), Pow2Scale())
-}
-
-
-def _is_power_of_two(value: float) -> bool:
-    return value >= 1 and float(value).is_integer() and (int(value) & (int(value) - 1)) == 0
+SCALES: dict[str, Scale] = {s.name: s for s in (Scale(), LogScale(), LogNear1Scale(), Pow2Scale())}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,19 +184,15 @@ class Param:
     @property
     def optuna_name(self) -> str:
         """The name Optuna samples and stores in ``trial.params``."""
-        return self.scale.optuna_name(self.name)
-
-    def to_coord(self, value: float) -> float:
-        """The value's coordinate on this parameter's scale (the axis that sampling is uniform on)."""
-        return self.scale.to_coord(value)
-
-    def from_coord(self, coord: float) -> float:
-        """The value at a coordinate on this parameter's scale (inverse of :meth:`to_coord`)."""
-        return self.scale.from_coord(coord)
+        return self.scale.prefix + self.name
 
     def suggest(self, trial: optuna.Trial, low: float, high: float) -> float:
-        """Sample this parameter within ``[low, high]`` (natural units) on its scale; returns the value."""
-        return self.scale.suggest(trial, self.name, low, high, self.integer)
+        """Sample this parameter within ``[low, high]`` (natural units) on its scale; returns the value (also
+        the trial's user attribute ``<name>`` when Optuna samples it under another name)."""
+        value = self.scale.suggest(trial, self.name, low, high, self.integer)
+        if self.scale.prefix:
+            trial.set_user_attr(self.name, value)
+        return value
 
     def value_from(self, trial_params: Mapping[str, float]) -> float:
         """This parameter's value in natural units, read from a finished trial's ``params``."""
@@ -265,8 +241,7 @@ def check_space(space: Sequence[Param]) -> None:
 def _check_known(space: Sequence[Param], overrides: Mapping[str, object]) -> None:
     """Raise :class:`SpaceError` naming every key of ``overrides`` that is not a parameter of ``space``."""
     known = [param.name for param in space]
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
+    if unknown := sorted(set(overrides) - set(known)):
         raise SpaceError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
@@ -301,13 +276,13 @@ def narrow(
     clipped."""
     if not best_values:
         raise ValueError(f"{param.name}: narrowing needs at least one value from a best trial")
-    coords = [param.to_coord(v) for v in best_values]
-    current_lo, current_hi = sorted(param.to_coord(v) for v in current)
+    coords = [param.scale.to_coord(v) for v in best_values]
+    current_lo, current_hi = sorted(param.scale.to_coord(v) for v in current)
     pad = margin * (current_hi - current_lo)
     lo = max(min(coords) - pad, current_lo)
     hi = min(max(coords) + pad, current_hi)
     lo, hi = param.scale.round_coords(lo, hi)
-    low, high = sorted((param.from_coord(lo), param.from_coord(hi)))
+    low, high = sorted((param.scale.from_coord(lo), param.scale.from_coord(hi)))
     if param.integer:
         low, high = math.floor(low + 1e-9), math.ceil(high - 1e-9)
     low, high = max(low, current[0]), min(high, current[1])

@@ -85,12 +85,11 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
     try:
         if url.startswith("journal:"):
             return JournalStorage(JournalFileBackend(str(_local_path(url, "journal"))))
+        engine: dict[str, object] = {}
         if url.startswith("sqlite:"):
-            engine: dict[str, object] = {"creator": partial(_sqlite_connection, _local_path(url, "sqlite"))}
+            engine = {"creator": partial(_sqlite_connection, _local_path(url, "sqlite"))}
         elif url.startswith("postgresql"):
             engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
-        else:
-            engine = {}
         return _rdb_storage(url, engine, heartbeat)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__

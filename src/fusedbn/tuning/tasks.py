@@ -2,6 +2,7 @@
 8x8 digits, an MLP; every trial scores the test split) and ``mnist1d`` (MNIST-1D, a 1D CNN; the test split is
 read only after the search, to score the chosen configuration)."""
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -10,11 +11,7 @@ from torch import Tensor, nn
 
 from fusedbn.tuning import digits, mnist1d
 from fusedbn.tuning.space import Param, SpaceError, default_space
-from fusedbn.tuning.training import Task
-
-
-class TaskError(ValueError):
-    """An unknown task, or a task that cannot be built here."""
+from fusedbn.tuning.training import Task, TaskError
 
 
 @dataclass(frozen=True)
@@ -25,25 +22,24 @@ class TaskDefinition:
     "train", "valid" and "test" splits, ``model(params, batchnorm=, bias=)`` builds a network,
     ``space(optimizer)`` gives the search space, ``score_test`` says whether trials score the test split;
     ``epochs``, ``optimizer``, ``tiers``, ``trials`` and ``stages`` are its command-line defaults; ``limits``:
-    name -> (lowest, highest) a range may reach (None: no bound); ``width`` and ``layer`` name the width
+    name -> (lowest, highest) a range may reach (infinite: no bound); ``width`` and ``layer`` name the width
     parameter and the layer before each BatchNorm, for the experiments.
     """
 
     name: str
-    description: str
     splits: Callable[..., dict[str, tuple[Tensor, Tensor]]]
     model: Callable[..., nn.Module]
     space: Callable[[str], list[Param]]
     epochs: int
     optimizer: str
-    tiers: int
-    trials: int
-    stages: int
     width: str
     layer: str
+    tiers: int = 2
+    trials: int = 10
+    stages: int = 3
     data_seed: int | None = None
     score_test: bool = True
-    limits: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def study_name(self, data_seed: int | None) -> str:
         """The default study name: ``fusedbn-<task>``, with ``-data<seed>`` for a non-default data seed."""
@@ -67,13 +63,9 @@ class TaskDefinition:
         seed = self.data_seed if data_seed is None else data_seed
         if seed is not None and not 0 <= seed < 2**32:
             raise TaskError(f"--data-seed must be an integer in [0, 2**32), got {seed}")
-        try:
-            splits = self.splits() if seed is None else self.splits(seed)
-        except mnist1d.MissingPackage as error:
-            raise TaskError(str(error)) from None
         return Task(
             build_model=partial(self.model, batchnorm=batchnorm, bias=bias),
-            **splits,
+            **(self.splits() if seed is None else self.splits(seed)),
             epochs=self.epochs if epochs is None else epochs,
             optimizer=self.optimizer if optimizer is None else optimizer,
             device=device,
@@ -84,47 +76,38 @@ class TaskDefinition:
         """Raise :class:`~fusedbn.tuning.space.SpaceError` for a parameter whose range leaves the task's
         limits."""
         for param in space:
-            lowest, highest = self.limits.get(param.name, (None, None))
-            if (lowest is not None and param.low < lowest) or (highest is not None and param.high > highest):
-                allowed = f"[{'-inf' if lowest is None else lowest}, {'inf' if highest is None else highest}]"
+            lowest, highest = self.limits.get(param.name, (-math.inf, math.inf))
+            if param.low < lowest or param.high > highest:
                 raise SpaceError(
                     f"{param.name}: range [{param.low}, {param.high}] does not fit task {self.name}, "
-                    f"which takes {allowed}"
+                    f"which takes [{lowest}, {highest}]"
                 )
 
 
 TASKS: dict[str, TaskDefinition] = {
     "digits": TaskDefinition(
         name="digits",
-        description="scikit-learn's 8x8 digits, an MLP with FusedBatchNorm1d",
         splits=digits.digits_splits,
         model=digits.build_mlp,
         space=default_space,
         epochs=8,
         optimizer="sgd",
-        tiers=2,
-        trials=10,
-        stages=3,
         width="hidden_units",
         layer="Linear",
     ),
     "mnist1d": TaskDefinition(
         name="mnist1d",
-        description="MNIST-1D (generated locally), a 1D CNN with FusedBatchNorm1d",
         splits=mnist1d.mnist1d_splits,
         model=mnist1d.build_cnn,
         space=mnist1d.cnn_space,
         epochs=30,
         optimizer="adam",
-        tiers=2,
-        trials=10,
-        stages=3,
         width="channels",
         layer="Conv1d",
         data_seed=mnist1d.DATA_SEED,
         score_test=False,  # its test split is read only to score the chosen configuration
         # A CNN needs a convolution; a batch cannot be larger than the training split.
-        limits={"num_layers": (1, None), "batch_size": (None, mnist1d.TRAIN_EXAMPLES)},
+        limits={"num_layers": (1, math.inf), "batch_size": (-math.inf, mnist1d.TRAIN_EXAMPLES)},
     ),
 }
 

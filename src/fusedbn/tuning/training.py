@@ -38,6 +38,10 @@ class Diverged(ArithmeticError):
     """The training loss became NaN or infinite."""
 
 
+class TaskError(ValueError):
+    """An unknown task, or a task that cannot be built here."""
+
+
 @dataclass
 class HeldOutScores:
     """A configuration scored on the test split: ``valid_accuracy`` and ``test_accuracy`` of the model trained
@@ -76,8 +80,7 @@ class Task:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for split, pair in self.splits().items():
-            inputs, targets = pair
+        for split, (inputs, targets) in self.splits().items():
             if len(inputs) != len(targets) or len(inputs) == 0:
                 raise ValueError(
                     f"{split}: need as many targets as inputs, and at least one, "
@@ -123,7 +126,6 @@ class Task:
             batch_order = torch.Generator().manual_seed(seed)
             x_train, y_train = (t.to(device) for t in self.train)
             batch_size = int(params["batch_size"])
-            loss_fn = nn.CrossEntropyLoss()
             for epoch in range(self.epochs):
                 for group in optimizer.param_groups:
                     group["lr"] = params["learning_rate"] / (1.0 + params["lr_decay"] * epoch)
@@ -137,7 +139,7 @@ class Task:
                 n_used = len(order) - 1 if len(order) % batch_size == 1 else len(order)
                 for start in range(0, n_used, batch_size):
                     batch = order[start : start + batch_size]
-                    loss = loss_fn(model(x_train[batch]), y_train[batch])
+                    loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
                     if not torch.isfinite(loss):
                         raise Diverged(f"diverged: training loss {loss.item()} in epoch {epoch + 1}")
                     optimizer.zero_grad(set_to_none=True)
@@ -150,18 +152,16 @@ class Task:
     def scores(self, model: nn.Module) -> dict[str, float]:
         """Accuracy and mean loss of ``model`` (eval mode) on each of :meth:`trial_splits`:
         "<split>_accuracy", "<split>_loss"."""
-        device = torch.device(self.device)
         measured: dict[str, float] = {}
         for split, (inputs, targets) in self.trial_splits().items():
-            accuracy, loss = evaluate_with_loss(model, inputs.to(device), targets.to(device))
+            accuracy, loss = evaluate_with_loss(model, inputs.to(self.device), targets.to(self.device))
             measured[f"{split}_accuracy"], measured[f"{split}_loss"] = accuracy, loss
         return measured
 
     def fit(self, params: Mapping[str, float], trial: optuna.Trial, seed: int) -> float:
         """Train with ``params``, reporting validation accuracy each epoch; return the last and record the
         final model's :data:`SCORE_ATTRS`. Raises :class:`optuna.TrialPruned` when pruned or diverged."""
-        device = torch.device(self.device)
-        x_valid, y_valid = (t.to(device) for t in self.valid)
+        x_valid, y_valid = (t.to(self.device) for t in self.valid)
 
         def report(epoch: int, model: nn.Module) -> None:
             accuracy = evaluate(model, x_valid, y_valid)
@@ -182,7 +182,7 @@ class Task:
             raise optuna.TrialPruned(str(error)) from error
         finally:
             del model
-            if device.type == "cuda":
+            if torch.device(self.device).type == "cuda":
                 torch.cuda.empty_cache()
 
     def held_out_scores(self, params: Mapping[str, float], seed: int) -> "HeldOutScores":
@@ -191,13 +191,12 @@ class Task:
         split."""
         if self.test is None:
             raise ValueError("the task has no test split to score on")
-        device = torch.device(self.device)
-        x_test, y_test = (t.to(device) for t in self.test)
+        x_test, y_test = (t.to(self.device) for t in self.test)
         model = self.train_model(params, seed)
         everything = tuple(torch.cat(pair) for pair in zip(self.train, self.valid, strict=True))
         retrained = replace(self, train=everything).train_model(params, seed)
         return HeldOutScores(
-            valid_accuracy=evaluate(model, *(t.to(device) for t in self.valid)),
+            valid_accuracy=evaluate(model, *(t.to(self.device) for t in self.valid)),
             test_accuracy=evaluate(model, x_test, y_test),
             test_accuracy_all=evaluate(retrained, x_test, y_test),
             train_examples=len(self.train[0]),
