@@ -43,8 +43,7 @@ def paired_panels(
     ``unit``, and ``test``: a PairedTest as a dict). Top: each pair joined by a line and each arm's mean, on
     one value axis; bottom: the differences in percentage points with their mean, 95% interval and p-value,
     zero and, for an equivalence test, the band of +-``margin``, on one symmetric axis."""
-    firsts = [np.asarray(panel["first"], dtype=float) for panel in panels]
-    seconds = [np.asarray(panel["second"], dtype=float) for panel in panels]
+    firsts, seconds = ([np.asarray(p[arm], dtype=float) for p in panels] for arm in ("first", "second"))
     every = np.concatenate([*firsts, *seconds])
     pad = PAD * max(every.max() - every.min(), 1e-3)
     low, high = every.min() - pad, every.max() + pad
@@ -60,9 +59,7 @@ def paired_panels(
             values_ax.plot([0, 1], [a, b], color="grey", alpha=0.45, marker="o", markersize=3)
         means = [firsts[column].mean(), seconds[column].mean()]
         values_ax.plot([0, 1], means, color="black", marker="D", linewidth=2)
-        values_ax.set_xticks([0, 1], arms)
-        values_ax.set_xlim(-0.3, 1.3)
-        values_ax.set_ylim(low, high)
+        values_ax.set(xticks=[0, 1], xticklabels=arms, xlim=(-0.3, 1.3), ylim=(low, high))
         values_ax.set_ylabel(f"{ylabel}\n(axis from {low:.3f}, not 0)", fontsize=9)
         values_ax.set_title(panel["title"], fontsize=10)
         values_ax.grid(True, axis="y", alpha=0.3)
@@ -78,10 +75,9 @@ def paired_panels(
     if margin is not None:
         band = f"equivalence margin +-{100 * margin:g} points"
         handles.append(Patch(color="tab:green", alpha=0.15, label=band))
-    # One legend for every panel, between the title and the panels, where it hides no data: one row of
-    # up to four entries, or rows of three.
-    columns = len(handles) if len(handles) <= 4 else 3
-    rows = -(-len(handles) // columns)
+    # One legend for every panel, between the title and the panels, where it hides no data: the four
+    # entries in one row, or the five in two rows of three.
+    columns, rows = (4, 1) if margin is None else (3, 2)
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.94), ncol=columns, fontsize=8,
                frameon=False)  # fmt: skip
     return _titled(fig, heading, top=0.95 - 0.03 * (rows - 1))
@@ -98,9 +94,7 @@ def _difference_panel(
     ax.axhline(0.0, color="black", linestyle="--", linewidth=0.8)
     interval = f"95% interval [{ci[0]:+.2f}, {ci[1]:+.2f}]"
     ax.set_title(f"mean {mean:+.2f} points, {interval}, p = {test['p_value']:.2g}", fontsize=8)
-    ax.set_xlim(-0.4, 0.8)
-    ax.set_xticks([])
-    ax.set_ylim(-reach, reach)
+    ax.set(xlim=(-0.4, 0.8), xticks=[], ylim=(-reach, reach))
     ax.set_ylabel(f"{arms[0]} - {arms[1]}\n(percentage points)", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
 
@@ -121,9 +115,7 @@ def accuracy_vs_learning_rate(heading: str, points: Mapping[str, Sequence[tuple[
     ax.set_xscale("log")
     low, high = ax.get_xlim()
     _plain_numbers(ax.xaxis, [10.0**e for e in range(-6, 3) if low <= 10.0**e <= high])
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("learning rate (log axis)")
-    ax.set_ylabel("validation accuracy")
+    ax.set(ylim=(-0.03, 1.03), xlabel="learning rate (log axis)", ylabel="validation accuracy")
     ax.legend(fontsize=8, loc="center left")
     ax.grid(True, alpha=0.3)
     return _titled(fig, heading)
@@ -147,16 +139,13 @@ def batchnorm_comparison(
         shares = [np.mean(values[depths == d] >= good) for d in levels]
         right.bar(np.arange(len(levels)) + i * width, shares, width=width, color=colour, label=arm)
     left.axhline(good, color="black", linestyle="--", linewidth=0.8, label=f"threshold: accuracy {good}")
-    left.set_ylim(0, 1.02)
-    left.set_xlabel("fraction of configurations (best first; diverged at 0)")
-    left.set_ylabel("validation accuracy")
+    left.set(ylim=(0, 1.02), xlabel="fraction of configurations (best first; diverged at 0)",
+             ylabel="validation accuracy")  # fmt: skip
     left.set_title("Accuracy of each configuration, sorted", fontsize=10)
     left.legend(loc="lower left", fontsize=8)
     left.grid(True, alpha=0.3)
     right.set_xticks(np.arange(len(levels)) + width * (len(accuracy) - 1) / 2, [str(d) for d in levels])
-    right.set_ylim(0, 1)
-    right.set_xlabel(depth_label)
-    right.set_ylabel(f"share of configurations reaching {good}")
+    right.set(ylim=(0, 1), xlabel=depth_label, ylabel=f"share of configurations reaching {good}")
     right.set_title("Depth sensitivity", fontsize=10)
     right.legend(fontsize=8)
     return _titled(fig, heading)
@@ -180,8 +169,7 @@ def noise_and_gap(
         ax.plot(sizes, rows.mean(axis=0), color=colour, marker="o", label="mean over seeds (grey: one seed)")
         ax.set_xscale("log", base=2)
         _plain_numbers(ax.xaxis, sizes.tolist())
-        ax.set_xlabel("batch size B (log axis)")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="batch size B (log axis)", ylabel=ylabel)
         ax.set_title(title, fontsize=10)
     mean = spreads.mean(axis=0)
     left.plot(sizes, mean[0] * np.sqrt(sizes[0] / sizes), color="black", linestyle="--", label="B^-1/2")
@@ -236,8 +224,7 @@ def published_vs_reproduced(
         ax.text(x, value + 0.015, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
     labels = [*names, *extra]
     ax.set_xticks(np.arange(len(labels)), [label.replace(", ", ",\n") for label in labels], fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("test accuracy")
+    ax.set(ylim=(0, 1.1), ylabel="test accuracy")
     ax.grid(True, axis="y", alpha=0.3)
     handles = [
         Patch(facecolor="lightgrey", edgecolor="black", hatch="//", label="published"),
