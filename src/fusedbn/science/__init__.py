@@ -23,7 +23,7 @@ from fusedbn.outputs import output_folder
 from fusedbn.records import run_record
 from fusedbn.science.experiments import PRESETS, SCIENCE_TASKS, Context, Experiment, Finding
 from fusedbn.science.figures import draw_figure
-from fusedbn.science.report import JSON_FILE, RunInfo, read_comparison, read_findings, write_report
+from fusedbn.science.report import JSON_FILE, RunInfo, read_comparison, read_science, write_report
 from fusedbn.tuning.tasks import get_task
 from fusedbn.tuning.training import torch_threads
 
@@ -91,13 +91,12 @@ def run_science(
 def replot_science(out: str | Path) -> list[Path]:
     """Draw every figure again from ``out/science.json``; returns the paths. Raises
     :class:`~fusedbn.science.report.ReportFileError` when it cannot be read or keeps no figure data."""
-    return [draw_figure(finding, Path(out)) for finding in read_findings(Path(out) / JSON_FILE)]
+    return [draw_figure(finding, Path(out)) for finding in read_science(Path(out) / JSON_FILE)[1]]
 
 
 def _cpu_seconds() -> float:
     """CPU seconds of this process and of its finished worker processes."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    return sum(os.times()[:4])  # user and system, of this process and of its children
 
 
 def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> list[tuple[Finding, float]]:
