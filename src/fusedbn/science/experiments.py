@@ -33,7 +33,7 @@ from fusedbn.tuning import mnist1d
 from fusedbn.tuning.importance import Importances
 from fusedbn.tuning.report import importances
 from fusedbn.tuning.search import SearchConfig, TuningResult, derive_seed, score_chosen, tune
-from fusedbn.tuning.space import Param, with_scales
+from fusedbn.tuning.space import with_scales
 from fusedbn.tuning.tasks import TASKS, TaskDefinition
 from fusedbn.tuning.training import Diverged, HeldOutScores, Task, evaluate
 
@@ -159,10 +159,6 @@ class Context:
             self.tasks[key].score_test = True
         return self.tasks[key]
 
-    def space(self, optimizer: str = "sgd") -> list[Param]:
-        """The task's search space for ``optimizer``."""
-        return self.science.definition.space(optimizer)
-
     @property
     def four_params(self) -> tuple[str, ...]:
         """The learning rate, the momentum, the width and the batch size."""
@@ -175,7 +171,7 @@ class Context:
 
     def fixed_params(self, **changes: float) -> dict[str, float]:
         """The fixed configuration (SGD defaults changed by the task's ``fixed``), changed by ``changes``."""
-        defaults = {p.name: p.default for p in self.space("sgd")}
+        defaults = {p.name: p.default for p in self.science.definition.space("sgd")}
         return {**defaults, **self.science.fixed, **changes}
 
     def rng(self, key: str) -> np.random.Generator:
@@ -199,7 +195,8 @@ class Context:
         """A search over the parameters ``names`` (the others at their defaults), cached by its arguments."""
         key = (tuple(names), seed, trials, sampler, stages, tuple(linear), optimizer, batchnorm, bias)
         if key not in self.searches:
-            space = [replace(p, tier=1 if p.name in names else 2) for p in self.space(optimizer)]
+            space = [replace(p, tier=1 if p.name in names else 2)
+                     for p in self.science.definition.space(optimizer)]  # fmt: skip
             space = with_scales(space, dict.fromkeys(linear, "linear"))
             config = SearchConfig("science", "memory", trials=trials, stages=stages, tiers=1, sampler=sampler,
                                   seed=seed, pruner="none", progress=False)  # fmt: skip
@@ -233,10 +230,8 @@ def _trial_accuracies(result: TuningResult) -> list[float]:
 
 def _plain(value: object) -> object:
     """``value`` as JSON can hold it: arrays as lists, numpy numbers as Python's, dataclasses as dicts."""
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
     if is_dataclass(value):
         return asdict(value)
     raise TypeError(f"cannot keep {type(value).__name__} in science.json")
@@ -274,18 +269,16 @@ def random_vs_grid(ctx: Context) -> Finding:
         for seed in ctx.seeds(f"random vs grid: {len(names)} parameters"):
             for sampler in scores:
                 scores[sampler].append(_chosen(ctx.search(names, seed, trials, sampler=sampler)))
-        valid = {s: np.array([v for v, _ in scores[s]]) for s in scores}
-        test = {s: np.array([t for _, t in scores[s]]) for s in scores}
+        valid, test = ({s: np.array(pairs)[:, split] for s, pairs in scores.items()} for split in (0, 1))
         rows += [{"parameters": len(names), "sampler": sampler, "trials": trials,
                   "best validation": _mean_sd(valid[sampler]), "test of chosen": _mean_sd(test[sampler])}
                  for sampler in scores]  # fmt: skip
-        primary = paired(f"{len(names)} parameters: best validation, random - grid", valid["random"],
-                         valid["grid"])  # fmt: skip
-        tests += [primary, paired(f"{len(names)} parameters: test of chosen, random - grid", test["random"],
-                                  test["grid"])]  # fmt: skip
-        verdicts += [verdict(primary, +1), verdict(tests[-1], +1)]
+        pair = [paired(f"{len(names)} parameters: {measure}, random - grid", *values.values())
+                for measure, values in (("best validation", valid), ("test of chosen", test))]  # fmt: skip
+        tests += pair
+        verdicts += [verdict(t, +1) for t in pair]
         title = f"{len(names)} parameters, {trials} trials: {verdicts[-2]}"
-        panels.append(_panel(title, valid["random"], valid["grid"], primary))
+        panels.append(_panel(title, *valid.values(), pair[0]))
     overall = _overall(verdicts[0::2])
     return Finding(
         key="random_vs_grid",
@@ -315,8 +308,7 @@ def coarse_to_fine(ctx: Context) -> Finding:
         staged = ctx.search(ctx.four_params, seed, preset.stage_trials, stages=preset.stages)
         arms["coarse-to-fine"].append(_chosen(staged))
         arms["one stage"].append(_chosen(ctx.search(ctx.four_params, seed, total)))
-    valid = {a: np.array([v for v, _ in arms[a]]) for a in arms}
-    test = {a: np.array([t for _, t in arms[a]]) for a in arms}
+    valid, test = ({a: np.array(pairs)[:, split] for a, pairs in arms.items()} for split in (0, 1))
     tests = [paired("best validation, staged - one stage", *valid.values()),
              paired("test of chosen, staged - one stage", *test.values())]
     verdicts = [verdict(t, +1) for t in tests]
@@ -515,11 +507,9 @@ def importance_ranking(ctx: Context) -> Finding:
     tiers: dict[str, dict[str, int]] = {}
     for optimizer in ("sgd", "adam"):
         ctx.progress(f"importances: {optimizer}, {preset.importance_trials} trials")
-        space = ctx.space(optimizer)
-        names = [p.name for p in space]
-        result = ctx.search(names, 0, preset.importance_trials, optimizer=optimizer)
+        tiers[optimizer] = {p.name: p.tier for p in ctx.science.definition.space(optimizer)}
+        result = ctx.search(list(tiers[optimizer]), 0, preset.importance_trials, optimizer=optimizer)
         measured[optimizer] = importances(result, preset.importance_resamples)
-        tiers[optimizer] = {p.name: p.tier for p in space}
     rows, verdicts = [], []
     for optimizer, found in measured.items():
         if found is None:
@@ -567,7 +557,6 @@ def test_time_statistics(ctx: Context) -> Finding:
     """Exponential moving averages of the batch statistics vs exact statistics recomputed after training."""
     preset, paired = ctx.preset, ctx.paired(ctx.rng("test_time_statistics"))
     task = ctx.task()
-    x_train = task.train[0]
     results = {beta: {"ema": [], "exact": []} for beta in EMA_BETAS}
     check = 0.0
     for seed in ctx.seeds("test-time statistics"):
@@ -577,13 +566,12 @@ def test_time_statistics(ctx: Context) -> Finding:
             except Diverged:
                 continue
             results[beta]["ema"].append(evaluate(model, *task.test))
-            update_bn([x_train], model)
-            check = max(check, _update_bn_error(model, x_train))
+            update_bn([task.train[0]], model)
+            check = max(check, _update_bn_error(model, task.train[0]))
             results[beta]["exact"].append(evaluate(model, *task.test))
     tests, verdicts, rows, panels = [], [], [], []
     for beta, arms in results.items():
-        test = paired(f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact", arms["ema"],
-                      arms["exact"])  # fmt: skip
+        test = paired(f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact", *arms.values())
         tests.append(test)
         verdicts.append(equivalence_verdict(test, EQUIVALENCE_MARGIN))
         claim = f" (the claim): {verdicts[-1]}" if beta == EMA_BETAS[0] else ""
