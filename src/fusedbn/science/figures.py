@@ -53,12 +53,10 @@ def paired_panels(
     reach = 1.15 * max(reach, 0.1, 0.0 if margin is None else 100 * margin)
     fig = Figure(figsize=(4.4 * len(panels), 7.2))
     axes = fig.subplots(2, len(panels), squeeze=False)
-    for column, panel in enumerate(panels):
+    for column, (panel, first, second) in enumerate(zip(panels, firsts, seconds, strict=True)):
         values_ax, difference_ax = axes[0][column], axes[1][column]
-        for a, b in zip(firsts[column], seconds[column], strict=True):
-            values_ax.plot([0, 1], [a, b], color="grey", alpha=0.45, marker="o", markersize=3)
-        means = [firsts[column].mean(), seconds[column].mean()]
-        values_ax.plot([0, 1], means, color="black", marker="D", linewidth=2)
+        values_ax.plot([0, 1], [first, second], color="grey", alpha=0.45, marker="o", markersize=3)
+        values_ax.plot([0, 1], [first.mean(), second.mean()], color="black", marker="D", linewidth=2)
         values_ax.set(xticks=[0, 1], xticklabels=arms, xlim=(-0.3, 1.3), ylim=(low, high))
         values_ax.set_ylabel(f"{ylabel}\n(axis from {low:.3f}, not 0)", fontsize=9)
         values_ax.set_title(panel["title"], fontsize=10)
@@ -134,8 +132,7 @@ def batchnorm_comparison(
     width = 0.8 / len(accuracy)
     for i, (colour, (arm, values)) in enumerate(zip(ARM_COLOURS, accuracy.items(), strict=False)):
         values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
-        shown = np.sort(values)[::-1]
-        left.plot(np.arange(len(shown)) / len(shown), shown, color=colour, label=arm)
+        left.plot(np.arange(len(values)) / len(values), np.sort(values)[::-1], color=colour, label=arm)
         shares = [np.mean(values[depths == d] >= good) for d in levels]
         right.bar(np.arange(len(levels)) + i * width, shares, width=width, color=colour, label=arm)
     left.axhline(good, color="black", linestyle="--", linewidth=0.8, label=f"threshold: accuracy {good}")
