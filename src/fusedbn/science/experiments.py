@@ -450,9 +450,8 @@ def _first_layer(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, 
 
 def batchnorm_noise(ctx: Context) -> Finding:
     """BatchNorm's noise against the mini-batch size: its mechanism, and the train-test gap."""
-    preset, rng = ctx.preset, ctx.rng("batchnorm_noise")
+    preset, rng, task = ctx.preset, ctx.rng("batchnorm_noise"), ctx.task()
     paired = ctx.paired(rng)
-    task = ctx.task()
     sizes = np.array(preset.batch_sizes)
     spreads, gaps = [], []
     for seed in ctx.seeds("BatchNorm noise"):
@@ -516,12 +515,9 @@ def importance_ranking(ctx: Context) -> Finding:
             verdicts.append(NOT_SHOWN)
             continue
         others = [n for n in found.values if n != "learning_rate"]
-        if all(found.ranks_above("learning_rate", n) for n in others):
-            verdicts.append(HELD)
-        elif any(found.ranks_above(n, "learning_rate") for n in others):
-            verdicts.append(CONTRADICTED)
-        else:
-            verdicts.append(NOT_SHOWN)
+        first = all(found.ranks_above("learning_rate", n) for n in others)
+        beaten = any(found.ranks_above(n, "learning_rate") for n in others)
+        verdicts.append(HELD if first else CONTRADICTED if beaten else NOT_SHOWN)
         for name in found.order():
             low, high = found.intervals[name]
             rows.append({"optimizer": optimizer, "parameter": name, "tier": tiers[optimizer][name],
@@ -630,7 +626,10 @@ def paper_table(ctx: Context) -> Finding:
             accuracy[model].append(evaluate(task.train_model(mnist1d.PAPER_PARAMS, seed), *task.test))
         seconds[model] = (time.perf_counter() - began) / max(1, preset.paper_seeds)
     ctx.progress(f"paper table: tuning the fusedbn CNN, {preset.tuned_stages} x {preset.tuned_trials} trials")
-    tuned = _tuned(ctx)
+    definition, task = ctx.science.definition, ctx.build(epochs=preset.tuned_epochs)
+    config = SearchConfig("tuned", "memory", trials=preset.tuned_trials, stages=preset.tuned_stages,
+                          tiers=definition.tiers, seed=0, progress=False)  # fmt: skip
+    tuned = score_chosen(task, tune(task, definition.space(definition.optimizer), config))
     verdicts, rows = [], []
     for model, (_, published) in mnist1d.PAPER_MODELS.items():
         values = np.array(accuracy[model])
@@ -642,13 +641,11 @@ def paper_table(ctx: Context) -> Finding:
                      "reproduced - published": _points(off),
                      "within 3 points": "yes" if abs(off) <= REPRODUCTION_MARGIN else "no",
                      "seconds per training": f"{seconds[model]:.1f}"})  # fmt: skip
-    if tuned is not None:
-        rows.append(dict.fromkeys(rows[0], "-") | {
-            "model": "fusedbn CNN (BatchNorm, max pooling), tuned",
-            "reproduced": f"{tuned.test_accuracy_all:.4f}",
-            "each seed": f"trained on the search's {tuned.train_examples} examples: "
-            f"{tuned.test_accuracy:.4f}",
-        })  # fmt: skip
+    rows.append(dict.fromkeys(rows[0], "-") | {
+        "model": "fusedbn CNN (BatchNorm, max pooling), tuned",
+        "reproduced": f"{tuned.test_accuracy_all:.4f}",
+        "each seed": f"trained on the search's {tuned.train_examples} examples: {tuned.test_accuracy:.4f}",
+    })  # fmt: skip
     overall = _overall(verdicts)
     return Finding(
         key="paper_table",
@@ -673,24 +670,13 @@ def paper_table(ctx: Context) -> Finding:
             models={model: {"published": published, "seeds": accuracy[model]}
                     for model, (_, published) in mnist1d.PAPER_MODELS.items()},
             margin=REPRODUCTION_MARGIN,
-            extra={} if tuned is None else {"fusedbn CNN, tuned": tuned.test_accuracy_all},
+            extra={"fusedbn CNN, tuned": tuned.test_accuracy_all},
         ),  # fmt: skip
         extra={"accuracy": accuracy, "seconds_per_training": seconds, "tuned": tuned},
     )
 
 
-def _tuned(ctx: Context) -> HeldOutScores | None:
-    """The held-out scores of the configuration the task's default tuning chooses (sampling seed 0)."""
-    preset, definition = ctx.preset, ctx.science.definition
-    if preset.tuned_trials == 0:
-        return None
-    task = ctx.build(epochs=preset.tuned_epochs)
-    config = SearchConfig("tuned", "memory", trials=preset.tuned_trials, stages=preset.tuned_stages,
-                          tiers=definition.tiers, seed=0, progress=False)  # fmt: skip
-    return score_chosen(task, tune(task, definition.space(definition.optimizer), config))
-
-
-def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores | None) -> str:
+def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores) -> str:
     """Which baselines reproduced within 3 points, why the MLP may not, and the tuned CNN's accuracy."""
     parts = []
     for model in PAPER_BASELINES:
@@ -703,10 +689,8 @@ def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores | 
              f"{wide:.1%} against {narrow:.1%} with the 100 the paper describes")  # fmt: skip
     matches = abs(wide - 0.68) <= REPRODUCTION_MARGIN < abs(narrow - 0.68)
     text += ": the published 68% matches the wider network." if matches else "."
-    if tuned is not None:
-        text += (f" The tuned fusedbn CNN (BatchNorm, global max pooling) reaches "
-                 f"{tuned.test_accuracy_all:.1%} on the test split.")  # fmt: skip
-    return text
+    return text + (f" The tuned fusedbn CNN (BatchNorm, global max pooling) reaches "
+                   f"{tuned.test_accuracy_all:.1%} on the test split.")  # fmt: skip
 
 
 def bias_equivalence(ctx: Context) -> Finding:
@@ -723,10 +707,8 @@ def bias_equivalence(ctx: Context) -> Finding:
             if not bias:
                 learning_rates += _values(result, "learning_rate")
     diverged = {arm: np.isnan(valid[arm]) for arm in arms}
-    scored = {
-        split: {arm: np.nan_to_num(np.array(values[arm]), nan=CHANCE_ACCURACY) for arm in arms}
-        for split, values in (("validation", valid), ("test", test))
-    }
+    scored = {split: {arm: np.nan_to_num(np.array(values[arm]), nan=CHANCE_ACCURACY) for arm in arms}
+              for split, values in (("validation", valid), ("test", test))}  # fmt: skip
     tests = [paired(f"{split} accuracy, bias - no bias", arm_values["bias"], arm_values["no bias"])
              for split, arm_values in scored.items()]
     verdicts = [equivalence_verdict(t, EQUIVALENCE_MARGIN) for t in tests]
@@ -742,10 +724,8 @@ def bias_equivalence(ctx: Context) -> Finding:
                  "diverged": int(np.sum(diverged["bias"] != diverged["no bias"]))})  # fmt: skip
     rows += _differences_by_decade(np.array(learning_rates), differences["validation"])
     overall = _overall(verdicts)
-    panels = [
-        _panel(f"{split} accuracy: {split_verdict}", arm_values["bias"], arm_values["no bias"], test)
-        for (split, arm_values), test, split_verdict in zip(scored.items(), tests, verdicts, strict=True)
-    ]
+    panels = [_panel(f"{split} accuracy: {outcome}", arm_values["bias"], arm_values["no bias"], test)
+              for (split, arm_values), test, outcome in zip(scored.items(), tests, verdicts, strict=True)]
     return Finding(
         key="bias_equivalence",
         title="A bias before BatchNorm is redundant",
