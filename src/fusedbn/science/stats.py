@@ -1,9 +1,5 @@
-"""Paired statistics for the experiments: bootstrap intervals, Wilcoxon and McNemar tests, verdicts.
-
-A claim is *held* when its test rejects "no difference" at ``ALPHA`` and the 95% bootstrap interval of the
-mean difference lies on the claimed side of zero, *contradicted* when both point the other way, and *not
-shown* otherwise (absence of evidence, not evidence of absence).
-"""
+"""Paired statistics for the experiments: bootstrap intervals, Wilcoxon and McNemar tests, and verdicts (*not
+shown* is absence of evidence, not evidence of absence)."""
 
 from dataclasses import dataclass
 
@@ -29,7 +25,6 @@ class PairedTest:
 
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, resamples: int) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean of ``values``."""
-    values = np.asarray(values, dtype=float)
     means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
