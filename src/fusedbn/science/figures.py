@@ -100,8 +100,7 @@ def _difference_panel(
 def accuracy_vs_learning_rate(heading: str, points: Mapping[str, Sequence[tuple[float, float]]]) -> Figure:
     """Validation accuracy of every trial against its learning rate (log axis), one colour per arm;
     diverged trials (no accuracy) as crosses at 0."""
-    fig = Figure(figsize=(7.5, 4.8))
-    ax = fig.subplots()
+    ax = Figure(figsize=(7.5, 4.8)).subplots()
     for colour, (arm, pairs) in zip(ARM_COLOURS, points.items(), strict=False):
         lrs, accuracies = np.asarray(pairs, dtype=float).T
         diverged = np.isnan(accuracies)
@@ -116,7 +115,7 @@ def accuracy_vs_learning_rate(heading: str, points: Mapping[str, Sequence[tuple[
     ax.set(ylim=(-0.03, 1.03), xlabel="learning rate (log axis)", ylabel="validation accuracy")
     ax.legend(fontsize=8, loc="center left")
     ax.grid(True, alpha=0.3)
-    return _titled(fig, heading)
+    return _titled(ax.figure, heading)
 
 
 def batchnorm_comparison(
@@ -126,8 +125,7 @@ def batchnorm_comparison(
     """Left: each arm's sorted accuracies with the threshold ``good``; right: the share reaching ``good`` by
     depth (``depth_label`` says what it counts)."""
     depths = np.asarray(depths)
-    fig = Figure(figsize=(11, 4.6))
-    left, right = fig.subplots(1, 2)
+    left, right = Figure(figsize=(11, 4.6)).subplots(1, 2)
     levels = sorted(set(depths.tolist()))
     width = 0.8 / len(accuracy)
     for i, (colour, (arm, values)) in enumerate(zip(ARM_COLOURS, accuracy.items(), strict=False)):
@@ -145,7 +143,7 @@ def batchnorm_comparison(
     right.set(ylim=(0, 1), xlabel=depth_label, ylabel=f"share of configurations reaching {good}")
     right.set_title("Depth sensitivity", fontsize=10)
     right.legend(fontsize=8)
-    return _titled(fig, heading)
+    return _titled(left.figure, heading)
 
 
 def noise_and_gap(
@@ -154,8 +152,7 @@ def noise_and_gap(
     """Left: spread of one example's normalised value vs batch size (log-log, with B^-1/2).
     Right: the train-test gap per batch size in percentage points, on an axis from zero."""
     sizes, spreads, gaps = (np.asarray(a, dtype=float) for a in (sizes, spreads, gaps))
-    fig = Figure(figsize=(11, 4.6))
-    left, right = fig.subplots(1, 2)
+    left, right = Figure(figsize=(11, 4.6)).subplots(1, 2)
     points = 100 * gaps
     for ax, rows, colour, ylabel, title in (
         (left, spreads, "tab:blue", "spread of the normalised value (log axis)", "BatchNorm noise"),
@@ -177,7 +174,7 @@ def noise_and_gap(
     right.axhline(0.0, color="black", linewidth=0.8)
     left.legend(fontsize=8)
     right.legend(fontsize=8)
-    return _titled(fig, heading)
+    return _titled(left.figure, heading)
 
 
 def importance_bars(
@@ -185,15 +182,14 @@ def importance_bars(
 ) -> Figure:
     """One panel per optimizer: importances with their intervals, coloured by tier, over the noise
     floor (as in ``fusedbn tune``'s importances.png)."""
-    fig = Figure(figsize=(7.5 * len(measured), 5.4))
-    panels = np.atleast_1d(fig.subplots(1, len(measured)))
+    panels = np.atleast_1d(Figure(figsize=(7.5 * len(measured), 5.4)).subplots(1, len(measured)))
     for ax, (optimizer, found) in zip(panels, measured.items(), strict=True):
         ax.set_title(optimizer.upper(), fontsize=10)
         if found is None:
             ax.text(0.5, 0.5, "too few trials", ha="center")
             continue
         draw_importances(ax, Importances(**found), tiers[optimizer])
-    return _titled(fig, heading)
+    return _titled(panels[0].figure, heading)
 
 
 def published_vs_reproduced(
@@ -204,11 +200,9 @@ def published_vs_reproduced(
     (each seed a dot) and the band of +-``margin``; then ``extra``'s bars (name -> accuracy, not published).
     The accuracy axis runs from 0 to 1."""
     extra = extra or {}
-    fig = Figure(figsize=(10, 4.8))
-    ax = fig.subplots()
-    names = list(models)
-    for x, name in enumerate(names):
-        published, seeds = float(models[name]["published"]), np.asarray(models[name]["seeds"], dtype=float)
+    ax = Figure(figsize=(10, 4.8)).subplots()
+    for x, model in enumerate(models.values()):
+        published, seeds = float(model["published"]), np.asarray(model["seeds"], dtype=float)
         ax.bar(x - 0.2, published, width=0.4, color="lightgrey", edgecolor="black", hatch="//")
         ax.add_patch(Rectangle((x - 0.45, published - margin), 0.9, 2 * margin, color="tab:green", alpha=0.2,
                                zorder=0))  # fmt: skip
@@ -216,10 +210,10 @@ def published_vs_reproduced(
         ax.scatter(np.full(len(seeds), x + 0.2), seeds, color="black", s=10, zorder=3)
         for offset, value in ((-0.2, published), (0.2, seeds.mean())):
             ax.text(x + offset, value + 0.015, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
-    for x, value in enumerate(extra.values(), start=len(names)):
+    for x, value in enumerate(extra.values(), start=len(models)):
         ax.bar(x, value, width=0.4, color=ARM_COLOURS[2])
         ax.text(x, value + 0.015, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
-    labels = [*names, *extra]
+    labels = [*models, *extra]
     ax.set_xticks(np.arange(len(labels)), [label.replace(", ", ",\n") for label in labels], fontsize=8)
     ax.set(ylim=(0, 1.1), ylabel="test accuracy")
     ax.grid(True, axis="y", alpha=0.3)
@@ -231,7 +225,7 @@ def published_vs_reproduced(
         *([Patch(color=ARM_COLOURS[2], label="not in the paper")] if extra else []),
     ]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
-    return _titled(fig, heading)
+    return _titled(ax.figure, heading)
 
 
 FIGURES: dict[str, Callable[..., Figure]] = {
