@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -145,8 +145,7 @@ class Context:
     def build(self, **options: object) -> Task:
         """A new task built with ``options`` on this data seed, cut to ``preset.train_examples`` when set."""
         task = self.science.definition.build(data_seed=self.data_seed, **options)
-        if self.preset.train_examples is not None:
-            task.train = tuple(t[: self.preset.train_examples] for t in task.train)
+        task.train = tuple(t[: self.preset.train_examples] for t in task.train)  # all of them for None
         return task
 
     def task(self, optimizer: str = "sgd", batchnorm: bool = True, bias: bool = False) -> Task:
@@ -228,18 +227,11 @@ def _trial_accuracies(result: TuningResult) -> list[float]:
     return [t.value if t.state == TrialState.COMPLETE else math.nan for t in _trials(result)]
 
 
-def _plain(value: object) -> object:
-    """``value`` as JSON can hold it: arrays as lists, numpy numbers as Python's, dataclasses as dicts."""
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if is_dataclass(value):
-        return asdict(value)
-    raise TypeError(f"cannot keep {type(value).__name__} in science.json")
-
-
 def _figure_data(kind: str, **data: object) -> dict[str, object]:
-    """A figure's kind and data in plain JSON values, the same after science.json is read back."""
-    return {"kind": kind, **json.loads(json.dumps(data, default=_plain))}
+    """A figure's kind and data in plain JSON values (numpy arrays and numbers as lists and numbers,
+    dataclasses as dicts), the same after science.json is read back."""
+    plain = json.dumps(data, default=lambda v: v.tolist() if hasattr(v, "tolist") else asdict(v))
+    return {"kind": kind, **json.loads(plain)}
 
 
 def _panel(title: str, first: Sequence[float], second: Sequence[float], test: PairedTest) -> dict:
@@ -324,9 +316,8 @@ def coarse_to_fine(ctx: Context) -> Finding:
         "than spending the same budget on one random stage.",
         setup=f"SGD, tuning {', '.join(ctx.four_params)}; {preset.stages} stages of {preset.stage_trials} "
         f"trials (keep the best 25%, margin 10%) vs one stage of {total} trials. The staged search's first "
-        "stage draws the same configurations as the first trials of the one-stage search. "
-        f"{preset.seeds} seeds. Held needs both validation and test accuracy of the chosen configuration "
-        "to improve.",
+        f"stage draws the same configurations as the first trials of the one-stage search. {preset.seeds} "
+        "seeds. Held needs both validation and test accuracy of the chosen configuration to improve.",
         rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "the staged search chose better configurations")
         + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
@@ -373,8 +364,7 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
     """The same random configurations trained with and without BatchNorm: reach, spread, divergence, depth."""
     preset, rng, good = ctx.preset, ctx.rng("batchnorm_vs_none"), ctx.science.good_accuracy
     layer = ctx.science.definition.layer
-    arms = {"BatchNorm": [], "no BatchNorm": []}
-    depths = []
+    arms, depths = {"BatchNorm": [], "no BatchNorm": []}, []
     for seed in ctx.seeds("BatchNorm vs none"):
         for arm, batchnorm in (("BatchNorm", True), ("no BatchNorm", False)):
             result = ctx.search(ctx.bn_params, seed, preset.bn_configs, batchnorm=batchnorm)
@@ -509,11 +499,12 @@ def importance_ranking(ctx: Context) -> Finding:
         tiers[optimizer] = {p.name: p.tier for p in ctx.science.definition.space(optimizer)}
         result = ctx.search(list(tiers[optimizer]), 0, preset.importance_trials, optimizer=optimizer)
         measured[optimizer] = importances(result, preset.importance_resamples)
-    rows, verdicts = [], []
+    rows, verdicts, above_noise = [], [], []
     for optimizer, found in measured.items():
         if found is None:
             verdicts.append(NOT_SHOWN)
             continue
+        above_noise.append(f"{optimizer.upper()}: {', '.join(found.above_noise()) or 'none'}")
         others = [n for n in found.values if n != "learning_rate"]
         first = all(found.ranks_above("learning_rate", n) for n in others)
         beaten = any(found.ranks_above(n, "learning_rate") for n in others)
@@ -529,6 +520,10 @@ def importance_ranking(ctx: Context) -> Finding:
                      "importance": f"{found.noise:.3f}", "90% interval": f"[{low:.3f}, {high:.3f}]",
                      "above noise": "-"})  # fmt: skip
     overall = _overall(verdicts)
+    noise = " Too few trials to compute importances."
+    if above_noise:
+        noise = (f" Above the noise floor in 95% of the resamples: {'; '.join(above_noise)}. Any other "
+                 "ordering of the tiers is within the noise at this number of trials.")  # fmt: skip
     return Finding(
         key="importances",
         title="Which parameters matter: fANOVA importances for SGD and Adam",
@@ -541,8 +536,7 @@ def importance_ranking(ctx: Context) -> Finding:
         "intervals). Diverged trials have no accuracy and are left out, as in `fusedbn tune`. Held needs "
         "the learning rate to rank above every other parameter in 95% of the resamples.",
         rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
-        explanation=_explain(overall, "the learning rate ranked first for both optimizers")
-        + _above_noise(measured),
+        explanation=_explain(overall, "the learning rate ranked first for both optimizers") + noise,
         figure_data=_figure_data("importance_bars", measured=measured, tiers=tiers),
         extra={name: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
                for name, found in measured.items()},  # fmt: skip
@@ -722,7 +716,14 @@ def bias_equivalence(ctx: Context) -> Finding:
                  "validation": f"largest |difference| {np.abs(differences['validation']).max():.4f}",
                  "test": f"largest |difference| {np.abs(differences['test']).max():.4f}",
                  "diverged": int(np.sum(diverged["bias"] != diverged["no bias"]))})  # fmt: skip
-    rows += _differences_by_decade(np.array(learning_rates), differences["validation"])
+    decades = np.floor(np.log10(learning_rates)).astype(int)
+    for decade in sorted(set(decades.tolist())):  # how far apart the paired runs ended, by learning rate
+        inside = np.abs(differences["validation"][decades == decade])
+        rows.append({"network": f"learning rate in [{10.0**decade:g}, {10.0 ** (decade + 1):g})",
+                     "configurations": f"{len(inside)}, {int(np.sum(inside == 0))} identical on validation",
+                     "validation": f"mean |difference| {100 * inside.mean():.2f} points, "
+                     f"largest {100 * inside.max():.2f}",
+                     "test": "-", "diverged": "-"})  # fmt: skip
     overall = _overall(verdicts)
     panels = [_panel(f"{split} accuracy: {outcome}", arm_values["bias"], arm_values["no bias"], test)
               for (split, arm_values), test, outcome in zip(scored.items(), tests, verdicts, strict=True)]
@@ -750,31 +751,6 @@ def bias_equivalence(ctx: Context) -> Finding:
         figure_data=_figure_data("paired_panels", panels=panels, arms=["bias", "no bias"], ylabel="accuracy",
                                  margin=EQUIVALENCE_MARGIN, unit="configuration"),  # fmt: skip
     )
-
-
-def _differences_by_decade(learning_rates: np.ndarray, differences: np.ndarray) -> list[dict[str, object]]:
-    """Table rows per decade of the learning rate: how many paired configurations scored the same, and how far
-    apart the others ended (validation, percentage points)."""
-    decades = np.floor(np.log10(learning_rates)).astype(int)
-    rows = []
-    for decade in sorted(set(decades.tolist())):
-        inside = np.abs(differences[decades == decade])
-        rows.append({"network": f"learning rate in [{10.0**decade:g}, {10.0 ** (decade + 1):g})",
-                     "configurations": f"{len(inside)}, {int(np.sum(inside == 0))} identical on validation",
-                     "validation": f"mean |difference| {100 * inside.mean():.2f} points, "
-                     f"largest {100 * inside.max():.2f}",
-                     "test": "-", "diverged": "-"})  # fmt: skip
-    return rows
-
-
-def _above_noise(measured: dict[str, Importances | None]) -> str:
-    """Which parameters each optimizer's importances put above the noise floor, as a sentence."""
-    found = [f"{optimizer.upper()}: {', '.join(importance.above_noise()) or 'none'}"
-             for optimizer, importance in measured.items() if importance is not None]  # fmt: skip
-    if not found:
-        return " Too few trials to compute importances."
-    return (f" Above the noise floor in 95% of the resamples: {'; '.join(found)}. Any other ordering of the "
-            "tiers is within the noise at this number of trials.")  # fmt: skip
 
 
 def _points(fraction: float) -> str:
