@@ -61,9 +61,7 @@ def verdict(test: PairedTest, claimed_sign: int) -> str:
     """HELD when ``test`` is significant (p below ALPHA, its interval on one side of zero) in the direction
     ``claimed_sign`` (+1 or -1), CONTRADICTED when significant the other way, NOT_SHOWN otherwise."""
     direction = (test.ci_low > 0) - (test.ci_high < 0) if test.p_value < ALPHA else 0
-    if direction == 0:
-        return NOT_SHOWN
-    return HELD if direction == claimed_sign else CONTRADICTED
+    return NOT_SHOWN if direction == 0 else HELD if direction == claimed_sign else CONTRADICTED
 
 
 def equivalence_verdict(test: PairedTest, margin: float) -> str:
