@@ -18,7 +18,6 @@ from fusedbn.tuning.importance import Importances
 from fusedbn.tuning.plots import draw_importances
 
 ARM_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
-PAD = 0.05  # share of a data range added on each side of it
 
 
 def _titled(fig: Figure, heading: str, top: float = 1.0) -> Figure:
@@ -45,12 +44,11 @@ def paired_panels(
     zero and, for an equivalence test, the band of +-``margin``, on one symmetric axis."""
     firsts, seconds = ([np.asarray(p[arm], dtype=float) for p in panels] for arm in ("first", "second"))
     every = np.concatenate([*firsts, *seconds])
-    pad = PAD * max(every.max() - every.min(), 1e-3)
+    pad = 0.05 * max(every.max() - every.min(), 1e-3)  # on each side of the values
     low, high = every.min() - pad, every.max() + pad
     differences = [100 * (a - b) for a, b in zip(firsts, seconds, strict=True)]
-    reach = max(max(np.abs(d).max(), 100 * abs(p["test"]["ci_low"]), 100 * abs(p["test"]["ci_high"]))
-                for d, p in zip(differences, panels, strict=True))  # fmt: skip
-    reach = 1.15 * max(reach, 0.1, 0.0 if margin is None else 100 * margin)
+    bounds = [100 * abs(p["test"][end]) for p in panels for end in ("ci_low", "ci_high")]
+    reach = 1.15 * max(*(np.abs(d).max() for d in differences), *bounds, 0.1, 100 * (margin or 0.0))
     fig = Figure(figsize=(4.4 * len(panels), 7.2))
     axes = fig.subplots(2, len(panels), squeeze=False)
     for column, (panel, first, second) in enumerate(zip(panels, firsts, seconds, strict=True)):
@@ -197,8 +195,7 @@ def published_vs_reproduced(
     extra: Mapping[str, float] | None = None,
 ) -> Figure:  # fmt: skip
     """Per model (a mapping of ``published`` and ``seeds``), its published accuracy beside the mean reproduced
-    (each seed a dot) and the band of +-``margin``; then ``extra``'s bars (name -> accuracy, not published).
-    The accuracy axis runs from 0 to 1."""
+    (each seed a dot) and the band of +-``margin``; then ``extra``'s bars (name -> accuracy, unpublished)."""
     extra = extra or {}
     ax = Figure(figsize=(10, 4.8)).subplots()
     for x, model in enumerate(models.values()):
