@@ -1,6 +1,5 @@
-"""Writing the findings into ``science.json`` (every number, and each figure's data) and ``REPORT.md`` (the
-same, readable, with the figures, and another task's verdicts beside them when given), and reading them back
-from ``science.json``."""
+"""Writing the findings into ``science.json`` (every number and each figure's data) and ``REPORT.md``
+(readable, with the figures and another task's verdicts when given), and reading them back."""
 
 import json
 from collections.abc import Sequence
@@ -73,8 +72,7 @@ def _groups_sentence(run: RunInfo) -> str:
 
 
 def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) -> list[str]:
-    """The paragraphs of the two tasks' verdicts per experiment, and a sentence for each experiment where they
-    differ."""
+    """The two tasks' verdicts per experiment side by side, and a sentence for each one where they differ."""
     mine = {f.key: f for f in findings}
     titles = {**other.titles, **{f.key: f.title for f in findings}}  # the other task's experiments first
     rows = [{"experiment": title, other.task: other.verdicts.get(key, "not run"),
@@ -96,7 +94,6 @@ def markdown(
 ) -> str:
     """The report as Markdown: a verdict table, the other task's verdicts beside them when given, then
     one section per experiment with its figure."""
-    # The CPU time over what the worker processes could have used: wall time x workers x threads.
     cpu_share = run.cpu_seconds / max(1e-9, run.wall_seconds * run.workers * run.record.torch_threads)
     paragraphs = [
         "# `fusedbn science`: the tuning advice put to the test",
