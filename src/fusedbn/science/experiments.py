@@ -30,7 +30,6 @@ from fusedbn.science.stats import (
     wilcoxon,
 )
 from fusedbn.tuning import mnist1d
-from fusedbn.tuning.importance import Importances
 from fusedbn.tuning.report import importances
 from fusedbn.tuning.search import SearchConfig, TuningResult, derive_seed, score_chosen, tune
 from fusedbn.tuning.space import with_scales
@@ -81,8 +80,7 @@ PRESETS = {
 class Finding:
     """One experiment's outcome: the claim, the setup, the table of numbers (``rows``), the tests and the
     verdicts (one per test, or per optimizer for the importances), and the figure's file name (default
-    ``<key>.png``) and data (``figure_data``: its ``kind`` and plain JSON values, for
-    :mod:`fusedbn.science.figures`)."""
+    ``<key>.png``) and data (its ``kind`` and plain JSON values, for :mod:`fusedbn.science.figures`)."""
 
     key: str
     title: str
@@ -106,13 +104,11 @@ Experiment = Callable[["Context"], "Finding"]
 
 @dataclass(frozen=True)
 class ScienceTask:
-    """What the experiments need from a task beyond its :class:`TaskDefinition`.
-
-    ``experiments`` in the report's order, split into ``groups`` for worker processes (experiments that share
-    searches in one group; ``workers`` by default); ``good_accuracy``: the validation accuracy of a good
-    configuration; the fixed-configuration experiments train the SGD defaults changed by ``fixed``
-    (``fixed_label`` in words); ``depth_label`` says what ``num_layers`` counts.
-    """
+    """What the experiments need from a task beyond its :class:`TaskDefinition`: ``experiments`` in the
+    report's order, split into ``groups`` for worker processes (experiments that share searches in one
+    group; ``workers`` by default); ``good_accuracy``: the validation accuracy of a good configuration; the
+    fixed-configuration experiments train the SGD defaults changed by ``fixed`` (``fixed_label`` in words);
+    ``depth_label`` says what ``num_layers`` counts."""
 
     definition: TaskDefinition
     presets: dict[str, Preset]
@@ -132,8 +128,7 @@ class ScienceTask:
 
 @dataclass
 class Context:
-    """What every experiment needs: the task, the preset, a progress callback, a generated dataset's seed, and
-    the tasks and searches built so far."""
+    """What every experiment needs, and the tasks and searches built so far."""
 
     preset: Preset
     progress: Callable[[str], None]
@@ -149,8 +144,7 @@ class Context:
         return task
 
     def task(self, optimizer: str = "sgd", batchnorm: bool = True, bias: bool = False) -> Task:
-        """The task built once for these arguments, every trial scoring its test split; ``bias`` gives the
-        layers before each BatchNorm a bias."""
+        """The task, built once (``bias`` before each BatchNorm); its trials also score the test split."""
         key = (optimizer, batchnorm, bias)
         if key not in self.tasks:
             self.tasks[key] = self.build(epochs=self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm,
@@ -431,8 +425,7 @@ def _normalised_spread(
 
 
 def _first_layer(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """The first layer's output on ``inputs`` in float64, and the dims BatchNorm takes its statistics over
-    (every dim but the channel dim 1)."""
+    """The first layer's float64 output on ``inputs``, and the dims of BatchNorm's statistics (all but 1)."""
     with torch.no_grad():
         hidden = model[0](inputs).double()
     return hidden, [0, *range(2, hidden.dim())]
@@ -445,18 +438,17 @@ def batchnorm_noise(ctx: Context) -> Finding:
     sizes = np.array(preset.batch_sizes)
     spreads, gaps = [], []
     for seed in ctx.seeds("BatchNorm noise"):
-        gap_row = []
+        gaps.append([])
         for size in sizes:
             params = ctx.fixed_params(batch_size=float(size))
             model = task.train_model(params, seed=derive_seed(seed, int(size)))
             scores = task.scores(model)
-            gap_row.append(scores["train_accuracy"] - scores["test_accuracy"])
+            gaps[-1].append(scores["train_accuracy"] - scores["test_accuracy"])
             if size == sizes[len(sizes) // 2]:
                 inputs = task.train[0]
                 example = int(rng.integers(len(inputs)))
                 spreads.append([_normalised_spread(model, inputs, int(b), preset.noise_draws, rng, example)
                                 for b in sizes])  # fmt: skip
-        gaps.append(gap_row)
     spreads, gaps = np.array(spreads), np.array(gaps)
     noise_slopes = np.array([log_log_slope(sizes, row) for row in spreads])
     gap_slopes = np.array([np.polyfit(np.log2(sizes), row, 1)[0] for row in gaps])
@@ -492,8 +484,7 @@ def batchnorm_noise(ctx: Context) -> Finding:
 def importance_ranking(ctx: Context) -> Finding:
     """fANOVA importances on sampled scales, with bootstrap intervals, for SGD and for Adam."""
     preset = ctx.preset
-    measured: dict[str, Importances] = {}
-    tiers: dict[str, dict[str, int]] = {}
+    measured, tiers = {}, {}  # per optimizer: its importances, and the tier of each parameter
     for optimizer in ("sgd", "adam"):
         ctx.progress(f"importances: {optimizer}, {preset.importance_trials} trials")
         tiers[optimizer] = {p.name: p.tier for p in ctx.science.definition.space(optimizer)}
@@ -545,8 +536,7 @@ def importance_ranking(ctx: Context) -> Finding:
 
 def test_time_statistics(ctx: Context) -> Finding:
     """Exponential moving averages of the batch statistics vs exact statistics recomputed after training."""
-    preset, paired = ctx.preset, ctx.paired(ctx.rng("test_time_statistics"))
-    task = ctx.task()
+    preset, paired, task = ctx.preset, ctx.paired(ctx.rng("test_time_statistics")), ctx.task()
     results = {beta: {"ema": [], "exact": []} for beta in EMA_BETAS}
     check = 0.0
     for seed in ctx.seeds("test-time statistics"):
@@ -609,8 +599,7 @@ def paper_table(ctx: Context) -> Finding:
     preset = ctx.preset
     data_seed = mnist1d.DATA_SEED if ctx.data_seed is None else ctx.data_seed
     data = mnist1d.generate(data_seed)
-    accuracy: dict[str, list[float]] = {}
-    seconds: dict[str, float] = {}
+    accuracy, seconds = {}, {}  # per model: the test accuracy of each seed, the seconds per training
     for model in mnist1d.PAPER_MODELS:
         task = mnist1d.paper_task(model, data, steps=preset.paper_steps)
         accuracy[model] = []
@@ -689,8 +678,7 @@ def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores) -
 
 def bias_equivalence(ctx: Context) -> Finding:
     """The same configurations with and without a bias in the layer before each BatchNorm."""
-    preset, paired = ctx.preset, ctx.paired(ctx.rng("bias_equivalence"))
-    layer = ctx.science.definition.layer
+    preset, paired, layer = ctx.preset, ctx.paired(ctx.rng("bias_equivalence")), ctx.science.definition.layer
     arms = {"no bias": False, "bias": True}
     valid, test, learning_rates = {arm: [] for arm in arms}, {arm: [] for arm in arms}, []
     for seed in ctx.seeds("bias before BatchNorm"):
@@ -771,10 +759,8 @@ def _explain(outcome: str, what: str) -> str:
     return f"Not shown: this data cannot tell the difference from chance (expected: {what})."
 
 
-EXPERIMENTS: tuple[Experiment, ...] = (
-    random_vs_grid, coarse_to_fine, log_vs_linear, batchnorm_vs_none, batchnorm_noise, importance_ranking,
-    test_time_statistics,
-)  # fmt: skip
+EXPERIMENTS: tuple[Experiment, ...] = (random_vs_grid, coarse_to_fine, log_vs_linear, batchnorm_vs_none,
+                                       batchnorm_noise, importance_ranking, test_time_statistics)  # fmt: skip
 
 # MNIST-1D: each training costs ~10x a digits one, so fewer configurations per comparison, >= 10 seeds.
 MNIST1D_PRESETS = {
