@@ -609,10 +609,10 @@ def paper_table(ctx: Context) -> Finding:
             accuracy[model].append(evaluate(task.train_model(mnist1d.PAPER_PARAMS, seed), *task.test))
         seconds[model] = (time.perf_counter() - began) / max(1, preset.paper_seeds)
     ctx.progress(f"paper table: tuning the fusedbn CNN, {preset.tuned_stages} x {preset.tuned_trials} trials")
-    definition, task = ctx.science.definition, ctx.build(epochs=preset.tuned_epochs)
+    definition, tuned_task = ctx.science.definition, ctx.build(epochs=preset.tuned_epochs)
     config = SearchConfig("tuned", "memory", trials=preset.tuned_trials, stages=preset.tuned_stages,
                           tiers=definition.tiers, seed=0, progress=False)  # fmt: skip
-    tuned = score_chosen(task, tune(task, definition.space(definition.optimizer), config))
+    tuned = score_chosen(tuned_task, tune(tuned_task, definition.space(definition.optimizer), config))
     verdicts, rows = [], []
     for model, (_, published) in mnist1d.PAPER_MODELS.items():
         values = np.array(accuracy[model])
