@@ -1,11 +1,7 @@
-"""``fusedbn science``: paired experiments that test the classic tuning advice on a built-in task.
-
-Each experiment (:mod:`fusedbn.science.experiments`) states a claim, runs paired arms over several seeds
-through the tuning harness, tests the differences (:mod:`fusedbn.science.stats`) and gives a verdict: held,
-not shown or contradicted. :func:`run_science` runs a task's experiments, in worker processes by groups (the
-numbers do not depend on it), and writes ``science.json``, ``REPORT.md`` and a figure per experiment;
-:func:`replot_science` draws the figures again from ``science.json``.
-"""
+"""``fusedbn science``: paired experiments that test the classic tuning advice on a built-in task. Each
+experiment (:mod:`fusedbn.science.experiments`) states a claim, runs paired arms over several seeds through
+the tuning harness, tests the differences (:mod:`fusedbn.science.stats`) and gives a verdict: held, not shown
+or contradicted."""
 
 import os
 import signal
@@ -23,7 +19,7 @@ from fusedbn.outputs import output_folder
 from fusedbn.records import run_record
 from fusedbn.science.experiments import PRESETS, SCIENCE_TASKS, Context, Experiment, Finding
 from fusedbn.science.figures import draw_figure
-from fusedbn.science.report import JSON_FILE, RunInfo, read_comparison, read_findings, write_report
+from fusedbn.science.report import JSON_FILE, RunInfo, read_comparison, read_science, write_report
 from fusedbn.tuning.tasks import get_task
 from fusedbn.tuning.training import torch_threads
 
@@ -77,9 +73,8 @@ def run_science(
             processes = min(workers, len(science.groups))
             timed = (_in_parallel(context, processes) if processes > 1
                      else _run_experiments(context, science.experiments))  # fmt: skip
-            findings = [finding for finding, _ in timed]
-            cpu = dict(zip(science.experiments, (seconds for _, seconds in timed), strict=True))
-            group_cpu = [sum(cpu[experiment] for experiment in group) for group in science.groups]
+            findings = [timed[experiment][0] for experiment in science.experiments]
+            group_cpu = [sum(timed[experiment][1] for experiment in group) for group in science.groups]
             run = RunInfo(task, record.finished(), time.perf_counter() - start, _cpu_seconds() - cpu_start,
                           processes, group_cpu)  # fmt: skip
             write_report(findings, chosen, command, run, folder, other)
@@ -91,24 +86,23 @@ def run_science(
 def replot_science(out: str | Path) -> list[Path]:
     """Draw every figure again from ``out/science.json``; returns the paths. Raises
     :class:`~fusedbn.science.report.ReportFileError` when it cannot be read or keeps no figure data."""
-    return [draw_figure(finding, Path(out)) for finding in read_findings(Path(out) / JSON_FILE)]
+    return [draw_figure(finding, Path(out)) for finding in read_science(Path(out) / JSON_FILE)[1]]
 
 
 def _cpu_seconds() -> float:
     """CPU seconds of this process and of its finished worker processes."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
+    return sum(os.times()[:4])  # user and system, of this process and of its children
 
 
-def _run_experiments(context: Context, experiments: Sequence[Experiment]) -> list[tuple[Finding, float]]:
-    """Run ``experiments`` in order; each one's finding and the CPU seconds it took in this process."""
-    timed = []
-    for experiment in experiments:
+def _run_experiments(ctx: Context, group: Sequence[Experiment]) -> dict[Experiment, tuple[Finding, float]]:
+    """Run ``group``'s experiments in order: each one's finding and CPU seconds in this process."""
+    timed = {}
+    for experiment in group:
         began, cpu_began = time.perf_counter(), time.process_time()
-        finding = experiment(context)
-        timed.append((finding, time.process_time() - cpu_began))
-        context.progress(f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
-                         f"{timed[-1][1]:.0f} s of CPU)")  # fmt: skip
+        finding = experiment(ctx)
+        timed[experiment] = finding, time.process_time() - cpu_began
+        ctx.progress(f"{finding.title}: {finding.verdict} ({time.perf_counter() - began:.0f} s, "
+                     f"{timed[experiment][1]:.0f} s of CPU)")  # fmt: skip
     return timed
 
 
@@ -119,17 +113,16 @@ def _start_worker() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _in_parallel(context: Context, processes: int) -> list[tuple[Finding, float]]:
-    """The task's groups of experiments in ``processes`` spawned processes; the findings and CPU seconds in
-    the task's order. Leaving early (an error, Ctrl-C) stops the workers."""
-    science, fresh = context.science, replace(context, tasks={}, searches={})  # the workers build their own
+def _in_parallel(context: Context, processes: int) -> dict[Experiment, tuple[Finding, float]]:
+    """The task's groups of experiments in ``processes`` spawned processes: each one's finding and CPU
+    seconds. Leaving early (an error, Ctrl-C) stops the workers."""
+    fresh = replace(context, tasks={}, searches={})  # the workers build their own
     with get_context("spawn").Pool(processes, initializer=_start_worker) as pool:
-        pending = [pool.apply_async(_run_experiments, (fresh, group)) for group in science.groups]
-        found = {experiment: timed for group, result in zip(science.groups, pending, strict=True)
-                 for experiment, timed in zip(group, result.get(), strict=True)}  # fmt: skip
+        pending = [pool.apply_async(_run_experiments, (fresh, group)) for group in context.science.groups]
+        timed = {experiment: found for result in pending for experiment, found in result.get().items()}
         pool.close()
         pool.join()  # the workers' CPU time counts once they have ended
-    return [found[experiment] for experiment in science.experiments]
+    return timed
 
 
 __all__ = ["PRESETS", "SCIENCE_TASKS", "Progress", "ScienceArgumentError", "quiet", "replot_science",

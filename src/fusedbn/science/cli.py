@@ -48,14 +48,10 @@ def run(args: argparse.Namespace) -> int:
     130 after Ctrl-C."""
     progress = quiet if args.no_progress else Progress(time.time())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    words = ["fusedbn", "science", "--preset", args.preset]
-    if args.task != "digits":
-        words += ["--task", args.task]
-    options = (("--data-seed", args.data_seed), ("--compare", args.compare), ("--workers", args.workers))
-    for option, value in options:
-        if value is not None:
-            words += [option, str(value)]
-    command = shlex.join([*words, "--out", args.out])
+    options = {"--task": None if args.task == "digits" else args.task, "--data-seed": args.data_seed,
+               "--compare": args.compare, "--workers": args.workers}
+    given = [word for option, value in options.items() if value is not None for word in (option, str(value))]
+    command = shlex.join(["fusedbn", "science", "--preset", args.preset, *given, "--out", args.out])
     try:
         if args.replot:
             paths = replot_science(args.out)

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -30,10 +30,9 @@ from fusedbn.science.stats import (
     wilcoxon,
 )
 from fusedbn.tuning import mnist1d
-from fusedbn.tuning.importance import Importances
 from fusedbn.tuning.report import importances
 from fusedbn.tuning.search import SearchConfig, TuningResult, derive_seed, score_chosen, tune
-from fusedbn.tuning.space import Param, with_scales
+from fusedbn.tuning.space import with_scales
 from fusedbn.tuning.tasks import TASKS, TaskDefinition
 from fusedbn.tuning.training import Diverged, HeldOutScores, Task, evaluate
 
@@ -81,8 +80,7 @@ PRESETS = {
 class Finding:
     """One experiment's outcome: the claim, the setup, the table of numbers (``rows``), the tests and the
     verdicts (one per test, or per optimizer for the importances), and the figure's file name (default
-    ``<key>.png``) and data (``figure_data``: its ``kind`` and plain JSON values, for
-    :mod:`fusedbn.science.figures`)."""
+    ``<key>.png``) and data (its ``kind`` and plain JSON values, for :mod:`fusedbn.science.figures`)."""
 
     key: str
     title: str
@@ -106,13 +104,11 @@ Experiment = Callable[["Context"], "Finding"]
 
 @dataclass(frozen=True)
 class ScienceTask:
-    """What the experiments need from a task beyond its :class:`TaskDefinition`.
-
-    ``experiments`` in the report's order, split into ``groups`` for worker processes (experiments that share
-    searches in one group; ``workers`` by default); ``good_accuracy``: the validation accuracy of a good
-    configuration; the fixed-configuration experiments train the SGD defaults changed by ``fixed``
-    (``fixed_label`` in words); ``depth_label`` says what ``num_layers`` counts.
-    """
+    """What the experiments need from a task beyond its :class:`TaskDefinition`: ``experiments`` in the
+    report's order, split into ``groups`` for worker processes (experiments that share searches in one
+    group; ``workers`` by default); ``good_accuracy``: the validation accuracy of a good configuration; the
+    fixed-configuration experiments train the SGD defaults changed by ``fixed`` (``fixed_label`` in words);
+    ``depth_label`` says what ``num_layers`` counts."""
 
     definition: TaskDefinition
     presets: dict[str, Preset]
@@ -132,8 +128,7 @@ class ScienceTask:
 
 @dataclass
 class Context:
-    """What every experiment needs: the task, the preset, a progress callback, a generated dataset's seed, and
-    the tasks and searches built so far."""
+    """What every experiment needs, and the tasks and searches built so far."""
 
     preset: Preset
     progress: Callable[[str], None]
@@ -145,23 +140,17 @@ class Context:
     def build(self, **options: object) -> Task:
         """A new task built with ``options`` on this data seed, cut to ``preset.train_examples`` when set."""
         task = self.science.definition.build(data_seed=self.data_seed, **options)
-        if self.preset.train_examples is not None:
-            task.train = tuple(t[: self.preset.train_examples] for t in task.train)
+        task.train = tuple(t[: self.preset.train_examples] for t in task.train)  # all of them for None
         return task
 
     def task(self, optimizer: str = "sgd", batchnorm: bool = True, bias: bool = False) -> Task:
-        """The task built once for these arguments, every trial scoring its test split; ``bias`` gives the
-        layers before each BatchNorm a bias."""
+        """The task, built once (``bias`` before each BatchNorm); its trials also score the test split."""
         key = (optimizer, batchnorm, bias)
         if key not in self.tasks:
             self.tasks[key] = self.build(epochs=self.preset.epochs, optimizer=optimizer, batchnorm=batchnorm,
                                          bias=bias)  # fmt: skip
             self.tasks[key].score_test = True
         return self.tasks[key]
-
-    def space(self, optimizer: str = "sgd") -> list[Param]:
-        """The task's search space for ``optimizer``."""
-        return self.science.definition.space(optimizer)
 
     @property
     def four_params(self) -> tuple[str, ...]:
@@ -175,7 +164,7 @@ class Context:
 
     def fixed_params(self, **changes: float) -> dict[str, float]:
         """The fixed configuration (SGD defaults changed by the task's ``fixed``), changed by ``changes``."""
-        defaults = {p.name: p.default for p in self.space("sgd")}
+        defaults = {p.name: p.default for p in self.science.definition.space("sgd")}
         return {**defaults, **self.science.fixed, **changes}
 
     def rng(self, key: str) -> np.random.Generator:
@@ -199,7 +188,8 @@ class Context:
         """A search over the parameters ``names`` (the others at their defaults), cached by its arguments."""
         key = (tuple(names), seed, trials, sampler, stages, tuple(linear), optimizer, batchnorm, bias)
         if key not in self.searches:
-            space = [replace(p, tier=1 if p.name in names else 2) for p in self.space(optimizer)]
+            space = [replace(p, tier=1 if p.name in names else 2)
+                     for p in self.science.definition.space(optimizer)]  # fmt: skip
             space = with_scales(space, dict.fromkeys(linear, "linear"))
             config = SearchConfig("science", "memory", trials=trials, stages=stages, tiers=1, sampler=sampler,
                                   seed=seed, pruner="none", progress=False)  # fmt: skip
@@ -231,20 +221,11 @@ def _trial_accuracies(result: TuningResult) -> list[float]:
     return [t.value if t.state == TrialState.COMPLETE else math.nan for t in _trials(result)]
 
 
-def _plain(value: object) -> object:
-    """``value`` as JSON can hold it: arrays as lists, numpy numbers as Python's, dataclasses as dicts."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if is_dataclass(value):
-        return asdict(value)
-    raise TypeError(f"cannot keep {type(value).__name__} in science.json")
-
-
 def _figure_data(kind: str, **data: object) -> dict[str, object]:
-    """A figure's kind and data in plain JSON values, the same after science.json is read back."""
-    return {"kind": kind, **json.loads(json.dumps(data, default=_plain))}
+    """A figure's kind and data in plain JSON values (numpy arrays and numbers as lists and numbers,
+    dataclasses as dicts), the same after science.json is read back."""
+    plain = json.dumps(data, default=lambda v: v.tolist() if hasattr(v, "tolist") else asdict(v))
+    return {"kind": kind, **json.loads(plain)}
 
 
 def _panel(title: str, first: Sequence[float], second: Sequence[float], test: PairedTest) -> dict:
@@ -274,18 +255,16 @@ def random_vs_grid(ctx: Context) -> Finding:
         for seed in ctx.seeds(f"random vs grid: {len(names)} parameters"):
             for sampler in scores:
                 scores[sampler].append(_chosen(ctx.search(names, seed, trials, sampler=sampler)))
-        valid = {s: np.array([v for v, _ in scores[s]]) for s in scores}
-        test = {s: np.array([t for _, t in scores[s]]) for s in scores}
+        valid, test = ({s: np.array(pairs)[:, split] for s, pairs in scores.items()} for split in (0, 1))
         rows += [{"parameters": len(names), "sampler": sampler, "trials": trials,
                   "best validation": _mean_sd(valid[sampler]), "test of chosen": _mean_sd(test[sampler])}
                  for sampler in scores]  # fmt: skip
-        primary = paired(f"{len(names)} parameters: best validation, random - grid", valid["random"],
-                         valid["grid"])  # fmt: skip
-        tests += [primary, paired(f"{len(names)} parameters: test of chosen, random - grid", test["random"],
-                                  test["grid"])]  # fmt: skip
-        verdicts += [verdict(primary, +1), verdict(tests[-1], +1)]
+        pair = [paired(f"{len(names)} parameters: {measure}, random - grid", *values.values())
+                for measure, values in (("best validation", valid), ("test of chosen", test))]  # fmt: skip
+        tests += pair
+        verdicts += [verdict(t, +1) for t in pair]
         title = f"{len(names)} parameters, {trials} trials: {verdicts[-2]}"
-        panels.append(_panel(title, valid["random"], valid["grid"], primary))
+        panels.append(_panel(title, *valid.values(), pair[0]))
     overall = _overall(verdicts[0::2])
     return Finding(
         key="random_vs_grid",
@@ -315,8 +294,7 @@ def coarse_to_fine(ctx: Context) -> Finding:
         staged = ctx.search(ctx.four_params, seed, preset.stage_trials, stages=preset.stages)
         arms["coarse-to-fine"].append(_chosen(staged))
         arms["one stage"].append(_chosen(ctx.search(ctx.four_params, seed, total)))
-    valid = {a: np.array([v for v, _ in arms[a]]) for a in arms}
-    test = {a: np.array([t for _, t in arms[a]]) for a in arms}
+    valid, test = ({a: np.array(pairs)[:, split] for a, pairs in arms.items()} for split in (0, 1))
     tests = [paired("best validation, staged - one stage", *valid.values()),
              paired("test of chosen, staged - one stage", *test.values())]
     verdicts = [verdict(t, +1) for t in tests]
@@ -332,9 +310,8 @@ def coarse_to_fine(ctx: Context) -> Finding:
         "than spending the same budget on one random stage.",
         setup=f"SGD, tuning {', '.join(ctx.four_params)}; {preset.stages} stages of {preset.stage_trials} "
         f"trials (keep the best 25%, margin 10%) vs one stage of {total} trials. The staged search's first "
-        "stage draws the same configurations as the first trials of the one-stage search. "
-        f"{preset.seeds} seeds. Held needs both validation and test accuracy of the chosen configuration "
-        "to improve.",
+        f"stage draws the same configurations as the first trials of the one-stage search. {preset.seeds} "
+        "seeds. Held needs both validation and test accuracy of the chosen configuration to improve.",
         rows=rows, tests=tests, test_verdicts=verdicts, verdict=overall,
         explanation=_explain(overall, "the staged search chose better configurations")
         + f" Staged minus one stage: {_points(tests[0].mean_difference)} on validation, "
@@ -381,8 +358,7 @@ def batchnorm_vs_none(ctx: Context) -> Finding:
     """The same random configurations trained with and without BatchNorm: reach, spread, divergence, depth."""
     preset, rng, good = ctx.preset, ctx.rng("batchnorm_vs_none"), ctx.science.good_accuracy
     layer = ctx.science.definition.layer
-    arms = {"BatchNorm": [], "no BatchNorm": []}
-    depths = []
+    arms, depths = {"BatchNorm": [], "no BatchNorm": []}, []
     for seed in ctx.seeds("BatchNorm vs none"):
         for arm, batchnorm in (("BatchNorm", True), ("no BatchNorm", False)):
             result = ctx.search(ctx.bn_params, seed, preset.bn_configs, batchnorm=batchnorm)
@@ -449,8 +425,7 @@ def _normalised_spread(
 
 
 def _first_layer(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """The first layer's output on ``inputs`` in float64, and the dims BatchNorm takes its statistics over
-    (every dim but the channel dim 1)."""
+    """The first layer's float64 output on ``inputs``, and the dims of BatchNorm's statistics (all but 1)."""
     with torch.no_grad():
         hidden = model[0](inputs).double()
     return hidden, [0, *range(2, hidden.dim())]
@@ -458,24 +433,22 @@ def _first_layer(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, 
 
 def batchnorm_noise(ctx: Context) -> Finding:
     """BatchNorm's noise against the mini-batch size: its mechanism, and the train-test gap."""
-    preset, rng = ctx.preset, ctx.rng("batchnorm_noise")
+    preset, rng, task = ctx.preset, ctx.rng("batchnorm_noise"), ctx.task()
     paired = ctx.paired(rng)
-    task = ctx.task()
     sizes = np.array(preset.batch_sizes)
     spreads, gaps = [], []
     for seed in ctx.seeds("BatchNorm noise"):
-        gap_row = []
+        gaps.append([])
         for size in sizes:
             params = ctx.fixed_params(batch_size=float(size))
             model = task.train_model(params, seed=derive_seed(seed, int(size)))
             scores = task.scores(model)
-            gap_row.append(scores["train_accuracy"] - scores["test_accuracy"])
+            gaps[-1].append(scores["train_accuracy"] - scores["test_accuracy"])
             if size == sizes[len(sizes) // 2]:
                 inputs = task.train[0]
                 example = int(rng.integers(len(inputs)))
                 spreads.append([_normalised_spread(model, inputs, int(b), preset.noise_draws, rng, example)
                                 for b in sizes])  # fmt: skip
-        gaps.append(gap_row)
     spreads, gaps = np.array(spreads), np.array(gaps)
     noise_slopes = np.array([log_log_slope(sizes, row) for row in spreads])
     gap_slopes = np.array([np.polyfit(np.log2(sizes), row, 1)[0] for row in gaps])
@@ -511,27 +484,22 @@ def batchnorm_noise(ctx: Context) -> Finding:
 def importance_ranking(ctx: Context) -> Finding:
     """fANOVA importances on sampled scales, with bootstrap intervals, for SGD and for Adam."""
     preset = ctx.preset
-    measured: dict[str, Importances] = {}
-    tiers: dict[str, dict[str, int]] = {}
+    measured, tiers = {}, {}  # per optimizer: its importances, and the tier of each parameter
     for optimizer in ("sgd", "adam"):
         ctx.progress(f"importances: {optimizer}, {preset.importance_trials} trials")
-        space = ctx.space(optimizer)
-        names = [p.name for p in space]
-        result = ctx.search(names, 0, preset.importance_trials, optimizer=optimizer)
+        tiers[optimizer] = {p.name: p.tier for p in ctx.science.definition.space(optimizer)}
+        result = ctx.search(list(tiers[optimizer]), 0, preset.importance_trials, optimizer=optimizer)
         measured[optimizer] = importances(result, preset.importance_resamples)
-        tiers[optimizer] = {p.name: p.tier for p in space}
-    rows, verdicts = [], []
+    rows, verdicts, above_noise = [], [], []
     for optimizer, found in measured.items():
         if found is None:
             verdicts.append(NOT_SHOWN)
             continue
+        above_noise.append(f"{optimizer.upper()}: {', '.join(found.above_noise()) or 'none'}")
         others = [n for n in found.values if n != "learning_rate"]
-        if all(found.ranks_above("learning_rate", n) for n in others):
-            verdicts.append(HELD)
-        elif any(found.ranks_above(n, "learning_rate") for n in others):
-            verdicts.append(CONTRADICTED)
-        else:
-            verdicts.append(NOT_SHOWN)
+        first = all(found.ranks_above("learning_rate", n) for n in others)
+        beaten = any(found.ranks_above(n, "learning_rate") for n in others)
+        verdicts.append(HELD if first else CONTRADICTED if beaten else NOT_SHOWN)
         for name in found.order():
             low, high = found.intervals[name]
             rows.append({"optimizer": optimizer, "parameter": name, "tier": tiers[optimizer][name],
@@ -543,6 +511,10 @@ def importance_ranking(ctx: Context) -> Finding:
                      "importance": f"{found.noise:.3f}", "90% interval": f"[{low:.3f}, {high:.3f}]",
                      "above noise": "-"})  # fmt: skip
     overall = _overall(verdicts)
+    noise = " Too few trials to compute importances."
+    if above_noise:
+        noise = (f" Above the noise floor in 95% of the resamples: {'; '.join(above_noise)}. Any other "
+                 "ordering of the tiers is within the noise at this number of trials.")  # fmt: skip
     return Finding(
         key="importances",
         title="Which parameters matter: fANOVA importances for SGD and Adam",
@@ -555,8 +527,7 @@ def importance_ranking(ctx: Context) -> Finding:
         "intervals). Diverged trials have no accuracy and are left out, as in `fusedbn tune`. Held needs "
         "the learning rate to rank above every other parameter in 95% of the resamples.",
         rows=rows, tests=[], test_verdicts=verdicts, verdict=overall,
-        explanation=_explain(overall, "the learning rate ranked first for both optimizers")
-        + _above_noise(measured),
+        explanation=_explain(overall, "the learning rate ranked first for both optimizers") + noise,
         figure_data=_figure_data("importance_bars", measured=measured, tiers=tiers),
         extra={name: None if found is None else {"above_noise": found.above_noise(), "trials": found.trials}
                for name, found in measured.items()},  # fmt: skip
@@ -565,9 +536,7 @@ def importance_ranking(ctx: Context) -> Finding:
 
 def test_time_statistics(ctx: Context) -> Finding:
     """Exponential moving averages of the batch statistics vs exact statistics recomputed after training."""
-    preset, paired = ctx.preset, ctx.paired(ctx.rng("test_time_statistics"))
-    task = ctx.task()
-    x_train = task.train[0]
+    preset, paired, task = ctx.preset, ctx.paired(ctx.rng("test_time_statistics")), ctx.task()
     results = {beta: {"ema": [], "exact": []} for beta in EMA_BETAS}
     check = 0.0
     for seed in ctx.seeds("test-time statistics"):
@@ -577,13 +546,12 @@ def test_time_statistics(ctx: Context) -> Finding:
             except Diverged:
                 continue
             results[beta]["ema"].append(evaluate(model, *task.test))
-            update_bn([x_train], model)
-            check = max(check, _update_bn_error(model, x_train))
+            update_bn([task.train[0]], model)
+            check = max(check, _update_bn_error(model, task.train[0]))
             results[beta]["exact"].append(evaluate(model, *task.test))
     tests, verdicts, rows, panels = [], [], [], []
     for beta, arms in results.items():
-        test = paired(f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact", arms["ema"],
-                      arms["exact"])  # fmt: skip
+        test = paired(f"beta {beta} (momentum {1 - beta:.3g}): test accuracy, EMA - exact", *arms.values())
         tests.append(test)
         verdicts.append(equivalence_verdict(test, EQUIVALENCE_MARGIN))
         claim = f" (the claim): {verdicts[-1]}" if beta == EMA_BETAS[0] else ""
@@ -631,8 +599,7 @@ def paper_table(ctx: Context) -> Finding:
     preset = ctx.preset
     data_seed = mnist1d.DATA_SEED if ctx.data_seed is None else ctx.data_seed
     data = mnist1d.generate(data_seed)
-    accuracy: dict[str, list[float]] = {}
-    seconds: dict[str, float] = {}
+    accuracy, seconds = {}, {}  # per model: the test accuracy of each seed, the seconds per training
     for model in mnist1d.PAPER_MODELS:
         task = mnist1d.paper_task(model, data, steps=preset.paper_steps)
         accuracy[model] = []
@@ -642,7 +609,10 @@ def paper_table(ctx: Context) -> Finding:
             accuracy[model].append(evaluate(task.train_model(mnist1d.PAPER_PARAMS, seed), *task.test))
         seconds[model] = (time.perf_counter() - began) / max(1, preset.paper_seeds)
     ctx.progress(f"paper table: tuning the fusedbn CNN, {preset.tuned_stages} x {preset.tuned_trials} trials")
-    tuned = _tuned(ctx)
+    definition, tuned_task = ctx.science.definition, ctx.build(epochs=preset.tuned_epochs)
+    config = SearchConfig("tuned", "memory", trials=preset.tuned_trials, stages=preset.tuned_stages,
+                          tiers=definition.tiers, seed=0, progress=False)  # fmt: skip
+    tuned = score_chosen(tuned_task, tune(tuned_task, definition.space(definition.optimizer), config))
     verdicts, rows = [], []
     for model, (_, published) in mnist1d.PAPER_MODELS.items():
         values = np.array(accuracy[model])
@@ -654,13 +624,11 @@ def paper_table(ctx: Context) -> Finding:
                      "reproduced - published": _points(off),
                      "within 3 points": "yes" if abs(off) <= REPRODUCTION_MARGIN else "no",
                      "seconds per training": f"{seconds[model]:.1f}"})  # fmt: skip
-    if tuned is not None:
-        rows.append(dict.fromkeys(rows[0], "-") | {
-            "model": "fusedbn CNN (BatchNorm, max pooling), tuned",
-            "reproduced": f"{tuned.test_accuracy_all:.4f}",
-            "each seed": f"trained on the search's {tuned.train_examples} examples: "
-            f"{tuned.test_accuracy:.4f}",
-        })  # fmt: skip
+    rows.append(dict.fromkeys(rows[0], "-") | {
+        "model": "fusedbn CNN (BatchNorm, max pooling), tuned",
+        "reproduced": f"{tuned.test_accuracy_all:.4f}",
+        "each seed": f"trained on the search's {tuned.train_examples} examples: {tuned.test_accuracy:.4f}",
+    })  # fmt: skip
     overall = _overall(verdicts)
     return Finding(
         key="paper_table",
@@ -685,24 +653,13 @@ def paper_table(ctx: Context) -> Finding:
             models={model: {"published": published, "seeds": accuracy[model]}
                     for model, (_, published) in mnist1d.PAPER_MODELS.items()},
             margin=REPRODUCTION_MARGIN,
-            extra={} if tuned is None else {"fusedbn CNN, tuned": tuned.test_accuracy_all},
+            extra={"fusedbn CNN, tuned": tuned.test_accuracy_all},
         ),  # fmt: skip
         extra={"accuracy": accuracy, "seconds_per_training": seconds, "tuned": tuned},
     )
 
 
-def _tuned(ctx: Context) -> HeldOutScores | None:
-    """The held-out scores of the configuration the task's default tuning chooses (sampling seed 0)."""
-    preset, definition = ctx.preset, ctx.science.definition
-    if preset.tuned_trials == 0:
-        return None
-    task = ctx.build(epochs=preset.tuned_epochs)
-    config = SearchConfig("tuned", "memory", trials=preset.tuned_trials, stages=preset.tuned_stages,
-                          tiers=definition.tiers, seed=0, progress=False)  # fmt: skip
-    return score_chosen(task, tune(task, definition.space(definition.optimizer), config))
-
-
-def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores | None) -> str:
+def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores) -> str:
     """Which baselines reproduced within 3 points, why the MLP may not, and the tuned CNN's accuracy."""
     parts = []
     for model in PAPER_BASELINES:
@@ -715,16 +672,13 @@ def _paper_explanation(accuracy: dict[str, list[float]], tuned: HeldOutScores | 
              f"{wide:.1%} against {narrow:.1%} with the 100 the paper describes")  # fmt: skip
     matches = abs(wide - 0.68) <= REPRODUCTION_MARGIN < abs(narrow - 0.68)
     text += ": the published 68% matches the wider network." if matches else "."
-    if tuned is not None:
-        text += (f" The tuned fusedbn CNN (BatchNorm, global max pooling) reaches "
-                 f"{tuned.test_accuracy_all:.1%} on the test split.")  # fmt: skip
-    return text
+    return text + (f" The tuned fusedbn CNN (BatchNorm, global max pooling) reaches "
+                   f"{tuned.test_accuracy_all:.1%} on the test split.")  # fmt: skip
 
 
 def bias_equivalence(ctx: Context) -> Finding:
     """The same configurations with and without a bias in the layer before each BatchNorm."""
-    preset, paired = ctx.preset, ctx.paired(ctx.rng("bias_equivalence"))
-    layer = ctx.science.definition.layer
+    preset, paired, layer = ctx.preset, ctx.paired(ctx.rng("bias_equivalence")), ctx.science.definition.layer
     arms = {"no bias": False, "bias": True}
     valid, test, learning_rates = {arm: [] for arm in arms}, {arm: [] for arm in arms}, []
     for seed in ctx.seeds("bias before BatchNorm"):
@@ -735,10 +689,8 @@ def bias_equivalence(ctx: Context) -> Finding:
             if not bias:
                 learning_rates += _values(result, "learning_rate")
     diverged = {arm: np.isnan(valid[arm]) for arm in arms}
-    scored = {
-        split: {arm: np.nan_to_num(np.array(values[arm]), nan=CHANCE_ACCURACY) for arm in arms}
-        for split, values in (("validation", valid), ("test", test))
-    }
+    scored = {split: {arm: np.nan_to_num(np.array(values[arm]), nan=CHANCE_ACCURACY) for arm in arms}
+              for split, values in (("validation", valid), ("test", test))}  # fmt: skip
     tests = [paired(f"{split} accuracy, bias - no bias", arm_values["bias"], arm_values["no bias"])
              for split, arm_values in scored.items()]
     verdicts = [equivalence_verdict(t, EQUIVALENCE_MARGIN) for t in tests]
@@ -752,12 +704,17 @@ def bias_equivalence(ctx: Context) -> Finding:
                  "validation": f"largest |difference| {np.abs(differences['validation']).max():.4f}",
                  "test": f"largest |difference| {np.abs(differences['test']).max():.4f}",
                  "diverged": int(np.sum(diverged["bias"] != diverged["no bias"]))})  # fmt: skip
-    rows += _differences_by_decade(np.array(learning_rates), differences["validation"])
+    decades = np.floor(np.log10(learning_rates)).astype(int)
+    for decade in sorted(set(decades.tolist())):  # how far apart the paired runs ended, by learning rate
+        inside = np.abs(differences["validation"][decades == decade])
+        rows.append({"network": f"learning rate in [{10.0**decade:g}, {10.0 ** (decade + 1):g})",
+                     "configurations": f"{len(inside)}, {int(np.sum(inside == 0))} identical on validation",
+                     "validation": f"mean |difference| {100 * inside.mean():.2f} points, "
+                     f"largest {100 * inside.max():.2f}",
+                     "test": "-", "diverged": "-"})  # fmt: skip
     overall = _overall(verdicts)
-    panels = [
-        _panel(f"{split} accuracy: {split_verdict}", arm_values["bias"], arm_values["no bias"], test)
-        for (split, arm_values), test, split_verdict in zip(scored.items(), tests, verdicts, strict=True)
-    ]
+    panels = [_panel(f"{split} accuracy: {outcome}", arm_values["bias"], arm_values["no bias"], test)
+              for (split, arm_values), test, outcome in zip(scored.items(), tests, verdicts, strict=True)]
     return Finding(
         key="bias_equivalence",
         title="A bias before BatchNorm is redundant",
@@ -784,31 +741,6 @@ def bias_equivalence(ctx: Context) -> Finding:
     )
 
 
-def _differences_by_decade(learning_rates: np.ndarray, differences: np.ndarray) -> list[dict[str, object]]:
-    """Table rows per decade of the learning rate: how many paired configurations scored the same, and how far
-    apart the others ended (validation, percentage points)."""
-    decades = np.floor(np.log10(learning_rates)).astype(int)
-    rows = []
-    for decade in sorted(set(decades.tolist())):
-        inside = np.abs(differences[decades == decade])
-        rows.append({"network": f"learning rate in [{10.0**decade:g}, {10.0 ** (decade + 1):g})",
-                     "configurations": f"{len(inside)}, {int(np.sum(inside == 0))} identical on validation",
-                     "validation": f"mean |difference| {100 * inside.mean():.2f} points, "
-                     f"largest {100 * inside.max():.2f}",
-                     "test": "-", "diverged": "-"})  # fmt: skip
-    return rows
-
-
-def _above_noise(measured: dict[str, Importances | None]) -> str:
-    """Which parameters each optimizer's importances put above the noise floor, as a sentence."""
-    found = [f"{optimizer.upper()}: {', '.join(importance.above_noise()) or 'none'}"
-             for optimizer, importance in measured.items() if importance is not None]  # fmt: skip
-    if not found:
-        return " Too few trials to compute importances."
-    return (f" Above the noise floor in 95% of the resamples: {'; '.join(found)}. Any other ordering of the "
-            "tiers is within the noise at this number of trials.")  # fmt: skip
-
-
 def _points(fraction: float) -> str:
     """An accuracy difference in percentage points."""
     return f"{100 * fraction:+.2f} points"
@@ -827,10 +759,8 @@ def _explain(outcome: str, what: str) -> str:
     return f"Not shown: this data cannot tell the difference from chance (expected: {what})."
 
 
-EXPERIMENTS: tuple[Experiment, ...] = (
-    random_vs_grid, coarse_to_fine, log_vs_linear, batchnorm_vs_none, batchnorm_noise, importance_ranking,
-    test_time_statistics,
-)  # fmt: skip
+EXPERIMENTS: tuple[Experiment, ...] = (random_vs_grid, coarse_to_fine, log_vs_linear, batchnorm_vs_none,
+                                       batchnorm_noise, importance_ranking, test_time_statistics)  # fmt: skip
 
 # MNIST-1D: each training costs ~10x a digits one, so fewer configurations per comparison, >= 10 seeds.
 MNIST1D_PRESETS = {

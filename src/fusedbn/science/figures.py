@@ -18,7 +18,6 @@ from fusedbn.tuning.importance import Importances
 from fusedbn.tuning.plots import draw_importances
 
 ARM_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red")
-PAD = 0.05  # share of a data range added on each side of it
 
 
 def _titled(fig: Figure, heading: str, top: float = 1.0) -> Figure:
@@ -43,26 +42,20 @@ def paired_panels(
     ``unit``, and ``test``: a PairedTest as a dict). Top: each pair joined by a line and each arm's mean, on
     one value axis; bottom: the differences in percentage points with their mean, 95% interval and p-value,
     zero and, for an equivalence test, the band of +-``margin``, on one symmetric axis."""
-    firsts = [np.asarray(panel["first"], dtype=float) for panel in panels]
-    seconds = [np.asarray(panel["second"], dtype=float) for panel in panels]
+    firsts, seconds = ([np.asarray(p[arm], dtype=float) for p in panels] for arm in ("first", "second"))
     every = np.concatenate([*firsts, *seconds])
-    pad = PAD * max(every.max() - every.min(), 1e-3)
+    pad = 0.05 * max(every.max() - every.min(), 1e-3)  # on each side of the values
     low, high = every.min() - pad, every.max() + pad
     differences = [100 * (a - b) for a, b in zip(firsts, seconds, strict=True)]
-    reach = max(max(np.abs(d).max(), 100 * abs(p["test"]["ci_low"]), 100 * abs(p["test"]["ci_high"]))
-                for d, p in zip(differences, panels, strict=True))  # fmt: skip
-    reach = 1.15 * max(reach, 0.1, 0.0 if margin is None else 100 * margin)
+    bounds = [100 * abs(p["test"][end]) for p in panels for end in ("ci_low", "ci_high")]
+    reach = 1.15 * max(*(np.abs(d).max() for d in differences), *bounds, 0.1, 100 * (margin or 0.0))
     fig = Figure(figsize=(4.4 * len(panels), 7.2))
     axes = fig.subplots(2, len(panels), squeeze=False)
-    for column, panel in enumerate(panels):
+    for column, (panel, first, second) in enumerate(zip(panels, firsts, seconds, strict=True)):
         values_ax, difference_ax = axes[0][column], axes[1][column]
-        for a, b in zip(firsts[column], seconds[column], strict=True):
-            values_ax.plot([0, 1], [a, b], color="grey", alpha=0.45, marker="o", markersize=3)
-        means = [firsts[column].mean(), seconds[column].mean()]
-        values_ax.plot([0, 1], means, color="black", marker="D", linewidth=2)
-        values_ax.set_xticks([0, 1], arms)
-        values_ax.set_xlim(-0.3, 1.3)
-        values_ax.set_ylim(low, high)
+        values_ax.plot([0, 1], [first, second], color="grey", alpha=0.45, marker="o", markersize=3)
+        values_ax.plot([0, 1], [first.mean(), second.mean()], color="black", marker="D", linewidth=2)
+        values_ax.set(xticks=[0, 1], xticklabels=arms, xlim=(-0.3, 1.3), ylim=(low, high))
         values_ax.set_ylabel(f"{ylabel}\n(axis from {low:.3f}, not 0)", fontsize=9)
         values_ax.set_title(panel["title"], fontsize=10)
         values_ax.grid(True, axis="y", alpha=0.3)
@@ -78,10 +71,9 @@ def paired_panels(
     if margin is not None:
         band = f"equivalence margin +-{100 * margin:g} points"
         handles.append(Patch(color="tab:green", alpha=0.15, label=band))
-    # One legend for every panel, between the title and the panels, where it hides no data: one row of
-    # up to four entries, or rows of three.
-    columns = len(handles) if len(handles) <= 4 else 3
-    rows = -(-len(handles) // columns)
+    # One legend for every panel, between the title and the panels, where it hides no data: the four
+    # entries in one row, or the five in two rows of three.
+    columns, rows = (4, 1) if margin is None else (3, 2)
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.94), ncol=columns, fontsize=8,
                frameon=False)  # fmt: skip
     return _titled(fig, heading, top=0.95 - 0.03 * (rows - 1))
@@ -98,9 +90,7 @@ def _difference_panel(
     ax.axhline(0.0, color="black", linestyle="--", linewidth=0.8)
     interval = f"95% interval [{ci[0]:+.2f}, {ci[1]:+.2f}]"
     ax.set_title(f"mean {mean:+.2f} points, {interval}, p = {test['p_value']:.2g}", fontsize=8)
-    ax.set_xlim(-0.4, 0.8)
-    ax.set_xticks([])
-    ax.set_ylim(-reach, reach)
+    ax.set(xlim=(-0.4, 0.8), xticks=[], ylim=(-reach, reach))
     ax.set_ylabel(f"{arms[0]} - {arms[1]}\n(percentage points)", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
 
@@ -108,8 +98,7 @@ def _difference_panel(
 def accuracy_vs_learning_rate(heading: str, points: Mapping[str, Sequence[tuple[float, float]]]) -> Figure:
     """Validation accuracy of every trial against its learning rate (log axis), one colour per arm;
     diverged trials (no accuracy) as crosses at 0."""
-    fig = Figure(figsize=(7.5, 4.8))
-    ax = fig.subplots()
+    ax = Figure(figsize=(7.5, 4.8)).subplots()
     for colour, (arm, pairs) in zip(ARM_COLOURS, points.items(), strict=False):
         lrs, accuracies = np.asarray(pairs, dtype=float).T
         diverged = np.isnan(accuracies)
@@ -121,12 +110,10 @@ def accuracy_vs_learning_rate(heading: str, points: Mapping[str, Sequence[tuple[
     ax.set_xscale("log")
     low, high = ax.get_xlim()
     _plain_numbers(ax.xaxis, [10.0**e for e in range(-6, 3) if low <= 10.0**e <= high])
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("learning rate (log axis)")
-    ax.set_ylabel("validation accuracy")
+    ax.set(ylim=(-0.03, 1.03), xlabel="learning rate (log axis)", ylabel="validation accuracy")
     ax.legend(fontsize=8, loc="center left")
     ax.grid(True, alpha=0.3)
-    return _titled(fig, heading)
+    return _titled(ax.figure, heading)
 
 
 def batchnorm_comparison(
@@ -136,30 +123,25 @@ def batchnorm_comparison(
     """Left: each arm's sorted accuracies with the threshold ``good``; right: the share reaching ``good`` by
     depth (``depth_label`` says what it counts)."""
     depths = np.asarray(depths)
-    fig = Figure(figsize=(11, 4.6))
-    left, right = fig.subplots(1, 2)
+    left, right = Figure(figsize=(11, 4.6)).subplots(1, 2)
     levels = sorted(set(depths.tolist()))
     width = 0.8 / len(accuracy)
     for i, (colour, (arm, values)) in enumerate(zip(ARM_COLOURS, accuracy.items(), strict=False)):
         values = np.nan_to_num(np.asarray(values, dtype=float), nan=0.0)
-        shown = np.sort(values)[::-1]
-        left.plot(np.arange(len(shown)) / len(shown), shown, color=colour, label=arm)
+        left.plot(np.arange(len(values)) / len(values), np.sort(values)[::-1], color=colour, label=arm)
         shares = [np.mean(values[depths == d] >= good) for d in levels]
         right.bar(np.arange(len(levels)) + i * width, shares, width=width, color=colour, label=arm)
     left.axhline(good, color="black", linestyle="--", linewidth=0.8, label=f"threshold: accuracy {good}")
-    left.set_ylim(0, 1.02)
-    left.set_xlabel("fraction of configurations (best first; diverged at 0)")
-    left.set_ylabel("validation accuracy")
+    left.set(ylim=(0, 1.02), xlabel="fraction of configurations (best first; diverged at 0)",
+             ylabel="validation accuracy")  # fmt: skip
     left.set_title("Accuracy of each configuration, sorted", fontsize=10)
     left.legend(loc="lower left", fontsize=8)
     left.grid(True, alpha=0.3)
     right.set_xticks(np.arange(len(levels)) + width * (len(accuracy) - 1) / 2, [str(d) for d in levels])
-    right.set_ylim(0, 1)
-    right.set_xlabel(depth_label)
-    right.set_ylabel(f"share of configurations reaching {good}")
+    right.set(ylim=(0, 1), xlabel=depth_label, ylabel=f"share of configurations reaching {good}")
     right.set_title("Depth sensitivity", fontsize=10)
     right.legend(fontsize=8)
-    return _titled(fig, heading)
+    return _titled(left.figure, heading)
 
 
 def noise_and_gap(
@@ -168,8 +150,7 @@ def noise_and_gap(
     """Left: spread of one example's normalised value vs batch size (log-log, with B^-1/2).
     Right: the train-test gap per batch size in percentage points, on an axis from zero."""
     sizes, spreads, gaps = (np.asarray(a, dtype=float) for a in (sizes, spreads, gaps))
-    fig = Figure(figsize=(11, 4.6))
-    left, right = fig.subplots(1, 2)
+    left, right = Figure(figsize=(11, 4.6)).subplots(1, 2)
     points = 100 * gaps
     for ax, rows, colour, ylabel, title in (
         (left, spreads, "tab:blue", "spread of the normalised value (log axis)", "BatchNorm noise"),
@@ -180,8 +161,7 @@ def noise_and_gap(
         ax.plot(sizes, rows.mean(axis=0), color=colour, marker="o", label="mean over seeds (grey: one seed)")
         ax.set_xscale("log", base=2)
         _plain_numbers(ax.xaxis, sizes.tolist())
-        ax.set_xlabel("batch size B (log axis)")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="batch size B (log axis)", ylabel=ylabel)
         ax.set_title(title, fontsize=10)
     mean = spreads.mean(axis=0)
     left.plot(sizes, mean[0] * np.sqrt(sizes[0] / sizes), color="black", linestyle="--", label="B^-1/2")
@@ -192,7 +172,7 @@ def noise_and_gap(
     right.axhline(0.0, color="black", linewidth=0.8)
     left.legend(fontsize=8)
     right.legend(fontsize=8)
-    return _titled(fig, heading)
+    return _titled(left.figure, heading)
 
 
 def importance_bars(
@@ -200,15 +180,14 @@ def importance_bars(
 ) -> Figure:
     """One panel per optimizer: importances with their intervals, coloured by tier, over the noise
     floor (as in ``fusedbn tune``'s importances.png)."""
-    fig = Figure(figsize=(7.5 * len(measured), 5.4))
-    panels = np.atleast_1d(fig.subplots(1, len(measured)))
+    panels = np.atleast_1d(Figure(figsize=(7.5 * len(measured), 5.4)).subplots(1, len(measured)))
     for ax, (optimizer, found) in zip(panels, measured.items(), strict=True):
         ax.set_title(optimizer.upper(), fontsize=10)
         if found is None:
             ax.text(0.5, 0.5, "too few trials", ha="center")
             continue
         draw_importances(ax, Importances(**found), tiers[optimizer])
-    return _titled(fig, heading)
+    return _titled(panels[0].figure, heading)
 
 
 def published_vs_reproduced(
@@ -216,14 +195,11 @@ def published_vs_reproduced(
     extra: Mapping[str, float] | None = None,
 ) -> Figure:  # fmt: skip
     """Per model (a mapping of ``published`` and ``seeds``), its published accuracy beside the mean reproduced
-    (each seed a dot) and the band of +-``margin``; then ``extra``'s bars (name -> accuracy, not published).
-    The accuracy axis runs from 0 to 1."""
+    (each seed a dot) and the band of +-``margin``; then ``extra``'s bars (name -> accuracy, unpublished)."""
     extra = extra or {}
-    fig = Figure(figsize=(10, 4.8))
-    ax = fig.subplots()
-    names = list(models)
-    for x, name in enumerate(names):
-        published, seeds = float(models[name]["published"]), np.asarray(models[name]["seeds"], dtype=float)
+    ax = Figure(figsize=(10, 4.8)).subplots()
+    for x, model in enumerate(models.values()):
+        published, seeds = float(model["published"]), np.asarray(model["seeds"], dtype=float)
         ax.bar(x - 0.2, published, width=0.4, color="lightgrey", edgecolor="black", hatch="//")
         ax.add_patch(Rectangle((x - 0.45, published - margin), 0.9, 2 * margin, color="tab:green", alpha=0.2,
                                zorder=0))  # fmt: skip
@@ -231,13 +207,12 @@ def published_vs_reproduced(
         ax.scatter(np.full(len(seeds), x + 0.2), seeds, color="black", s=10, zorder=3)
         for offset, value in ((-0.2, published), (0.2, seeds.mean())):
             ax.text(x + offset, value + 0.015, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
-    for x, value in enumerate(extra.values(), start=len(names)):
+    for x, value in enumerate(extra.values(), start=len(models)):
         ax.bar(x, value, width=0.4, color=ARM_COLOURS[2])
         ax.text(x, value + 0.015, f"{value:.1%}", ha="center", va="bottom", fontsize=8)
-    labels = [*names, *extra]
+    labels = [*models, *extra]
     ax.set_xticks(np.arange(len(labels)), [label.replace(", ", ",\n") for label in labels], fontsize=8)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("test accuracy")
+    ax.set(ylim=(0, 1.1), ylabel="test accuracy")
     ax.grid(True, axis="y", alpha=0.3)
     handles = [
         Patch(facecolor="lightgrey", edgecolor="black", hatch="//", label="published"),
@@ -247,7 +222,7 @@ def published_vs_reproduced(
         *([Patch(color=ARM_COLOURS[2], label="not in the paper")] if extra else []),
     ]
     ax.legend(handles=handles, loc="upper left", fontsize=8)
-    return _titled(fig, heading)
+    return _titled(ax.figure, heading)
 
 
 FIGURES: dict[str, Callable[..., Figure]] = {

@@ -1,6 +1,5 @@
-"""Writing the findings into ``science.json`` (every number, and each figure's data) and ``REPORT.md`` (the
-same, readable, with the figures, and another task's verdicts beside them when given), and reading them back
-from ``science.json``."""
+"""Writing the findings into ``science.json`` (every number and each figure's data) and ``REPORT.md``
+(readable, with the figures and another task's verdicts when given), and reading them back."""
 
 import json
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ def read_comparison(path: str | Path) -> Comparison:
     """The task and verdicts of the ``science.json`` at ``path`` (``--compare``); raises
     :class:`ReportFileError` naming an unreadable file."""
     try:
-        task, findings = _read(Path(path))
+        task, findings = read_science(Path(path))
     except ReportFileError as error:
         raise ReportFileError(f"--compare: {error}") from None
     verdicts, titles = {f.key: f.verdict for f in findings}, {f.key: f.title for f in findings}
@@ -73,16 +72,15 @@ def _groups_sentence(run: RunInfo) -> str:
 
 
 def _side_by_side(findings: Sequence[Finding], run: RunInfo, other: Comparison) -> list[str]:
-    """The paragraphs of the two tasks' verdicts per experiment, and a sentence for each experiment where they
-    differ."""
-    keys = list(dict.fromkeys([*other.verdicts, *(f.key for f in findings)]))
+    """The two tasks' verdicts per experiment side by side, and a sentence for each one where they differ."""
     mine = {f.key: f for f in findings}
-    titles = {**other.titles, **{f.key: f.title for f in findings}}
-    rows = [{"experiment": titles[key], other.task: other.verdicts.get(key, "not run"),
-             run.task: mine[key].verdict if key in mine else "not run"} for key in keys]  # fmt: skip
+    titles = {**other.titles, **{f.key: f.title for f in findings}}  # the other task's experiments first
+    rows = [{"experiment": title, other.task: other.verdicts.get(key, "not run"),
+             run.task: mine[key].verdict if key in mine else "not run"}
+            for key, title in titles.items()]  # fmt: skip
     differ = [
-        f"- {titles[key]}: **{mine[key].verdict}** on {run.task}, **{other.verdicts[key]}** on {other.task}."
-        for key in keys
+        f"- {title}: **{mine[key].verdict}** on {run.task}, **{other.verdicts[key]}** on {other.task}."
+        for key, title in titles.items()
         if key in mine and key in other.verdicts and mine[key].verdict != other.verdicts[key]
     ]
     agree = "The verdicts agree wherever both tasks ran the experiment."
@@ -96,7 +94,6 @@ def markdown(
 ) -> str:
     """The report as Markdown: a verdict table, the other task's verdicts beside them when given, then
     one section per experiment with its figure."""
-    # The CPU time over what the worker processes could have used: wall time x workers x threads.
     cpu_share = run.cpu_seconds / max(1e-9, run.wall_seconds * run.workers * run.record.torch_threads)
     paragraphs = [
         "# `fusedbn science`: the tuning advice put to the test",
@@ -138,13 +135,9 @@ def write_report(
     return [json_path, markdown_path]
 
 
-def read_findings(path: Path) -> list[Finding]:
-    """The findings kept in the science.json at ``path``; :class:`ReportFileError` says what is wrong."""
-    return _read(path)[1]
-
-
-def _read(path: Path) -> tuple[str, list[Finding]]:
-    """The task and the findings, each with its figure data, of the science.json at ``path``."""
+def read_science(path: Path) -> tuple[str, list[Finding]]:
+    """The task and the findings, each with its figure data, of the science.json at ``path``;
+    :class:`ReportFileError` says what is wrong."""
     try:
         data = json.loads(path.read_text())
     except OSError as error:
@@ -156,10 +149,8 @@ def _read(path: Path) -> tuple[str, list[Finding]]:
     findings = []
     for item in data.get("findings", []):
         if not item.get("figure_data"):
-            raise ReportFileError(
-                f"{str(path)!r} keeps no figure data for {item.get('key')!r} (an older fusedbn science "
-                "wrote it): run the experiments again"
-            )
+            raise ReportFileError(f"{str(path)!r} keeps no figure data for {item.get('key')!r} (an older "
+                                  "fusedbn science wrote it): run the experiments again")
         try:
             findings.append(Finding(**{**item, "tests": [PairedTest(**t) for t in item["tests"]]}))
         except (TypeError, KeyError) as error:

@@ -1,9 +1,5 @@
-"""Paired statistics for the experiments: bootstrap intervals, Wilcoxon and McNemar tests, verdicts.
-
-A claim is *held* when its test rejects "no difference" at ``ALPHA`` and the 95% bootstrap interval of the
-mean difference lies on the claimed side of zero, *contradicted* when both point the other way, and *not
-shown* otherwise (absence of evidence, not evidence of absence).
-"""
+"""Paired statistics for the experiments: bootstrap intervals, Wilcoxon and McNemar tests, and verdicts (*not
+shown* is absence of evidence, not evidence of absence)."""
 
 from dataclasses import dataclass
 
@@ -26,18 +22,9 @@ class PairedTest:
     ci_high: float
     p_value: float
 
-    def direction(self) -> int:
-        """+1 (significantly positive), -1 (significantly negative) or 0 (neither)."""
-        if self.p_value < ALPHA and self.ci_low > 0:
-            return 1
-        if self.p_value < ALPHA and self.ci_high < 0:
-            return -1
-        return 0
-
 
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, resamples: int) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean of ``values``."""
-    values = np.asarray(values, dtype=float)
     means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
@@ -48,10 +35,8 @@ def wilcoxon(
 ) -> PairedTest:
     """Wilcoxon signed-rank test of ``first - second`` (pairs with no difference split between signs)."""
     differences = np.asarray(first, dtype=float) - np.asarray(second, dtype=float)
-    if np.allclose(differences, 0.0):
-        p_value = 1.0
-    else:
-        p_value = float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
+    same = np.allclose(differences, 0.0)
+    p_value = 1.0 if same else float(stats.wilcoxon(differences, zero_method="zsplit").pvalue)
     low, high = bootstrap_ci(differences, rng, resamples)
     return PairedTest(
         name, "Wilcoxon signed-rank", len(differences), float(differences.mean()), low, high, p_value
@@ -73,12 +58,10 @@ def mcnemar(
 
 
 def verdict(test: PairedTest, claimed_sign: int) -> str:
-    """HELD when ``test`` is significant in the direction ``claimed_sign`` (+1 or -1), CONTRADICTED when
-    significant the other way, NOT_SHOWN otherwise."""
-    direction = test.direction()
-    if direction == 0:
-        return NOT_SHOWN
-    return HELD if direction == claimed_sign else CONTRADICTED
+    """HELD when ``test`` is significant (p below ALPHA, its interval on one side of zero) in the direction
+    ``claimed_sign`` (+1 or -1), CONTRADICTED when significant the other way, NOT_SHOWN otherwise."""
+    direction = (test.ci_low > 0) - (test.ci_high < 0) if test.p_value < ALPHA else 0
+    return NOT_SHOWN if direction == 0 else HELD if direction == claimed_sign else CONTRADICTED
 
 
 def equivalence_verdict(test: PairedTest, margin: float) -> str:
@@ -86,7 +69,7 @@ def equivalence_verdict(test: PairedTest, margin: float) -> str:
     CONTRADICTED when the difference is significant and its interval lies wholly outside, else NOT_SHOWN."""
     if -margin < test.ci_low and test.ci_high < margin:
         return HELD
-    if test.direction() != 0 and (test.ci_low >= margin or test.ci_high <= -margin):
+    if test.p_value < ALPHA and (test.ci_low >= margin or test.ci_high <= -margin):
         return CONTRADICTED
     return NOT_SHOWN
 
