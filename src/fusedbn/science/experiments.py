@@ -762,7 +762,7 @@ def _explain(outcome: str, what: str) -> str:
 EXPERIMENTS: tuple[Experiment, ...] = (random_vs_grid, coarse_to_fine, log_vs_linear, batchnorm_vs_none,
                                        batchnorm_noise, importance_ranking, test_time_statistics)  # fmt: skip
 
-# MNIST-1D: each training costs ~10x a digits one, so fewer configurations per comparison, >= 10 seeds.
+# MNIST-1D: each training costs ~10x a digits one, so fewer configurations per comparison (10 seeds in full).
 MNIST1D_PRESETS = {
     "full": Preset("full", 10, 6, 3, 2, 3, 4, 6, 60, (16, 32, 64, 128, 256), 200, 2000, 30, paper_seeds=5,
                    tuned_trials=10, tuned_stages=3),
