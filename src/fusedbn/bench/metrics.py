@@ -45,19 +45,9 @@ def geometric_mean(values: Iterable[float]) -> float:
 
 def speedups(results: list[Result], baseline: str, provider: str = FUSEDBN) -> dict[tuple, float]:
     """baseline time / provider time for every case key where both were measured."""
-    times: dict[tuple[str, tuple], float] = {
-        (r.provider, r.key): r.median_ms for r in results if r.ok and r.provider in (baseline, provider)
-    }
-    return {
-        key: times[(baseline, key)] / times[(provider, key)]
-        for (name, key) in times
-        if name == provider and (baseline, key) in times
-    }
-
-
-def _is_target_case(key: tuple[str, str, str, str]) -> bool:
-    shape, dtype, _, mode = key
-    return mode == FWDBWD and dtype in TARGET_DTYPES and shape_named(shape).group == RESNET50
+    times = {(r.provider, r.key): r.median_ms for r in results if r.ok and r.provider in (baseline, provider)}
+    return {key: times[(baseline, key)] / ms for (name, key), ms in times.items()
+            if name == provider and (baseline, key) in times}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -72,12 +62,9 @@ class Target:
     where: str = ""
 
 
-def _case_name(key: tuple[str, str, str, str]) -> str:
-    return " ".join(key)
-
-
 def _on_target_cases(ratios: dict[tuple, float]) -> dict[tuple, float]:
-    return {key: s for key, s in ratios.items() if _is_target_case(key)}
+    return {(shape, dtype, layout, mode): s for (shape, dtype, layout, mode), s in ratios.items()
+            if mode == FWDBWD and dtype in TARGET_DTYPES and shape_named(shape).group == RESNET50}
 
 
 def _geomean_target(name: str, ratios: list[float], goal: float) -> Target:
@@ -91,7 +78,7 @@ def _lowest_target(name: str, values: dict[tuple, float], goal: float, share: bo
     lowest = min(values, key=values.get, default=None)
     if lowest is None:
         return Target(name, math.nan, goal_text, None, 0)
-    return Target(name, values[lowest], goal_text, values[lowest] >= goal, len(values), _case_name(lowest))
+    return Target(name, values[lowest], goal_text, values[lowest] >= goal, len(values), " ".join(lowest))
 
 
 def _compile_target(vs_compile: dict[tuple, float]) -> Target:
@@ -100,7 +87,7 @@ def _compile_target(vs_compile: dict[tuple, float]) -> Target:
     worst = min(cases, key=cases.get, default=None)
     return Target("against torch.compile: share of those cases at >= 1.0x (where: the slowest)", share,
                   f">= {VS_COMPILE_SHARE_GOAL:.0%}", None if not cases else share >= VS_COMPILE_SHARE_GOAL,
-                  len(cases), f"{_case_name(worst)} {cases[worst]:.2f}x" if worst else "")  # fmt: skip
+                  len(cases), f"{' '.join(worst)} {cases[worst]:.2f}x" if worst else "")  # fmt: skip
 
 
 def _bandwidth_target(results: list[Result], mode: str) -> Target:
