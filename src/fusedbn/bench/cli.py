@@ -160,10 +160,7 @@ def build_benchmark(args: argparse.Namespace) -> Benchmark:
 
 
 def _list_shapes() -> str:
-    lines = []
-    for group, members in SHAPE_GROUPS.items():
-        names = [s.name for s in SHAPES if s.group in members]
-        lines.append(f"{group}: {', '.join(names)}")
+    lines = [f"{group}: {', '.join(s.name for s in parse_shapes(group))}" for group in SHAPE_GROUPS]
     lines.append("ResNet-50 BatchNorm layers per shape (batch 64, 224x224):")
     lines += [f"  {s.name:<16} {s.layers}" for s in SHAPES if s.layers]
     return "\n".join(lines)
@@ -262,12 +259,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     """Measure what the options ask for, into ``--out``; see :func:`run` for the exit code."""
     bench = build_benchmark(args)
     if bench.device.type == "cuda" and not torch.cuda.is_available():
-        print(
-            "fusedbn bench: error: no CUDA device; the timed benchmark needs a GPU "
-            "(--smoke checks the harness on the CPU, --report renders a result file)",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError("no CUDA device; the timed benchmark needs a GPU (--smoke checks the harness on the "
+                         "CPU, --report renders a result file)")
     with output_folder(args.out):
         copy_gbps = copy_bandwidth(bench.device, bench.copy_bytes, bench.settings)
         run = Run(run_record(bench.device), copy_gbps)

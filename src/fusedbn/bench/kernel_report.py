@@ -103,9 +103,8 @@ def _summary(report: dict[str, Any]) -> list[dict[str, object]]:
 
 
 def _case_labels(report: dict[str, Any], spec: dict[str, Any]) -> str:
-    cases = [report["cases"][i] for i in spec["cases"]]
-    labels = sorted({f"{c['shape']} {c['dtype']} {c['layout']} {c['epilogue']} {c['mode']}"
-                     for c in cases})
+    labels = sorted({"{shape} {dtype} {layout} {epilogue} {mode}".format(**report["cases"][i])
+                     for i in spec["cases"]})  # fmt: skip
     return "; ".join(labels[:4]) + (f"; and {len(labels) - 4} more" if len(labels) > 4 else "")
 
 
@@ -134,8 +133,7 @@ def _kernels(report: dict[str, Any]) -> list[dict[str, object]]:
         by_kernel[spec["kernel"]].append(spec)
     for kernel, specs in sorted(by_kernel.items()):
         for target in report["targets"]:
-            found = [s["results"].get(str(target)) for s in specs]
-            ok = [r for r in found if r and r["status"] == "ok"]
+            ok = [r for s in specs if (r := s["results"].get(str(target))) and r["status"] == "ok"]
             if ok:
                 registers, times = [r["registers"] for r in ok], [r["compile_s"] for r in ok]
                 rows.append({
@@ -192,15 +190,12 @@ def scalar_reason(
     shape: str, dtype: str, layout: str, accesses: dict[tuple[str, str], set[int]]
 ) -> str | None:
     """Why the case's data accesses (all but the ReLU mask) stay one element wide, or None."""
-    element_bits = 8 * DTYPES[dtype].itemsize
-    narrow = sorted({
-        tensor for (tensor, _), widths in accesses.items()
-        if tensor != "mask" and min(widths) <= element_bits
-    })
+    item = DTYPES[dtype].itemsize
+    narrow = sorted({tensor for (tensor, _), widths in accesses.items()
+                     if tensor != "mask" and min(widths) <= 8 * item})  # fmt: skip
     if not narrow:
         return None
     run = contiguous_run(shape, layout)
-    item = DTYPES[dtype].itemsize
     alignment = row_alignment(shape, layout, dtype)
     what = "rows" if layout == "nchw" and len(shape.split("x")) > 2 else "channel runs"
     if alignment <= item:
