@@ -220,12 +220,9 @@ def _measure(bench: Benchmark, copy_gbps: float, result_file: ResultFile) -> lis
 
     def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
         failed = sum(r.status.startswith("error") for r in unit_results)
-        print(
-            f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
-            f"{'+'.join(unit.providers)}: {sum(r.ok for r in unit_results)}/{len(unit_results)} measured"
-            f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
+        print(f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
+              f"{'+'.join(unit.providers)}: {sum(r.ok for r in unit_results)}/{len(unit_results)} measured"
+              f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     results = []
     for result in run_benchmark(bench, copy_gbps, progress):

@@ -275,8 +275,7 @@ class Worker:
         )
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"the compile worker did not start; see {self.log_path}:\n"
-                               + self.log_tail())
+            raise RuntimeError(f"the compile worker did not start; see {self.log_path}:\n{self.log_tail()}")
         self.hello = json.loads(line)
         self.task: tuple[int, int] | None = None  # (specialisation, target) in flight
         self.started = 0.0

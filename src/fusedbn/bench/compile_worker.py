@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -219,12 +219,11 @@ def inspect(compiled: Any, parameter_names: list[str], capability: int) -> dict[
                    for kind, prefix in (("load", "LDG"), ("store", "STG"))}  # fmt: skip
     tiles = tile_parameters(compiled.asm["ttgir"])
     ptx_widths = {"load": Counter(), "store": Counter()}
-    tile_widths: dict[tuple[str, str], Counter] = {}
+    tile_widths: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for kind, width, parameter in ptx_accesses(compiled.asm["ptx"]):
         ptx_widths[kind][width] += 1
         if parameter in tiles:
-            name = parameter_names[parameter].removesuffix("_ptr")
-            tile_widths.setdefault((name, kind), Counter())[width] += 1
+            tile_widths[(parameter_names[parameter].removesuffix("_ptr"), kind)][width] += 1
     spilling = bool(bases["STL"] or stack or local)
     return {
         "num_warps": compiled.metadata.num_warps,

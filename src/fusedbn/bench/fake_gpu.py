@@ -47,8 +47,7 @@ class FakeCompiledKernel:
     function = "device-function-handle"
     packed_metadata = ("packed", "metadata")
 
-    def __init__(self, key: str, record: bool) -> None:
-        self.key = key
+    def __init__(self, record: bool) -> None:
         self.record = record
         self.launch_count = 0
         self.launches: list[tuple[Any, ...]] = []
@@ -82,7 +81,7 @@ class FakeGpuKernel:
 
     def _compile(self, key, signature, device, constexprs, options, attrs, warmup):
         # Triton's own key: the compiled kernel lands in its cache as a real compile's would.
-        kernel = self.compiled[key] = FakeCompiledKernel(key, self.record)
+        kernel = self.compiled[key] = FakeCompiledKernel(self.record)
         self.jit.device_caches[device][0][key] = kernel
         return kernel
 

@@ -138,8 +138,7 @@ class _FlagGemsFunction(torch.autograd.Function):
         grad_input, grad_weight, grad_bias = ctx.ops.batch_norm_backward(
             grad_output, input, weight, None, None, mean, invstd, ctx.training, ctx.eps, mask
         )
-        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
-        grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
+        grad_weight, grad_bias = (None if g is None else g.to(weight.dtype) for g in (grad_weight, grad_bias))
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
 
 
