@@ -67,12 +67,8 @@ SHAPES: tuple[Shape, ...] = (
 )
 
 # Group names usable in --shapes; "all" is every GPU shape.
-SHAPE_GROUPS: dict[str, tuple[str, ...]] = {
-    RESNET50: (RESNET50,),
-    EXTRA: (EXTRA,),
-    SMOKE: (SMOKE,),
-    "all": (RESNET50, EXTRA),
-}
+SHAPE_GROUPS: dict[str, tuple[str, ...]] = {RESNET50: (RESNET50,), EXTRA: (EXTRA,), SMOKE: (SMOKE,),
+                                             "all": (RESNET50, EXTRA)}  # fmt: skip
 
 # Shapes with at least this many elements are "large": the bandwidth target applies to them.
 LARGE_NUMEL = 1 << 24

@@ -24,12 +24,12 @@ from fusedbn.bench.core import LAUNCHERS, KernelLauncher, triton_on_cpu
 TARGET = GPUTarget("cuda", 90, 32)
 
 
+@dataclass
 class FakeDriver:
     """The parts of a Triton driver that a launch or the binder asks for (target: sm_90 unless given)."""
 
-    def __init__(self, target: GPUTarget = TARGET) -> None:
-        self.target = target
-        self.stream = 7
+    target: GPUTarget = TARGET
+    stream: int = 7
 
     def get_current_device(self) -> int:
         return 0

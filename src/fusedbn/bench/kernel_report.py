@@ -163,20 +163,16 @@ def case_widths(
 ) -> dict[tuple[str, str, str], tuple[dict[tuple[str, str], set[int]], int]]:
     """(shape, dtype, layout) -> ((tensor, load/store) -> widths seen, specialisations not compiled) on
     ``target``, over every epilogue, mode and SM count."""
-    found: dict[tuple[str, str, str], tuple[dict, set]] = {}
+    found: dict[tuple[str, str, str], tuple[dict, set]] = defaultdict(lambda: (defaultdict(set), set()))
     specs = {s["id"]: s for s in report["specialisations"]}
     for case in report["cases"]:
-        accesses, failed = found.setdefault((case["shape"], case["dtype"], case["layout"]), ({}, set()))
+        accesses, failed = found[(case["shape"], case["dtype"], case["layout"])]
         for spec_id in case["launches"]:
-            result = specs.get(spec_id, {}).get("results", {}).get(target)
-            if result is None:
-                continue
-            if result["status"] != "ok":
+            result = specs.get(spec_id, {}).get("results", {}).get(target, {})
+            if result.get("status", "ok") != "ok":  # crashes, errors and timeouts have no accesses
                 failed.add(spec_id)
-                continue
-            for access in result["tile_accesses"]:
-                widths = accesses.setdefault((access["tensor"], access["kind"]), set())
-                widths.update(int(w) for w in access["widths"])
+            for access in result.get("tile_accesses", ()):
+                accesses[(access["tensor"], access["kind"])].update(map(int, access["widths"]))
     return {key: (accesses, len(failed)) for key, (accesses, failed) in found.items()}
 
 
