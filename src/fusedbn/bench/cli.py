@@ -148,11 +148,8 @@ def build_benchmark(args: argparse.Namespace) -> Benchmark:
         compile_shapes=None if compile_shapes is None else {s.name for s in compile_shapes},
         compile_modes=args.compile_modes or (preset.compile_modes and parse_modes(preset.compile_modes)),
         compile_mode=args.compile_mode,
-        settings=dataclasses.replace(
-            preset.settings,
-            warmup_ms=args.warmup_ms or preset.settings.warmup_ms,
-            rep_ms=args.rep_ms or preset.settings.rep_ms,
-        ),
+        settings=dataclasses.replace(preset.settings, warmup_ms=args.warmup_ms or preset.settings.warmup_ms,
+                                     rep_ms=args.rep_ms or preset.settings.rep_ms),
         copy_bytes=(args.copy_mib or preset.copy_mib) << 20,
         time_budget_s=args.time_budget or preset.time_budget,
         compile_budget_s=args.compile_budget or preset.compile_budget,
@@ -183,15 +180,14 @@ def _finish(run: Run, results: list[Result], out: Path, calibrate_from: Path | N
 def _write_cost_table(run: Run, results: list[Result], out: Path, where: Path) -> None:
     """Fit the cost model to a run's results and write it to OUT/cost_table.json.
 
-    Raises ValueError (costs.CostTableError) when the rows cannot make a table: fusedbn's rows did
-    not run its compiled kernels, or a provider or mode the table needs is missing.
+    Raises ValueError (costs.CostTableError) when the rows cannot make a table: fusedbn's rows did not run
+    its compiled kernels, or a provider or mode the table needs is missing.
     """
     kernels = {r.backend for r in results if r.provider == FUSEDBN and r.ok}
     if kernels != {TRITON}:
-        raise costs.CostTableError(
-            f"--calibrate: fusedbn's rows ran {', '.join(sorted(kernels)) or 'nothing'}, not its compiled "
-            "kernels: calibrate on a GPU"
-        )
+        ran = ", ".join(sorted(kernels)) or "nothing"
+        raise costs.CostTableError(f"--calibrate: fusedbn's rows ran {ran}, not its compiled kernels: "
+                                   "calibrate on a GPU")
     record = dataclasses.asdict(run.record)
     rows = [{**record, "copy_gbps": run.copy_gbps, **dataclasses.asdict(r)} for r in results]
     table = costs.table_from_results(rows, f"measured: {costs.describe_run(rows[0], str(where))}")

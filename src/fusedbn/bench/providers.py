@@ -188,12 +188,7 @@ def mode_call(
     forward = forward or (lambda m, data, _: m(data))
     if mode == EVAL:
         data = x.detach()
-
-        def evaluate() -> torch.Tensor:
-            with torch.no_grad():
-                return forward(module, data, residual)
-
-        return evaluate
+        return torch.no_grad()(lambda: forward(module, data, residual))
     extra = None if residual is None else residual.detach().requires_grad_(True)
     inputs = [x.detach().requires_grad_(True), *module.parameters(), *([extra] if extra is not None else [])]
     if mode == FWD:
