@@ -78,30 +78,19 @@ BENCH_DTYPES = ("float32", "float16", "bfloat16")
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in (*BENCH_DTYPES, "float64")}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
-NCHW = "nchw"
-CHANNELS_LAST = "channels_last"
 # nchw: contiguous (N, C, ...); channels_last: channels are the innermost dim (torch.channels_last
 # for 4D, channels_last_3d for 5D). For 2D (N, C) input both are the same memory, so only nchw runs.
-LAYOUTS = (NCHW, CHANNELS_LAST)
+LAYOUTS = (NCHW, CHANNELS_LAST) = ("nchw", "channels_last")
 
-FWD = "fwd"
-BWD = "bwd"
-FWDBWD = "fwdbwd"
-EVAL = "eval"
 # fwd: training forward; bwd: backward of a training forward; fwdbwd: both; eval: forward with
 # running statistics. The compile gate records fwdbwd and eval calls.
-MODES = (FWD, BWD, FWDBWD, EVAL)
+MODES = (FWD, BWD, FWDBWD, EVAL) = ("fwd", "bwd", "fwdbwd", "eval")
 
-FUSEDBN = "fusedbn"
-AUTO = "auto"
-EAGER = "eager"
-FLAG_GEMS = "flag_gems"
-COMPILE = "compile"
 # fusedbn's module running its kernels (backend="triton", wherever they run); fusedbn's module as
 # users get it (backend="auto": the cost model's choice per call); torch.nn.BatchNorm as torch runs
 # it (cuDNN or native); FlagGems' Triton batch_norm (pip flag-gems), where it imports; torch.compile
 # of torch's module.
-PROVIDERS = (FUSEDBN, AUTO, EAGER, FLAG_GEMS, COMPILE)
+PROVIDERS = (FUSEDBN, AUTO, EAGER, FLAG_GEMS, COMPILE) = ("fusedbn", "auto", "eager", "flag_gems", "compile")
 
 # How many full passes over an input-sized tensor each mode needs at the least: forward reads x and
 # writes y; backward reads x and dy and writes dx. Per-channel parameters and statistics are left

@@ -81,8 +81,7 @@ def _bar_grid(results: list[Result], providers: tuple[str, ...], value: Callable
                 ax.yaxis.set_major_locator(RatioLocator())
                 ax.yaxis.set_minor_locator(NullLocator())
                 ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}x"))  # 0.7 -> 0.7x, 2 -> 2x
-            ax.set_xticks(range(len(shapes)))
-            ax.set_xticklabels(shapes, rotation=60, ha="right", fontsize=7)
+            ax.set_xticks(range(len(shapes)), shapes, rotation=60, ha="right", fontsize=7)
             ax.set_title(f"{mode}, {dtype}", fontsize=9)
             ax.set_ylabel(ylabel, fontsize=8)
     top = 1 - header_inches / height_inches
