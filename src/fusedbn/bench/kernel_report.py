@@ -14,8 +14,6 @@ from fusedbn.bench.cases import DTYPES
 from fusedbn.bench.core import WIDEST_ACCESS_BYTES
 from fusedbn.records import table
 
-REPORT_FILE = "REPORT.md"
-
 
 def spills(result: dict[str, Any]) -> bool:
     """Whether a compiled kernel spills registers: spill stores, or a stack or local memory."""
@@ -270,6 +268,6 @@ def render(results: list[dict[str, Any]]) -> str:
 
 def write_report(folder: Path) -> Path:
     """Render REPORT.md in ``folder`` from its triton-*.json files."""
-    path = folder / REPORT_FILE
+    path = folder / "REPORT.md"
     path.write_text(render(load_results(folder)), encoding="utf-8")
     return path
