@@ -3,12 +3,10 @@
 ``python -m fusedbn.bench.compile_check`` calls fusedbn's functional API (forward and backward) on fake
 tensors for a grid of cases (shapes x dtypes x layouts x epilogues x modes x multiprocessor counts, the launch
 choice pinned with LaunchLimits), records every kernel launch, and keeps each specialisation once, as Triton's
-own binder tells them apart. Worker processes (compile_worker.py) compile each for each target (sm_80, sm_90,
-sm_100); a worker that dies is replaced and its task recorded as a crash. ``--site`` compiles with another
-Triton's site folder. Results per specialisation and target (status, compile time, warps, registers, spills,
-shared memory, access widths) go to OUT/triton-<version>.json with the run's record and
-:func:`kernels_digest`; OUT/REPORT.md (kernel_report.py) is rendered from every such file. ``--subset``
-compiles the CI test's :func:`representative_subset`. docs/compile-gate.md has the details.
+own binder tells them apart. Worker processes (compile_worker.py) compile each for each target. Results per
+specialisation and target (status, compile time, warps, registers, spills, shared memory, access widths) go
+to OUT/triton-<version>.json with the run's record and :func:`kernels_digest`; OUT/REPORT.md
+(kernel_report.py) is rendered from every such file. docs/compile-gate.md has the details.
 """
 
 import argparse

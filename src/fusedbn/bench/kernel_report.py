@@ -69,14 +69,10 @@ def failures(report: dict[str, Any]) -> list[str]:
             for target, spec, what in _listed(report, problem)]  # fmt: skip
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("+")[0].split(".") if part.isdigit())
-
-
 def load_results(folder: Path) -> list[dict[str, Any]]:
     """Every triton-<version>.json in ``folder``, oldest Triton first."""
     found = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("triton-*.json")]
-    return sorted(found, key=lambda r: _version_key(r["triton"]))
+    return sorted(found, key=lambda r: [int(n) for n in r["triton"].split("+")[0].split(".") if n.isdigit()])
 
 
 def _summary(report: dict[str, Any]) -> list[dict[str, object]]:
@@ -108,10 +104,8 @@ def _case_labels(report: dict[str, Any], spec: dict[str, Any]) -> str:
 
 def _kernel_label(spec: dict[str, Any]) -> str:
     kwargs = spec["kwargs"]
-    if "BLOCK_SPLITS" in kwargs:
-        block = f"{kwargs['BLOCK_SPLITS']} splits x {kwargs['BLOCK_C']} channels"
-    else:
-        block = f"{kwargs['BLOCK_N']}x{kwargs['BLOCK_S']}x{kwargs['BLOCK_C']}"
+    block = (f"{kwargs['BLOCK_SPLITS']} splits x {kwargs['BLOCK_C']} channels" if "BLOCK_SPLITS" in kwargs
+             else f"{kwargs['BLOCK_N']}x{kwargs['BLOCK_S']}x{kwargs['BLOCK_C']}")  # fmt: skip
     return f"`{spec['kernel']}` (#{spec['id']}, block {block}, {kwargs.get('num_warps', 4)} warps)"
 
 

@@ -72,9 +72,7 @@ def summarise(totals: Iterable[tuple[str, float, int]], calls: int) -> list[Kern
 def batchnorm_share(kernels: list[KernelTime]) -> float:
     """The BatchNorm kernels' share of all device time (NaN when nothing was profiled)."""
     total = sum(k.device_us for k in kernels)
-    if total <= 0:
-        return math.nan
-    return sum(k.device_us for k in kernels if k.batchnorm) / total
+    return sum(k.device_us for k in kernels if k.batchnorm) / total if total > 0 else math.nan
 
 
 KERNELS_FILE = "kernels.csv"

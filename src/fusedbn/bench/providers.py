@@ -153,12 +153,9 @@ class FlagGemsBatchNorm(_BatchNorm):
         self.load_state_dict(reference.state_dict())
         self.ops = ops
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() < 2:
             raise ValueError(f"expected input of 2 or more dims, got {input.dim()}D")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(input)
         return _FlagGemsFunction.apply(
             input, self.weight, self.bias, self.running_mean, self.running_var, self.training,
             self.momentum, self.eps, self.ops,

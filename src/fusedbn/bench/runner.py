@@ -77,17 +77,12 @@ class Benchmark:
         dtype and layout by layout, shapes innermost, so that a budget that runs out leaves whole sets of
         shapes compiled."""
         groups = self.groups()
-        units = []
         first = tuple(p for p in (EAGER, FUSEDBN, AUTO, FLAG_GEMS) if p in self.providers)
-        if first:
-            units += [Unit(shape, dtype, layout, first) for shape, dtype, layout in groups]
+        units = [Unit(*group, first) for group in groups] if first else []
         if COMPILE in self.providers:
             groups.sort(key=lambda g: (self.dtypes.index(g[1]), self.layouts.index(g[2])))
-            units += [
-                Unit(shape, dtype, layout, (COMPILE,))
-                for shape, dtype, layout in groups
-                if any(COMPILE in self.providers_for(shape, mode) for mode in self.modes)
-            ]
+            units += [Unit(*group, (COMPILE,)) for group in groups
+                      if any(COMPILE in self.providers_for(group[0], mode) for mode in self.modes)]
         return units
 
     def providers_for(self, shape: Shape, mode: str) -> list[str]:
