@@ -16,8 +16,6 @@ from fusedbn.bench.metrics import BANDWIDTH_GOALS
 from fusedbn.bench.report import format_backend
 from fusedbn.bench.results import Result
 
-SPEEDUP_FILE = "speedup.png"
-BANDWIDTH_FILE = "bandwidth.png"
 ROW_INCHES = 3.2
 TITLE_LINE_INCHES = 0.3
 LEGEND_ROW_INCHES = 0.3
@@ -115,7 +113,7 @@ def bandwidth_figure(results: list[Result], device: str) -> Figure:
 def write_plots(results: list[Result], out_dir: Path, device: str) -> list[Path]:
     """Draw speedup.png and bandwidth.png for ``results`` (one run on ``device``) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / SPEEDUP_FILE, out_dir / BANDWIDTH_FILE]
+    paths = [out_dir / "speedup.png", out_dir / "bandwidth.png"]
     for draw, path in zip((speedup_figure, bandwidth_figure), paths, strict=True):
         draw(results, device).savefig(path, dpi=90)
     return paths

@@ -57,11 +57,9 @@ def case_inputs(
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """What every benchmark of one case starts from: torch's module (:func:`reference_module`), the
     input (offset from zero) and an upstream gradient, all seeded."""
-    return (
-        reference_module(shape, device, MODULE_SEED),
-        random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET),
-        random_tensor(shape, dtype, layout, device, GRAD_SEED),
-    )
+    return (reference_module(shape, device, MODULE_SEED),
+            random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET),
+            random_tensor(shape, dtype, layout, device, GRAD_SEED))  # fmt: skip
 
 
 def provider_module(provider: str, reference: nn.Module, compile_mode: str = "default") -> nn.Module:

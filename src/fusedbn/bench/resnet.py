@@ -32,8 +32,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
 class ResNet(nn.Module):
@@ -56,14 +55,13 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        outplanes = planes * Bottleneck.expansion
         downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * Bottleneck.expansion),
-            )
+        if stride != 1 or self.inplanes != outplanes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, outplanes, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(outplanes))  # fmt: skip
         stage = [Bottleneck(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * Bottleneck.expansion
+        self.inplanes = outplanes
         stage += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
