@@ -17,18 +17,15 @@ from fusedbn.records import table
 
 def spills(result: dict[str, Any]) -> bool:
     """Whether a compiled kernel spills registers: spill stores, or a stack or local memory."""
-    return result["status"] == "ok" and bool(
-        result["spill_stores"] or result["stack_bytes"] or result["local_bytes"]
-    )
+    return result["status"] == "ok" and any(result[k] for k in ("spill_stores", "stack_bytes", "local_bytes"))
 
 
 def spills_for_lack_of_registers(result: dict[str, Any]) -> bool:
     """Spills that fail the gate: at the register limit (within one allocation unit of 8 of what the block
     size allows a thread), or still there when ptxas compiles at -O1. Below the limit, ptxas -O3 may spill a
     value or two to fit one more block per SM; -O1 does not: those are :func:`occupancy_spills`."""
-    return spills(result) and (
-        result["registers"] >= result["register_limit"] - 8 or result["spill_bytes_at_o1"] > 0
-    )
+    return spills(result) and (result["registers"] >= result["register_limit"] - 8
+                               or result["spill_bytes_at_o1"] > 0)  # fmt: skip
 
 
 def occupancy_spills(result: dict[str, Any]) -> bool:
