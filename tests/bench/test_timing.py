@@ -32,9 +32,9 @@ def test_measure_on_cpu_times_first_call_then_warmup_then_repeats(monkeypatch):
     assert clock.calls == 8
     assert measured.first_result == "result 1"
     assert measured.first_call_s == pytest.approx(2.0)
-    assert measured.timing.median_ms == pytest.approx(3.0)
-    assert measured.timing.min_ms == pytest.approx(1.0)
-    assert measured.timing.max_ms == pytest.approx(5.0)
+    assert measured.median_ms == pytest.approx(3.0)
+    assert measured.min_ms == pytest.approx(1.0)
+    assert measured.max_ms == pytest.approx(5.0)
 
 
 def test_median_of_an_even_number_of_repeats_is_the_middle_pair_mean(monkeypatch):
@@ -43,8 +43,8 @@ def test_median_of_an_even_number_of_repeats_is_the_middle_pair_mean(monkeypatch
     measured = timing.measure(
         clock.fn, torch.device("cpu"), timing.TimingSettings(warmup_calls=0, cpu_repeats=4)
     )
-    assert measured.timing.median_ms == pytest.approx(3.0)  # (2 + 4) / 2
-    assert (measured.timing.min_ms, measured.timing.max_ms) == pytest.approx((1.0, 10.0))
+    assert measured.median_ms == pytest.approx(3.0)  # (2 + 4) / 2
+    assert (measured.min_ms, measured.max_ms) == pytest.approx((1.0, 10.0))
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_cuda_timing_and_copy_bandwidth_are_plausible():
     settings = timing.TimingSettings(warmup_ms=5, rep_ms=20)
     measured = timing.measure(lambda: x * 2, device, settings)
     assert torch.equal(measured.first_result, x * 2)
-    assert 0 < measured.timing.min_ms <= measured.timing.median_ms <= measured.timing.max_ms
+    assert 0 < measured.min_ms <= measured.median_ms <= measured.max_ms
     # Any GPU copies faster than 10 GB/s and slower than 100 TB/s.
     assert 10 < timing.copy_bandwidth(device, 64 << 20, settings) < 100_000
 

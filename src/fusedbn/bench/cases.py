@@ -67,12 +67,8 @@ SHAPES: tuple[Shape, ...] = (
 )
 
 # Group names usable in --shapes; "all" is every GPU shape.
-SHAPE_GROUPS: dict[str, tuple[str, ...]] = {
-    RESNET50: (RESNET50,),
-    EXTRA: (EXTRA,),
-    SMOKE: (SMOKE,),
-    "all": (RESNET50, EXTRA),
-}
+SHAPE_GROUPS: dict[str, tuple[str, ...]] = {RESNET50: (RESNET50,), EXTRA: (EXTRA,), SMOKE: (SMOKE,),
+                                             "all": (RESNET50, EXTRA)}  # fmt: skip
 
 # Shapes with at least this many elements are "large": the bandwidth target applies to them.
 LARGE_NUMEL = 1 << 24
@@ -82,30 +78,19 @@ BENCH_DTYPES = ("float32", "float16", "bfloat16")
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in (*BENCH_DTYPES, "float64")}
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
-NCHW = "nchw"
-CHANNELS_LAST = "channels_last"
 # nchw: contiguous (N, C, ...); channels_last: channels are the innermost dim (torch.channels_last
 # for 4D, channels_last_3d for 5D). For 2D (N, C) input both are the same memory, so only nchw runs.
-LAYOUTS = (NCHW, CHANNELS_LAST)
+LAYOUTS = (NCHW, CHANNELS_LAST) = ("nchw", "channels_last")
 
-FWD = "fwd"
-BWD = "bwd"
-FWDBWD = "fwdbwd"
-EVAL = "eval"
 # fwd: training forward; bwd: backward of a training forward; fwdbwd: both; eval: forward with
 # running statistics. The compile gate records fwdbwd and eval calls.
-MODES = (FWD, BWD, FWDBWD, EVAL)
+MODES = (FWD, BWD, FWDBWD, EVAL) = ("fwd", "bwd", "fwdbwd", "eval")
 
-FUSEDBN = "fusedbn"
-AUTO = "auto"
-EAGER = "eager"
-FLAG_GEMS = "flag_gems"
-COMPILE = "compile"
 # fusedbn's module running its kernels (backend="triton", wherever they run); fusedbn's module as
 # users get it (backend="auto": the cost model's choice per call); torch.nn.BatchNorm as torch runs
 # it (cuDNN or native); FlagGems' Triton batch_norm (pip flag-gems), where it imports; torch.compile
 # of torch's module.
-PROVIDERS = (FUSEDBN, AUTO, EAGER, FLAG_GEMS, COMPILE)
+PROVIDERS = (FUSEDBN, AUTO, EAGER, FLAG_GEMS, COMPILE) = ("fusedbn", "auto", "eager", "flag_gems", "compile")
 
 # How many full passes over an input-sized tensor each mode needs at the least: forward reads x and
 # writes y; backward reads x and dy and writes dx. Per-channel parameters and statistics are left
@@ -115,8 +100,7 @@ TENSOR_PASSES = {FWD: 2, BWD: 3, FWDBWD: 5, EVAL: 2}
 
 def minimal_bytes(shape: Shape, dtype: str, mode: str) -> int:
     """The fewest bytes of DRAM traffic a BatchNorm of ``shape`` in ``mode`` can move."""
-    itemsize = torch.empty((), dtype=DTYPES[dtype]).element_size()
-    return TENSOR_PASSES[mode] * shape.numel * itemsize
+    return TENSOR_PASSES[mode] * shape.numel * DTYPES[dtype].itemsize
 
 
 def layout_applies(shape: Shape, layout: str) -> bool:
@@ -129,16 +113,13 @@ def random_tensor(
 ) -> torch.Tensor:
     """Normal random data (scaled by 2, shifted by ``offset``) of ``shape`` in ``layout`` on ``device``."""
     dims = shape.dims
-    if layout == CHANNELS_LAST:
-        # Allocate with channels innermost, then view it back as (N, C, ...).
-        physical = (dims[0], *dims[2:], dims[1])
-        order = (0, len(dims) - 1, *range(1, len(dims) - 1))
-    else:
-        physical = dims
-        order = tuple(range(len(dims)))
+    channels_last = layout == CHANNELS_LAST
+    # channels_last: allocated with channels innermost, then viewed back as (N, C, ...).
+    physical = (dims[0], *dims[2:], dims[1]) if channels_last else dims
     generator = torch.Generator(device=device).manual_seed(seed)
     data = torch.randn(physical, generator=generator, device=device, dtype=torch.float32)
-    return (data * 2.0 + offset).to(DTYPES[dtype]).permute(order)
+    data = (data * 2.0 + offset).to(DTYPES[dtype])
+    return data.movedim(-1, 1) if channels_last else data
 
 
 def choices(
@@ -149,15 +130,12 @@ def choices(
     aliases = {alias: name for alias, name in (aliases or {}).items() if name in allowed}
 
     def parse(text: str) -> list[str]:
-        chosen: list[str] = []
-        for raw in text.split(","):
-            name = aliases.get(raw.strip(), raw.strip())
+        names = [aliases.get(raw.strip(), raw.strip()) for raw in text.split(",")]
+        for name in names:
             if name not in allowed:
                 known = ", ".join((*allowed, *aliases))
-                raise argparse.ArgumentTypeError(f"unknown {what} {raw.strip()!r}; choose from: {known}")
-            if name not in chosen:
-                chosen.append(name)
-        return chosen
+                raise argparse.ArgumentTypeError(f"unknown {what} {name!r}; choose from: {known}")
+        return list(dict.fromkeys(names))
 
     return parse
 
@@ -199,13 +177,6 @@ parse_modes = choices(MODES, "mode")
 parse_providers = choices(PROVIDERS, "provider")
 
 
-def _custom_shape(token: str) -> Shape | None:
-    parts = token.split("x")
-    if not 2 <= len(parts) <= 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        return None
-    return Shape(tuple(int(p) for p in parts), CUSTOM)
-
-
 def shape_named(name: str) -> Shape:
     """The registered shape called ``name``, or a custom one for an ``NxCx...`` name."""
     return parse_shapes(name)[0]
@@ -222,12 +193,12 @@ def parse_shapes(text: str) -> list[Shape]:
         elif token in by_name:
             found = [by_name[token]]
         else:
-            custom = _custom_shape(token)
-            if custom is None:
+            dims = token.split("x")
+            if not 2 <= len(dims) <= 5 or not all(d.isdigit() and int(d) > 0 for d in dims):
                 raise argparse.ArgumentTypeError(
                     f"unknown shape {token!r}; use a group ({', '.join(SHAPE_GROUPS)}) or "
                     f"positive dims joined by 'x', 2 to 5 of them, such as 64x256x56x56"
                 )
-            found = [custom]
+            found = [Shape(tuple(map(int, dims)), CUSTOM)]
         chosen.extend(s for s in found if s not in chosen)
     return chosen

@@ -148,11 +148,8 @@ def build_benchmark(args: argparse.Namespace) -> Benchmark:
         compile_shapes=None if compile_shapes is None else {s.name for s in compile_shapes},
         compile_modes=args.compile_modes or (preset.compile_modes and parse_modes(preset.compile_modes)),
         compile_mode=args.compile_mode,
-        settings=dataclasses.replace(
-            preset.settings,
-            warmup_ms=args.warmup_ms or preset.settings.warmup_ms,
-            rep_ms=args.rep_ms or preset.settings.rep_ms,
-        ),
+        settings=dataclasses.replace(preset.settings, warmup_ms=args.warmup_ms or preset.settings.warmup_ms,
+                                     rep_ms=args.rep_ms or preset.settings.rep_ms),
         copy_bytes=(args.copy_mib or preset.copy_mib) << 20,
         time_budget_s=args.time_budget or preset.time_budget,
         compile_budget_s=args.compile_budget or preset.compile_budget,
@@ -160,10 +157,7 @@ def build_benchmark(args: argparse.Namespace) -> Benchmark:
 
 
 def _list_shapes() -> str:
-    lines = []
-    for group, members in SHAPE_GROUPS.items():
-        names = [s.name for s in SHAPES if s.group in members]
-        lines.append(f"{group}: {', '.join(names)}")
+    lines = [f"{group}: {', '.join(s.name for s in parse_shapes(group))}" for group in SHAPE_GROUPS]
     lines.append("ResNet-50 BatchNorm layers per shape (batch 64, 224x224):")
     lines += [f"  {s.name:<16} {s.layers}" for s in SHAPES if s.layers]
     return "\n".join(lines)
@@ -186,15 +180,14 @@ def _finish(run: Run, results: list[Result], out: Path, calibrate_from: Path | N
 def _write_cost_table(run: Run, results: list[Result], out: Path, where: Path) -> None:
     """Fit the cost model to a run's results and write it to OUT/cost_table.json.
 
-    Raises ValueError (costs.CostTableError) when the rows cannot make a table: fusedbn's rows did
-    not run its compiled kernels, or a provider or mode the table needs is missing.
+    Raises ValueError (costs.CostTableError) when the rows cannot make a table: fusedbn's rows did not run
+    its compiled kernels, or a provider or mode the table needs is missing.
     """
     kernels = {r.backend for r in results if r.provider == FUSEDBN and r.ok}
     if kernels != {TRITON}:
-        raise costs.CostTableError(
-            f"--calibrate: fusedbn's rows ran {', '.join(sorted(kernels)) or 'nothing'}, not its compiled "
-            "kernels: calibrate on a GPU"
-        )
+        ran = ", ".join(sorted(kernels)) or "nothing"
+        raise costs.CostTableError(f"--calibrate: fusedbn's rows ran {ran}, not its compiled kernels: "
+                                   "calibrate on a GPU")
     record = dataclasses.asdict(run.record)
     rows = [{**record, "copy_gbps": run.copy_gbps, **dataclasses.asdict(r)} for r in results]
     table = costs.table_from_results(rows, f"measured: {costs.describe_run(rows[0], str(where))}")
@@ -223,12 +216,9 @@ def _measure(bench: Benchmark, copy_gbps: float, result_file: ResultFile) -> lis
 
     def progress(index: int, unit: Unit, unit_results: list[Result]) -> None:
         failed = sum(r.status.startswith("error") for r in unit_results)
-        print(
-            f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
-            f"{'+'.join(unit.providers)}: {sum(r.ok for r in unit_results)}/{len(unit_results)} measured"
-            f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
+        print(f"[{index + 1}/{len(units)}] {unit.shape.name} {unit.dtype} {unit.layout} "
+              f"{'+'.join(unit.providers)}: {sum(r.ok for r in unit_results)}/{len(unit_results)} measured"
+              f"{f', {failed} FAILED' if failed else ''} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     results = []
     for result in run_benchmark(bench, copy_gbps, progress):
@@ -262,12 +252,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     """Measure what the options ask for, into ``--out``; see :func:`run` for the exit code."""
     bench = build_benchmark(args)
     if bench.device.type == "cuda" and not torch.cuda.is_available():
-        print(
-            "fusedbn bench: error: no CUDA device; the timed benchmark needs a GPU "
-            "(--smoke checks the harness on the CPU, --report renders a result file)",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError("no CUDA device; the timed benchmark needs a GPU (--smoke checks the harness on the "
+                         "CPU, --report renders a result file)")
     with output_folder(args.out):
         copy_gbps = copy_bandwidth(bench.device, bench.copy_bytes, bench.settings)
         run = Run(run_record(bench.device), copy_gbps)

@@ -3,12 +3,10 @@
 ``python -m fusedbn.bench.compile_check`` calls fusedbn's functional API (forward and backward) on fake
 tensors for a grid of cases (shapes x dtypes x layouts x epilogues x modes x multiprocessor counts, the launch
 choice pinned with LaunchLimits), records every kernel launch, and keeps each specialisation once, as Triton's
-own binder tells them apart. Worker processes (compile_worker.py) compile each for each target (sm_80, sm_90,
-sm_100); a worker that dies is replaced and its task recorded as a crash. ``--site`` compiles with another
-Triton's site folder. Results per specialisation and target (status, compile time, warps, registers, spills,
-shared memory, access widths) go to OUT/triton-<version>.json with the run's record and
-:func:`kernels_digest`; OUT/REPORT.md (kernel_report.py) is rendered from every such file. ``--subset``
-compiles the CI test's :func:`representative_subset`. docs/compile-gate.md has the details.
+own binder tells them apart. Worker processes (compile_worker.py) compile each for each target. Results per
+specialisation and target (status, compile time, warps, registers, spills, shared memory, access widths) go
+to OUT/triton-<version>.json with the run's record and :func:`kernels_digest`; OUT/REPORT.md
+(kernel_report.py) is rendered from every such file. docs/compile-gate.md has the details.
 """
 
 import argparse
@@ -33,7 +31,6 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from fusedbn.bench.cases import (
-    CHANNELS_LAST,
     DTYPE_ALIASES,
     DTYPES,
     EVAL,
@@ -45,6 +42,7 @@ from fusedbn.bench.cases import (
     layout_applies,
     parse_shapes,
     positive,
+    random_tensor,
 )
 from fusedbn.bench.compile_worker import bind, specialisation_text
 from fusedbn.bench.core import (
@@ -111,14 +109,6 @@ def described(call: KernelCall) -> dict[str, Any]:
             "kwargs": {k: describe(v) for k, v in call.kwargs.items()}}
 
 
-def _layout_tensor(shape: tuple[int, ...], dtype: torch.dtype, layout: str) -> torch.Tensor:
-    tensor = torch.empty(shape, dtype=dtype)
-    if layout == CHANNELS_LAST:
-        channels_last = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
-        tensor = tensor.contiguous(memory_format=channels_last)
-    return tensor
-
-
 def record_case(case: Case) -> list[dict[str, Any]]:
     """The launches (described) of one forward and backward of ``case`` on fake tensors: parameters float32
     for half-precision input, else in its dtype. The split path's ticket counters made meanwhile are kept
@@ -128,16 +118,14 @@ def record_case(case: Case) -> list[dict[str, Any]]:
     channels = case.shape.num_channels
     with (FakeTensorMode(), triton_on_cpu(), recording_launches(launch=False) as calls,
           mock.patch.dict(TICKET_COUNTERS, clear=True)):  # fmt: skip
-        x = _layout_tensor(case.shape.dims, dtype, case.layout).requires_grad_(True)
+        x, residual = (random_tensor(case.shape, case.dtype, case.layout, "cpu", seed=0).requires_grad_(True)
+                       for _ in range(2))  # fmt: skip
         weight, bias = (torch.empty(channels, dtype=param_dtype).requires_grad_(True) for _ in range(2))
         running_mean, running_var = (torch.empty(channels, dtype=param_dtype) for _ in range(2))
-        residual = None
-        if case.epilogue == "add_relu":
-            residual = _layout_tensor(case.shape.dims, dtype, case.layout).requires_grad_(True)
-        activation = None if case.epilogue == "none" else "relu"
         with launch_limits(LaunchLimits(multiprocessors=case.multiprocessors)):
             y = fused_batch_norm(x, running_mean, running_var, weight, bias, case.mode == FWDBWD, 0.1, 1e-5,
-                                 residual=residual, activation=activation, backend=TRITON)  # fmt: skip
+                                 residual=residual if case.epilogue == "add_relu" else None,
+                                 activation=None if case.epilogue == "none" else "relu", backend=TRITON)
             y.backward(torch.empty_like(y))
     return [described(call) for call in calls]
 
@@ -285,8 +273,7 @@ class Worker:
         )
         line = self.process.stdout.readline()
         if not line:
-            raise RuntimeError(f"the compile worker did not start; see {self.log_path}:\n"
-                               + self.log_tail())
+            raise RuntimeError(f"the compile worker did not start; see {self.log_path}:\n{self.log_tail()}")
         self.hello = json.loads(line)
         self.task: tuple[int, int] | None = None  # (specialisation, target) in flight
         self.started = 0.0

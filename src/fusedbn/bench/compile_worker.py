@@ -10,6 +10,7 @@ it die. Which Triton this is follows ``sys.path``.
 
 import functools
 import importlib
+import itertools
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,8 @@ def bind(task: dict[str, Any]) -> tuple[JITFunction, dict[str, Any]]:
 
     jit._do_compile = keep  # the one hook every Triton since 3.3 calls with these arguments
     args = [stand_in(arg) for arg in task["args"]]
-    kwargs = dict(task["kwargs"])
     with fake_driver(GPUTarget("cuda", task["capability"], WARP_SIZE)):
-        jit.run(*args, grid=tuple(task["grid"]), warmup=True, **kwargs)
+        jit.run(*args, grid=tuple(task["grid"]), warmup=True, **task["kwargs"])
     return jit, decided
 
 
@@ -215,18 +215,15 @@ def inspect(compiled: Any, parameter_names: list[str], capability: int) -> dict[
     registers, stack, static_shared, local = (int(v) for v in usage.groups())
     opcodes = SASS_OPCODE.findall(sass)
     bases = Counter(opcode.split(".")[0] for opcode in opcodes)
-    sass_widths = {"load": Counter(), "store": Counter()}
-    for opcode in opcodes:
-        if opcode.startswith(("LDG", "STG")):
-            sass_widths["load" if opcode.startswith("LDG") else "store"][sass_width(opcode)] += 1
+    sass_widths = {kind: Counter(sass_width(op) for op in opcodes if op.startswith(prefix))
+                   for kind, prefix in (("load", "LDG"), ("store", "STG"))}  # fmt: skip
     tiles = tile_parameters(compiled.asm["ttgir"])
     ptx_widths = {"load": Counter(), "store": Counter()}
-    tile_widths: dict[tuple[str, str], Counter] = {}
+    tile_widths: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for kind, width, parameter in ptx_accesses(compiled.asm["ptx"]):
         ptx_widths[kind][width] += 1
         if parameter in tiles:
-            name = parameter_names[parameter].removesuffix("_ptr")
-            tile_widths.setdefault((name, kind), Counter())[width] += 1
+            tile_widths[(parameter_names[parameter].removesuffix("_ptr"), kind)][width] += 1
     spilling = bool(bases["STL"] or stack or local)
     return {
         "num_warps": compiled.metadata.num_warps,
@@ -253,8 +250,7 @@ def specialisation_text(decided: dict[str, Any]) -> str:
     attrs = {path[0]: value for path, value in decided["attrs"].items() if len(path) == 1}
     for index, (name, kind) in enumerate(decided["signature"].items()):
         if kind == "constexpr":
-            value = decided["constexprs"].get((index,))
-            parts.append(f"{name}={value}")
+            parts.append(f"{name}={decided['constexprs'].get((index,))}")
         elif any(attr[0] == "tt.divisibility" for attr in attrs.get(index, [])):
             parts.append(f"{name}:{kind}:16")
         else:
@@ -286,12 +282,10 @@ def main() -> None:
     out = sys.stdout
     sys.stdout = sys.stderr  # anything the compiler prints must not mix with the results
     hello = {"triton": triton.__version__, "triton_path": str(Path(triton.__file__).parent)}
-    out.write(json.dumps(hello) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        if line.strip():
-            out.write(json.dumps(compile_task(json.loads(line))) + "\n")
-            out.flush()
+    results = (compile_task(json.loads(line)) for line in sys.stdin if line.strip())
+    for answer in itertools.chain([hello], results):
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ from fusedbn.bench.core import LAUNCHERS, KernelLauncher, triton_on_cpu
 TARGET = GPUTarget("cuda", 90, 32)
 
 
+@dataclass(eq=False)  # hashed by identity, as a driver is
 class FakeDriver:
     """The parts of a Triton driver that a launch or the binder asks for (target: sm_90 unless given)."""
 
-    def __init__(self, target: GPUTarget = TARGET) -> None:
-        self.target = target
-        self.stream = 7
+    target: GPUTarget = TARGET
+    stream: int = 7
 
     def get_current_device(self) -> int:
         return 0
@@ -47,8 +47,7 @@ class FakeCompiledKernel:
     function = "device-function-handle"
     packed_metadata = ("packed", "metadata")
 
-    def __init__(self, key: str, record: bool) -> None:
-        self.key = key
+    def __init__(self, record: bool) -> None:
         self.record = record
         self.launch_count = 0
         self.launches: list[tuple[Any, ...]] = []
@@ -82,7 +81,7 @@ class FakeGpuKernel:
 
     def _compile(self, key, signature, device, constexprs, options, attrs, warmup):
         # Triton's own key: the compiled kernel lands in its cache as a real compile's would.
-        kernel = self.compiled[key] = FakeCompiledKernel(key, self.record)
+        kernel = self.compiled[key] = FakeCompiledKernel(self.record)
         self.jit.device_caches[device][0][key] = kernel
         return kernel
 
@@ -95,17 +94,9 @@ class FakeGpuKernel:
         return [launch for kernel in self.compiled.values() for launch in kernel.launches]
 
 
-@contextlib.contextmanager
-def fake_driver(target: GPUTarget = TARGET) -> Iterator[FakeDriver]:
+def fake_driver(target: GPUTarget = TARGET) -> contextlib.AbstractContextManager[FakeDriver]:
     """Triton's active driver is a FakeDriver for ``target`` inside the block, the previous one after."""
-    driver = FakeDriver(target)
-    config = triton.runtime.driver
-    previous = config._active
-    config.set_active(driver)
-    try:
-        yield driver
-    finally:
-        config._active = previous
+    return mock.patch.object(triton.runtime.driver, "_active", FakeDriver(target))
 
 
 @contextlib.contextmanager
@@ -113,19 +104,11 @@ def fake_gpu(record: bool = False) -> Iterator[dict[str, FakeGpuKernel]]:
     """fusedbn on the fake GPU inside the block, whether or not Triton's interpreter is on: CPU tensors take
     the Triton path and every kernel launcher launches a FakeGpuKernel (yielded by kernel name) through
     Triton's driver, binder and cache. Everything is put back on exit."""
-    saved = [dict(launcher.__dict__) for launcher in LAUNCHERS]
-    kernels = {}
-    with fake_driver(), triton_on_cpu():
-        try:
-            for launcher in LAUNCHERS:
-                kernel = FakeGpuKernel(launcher.kernel.fn, record)
-                kernels[launcher.kernel.fn.__name__] = kernel
-                vars(launcher).update(vars(KernelLauncher(kernel.jit)))
-            yield kernels
-        finally:
-            for launcher, state in zip(LAUNCHERS, saved, strict=True):
-                vars(launcher).clear()
-                vars(launcher).update(state)
+    fakes = [(launcher, FakeGpuKernel(launcher.kernel.fn, record)) for launcher in LAUNCHERS]
+    with fake_driver(), triton_on_cpu(), contextlib.ExitStack() as patches:
+        for launcher, kernel in fakes:
+            patches.enter_context(mock.patch.dict(vars(launcher), vars(KernelLauncher(kernel.jit))))
+        yield {kernel.jit.fn.__name__: kernel for _, kernel in fakes}
 
 
 @dataclass(frozen=True)

@@ -14,23 +14,18 @@ from fusedbn.bench.cases import DTYPES
 from fusedbn.bench.core import WIDEST_ACCESS_BYTES
 from fusedbn.records import table
 
-REPORT_FILE = "REPORT.md"
-
 
 def spills(result: dict[str, Any]) -> bool:
     """Whether a compiled kernel spills registers: spill stores, or a stack or local memory."""
-    return result["status"] == "ok" and bool(
-        result["spill_stores"] or result["stack_bytes"] or result["local_bytes"]
-    )
+    return result["status"] == "ok" and any(result[k] for k in ("spill_stores", "stack_bytes", "local_bytes"))
 
 
 def spills_for_lack_of_registers(result: dict[str, Any]) -> bool:
     """Spills that fail the gate: at the register limit (within one allocation unit of 8 of what the block
     size allows a thread), or still there when ptxas compiles at -O1. Below the limit, ptxas -O3 may spill a
     value or two to fit one more block per SM; -O1 does not: those are :func:`occupancy_spills`."""
-    return spills(result) and (
-        result["registers"] >= result["register_limit"] - 8 or result["spill_bytes_at_o1"] > 0
-    )
+    return spills(result) and (result["registers"] >= result["register_limit"] - 8
+                               or result["spill_bytes_at_o1"] > 0)  # fmt: skip
 
 
 def occupancy_spills(result: dict[str, Any]) -> bool:
@@ -71,14 +66,10 @@ def failures(report: dict[str, Any]) -> list[str]:
             for target, spec, what in _listed(report, problem)]  # fmt: skip
 
 
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("+")[0].split(".") if part.isdigit())
-
-
 def load_results(folder: Path) -> list[dict[str, Any]]:
     """Every triton-<version>.json in ``folder``, oldest Triton first."""
     found = [json.loads(p.read_text(encoding="utf-8")) for p in folder.glob("triton-*.json")]
-    return sorted(found, key=lambda r: _version_key(r["triton"]))
+    return sorted(found, key=lambda r: [int(n) for n in r["triton"].split("+")[0].split(".") if n.isdigit()])
 
 
 def _summary(report: dict[str, Any]) -> list[dict[str, object]]:
@@ -103,18 +94,15 @@ def _summary(report: dict[str, Any]) -> list[dict[str, object]]:
 
 
 def _case_labels(report: dict[str, Any], spec: dict[str, Any]) -> str:
-    cases = [report["cases"][i] for i in spec["cases"]]
-    labels = sorted({f"{c['shape']} {c['dtype']} {c['layout']} {c['epilogue']} {c['mode']}"
-                     for c in cases})
+    labels = sorted({"{shape} {dtype} {layout} {epilogue} {mode}".format(**report["cases"][i])
+                     for i in spec["cases"]})  # fmt: skip
     return "; ".join(labels[:4]) + (f"; and {len(labels) - 4} more" if len(labels) > 4 else "")
 
 
 def _kernel_label(spec: dict[str, Any]) -> str:
     kwargs = spec["kwargs"]
-    if "BLOCK_SPLITS" in kwargs:
-        block = f"{kwargs['BLOCK_SPLITS']} splits x {kwargs['BLOCK_C']} channels"
-    else:
-        block = f"{kwargs['BLOCK_N']}x{kwargs['BLOCK_S']}x{kwargs['BLOCK_C']}"
+    block = (f"{kwargs['BLOCK_SPLITS']} splits x {kwargs['BLOCK_C']} channels" if "BLOCK_SPLITS" in kwargs
+             else f"{kwargs['BLOCK_N']}x{kwargs['BLOCK_S']}x{kwargs['BLOCK_C']}")  # fmt: skip
     return f"`{spec['kernel']}` (#{spec['id']}, block {block}, {kwargs.get('num_warps', 4)} warps)"
 
 
@@ -134,8 +122,7 @@ def _kernels(report: dict[str, Any]) -> list[dict[str, object]]:
         by_kernel[spec["kernel"]].append(spec)
     for kernel, specs in sorted(by_kernel.items()):
         for target in report["targets"]:
-            found = [s["results"].get(str(target)) for s in specs]
-            ok = [r for r in found if r and r["status"] == "ok"]
+            ok = [r for s in specs if (r := s["results"].get(str(target))) and r["status"] == "ok"]
             if ok:
                 registers, times = [r["registers"] for r in ok], [r["compile_s"] for r in ok]
                 rows.append({
@@ -165,20 +152,16 @@ def case_widths(
 ) -> dict[tuple[str, str, str], tuple[dict[tuple[str, str], set[int]], int]]:
     """(shape, dtype, layout) -> ((tensor, load/store) -> widths seen, specialisations not compiled) on
     ``target``, over every epilogue, mode and SM count."""
-    found: dict[tuple[str, str, str], tuple[dict, set]] = {}
+    found: dict[tuple[str, str, str], tuple[dict, set]] = defaultdict(lambda: (defaultdict(set), set()))
     specs = {s["id"]: s for s in report["specialisations"]}
     for case in report["cases"]:
-        accesses, failed = found.setdefault((case["shape"], case["dtype"], case["layout"]), ({}, set()))
+        accesses, failed = found[(case["shape"], case["dtype"], case["layout"])]
         for spec_id in case["launches"]:
-            result = specs.get(spec_id, {}).get("results", {}).get(target)
-            if result is None:
-                continue
-            if result["status"] != "ok":
+            result = specs.get(spec_id, {}).get("results", {}).get(target, {})
+            if result.get("status", "ok") != "ok":  # crashes, errors and timeouts have no accesses
                 failed.add(spec_id)
-                continue
-            for access in result["tile_accesses"]:
-                widths = accesses.setdefault((access["tensor"], access["kind"]), set())
-                widths.update(int(w) for w in access["widths"])
+            for access in result.get("tile_accesses", ()):
+                accesses[(access["tensor"], access["kind"])].update(map(int, access["widths"]))
     return {key: (accesses, len(failed)) for key, (accesses, failed) in found.items()}
 
 
@@ -192,15 +175,12 @@ def scalar_reason(
     shape: str, dtype: str, layout: str, accesses: dict[tuple[str, str], set[int]]
 ) -> str | None:
     """Why the case's data accesses (all but the ReLU mask) stay one element wide, or None."""
-    element_bits = 8 * DTYPES[dtype].itemsize
-    narrow = sorted({
-        tensor for (tensor, _), widths in accesses.items()
-        if tensor != "mask" and min(widths) <= element_bits
-    })
+    item = DTYPES[dtype].itemsize
+    narrow = sorted({tensor for (tensor, _), widths in accesses.items()
+                     if tensor != "mask" and min(widths) <= 8 * item})  # fmt: skip
     if not narrow:
         return None
     run = contiguous_run(shape, layout)
-    item = DTYPES[dtype].itemsize
     alignment = row_alignment(shape, layout, dtype)
     what = "rows" if layout == "nchw" and len(shape.split("x")) > 2 else "channel runs"
     if alignment <= item:
@@ -279,6 +259,6 @@ def render(results: list[dict[str, Any]]) -> str:
 
 def write_report(folder: Path) -> Path:
     """Render REPORT.md in ``folder`` from its triton-*.json files."""
-    path = folder / REPORT_FILE
+    path = folder / "REPORT.md"
     path.write_text(render(load_results(folder)), encoding="utf-8")
     return path

@@ -9,15 +9,13 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, Locator, NullLocator
+from matplotlib.ticker import Locator, NullLocator, StrMethodFormatter
 
 from fusedbn.bench.cases import AUTO, COMPILE, EAGER, FLAG_GEMS, FUSEDBN, MODES
 from fusedbn.bench.metrics import BANDWIDTH_GOALS
 from fusedbn.bench.report import format_backend
 from fusedbn.bench.results import Result
 
-SPEEDUP_FILE = "speedup.png"
-BANDWIDTH_FILE = "bandwidth.png"
 ROW_INCHES = 3.2
 TITLE_LINE_INCHES = 0.3
 LEGEND_ROW_INCHES = 0.3
@@ -41,20 +39,16 @@ class RatioLocator(Locator):
         return ticks
 
 
-def ratio_label(value: float, _position: object = None) -> str:
-    """A ratio as a tick label: 0.7 -> "0.7x", 2 -> "2x"."""
-    return f"{value:g}x"
-
-
 def _bar_grid(results: list[Result], providers: tuple[str, ...], value: Callable[[Result], float | None],
               ylabel: str, lines: dict[str, float], log_scale: bool, title: str) -> Figure:  # fmt: skip
     modes = [m for m in MODES if any(r.mode == m for r in results)]
     dtypes = list(dict.fromkeys(r.dtype for r in results))
     shapes = list(dict.fromkeys(r.shape for r in results))
     layouts = list(dict.fromkeys(r.layout for r in results))
-    index = {(r.shape, r.dtype, r.layout, r.mode, r.provider): r for r in results if r.ok}
-    # A series (bar colour) per provider and layout that has at least one value to show.
-    shown = {(r.provider, r.layout) for r in index.values() if value(r) is not None}
+    # Each case's value where it has one, and a series (bar colour) per provider and layout that has any.
+    values = {(r.shape, r.dtype, r.layout, r.mode, r.provider): height
+              for r in results if r.ok and (height := value(r)) is not None}  # fmt: skip
+    shown = {(provider, layout) for _, _, layout, _, provider in values}
     series = [(p, layout) for p in providers for layout in layouts if (p, layout) in shown]
     colours = {s: f"C{i}" for i, s in enumerate(series)}
     rows, cols = max(len(modes), 1), max(len(dtypes), 1)
@@ -68,29 +62,24 @@ def _bar_grid(results: list[Result], providers: tuple[str, ...], value: Callable
     axes = figure.subplots(rows, cols, squeeze=False)
     width = 0.8 / max(len(series), 1)
     for i, mode in enumerate(modes):
-        line = lines.get(mode)  # the goal drawn across a row; the base of the bars on a log scale
+        line = lines.get(mode)  # the goal drawn across a row
+        base = line if log_scale else 0.0  # on a log scale bars grow up or down from the line
         for j, dtype in enumerate(dtypes):
             ax = axes[i][j]
             for k, (provider, layout) in enumerate(series):
-                xs, heights = [], []
-                for s, shape in enumerate(shapes):
-                    found = index.get((shape, dtype, layout, mode, provider))
-                    height = None if found is None else value(found)
-                    if height is not None:
-                        xs.append(s + (k - (len(series) - 1) / 2) * width)
-                        heights.append(height)
-                base = line if log_scale else 0.0  # on a log scale bars grow up or down from the line
-                heights = [h - base for h in heights]
-                ax.bar(xs, heights, bottom=base, width=width, color=colours[(provider, layout)])
+                bars = [(s, values[key]) for s, shape in enumerate(shapes)
+                        if (key := (shape, dtype, layout, mode, provider)) in values]  # fmt: skip
+                offset = (k - (len(series) - 1) / 2) * width
+                ax.bar([s + offset for s, _ in bars], [height - base for _, height in bars], bottom=base,
+                       width=width, color=colours[(provider, layout)])  # fmt: skip
             if line is not None:
                 ax.axhline(line, color="black", linewidth=0.8, linestyle="--")
             if log_scale:
                 ax.set_yscale("log")
                 ax.yaxis.set_major_locator(RatioLocator())
                 ax.yaxis.set_minor_locator(NullLocator())
-                ax.yaxis.set_major_formatter(FuncFormatter(ratio_label))
-            ax.set_xticks(range(len(shapes)))
-            ax.set_xticklabels(shapes, rotation=60, ha="right", fontsize=7)
+                ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}x"))  # 0.7 -> 0.7x, 2 -> 2x
+            ax.set_xticks(range(len(shapes)), shapes, rotation=60, ha="right", fontsize=7)
             ax.set_title(f"{mode}, {dtype}", fontsize=9)
             ax.set_ylabel(ylabel, fontsize=8)
     top = 1 - header_inches / height_inches
@@ -106,15 +95,11 @@ def _bar_grid(results: list[Result], providers: tuple[str, ...], value: Callable
 def speedup_figure(results: list[Result], device: str) -> Figure:
     """Each provider's speedup over torch eager (eager time / its time), per case, on a log axis."""
     eager = {r.key: r.median_ms for r in results if r.ok and r.provider == EAGER}
-
-    def speedup(result: Result) -> float | None:
-        baseline = eager.get(result.key)
-        return None if baseline is None else baseline / result.median_ms
-
     title = (f"Speedup over torch eager BatchNorm ({device}); dashed: 1x, as fast as eager\n"
              f"{format_backend(results)}")  # fmt: skip
-    return _bar_grid(results, (FUSEDBN, AUTO, COMPILE, FLAG_GEMS), speedup, "eager time / time (log axis)",
-                     dict.fromkeys(MODES, 1.0), True, title)  # fmt: skip
+    return _bar_grid(results, (FUSEDBN, AUTO, COMPILE, FLAG_GEMS),
+                     lambda r: eager[r.key] / r.median_ms if r.key in eager else None,
+                     "eager time / time (log axis)", dict.fromkeys(MODES, 1.0), True, title)  # fmt: skip
 
 
 def bandwidth_figure(results: list[Result], device: str) -> Figure:
@@ -128,7 +113,7 @@ def bandwidth_figure(results: list[Result], device: str) -> Figure:
 def write_plots(results: list[Result], out_dir: Path, device: str) -> list[Path]:
     """Draw speedup.png and bandwidth.png for ``results`` (one run on ``device``) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / SPEEDUP_FILE, out_dir / BANDWIDTH_FILE]
+    paths = [out_dir / "speedup.png", out_dir / "bandwidth.png"]
     for draw, path in zip((speedup_figure, bandwidth_figure), paths, strict=True):
         draw(results, device).savefig(path, dpi=90)
     return paths

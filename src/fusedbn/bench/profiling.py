@@ -72,9 +72,7 @@ def summarise(totals: Iterable[tuple[str, float, int]], calls: int) -> list[Kern
 def batchnorm_share(kernels: list[KernelTime]) -> float:
     """The BatchNorm kernels' share of all device time (NaN when nothing was profiled)."""
     total = sum(k.device_us for k in kernels)
-    if total <= 0:
-        return math.nan
-    return sum(k.device_us for k in kernels if k.batchnorm) / total
+    return sum(k.device_us for k in kernels if k.batchnorm) / total if total > 0 else math.nan
 
 
 KERNELS_FILE = "kernels.csv"
@@ -121,10 +119,9 @@ def profile_cases(
 
 def write_kernel_rows(rows: list[KernelRow], path: Path) -> None:
     """Write ``rows`` as CSV (device microseconds and launches per fwd+bwd call)."""
-    columns = list(KernelRow.__dataclass_fields__)
     values = [asdict(r) | {"device_us": f"{r.device_us:.2f}", "launches": f"{r.launches:g}",
                            "batchnorm": int(r.batchnorm)} for r in rows]  # fmt: skip
-    write_csv(path, values, columns)
+    write_csv(path, values, list(KernelRow.__dataclass_fields__))
 
 
 def format_kernel_summary(rows: list[KernelRow], left_out: int) -> str:

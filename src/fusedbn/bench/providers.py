@@ -57,11 +57,9 @@ def case_inputs(
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """What every benchmark of one case starts from: torch's module (:func:`reference_module`), the
     input (offset from zero) and an upstream gradient, all seeded."""
-    return (
-        reference_module(shape, device, MODULE_SEED),
-        random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET),
-        random_tensor(shape, dtype, layout, device, GRAD_SEED),
-    )
+    return (reference_module(shape, device, MODULE_SEED),
+            random_tensor(shape, dtype, layout, device, X_SEED, X_OFFSET),
+            random_tensor(shape, dtype, layout, device, GRAD_SEED))  # fmt: skip
 
 
 def provider_module(provider: str, reference: nn.Module, compile_mode: str = "default") -> nn.Module:
@@ -138,8 +136,7 @@ class _FlagGemsFunction(torch.autograd.Function):
         grad_input, grad_weight, grad_bias = ctx.ops.batch_norm_backward(
             grad_output, input, weight, None, None, mean, invstd, ctx.training, ctx.eps, mask
         )
-        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
-        grad_bias = None if grad_bias is None else grad_bias.to(weight.dtype)
+        grad_weight, grad_bias = (None if g is None else g.to(weight.dtype) for g in (grad_weight, grad_bias))
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
 
 
@@ -154,12 +151,9 @@ class FlagGemsBatchNorm(_BatchNorm):
         self.load_state_dict(reference.state_dict())
         self.ops = ops
 
-    def _check_input_dim(self, input: torch.Tensor) -> None:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() < 2:
             raise ValueError(f"expected input of 2 or more dims, got {input.dim()}D")
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(input)
         return _FlagGemsFunction.apply(
             input, self.weight, self.bias, self.running_mean, self.running_var, self.training,
             self.momentum, self.eps, self.ops,
@@ -189,12 +183,7 @@ def mode_call(
     forward = forward or (lambda m, data, _: m(data))
     if mode == EVAL:
         data = x.detach()
-
-        def evaluate() -> torch.Tensor:
-            with torch.no_grad():
-                return forward(module, data, residual)
-
-        return evaluate
+        return torch.no_grad()(lambda: forward(module, data, residual))
     extra = None if residual is None else residual.detach().requires_grad_(True)
     inputs = [x.detach().requires_grad_(True), *module.parameters(), *([extra] if extra is not None else [])]
     if mode == FWD:

@@ -76,16 +76,11 @@ def format_targets(results: list[Result]) -> str:
         for t in compute_targets(results)
     ]  # fmt: skip
     text = table(targets)
-    rows = [
-        {"dtype": dtype, "layout": layout, "geomean": f"{mean:.2f}x", "network": f"{weighted:.2f}x",
-         "shapes": n}
-        for dtype, layout, mean, weighted, n in breakdown(results)
-    ]
+    rows = [{"dtype": dtype, "layout": layout, "geomean": f"{mean:.2f}x", "network": f"{weighted:.2f}x",
+             "shapes": n} for dtype, layout, mean, weighted, n in breakdown(results)]  # fmt: skip
     if rows:
-        text += (
-            "\n\nfwd+bwd speedup over eager on ResNet-50 shapes (network: total time of ResNet-50's "
-            "BatchNorm layers, each shape weighted by its layers):\n\n" + table(rows)
-        )
+        text += ("\n\nfwd+bwd speedup over eager on ResNet-50 shapes (network: total time of ResNet-50's "
+                 "BatchNorm layers, each shape weighted by its layers):\n\n" + table(rows))
     return text
 
 

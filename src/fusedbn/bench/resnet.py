@@ -4,6 +4,8 @@
 names and initialisation); :func:`tiny_resnet` is a narrow one for the CPU smoke run.
 """
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -17,12 +19,11 @@ class Bottleneck(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
         super().__init__()
-        width = planes
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -31,8 +32,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
 class ResNet(nn.Module):
@@ -45,10 +45,9 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(base_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(base_width, layers[0], 1)
-        self.layer2 = self._make_layer(base_width * 2, layers[1], 2)
-        self.layer3 = self._make_layer(base_width * 4, layers[2], 2)
-        self.layer4 = self._make_layer(base_width * 8, layers[3], 2)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            self._make_layer(base_width << i, blocks, 1 if i == 0 else 2) for i, blocks in enumerate(layers)
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(base_width * 8 * Bottleneck.expansion, num_classes)
         for module in self.modules():
@@ -56,14 +55,13 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        outplanes = planes * Bottleneck.expansion
         downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes * Bottleneck.expansion),
-            )
+        if stride != 1 or self.inplanes != outplanes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, outplanes, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(outplanes))  # fmt: skip
         stage = [Bottleneck(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * Bottleneck.expansion
+        self.inplanes = outplanes
         stage += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*stage)
 
@@ -71,14 +69,6 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _torchvision_bottleneck() -> type[nn.Module] | None:
-    try:
-        from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
-    except ImportError:
-        return None
-    return TorchvisionBottleneck
 
 
 def resnet50(num_classes: int = 1000) -> tuple[nn.Module, str]:
@@ -128,7 +118,10 @@ def fuse_epilogues(model: nn.Module, backend: str = "auto") -> nn.Module:
         raise TypeError(
             f"fuse_epilogues: expected a ResNet (bn1, relu, layer1...), got {type(model).__name__}"
         )
-    bottlenecks = tuple(c for c in (Bottleneck, _torchvision_bottleneck()) if c is not None)
+    bottlenecks: tuple[type[nn.Module], ...] = (Bottleneck,)
+    with contextlib.suppress(ImportError):
+        from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
+        bottlenecks += (TorchvisionBottleneck,)
     convert_model(model, backend=backend)
     model.bn1 = _with_relu(model.bn1)
     model.relu = nn.Identity()

@@ -52,9 +52,8 @@ class Run:
     copy_gbps: float
 
 
-RECORD_FIELDS = [f.name for f in dataclasses.fields(RunRecord)]
 RESULT_FIELDS = [f.name for f in dataclasses.fields(Result)]
-COLUMNS = [*RECORD_FIELDS, "copy_gbps", *RESULT_FIELDS]
+COLUMNS = [*(f.name for f in dataclasses.fields(RunRecord)), "copy_gbps", *RESULT_FIELDS]
 
 
 def error_status(error: Exception, where: str = "") -> str:

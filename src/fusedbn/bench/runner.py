@@ -1,12 +1,11 @@
 """Running the per-op suite: every selected case, measured unit by unit, each result handed on at once.
 
-A group is one (shape, dtype, layout); a unit is some providers on one group. Every group's eager,
-fusedbn and FlagGems cases run first, in one unit per group (FlagGems is skipped, with the reason, where
-it does not import); torch.compile, slow to compile, runs after all of them,
-so that a time budget that runs out costs compile cases only. Within a unit the input and upstream
-gradient are made once, and so is each provider's module (torch.compile compiles once per unit for
-training and once more for eval); every mode is timed for every provider, and each provider's first
-output is compared with eager's.
+A group is one (shape, dtype, layout); a unit is some providers on one group. Every group's eager, fusedbn
+and FlagGems cases run first, in one unit per group (FlagGems is skipped, with the reason, where it does not
+import); torch.compile, slow to compile, runs after all of them, so that a time budget that runs out costs
+compile cases only. Within a unit the input, the upstream gradient and each provider's module are made once
+(torch.compile compiles once per unit for training and once more for eval); every mode is timed for every
+provider, and each provider's first output is compared with eager's.
 """
 
 import math
@@ -48,10 +47,10 @@ PROVIDER_ORDER = (EAGER, FUSEDBN, AUTO, FLAG_GEMS, COMPILE)
 class Benchmark:
     """Everything a run of the per-op suite measures, and how.
 
-    The compile provider runs only on ``compile_shapes`` (names) and ``compile_modes``, since
-    compiling is slow. ``time_budget_s`` stops measuring (the rest is recorded as skipped) once the
-    run has taken that long; ``compile_budget_s`` does the same for compile once the first calls
-    of compiled modules (which compile) have taken that long in all.
+    The compile provider runs only on ``compile_shapes`` (names) and ``compile_modes``, since compiling is
+    slow. ``time_budget_s`` stops measuring (the rest is recorded as skipped) once the run has taken that
+    long; ``compile_budget_s`` does the same for compile once the first calls of compiled modules (which
+    compile) have taken that long in all.
     """
 
     device: torch.device
@@ -74,23 +73,16 @@ class Benchmark:
                 for layout in self.layouts if layout_applies(shape, layout)]  # fmt: skip
 
     def units(self) -> list["Unit"]:
-        """The units in running order: eager, fusedbn and FlagGems on every group, then compile.
-
-        Compile units go dtype by dtype and layout by layout, shapes innermost, so that a budget
-        that runs out leaves whole sets of shapes compiled.
-        """
+        """The units in running order: eager, fusedbn and FlagGems on every group, then compile, dtype by
+        dtype and layout by layout, shapes innermost, so that a budget that runs out leaves whole sets of
+        shapes compiled."""
         groups = self.groups()
-        units = []
         first = tuple(p for p in (EAGER, FUSEDBN, AUTO, FLAG_GEMS) if p in self.providers)
-        if first:
-            units += [Unit(shape, dtype, layout, first) for shape, dtype, layout in groups]
+        units = [Unit(*group, first) for group in groups] if first else []
         if COMPILE in self.providers:
             groups.sort(key=lambda g: (self.dtypes.index(g[1]), self.layouts.index(g[2])))
-            units += [
-                Unit(shape, dtype, layout, (COMPILE,))
-                for shape, dtype, layout in groups
-                if any(COMPILE in self.providers_for(shape, mode) for mode in self.modes)
-            ]
+            units += [Unit(*group, (COMPILE,)) for group in groups
+                      if any(COMPILE in self.providers_for(group[0], mode) for mode in self.modes)]
         return units
 
     def providers_for(self, shape: Shape, mode: str) -> list[str]:
@@ -169,11 +161,10 @@ def _run_unit(bench: Benchmark, unit: Unit, copy_gbps: float, budgets: _Budgets)
             if provider == COMPILE:
                 budgets.compile_s += measured.first_call_s
             rel_diff = math.nan if provider == EAGER else relative_difference(measured.first_result, expected)
-            timing = measured.timing
-            gbps = gigabytes_per_second(nbytes, timing.median_ms)
-            yield Result(status=OK, median_ms=timing.median_ms, min_ms=timing.min_ms, max_ms=timing.max_ms,
-                         first_call_s=measured.first_call_s, gbps=gbps, copy_share=gbps / copy_gbps,
-                         rel_diff=rel_diff, **base)  # fmt: skip
+            gbps = gigabytes_per_second(nbytes, measured.median_ms)
+            yield Result(status=OK, median_ms=measured.median_ms, min_ms=measured.min_ms,
+                         max_ms=measured.max_ms, first_call_s=measured.first_call_s, gbps=gbps,
+                         copy_share=gbps / copy_gbps, rel_diff=rel_diff, **base)  # fmt: skip
 
 
 def run_benchmark(

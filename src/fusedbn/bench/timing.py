@@ -70,21 +70,15 @@ def time_calls(
 
 
 @dataclass(frozen=True)
-class Timing:
-    """Milliseconds per call: median, fastest and slowest of the repetitions."""
-
-    median_ms: float
-    min_ms: float
-    max_ms: float
-
-
-@dataclass(frozen=True)
 class Measurement:
-    """The first call's result and wall time (it includes any compilation), then the warmed-up timing."""
+    """The first call's result and wall time (it includes any compilation), then the warmed-up milliseconds
+    per call: median, fastest and slowest of the repetitions."""
 
     first_result: Any
     first_call_s: float
-    timing: Timing
+    median_ms: float
+    min_ms: float
+    max_ms: float
 
 
 def measure(fn: Callable[[], Any], device: torch.device, settings: TimingSettings) -> Measurement:
@@ -94,11 +88,11 @@ def measure(fn: Callable[[], Any], device: torch.device, settings: TimingSetting
     if device.type == "cuda":
         from triton.testing import do_bench  # imported here: the CPU smoke mode never touches a GPU driver
 
-        timing = Timing(*do_bench(fn, warmup=settings.warmup_ms, rep=settings.rep_ms, quantiles=[0.5, 0, 1]))
+        timing = do_bench(fn, warmup=settings.warmup_ms, rep=settings.rep_ms, quantiles=[0.5, 0, 1])
     else:
         times = [s * 1e3 for s in time_calls(fn, device, settings.cpu_repeats).host_s]
-        timing = Timing(statistics.median(times), min(times), max(times))
-    return Measurement(first.results[0], first.wall_s, timing)
+        timing = [statistics.median(times), min(times), max(times)]
+    return Measurement(first.results[0], first.wall_s, *timing)
 
 
 class Budget:
@@ -124,5 +118,4 @@ def copy_bandwidth(device: torch.device, nbytes: int, settings: TimingSettings) 
     """Measured device-to-device copy bandwidth in GB/s: a copy of ``nbytes`` reads and writes them once."""
     source = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=device)
     target = torch.empty_like(source)
-    timing = measure(lambda: target.copy_(source), device, settings).timing
-    return gigabytes_per_second(2 * nbytes, timing.median_ms)
+    return gigabytes_per_second(2 * nbytes, measure(lambda: target.copy_(source), device, settings).median_ms)
