@@ -258,18 +258,21 @@ def test_mnist1d_missing_names_the_install_command_and_creates_nothing(
 
 
 def _running_trial(db: Path, study_name: str, process: object, timeout: float = 120) -> optuna.Study:
-    """Wait until the study has a finished trial and a running one with at least 30 of its 60 epochs
-    to go (time for the signal to land inside it, even on a busy machine); returns the study."""
+    """Wait until the study has a finished trial and a running one with at least 40 of its 100 epochs
+    to go (time for the signal to land inside it, even on a busy machine); returns the study. The
+    study is opened once and then only read, so that a poll takes milliseconds, not the epochs'
+    window (an epoch takes about 20 ms on the idle machine)."""
     deadline = time.monotonic() + timeout
+    study = None
     while True:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "timed out"
         try:
-            study = optuna.load_study(study_name=study_name, storage=open_storage(f"sqlite:///{db}"))
+            study = study or optuna.load_study(study_name=study_name, storage=open_storage(f"sqlite:///{db}"))
             trials = study.get_trials()
         except (StorageError, KeyError):  # the folder or the study is not there yet
             trials = []
-        early = [t for t in trials if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) <= 30]
+        early = [t for t in trials if t.state == TrialState.RUNNING and 1 <= len(t.intermediate_values) <= 60]
         if early and any(t.state in FINISHED for t in trials):
             return study
         time.sleep(0.05)
@@ -278,7 +281,7 @@ def _running_trial(db: Path, study_name: str, process: object, timeout: float = 
 def test_ctrl_c_stops_the_running_trial_cleanly_and_the_same_command_resumes(
     tmp_path: Path, start_tune: Callable
 ) -> None:
-    argv = ["--trials", "2", "--stages", "1", "--epochs", "60", "--pruner", "none", "--out", "out"]
+    argv = ["--trials", "2", "--stages", "1", "--epochs", "100", "--pruner", "none", "--out", "out"]
     process = start_tune(*argv)
     study = _running_trial(tmp_path / "out" / "study.db", "fusedbn-digits-stage1", process)
     (stopped,) = [t.number for t in study.get_trials() if t.state == TrialState.RUNNING]
