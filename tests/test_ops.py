@@ -6,6 +6,8 @@ statistics of eager code.
 """
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -191,3 +193,33 @@ def test_opcheck_of_the_operators_inductor_launches(fused_epilogue):
         (x, weight, torch.randn(3, device="cuda"), residual, torch.randn(3, device="cuda"),
          torch.rand(3, device="cuda") + 0.5, None, True, 0.1, 1e-5, fused_epilogue),
     )
+
+
+_COMPILE_IN_A_NEW_PROCESS = """
+import copy
+import sys
+
+import torch
+
+import fusedbn
+
+assert "torch._dynamo" not in sys.modules, "import fusedbn imported torch's compiler"
+assert "fusedbn.ops" not in sys.modules, "import fusedbn imported fusedbn.ops"
+torch.manual_seed(0)
+eager = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False),
+                            fusedbn.FusedBatchNorm2d(4, activation="relu"))
+compiled_net = copy.deepcopy(eager)
+compiled = torch.compile(compiled_net, backend="aot_eager", fullgraph=True)
+x = torch.randn(5, 3, 7, 7) + 2.0
+torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-4)
+torch.testing.assert_close(compiled_net[1].running_var, eager[1].running_var, rtol=1e-5, atol=1e-6)
+assert "fusedbn.ops" in sys.modules
+"""
+
+
+def test_import_leaves_the_compiler_out_until_a_compiled_model_first_runs():
+    """``import fusedbn`` does not import torch's compiler (about a second); a model compiled in a
+    new process imports fusedbn's operators while the compiler traces it and matches eager code."""
+    result = subprocess.run([sys.executable, "-c", _COMPILE_IN_A_NEW_PROCESS], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr

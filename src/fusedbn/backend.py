@@ -166,13 +166,13 @@ def _call(input: Tensor, training: bool, residual: bool, relu: bool) -> tuple:
     )
 
 
-@torch.compiler.assume_constant_result
 def _predicted_best(
     device: torch.device, shape: tuple[int, ...], stride: tuple[int, ...], dtype: torch.dtype,
     mode: str, residual: bool, relu: bool, compiling: bool,
 ) -> str:
     """The implementation the cost model predicts faster for such a call (one dictionary lookup
-    after its first call: choices are kept until the cost table changes)."""
+    after its first call: choices are kept until the cost table changes). :mod:`fusedbn.ops` marks
+    it as a constant result for compiled code."""
     key = (device, shape, stride, dtype, mode, residual, relu, compiling)
     chosen = _choices.get(key)
     if chosen is None:  # compiled, torch's BatchNorm is the compiler's to lower

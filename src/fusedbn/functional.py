@@ -19,7 +19,6 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from fusedbn.autograd import BatchNormFunction
 from fusedbn.backend import TORCH, implementation
 from fusedbn.kernels.call import BatchNormOptions
-from fusedbn.ops import compiled_batch_norm
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ACTIVATIONS = (None, "relu")
@@ -206,6 +205,8 @@ def batch_norm(
 ) -> Tensor:
     """The BatchNorm of both entry points, arguments as :func:`fused_batch_norm`'s (``synchronize``
     only in training)."""
+    if torch.compiler.is_compiling():
+        from fusedbn import ops  # the compiled code's operators (imported when the compiler traces)
     relu = check_epilogue(input, residual, activation)
     if synchronize:
         if residual is not None or relu:
@@ -241,7 +242,7 @@ def batch_norm(
     )  # fmt: skip
     arguments = (input, weight, bias, residual, kernel_mean, kernel_var, num_batches_tracked, options)
     if torch.compiler.is_compiling() and not synchronize:
-        output = compiled_batch_norm(*arguments)
+        output = ops.compiled_batch_norm(*arguments)
     else:
         output = BatchNormFunction.apply(*arguments)[0]
     if kernel_mean is not running_mean and training:

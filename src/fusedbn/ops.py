@@ -12,6 +12,10 @@ the compiler traces its body, whose launches go through ``torch.library.wrap_tri
 compiled program launches fusedbn's kernels itself. Under Triton's interpreter, where a traced
 launch cannot run, it is a plain ``torch.library.custom_op`` (``fusedbn::batch_norm_forward`` and
 ``fusedbn::batch_norm_backward``) whose body the compiled program calls.
+
+Registering a ``triton_op`` and marking a constant result import torch's compiler (about a second),
+so :func:`fusedbn.functional.batch_norm` imports this module when the compiler first traces it,
+not ``import fusedbn``.
 """
 
 import functools
@@ -25,6 +29,7 @@ from torch import Tensor
 from triton.runtime.jit import JITFunction
 
 import fusedbn.kernels
+from fusedbn import backend
 from fusedbn.autograd import gradients, save_for_derivatives
 from fusedbn.kernels import batch_norm_backward, batch_norm_forward
 from fusedbn.kernels.backward import allocate_backward_outputs
@@ -52,6 +57,9 @@ def tag_compile_caches() -> None:
 
 
 tag_compile_caches()
+# Compiled code takes the implementation the cost model chooses for a call as a constant, made when the
+# compiler traces the call.
+torch.compiler.assume_constant_result(backend._predicted_best)
 
 
 def _forward(
