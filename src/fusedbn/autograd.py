@@ -114,6 +114,10 @@ def _synchronized_forward(
     are all-gathered (one per process, whatever its batch size) and merged in rank order, so every
     process gets the same statistics and running statistics, and nothing is read on the host. The
     backward all-reduces the sums of dy and dy * xhat and divides them by the gathered count.
+
+    A process with an empty batch takes part in both collectives with zero counts and sums (else the
+    others would wait for it forever) and, as in torch's SyncBatchNorm, gets the whole batch's
+    statistics and running statistics, merged here with torch operations.
     """
     group = options.process_group
     gathered = []
@@ -128,6 +132,11 @@ def _synchronized_forward(
         x, plan, options, weight, bias, None, running_mean, running_var, num_batches_tracked,
         combine_moments=combine_moments,
     )
+    if plan.empty:
+        y, mean, invstd, relu_mask = outputs
+        counts, means, _, m2s = combine_moments(mean.new_zeros(4, 1, mean.numel()))
+        _merge_into(mean, invstd, counts, means, m2s, options, running_mean, running_var,
+                    num_batches_tracked)  # fmt: skip
     count = gathered[0][0].sum(dim=0)
 
     def combine_sums(sums: Tensor) -> Tensor:
@@ -136,6 +145,27 @@ def _synchronized_forward(
         return total / count
 
     return outputs, combine_sums
+
+
+def _merge_into(
+    mean: Tensor, invstd: Tensor, counts: Tensor, means: Tensor, m2s: Tensor, options: BatchNormOptions,
+    running_mean: Tensor | None, running_var: Tensor | None, num_batches_tracked: Tensor | None,
+) -> None:
+    """Write into ``mean`` and ``invstd`` the statistics of the batches whose per-channel counts,
+    means and sums of squared deviations (M2) are ``counts``, ``means``, ``m2s`` ([processes, C]),
+    and fold them into the running statistics as the kernels do (unbiased variance)."""
+    count = counts.sum(0)
+    mean.copy_((counts * means).sum(0) / count.clamp_min(1))
+    m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
+    invstd.copy_(torch.rsqrt(m2 / count.clamp_min(1) + options.eps))
+    if running_mean is None:
+        return
+    if options.momentum is None:
+        factor = 1.0 / (num_batches_tracked.to(mean.dtype) + 1.0)
+    else:
+        factor = torch.tensor(options.momentum, dtype=mean.dtype, device=mean.device)
+    running_mean.copy_(running_mean * (1 - factor) + mean * factor)
+    running_var.copy_(running_var * (1 - factor) + m2 / (count - 1).clamp_min(1) * factor)
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -300,9 +330,12 @@ def _launch_with_plan(
     that the forward read, and combining the sums over the processes when synchronized."""
     launched = ctx.launched
     x = input if launched.folded is None else launched.folded
-    return batch_norm_backward(
+    grads = batch_norm_backward(
         grad_output, x, launched.plan, *arguments, combine_sums=launched.combine_sums
     )
+    if launched.plan.empty and launched.combine_sums is not None:  # the others' all-reduce waits for it
+        launched.combine_sums(grads[1].new_zeros(2, grads[1].numel()))
+    return grads
 
 
 def gradients(ctx: Any, grad_output: Tensor | None, launch: Callable) -> tuple[Tensor | None, ...]:

@@ -20,10 +20,10 @@ class FusedSyncBatchNorm(FusedBatchNormMixin, nn.SyncBatchNorm):
 
     Same constructor as ``torch.nn.SyncBatchNorm`` (``process_group``: None for the whole
     torch.distributed world), plus ``backend``. Outside training, or with one process, it is a plain
-    fused BatchNorm. Each process's batch may have its own size (at least two values per channel).
-    grad_weight and grad_bias are each process's own, as in torch. Synchronized calls run fusedbn's
-    kernels (``backend="torch"``, or "auto" where the kernels cannot run, runs torch's SyncBatchNorm)
-    and fuse no residual or activation.
+    fused BatchNorm. Each process's batch may have its own size: empty, or at least two values per
+    channel. grad_weight and grad_bias are each process's own, as in torch. Synchronized calls run
+    fusedbn's kernels (``backend="torch"``, or "auto" where the kernels cannot run, runs torch's
+    SyncBatchNorm) and fuse no residual or activation.
     """
 
     def __init__(
