@@ -160,10 +160,9 @@ def _merge_into(
     invstd.copy_(torch.rsqrt(m2 / count.clamp_min(1) + options.eps))
     if running_mean is None:
         return
-    if options.momentum is None:
+    factor = options.momentum
+    if factor is None:  # the cumulative average, on the device
         factor = 1.0 / (num_batches_tracked.to(mean.dtype) + 1.0)
-    else:
-        factor = torch.tensor(options.momentum, dtype=mean.dtype, device=mean.device)
     running_mean.copy_(running_mean * (1 - factor) + mean * factor)
     running_var.copy_(running_var * (1 - factor) + m2 / (count - 1).clamp_min(1) * factor)
 
