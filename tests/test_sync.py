@@ -80,8 +80,8 @@ def _worker(rank: int, sizes: list[int], port: int, momentum: float | None, out_
 
 # The averaging rule and the merge of the processes' batches are independent: each case varies both.
 @pytest.mark.parametrize(
-    ("sizes", "momentum"), [([3, 5], 0.1), ([2, 0, 5], None)],
-    ids=["2-processes-momentum", "3-processes-one-empty-cumulative"],
+    ("sizes", "momentum"), [([0, 5], 0.1), ([2, 0, 5], None)],
+    ids=["2-processes-first-empty-momentum", "3-processes-uneven-one-empty-cumulative"],
 )
 def test_processes_match_one_batchnorm_over_the_whole_batch(sizes, momentum, tmp_path, assert_close):
     mp.spawn(_worker, args=(sizes, _free_port(), momentum, str(tmp_path)), nprocs=len(sizes))
