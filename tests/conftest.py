@@ -27,8 +27,8 @@ def _patch_triton_language_once_per_launch() -> None:
     call of a ``@triton.jit`` helper inside the kernel (tiles, moments, Triton's own ``tl.sum``).
 
     The launch has already replaced the language's builtins by their interpreted versions; patching
-    them again for a helper that sees the same language modules changes nothing but costs about 8 ms a
-    call, over half of a small kernel test's time. A helper that sees a module the launch has not
+    them again for a helper that sees the same language modules changes nothing but costs milliseconds
+    a call, about 40% of a small kernel test's time. A helper that sees a module the launch has not
     patched yet (``triton.language.core`` for Triton's own helpers) is patched as before. Where Triton
     no longer has these internals the interpreter runs unchanged.
     """

@@ -132,11 +132,10 @@ def _synchronized_forward(
         x, plan, options, weight, bias, None, running_mean, running_var, num_batches_tracked,
         combine_moments=combine_moments,
     )
-    if plan.empty:
-        y, mean, invstd, relu_mask = outputs
-        counts, means, _, m2s = combine_moments(mean.new_zeros(4, 1, mean.numel()))
-        _merge_into(mean, invstd, counts, means, m2s, options, running_mean, running_var,
-                    num_batches_tracked)  # fmt: skip
+    if plan.empty:  # batch_norm_forward returned before its all-gather
+        mean, invstd = outputs[1:3]
+        summaries = combine_moments(mean.new_zeros(4, 1, mean.numel()))
+        _merge_into(mean, invstd, summaries, options, running_mean, running_var, num_batches_tracked)
     count = gathered[0][0].sum(dim=0)
 
     def combine_sums(sums: Tensor) -> Tensor:
@@ -148,12 +147,13 @@ def _synchronized_forward(
 
 
 def _merge_into(
-    mean: Tensor, invstd: Tensor, counts: Tensor, means: Tensor, m2s: Tensor, options: BatchNormOptions,
+    mean: Tensor, invstd: Tensor, summaries: Tensor, options: BatchNormOptions,
     running_mean: Tensor | None, running_var: Tensor | None, num_batches_tracked: Tensor | None,
 ) -> None:
-    """Write into ``mean`` and ``invstd`` the statistics of the batches whose per-channel counts,
-    means and sums of squared deviations (M2) are ``counts``, ``means``, ``m2s`` ([processes, C]),
-    and fold them into the running statistics as the kernels do (unbiased variance)."""
+    """Write into ``mean`` and ``invstd`` the statistics of the batches that ``summaries`` (the
+    gathered [4, processes, C] rows of count, mean, 0 and M2, the sum of squared deviations)
+    describe, and fold them into the running statistics as the kernels do (unbiased variance)."""
+    counts, means, _, m2s = summaries
     count = counts.sum(0)
     mean.copy_((counts * means).sum(0) / count.clamp_min(1))
     m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)

@@ -205,7 +205,8 @@ def batch_norm(
 ) -> Tensor:
     """The BatchNorm of both entry points, arguments as :func:`fused_batch_norm`'s (``synchronize``
     only in training)."""
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if compiling:
         from fusedbn import ops  # the compiled code's operators (imported when the compiler traces)
     relu = check_epilogue(input, residual, activation)
     if synchronize:
@@ -241,7 +242,7 @@ def batch_norm(
         (None if t is None else t.contiguous() for t in (weight, bias, running_mean, running_var))
     )  # fmt: skip
     arguments = (input, weight, bias, residual, kernel_mean, kernel_var, num_batches_tracked, options)
-    if torch.compiler.is_compiling() and not synchronize:
+    if compiling and not synchronize:
         output = ops.compiled_batch_norm(*arguments)
     else:
         output = BatchNormFunction.apply(*arguments)[0]
