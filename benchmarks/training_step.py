@@ -58,7 +58,7 @@ EXECUTIONS = (EAGER, CUDA_GRAPH, COMPILE, COMPILE_REDUCE_OVERHEAD)
 CUDA_ONLY = (CUDA_GRAPH, COMPILE_REDUCE_OVERHEAD)
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-MODELS = {"resnet50": resnet50, "tiny": tiny_resnet}  # number of classes -> (model, its source)
+MODELS = {"resnet50": resnet50, "tiny": tiny_resnet}  # by name: number of classes -> (model, source)
 
 
 class Tolerance(NamedTuple):
@@ -467,9 +467,8 @@ def build_plan(args: argparse.Namespace) -> StepPlan:
         warmup_steps=pick["warmup"], timed_steps=pick["steps"], profile_steps=pick["profile_steps"],
     )  # fmt: skip
     return StepPlan(
-        torch.device("cpu" if args.smoke else "cuda"), settings,
-        *(tuple(pick[name]) for name in ("variants", "executions", "precisions", "layouts", "batches")),
-        time_budget_s=args.time_budget,
+        torch.device("cpu" if args.smoke else "cuda"), settings, time_budget_s=args.time_budget,
+        **{name: tuple(pick[name]) for name in ("variants", "executions", "precisions", "layouts", "batches")}
     )  # fmt: skip
 
 

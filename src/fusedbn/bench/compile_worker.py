@@ -10,7 +10,6 @@ it die. Which Triton this is follows ``sys.path``.
 
 import functools
 import importlib
-import itertools
 import json
 import os
 import re
@@ -282,10 +281,12 @@ def main() -> None:
     out = sys.stdout
     sys.stdout = sys.stderr  # anything the compiler prints must not mix with the results
     hello = {"triton": triton.__version__, "triton_path": str(Path(triton.__file__).parent)}
-    results = (compile_task(json.loads(line)) for line in sys.stdin if line.strip())
-    for answer in itertools.chain([hello], results):
-        out.write(json.dumps(answer) + "\n")
-        out.flush()
+    out.write(json.dumps(hello) + "\n")  # before any task is read: the parent waits for it
+    out.flush()
+    for line in sys.stdin:
+        if line.strip():
+            out.write(json.dumps(compile_task(json.loads(line))) + "\n")
+            out.flush()
 
 
 if __name__ == "__main__":

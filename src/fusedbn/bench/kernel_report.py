@@ -157,11 +157,12 @@ def case_widths(
     for case in report["cases"]:
         accesses, failed = found[(case["shape"], case["dtype"], case["layout"])]
         for spec_id in case["launches"]:
-            result = specs.get(spec_id, {}).get("results", {}).get(target, {})
-            if result.get("status", "ok") != "ok":  # crashes, errors and timeouts have no accesses
+            result = specs.get(spec_id, {}).get("results", {}).get(target)
+            if result is not None and result["status"] != "ok":
                 failed.add(spec_id)
-            for access in result.get("tile_accesses", ()):
-                accesses[(access["tensor"], access["kind"])].update(map(int, access["widths"]))
+            elif result is not None:
+                for access in result["tile_accesses"]:
+                    accesses[(access["tensor"], access["kind"])].update(map(int, access["widths"]))
     return {key: (accesses, len(failed)) for key, (accesses, failed) in found.items()}
 
 

@@ -45,9 +45,10 @@ class ResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(base_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1, self.layer2, self.layer3, self.layer4 = (
-            self._make_layer(base_width << i, blocks, 1 if i == 0 else 2) for i, blocks in enumerate(layers)
-        )
+        self.layer1 = self._make_layer(base_width, layers[0], 1)
+        self.layer2 = self._make_layer(base_width * 2, layers[1], 2)
+        self.layer3 = self._make_layer(base_width * 4, layers[2], 2)
+        self.layer4 = self._make_layer(base_width * 8, layers[3], 2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(base_width * 8 * Bottleneck.expansion, num_classes)
         for module in self.modules():
