@@ -585,9 +585,9 @@ def test_time_statistics(ctx: Context) -> Finding:
 
 def _update_bn_error(model: nn.Module, inputs: torch.Tensor) -> float:
     """Largest gap between the first BatchNorm's statistics and a float64 recomputation over ``inputs``."""
-    (hidden, dims), norm = _first_layer(model, inputs), model[1]
-    mean_error = (norm.running_mean.double() - hidden.mean(dim=dims)).abs().max()
-    var_error = (norm.running_var.double() - hidden.var(dim=dims, unbiased=True)).abs().max()
+    hidden, dims = _first_layer(model, inputs)
+    mean_error = (model[1].running_mean.double() - hidden.mean(dim=dims)).abs().max()
+    var_error = (model[1].running_var.double() - hidden.var(dim=dims, unbiased=True)).abs().max()
     return float(max(mean_error, var_error))
 
 
