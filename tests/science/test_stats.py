@@ -58,6 +58,26 @@ def test_mcnemar_uses_only_the_discordant_pairs() -> None:
 
 
 @pytest.mark.parametrize(
+    ("low", "high", "p", "claimed_sign", "expected"),
+    [
+        (0.01, 0.03, 0.01, +1, HELD),  # significant, interval above zero, as claimed
+        (0.01, 0.03, 0.01, -1, CONTRADICTED),  # the same test against the opposite claim
+        (-0.03, -0.01, 0.01, -1, HELD),  # significant, interval below zero, as claimed
+        (-0.03, -0.01, 0.01, +1, CONTRADICTED),
+        (-0.01, 0.03, 0.01, +1, NOT_SHOWN),  # p below 5% but the interval straddles zero
+        (-0.01, 0.03, 0.01, -1, NOT_SHOWN),
+        (0.01, 0.03, 0.2, +1, NOT_SHOWN),  # interval above zero but p not below 5%
+        (-0.03, -0.01, 0.05, -1, NOT_SHOWN),  # p exactly 5% is not below it
+    ],
+)
+def test_verdict_needs_significance_and_an_interval_on_one_side_of_zero(
+    low: float, high: float, p: float, claimed_sign: int, expected: str
+) -> None:
+    test = PairedTest("d", "Wilcoxon signed-rank", 20, (low + high) / 2, low, high, p)
+    assert verdict(test, claimed_sign) == expected
+
+
+@pytest.mark.parametrize(
     ("low", "high", "p", "expected"),
     [
         (-0.002, 0.003, 0.6, HELD),  # inside the margin

@@ -75,8 +75,9 @@ def run_science(
                      else _run_experiments(context, science.experiments))  # fmt: skip
             findings = [timed[experiment][0] for experiment in science.experiments]
             group_cpu = [sum(timed[experiment][1] for experiment in group) for group in science.groups]
-            run = RunInfo(task, record.finished(), time.perf_counter() - start, _cpu_seconds() - cpu_start,
-                          processes, group_cpu)  # fmt: skip
+            run = RunInfo(task=task, record=record.finished(), wall_seconds=time.perf_counter() - start,
+                          cpu_seconds=_cpu_seconds() - cpu_start, workers=processes,
+                          group_cpu_seconds=group_cpu)  # fmt: skip
             write_report(findings, chosen, command, run, folder, other)
             for finding in findings:
                 draw_figure(finding, folder)

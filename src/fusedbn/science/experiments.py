@@ -435,6 +435,7 @@ def batchnorm_noise(ctx: Context) -> Finding:
     """BatchNorm's noise against the mini-batch size: its mechanism, and the train-test gap."""
     preset, rng, task = ctx.preset, ctx.rng("batchnorm_noise"), ctx.task()
     paired = ctx.paired(rng)
+    inputs = task.train[0]  # the mechanism's examples
     sizes = np.array(preset.batch_sizes)
     spreads, gaps = [], []
     for seed in ctx.seeds("BatchNorm noise"):
@@ -445,7 +446,6 @@ def batchnorm_noise(ctx: Context) -> Finding:
             scores = task.scores(model)
             gaps[-1].append(scores["train_accuracy"] - scores["test_accuracy"])
             if size == sizes[len(sizes) // 2]:
-                inputs = task.train[0]
                 example = int(rng.integers(len(inputs)))
                 spreads.append([_normalised_spread(model, inputs, int(b), preset.noise_draws, rng, example)
                                 for b in sizes])  # fmt: skip
@@ -585,9 +585,9 @@ def test_time_statistics(ctx: Context) -> Finding:
 
 def _update_bn_error(model: nn.Module, inputs: torch.Tensor) -> float:
     """Largest gap between the first BatchNorm's statistics and a float64 recomputation over ``inputs``."""
-    (hidden, dims), norm = _first_layer(model, inputs), model[1]
-    mean_error = (norm.running_mean.double() - hidden.mean(dim=dims)).abs().max()
-    var_error = (norm.running_var.double() - hidden.var(dim=dims, unbiased=True)).abs().max()
+    hidden, dims = _first_layer(model, inputs)
+    mean_error = (model[1].running_mean.double() - hidden.mean(dim=dims)).abs().max()
+    var_error = (model[1].running_var.double() - hidden.var(dim=dims, unbiased=True)).abs().max()
     return float(max(mean_error, var_error))
 
 

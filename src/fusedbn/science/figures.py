@@ -71,9 +71,9 @@ def paired_panels(
     if margin is not None:
         band = f"equivalence margin +-{100 * margin:g} points"
         handles.append(Patch(color="tab:green", alpha=0.15, label=band))
-    # One legend for every panel, between the title and the panels, where it hides no data: the four
-    # entries in one row, or the five in two rows of three.
-    columns, rows = (4, 1) if margin is None else (3, 2)
+    # One legend for every panel, between the title and the panels, where it hides no data.
+    columns = len(handles) if len(handles) <= 4 else 3  # one row of up to four entries, or rows of three
+    rows = int(np.ceil(len(handles) / columns))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.94), ncol=columns, fontsize=8,
                frameon=False)  # fmt: skip
     return _titled(fig, heading, top=0.95 - 0.03 * (rows - 1))

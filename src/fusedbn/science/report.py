@@ -63,9 +63,9 @@ def _tests_table(finding: Finding) -> list[dict[str, object]]:
 
 def _groups_sentence(run: RunInfo) -> str:
     """The CPU time of each group of experiments, and what it means for the wall time on idle cores."""
-    if len(run.group_cpu_seconds) < 2:
-        return ""
     groups = run.group_cpu_seconds
+    if len(groups) < 2:
+        return ""
     minutes = ", ".join(f"{seconds / 60:.1f}" for seconds in groups)
     return (f" The {len(groups)} groups of experiments used {minutes} min of CPU: on idle cores, with a "
             f"worker per group, the run takes about {max(groups) / 60:.1f} min.")  # fmt: skip

@@ -60,8 +60,10 @@ def mcnemar(
 def verdict(test: PairedTest, claimed_sign: int) -> str:
     """HELD when ``test`` is significant (p below ALPHA, its interval on one side of zero) in the direction
     ``claimed_sign`` (+1 or -1), CONTRADICTED when significant the other way, NOT_SHOWN otherwise."""
-    direction = (test.ci_low > 0) - (test.ci_high < 0) if test.p_value < ALPHA else 0
-    return NOT_SHOWN if direction == 0 else HELD if direction == claimed_sign else CONTRADICTED
+    if not (test.p_value < ALPHA and (test.ci_low > 0 or test.ci_high < 0)):
+        return NOT_SHOWN
+    side = 1 if test.ci_low > 0 else -1  # the interval lies wholly above or wholly below zero
+    return HELD if side == claimed_sign else CONTRADICTED
 
 
 def equivalence_verdict(test: PairedTest, margin: float) -> str:
