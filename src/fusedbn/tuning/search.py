@@ -100,7 +100,8 @@ class _IndependentSampler(optuna.samplers.RandomSampler):
     ) -> float:
         low, high = distribution.low, distribution.high
         integer = isinstance(distribution, IntDistribution) and distribution.step == 1
-        if not (integer or isinstance(distribution, FloatDistribution) and distribution.step is None):
+        continuous = isinstance(distribution, FloatDistribution) and distribution.step is None
+        if not (integer or continuous):
             raise TypeError(f"{param_name}: fusedbn's samplers cannot sample {distribution!r}")
         lo, hi = (low - 0.5, high + 0.5) if integer else (low, high)
         u = self.unit(trial.number, param_name)
