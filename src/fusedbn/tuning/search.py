@@ -405,13 +405,15 @@ class _Search:
 
     def _open_stage(self, number: int, previous: StageResult | None) -> StageResult:
         """Stage ``number``'s study, created or loaded, with the bounds it samples within."""
+        if self.config.pruner == "none":
+            pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+        else:
+            pruner = optuna.pruners.MedianPruner(PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_EPOCHS)
         study = optuna.create_study(
             storage=self.storage,
             study_name=f"{self.config.study_name}-stage{number}",
             direction="maximize",
-            pruner=optuna.pruners.NopPruner()
-            if self.config.pruner == "none"
-            else optuna.pruners.MedianPruner(PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_EPOCHS),
+            pruner=pruner,
             load_if_exists=True,
         )
         study.sampler = _make_sampler(
