@@ -10,7 +10,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.storages import JournalStorage
+import sqlalchemy
+from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
 from fusedbn.tuning.storage import (
@@ -150,23 +151,21 @@ def test_passwords_are_hidden_when_urls_are_shown() -> None:
     assert "secret" not in str(error.value)
 
 
-def test_opening_tries_again_when_sqlite_refuses_the_lock_at_once(tmp_path: Path, monkeypatch) -> None:
+def test_opening_tries_again_when_sqlite_refuses_the_lock_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SQLite answers "database is locked" without waiting when two connections creating the tables
     would wait on each other: the opening tries again (the test below meets it about once in 30 runs)."""
-    import sqlalchemy
+    refusals = []
 
-    import fusedbn.tuning.storage as storage_module
-
-    real, refusals = storage_module.RDBStorage, []
-
-    def refusing_once(*args, **kwargs):
+    def refusing_once(*args: object, **kwargs: object) -> RDBStorage:
         if not refusals:
             refusals.append(1)
             locked = sqlite3.OperationalError("database is locked")
             raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, locked)
-        return real(*args, **kwargs)
+        return RDBStorage(*args, **kwargs)
 
-    monkeypatch.setattr(storage_module, "RDBStorage", refusing_once)
+    monkeypatch.setattr("fusedbn.tuning.storage.RDBStorage", refusing_once)
     storage = open_storage(f"sqlite:///{tmp_path}/new.db")
     assert refusals == [1] and optuna.get_all_study_names(storage) == []
 

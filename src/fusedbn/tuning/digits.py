@@ -28,7 +28,8 @@ def build_mlp(params: Mapping[str, float], batchnorm: bool = True, bias: bool = 
     ``hidden_units``, BatchNorm momentum 1 - ``bn_beta``; ``batchnorm=False``: ``Linear -> ReLU``;
     ``bias=True``: a bias in each Linear before a BatchNorm, drawn after every weight (:func:`add_biases`)."""
     layers: list[nn.Module] = []
-    width, hidden = 64, int(params["hidden_units"])  # the 8x8 pixels in
+    width = 64  # the 8x8 pixels in
+    hidden = int(params["hidden_units"])
     for _ in range(int(params["num_layers"])):
         layers.append(nn.Linear(width, hidden, bias=not batchnorm))
         if batchnorm:

@@ -208,14 +208,14 @@ def figures(result: TuningResult, summary: Summary) -> dict[str, Figure]:
     if lr is not None and beta is not None:
         drawn["learning_rate_beta.png"] = _learning_rate_beta(result, lr, beta)
     if (measured := summary.importances) is not None:
-        drawn["importances.png"] = fig = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0))
-        ax = fig.subplots()
+        ax = Figure(figsize=(7, 0.5 * len(measured.values) + 2.0)).subplots()
         draw_importances(ax, measured, summary.tiers)
         ax.set_title(
             f"Parameter importances over {measured.trials} trials (bar colour = tier)\n"
             f"{ABOVE_NOISE}: {', '.join(measured.above_noise()) or 'none'}",
             fontsize=10,
         )
+        drawn["importances.png"] = ax.figure
     return drawn
 
 

@@ -100,7 +100,8 @@ class _IndependentSampler(optuna.samplers.RandomSampler):
     ) -> float:
         low, high = distribution.low, distribution.high
         integer = isinstance(distribution, IntDistribution) and distribution.step == 1
-        if not (integer or isinstance(distribution, FloatDistribution) and distribution.step is None):
+        continuous = isinstance(distribution, FloatDistribution) and distribution.step is None
+        if not (integer or continuous):
             raise TypeError(f"{param_name}: fusedbn's samplers cannot sample {distribution!r}")
         lo, hi = (low - 0.5, high + 0.5) if integer else (low, high)
         u = self.unit(trial.number, param_name)
@@ -404,13 +405,15 @@ class _Search:
 
     def _open_stage(self, number: int, previous: StageResult | None) -> StageResult:
         """Stage ``number``'s study, created or loaded, with the bounds it samples within."""
+        if self.config.pruner == "none":
+            pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+        else:
+            pruner = optuna.pruners.MedianPruner(PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_EPOCHS)
         study = optuna.create_study(
             storage=self.storage,
             study_name=f"{self.config.study_name}-stage{number}",
             direction="maximize",
-            pruner=optuna.pruners.NopPruner()
-            if self.config.pruner == "none"
-            else optuna.pruners.MedianPruner(PRUNER_STARTUP_TRIALS, PRUNER_WARMUP_EPOCHS),
+            pruner=pruner,
             load_if_exists=True,
         )
         study.sampler = _make_sampler(

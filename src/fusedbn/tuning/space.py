@@ -126,7 +126,7 @@ class Pow2Scale(Scale):
 
     def check(self, param: str, low: float, high: float, integer: bool) -> None:
         super().check(param, low, high, integer)
-        if not all(v >= 1 and float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in (low, high)):
+        if not all(v >= 1 and float(v).is_integer() and (int(v) & (int(v) - 1)) == 0 for v in (low, high)):
             raise SpaceError(f"{param}: a pow2 range needs powers of two as bounds, got [{low}, {high}]")
 
     def to_coord(self, value: float) -> float:
